@@ -1,0 +1,131 @@
+"""The command line: thin wrappers that call the pipeline modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import UsertwinError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import add_config_flags
+
+    parser = argparse.ArgumentParser(prog="usertwin", description="Fine-tune language models into user twins.")
+    parser.add_argument("--version", action="version", version=f"usertwin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="raw public dataset -> records (JSONL)")
+    p.add_argument("dataset", help="movielens | dmsc | douban-dmr | cornell | seed-samples | records")
+    p.add_argument("raw", help="the raw file or folder")
+    p.add_argument("-o", "--output", required=True, help="records file to write (JSONL)")
+    p.add_argument("--on-error", "--on_error", dest="on_error", choices=("stop", "skip"), default="stop")
+    _add_common(p)
+
+    p = sub.add_parser("validate", help="check a records file; optionally write a repaired copy")
+    p.add_argument("file")
+    p.add_argument("--repair", metavar="OUT", help="write a repaired copy to OUT (never in place)")
+    p.add_argument("--on-error", "--on_error", dest="on_error", choices=("stop", "skip"), default="stop")
+    _add_common(p)
+
+    p = sub.add_parser("prepare", help="records -> splits + samples/windows (cached), with counts")
+    add_config_flags(p)
+    _add_common(p)
+
+    p = sub.add_parser("inspect", help="show examples exactly as training sees them; counts; --dump")
+    add_config_flags(p)
+    p.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all)")
+    p.add_argument("-n", type=int, default=3, help="examples to print (default 3)")
+    p.add_argument("--dump", metavar="FILE.jsonl", help="write one JSON line per target")
+    _add_common(p)
+    return parser
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert_to_file
+
+    summary = convert_to_file(args.dataset, args.raw, args.output, on_error=args.on_error,
+                              progress=args.progress)
+    print(summary.line())
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .records import validate_file
+
+    report = validate_file(args.file, repair_out=args.repair, on_error=args.on_error)
+    for line in report.summary_lines():
+        print(line)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .atomic import write_json
+    from .config import resolve
+    from .prepare import prepare, summary
+    from .preview import counts_table
+
+    cfg = resolve(args)
+    prep = prepare(cfg, progress=args.progress)
+    print(counts_table(prep))
+    print(f"prepared in {prep.seconds:.1f} s")
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+        write_json(out / "data_summary.json", summary(prep))
+        write_json(out / "config.json", cfg.to_dict())
+        print(f"wrote {out / 'data_summary.json'} and {out / 'config.json'}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .config import render_config, resolve
+    from .prepare import prepare
+    from .preview import counts_table, show_examples, write_dump
+    from .render import Renderer
+    from .timeline import SPLITS
+    from .tokenize import load_tokenizer
+
+    cfg = resolve(args)
+    tok = load_tokenizer(cfg.model)
+    prep = prepare(cfg, tokenizer=tok, progress=args.progress)
+    renderer = Renderer(render_config(cfg), tok)
+    splits = [args.split] if args.split else list(SPLITS)
+    if args.n > 0:
+        for split in splits:
+            show_examples(prep, renderer, split, args.n)
+    print(counts_table(prep))
+    if args.dump:
+        t = time.perf_counter()
+        n = write_dump(prep, renderer, args.dump, splits)
+        print(f"wrote {n} targets to {args.dump} ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+COMMANDS = {"convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsertwinError as e:
+        if args.debug:
+            raise
+        print(f"usertwin {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("usertwin: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

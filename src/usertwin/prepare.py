@@ -1,0 +1,249 @@
+"""records -> timelines -> splits -> samples or windows, with token lengths and counts; cached.
+
+The cache entry is keyed by the records file's content hash, every config key that shapes the output,
+and the tokenizer's fingerprint, so a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, records
+from .atomic import write_json
+from .config import Config, render_config, sample_config, split_config
+from .errors import UsertwinError
+from .render import Renderer
+from .timeline import (SPLITS, Sample, Window, WindowStats, assign_splits, build_samples, build_timelines,
+                       build_windows)
+from .tokenize import ItemLengths, load_tokenizer, measure, tokenizer_id
+
+# keys that change what prepare builds (the rest -- output_dir, cache_dir, on_error -- do not)
+_SHAPING = ("model", "max_length", "unit", "split_mode", "train_ratio", "val_ratio", "test_ratio", "seed",
+            "history_strategy", "history_ratio", "fixed_history_count", "max_history_items",
+            "max_context_turns", "max_samples_per_user", "one_sample_per_user", "temporal_augmentation",
+            "min_history_length", "sample_seed", "window_history_fraction", "ablation", "use_profile",
+            "use_history", "use_context", "prompt_style", "language", "history_layout", "chat_template")
+CACHE_VERSION = 1
+
+
+@dataclass
+class SplitStats:
+    users: int = 0
+    targets: int = 0  # targets that carry loss in this split's sequences
+    sequences: int = 0  # samples or windows
+    tokens: int = 0  # tokens in those sequences
+    history_items: int = 0  # history items shown in all sequences together
+    truncated_sequences: int = 0  # sequences that lost history to max_length
+    history_dropped: int = 0  # history items cut by max_length (oldest first)
+    too_long: int = 0  # targets that do not fit max_length even alone (left out, counted)
+
+
+@dataclass
+class Prepared:
+    config: Config
+    timelines: list
+    splits: dict  # user id -> split label per position
+    lengths: dict  # user id -> ItemLengths
+    sequences: dict  # split -> list[Sample] or list[Window]
+    stats: dict  # split -> SplitStats
+    warnings: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # records skipped with --on-error skip
+    seconds: float = 0.0
+    from_cache: bool = False
+
+    def timeline(self, user_id: str):
+        return self._by_user()[user_id]
+
+    def _by_user(self):
+        if not hasattr(self, "_index"):
+            self._index = {tl.user_id: tl for tl in self.timelines}
+        return self._index
+
+
+def file_hash(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(cfg: Config, data_hash: str, tok_id: str) -> str:
+    shaping = {k: getattr(cfg, k) for k in _SHAPING}
+    blob = json.dumps([CACHE_VERSION, __version__, data_hash, tok_id, shaping], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _cache_dir(cfg: Config) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    if cfg.output_dir:
+        return Path(cfg.output_dir) / "cache"
+    return Path(cfg.data).resolve().parent / ".usertwin-cache"
+
+
+def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool = True) -> Prepared:
+    if not cfg.data:
+        raise UsertwinError("no data: pass --data RECORDS.jsonl or set `data:` in the config")
+    if cfg.unit == "timeline" and cfg.history_layout == "block":
+        raise UsertwinError("--unit timeline renders earlier items as turns; the block history layout "
+                            "needs --unit sample")
+    start = time.perf_counter()
+    loaded = records.load(cfg.data, on_error=cfg.on_error)
+    timelines, warnings = build_timelines(loaded.records)
+    warnings = list(loaded.warnings) + warnings
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model)
+    renderer = Renderer(render_config(cfg), tokenizer)
+    key = cache_key(cfg, file_hash(cfg.data), tokenizer_id(tokenizer))
+    cache_file = _cache_dir(cfg) / f"prepared-{key}.json"
+    if use_cache and cache_file.is_file():
+        prep = _from_cache(cache_file, cfg, timelines)
+        if prep is not None:
+            prep.warnings, prep.skipped = warnings, list(loaded.skipped)
+            prep.seconds = time.perf_counter() - start
+            return prep
+    splits = assign_splits(timelines, split_config(cfg))
+    lengths = {tl.user_id: measure(renderer, tokenizer, tl) for tl in _progress(timelines, progress, "measure")}
+    sequences, stats = {}, {}
+    for split in SPLITS:
+        sequences[split], stats[split] = build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer)
+    prep = Prepared(cfg, timelines, splits, lengths, sequences, stats, warnings, list(loaded.skipped))
+    if use_cache:
+        _to_cache(cache_file, prep)
+    prep.seconds = time.perf_counter() - start
+    return prep
+
+
+def _progress(it, on: bool, desc: str):
+    if not on:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, unit="user", leave=False, mininterval=1.0)
+
+
+def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None, epoch: int = 0):
+    """Sequences (windows or samples) of one split, and their counts."""
+    st = SplitStats()
+    out = []
+    if cfg.unit == "timeline":
+        wst = WindowStats()
+        for tl in timelines:
+            ln = lengths[tl.user_id]
+            ws = build_windows(tl, splits[tl.user_id], split, ln.blocks(), ln.header, ln.join, cfg.max_length,
+                               cfg.window_history_fraction, renderer.use_history, wst)
+            out.extend(ws)
+            if ws:
+                st.users += 1
+            for w in ws:
+                st.history_items += len(w.items) - len(w.targets)
+                if w.items[0] > 0:
+                    st.truncated_sequences += 1
+        st.targets, st.sequences, st.tokens = wst.targets, wst.windows, wst.tokens
+        st.history_dropped, st.too_long = wst.history_dropped, wst.too_long
+        return out, st
+    samples = build_samples(timelines, splits, split, sample_config(cfg), epoch=epoch)
+    by_user = {tl.user_id: tl for tl in timelines}
+    users = set()
+    for s in samples:
+        fitted = fit_sample(cfg, renderer, by_user[s.user_id], lengths[s.user_id], s, tokenizer)
+        if fitted is None:
+            st.too_long += 1
+            continue
+        sample, n_tokens, dropped = fitted
+        out.append(sample)
+        users.add(s.user_id)
+        st.targets += 1
+        st.sequences += 1
+        st.tokens += n_tokens
+        st.history_items += len(sample.history)
+        if dropped:
+            st.truncated_sequences += 1
+            st.history_dropped += dropped
+    st.users = len(users)
+    return out, st
+
+
+def fit_sample(cfg, renderer, tl, ln: ItemLengths, s: Sample, tokenizer=None):
+    """Drop the oldest history until the sample fits max_length; None if the target alone does not fit."""
+    if cfg.history_layout == "block":
+        return _fit_block(cfg, renderer, tl, s, tokenizer)
+    hist = list(s.history)
+    total = ln.sequence(hist + [s.target])
+    dropped = 0
+    while total > cfg.max_length and hist:
+        total -= ln.block(hist[0]) + ln.join
+        hist.pop(0)
+        dropped += 1
+    if total > cfg.max_length:
+        return None
+    return Sample(s.user_id, s.target, hist, s.split), total, dropped
+
+
+def _fit_block(cfg, renderer, tl, s: Sample, tokenizer):
+    """Block layout: history lives in the header, so measure whole renderings; binary search the cut."""
+    from .tokenize import encode_many
+
+    def length(hist):
+        segs = renderer.render(tl, hist + [s.target], [s.target]).segments
+        return sum(len(x) for x in encode_many(tokenizer, [g.text for g in segs]))
+
+    hist = list(s.history)
+    if length(hist) <= cfg.max_length:
+        return s, length(hist), 0
+    lo, hi = 1, len(hist)  # smallest number of dropped items that fits
+    if length([]) > cfg.max_length:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if length(hist[mid:]) <= cfg.max_length:
+            hi = mid
+        else:
+            lo = mid + 1
+    kept = hist[lo:]
+    return Sample(s.user_id, s.target, kept, s.split), length(kept), lo
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _to_cache(path: Path, prep: Prepared) -> None:
+    payload = {
+        "splits": prep.splits,
+        "lengths": {u: dataclasses.asdict(ln) for u, ln in prep.lengths.items()},
+        "sequences": {sp: [dataclasses.asdict(x) for x in seqs] for sp, seqs in prep.sequences.items()},
+        "stats": {sp: dataclasses.asdict(st) for sp, st in prep.stats.items()},
+        "unit": prep.config.unit,
+    }
+    write_json(path, payload)
+
+
+def _from_cache(path: Path, cfg: Config, timelines) -> Prepared | None:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable cache: rebuild
+    cls = Window if payload["unit"] == "timeline" else Sample
+    sequences = {sp: [cls(**x) for x in seqs] for sp, seqs in payload["sequences"].items()}
+    lengths = {u: ItemLengths(**ln) for u, ln in payload["lengths"].items()}
+    stats = {sp: SplitStats(**st) for sp, st in payload["stats"].items()}
+    prep = Prepared(cfg, timelines, payload["splits"], lengths, sequences, stats)
+    prep.from_cache = True
+    return prep
+
+
+def summary(prep: Prepared) -> dict:
+    """Counts for the run summary / `inspect`: per split and in total."""
+    out = {"unit": prep.config.unit, "users": len(prep.timelines),
+           "items": sum(len(tl.items) for tl in prep.timelines),
+           "skipped_records": len(prep.skipped), "warnings": prep.warnings,
+           "splits": {sp: dataclasses.asdict(st) for sp, st in prep.stats.items()},
+           "items_per_split": dict(Counter(lab for labels in prep.splits.values() for lab in labels))}
+    return out

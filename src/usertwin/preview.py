@@ -1,0 +1,104 @@
+"""`usertwin inspect`: examples exactly as training sees them, with loss-bearing spans marked; counts; dump."""
+
+from __future__ import annotations
+
+import sys
+
+from .atomic import atomic_open
+from .timeline import SPLITS, Window
+
+OPEN, CLOSE = "\u27ea", "\u27eb"  # ⟪ target ⟫ when colour is off
+
+
+def sequence_items(seq) -> tuple[list[int], list[int]]:
+    if isinstance(seq, Window):
+        return list(seq.items), list(seq.targets)
+    return list(seq.history) + [seq.target], [seq.target]
+
+
+def marked_text(rendered, color: bool) -> str:
+    out = []
+    for seg in rendered.segments:
+        if seg.kind == "target":
+            out.append(f"\033[1;32m{seg.text}\033[0m" if color else f"{OPEN}{seg.text}{CLOSE}")
+        else:
+            out.append(seg.text)
+    return "".join(out)
+
+
+def show_examples(prep, renderer, split: str, n: int, file=None) -> None:
+    file = file or sys.stdout
+    color = file.isatty()
+    seqs = prep.sequences.get(split, [])
+    for k, seq in enumerate(seqs[:n]):
+        tl = prep.timeline(seq.user_id)
+        items, targets = sequence_items(seq)
+        rendered = renderer.render(tl, items, targets)
+        tokens = prep.lengths[seq.user_id].sequence(items) if renderer.cfg.history_layout == "turns" else None
+        head = (f"--- {split} example {k + 1}/{len(seqs)}: user {seq.user_id!r}, {len(targets)} target(s) "
+                f"at positions {targets[:8]}{'...' if len(targets) > 8 else ''}, {len(items) - len(targets)} "
+                f"history item(s)" + (f", {tokens} tokens" if tokens is not None else "") + " ---")
+        print(head, file=file)
+        print(marked_text(rendered, color), file=file)
+        legend = "bold green" if color else f"{OPEN}...{CLOSE}"
+        print(f"--- loss is computed only on the {legend} spans ---\n", file=file)
+
+
+def dump_rows(prep, renderer, splits=SPLITS):
+    """One row per target: user, split, target_index, history_indices, prompt_chars, target_text."""
+    block = renderer.cfg.history_layout == "block"
+    for split in splits:
+        for seq in prep.sequences.get(split, []):
+            tl = prep.timeline(seq.user_id)
+            items, targets = sequence_items(seq)
+            tset = set(targets)
+            if block:
+                rendered = renderer.render(tl, items, targets)
+                spans = {pos: start for start, _, pos in rendered.target_spans()}
+            ln = prep.lengths[seq.user_id]
+            at = ln.header_chars
+            for j, pos in enumerate(items):
+                if j:
+                    at += ln.join_chars
+                if pos in tset:
+                    prompt_chars = spans[pos] if block else at + ln.prompt_chars[pos]
+                    yield {"user": seq.user_id, "split": split, "target_index": pos,
+                           "history_indices": items[:j], "prompt_chars": prompt_chars,
+                           "target_text": tl.items[pos].continuation}
+                at += ln.prompt_chars[pos] + ln.target_chars[pos]
+
+
+def write_dump(prep, renderer, path, splits=SPLITS) -> int:
+    import json
+
+    n = 0
+    with atomic_open(path) as f:
+        for row in dump_rows(prep, renderer, splits):
+            f.write(json.dumps(row, ensure_ascii=False))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def counts_table(prep) -> str:
+    unit = prep.config.unit
+    seq_name = "windows" if unit == "timeline" else "samples"
+    rows = [("split", "users", "targets", seq_name, "tokens", "tok/target", "history", "truncated", "cut",
+             "too long")]
+    for split in SPLITS:
+        st = prep.stats[split]
+        per = f"{st.tokens / st.targets:.1f}" if st.targets else "-"
+        rows.append((split, st.users, st.targets, st.sequences, st.tokens, per, st.history_items,
+                     st.truncated_sequences, st.history_dropped, st.too_long))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(v).rjust(w) for v, w in zip(r, widths)) for r in rows]
+    n_items = sum(len(tl.items) for tl in prep.timelines)
+    head = (f"{len(prep.timelines)} users, {n_items} items; unit {unit}, max_length {prep.config.max_length}, "
+            f"history {prep.config.history_strategy}, ablation {prep.config.ablation}"
+            f"{' (from cache)' if prep.from_cache else ''}")
+    notes = ["history = history items shown; truncated = sequences whose oldest history was cut by "
+             "max_length; cut = history items cut; too long = targets that do not fit max_length alone "
+             "(left out)"]
+    if prep.skipped:
+        notes.append(f"{len(prep.skipped)} record(s) skipped (--on-error skip)")
+    return "\n".join([head, *lines, *notes, *prep.warnings])

@@ -1,0 +1,367 @@
+"""Prompt styles and ablations: a sample or window -> text segments with the exact spans of every target.
+
+A rendered sequence is a list of segments whose concatenation is the text the model sees:
+
+    header                      system part: [USER_PROFILE] + [TASK] (+ [HISTORY] in the block layout)
+    item prompt, item target    one per item: the user turn ([CONTEXT], the item, the instruction line),
+    join, item prompt, target   then the assistant turn (the continuation + the end-of-turn token)
+    ...
+
+Each item is rendered the same way whether it is history or a target, and items are joined by the same
+`join` text, so the sample "target k with items 0..k-1 as history" is exactly a prefix of the timeline
+window holding items 0..k: this is what makes timeline (multi-target) training exact (DESIGN invariant 3).
+With a chat template the turns go through the tokenizer's own template; the template is taken apart once,
+with marker strings, into header / item / join pieces, and checked against a full rendering.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import UsertwinError
+
+ABLATIONS = {
+    "profile_and_history_and_context": (True, True, True),
+    "profile_and_history": (True, True, False),
+    "profile_and_context": (True, False, True),
+    "history_and_context": (False, True, True),
+    "profile_only": (True, False, False),
+    "history_only": (False, True, False),
+    "context_only": (False, False, True),
+    "none": (False, False, False),
+}
+STYLES = ("simple", "detailed")
+LANGUAGES = ("en", "zh", "ja")
+
+PHRASES = {
+    "en": {
+        "instruction": {
+            "movie_rating": "Predict the rating this user gives to this movie:",
+            "movie_review": "Write the review this user writes for this movie:",
+            "dialogue": "Write the next line this user says:",
+            "questionnaire": "Answer as this user:",
+            "": "Predict this user's response:",
+        },
+        "you": "You",
+        "other": "Other",
+        "profile": "User profile",
+        "task": "Task",
+        "history": "History",
+        "context": "Conversation so far",
+        "item": "Now",
+        "time": "Time",
+    },
+    "zh": {
+        "instruction": {
+            "movie_rating": "预测该用户给这部电影的评分：",
+            "movie_review": "写出该用户对这部电影的短评：",
+            "dialogue": "写出该用户接下来说的话：",
+            "questionnaire": "以该用户的身份回答：",
+            "": "预测该用户的回应：",
+        },
+        "you": "你",
+        "other": "对方",
+        "profile": "用户信息",
+        "task": "任务",
+        "history": "历史",
+        "context": "对话上下文",
+        "item": "当前",
+        "time": "时间",
+    },
+    "ja": {
+        "instruction": {
+            "movie_rating": "このユーザーがこの映画に付ける評価を予測してください：",
+            "movie_review": "このユーザーがこの映画に書くレビューを書いてください：",
+            "dialogue": "このユーザーの次の発話を書いてください：",
+            "questionnaire": "このユーザーとして回答してください：",
+            "": "このユーザーの応答を予測してください：",
+        },
+        "you": "あなた",
+        "other": "相手",
+        "profile": "ユーザープロフィール",
+        "task": "タスク",
+        "history": "履歴",
+        "context": "これまでの会話",
+        "item": "現在",
+        "time": "時刻",
+    },
+}
+
+_KANA = re.compile(r"[\u3040-\u30ff]")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@dataclass
+class RenderConfig:
+    ablation: str = "profile_and_history_and_context"
+    use_profile: bool | None = None  # None: from the ablation
+    use_history: bool | None = None
+    use_context: bool | None = None
+    prompt_style: str = "simple"
+    language: str = "auto"  # auto: the record's task.language, else detected from the text
+    history_layout: str = "turns"  # turns: earlier items as earlier turns; block: the seeds' [HISTORY] block
+    chat_template: str = "auto"  # auto: the tokenizer's template when it has one; none: plain text
+
+    def parts(self) -> tuple[bool, bool, bool]:
+        if self.ablation not in ABLATIONS:
+            raise UsertwinError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
+        p, h, c = ABLATIONS[self.ablation]
+        pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+        return pick(self.use_profile, p), pick(self.use_history, h), pick(self.use_context, c)
+
+    def check(self) -> None:
+        self.parts()
+        if self.prompt_style not in STYLES:
+            raise UsertwinError(f"unknown prompt_style {self.prompt_style!r}; choose one of {', '.join(STYLES)}")
+        if self.language not in ("auto", *LANGUAGES):
+            raise UsertwinError(f"unknown language {self.language!r}; choose auto, {', '.join(LANGUAGES)}")
+        if self.history_layout not in ("turns", "block"):
+            raise UsertwinError(f"unknown history_layout {self.history_layout!r}; choose turns or block")
+        if self.chat_template not in ("auto", "none"):
+            raise UsertwinError(f"chat_template must be auto or none, not {self.chat_template!r}")
+
+
+@dataclass
+class Segment:
+    text: str
+    kind: str  # header | join | prompt | target
+    position: int | None = None  # timeline position of the item it belongs to
+
+
+@dataclass
+class Rendered:
+    segments: list
+    history_dropped: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments)
+
+    def target_spans(self) -> list[tuple[int, int, int]]:
+        """(start, end, position) character spans of every loss-bearing segment."""
+        spans, at = [], 0
+        for s in self.segments:
+            if s.kind == "target":
+                spans.append((at, at + len(s.text), s.position))
+            at += len(s.text)
+        return spans
+
+
+# ---------------------------------------------------------------- chat format
+
+
+@dataclass
+class ChatFormat:
+    """The pieces of a chat template around system text, user text and assistant text."""
+
+    header_pre: str
+    header_post: str  # after the system text, up to the first user text
+    prompt_post: str  # after a user text, up to the assistant text (the generation prompt)
+    eot: str  # closes an assistant text; carries loss with the target
+    join: str  # after eot, up to the next user text
+    name: str = "plain"
+
+
+def plain_format(eos: str | None) -> ChatFormat:
+    return ChatFormat("", "\n\n", "\n", eos or "", "\n\n", name="plain")
+
+
+_MARK = "\u27e6UT{}\u27e7"  # marker strings that no template rewrites
+
+
+def chat_format(tokenizer) -> ChatFormat:
+    """Take the tokenizer's chat template apart into header / item / join pieces, and check them."""
+    m = [_MARK.format(i) for i in range(7)]
+    msgs = [{"role": "system", "content": m[0]}]
+    for k in range(3):
+        msgs += [{"role": "user", "content": m[1 + 2 * k]}, {"role": "assistant", "content": m[2 + 2 * k]}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # templates without a system role: fold it into the first user turn
+        msgs = msgs[1:]
+        msgs[0] = {"role": "user", "content": m[0] + "\n\n" + m[1]}
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    pieces = re.split("(" + "|".join(re.escape(x) for x in m) + ")", text)
+    found = pieces[1::2]
+    if found != m:
+        raise UsertwinError("the tokenizer's chat template reorders or drops messages; use --chat_template none")
+    gaps = pieces[0::2]  # p0 SYS p1 U1 p2 A1 p3 U2 p4 A2 p5 U3 p6 A3 p7
+    p0, p1, p2, p3, p4, p5, p6, p7 = gaps
+    eot = _end_of_turn(p5, tokenizer)
+    if not eot and getattr(tokenizer, "eos_token", None):
+        # a template that closes assistant turns with nothing special: the eos token ends a target
+        eot_text, join = tokenizer.eos_token, p5
+    else:
+        eot_text, join = eot, p5[len(eot):]
+    if p3 != p5:
+        raise UsertwinError("the chat template renders turns differently by position; use --chat_template none")
+    name = getattr(tokenizer, "name_or_path", "") or "chat"
+    return ChatFormat(p0, p1, p4, eot_text, join, name=f"chat template of {name}")
+
+
+def _end_of_turn(gap: str, tokenizer) -> str:
+    """The special token (as text) that opens `gap`, e.g. <|im_end|>; '' if none."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    specials |= {str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()}
+    best = ""
+    for s in specials:
+        if s and gap.startswith(s) and len(s) > len(best):
+            best = s
+    return best
+
+
+# ---------------------------------------------------------------- text of the parts
+
+
+def detect_language(tl) -> str:
+    if tl.language in LANGUAGES:
+        return tl.language
+    sample = "".join(it.continuation + it.prefix for it in tl.items[:50])
+    if _KANA.search(sample):
+        return "ja"
+    if len(_CJK.findall(sample)) > 0.2 * max(1, len(sample)):
+        return "zh"
+    return "en"
+
+
+def _flatten(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}_{k}" if prefix else str(k))
+    elif isinstance(obj, list):
+        yield prefix, ", ".join(str(x) for x in obj)
+    else:
+        yield prefix, obj
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def _profile_lines(profile: dict, style: str) -> list[str]:
+    lines = []
+    for key, value in _flatten(profile):
+        if value is None or value == "":
+            continue
+        if style == "simple":
+            tag = re.sub(r"\W+", "_", key).strip("_").upper()
+            lines.append(f"[USER_{tag}={_fmt_value(value)}]")
+        else:
+            lines.append(f"{key.replace('_', ' ')}: {_fmt_value(value)}")
+    return lines
+
+
+def _own_turn(turn: dict, name: str | None) -> bool:
+    source = turn.get("source")
+    if source is not None:
+        s = str(source).strip()
+        return s.lower() == "user" or (bool(name) and s == name)
+    return turn.get("role") == "assistant"  # role/content turns: the seeds map the twin to assistant
+
+
+class Renderer:
+    """Renders samples and windows of timelines through one prompt style and one chat format."""
+
+    def __init__(self, cfg: RenderConfig, tokenizer=None):
+        cfg.check()
+        self.cfg = cfg
+        self.use_profile, self.use_history, self.use_context = cfg.parts()
+        eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
+        has_template = tokenizer is not None and getattr(tokenizer, "chat_template", None)
+        if cfg.chat_template == "auto" and has_template:
+            self.fmt = chat_format(tokenizer)
+        else:
+            self.fmt = plain_format(eos)
+        self._lang_cache: dict[str, str] = {}
+
+    def language(self, tl) -> str:
+        if self.cfg.language != "auto":
+            return self.cfg.language
+        lang = self._lang_cache.get(tl.user_id)
+        if lang is None:
+            lang = self._lang_cache[tl.user_id] = detect_language(tl)
+        return lang
+
+    # -- the parts
+
+    def system_text(self, tl, history: list[int] = ()) -> str:
+        ph = PHRASES[self.language(tl)]
+        detailed = self.cfg.prompt_style == "detailed"
+        blocks = []
+        if self.use_profile and tl.profile:
+            lines = _profile_lines(tl.profile, self.cfg.prompt_style)
+            if lines:
+                head = f"=== {ph['profile']} ===" if detailed else "[USER_PROFILE]"
+                blocks.append("\n".join([head, *lines]))
+        if tl.task:
+            blocks.append((f"=== {ph['task']} ===" if detailed else "[TASK]") + "\n" + tl.task)
+        if history:  # block layout only
+            head = f"=== {ph['history']} ===" if detailed else "[HISTORY]"
+            lines = [f"{n}. {tl.items[p].prefix}{tl.items[p].continuation}" for n, p in enumerate(history, 1)]
+            blocks.append("\n".join([head, *lines]))
+        return "\n\n".join(blocks)
+
+    def user_text(self, tl, pos: int) -> str:
+        item = tl.items[pos]
+        ph = PHRASES[self.language(tl)]
+        detailed = self.cfg.prompt_style == "detailed"
+        lines = []
+        if self.use_context and item.context:
+            name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+            lines.append(f"=== {ph['context']} ===" if detailed else "[CONTEXT]")
+            for turn in item.context:
+                own = _own_turn(turn, name)
+                who = ph["you"] if own else str(turn.get("source") or ph["other"]).strip()
+                if not own and turn.get("source") is None and turn.get("role"):
+                    who = ph["other"]
+                lines.append(f"{who}: {turn.get('content', '')}")
+        if detailed:
+            lines.append(f"=== {ph['item']} ===")
+            if item.time_text:
+                lines.append(f"{ph['time']}: {item.time_text}")
+        if item.prefix.strip():
+            lines.append(item.prefix.strip())
+        instr = ph["instruction"].get(item.collection, ph["instruction"][""])
+        lines.append(instr)
+        return "\n".join(lines)
+
+    # -- sequences
+
+    def header(self, tl, history: list[int] = ()) -> str:
+        f = self.fmt
+        return f.header_pre + self.system_text(tl, history) + f.header_post
+
+    def item_segments(self, tl, pos: int, first: bool, target: bool) -> list[Segment]:
+        f = self.fmt
+        segs = [] if first else [Segment(f.join, "join", pos)]
+        segs.append(Segment(self.user_text(tl, pos) + f.prompt_post, "prompt", pos))
+        cont = tl.items[pos].continuation + f.eot
+        segs.append(Segment(cont, "target" if target else "history", pos))
+        return segs
+
+    def render(self, tl, items: list[int], targets) -> Rendered:
+        """Render `items` (positions, increasing) of a timeline; `targets` carry loss.
+
+        In the turns layout every item is a turn pair; in the block layout the non-target items form the
+        [HISTORY] block of the header and only the targets are turns.
+        """
+        targets = set(targets)
+        block = self.cfg.history_layout == "block"
+        history_in_header = [p for p in items if p not in targets] if block else []
+        segs = [Segment(self.header(tl, history_in_header), "header")]
+        first = True
+        for pos in items:
+            if block and pos not in targets:
+                continue
+            segs += self.item_segments(tl, pos, first, pos in targets)
+            first = False
+        return Rendered(segs)
+
+    def render_sample(self, tl, sample) -> Rendered:
+        return self.render(tl, list(sample.history) + [sample.target], [sample.target])
+
+    def render_window(self, tl, window) -> Rendered:
+        return self.render(tl, window.items, window.targets)

