@@ -19,9 +19,17 @@ from .atomic import write_json
 from .config import Config, render_config, sample_config, split_config
 from .errors import UsertwinError
 from .render import Renderer
-from .timeline import (SPLITS, Sample, Window, WindowStats, assign_splits, build_samples, build_timelines,
-                       build_windows)
-from .tokenize import ItemLengths, load_tokenizer, measure, tokenizer_id
+from .timeline import (
+    SPLITS,
+    Sample,
+    Window,
+    WindowStats,
+    assign_splits,
+    build_samples,
+    build_timelines,
+    build_windows,
+)
+from .tokenize import ItemLengths, load_tokenizer, measure_all, tokenizer_id
 
 # keys that change what prepare builds (the rest -- output_dir, cache_dir, on_error -- do not)
 _SHAPING = ("model", "max_length", "unit", "split_mode", "train_ratio", "val_ratio", "test_ratio", "seed",
@@ -110,7 +118,7 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
             prep.seconds = time.perf_counter() - start
             return prep
     splits = assign_splits(timelines, split_config(cfg))
-    lengths = {tl.user_id: measure(renderer, tokenizer, tl) for tl in _progress(timelines, progress, "measure")}
+    lengths = measure_all(renderer, tokenizer, timelines, progress)
     sequences, stats = {}, {}
     for split in SPLITS:
         sequences[split], stats[split] = build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer)

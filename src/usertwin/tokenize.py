@@ -118,19 +118,44 @@ class ItemLengths:
         return self.header + sum(self.block(i) for i in items) + max(0, len(items) - 1) * self.join
 
 
-def measure(renderer, tokenizer, tl) -> ItemLengths:
-    """Lengths of every item of a timeline, rendered once each (turns layout)."""
-    header = renderer.header(tl)
-    prompts, targets = [], []
-    for pos in range(len(tl.items)):
-        segs = renderer.item_segments(tl, pos, first=True, target=True)
-        prompts.append(segs[0].text)
-        targets.append(segs[1].text)
+def measure_all(renderer, tokenizer, timelines, progress: bool = False) -> dict:
+    """user id -> ItemLengths. Each distinct text is tokenized once: the same movie, review or line
+    rendered for many users costs one encoding."""
+    texts: dict[str, int] = {}
+
+    def slot(text: str) -> int:
+        return texts.setdefault(text, len(texts))
+
     join = renderer.fmt.join
-    ids = encode_many(tokenizer, [header, join] + prompts + targets)
-    n = len(tl.items)
-    return ItemLengths(
-        header=len(ids[0]), join=len(ids[1]) if join else 0,
-        prompt=[len(x) for x in ids[2:2 + n]], target=[len(x) for x in ids[2 + n:]],
+    plan = []
+    it = timelines
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(timelines, desc="render", unit="user", leave=False, mininterval=1.0)
+    for tl in it:
+        header = renderer.header(tl)
+        prompts, targets = [], []
+        for pos in range(len(tl.items)):
+            segs = renderer.item_segments(tl, pos, first=True, target=True)
+            prompts.append(segs[0].text)
+            targets.append(segs[1].text)
+        plan.append((tl.user_id, header, prompts, targets))
+        for t in (header, join, *prompts, *targets):
+            slot(t)
+    ordered = list(texts)
+    counts = []
+    for i in range(0, len(ordered), 4096):  # batches keep memory flat on large files
+        counts.extend(len(x) for x in encode_many(tokenizer, ordered[i:i + 4096]))
+    n = {t: counts[i] for t, i in texts.items()}
+    return {uid: ItemLengths(
+        header=n[header], join=n[join] if join else 0,
+        prompt=[n[p] for p in prompts], target=[n[t] for t in targets],
         header_chars=len(header), join_chars=len(join),
         prompt_chars=[len(p) for p in prompts], target_chars=[len(t) for t in targets])
+        for uid, header, prompts, targets in plan}
+
+
+def measure(renderer, tokenizer, tl) -> ItemLengths:
+    """Lengths of every item of one timeline."""
+    return measure_all(renderer, tokenizer, [tl])[tl.user_id]
