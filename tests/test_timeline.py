@@ -6,9 +6,20 @@ import pytest
 from helpers import dialogue_timeline, rating_records, rating_timeline
 
 from usertwin.errors import UsertwinError
-from usertwin.timeline import (SampleConfig, SplitConfig, Window, WindowStats, assign_splits, build_samples,
-                               build_timelines, build_windows, resample, select_history, split_labels,
-                               window_history)
+from usertwin.timeline import (
+    SampleConfig,
+    SplitConfig,
+    Window,
+    WindowStats,
+    assign_splits,
+    build_samples,
+    build_timelines,
+    build_windows,
+    resample,
+    select_history,
+    split_labels,
+    window_history,
+)
 
 
 def test_split_labels_time_order_and_shares():

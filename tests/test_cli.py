@@ -1,0 +1,121 @@
+"""The CLI end to end on small records: prepare/inspect, the dump, caching, configs, flags, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from usertwin.cli import main
+
+
+def _records(path, sizes=(30, 12, 7), lang="en"):
+    with open(path, "w", encoding="utf-8") as f:
+        for u, n in enumerate(sizes):
+            items = [{"continuation_prefix": f"Movie {i} (2000) (Drama): ", "continuation": f"{(i % 5) + 1}.0",
+                      "timestamp": 1_000_000 + 60 * i} for i in range(n)]
+            rec = {"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+                   "task": {"description": "Predict ratings.", "language": lang,
+                            "task_behavior_collections": [{"type": "movie_rating", "data": items}]}}
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def _dump(tmp_path, tokenizer_dir, *flags, name="dump.jsonl", data=None):
+    data = data or _records(tmp_path / "records.jsonl")
+    out = tmp_path / name
+    rc = main(["inspect", "--data", str(data), "--model", str(tokenizer_dir), "-n", "0", "--no-progress",
+               "--dump", str(out), *flags])
+    assert rc == 0
+    return out, [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def test_dump_lists_every_item_once_without_leakage(tmp_path, tokenizer_dir):
+    _, rows = _dump(tmp_path, tokenizer_dir, "--max_length", "256")
+    assert len(rows) == 30 + 12 + 7
+    seen = {(r["user"], r["target_index"]) for r in rows}
+    assert len(seen) == len(rows)
+    for r in rows:
+        assert all(h < r["target_index"] for h in r["history_indices"])
+    shares = {}
+    for r in rows:
+        shares.setdefault(r["user"], []).append(r["split"])
+    assert [shares["u0"].count(s) for s in ("train", "val", "test")] == [20, 5, 5]  # 4.5 rounds up, for val and test
+
+
+def test_dump_is_byte_identical_for_the_same_seed_and_cache_does_not_change_it(tmp_path, tokenizer_dir, capsys):
+    a, _ = _dump(tmp_path, tokenizer_dir, "--max_length", "256", name="a.jsonl")
+    b, _ = _dump(tmp_path, tokenizer_dir, "--max_length", "256", name="b.jsonl")  # second run: from cache
+    assert "(from cache)" in capsys.readouterr().out
+    c, _ = _dump(tmp_path, tokenizer_dir, "--max_length", "256", "--cache_dir", str(tmp_path / "fresh"),
+                 name="c.jsonl")
+    assert a.read_bytes() == b.read_bytes() == c.read_bytes()
+
+
+def test_sample_unit_truncates_oldest_history_first(tmp_path, tokenizer_dir, capsys):
+    _, rows = _dump(tmp_path, tokenizer_dir, "--unit", "sample", "--max_length", "200")
+    assert "truncated" in capsys.readouterr().out
+    late = [r for r in rows if r["user"] == "u0" and r["target_index"] == 29][0]
+    hist = late["history_indices"]
+    assert hist and hist == list(range(29 - len(hist), 29))  # the most recent ones survive
+    assert len(hist) < 29
+
+
+def test_seed_flag_names_and_config_file(tmp_path, tokenizer_dir, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("history_strategy: fixed_count\nfixed_history_count: 2\nunit: sample\nmax_length: 4096\n")
+    _, rows = _dump(tmp_path, tokenizer_dir, "--config", str(cfg), "--ablation_config", "history_only")
+    assert "ablation history_only" in capsys.readouterr().out
+    assert max(len(r["history_indices"]) for r in rows) == 2
+    # a flag given on the command line wins over the file
+    _, rows = _dump(tmp_path, tokenizer_dir, "--config", str(cfg), "--fixed_history_count", "3", name="d2.jsonl")
+    assert max(len(r["history_indices"]) for r in rows) == 3
+
+
+def test_no_history_flag(tmp_path, tokenizer_dir):
+    _, rows = _dump(tmp_path, tokenizer_dir, "--no_history", "--unit", "sample")
+    assert all(r["history_indices"] == [] for r in rows)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("histroy_strategy: random\n", "unknown key 'histroy_strategy'; did you mean 'history_strategy'?"),
+    ("max_length: long\n", "key 'max_length' must be int, got str 'long'"),
+    ("history_strategy: latest\n", "key 'history_strategy' must be one of all_previous, random"),
+    ("one_sample_per_user: 3\n", "key 'one_sample_per_user' must be bool"),
+    ("- a\n- b\n", "a config is a mapping of keys to values"),
+    ("max_length: [1,\n", "not valid YAML"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, tokenizer_dir, capsys, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    data = _records(tmp_path / "r.jsonl")
+    rc = main(["prepare", "--config", str(cfg), "--data", str(data), "--model", str(tokenizer_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and str(cfg) in err and "Traceback" not in err
+
+
+def test_missing_data_and_block_layout_with_timeline(tmp_path, tokenizer_dir, capsys):
+    assert main(["prepare", "--model", str(tokenizer_dir)]) == 2
+    assert "no data: pass --data" in capsys.readouterr().err
+    data = _records(tmp_path / "r.jsonl")
+    assert main(["prepare", "--data", str(data), "--model", str(tokenizer_dir), "--history_layout", "block"]) == 2
+    assert "needs --unit sample" in capsys.readouterr().err
+
+
+def test_prepare_writes_summary_and_config(tmp_path, tokenizer_dir):
+    data = _records(tmp_path / "r.jsonl")
+    out = tmp_path / "run"
+    assert main(["prepare", "--data", str(data), "--model", str(tokenizer_dir), "--output_dir", str(out),
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "data_summary.json").read_text())
+    assert summary["users"] == 3 and summary["items"] == 49
+    assert summary["items_per_split"] == {"train": 33, "val": 8, "test": 8}
+    assert sum(summary["splits"][s]["targets"] for s in ("train", "val", "test")) == 49
+    assert json.loads((out / "config.json").read_text())["model"] == str(tokenizer_dir)
+
+
+def test_block_layout_sample_unit(tmp_path, tokenizer_dir):
+    _, rows = _dump(tmp_path, tokenizer_dir, "--unit", "sample", "--history_layout", "block",
+                    "--max_length", "180")
+    late = [r for r in rows if r["user"] == "u0" and r["target_index"] == 29][0]
+    assert 0 < len(late["history_indices"]) < 29
