@@ -326,6 +326,8 @@ def _syntax_hint(s: str, err: json.JSONDecodeError, path, jsonl: bool = False) -
             "likely cause: more text after the end of the JSON value; a JSON file holds one list of records "
             "(or one record), a JSON Lines file one complete record per line"
         )
+    if msg.startswith("Expecting ',' delimiter") and ch in ("]", "}"):
+        return f"likely cause: unbalanced brackets: a '{ch}' where a ',' or '{_other(ch)}' was expected"
     if msg.startswith("Expecting ',' delimiter"):
         j = _prev_nonws(s, pos)
         if j >= 0 and s[j] == '"' and ch == '"':
@@ -334,6 +336,10 @@ def _syntax_hint(s: str, err: json.JSONDecodeError, path, jsonl: bool = False) -
     if msg.startswith("Expecting property name"):
         return "likely cause: a key without double quotes, or a trailing comma"
     return ""
+
+
+def _other(bracket: str) -> str:
+    return "}" if bracket == "]" else "]"
 
 
 def _syntax_message(path, s: str, err: json.JSONDecodeError, *, line_offset: int = 0, jsonl: bool = False) -> str:
@@ -909,7 +915,7 @@ def _repair_doc(original: str, line_offset: int = 0, max_fixes: int = 10000):
                 changes.append((where_, open_orig))
             elif kind == "comma":
                 after = _WS.match(s, pos + 1).end()
-                before = f"before '{s[after]}'" if after < len(s) else "at the end"
+                before = f"before '{s[after]}'" if after < len(s) else "after the end of the value"
                 s = s[:pos] + s[pos + 1 :]
                 edits.add(orig, -1)
                 changes.append(f"{where_}: removed a trailing comma {before}")
