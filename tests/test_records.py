@@ -227,6 +227,27 @@ def test_jsonl_broken_line_skip_keeps_the_rest():
         list(R.iter_raw(path))
 
 
+def test_json_lines_with_a_broken_first_line_is_still_json_lines(tmp_path):
+    path = tmp_path / "records.txt"
+    good = [json.dumps(rec(f"u{i}")) for i in (1, 2, 3)]
+    path.write_text("\n".join(['{"user_hash": "u0",'] + good) + "\n")
+    assert error_of(path).split("\n")[0] == (
+        f"{path}:1:20: invalid JSON on line 1, column 20: Expecting property name enclosed in double quotes"
+    )
+    result = R.load(path, on_error="skip")
+    assert [r.user_id for r in result.records] == ["u1", "u2", "u3"]
+    assert [(p.line, p.record) for p in result.skipped] == [(1, 0)]
+
+
+def test_jsonl_comma_after_a_record_hint(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(rec("u1")) + ",\n" + json.dumps(rec("u2")) + "\n")
+    assert error_of(path).split("\n")[3] == (
+        "likely cause: a comma after the end of the value (JSON Lines need none); delete it, "
+        f"or run: usertwin validate {path} --repair OUT"
+    )
+
+
 def test_jsonl_unescaped_quote_hint(tmp_path):
     path = tmp_path / "q.jsonl"
     line = json.dumps(rec("u1", [{"continuation": "他说QQ好看QQ就走了"}]), ensure_ascii=False).replace("QQ", '"')
@@ -268,13 +289,18 @@ def test_repair_text_fixes_the_unescaped_quote():
         ('{"a": [1,], "b": 2,}', '{"a": [1], "b": 2}',
          ["line 1, column 9: removed a trailing comma before ']'",
           "line 1, column 19: removed a trailing comma before '}'"]),
+        ('{"a": 1},\n{"b": 2}\n', '{"a": 1}\n{"b": 2}\n',
+         ["line 1, column 9: removed a trailing comma after the end of the value"]),
         ('{"t": "a\tb"}', '{"t": "a\\tb"}', ["line 1, column 9: escaped a raw tab inside a string"]),
         ('\ufeff[1]', "[1]", ["line 1, column 1: removed a UTF-8 byte order mark (BOM)"]),
     ],
 )
 def test_repair_text_cases(text, fixed, changes):
     assert R.repair_text(text) == (fixed, changes)
-    json.loads(fixed)
+    if "}\n{" in fixed:  # JSON Lines
+        assert all(json.loads(line) for line in fixed.splitlines())
+    else:
+        json.loads(fixed)
 
 
 @pytest.mark.parametrize(
