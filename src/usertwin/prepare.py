@@ -28,6 +28,7 @@ from .timeline import (
     build_samples,
     build_timelines,
     build_windows,
+    own_turn_last,
 )
 from .tokenize import ItemLengths, load_tokenizer, measure_all, tokenizer_id
 
@@ -253,5 +254,6 @@ def summary(prep: Prepared) -> dict:
            "items": sum(len(tl.items) for tl in prep.timelines),
            "skipped_records": len(prep.skipped), "warnings": prep.warnings,
            "splits": {sp: dataclasses.asdict(st) for sp, st in prep.stats.items()},
-           "items_per_split": dict(Counter(lab for labels in prep.splits.values() for lab in labels))}
+           "items_per_split": dict(Counter(lab for labels in prep.splits.values() for lab in labels)),
+           "context_ends_with_own_turn": sum(own_turn_last(tl) for tl in prep.timelines)}
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .atomic import atomic_open
-from .timeline import SPLITS, Window
+from .timeline import SPLITS, Window, own_turn_last
 
 OPEN, CLOSE = "\u27ea", "\u27eb"  # ⟪ target ⟫ when colour is off
 
@@ -99,6 +99,10 @@ def counts_table(prep) -> str:
     notes = ["history = history items shown; truncated = sequences whose oldest history was cut by "
              "max_length; cut = history items cut; too long = targets that do not fit max_length alone "
              "(left out)"]
+    own_last = sum(own_turn_last(tl) for tl in prep.timelines)
+    if own_last:
+        notes.append(f"{own_last} dialogue item(s) have a context that ends with the user's own turn: kept "
+                     "(the seeds dropped them silently)")
     if prep.skipped:
         notes.append(f"{len(prep.skipped)} record(s) skipped (--on-error skip)")
     return "\n".join([head, *lines, *notes, *prep.warnings])

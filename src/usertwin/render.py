@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import UsertwinError
+from .timeline import is_own_turn
 
 ABLATIONS = {
     "profile_and_history_and_context": (True, True, True),
@@ -254,14 +255,6 @@ def _profile_lines(profile: dict, style: str) -> list[str]:
     return lines
 
 
-def _own_turn(turn: dict, name: str | None) -> bool:
-    source = turn.get("source")
-    if source is not None:
-        s = str(source).strip()
-        return s.lower() == "user" or (bool(name) and s == name)
-    return turn.get("role") == "assistant"  # role/content turns: the seeds map the twin to assistant
-
-
 class Renderer:
     """Renders samples and windows of timelines through one prompt style and one chat format."""
 
@@ -313,7 +306,7 @@ class Renderer:
             name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
             lines.append(f"=== {ph['context']} ===" if detailed else "[CONTEXT]")
             for turn in item.context:
-                own = _own_turn(turn, name)
+                own = is_own_turn(turn, name)
                 who = ph["you"] if own else str(turn.get("source") or ph["other"]).strip()
                 if not own and turn.get("source") is None and turn.get("role"):
                     who = ph["other"]

@@ -112,6 +112,23 @@ def build_timelines(records) -> tuple[list[Timeline], list[str]]:
     return list(by_user.values()), warnings
 
 
+def is_own_turn(turn: dict, name: str | None) -> bool:
+    """The seeds' convention: a context turn is the twin's own when its source is `user` or the profile's
+    name; role/content turns use `assistant` for the twin."""
+    source = turn.get("source")
+    if source is not None:
+        s = str(source).strip()
+        return s.lower() == "user" or (bool(name) and s == name)
+    return turn.get("role") == "assistant"
+
+
+def own_turn_last(tl: Timeline) -> int:
+    """Items whose context ends with the twin's own turn. The seeds dropped them silently; we keep them
+    (the model then continues its own turn) and report how many there are."""
+    name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+    return sum(1 for it in tl.items if it.context and is_own_turn(it.context[-1], name))
+
+
 # ---------------------------------------------------------------- splits
 
 
