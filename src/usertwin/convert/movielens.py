@@ -128,7 +128,7 @@ def _ml100k(raw: Path, skips, progress):
     user_path = require_file(raw / "u.user", "the user list u.user")
     data_path = require_file(raw / "u.data", "the ratings u.data")
     movies = {}
-    for n, parts in _split_lines(item_path, "|", 24, "latin-1", skips):
+    for _n, parts in _split_lines(item_path, "|", 24, "latin-1", skips):
         flags = parts[5:24]
         genres = [g for g, flag in zip(ML100K_GENRES, flags) if flag.strip() == "1" and g != "unknown"]
         movies[parts[0]] = (parts[1].strip(), genres)
