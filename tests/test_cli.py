@@ -119,3 +119,23 @@ def test_block_layout_sample_unit(tmp_path, tokenizer_dir):
                     "--max_length", "180")
     late = [r for r in rows if r["user"] == "u0" and r["target_index"] == 29][0]
     assert 0 < len(late["history_indices"]) < 29
+
+
+def test_written_files_are_complete_with_normal_permissions(tmp_path):
+    import os
+
+    from usertwin.atomic import atomic_open
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["out.jsonl"]
+    with atomic_open(target) as f:
+        f.write("new\n")
+    assert target.read_text() == "new\n"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~mask)
