@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, records
-from .atomic import write_json
+from .atomic import atomic_open
 from .config import Config, render_config, sample_config, split_config
 from .errors import UsertwinError
 from .render import Renderer
@@ -184,16 +184,18 @@ def fit_sample(cfg, renderer, tl, ln: ItemLengths, s: Sample, tokenizer=None):
     """Drop the oldest history until the sample fits max_length; None if the target alone does not fit."""
     if cfg.history_layout == "block":
         return _fit_block(cfg, renderer, tl, s, tokenizer)
-    hist = list(s.history)
-    total = ln.sequence(hist + [s.target])
-    dropped = 0
-    while total > cfg.max_length and hist:
-        total -= ln.block(hist[0]) + ln.join
-        hist.pop(0)
-        dropped += 1
-    if total > cfg.max_length:
+    budget = cfg.max_length - ln.header - ln.block(s.target)
+    if budget < 0:
         return None
-    return Sample(s.user_id, s.target, hist, s.split), total, dropped
+    kept = 0  # walk back from the most recent history item while it fits
+    for h in reversed(s.history):
+        cost = ln.block(h) + ln.join
+        if cost > budget:
+            break
+        budget -= cost
+        kept += 1
+    hist = list(s.history[len(s.history) - kept:])
+    return Sample(s.user_id, s.target, hist, s.split), cfg.max_length - budget, len(s.history) - kept
 
 
 def _fit_block(cfg, renderer, tl, s: Sample, tokenizer):
@@ -223,15 +225,22 @@ def _fit_block(cfg, renderer, tl, s: Sample, tokenizer):
 # ---------------------------------------------------------------- cache
 
 
+def _seq_to_dict(x) -> dict:
+    if isinstance(x, Window):
+        return {"user_id": x.user_id, "items": x.items, "targets": x.targets, "split": x.split}
+    return {"user_id": x.user_id, "target": x.target, "history": x.history, "split": x.split}
+
+
 def _to_cache(path: Path, prep: Prepared) -> None:
     payload = {
         "splits": prep.splits,
-        "lengths": {u: dataclasses.asdict(ln) for u, ln in prep.lengths.items()},
-        "sequences": {sp: [dataclasses.asdict(x) for x in seqs] for sp, seqs in prep.sequences.items()},
+        "lengths": {u: vars(ln) for u, ln in prep.lengths.items()},
+        "sequences": {sp: [_seq_to_dict(x) for x in seqs] for sp, seqs in prep.sequences.items()},
         "stats": {sp: dataclasses.asdict(st) for sp, st in prep.stats.items()},
         "unit": prep.config.unit,
     }
-    write_json(path, payload)
+    with atomic_open(path) as f:
+        json.dump(payload, f, separators=(",", ":"))
 
 
 def _from_cache(path: Path, cfg: Config, timelines) -> Prepared | None:

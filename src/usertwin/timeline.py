@@ -7,6 +7,7 @@ positions strictly smaller than the target's own.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -30,7 +31,7 @@ class Timeline:
     items: list  # list[records.Item], time order
     record_index: int = 0
 
-    @property
+    @functools.cached_property
     def is_dialogue(self) -> bool:
         return any(it.collection in ("dialogue", "conversation") for it in self.items)
 
