@@ -57,3 +57,25 @@ def tokenizer_dir(tmp_path_factory, tokenizer):
     d = tmp_path_factory.mktemp("tok")
     tokenizer.save_pretrained(d)
     return d
+
+
+def tiny_model(kind: str = "qwen3", vocab_size: int = 400, seed: int = 0):
+    """A randomly initialised causal LM of a real architecture, small enough for CPU tests."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  tie_word_embeddings=False)
+    config = Qwen3Config(head_dim=16, **common) if kind == "qwen3" else LlamaConfig(**common)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A folder with a tiny Qwen3-shaped model and the test tokenizer, usable as --model."""
+    d = tmp_path_factory.mktemp("tiny-qwen3")
+    tiny_model("qwen3", vocab_size=len(tokenizer)).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d

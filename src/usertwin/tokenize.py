@@ -159,3 +159,131 @@ def measure_all(renderer, tokenizer, timelines, progress: bool = False) -> dict:
 def measure(renderer, tokenizer, tl) -> ItemLengths:
     """Lengths of every item of one timeline."""
     return measure_all(renderer, tokenizer, [tl])[tl.user_id]
+
+
+# ---------------------------------------------------------------- sequences -> ids and labels
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    """One tokenized sequence: loss only on target tokens (labels -100 elsewhere)."""
+
+    input_ids: list
+    labels: list
+    targets: list  # [(position in timeline, first token, end token)] of every target
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_target_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+class SequenceEncoder:
+    """Rendered segments -> token ids, each distinct segment text tokenized once and reused."""
+
+    def __init__(self, renderer, tokenizer):
+        self.renderer = renderer
+        self.tokenizer = tokenizer
+        self._ids: dict[str, list] = {}
+
+    def _lookup(self, texts: list[str]) -> list[list]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._ids]
+        for t, ids in zip(missing, encode_many(self.tokenizer, missing)):
+            self._ids[t] = ids
+        return [self._ids[t] for t in texts]
+
+    def encode(self, tl, items: list[int], targets) -> Encoded:
+        rendered = self.renderer.render(tl, items, targets)
+        ids_per_seg = self._lookup([s.text for s in rendered.segments])
+        input_ids, labels, spans = [], [], []
+        for seg, ids in zip(rendered.segments, ids_per_seg):
+            if seg.kind == "target":
+                spans.append((seg.position, len(input_ids), len(input_ids) + len(ids)))
+                labels.extend(ids)
+            else:
+                labels.extend([IGNORE] * len(ids))
+            input_ids.extend(ids)
+        return Encoded(input_ids, labels, spans)
+
+
+# ---------------------------------------------------------------- batches
+
+
+@dataclass
+class Batch:
+    """Either one packed row (several sequences, position_ids restart per sequence, no padding) or a padded
+    batch (one sequence per row, attention_mask). `seq_targets` maps each sequence's targets to token spans
+    in the flattened (row-major) layout."""
+
+    input_ids: list  # rows
+    labels: list
+    position_ids: list
+    attention_mask: list | None
+    n_target_tokens: int
+    n_tokens: int  # real (non-padding) tokens
+    n_targets: int
+
+
+def pack(encoded: list[Encoded], budget: int) -> list[list[int]]:
+    """Group sequence indices into rows of at most `budget` tokens, keeping the given order (first fit on the
+    open row; a sequence longer than the budget gets a row of its own)."""
+    rows, row, used = [], [], 0
+    for i, e in enumerate(encoded):
+        n = len(e)
+        if row and used + n > budget:
+            rows.append(row)
+            row, used = [], 0
+        row.append(i)
+        used += n
+    if row:
+        rows.append(row)
+    return rows
+
+
+def packed_batch(seqs: list[Encoded], pad_to: int | None = None, pad_id: int = 0) -> Batch:
+    ids, labels, pos = [], [], []
+    for e in seqs:
+        ids.extend(e.input_ids)
+        labels.extend(e.labels)
+        pos.extend(range(len(e)))
+    n_tokens = len(ids)
+    if pad_to and len(ids) < pad_to:
+        # padding as one more "sequence" (positions restart at 0) that carries no loss
+        extra = pad_to - len(ids)
+        ids.extend([pad_id] * extra)
+        labels.extend([IGNORE] * extra)
+        pos.extend(range(extra))
+    return Batch([ids], [labels], [pos], None, sum(e.n_target_tokens for e in seqs), n_tokens,
+                 sum(len(e.targets) for e in seqs))
+
+
+def padded_batch(seqs: list[Encoded], pad_id: int = 0) -> Batch:
+    width = max(len(e) for e in seqs)
+    ids, labels, pos, mask = [], [], [], []
+    for e in seqs:
+        extra = width - len(e)
+        ids.append(e.input_ids + [pad_id] * extra)
+        labels.append(e.labels + [IGNORE] * extra)
+        pos.append(list(range(len(e))) + [0] * extra)
+        mask.append([1] * len(e) + [0] * extra)
+    return Batch(ids, labels, pos, mask, sum(e.n_target_tokens for e in seqs), sum(len(e) for e in seqs),
+                 sum(len(e.targets) for e in seqs))
+
+
+def padded_groups(encoded: list[Encoded], budget: int) -> list[list[int]]:
+    """Dynamic padding: consecutive sequences while (rows x longest) stays within the token budget."""
+    groups, group, longest = [], [], 0
+    for i, e in enumerate(encoded):
+        width = max(longest, len(e))
+        if group and width * (len(group) + 1) > budget:
+            groups.append(group)
+            group, width = [], len(e)
+        group.append(i)
+        longest = width
+    if group:
+        groups.append(group)
+    return groups
