@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     _add_common(p)
 
+    p = sub.add_parser("train", help="fine-tune a model into user twins (LoRA or full); resumable")
+    add_config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    _add_common(p)
+
     p = sub.add_parser("inspect", help="show examples exactly as training sees them; counts; --dump")
     add_config_flags(p)
     p.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all)")
@@ -109,7 +115,16 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
+def cmd_train(args) -> int:
+    from .config import resolve
+    from .train import train
+
+    cfg = resolve(args)
+    train(cfg, overwrite=args.overwrite, resume=args.resume, progress=args.progress)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
 
 
 def main(argv=None) -> int:

@@ -56,6 +56,37 @@ class Config:
     language: str = "auto"
     history_layout: str = "turns"
     chat_template: str = "auto"
+    # model and adapters
+    lora: bool = True  # --no_lora: full fine-tuning
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"  # or a comma-separated list of module names
+    dtype: str = "auto"  # auto: bf16 on a GPU that has it, else float32
+    gradient_checkpointing: bool = False
+    disable_flash_attn: bool = False
+    trust_remote_code: bool = False
+    # training
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    max_epochs: int = 1
+    max_steps: int | None = None
+    batch_tokens: int | None = None  # tokens per micro-batch row (default: max_length)
+    packing: bool = True  # --no-packing / --packing off: dynamic padding instead
+    resample_every_epoch: bool = False
+    eval_steps: int | None = None  # default: evaluate at the end of each epoch
+    save_steps: int | None = None  # default: with each evaluation
+    save_total_limit: int = 2
+    early_stopping_patience: int | None = 3
+    early_stopping_threshold: float = 0.001
+    logging_steps: int = 10
+    wandb_project: str | None = None
+    wandb_run_name: str | None = None
+    deepspeed: str | None = None  # a DeepSpeed JSON config (configs/deepspeed/)
     # outputs
     output_dir: str | None = None
     cache_dir: str | None = None  # default: <output_dir or data dir>/.usertwin-cache
@@ -77,6 +108,8 @@ CHOICES = {
     "language": ("auto", "en", "zh", "ja"),
     "history_layout": ("turns", "block"),
     "chat_template": ("auto", "none"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
 }
 ALIASES = {  # the seeds' flag names -> ours
     "ablation_config": "ablation",
@@ -87,8 +120,13 @@ ALIASES = {  # the seeds' flag names -> ours
     "max_seq_length": "max_length",
     "random_seed": "seed",
     "history_max_items": "max_history_items",
+    "num_train_epochs": "max_epochs",
+    "lr": "learning_rate",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "lora_rank": "lora_r",
 }
-NEGATIONS = {"no_profile": "use_profile", "no_history": "use_history", "no_context": "use_context"}
+NEGATIONS = {"no_profile": "use_profile", "no_history": "use_history", "no_context": "use_context",
+             "no_lora": "lora"}
 
 
 def _hints() -> dict:
@@ -170,15 +208,30 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         tp, _ = _base_type(hints[f.name])
         names = [f"--{f.name}"] + [f"--{a}" for a in alias_of.get(f.name, [])]
         if tp is bool:
-            group.add_argument(*names, dest=f"cfg__{f.name}", action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"(default {f.default})")
+            # --packing, --packing off / on / true / false, and --no-packing / --no_packing
+            group.add_argument(*names, dest=f"cfg__{f.name}", nargs="?", const=True, type=_parse_bool,
+                               default=argparse.SUPPRESS, metavar="on|off", help=f"(default {f.default})")
+            group.add_argument(f"--no-{f.name}", f"--no_{f.name}", dest=f"cfg__{f.name}", action="store_false",
+                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
             group.add_argument(*names, dest=f"cfg__{f.name}", type=_cli_type(tp), default=argparse.SUPPRESS,
                                choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else tp.__name__.upper(),
                                help=f"(default {f.default})")
     for neg, key in NEGATIONS.items():
-        group.add_argument(f"--{neg}", dest=f"cfg__{key}", action="store_false", default=argparse.SUPPRESS,
-                           help=f"same as --no-{key}")
+        if f"--{neg}" not in parser._option_string_actions:
+            group.add_argument(f"--{neg}", dest=f"cfg__{key}", action="store_false", default=argparse.SUPPRESS,
+                               help=f"same as --{key} off")
+
+
+def _parse_bool(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off (or true/false), got {text!r}")
 
 
 def _cli_type(tp):

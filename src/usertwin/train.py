@@ -1,0 +1,434 @@
+"""`usertwin train`: the training loop on accelerate (one process, DDP, FSDP2 or DeepSpeed via its launchers).
+
+Why our own loop rather than transformers' Trainer: batches are token budgets of packed timeline windows
+whose contents change every epoch (re-sampling), the loss is normalised by the number of target tokens of
+the whole global step (so 2 processes x 1 micro-batch == 1 process x 2 accumulated micro-batches exactly),
+and a resumed run must skip to the same micro-batch of the same epoch's deterministic order. All of that is a
+few lines here and would be subclass surgery on Trainer. Distribution, mixed precision, gradient
+accumulation and checkpoint state stay with accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_open, write_json, write_text
+from .config import Config, render_config
+from .errors import UsertwinError
+from .model import TargetLoss, add_lora, batch_tensors, load_model
+from .prepare import build_split, prepare, summary
+from .render import Renderer
+from .timeline import Window
+from .tokenize import SequenceEncoder, load_tokenizer, pack, packed_batch, padded_batch, padded_groups
+
+STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    """Where the run is: saved with every checkpoint, so --resume continues exactly there."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # global steps done in the current epoch
+    global_step: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    targets_seen: int = 0
+    tokens_seen: int = 0
+    log: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- data
+
+
+def sequence_items(seq):
+    if isinstance(seq, Window):
+        return seq.items, seq.targets
+    return list(seq.history) + [seq.target], [seq.target]
+
+
+class EpochData:
+    """The deterministic micro-batches of one split for one epoch."""
+
+    def __init__(self, cfg: Config, prep, renderer, encoder: SequenceEncoder, pad_id: int):
+        self.cfg, self.prep, self.renderer, self.encoder, self.pad_id = cfg, prep, renderer, encoder, pad_id
+
+    def sequences(self, split: str, epoch: int):
+        if split == "train" and self.cfg.unit == "sample" and self.cfg.resample_every_epoch:
+            seqs, _ = build_split(self.cfg, self.renderer, self.prep.timelines, self.prep.splits,
+                                  self.prep.lengths, "train", epoch=epoch)
+            return seqs
+        return self.prep.sequences[split]
+
+    def batches(self, split: str, epoch: int, shuffle: bool) -> list:
+        seqs = list(self.sequences(split, epoch))
+        if shuffle:
+            random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(seqs)
+        encoded = [self.encoder.encode(self.prep.timeline(s.user_id), *sequence_items(s)) for s in seqs]
+        budget = self.cfg.batch_tokens or self.cfg.max_length
+        if self.cfg.packing:
+            return [packed_batch([encoded[i] for i in row], pad_id=self.pad_id) for row in pack(encoded, budget)]
+        return [padded_batch([encoded[i] for i in g], pad_id=self.pad_id) for g in padded_groups(encoded, budget)]
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def _run_dir(cfg: Config, overwrite: bool, resume: bool) -> Path:
+    if not cfg.output_dir:
+        raise UsertwinError("no output directory: pass --output_dir RUN_DIR (or set output_dir in the config)")
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsertwinError(f"output_dir {out} is a file")
+    busy = out.is_dir() and any(p.name != "cache" for p in out.iterdir())
+    if busy and not (overwrite or resume):
+        raise UsertwinError(f"output_dir {out} is not empty: pass --resume to continue that run or --overwrite "
+                            "to replace it")
+    if busy and overwrite and not resume:
+        for p in out.iterdir():
+            if p.name != "cache":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if (p / STATE).is_file()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _dump_config(cfg: Config, out: Path) -> None:
+    import yaml
+
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Trainer:
+    def __init__(self, cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
+                 tokenizer=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg, self.progress = cfg, progress
+        plugin = None
+        if cfg.deepspeed:
+            from accelerate.utils import DeepSpeedPlugin
+
+            if not Path(cfg.deepspeed).is_file():
+                raise UsertwinError(f"DeepSpeed config {cfg.deepspeed} does not exist")
+            plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed,
+                                     gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        self.acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, deepspeed_plugin=plugin)
+        self.main = self.acc.is_main_process
+        self.out = _run_dir(cfg, overwrite, resume) if self.main else Path(cfg.output_dir or ".")
+        self.acc.wait_for_everyone()
+        self.resume_from = latest_checkpoint(self.out) if resume else None
+        if resume and self.resume_from is None and self.main:
+            self.say(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from the beginning")
+        set_seed(cfg.seed)
+        self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
+        self.renderer = Renderer(render_config(cfg), self.tokenizer)
+        self.prep = prepare(cfg, tokenizer=self.tokenizer, progress=progress and self.main)
+        self.encoder = SequenceEncoder(self.renderer, self.tokenizer)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.data = EpochData(cfg, self.prep, self.renderer, self.encoder, pad or 0)
+        self.state = TrainState()
+
+    # -- helpers
+
+    def say(self, text: str) -> None:
+        if self.main:
+            print(text, flush=True)
+
+    def _model(self):
+        cfg = self.cfg
+        model = load_model(cfg.model, cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                           disable_flash_attn=cfg.disable_flash_attn)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if cfg.lora:
+            if cfg.gradient_checkpointing:
+                model.enable_input_require_grads()
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        return model
+
+    def _steps_per_epoch(self, n_batches: int) -> int:
+        return math.ceil(n_batches / (self.acc.num_processes * self.cfg.gradient_accumulation_steps))
+
+    # -- evaluation
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict:
+        batches = self.data.batches(split, 0, shuffle=False)
+        self.loss_model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.acc.device)
+        world, rank = self.acc.num_processes, self.acc.process_index
+        for i in range(math.ceil(len(batches) / world)):
+            # every rank runs the same number of forwards (FSDP gathers weights in each); extras weigh 0
+            k = i * world + rank
+            b, weight = (batches[k], 1.0) if k < len(batches) else (batches[0], 0.0)
+            losses = self.loss_model(**batch_tensors(b, self.acc.device)).double()
+            total[0] += losses.sum() * weight
+            total[1] += len(losses) * weight
+        total = self.acc.reduce(total, reduction="sum")
+        self.loss_model.train()
+        loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        return {"loss": loss, "target_tokens": int(total[1].item()), "batches": len(batches)}
+
+    # -- checkpoints
+
+    def save_checkpoint(self) -> None:
+        ckdir = self.out / "checkpoints"
+        final = ckdir / f"step-{self.state.global_step}"
+        tmp = ckdir / f".tmp-step-{self.state.global_step}"
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True, exist_ok=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        if self.main:
+            write_json(tmp / STATE, vars(self.state) | {"log": self.state.log})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # a checkpoint is complete or absent
+            self._prune(ckdir)
+        self.acc.wait_for_everyone()
+
+    def _prune(self, ckdir: Path) -> None:
+        ckpts = sorted((p for p in ckdir.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
+        for old in ckpts[:-max(1, self.cfg.save_total_limit)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.acc.load_state(str(path))
+        raw = json.loads((path / STATE).read_text())
+        self.state = TrainState(**raw)
+        self.say(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
+
+    def save_best(self) -> None:
+        best = self.out / "best"
+        tmp = self.out / ".tmp-best"
+        self.acc.wait_for_everyone()
+        unwrapped = self.acc.unwrap_model(self.loss_model).model
+        state_dict = self.acc.get_state_dict(self.loss_model)
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            inner = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+            unwrapped.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(best, ignore_errors=True)
+            os.replace(tmp, best)
+        self.acc.wait_for_everyone()
+
+    def restore_best(self) -> None:
+        """Load best/ weights back into the model (adapter or full)."""
+        best = self.out / "best"
+        if not best.is_dir():
+            return
+        from safetensors.torch import load_file
+
+        model = self.acc.unwrap_model(self.loss_model).model
+        name = "adapter_model.safetensors" if self.cfg.lora else "model.safetensors"
+        if not (best / name).is_file():
+            return
+        weights = load_file(str(best / name))
+        if self.cfg.lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, weights)
+        else:
+            model.load_state_dict(weights, strict=False)
+
+    # -- logging
+
+    def log(self, row: dict) -> None:
+        row = {"step": self.state.global_step, "epoch": self.state.epoch + 1, **row, "time": round(time.time(), 3)}
+        self.state.log.append(row)
+        if self.main:
+            with open(self.out / "logs.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k not in ("step", "epoch", "time"):
+                        self.tb.add_scalar(k, v, self.state.global_step)
+            if self.wandb is not None:
+                self.wandb.log(row, step=self.state.global_step)
+
+    def _open_loggers(self) -> None:
+        self.tb = self.wandb = None
+        if not self.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        except ImportError:
+            self.say("tensorboard is not installed: logging to logs.jsonl only")
+        if self.cfg.wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise UsertwinError("--wandb_project needs the wandb package: pip install wandb") from None
+            self.wandb = wandb
+            wandb.init(project=self.cfg.wandb_project, name=self.cfg.wandb_run_name, config=self.cfg.to_dict())
+
+    # -- the run
+
+    def run(self) -> dict:
+        cfg, acc = self.cfg, self.acc
+        start = time.time()
+        if self.main:
+            _dump_config(cfg, self.out)
+            write_json(self.out / "data_summary.json", summary(self.prep))
+            self._write_preview()
+        model = self._model()
+        self.loss_model = TargetLoss(model)
+        params = [p for p in self.loss_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        first = self.data.batches("train", 0, shuffle=True)
+        steps_per_epoch = self._steps_per_epoch(len(first))
+        total_steps = cfg.max_steps or steps_per_epoch * cfg.max_epochs
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                                  num_training_steps=total_steps)
+        # the scheduler stays outside accelerate.prepare: its wrapper would step it once per process
+        self.loss_model, optimizer = acc.prepare(self.loss_model, optimizer)
+        acc.register_for_checkpointing(scheduler)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self._open_loggers()
+        trainable = sum(p.numel() for p in params)
+        self.say(f"model {cfg.model}: {trainable:,} trainable parameters ({'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full'}),"
+                 f" {acc.num_processes} process(es), {steps_per_epoch} steps per epoch, {total_steps} steps in all")
+        if self.resume_from is not None:
+            self.load_checkpoint(self.resume_from)
+            self.initial_val = next((r["val_loss"] for r in self.state.log if r.get("event") == "eval_start"), None)
+        else:
+            ev = self.evaluate()
+            self.initial_val = ev["loss"]
+            self.say(f"validation loss before training: {ev['loss']:.4f} ({ev['target_tokens']} target tokens)")
+            self.log({"event": "eval_start", "val_loss": ev["loss"]})
+        self._loop(first, steps_per_epoch, total_steps)
+        self.restore_best()
+        final = self.evaluate()
+        wall = time.time() - start
+        result = {
+            "steps": self.state.global_step, "epochs": self.state.epoch + (1 if self.state.step_in_epoch else 0),
+            "targets_per_epoch": self.prep.stats["train"].targets, "tokens_per_epoch": self.prep.stats["train"].tokens,
+            "targets_seen": self.state.targets_seen, "tokens_seen": self.state.tokens_seen,
+            "tokens_per_second": round(self.state.tokens_seen / max(wall, 1e-9), 1),
+            "val_loss_before": self.initial_val, "val_loss_after": final["loss"],
+            "best_val_loss": self.state.best_val_loss, "best_step": self.state.best_step,
+            "stopped_early": self.state.stopped_early, "wall_seconds": round(wall, 1), "unit": cfg.unit,
+            "processes": acc.num_processes,
+        }
+        if self.main:
+            write_json(self.out / "summary.json", result)
+            if self.tb is not None:
+                self.tb.close()
+        self.say(f"validation loss after training: {final['loss']:.4f} (before: {self.initial_val:.4f}); "
+                 f"best model in {self.out / 'best'}; run in {self.out}")
+        return result
+
+    def _loop(self, first_batches, steps_per_epoch, total_steps) -> None:
+        cfg, acc, st = self.cfg, self.acc, self.state
+        world, accum = acc.num_processes, cfg.gradient_accumulation_steps
+        per_step = world * accum
+        self.loss_model.train()
+        epoch = st.epoch
+        while epoch < cfg.max_epochs and st.global_step < total_steps and not st.stopped_early:
+            batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
+            n_steps = self._steps_per_epoch(len(batches))
+            tick, tokens_at_tick = time.time(), st.tokens_seen
+            for step in range(st.step_in_epoch if epoch == st.epoch else 0, n_steps):
+                group = batches[step * per_step:(step + 1) * per_step]
+                global_target_tokens = sum(b.n_target_tokens for b in group)
+                mine = group[acc.process_index::world]
+                loss_sum = 0.0
+                for m in range(accum):
+                    # ranks without a batch left in the last step run a zero-weight one (keeps DDP in step)
+                    b, weight = (mine[m], 1.0) if m < len(mine) else (group[0], 0.0)
+                    with acc.accumulate(self.loss_model):
+                        losses = self.loss_model(**batch_tensors(b, acc.device))
+                        # normalised by the target tokens of the whole global step; accelerate divides by
+                        # accum and DDP averages over ranks, so scale back by both
+                        loss = losses.sum() * weight * world * accum / max(global_target_tokens, 1)
+                        acc.backward(loss)
+                        if acc.sync_gradients and cfg.max_grad_norm:
+                            acc.clip_grad_norm_(self.loss_model.parameters(), cfg.max_grad_norm)
+                        self.optimizer.step()
+                        if acc.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    loss_sum += losses.detach().double().sum().item() * weight
+                step_loss = acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum").item()
+                st.global_step += 1
+                st.step_in_epoch = step + 1
+                st.epoch = epoch
+                st.targets_seen += sum(b.n_targets for b in group)
+                st.tokens_seen += sum(b.n_tokens for b in group)
+                if st.global_step % cfg.logging_steps == 0 or step == n_steps - 1:
+                    dt = max(time.time() - tick, 1e-9)
+                    self.log({"loss": step_loss / max(global_target_tokens, 1),
+                              "lr": self.scheduler.get_last_lr()[0],
+                              "tokens_per_second": round((st.tokens_seen - tokens_at_tick) / dt, 1)})
+                    tick, tokens_at_tick = time.time(), st.tokens_seen
+                end_of_epoch = step == n_steps - 1
+                if end_of_epoch:
+                    st.epoch, st.step_in_epoch = epoch + 1, 0
+                if (cfg.eval_steps and st.global_step % cfg.eval_steps == 0) or (end_of_epoch and not cfg.eval_steps):
+                    self._eval_and_maybe_stop()
+                elif cfg.save_steps and st.global_step % cfg.save_steps == 0:
+                    self.save_checkpoint()
+                if st.stopped_early or st.global_step >= total_steps:
+                    break
+            epoch += 1
+            if st.step_in_epoch:  # left the epoch early (max_steps / early stop)
+                break
+
+    def _eval_and_maybe_stop(self) -> None:
+        cfg, st = self.cfg, self.state
+        ev = self.evaluate()
+        improved = st.best_val_loss is None or ev["loss"] < st.best_val_loss - cfg.early_stopping_threshold
+        if improved:
+            st.best_val_loss, st.best_step, st.bad_evals = ev["loss"], st.global_step, 0
+            self.save_best()
+        else:
+            st.bad_evals += 1
+            if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience:
+                st.stopped_early = True
+        self.log({"event": "eval", "val_loss": ev["loss"], "best_val_loss": st.best_val_loss})
+        self.say(f"step {st.global_step}: validation loss {ev['loss']:.4f}"
+                 f"{' (best)' if improved else ''}{' - early stop' if st.stopped_early else ''}")
+        self.save_checkpoint()
+
+    def _write_preview(self, n: int = 3) -> None:
+        from .preview import marked_text
+
+        parts = []
+        for seq in self.prep.sequences["train"][:n]:
+            items, targets = sequence_items(seq)
+            rendered = self.renderer.render(self.prep.timeline(seq.user_id), items, targets)
+            parts.append(f"=== user {seq.user_id!r}: {len(targets)} target(s), {len(items) - len(targets)} history "
+                         f"item(s); loss on the \u27ea...\u27eb spans ===\n{marked_text(rendered, color=False)}\n")
+        with atomic_open(self.out / "training_samples_preview.txt") as f:
+            f.write("\n".join(parts))
+
+
+def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict:
+    return Trainer(cfg, overwrite=overwrite, resume=resume, progress=progress).run()
