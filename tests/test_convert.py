@@ -1,26 +1,38 @@
-"""Converters: exact counts on real data, fixtures in each published layout, and error messages."""
+"""Converters: exact counts on real data, fixtures in each published layout, time order, prefixes, errors."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import pytest
-from conftest import shared
 
 from usertwin.cli import main
-from usertwin.convert import convert_to_file
+from usertwin.convert import DATASETS, convert_to_file
 from usertwin.errors import UsertwinError
-from usertwin.records import load
+from usertwin.records import load, parse_timestamp
 
 FIX = Path(__file__).parent / "fixtures" / "convert"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared(*parts) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not present: {path} (../shared/data is absent)")
+    return path
 
 
 def _convert(dataset, raw, tmp_path, **kw):
     out = tmp_path / f"{dataset}.jsonl"
     summary = convert_to_file(dataset, raw, out, progress=False, **kw)
     recs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    load(out)  # every converter's output passes validation
+    loaded = load(out)  # every converter's output passes validation
+    assert len(loaded.records) == summary.users == len(recs)
+    assert loaded.n_items == summary.items
+    assert summary.skipped == sum(summary.skip_reasons.values())
     return summary, recs
 
 
@@ -28,147 +40,355 @@ def _items(rec):
     return [it for c in rec["task"]["task_behavior_collections"] for it in c["data"]]
 
 
+def _assert_time_order(recs):
+    for rec in recs:
+        times = [parse_timestamp(it["timestamp"]) for it in _items(rec)]
+        assert times == sorted(times), rec["user_hash"]
+
+
+def _numeric_user_order(recs):
+    ids = [int(r["user_hash"]) for r in recs]
+    assert ids == sorted(ids)
+
+
+def test_registry():
+    assert list(DATASETS) == ["movielens", "dmsc", "douban-dmr", "cornell", "seed-samples", "records"]
+    assert all(callable(module.convert) for module in DATASETS.values())
+
+
+# --------------------------------------------------------------------------------------------- movielens
+
+
 def test_movielens_latest_small_real(tmp_path):
-    summary, recs = _convert("movielens", shared("movielens", "ml-latest-small"), tmp_path)
+    raw = shared("movielens", "ml-latest-small")
+    start = time.perf_counter()
+    summary, recs = _convert("movielens", raw, tmp_path)
+    seconds = time.perf_counter() - start
+    assert seconds < 10, f"ml-latest-small took {seconds:.1f} s (about 1 s expected)"
     assert (summary.users, summary.items) == (610, 100_836)
-    assert summary.line().startswith("movielens: 610 users, 100836 items, 1996-03-29 .. 2018-09-24")
+    assert (summary.first, summary.last) == ("1996-03-29T18:36:55Z", "2018-09-24T14:27:30Z")
+    assert summary.line().startswith(
+        f"movielens: 610 users, 100836 items, 1996-03-29 .. 2018-09-24 -> {tmp_path / 'movielens.jsonl'}")
+    # 207 of the 3,683 tags are of movies the user did not rate: no item to attach them to, counted
+    assert summary.skip_reasons == {"tag without a rating": 207}
+    assert len({it["metadata"]["movie_id"] for r in recs for it in _items(r)}) == 9_724  # rated movies
+    _numeric_user_order(recs)
+    _assert_time_order(recs)
     first = recs[0]
-    assert first["user_hash"] == "1" and first["user"]["profile"] == {"name": "user_1"}
-    items = _items(first)
-    assert [it["timestamp"] for it in items] == sorted(it["timestamp"] for it in items)
-    toy = [it for it in items if it["metadata"]["movie_id"] == 1][0]
-    assert toy["continuation_prefix"] == "Toy Story (1995) (Adventure, Animation, Children, Comedy, Fantasy): "
-    assert toy["continuation"] == "4.0" and toy["timestamp"] == "2000-07-30T18:45:03Z"
+    assert first["user_hash"] == first["user"]["id"] == "1" and first["user"]["profile"] == {"name": "user_1"}
+    assert first["task"]["language"] == "en"
+    assert first["task"]["rating_scale"] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
+    assert first["task"]["task_behavior_collections"][0]["type"] == "movie_rating"
+    toy = [it for it in _items(first) if it["metadata"]["movie_id"] == 1][0]
+    assert toy == {"continuation_prefix": "Toy Story (1995) (Adventure, Animation, Children, Comedy, Fantasy): ",
+                   "continuation": "4.0", "timestamp": "2000-07-30T18:45:03Z",
+                   "metadata": {"movie_id": 1, "rating": 4.0}}
+    assert {it["continuation"] for r in recs for it in _items(r)} == {f"{x / 2:.1f}" for x in range(1, 11)}
     tagged = [it for r in recs if r["user_hash"] == "2" for it in _items(r) if "tags" in it["metadata"]]
     assert {"funny", "Highly quotable", "will ferrell"} <= {t for it in tagged for t in it["metadata"]["tags"]}
+    assert sum(len(it["metadata"].get("tags", [])) for r in recs for it in _items(r)) == 3_683 - 207
+    # a movie without genres: "Title (Year): "
+    no_genre = [it["continuation_prefix"] for r in recs for it in _items(r) if it["metadata"]["movie_id"] == 114335]
+    assert no_genre and set(no_genre) == {"La cravate (1957): "}
 
 
 def test_movielens_100k_fixture(tmp_path):
     summary, recs = _convert("movielens", FIX / "ml-100k", tmp_path)
-    assert (summary.users, summary.items) == (3, 7)
+    assert (summary.users, summary.items, summary.skipped) == (3, 7, 0)
+    assert summary.line().startswith("movielens: 3 users, 7 items, 1997-09-22 .. 1998-02-27 -> ")
     assert recs[0]["user"]["profile"] == {"name": "user_1", "age": 24, "gender": "M", "occupation": "technician",
                                           "zip_code": "85711"}
-    assert [(it["continuation_prefix"], it["continuation"]) for it in _items(recs[0])] == [
-        ("Café au Lait (1994) (Comedy): ", "4.0"),
-        ("Toy Story (1995) (Animation, Children's, Comedy): ", "5.0"),
-        ("GoldenEye (1995) (Action, Adventure, Thriller): ", "3.0")]
-    # a tie in time keeps file order
-    assert [it["metadata"]["movie_id"] for it in _items(recs[1])] == [2, 3, 1]
-    assert _items(recs[2])[0]["continuation_prefix"] == "Unknown Movie (1998): "
     assert recs[0]["task"]["rating_scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert "(1-5 stars)" in recs[0]["task"]["description"]
+    assert [(it["continuation_prefix"], it["continuation"], it["timestamp"]) for it in _items(recs[0])] == [
+        ("Café au Lait (1994) (Comedy): ", "4.0", "1997-09-22T22:01:40Z"),  # latin-1 title
+        ("Toy Story (1995) (Animation, Children's, Comedy): ", "5.0", "1997-09-22T22:02:38Z"),
+        ("GoldenEye (1995) (Action, Adventure, Thriller): ", "3.0", "1997-10-15T05:26:11Z")]
+    assert _items(recs[0])[0]["metadata"] == {"movie_id": 3, "rating": 4.0}
+    assert [it["metadata"]["movie_id"] for it in _items(recs[1])] == [2, 3, 1]  # a tie in time keeps file order
+    assert _items(recs[2])[0]["continuation_prefix"] == "Unknown Movie (1998): "  # only the "unknown" flag
+    _assert_time_order(recs)
 
 
-def test_movielens_missing_column_and_bad_row(tmp_path):
+def _ml_folder(tmp_path, ratings: str) -> Path:
     raw = tmp_path / "ml"
-    raw.mkdir()
-    (raw / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Comedy\n")
-    (raw / "ratings.csv").write_text("userId,movieId,timestamp\n1,1,964982703\n")
-    with pytest.raises(UsertwinError, match=r"ratings.csv: missing column\(s\) rating; found userId, movieId"):
+    raw.mkdir(exist_ok=True)
+    (raw / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Comedy\n", encoding="utf-8")
+    (raw / "ratings.csv").write_text(ratings, encoding="utf-8")
+    return raw
+
+
+def test_movielens_missing_column(tmp_path):
+    raw = _ml_folder(tmp_path, "userId,movieId,timestamp\n1,1,964982703\n")
+    with pytest.raises(UsertwinError, match=r"ratings.csv: missing column\(s\) rating; found userId, movieId, "
+                                            r"timestamp \(expected userId, movieId, rating, timestamp\)"):
         convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
-    (raw / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,1,four,964982704\n")
+    (raw / "movies.csv").unlink()
+    with pytest.raises(UsertwinError, match=r"movies.csv: missing \(the movie list movies.csv\)"):
+        convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
+    with pytest.raises(UsertwinError, match=r"not a MovieLens folder"):
+        convert_to_file("movielens", tmp_path, tmp_path / "o.jsonl", progress=False)
+
+
+def test_movielens_bad_rows_stop_and_skip(tmp_path):
+    raw = _ml_folder(tmp_path, "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,1,four,964982704\n"
+                               "2,1,4.0,yesterday\n2,1,7.0,964982705\n2,99,3.0,964982706\n3,1,3.0\n")
     with pytest.raises(UsertwinError, match=r"ratings.csv:3: rating is not a number \(rating='four'\)"):
         convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
     assert not (tmp_path / "o.jsonl").exists()  # complete or absent
     summary = convert_to_file("movielens", raw, tmp_path / "o.jsonl", on_error="skip", progress=False)
-    assert summary.items == 1 and summary.skipped == {"rating is not a number": 1}
+    assert (summary.users, summary.items, summary.skipped) == (1, 1, 5)
+    assert summary.skip_reasons == {"rating is not a number": 1, "timestamp is not unix seconds": 1,
+                                    "rating outside the scale": 1, "movie id not in the movie list": 1,
+                                    "expected 4 fields, got 3": 1}
+    assert summary.skip_examples["timestamp is not unix seconds"].endswith(
+        "ratings.csv:4: timestamp is not unix seconds (timestamp='yesterday')")
+    assert summary.skip_examples["expected 4 fields, got 3"].endswith("ratings.csv:7: expected 4 fields, got 3")
+    assert "skipped 5: 1 expected 4 fields, got 3, 1 movie id not in the movie list" in summary.line()
+
+
+def test_movielens_100k_bad_row(tmp_path):
+    raw = tmp_path / "ml-100k"
+    shutil.copytree(FIX / "ml-100k", raw)
+    with open(raw / "u.data", "a", encoding="latin-1") as f:
+        f.write("3\t1\t4\n")
+    with pytest.raises(UsertwinError, match=r"u.data:8: expected 4 fields separated by whitespace, got 3"):
+        convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
+
+
+# --------------------------------------------------------------------------------------------- dmsc
 
 
 def test_dmsc_fixture(tmp_path):
-    with pytest.raises(UsertwinError, match=r"DMSC.csv:7: Star or Like is not a number \(Star='x'"):
+    with pytest.raises(UsertwinError, match=r"DMSC.csv:7: Star is not a whole number \(Star='x'\)"):
         _convert("dmsc", FIX / "dmsc" / "DMSC.csv", tmp_path)
-    summary, recs = _convert("dmsc", FIX / "dmsc", tmp_path, on_error="skip")
-    assert (summary.users, summary.items) == (2, 4)
-    assert summary.skipped == {"empty comment": 1, "Star or Like is not a number": 1}
-    assert [r["user_hash"] for r in recs] == ["影志", "然潘"]
-    ying = _items(recs[0])
+    summary, recs = _convert("dmsc", FIX / "dmsc", tmp_path, on_error="skip")  # the folder works too
+    assert (summary.users, summary.items) == (4, 6)
+    assert summary.skip_reasons == {"empty comment": 1, "Star is not a whole number": 1}
+    assert summary.line().startswith("dmsc: 4 users, 6 items, 2014-12-31 .. 2016-02-02 -> ")
+    assert [r["user_hash"] for r in recs] == ["9", "10", "影志", "然潘"]  # numeric names numerically, then text
+    assert recs[2]["user"]["profile"] == {"name": "影志"}
+    assert recs[2]["task"]["language"] == "zh"
+    assert recs[2]["task"]["task_behavior_collections"][0]["type"] == "movie_review"
+    ying = _items(recs[2])
     assert [it["continuation_prefix"] for it in ying] == ["《大鱼》：", "《复仇者联盟2》："]
-    assert ying[1]["continuation"] == '好看，但"奥创"太弱了,\n第二行'
-    assert ying[1]["metadata"] == {"stars": 4, "likes": 1231, "movie_en": "Avengers Age of Ultron", "id": "1"}
-    assert [it["timestamp"] for it in _items(recs[1])] == ["2014-12-31", "2015-05-13"]
-    assert recs[0]["task"]["language"] == "zh"
+    assert ying[1] == {"continuation_prefix": "《复仇者联盟2》：",
+                       "continuation": '好看，但"奥创"太弱了,\n第二行',  # comma, quotes and newline, via the BOM header
+                       "timestamp": "2015-04-30",
+                       "metadata": {"stars": 4, "likes": 1231, "movie_en": "Avengers Age of Ultron", "id": "1"}}
+    assert _items(recs[0])[0]["metadata"] == {"stars": 3, "likes": 12, "movie_en": "Avengers Age of Ultron",
+                                              "id": "7"}
+    assert [it["timestamp"] for it in _items(recs[3])] == ["2014-12-31", "2015-05-13"]
+    _assert_time_order(recs)
 
 
-def test_dmsc_missing_column(tmp_path):
+def test_dmsc_missing_column_and_short_row(tmp_path):
     bad = tmp_path / "DMSC.csv"
     bad.write_text("ID,Movie_Name_EN,Movie_Name_CN,Crawl_Date,Number,Username,Date,Star,Like\n", encoding="utf-8")
-    with pytest.raises(UsertwinError, match=r"DMSC.csv: missing column\(s\) Comment"):
+    with pytest.raises(UsertwinError, match=r"DMSC.csv: missing column\(s\) Comment; found ID, Movie_Name_EN, "):
         convert_to_file("dmsc", bad, tmp_path / "o.jsonl", progress=False)
+    header = (FIX / "dmsc" / "DMSC.csv").read_text(encoding="utf-8-sig").splitlines()[0]
+    bad.write_text(f"{header}\n0,Big Fish,大鱼,2017-01-22,1,影志\n1,Big Fish,大鱼,2017-01-22,2,影志,2015-13-45,5,好,1\n",
+                   encoding="utf-8")
+    with pytest.raises(UsertwinError, match=r"DMSC.csv:2: expected 10 fields, got 6"):
+        convert_to_file("dmsc", bad, tmp_path / "o.jsonl", progress=False)
+    summary = convert_to_file("dmsc", bad, tmp_path / "o.jsonl", on_error="skip", progress=False)
+    assert (summary.users, summary.items) == (0, 0)
+    assert summary.skip_reasons == {"expected 10 fields, got 6": 1, "Date is not a date": 1}
+    assert summary.skip_examples["Date is not a date"].endswith("DMSC.csv:3: Date is not a date (Date='2015-13-45')")
+
+
+# --------------------------------------------------------------------------------------------- douban-dmr
 
 
 def test_douban_dmr_real(tmp_path):
-    summary, recs = _convert("douban-dmr", shared("douban_dmr"), tmp_path)
-    # 1,583 reviews of 44 users, no duplicates; 360 have no text (stars only) and are counted, not kept
-    assert (summary.users, summary.items) == (44, 1583 - 360)
-    assert summary.skipped == {"empty review text (stars only)": 360}
-    for rec in recs:
-        ts = [it["timestamp"] for it in _items(rec)]
-        assert ts == sorted(ts)
+    raw = shared("douban_dmr")
+    summary, recs = _convert("douban-dmr", raw, tmp_path)
+    # 44 users, 1,583 user_reviews: no duplicate user, no duplicate review; 360 have no text (stars only)
+    # and are counted, not kept; every entry's top-level review is its user's review0 (not added twice)
+    assert (summary.users, summary.items + summary.skipped) == (44, 1583)
+    assert (summary.items, summary.skip_reasons) == (1223, {"empty review text": 360})
+    assert summary.line().startswith("douban-dmr: 44 users, 1223 items, 2014-01-12 .. 2021-03-31 -> ")
+    _assert_time_order(recs)
     rec = [r for r in recs if r["user_hash"] == "5323ae9435a1efb493a53753c007225d"][0]
-    assert rec["user"]["profile"]["name"] == "豆友233403034"
-    last = _items(rec)[-1]
+    assert rec["user"]["profile"] == {
+        "name": "豆友233403034", "set_picture": 0, "register_time": "2021-02-18", "address": "",
+        "self_description": "", "follow_count": 0, "followers_count": 0, "long_review_count": 0,
+        "viewed_count": 49, "on_viewing_count": 0, "want_viewing_count": 32}
+    assert rec["task"]["language"] == "zh"
+    last = _items(rec)[-1]  # the top-level review: the latest, carrying the spam label
     assert last["continuation"].startswith("前几天在中央六台电影频道看了这部电影")
-    assert last["metadata"]["stars"] == 5
     assert last["continuation_prefix"] == "诛仙1 诛仙 Ⅰ（爱情/奇幻/古装）："
-    prefixes = [it["continuation_prefix"] for r in recs for it in _items(r)]
-    assert sum(p.startswith("电影 ") for p in prefixes) == 1  # the one kept review of a movie not in movies.json
+    assert last["timestamp"] == "2021-03-31"
+    assert last["metadata"] == {"stars": 5, "useful": 28, "movie_id": "25779217", "tags": [], "label": 0}
+    assert sum("label" in it["metadata"] for r in recs for it in _items(r)) == 44
+    items = [it for r in recs for it in _items(r)]
+    assert all(isinstance(it["metadata"]["stars"], int) for it in items)
+    assert sum(bool(it["metadata"]["tags"]) for it in items) > 0
+    prefixes = [it["continuation_prefix"] for it in items]
+    assert prefixes.count("电影 26265170：") == 1  # the one kept review of a movie not in movies.json
+    # same-day reviews: the file lists them newest first, the items oldest first
+    reviews = json.loads((raw / "reviews.json").read_text(encoding="utf-8"))
+    entry = reviews["review0"]
+    texts = [v["text"].strip() for v in reversed(list(entry["user_reviews"].values())) if v["text"].strip()]
+    assert [it["continuation"] for it in _items(rec)] == texts
+
+
+def test_douban_dmr_duplicates_merged_and_counted(tmp_path):
+    raw = tmp_path / "dmr"
+    raw.mkdir()
+    shutil.copy(shared("douban_dmr", "movies.json"), raw / "movies.json")
+    reviews = json.loads(shared("douban_dmr", "reviews.json").read_text(encoding="utf-8"))
+    small = {"review0": reviews["review0"], "review1": reviews["review1"]}
+    twin = json.loads(json.dumps(reviews["review0"]))
+    old = twin["user_reviews"]["review1"]
+    twin["user_reviews"] = {"review0": old}  # the same user again, with one review the first entry also has
+    twin.update(movie_id=str(old["movie_id"]), text=old["text"], date=old["date"] + " 10:00:00", stars=old["stars"])
+    small["review2"] = twin
+    (raw / "reviews.json").write_text(json.dumps(small, ensure_ascii=False), encoding="utf-8")
+    summary, recs = _convert("douban-dmr", raw, tmp_path)
+    n0 = sum(bool(v["text"].strip()) for v in reviews["review0"]["user_reviews"].values())
+    n1 = sum(bool(v["text"].strip()) for v in reviews["review1"]["user_reviews"].values())
+    assert (summary.users, summary.items) == (2, n0 + n1)
+    assert summary.skip_reasons["duplicate review"] == 1
+    (raw / "reviews.json").write_text('{"review0": {"user_id": "a", "user_reviews": {"review0": '
+                                      '{"movie_id": 1, "text": "好", "date": "someday"}}}}', encoding="utf-8")
+    with pytest.raises(UsertwinError, match=r"reviews.json, entry 'review0' \(user 'a'\), user_reviews.review0: "
+                                            r"date is not a date \(field date='someday'\)"):
+        convert_to_file("douban-dmr", raw, tmp_path / "o.jsonl", progress=False)
+
+
+# --------------------------------------------------------------------------------------------- cornell
 
 
 def test_cornell_fixture(tmp_path):
     summary, recs = _convert("cornell", FIX / "cornell", tmp_path)
-    assert (summary.users, summary.items) == (4, 8)
-    assert summary.skipped == {"empty line text": 1}
+    assert (summary.users, summary.items) == (4, 10)
+    assert summary.skip_reasons == {"empty line text": 1, "line in no conversation": 1}
+    assert summary.line().startswith("cornell: 4 users, 10 items, no timestamps -> ")
     assert [r["user_hash"] for r in recs] == ["u0", "u2", "u10", "u11"]
     bianca = recs[0]
     assert bianca["user"]["profile"] == {"name": "BIANCA", "gender": "f", "credit_position": "4",
                                          "movie_title": "10 things i hate about you", "movie_year": "1999",
                                          "movie_genres": ["comedy", "romance"], "movie_id": "m0"}
+    assert bianca["task"]["language"] == "en"
+    assert bianca["task"]["task_behavior_collections"][0]["type"] == "dialogue"
     items = _items(bianca)
     assert [it["continuation"] for it in items] == [
         "Can we make this quick?  Roxanne Korrine and Andrew Barrett are having an incredibly horrendous "
         "public break- up on the quad.  Again.", "Not the hacking and gagging and spitting part.  Please.",
         "They do not!"]
+    assert items[0]["context"] == [] and items[0]["continuation_prefix"] == ""
     assert [t["source"] for t in items[1]["context"]] == ["BIANCA", "CAMERON"]
     assert items[2]["context"] == [{"source": "CAMERON", "content": "They do to!"}]
+    assert [it["metadata"] for it in items] == [{"order": 0, "line_id": "L194", "movie_id": "m0"},
+                                                {"order": 2, "line_id": "L196", "movie_id": "m0"},
+                                                {"order": 4, "line_id": "L1045", "movie_id": "m0"}]
+    assert all("timestamp" not in it for r in recs for it in _items(r))
+    cameron = _items(recs[1])  # the empty line L197 is neither an item nor context
+    assert [it["metadata"]["line_id"] for it in cameron] == ["L195", "L1044"]
     jose = recs[2]
-    assert jose["user"]["profile"]["name"] == "JOSÉ" and _items(jose)[0]["continuation"] == "¿Señor?"
+    assert jose["user"]["profile"] == {"name": "JOSÉ", "gender": "?", "credit_position": "?",
+                                       "movie_title": "1492: conquest of paradise", "movie_year": "1992",
+                                       "movie_genres": ["adventure", "biography", "drama", "history"],
+                                       "movie_id": "m1"}
+    assert [it["continuation"] for it in _items(jose)] == ["¿Señor?", "Where?", "Sí, señor."]
+    assert _items(jose)[1]["context"] == [{"source": "JOSÉ", "content": "¿Señor?"},
+                                         {"source": "COLUMBUS", "content": "Land, José. Land."}]
+    orders = [it["metadata"]["order"] for r in recs for it in _items(r)]
+    assert sorted(orders) == list(range(10))
 
 
-def test_cornell_bad_conversation(tmp_path):
-    import shutil
-
+def test_cornell_bad_rows(tmp_path):
     raw = tmp_path / "c"
     shutil.copytree(FIX / "cornell", raw)
     with open(raw / "movie_conversations.txt", "a", encoding="iso-8859-1") as f:
         f.write("u0 +++$+++ u2 +++$+++ m0 +++$+++ ['L9999']\n")
-    with pytest.raises(UsertwinError, match=r"movie_conversations.txt:4: conversation names line ids not in "
+    with pytest.raises(UsertwinError, match=r"movie_conversations.txt:5: conversation names line ids not in "
                                             r"movie_lines.txt \(L9999\)"):
         convert_to_file("cornell", raw, tmp_path / "o.jsonl", progress=False)
+    with open(raw / "movie_lines.txt", "a", encoding="iso-8859-1") as f:
+        f.write("L700 +++$+++ u0 +++$+++ m0\n")
+        f.write("L701 +++$+++ u0 +++$+++ m0 +++$+++ BIANCA +++$+++\n")  # empty text, trailing space stripped
+    summary = convert_to_file("cornell", raw, tmp_path / "o.jsonl", on_error="skip", progress=False)
+    assert summary.skip_reasons == {"empty line text": 2, "line in no conversation": 1,
+                                    "conversation names line ids not in movie_lines.txt": 1,
+                                    "expected 5 fields separated by '+++$+++', got 3": 1}
+    assert summary.items == 10
+
+
+# --------------------------------------------------------------------------------------------- seed samples
 
 
 def test_seed_samples_real(tmp_path):
     summary, recs = _convert("seed-samples", shared("seed_examples", "all_samples.json"), tmp_path)
-    assert (summary.users, summary.items) == (5, 159)
-    summary, recs = _convert("seed-samples", shared("seed_examples"), tmp_path)
-    assert (summary.users, summary.items) == (5, 159) and summary.skipped == {"duplicate sample": 20}
-    rec = recs[0]
-    assert rec["user"]["profile"]["name"] == "HP" and "big_five" in rec["user"]["profile"]["dimensions"]
+    assert (summary.users, summary.items, summary.skipped) == (5, 159, 0)
+    ids = [r["user_hash"] for r in recs]
+    assert ids == sorted(ids)
+    rec = [r for r in recs if r["user_hash"] == "7592dfea30f271564f4402a6422daf9b"][0]
+    profile = rec["user"]["profile"]
+    assert profile["name"] == "HP" and "big_five" in profile["dimensions"] and profile["life_experience"]
+    assert "user_object" not in profile  # it repeats user_profile in the real data
     assert rec["task"]["language"] == "ja"
+    assert rec["task"]["description"].startswith("基于用户在 RealPersonaChat 数据集中的历史对话数据")
     first = _items(rec)[0]
     assert first["continuation"] == "すごく寒いです！そろそろニット着たいですね。"
-    assert [t["source"] for t in first["context"]] == ["Partner", "user", "Partner"]
+    assert first["context"] == [{"source": "interlocutor", "content": "おはようございます。"},
+                                {"source": "user", "content": "おはようございます。"},
+                                {"source": "interlocutor",
+                                 "content": "昨日からすごく涼しくなりましたね。今朝は寒いくらいです。そちらはどうですか？"}]
+    assert first["metadata"] == {"order": 0, "source_file": "all_samples.json"}
+    assert [it["metadata"]["order"] for it in _items(rec)] == sorted(it["metadata"]["order"] for it in _items(rec))
+    # the folder: val_samples.json's 20 samples all repeat samples of all_samples.json -> kept once, counted
+    summary, recs = _convert("seed-samples", shared("seed_examples"), tmp_path)
+    assert (summary.users, summary.items) == (5, 159)
+    assert summary.skip_reasons == {"duplicate sample": 20}
+    also = [it for r in recs for it in _items(r) if it["metadata"].get("also_in")]
+    assert len(also) == 20 and all(it["metadata"]["also_in"] == ["val_samples.json"] for it in also)
+
+
+def test_seed_samples_bad_sample(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps([{"user_hash": "u1", "context": [{"role": "user", "content": "hi"}],
+                                 "next_question": "hello there", "user_profile": {"name": "Ann"}},
+                                {"user_hash": "u1", "context": [], "next_question": ""}]), encoding="utf-8")
+    with pytest.raises(UsertwinError, match=r"s.json, sample 1 \(user 'u1'\): next_question is missing or empty"):
+        convert_to_file("seed-samples", path, tmp_path / "o.jsonl", progress=False)
+    summary, recs = _convert("seed-samples", path, tmp_path, on_error="skip")
+    assert (summary.users, summary.items, summary.skipped) == (1, 1, 1)
+    assert recs[0]["task"]["language"] == "en"
+
+
+# --------------------------------------------------------------------------------------------- records, errors
 
 
 def test_records_pass_through_unchanged(tmp_path):
-    summary, recs = _convert("douban-dmr", shared("douban_dmr"), tmp_path)
-    src = tmp_path / "douban-dmr.jsonl"
+    summary, _ = _convert("movielens", FIX / "ml-100k", tmp_path)
+    src = tmp_path / "movielens.jsonl"
     again = tmp_path / "again.jsonl"
-    convert_to_file("records", src, again, progress=False)
-    assert again.read_bytes() == src.read_bytes()
+    assert convert_to_file("records", src, again, progress=False).line().startswith(
+        "records: 3 users, 7 items, 1997-09-22 .. 1998-02-27 -> ")
+    assert again.read_bytes() == src.read_bytes()  # rating_scale and all
+    lines = src.read_text(encoding="utf-8").splitlines()
+    broken = json.loads(lines[1])
+    broken["task"]["task_behavior_collections"][0]["data"][0]["continuation"] = ""
+    src.write_text("\n".join([lines[0], json.dumps(broken), lines[2]]) + "\n", encoding="utf-8")
+    with pytest.raises(UsertwinError, match="empty continuation"):
+        convert_to_file("records", src, again, progress=False)
+    summary = convert_to_file("records", src, again, on_error="skip", progress=False)
+    assert (summary.users, summary.skip_reasons) == (2, {"invalid record": 1})
 
 
-def test_unknown_dataset_and_cli_error(tmp_path, capsys):
-    with pytest.raises(UsertwinError, match="unknown dataset 'imdb'; choose one of movielens, dmsc"):
+def test_unknown_dataset_missing_input_and_cli(tmp_path, capsys):
+    with pytest.raises(UsertwinError, match="unknown dataset 'imdb'; choose one of movielens, dmsc, douban-dmr, "
+                                            "cornell, seed-samples, records"):
         convert_to_file("imdb", tmp_path, tmp_path / "o.jsonl")
+    with pytest.raises(UsertwinError, match="on_error must be 'stop' or 'skip'"):
+        convert_to_file("movielens", FIX / "ml-100k", tmp_path / "o.jsonl", on_error="ignore")
+    with pytest.raises(UsertwinError, match=r"DMSC.csv: expected the corpus folder"):
+        convert_to_file("cornell", FIX / "dmsc" / "DMSC.csv", tmp_path / "o.jsonl")
     assert main(["convert", "movielens", str(tmp_path / "nope"), "-o", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "nope: does not exist" in err and "Traceback" not in err
+    assert main(["convert", "cornell", str(FIX / "cornell"), "-o", str(tmp_path / "c.jsonl"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("cornell: 4 users, 10 items, no timestamps -> ")

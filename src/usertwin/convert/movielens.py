@@ -1,14 +1,24 @@
-"""MovieLens ratings -> one record per user, one item per rating, in time order.
+"""MovieLens ratings -> one record per user (type movie_rating, English), one item per rating, in time order.
 
-Two published layouts are read:
+`raw` is the dataset folder; its layout is detected:
+
 * ml-latest-small / ml-latest: ratings.csv (userId,movieId,rating,timestamp), movies.csv
   (movieId,title,genres with `|`; "(no genres listed)" means none), optional tags.csv
-  (userId,movieId,tag,timestamp) whose tags go to the item's metadata;
+  (userId,movieId,tag,timestamp): the user's tags for a movie go to that rating's metadata `tags` (file
+  order). A tag of a movie the user did not rate has no item to go to; such tags are counted in the
+  summary ("tag without a rating": 207 of 3,683 in ml-latest-small).
 * ml-100k: u.data (user id, item id, rating, timestamp; tab-separated), u.item (pipe-separated, latin-1:
-  id|title|release date|video release date|IMDb URL|19 genre flags), u.user (id|age|gender|occupation|zip).
+  id|title|release date|video release date|IMDb URL|19 genre flags: unknown, Action, ..., Western),
+  u.user (id|age|gender|occupation|zip code) -> profile age (int), gender, occupation, zip_code.
+  The "unknown" genre flag is not a genre: such a movie gets no genre in its prefix.
 
-Item: continuation_prefix "Title (Year) (Genre1, Genre2): " (the title already carries the year),
-continuation the rating with one decimal ("4.0"), timestamp from the unix time.
+Item: continuation_prefix "Title (Year) (Genre1, Genre2): " (the title already carries the year; with no
+genres "Title (Year): "), continuation the rating with one decimal ("4.0", "3.5"), timestamp the unix time
+as `YYYY-MM-DDTHH:MM:SSZ`, metadata {"movie_id": int, "rating": float[, "tags": [...]]}. Items are sorted
+by time, ties in file order; users by numeric id. The task holds `rating_scale` (the allowed ratings).
+
+Bad rows (wrong field count, rating not a number or off the scale, timestamp not unix seconds, movie id not
+in the movie list) stop the conversion with file:line and the field, or are skipped and counted.
 """
 
 from __future__ import annotations
@@ -17,131 +27,163 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import UsertwinError
-from . import iso_from_unix, open_csv, progress_bar, record, require_file, user_sort_key
+from ._common import (
+    CsvRows,
+    Skips,
+    iso_from_unix,
+    progress_bar,
+    record,
+    require_file,
+    split_lines,
+    user_sort_key,
+)
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
                  "Thriller", "War", "Western"]
 HALF_STARS = [x / 2 for x in range(1, 11)]
 WHOLE_STARS = [1.0, 2.0, 3.0, 4.0, 5.0]
+DESCRIPTION_LATEST = ("Predict the rating (0.5-5.0 stars, in half stars) this MovieLens user gives to each "
+                      "movie, from their rating history.")
+DESCRIPTION_100K = ("Predict the rating (1-5 stars) this MovieLens user gives to each movie, from their rating "
+                    "history.")
 
 
 def prefix(title: str, genres: list) -> str:
     return f"{title} ({', '.join(genres)}): " if genres else f"{title}: "
 
 
-def convert(raw: Path, skips, progress: bool = True):
+def convert(raw_path, on_error="stop", *, progress: bool = False):
+    raw, skips = Path(raw_path), Skips.of(on_error)
+    if raw.is_file():
+        raw = raw.parent
     if (raw / "ratings.csv").exists():
-        yield from _latest(raw, skips, progress)
-    elif (raw / "u.data").exists():
-        yield from _ml100k(raw, skips, progress)
-    else:
-        raise UsertwinError(f"{raw}: not a MovieLens folder: expected ratings.csv + movies.csv (ml-latest, "
-                            "ml-latest-small) or u.data + u.item + u.user (ml-100k)")
+        return _latest(raw, skips, progress)
+    if (raw / "u.data").exists():
+        return _ml100k(raw, skips, progress)
+    raise UsertwinError(f"{raw}: not a MovieLens folder: expected ratings.csv + movies.csv (ml-latest, "
+                        "ml-latest-small) or u.data + u.item + u.user (ml-100k)")
 
 
-def _rating(text: str, skips, where: str, scale) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        skips.bad("rating is not a number", where, f"rating={text!r}")
-        return None
-    if value not in scale:
-        skips.bad("rating outside the scale", where, f"rating={text!r}, scale {scale[0]}..{scale[-1]}")
-        return None
-    return value
+def _movie_key(movie: str):
+    return int(movie) if movie.isascii() and movie.isdigit() else movie
 
 
-def _timestamp(text: str, skips, where: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        skips.bad("timestamp is not unix seconds", where, f"timestamp={text!r}")
-        return None
+class _Ratings:
+    """Parses (user, movie, rating, timestamp) rows into per-user lists of (time, line, movie, rating)."""
+
+    def __init__(self, path: Path, movies: dict, scale: list, skips: Skips):
+        self.path, self.movies, self.skips = path, movies, skips
+        self.scale = {str(x): x for x in scale} | {f"{x:g}": x for x in scale}
+        self.allowed = set(scale)
+        self.by_user: dict[str, list] = defaultdict(list)
+        self.iso: dict[int, str] = {}
+
+    def add(self, line: int, user: str, movie: str, rating: str, stamp: str) -> None:
+        rating_value = self.scale.get(rating)
+        if rating_value is None:
+            rating_value = self._rating(line, rating)
+            if rating_value is None:
+                return
+        try:
+            seconds = int(stamp)
+            iso = iso_from_unix(seconds)
+        except (ValueError, OverflowError):
+            self.skips.bad("timestamp is not unix seconds", f"{self.path}:{line}", f"timestamp={stamp!r}")
+            return
+        if movie not in self.movies:
+            self.skips.bad("movie id not in the movie list", f"{self.path}:{line}", f"movieId={movie!r}")
+            return
+        if not user:
+            self.skips.bad("empty user id", f"{self.path}:{line}")
+            return
+        self.by_user[user].append((seconds, line, movie, rating_value, iso))
+
+    def _rating(self, line: int, text: str):
+        where = f"{self.path}:{line}"
+        try:
+            value = float(text)
+        except ValueError:
+            self.skips.bad("rating is not a number", where, f"rating={text!r}")
+            return None
+        if value not in self.allowed:
+            self.skips.bad("rating outside the scale", where, f"rating={text!r}, allowed "
+                           f"{min(self.allowed):g}..{max(self.allowed):g}")
+            return None
+        return value
 
 
-def _group(rows, movies, tags, skips, scale, path):
-    """(user, movie, rating, timestamp) rows -> per-user item lists."""
-    by_user = defaultdict(list)
-    for line, user, movie, rating_text, ts_text in rows:
-        where = f"{path}:{line}"
-        if movie not in movies:
-            skips.bad("movie id not in the movie list", where, f"movieId={movie}")
-            continue
-        rating = _rating(rating_text, skips, where, scale)
-        ts = _timestamp(ts_text, skips, where)
-        if rating is None or ts is None:
-            continue
-        by_user[user].append((ts, line, movie, rating))
-    return by_user
-
-
-def _records(by_user, movies, tags, profiles, description, scale):
-    for user in sorted(by_user, key=user_sort_key):
+def _records(ratings: _Ratings, tags: dict, profiles: dict, description: str, scale: list, skips: Skips):
+    movies, prefixes = ratings.movies, {}
+    used_tags = 0
+    for user in sorted(ratings.by_user, key=user_sort_key):
+        rows = ratings.by_user.pop(user)
+        rows.sort()  # time order; ties by file line
         items = []
-        for ts, _, movie, rating in sorted(by_user[user]):  # time order; ties by file line
-            title, genres = movies[movie]
-            meta = {"movie_id": int(movie) if movie.isdigit() else movie, "rating": rating}
-            if (user, movie) in tags:
-                meta["tags"] = tags[(user, movie)]
-            items.append({"continuation_prefix": prefix(title, genres), "continuation": f"{rating:.1f}",
-                          "timestamp": iso_from_unix(ts), "metadata": meta})
+        for _ts, _line, movie, rating, iso in rows:
+            pre = prefixes.get(movie)
+            if pre is None:
+                title, genres = movies[movie]
+                pre = prefixes[movie] = prefix(title, genres)
+            meta = {"movie_id": _movie_key(movie), "rating": rating}
+            if tags:
+                tag_list = tags.get((user, movie))
+                if tag_list:
+                    meta["tags"] = tag_list
+                    used_tags += len(tag_list)
+            items.append({"continuation_prefix": pre, "continuation": f"{rating:.1f}", "timestamp": iso,
+                          "metadata": meta})
         profile = {"name": f"user_{user}", **profiles.get(user, {})}
-        yield record(user, profile, description, "en", "movie_rating", items, rating_scale=scale)
+        yield record(user, profile, description, "en", "movie_rating", items, rating_scale=list(scale))
+    unused = sum(len(v) for v in tags.values()) - used_tags
+    if unused:
+        skips.count("tag without a rating", n=unused)
 
 
-def _latest(raw: Path, skips, progress):
+def _latest(raw: Path, skips: Skips, progress: bool):
     movies_path = require_file(raw / "movies.csv", "the movie list movies.csv")
-    ratings_path = require_file(raw / "ratings.csv", "ratings.csv")
+    ratings_path = require_file(raw / "ratings.csv", "the ratings ratings.csv")
     movies = {}
-    for _line, row in open_csv(movies_path, ["movieId", "title", "genres"]):
-        genres = [] if row["genres"] in ("(no genres listed)", "") else row["genres"].split("|")
-        movies[row["movieId"]] = (row["title"].strip(), genres)
-    tags = defaultdict(list)
-    if (raw / "tags.csv").exists():
-        for _line, row in open_csv(raw / "tags.csv", ["userId", "movieId", "tag", "timestamp"]):
-            tags[(row["userId"], row["movieId"])].append(row["tag"])
-    rows = ((line, r["userId"], r["movieId"], r["rating"], r["timestamp"]) for line, r in
-            progress_bar(open_csv(ratings_path, ["userId", "movieId", "rating", "timestamp"]), progress,
-                         "ratings"))
-    by_user = _group(rows, movies, tags, skips, HALF_STARS, ratings_path)
-    description = ("Predict the rating (0.5 to 5.0 stars, in half stars) this MovieLens user gives to each "
-                   "movie, from the ratings they gave before.")
-    yield from _records(by_user, movies, dict(tags), {}, description, HALF_STARS)
+    rows = CsvRows(movies_path, ["movieId", "title", "genres"], skips)
+    i_id, i_title, i_genres = rows.col["movieId"], rows.col["title"], rows.col["genres"]
+    for _line, row in rows:
+        text = row[i_genres].strip()
+        genres = [] if text in ("(no genres listed)", "") else [g.strip() for g in text.split("|")]
+        movies[row[i_id].strip()] = (row[i_title].strip(), genres)
+    tags: dict = {}
+    tags_path = raw / "tags.csv"
+    if tags_path.exists():
+        rows = CsvRows(tags_path, ["userId", "movieId", "tag", "timestamp"], skips)
+        i_user, i_movie, i_tag = rows.col["userId"], rows.col["movieId"], rows.col["tag"]
+        for _line, row in rows:
+            tags.setdefault((row[i_user].strip(), row[i_movie].strip()), []).append(row[i_tag])
+    ratings = _Ratings(ratings_path, movies, HALF_STARS, skips)
+    rows = CsvRows(ratings_path, ["userId", "movieId", "rating", "timestamp"], skips)
+    u, m, r, t = (rows.col[c] for c in ("userId", "movieId", "rating", "timestamp"))
+    add = ratings.add
+    for line, row in progress_bar(rows, progress, "ratings"):
+        add(line, row[u].strip(), row[m].strip(), row[r].strip(), row[t].strip())
+    yield from _records(ratings, tags, {}, DESCRIPTION_LATEST, HALF_STARS, skips)
 
 
-def _split_lines(path: Path, sep: str, fields: int, encoding: str, skips, min_fields: int | None = None):
-    with open(path, encoding=encoding, newline="") as f:
-        for n, text in enumerate(f, 1):
-            text = text.rstrip("\r\n")
-            if not text.strip():
-                continue
-            parts = text.split(sep)
-            if len(parts) < (min_fields or fields):
-                skips.bad(f"expected {fields} fields separated by {sep!r}, got {len(parts)}", f"{path}:{n}")
-                continue
-            yield n, parts
-
-
-def _ml100k(raw: Path, skips, progress):
+def _ml100k(raw: Path, skips: Skips, progress: bool):
     item_path = require_file(raw / "u.item", "the movie list u.item")
-    user_path = require_file(raw / "u.user", "the user list u.user")
     data_path = require_file(raw / "u.data", "the ratings u.data")
+    user_path = raw / "u.user"
     movies = {}
-    for _n, parts in _split_lines(item_path, "|", 24, "latin-1", skips):
+    for _n, parts in split_lines(item_path, "|", 24, "latin-1", skips):
         flags = parts[5:24]
         genres = [g for g, flag in zip(ML100K_GENRES, flags) if flag.strip() == "1" and g != "unknown"]
-        movies[parts[0]] = (parts[1].strip(), genres)
+        movies[parts[0].strip()] = (parts[1].strip(), genres)
     profiles = {}
-    for n, parts in _split_lines(user_path, "|", 5, "latin-1", skips):
-        uid, age, gender, occupation, zip_code = parts[:5]
-        if not age.isdigit():
-            skips.bad("age is not a whole number", f"{user_path}:{n}", f"age={age!r}")
-            continue
-        profiles[uid] = {"age": int(age), "gender": gender, "occupation": occupation, "zip_code": zip_code}
-    rows = ((n, p[0], p[1], p[2], p[3]) for n, p in
-            progress_bar(_split_lines(data_path, "\t", 4, "latin-1", skips), progress, "ratings"))
-    by_user = _group(rows, movies, {}, skips, WHOLE_STARS, data_path)
-    description = ("Predict the rating (1 to 5 stars) this MovieLens user gives to each movie, from the "
-                   "ratings they gave before.")
-    yield from _records(by_user, movies, {}, profiles, description, WHOLE_STARS)
+    if user_path.exists():
+        for n, parts in split_lines(user_path, "|", 5, "latin-1", skips):
+            uid, age, gender, occupation, zip_code = (p.strip() for p in parts)
+            if not (age.isascii() and age.isdigit()):
+                skips.bad("age is not a whole number", f"{user_path}:{n}", f"age={age!r}")
+                continue
+            profiles[uid] = {"age": int(age), "gender": gender, "occupation": occupation, "zip_code": zip_code}
+    ratings = _Ratings(data_path, movies, WHOLE_STARS, skips)
+    for n, p in progress_bar(split_lines(data_path, None, 4, "latin-1", skips), progress, "ratings"):
+        ratings.add(n, *p)
+    yield from _records(ratings, {}, profiles, DESCRIPTION_100K, WHOLE_STARS, skips)

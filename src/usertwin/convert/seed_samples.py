@@ -1,67 +1,170 @@
-"""The seeds' extracted sample files -> one record per user_hash (for users migrating from those scripts).
+"""The seeds' extracted sample files -> one record per user_hash (type dialogue), for users of those scripts.
 
-A sample is {context: [{role, content}], next_question, user_profile, user_object, task_description,
-user_hash}; in the seeds, role "assistant" is the twin's own earlier turn and "user" the interlocutor. In
-records the twin's own turns have source "user" and others any other name, so assistant -> "user",
-user -> "Partner". Items keep file order (no timestamps; metadata.order). A directory is read file by file
-in name order; a sample that appears again (same user, context and target: the seeds' val_samples.json
-repeats 20 samples of all_samples.json) is kept once and counted.
+`raw` is one sample file, or a folder: every *.json in it, in name order. A file is a JSON list of samples
+{context: [{role, content}], next_question, user_profile, user_object, task_description, user_hash}.
+
+* Roles: in the seeds' samples role "assistant" is the twin's own earlier turn and role "user" the other
+  person. In records a context turn whose source is "user" (or the profile name) is the twin's own, so
+  role "assistant" -> source "user" and role "user" -> source "interlocutor" (any other role is kept as
+  its own source name).
+* Items keep file order (the samples have no timestamps), with metadata {"order": n (the sample's index in
+  its file), "source_file": file name}; continuation = next_question, continuation_prefix "".
+* Profile = user_profile, whole (dimensions, life_experience, ...). user_object repeats it
+  (`profile` is a subset of user_profile and `personality.structured` equals `dimensions`; `unstructured` is
+  null): when so it is dropped, otherwise it is kept as profile["user_object"]. Task description =
+  task_description. Language: "ja" when the user's texts hold kana, else "zh" when they are mostly Han
+  characters, else "en".
+* Records are ordered by user_hash (numerically when numeric).
+* Duplicates: a sample seen before (same user_hash, context and next_question) is kept once, counted
+  ("duplicate sample"), and the file(s) it appeared in again are listed in the kept item's
+  metadata["also_in"]. Real data: all_samples.json has 159 samples of 5 users and no duplicate inside it;
+  val_samples.json holds 20 samples (4 per user), every one of them also in all_samples.json, so the
+  folder converts to the same 159 items with 20 counted duplicates.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import UsertwinError
-from . import record
+from ._common import Skips, record, user_sort_key
 
-PARTNER = "Partner"
-
-
-def _language(texts) -> str:
-    joined = "".join(texts)
-    if any("\u3040" <= ch <= "\u30ff" for ch in joined):
-        return "ja"
-    cjk = sum(1 for ch in joined if "\u4e00" <= ch <= "\u9fff")
-    return "zh" if cjk > 0.2 * max(1, len(joined)) else "en"
+OTHER = "interlocutor"
+OWN = "user"
 
 
-def convert(raw: Path, skips, progress: bool = True):
-    files = sorted(raw.glob("*.json")) if raw.is_dir() else [raw]
-    users: OrderedDict[str, dict] = OrderedDict()
-    seen = set()
-    order = 0
+def language(texts) -> str:
+    han = total = 0
+    for text in texts:
+        for ch in text:
+            if "\u3040" <= ch <= "\u30ff":
+                return "ja"
+            if not ch.isspace():
+                total += 1
+                han += "\u4e00" <= ch <= "\u9fff"
+    return "zh" if han > 0.2 * max(1, total) else "en"
+
+
+def _source(role) -> str:
+    role = str(role or "").strip()
+    if role == "assistant":
+        return OWN
+    if role in ("user", ""):
+        return OTHER
+    return role
+
+
+def _files(raw: Path) -> list[Path]:
+    if raw.is_dir():
+        files = sorted(raw.glob("*.json"))
+        if not files:
+            raise UsertwinError(f"{raw}: no *.json sample files in this folder")
+        return files
+    return [raw]
+
+
+def _load(path: Path) -> list:
+    try:
+        samples = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise UsertwinError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise UsertwinError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(samples, list):
+        raise UsertwinError(f"{path}: expected a list of samples [{{\"context\": ..., \"next_question\": ...}}], "
+                            f"got a {type(samples).__name__}")
+    return samples
+
+
+def _covered(obj, profile: dict) -> bool:
+    """Whether user_object says nothing that user_profile does not."""
+    if not isinstance(obj, dict):
+        return obj in (None, "", {})
+    for key, value in obj.items():
+        if key == "profile":
+            if not isinstance(value, dict) or any(profile.get(k) != v for k, v in value.items()):
+                return False
+        elif key == "personality":
+            if not isinstance(value, dict):
+                return False
+            for k, v in value.items():
+                if k == "structured" and v == profile.get("dimensions"):
+                    continue
+                if v not in (None, "", {}, []):
+                    return False
+        elif value not in (None, "", {}, []):
+            return False
+    return True
+
+
+def convert(raw_path, on_error="stop", *, progress: bool = False):
+    raw, skips = Path(raw_path), Skips.of(on_error)
+    files = _files(raw)
+    return _records(files, skips)
+
+
+def _context(turns, where: str, skips: Skips):
+    if turns is None:
+        return []
+    if not isinstance(turns, list):
+        skips.bad("context is not a list of turns", where, "field context")
+        return None
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or not isinstance(t.get("content"), str):
+            skips.bad("a context turn needs a content string", where, f"field context[{i}]")
+            return None
+        out.append({"source": _source(t.get("role")), "content": t["content"]})
+    return out
+
+
+def _records(files: list[Path], skips: Skips):
+    users: dict[str, dict] = {}
+    kept: dict = {}  # (user, target, context) -> the kept item
     for path in files:
-        try:
-            samples = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UsertwinError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-        if not isinstance(samples, list):
-            raise UsertwinError(f"{path}: expected a list of samples")
-        for i, s in enumerate(samples):
+        for i, s in enumerate(_load(path)):
             where = f"{path}, sample {i}"
-            if not isinstance(s, dict) or not s.get("user_hash"):
-                skips.bad("sample without user_hash", where)
+            if not isinstance(s, dict):
+                skips.bad("sample is not an object", where)
                 continue
+            uid = str(s.get("user_hash") or "").strip()
+            if not uid:
+                skips.bad("sample without user_hash", where, "field user_hash")
+                continue
+            where += f" (user {uid!r})"
             target = s.get("next_question")
             if not isinstance(target, str) or not target.strip():
-                skips.bad("sample without a next_question string", where, f"user {s.get('user_hash')!r}")
+                skips.bad("next_question is missing or empty", where, "field next_question")
                 continue
-            context = [{"source": "user" if t.get("role") == "assistant" else PARTNER,
-                        "content": str(t.get("content", ""))} for t in s.get("context") or []]
-            key = (s["user_hash"], target, json.dumps(context, ensure_ascii=False))
-            if key in seen:
-                skips.count("duplicate sample")
+            context = _context(s.get("context"), where, skips)
+            if context is None:
                 continue
-            seen.add(key)
-            u = users.setdefault(s["user_hash"], {"profile": s.get("user_profile") or {},
-                                                  "task": s.get("task_description") or "", "items": []})
-            u["items"].append({"context": context, "continuation": target, "continuation_prefix": "",
-                               "metadata": {"order": order, "source_file": path.name}})
-            order += 1
-    for uid, u in users.items():
-        lang = _language(it["continuation"] for it in u["items"][:50])
-        profile = dict(u["profile"]) or {"name": uid}
-        yield record(uid, profile, u["task"], lang, "dialogue", u["items"])
+            key = (uid, target, json.dumps(context, ensure_ascii=False))
+            if key in kept:
+                skips.count("duplicate sample", where)
+                also = kept[key]["metadata"].setdefault("also_in", [])
+                if path.name not in also:
+                    also.append(path.name)
+                continue
+            u = users.get(uid)
+            if u is None:
+                profile = s.get("user_profile")
+                if profile is not None and not isinstance(profile, dict):
+                    skips.bad("user_profile is not an object", where, "field user_profile")
+                    continue
+                profile = dict(profile or {})
+                obj = s.get("user_object")
+                if not _covered(obj, profile):
+                    profile["user_object"] = obj
+                u = users[uid] = {"profile": profile, "task": str(s.get("task_description") or ""), "items": []}
+            item = {"continuation_prefix": "", "continuation": target, "context": context,
+                    "metadata": {"order": i, "source_file": path.name}}
+            kept[key] = item
+            u["items"].append(item)
+    for uid in sorted(users, key=user_sort_key):
+        u = users[uid]
+        lang = language(t for it in u["items"][:50] for t in [it["continuation"]] + [c["content"] for c in it["context"]])
+        profile = u["profile"] if u["profile"].get("name") else {"name": uid, **u["profile"]}
+        task = u["task"] or "Continue this user's dialogue: predict the next message they write."
+        yield record(uid, profile, task, lang, "dialogue", u["items"])
