@@ -351,12 +351,16 @@ def test_seed_samples_bad_sample(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps([{"user_hash": "u1", "context": [{"role": "user", "content": "hi"}],
                                  "next_question": "hello there", "user_profile": {"name": "Ann"}},
-                                {"user_hash": "u1", "context": [], "next_question": ""}]), encoding="utf-8")
+                                {"user_hash": "u1", "context": [], "next_question": ""},
+                                {"user_hash": ["u2"], "context": [], "next_question": "hi"}]), encoding="utf-8")
     with pytest.raises(UsertwinError, match=r"s.json, sample 1 \(user 'u1'\): next_question is missing or empty"):
         convert_to_file("seed-samples", path, tmp_path / "o.jsonl", progress=False)
     summary, recs = _convert("seed-samples", path, tmp_path, on_error="skip")
-    assert (summary.users, summary.items, summary.skipped) == (1, 1, 1)
+    assert (summary.users, summary.items, summary.skipped) == (1, 1, 2)
+    assert summary.skip_examples["sample without a user_hash string"].endswith(
+        "s.json, sample 2: sample without a user_hash string (field user_hash=['u2'])")
     assert recs[0]["task"]["language"] == "en"
+    assert recs[0]["user"]["profile"] == {"name": "Ann"}
 
 
 # --------------------------------------------------------------------------------------------- records, errors
@@ -387,6 +391,8 @@ def test_unknown_dataset_missing_input_and_cli(tmp_path, capsys):
         convert_to_file("movielens", FIX / "ml-100k", tmp_path / "o.jsonl", on_error="ignore")
     with pytest.raises(UsertwinError, match=r"DMSC.csv: expected the corpus folder"):
         convert_to_file("cornell", FIX / "dmsc" / "DMSC.csv", tmp_path / "o.jsonl")
+    with pytest.raises(UsertwinError, match=r"is a directory; give the records file to write"):
+        convert_to_file("movielens", FIX / "ml-100k", tmp_path)
     assert main(["convert", "movielens", str(tmp_path / "nope"), "-o", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "nope: does not exist" in err and "Traceback" not in err

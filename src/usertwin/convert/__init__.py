@@ -58,6 +58,15 @@ def convert_to_file(dataset: str, raw, output, *, on_error: str = "stop", progre
     if not raw.exists():
         raise UsertwinError(f"{raw}: does not exist (the raw {name} data to convert)")
     skips = Skips(on_error)
+    if Path(output).is_dir():
+        raise UsertwinError(f"{output}: is a directory; give the records file to write, e.g. {Path(output) / 'records.jsonl'}")
+    try:
+        return _convert(name, raw, output, skips, progress)
+    except OSError as e:  # unreadable input, unwritable output, full disk: a message, not a traceback
+        raise UsertwinError(f"{e.filename or output}: {e.strerror or e}") from None
+
+
+def _convert(name: str, raw: Path, output, skips: Skips, progress: bool) -> ConvertSummary:
     summary = ConvertSummary(name, str(output))
     first = last = None
     dumps = json.JSONEncoder(ensure_ascii=False).encode

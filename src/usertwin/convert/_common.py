@@ -130,7 +130,8 @@ class CsvRows:
             header = next(self._reader, [])
         except (UnicodeDecodeError, csv.Error) as e:
             self._f.close()
-            raise UsertwinError(f"{path}:1: cannot read the header ({e})") from None
+            hint = f"; the file must be {encoding} text" if isinstance(e, UnicodeDecodeError) else ""
+            raise UsertwinError(f"{path}:1: cannot read the header ({e}){hint}") from None
         self.header = [h.strip() for h in header]
         try:
             check_columns(path, self.header, required)

@@ -82,6 +82,9 @@ def _stream(rows: CsvRows, path: Path, skips: Skips, progress: bool):
                        " comment TEXT, star INTEGER, likes INTEGER, id TEXT)")
             _spill(rows, path, skips, db, progress)
             yield from _records(db, progress)
+        except sqlite3.Error as e:
+            raise UsertwinError(f"{path}: the temporary database in {tmp} failed ({e}); it needs about twice "
+                                "the CSV's size on disk: set TMPDIR to a folder with more room") from None
         finally:
             db.close()
 

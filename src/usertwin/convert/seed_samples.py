@@ -128,9 +128,10 @@ def _records(files: list[Path], skips: Skips):
             if not isinstance(s, dict):
                 skips.bad("sample is not an object", where)
                 continue
-            uid = str(s.get("user_hash") or "").strip()
+            uid = s.get("user_hash")
+            uid = str(uid).strip() if isinstance(uid, (str, int)) and not isinstance(uid, bool) else ""
             if not uid:
-                skips.bad("sample without user_hash", where, "field user_hash")
+                skips.bad("sample without a user_hash string", where, f"field user_hash={s.get('user_hash')!r}")
                 continue
             where += f" (user {uid!r})"
             target = s.get("next_question")
