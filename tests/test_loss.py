@@ -36,7 +36,7 @@ def test_labels_only_on_targets_with_end_of_turn(tokenizer):
         expected += tokenizer(tl.items[pos].continuation + "<|im_end|>", add_special_tokens=False)["input_ids"]
     assert target_tokens == expected
     assert target_tokens[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    for pos, start, end in enc.targets:
+    for _pos, start, end in enc.targets:
         assert enc.labels[start:end] == enc.input_ids[start:end]
     # history item 1's continuation is in the input but not in the labels
     assert sum(1 for t in enc.labels if t != IGNORE) == sum(e - s for _, s, e in enc.targets)
