@@ -398,3 +398,11 @@ def test_unknown_dataset_missing_input_and_cli(tmp_path, capsys):
     assert "nope: does not exist" in err and "Traceback" not in err
     assert main(["convert", "cornell", str(FIX / "cornell"), "-o", str(tmp_path / "c.jsonl"), "--no-progress"]) == 0
     assert capsys.readouterr().out.startswith("cornell: 4 users, 10 items, no timestamps -> ")
+
+
+def test_shipped_quickstart_records_match_the_converter(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "examples" / "movielens-mini"
+    out = tmp_path / "records.jsonl"
+    summary = convert_to_file("movielens", example, out, progress=False)
+    assert (summary.users, summary.items) == (12, 460)
+    assert out.read_bytes() == (example / "records.jsonl").read_bytes()

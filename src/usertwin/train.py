@@ -82,6 +82,11 @@ class EpochData:
         return [padded_batch([encoded[i] for i in g], pad_id=self.pad_id) for g in padded_groups(encoded, budget)]
 
 
+def rank_batches(group: list, rank: int, world: int) -> list:
+    """This process's micro-batches of one global step: disjoint across ranks, together the whole group."""
+    return group[rank::world]
+
+
 # ---------------------------------------------------------------- run directory
 
 
@@ -133,7 +138,9 @@ class Trainer:
                 raise UsertwinError(f"DeepSpeed config {cfg.deepspeed} does not exist")
             plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed,
                                      gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-        self.acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, deepspeed_plugin=plugin)
+        # cpu=True on a machine without a GPU: accelerate then runs torchrun's processes as gloo DDP
+        self.acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, deepspeed_plugin=plugin,
+                               cpu=not torch.cuda.is_available())
         self.main = self.acc.is_main_process
         self.out = _run_dir(cfg, overwrite, resume) if self.main else Path(cfg.output_dir or ".")
         self.acc.wait_for_everyone()
@@ -358,7 +365,7 @@ class Trainer:
             for step in range(st.step_in_epoch if epoch == st.epoch else 0, n_steps):
                 group = batches[step * per_step:(step + 1) * per_step]
                 global_target_tokens = sum(b.n_target_tokens for b in group)
-                mine = group[acc.process_index::world]
+                mine = rank_batches(group, acc.process_index, world)
                 loss_sum = 0.0
                 for m in range(accum):
                     # ranks without a batch left in the last step run a zero-weight one (keeps DDP in step)

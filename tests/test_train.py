@@ -1,0 +1,141 @@
+"""usertwin train on tiny random models: the run directory, learning, refusal, resume after SIGKILL, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from usertwin.cli import main
+from usertwin.train import rank_batches
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _records(path, sizes=(24, 16, 12)):
+    with open(path, "w", encoding="utf-8") as f:
+        for u, n in enumerate(sizes):
+            items = [{"continuation_prefix": f"Movie {i % 7} (2000) (Drama): ",
+                      "continuation": f"{(i * (u + 1)) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i}
+                     for i in range(n)]
+            rec = {"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+                   "task": {"description": "Predict ratings.", "language": "en",
+                            "task_behavior_collections": [{"type": "movie_rating", "data": items}]}}
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def _args(data, model, out, *extra):
+    return ["train", "--data", str(data), "--model", str(model), "--output_dir", str(out), "--max_length", "256",
+            "--batch_tokens", "256", "--learning_rate", "0.01", "--no-progress", "--seed", "7", *extra]
+
+
+def test_train_writes_the_run_directory_and_learns(tmp_path, tiny_model_dir, capsys):
+    data = _records(tmp_path / "r.jsonl")
+    out = tmp_path / "run"
+    assert main(_args(data, tiny_model_dir, out, "--max_epochs", "3")) == 0
+    printed = capsys.readouterr().out
+    assert "validation loss before training:" in printed and "validation loss after training:" in printed
+    for name in ("config.yaml", "data_summary.json", "training_samples_preview.txt", "logs.jsonl",
+                 "summary.json", "best/adapter_model.safetensors", "best/tokenizer_config.json"):
+        assert (out / name).exists(), name
+    assert "\u27ea" in (out / "training_samples_preview.txt").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["targets_per_epoch"] == 16 + 12 + 8  # the train split of 24, 16 and 12 items
+    assert summary["targets_seen"] == 3 * summary["targets_per_epoch"]
+    assert summary["val_loss_after"] < summary["val_loss_before"]
+    assert summary["best_val_loss"] == pytest.approx(summary["val_loss_after"], rel=1e-6)
+    logs = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logs if r.get("event") == "eval"] == [2, 3, 4]  # after epochs 1, 2, 3
+    assert len(list((out / "checkpoints").glob("step-*"))) == 2  # save_total_limit
+
+
+def test_full_fine_tuning_and_padding_mode(tmp_path, tiny_model_dir):
+    data = _records(tmp_path / "r.jsonl", sizes=(10, 10))
+    out = tmp_path / "full"
+    assert main(_args(data, tiny_model_dir, out, "--no_lora", "--packing", "off", "--learning_rate", "0.001")) == 0
+    assert (out / "best" / "model.safetensors").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_loss_after"] < summary["val_loss_before"]
+
+
+def test_existing_output_dir_is_refused(tmp_path, tiny_model_dir, capsys):
+    data = _records(tmp_path / "r.jsonl", sizes=(6,))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    assert main(_args(data, tiny_model_dir, out)) == 2
+    assert "is not empty: pass --resume to continue that run or --overwrite" in capsys.readouterr().err
+    assert (out / "something").exists()
+
+
+def test_rank_batches_are_disjoint_and_complete():
+    group = list(range(7))
+    parts = [rank_batches(group, r, 3) for r in range(3)]
+    assert sorted(x for p in parts for x in p) == group
+    assert all(not set(a) & set(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "usertwin.cli", *args]
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_resume_after_sigkill_gives_the_same_final_loss(tmp_path, tiny_model_dir):
+    data = _records(tmp_path / "r.jsonl", sizes=(60, 60, 60))
+    common = ["--max_epochs", "2", "--save_steps", "3", "--save_total_limit", "50", "--max_length", "128",
+              "--batch_tokens", "128"]
+    full = tmp_path / "full"
+    subprocess.run(_cli(*_args(data, tiny_model_dir, full, *common)), check=True, env=_env(),
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*_args(data, tiny_model_dir, killed, *common)), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-6" / "trainer_state.json").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()  # it really died mid-run
+    subprocess.run(_cli(*_args(data, tiny_model_dir, killed, *common), "--resume"), check=True, env=_env(),
+                   capture_output=True)
+    a = json.loads((full / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert b["steps"] == a["steps"]
+    assert abs(a["val_loss_after"] - b["val_loss_after"]) <= 1e-6
+
+
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir):
+    data = _records(tmp_path / "r.jsonl", sizes=(30, 20, 16, 12))
+    common = ["--max_epochs", "1", "--logging_steps", "1", "--no_lora", "--learning_rate", "0.001",
+              "--max_length", "128", "--batch_tokens", "128"]
+    one = tmp_path / "one"
+    subprocess.run(_cli(*_args(data, tiny_model_dir, one, *common, "--gradient_accumulation_steps", "2")),
+                   check=True, env=_env(), capture_output=True)
+    two = tmp_path / "two"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port=29533", "-m", "usertwin.cli", *_args(data, tiny_model_dir, two, *common)],
+                         env=_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a = json.loads((one / "summary.json").read_text())
+    b = json.loads((two / "summary.json").read_text())
+    assert b["processes"] == 2 and a["processes"] == 1
+    assert a["steps"] == b["steps"] and a["targets_seen"] == b["targets_seen"]
+    la = [r["loss"] for r in map(json.loads, (one / "logs.jsonl").read_text().splitlines()) if "loss" in r]
+    lb = [r["loss"] for r in map(json.loads, (two / "logs.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(la) == len(lb) > 3
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-5
+    assert abs(a["val_loss_after"] - b["val_loss_after"]) < 1e-5
