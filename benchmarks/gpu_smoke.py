@@ -42,10 +42,10 @@ def run(label: str, args, model_dir: Path, extra: list[str]) -> dict:
     from usertwin.config import Config, from_mapping
     from usertwin.train import train
 
-    out = args.out / label
+    out = args.work / label
     values = {"data": str(args.records), "model": str(model_dir), "output_dir": str(out), "max_length": 4096,
               "batch_tokens": args.batch_tokens, "max_steps": args.steps, "eval_steps": args.steps,
-              "learning_rate": 2e-4, "warmup_ratio": 0.1, "logging_steps": 5, "cache_dir": str(args.out / "cache")}
+              "learning_rate": 2e-4, "warmup_ratio": 0.1, "logging_steps": 5, "cache_dir": str(args.work / "cache")}
     for flag in extra:
         key, _, value = flag.partition("=")
         values[key] = {"true": True, "false": False}.get(value, value)
@@ -59,6 +59,8 @@ def run(label: str, args, model_dir: Path, extra: list[str]) -> dict:
     summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     summary["wall"] = round(time.time() - t, 1)
     print(json.dumps(summary), flush=True)
+    (args.out / f"{label}.summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / f"{label}.logs.jsonl").write_text((out / "logs.jsonl").read_text())
     return summary
 
 
@@ -66,13 +68,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=Path, required=True)
     ap.add_argument("--tokenizer", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="where the summaries and logs go (small)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/usertwin-gpu-smoke"), help="run directories")
+    ap.add_argument("--users", type=int, default=100, help="first N users of the records file")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch_tokens", type=int, default=16384)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
-    model_dir = build_model_dir(args.tokenizer, args.out)
+    args.work.mkdir(parents=True, exist_ok=True)
+    model_dir = build_model_dir(args.tokenizer, args.work)
+    subset = args.work / "records.jsonl"
+    with open(args.records, encoding="utf-8") as src, open(subset, "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            if i >= args.users:
+                break
+            dst.write(line)
+    args.records = subset
     rows = []
     for label, extra in [("lora", []), ("lora-gc", ["gradient_checkpointing=true"]),
                          ("full-gc", ["lora=false", "gradient_checkpointing=true", "learning_rate=2e-5"])]:
