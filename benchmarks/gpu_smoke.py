@@ -51,6 +51,8 @@ def run(label: str, args, model_dir: Path, extra: list[str]) -> dict:
         values[key] = {"true": True, "false": False}.get(value, value)
         if key in ("learning_rate",):
             values[key] = float(value)
+        if key in ("batch_tokens", "max_length"):
+            values[key] = int(value)
     cfg = from_mapping(values, label, Config())
     torch.cuda.reset_peak_memory_stats()
     t = time.time()
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="where the summaries and logs go (small)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/usertwin-gpu-smoke"), help="run directories")
     ap.add_argument("--users", type=int, default=100, help="first N users of the records file")
+    ap.add_argument("--variants", nargs="*", help="LABEL:key=value,key=value ... (default: lora, lora-gc, full-gc)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch_tokens", type=int, default=16384)
     args = ap.parse_args()
@@ -86,8 +89,11 @@ def main() -> None:
             dst.write(line)
     args.records = subset
     rows = []
-    for label, extra in [("lora", []), ("lora-gc", ["gradient_checkpointing=true"]),
-                         ("full-gc", ["lora=false", "gradient_checkpointing=true", "learning_rate=2e-5"])]:
+    variants = [("lora", []), ("lora-gc", ["gradient_checkpointing=true"]),
+                ("full-gc", ["lora=false", "gradient_checkpointing=true", "learning_rate=2e-5"])]
+    if args.variants:
+        variants = [(v.split(":")[0], [x for x in v.split(":")[1].split(",") if x]) for v in args.variants]
+    for label, extra in variants:
         try:
             rows.append(run(label, args, model_dir, extra))
         except Exception as e:  # keep going: one failing variant must not hide the others

@@ -65,6 +65,7 @@ class Config:
     dtype: str = "auto"  # auto: bf16 on a GPU that has it, else float32
     gradient_checkpointing: bool = False
     disable_flash_attn: bool = False
+    attention: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
     trust_remote_code: bool = False
     # training
     learning_rate: float = 2e-4
@@ -110,6 +111,7 @@ CHOICES = {
     "history_layout": ("turns", "block"),
     "chat_template": ("auto", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "attention": ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager"),
     "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
 }
 ALIASES = {  # the seeds' flag names -> ours

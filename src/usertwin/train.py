@@ -168,8 +168,8 @@ class Trainer:
 
     def _model(self):
         cfg = self.cfg
-        model = load_model(cfg.model, cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                           disable_flash_attn=cfg.disable_flash_attn)
+        model = load_model(cfg.model, cfg.dtype, attention=None if cfg.attention == "auto" else cfg.attention,
+                           trust_remote_code=cfg.trust_remote_code, disable_flash_attn=cfg.disable_flash_attn)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
