@@ -179,3 +179,13 @@ def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_di
     assert len(e0) == len(e1) == 6 and e0 != e1
     cfg.resample_every_epoch = False
     assert [(s.user_id, s.target) for s in ed.sequences("train", 1)] == e0
+
+
+def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    data = _records(tmp_path / "r.jsonl", sizes=(6,))
+    code = main(_args(data, tiny_model_dir, tmp_path / "ds", "--deepspeed", str(ROOT / "configs/deepspeed/zero3.json")))
+    assert code == 2 and "--deepspeed needs the deepspeed package" in capsys.readouterr().err

@@ -138,9 +138,13 @@ class Trainer:
         if cfg.deepspeed:
             from accelerate.utils import DeepSpeedPlugin
 
+            import importlib.util
+
             if not Path(cfg.deepspeed).is_file():
                 raise UsertwinError(f"DeepSpeed config {cfg.deepspeed} does not exist")
-            plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed,
+            if importlib.util.find_spec("deepspeed") is None:
+                raise UsertwinError("--deepspeed needs the deepspeed package: pip install deepspeed")
+            plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed, gradient_clipping=cfg.max_grad_norm,
                                      gradient_accumulation_steps=cfg.gradient_accumulation_steps)
         # cpu=True on a machine without a GPU: accelerate then runs torchrun's processes as gloo DDP
         self.acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, deepspeed_plugin=plugin,
