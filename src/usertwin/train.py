@@ -136,9 +136,9 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         plugin = None
         if cfg.deepspeed:
-            from accelerate.utils import DeepSpeedPlugin
-
             import importlib.util
+
+            from accelerate.utils import DeepSpeedPlugin
 
             if not Path(cfg.deepspeed).is_file():
                 raise UsertwinError(f"DeepSpeed config {cfg.deepspeed} does not exist")
