@@ -175,7 +175,11 @@ class Trainer:
         model = load_model(cfg.model, cfg.dtype, attention=None if cfg.attention == "auto" else cfg.attention,
                            trust_remote_code=cfg.trust_remote_code, disable_flash_attn=cfg.disable_flash_attn)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.2x renamed it activation_checkpointing_enable; older releases have only the old name
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         if cfg.lora:
             if cfg.gradient_checkpointing:
