@@ -1,3 +1,12 @@
 """usertwin: fine-tune language models into twins of real users."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `from usertwin import Twin` without importing torch for every CLI command
+    if name == "Twin":
+        from .predict import Twin
+
+        return Twin
+    raise AttributeError(name)

@@ -46,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     _add_common(p)
 
+    p = sub.add_parser("predict", help="generate and score every target of a split (resumable)")
+    add_config_flags(p)
+    p.add_argument("--run", help="a train run directory: its config and best weights")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("-o", "--output", help="predictions file (default RUN/predictions-SPLIT.jsonl)")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--pick", type=int, default=3, metavar="K", help="pick-the-real-one distractors (0: off)")
+    p.add_argument("--no-generate", dest="generate", action="store_false", help="likelihood scoring only")
+    p.add_argument("--limit", type=int, help="at most this many targets (for a quick look)")
+    _add_common(p)
+
     p = sub.add_parser("inspect", help="show examples exactly as training sees them; counts; --dump")
     add_config_flags(p)
     p.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all)")
@@ -124,7 +139,30 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
+def cmd_predict(args) -> int:
+    from .config import resolve
+    from .predict import GenerationConfig, Predictor, load_run_config, load_twin_model, predict_split
+    from .tokenize import load_tokenizer
+
+    if args.run:
+        cfg = resolve(args, load_run_config(args.run))
+        best = Path(args.run) / "best"
+        tok = load_tokenizer(str(best) if (best / "tokenizer_config.json").is_file() else cfg.model)
+    else:
+        cfg = resolve(args)
+        tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    if not args.output and not args.run:
+        raise UsertwinError("pass -o PREDICTIONS.jsonl (or --run RUN_DIR to write there)")
+    output = Path(args.output or Path(args.run) / f"predictions-{args.split}.jsonl")
+    pred = Predictor(cfg, load_twin_model(cfg, args.run), tok)
+    gen = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.num_samples, args.batch_size)
+    n = predict_split(pred, args.split, output, gen, pick_k=args.pick, generate=args.generate, limit=args.limit,
+                      progress=args.progress)
+    print(f"wrote {n} new prediction(s) to {output}")
+    return 0
+
+
+COMMANDS = {"predict": cmd_predict, "train": cmd_train, "convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
 
 
 def main(argv=None) -> int:

@@ -243,9 +243,9 @@ def _cli_type(tp):
     return str
 
 
-def resolve(args: argparse.Namespace) -> Config:
-    """Defaults, then the YAML file, then the flags given."""
-    cfg = Config()
+def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """Defaults (or `base`, e.g. a run's saved config), then the YAML file, then the flags given."""
+    cfg = base if base is not None else Config()
     if getattr(args, "config", None):
         cfg = from_mapping(load_yaml(args.config), str(args.config), cfg)
     given = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__")}

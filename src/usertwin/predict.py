@@ -1,0 +1,351 @@
+"""`usertwin predict` and the `Twin` API: generation and likelihood scoring with the training renderer.
+
+For every target of a split the prompt is rendered exactly as in training (same ablation, style and
+history strategy), with the user's strictly earlier items — train and validation included — as history,
+cut to fit `max_length`. Each output line holds the reference, the generated prediction(s), the
+teacher-forced loss of the reference, and for ratings the probability of every allowed rating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config, from_mapping, load_yaml, render_config, sample_config
+from .errors import UsertwinError
+from .model import TargetLoss, load_model
+from .prepare import fit_sample, prepare
+from .render import Renderer
+from .timeline import Sample, select_history
+from .tokenize import SequenceEncoder, load_tokenizer
+
+RATING_KINDS = ("rating",)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    num_samples: int = 1
+    batch_size: int = 8
+
+
+def load_run_config(run_dir) -> Config:
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise UsertwinError(f"{run} is not a run directory (no config.yaml): pass the --output_dir of a train run")
+    return from_mapping(load_yaml(run / "config.yaml"), str(run / "config.yaml"))
+
+
+def load_twin_model(cfg: Config, run_dir=None):
+    """The run's best weights (adapter on its base model, or full weights), else the base model."""
+    best = Path(run_dir) / "best" if run_dir else None
+    if best is not None and (best / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_model(cfg.model, cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        model = PeftModel.from_pretrained(base, str(best))
+    elif best is not None and (best / "config.json").is_file():
+        model = load_model(str(best), cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    else:
+        if run_dir:
+            raise UsertwinError(f"{best} holds no weights: the run has not finished an evaluation yet")
+        model = load_model(cfg.model, cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    model.eval()
+    if torch.cuda.is_available():
+        model.cuda()
+    return model
+
+
+def rating_scale(timelines) -> list[str] | None:
+    """The allowed ratings as they are written in the data (e.g. "0.5" ... "5.0"), if the data has ratings."""
+    values = {}
+    for tl in timelines:
+        for it in tl.items:
+            if "rating" in it.collection:
+                try:
+                    values.setdefault(float(it.continuation), it.continuation)
+                except ValueError:
+                    return None
+    if not values or len(values) > 40:
+        return None
+    return [values[v] for v in sorted(values)]
+
+
+class Predictor:
+    """A model + the training renderer: prompts, generation, scoring."""
+
+    def __init__(self, cfg: Config, model, tokenizer, prep=None):
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.renderer = Renderer(render_config(cfg), tokenizer)
+        self.encoder = SequenceEncoder(self.renderer, tokenizer)
+        self.prep = prep if prep is not None else prepare(cfg, tokenizer=tokenizer, progress=False)
+        self.scale = rating_scale(self.prep.timelines)
+        eot = self.renderer.fmt.eot
+        ids = tokenizer(eot, add_special_tokens=False)["input_ids"] if eot else []
+        self.eot_id = ids[0] if len(ids) == 1 else tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot_id
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # -- prompts
+
+    def sample_for(self, tl, target: int, room: int = 0) -> Sample:
+        """History as in training (strategy of the config), cut to leave `room` tokens for generation."""
+        hist = select_history(tl, target, sample_config(self.cfg), self.cfg.sample_seed)
+        sample = Sample(tl.user_id, target, hist, "predict")
+        cfg = self.cfg
+        if room:
+            cfg = from_mapping({"max_length": max(1, cfg.max_length - room)}, "predict", cfg)
+        fitted = fit_sample(cfg, self.renderer, tl, self.prep.lengths[tl.user_id], sample, self.tokenizer)
+        return fitted[0] if fitted else Sample(tl.user_id, target, [], "predict")
+
+    def encode(self, tl, sample: Sample):
+        return self.encoder.encode(tl, list(sample.history) + [sample.target], [sample.target])
+
+    # -- model calls
+
+    @torch.no_grad()
+    def reference_loss(self, enc) -> tuple[float, int]:
+        """Teacher-forced mean loss per token of the target (with its end-of-turn), as in training."""
+        ids = torch.tensor([enc.input_ids], device=self.device)
+        labels = torch.tensor([enc.labels], device=self.device)
+        losses = TargetLoss(self.model)(ids, labels)
+        return losses.mean().item(), len(losses)
+
+    @torch.no_grad()
+    def score(self, prompt_ids: list[int], candidates: list[list[int]]) -> list[tuple[float, int]]:
+        """(sum of log-probabilities, token count) of each candidate continuation after one shared prompt:
+        the prompt runs once, its cache is repeated for the candidates."""
+        ids = torch.tensor([prompt_ids], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        k, width = len(candidates), max(len(c) for c in candidates)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(k)
+        cand = torch.full((k, width), self.pad_id, device=self.device)
+        mask = torch.zeros((k, len(prompt_ids) + width), dtype=torch.long, device=self.device)
+        mask[:, :len(prompt_ids)] = 1
+        for i, c in enumerate(candidates):
+            cand[i, :len(c)] = torch.tensor(c, device=self.device)
+            mask[i, len(prompt_ids):len(prompt_ids) + len(c)] = 1
+        pos = torch.arange(len(prompt_ids), len(prompt_ids) + width, device=self.device).expand(k, -1)
+        logits = self.model(input_ids=cand, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                            use_cache=True).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        results = []
+        for i, c in enumerate(candidates):
+            total = first[c[0]].item()
+            for j in range(1, len(c)):
+                total += logp[i, j - 1, c[j]].item()
+            results.append((total, len(c)))
+        return results
+
+    def rating_distribution(self, prompt_ids: list[int]) -> dict:
+        texts = self.scale
+        cands = [self.tokenizer(t + self.renderer.fmt.eot, add_special_tokens=False)["input_ids"] for t in texts]
+        scores = [s for s, _ in self.score(prompt_ids, cands)]
+        top = max(scores)
+        probs = [math.exp(s - top) for s in scores]
+        z = sum(probs)
+        probs = [p / z for p in probs]
+        values = [float(t) for t in texts]
+        return {"scale": values, "probs": [round(p, 6) for p in probs],
+                "most_likely": values[max(range(len(probs)), key=probs.__getitem__)],
+                "expected": round(sum(v * p for v, p in zip(values, probs)), 6)}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], gen: GenerationConfig) -> list[list[str]]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding: generation continues every row at its end
+            ids[i, width - len(p):] = torch.tensor(p, device=self.device)
+            mask[i, width - len(p):] = 1
+        sample = gen.temperature > 0
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen.max_new_tokens,
+                                  do_sample=sample, temperature=gen.temperature if sample else None,
+                                  top_p=gen.top_p if sample else None, num_return_sequences=gen.num_samples,
+                                  eos_token_id=self.eot_id, pad_token_id=self.pad_id)
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=False)
+        eot = self.renderer.fmt.eot
+        clean = [(t.split(eot)[0] if eot else t).replace(self.tokenizer.pad_token or "\0", "").strip()
+                 for t in texts]
+        return [clean[i * gen.num_samples:(i + 1) * gen.num_samples] for i in range(len(prompts))]
+
+
+# ---------------------------------------------------------------- the predict command
+
+
+def _done(path: Path) -> set:
+    """Targets already in a (possibly cut-off) output file; a torn last line is dropped."""
+    done = set()
+    if not path.is_file():
+        return done
+    good = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            done.add((row["user"], row["target_index"]))
+            good.append(line if line.endswith("\n") else line + "\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(good)
+    return done
+
+
+def distractors(prep, split: str, k: int, seed: int) -> dict:
+    """For each target: k other continuations, preferably other users' for the same item, else random ones
+    from the split; never the reference text itself."""
+    by_item, pool = {}, []
+    for tl in prep.timelines:
+        for pos, lab in enumerate(prep.splits[tl.user_id]):
+            if lab == split:
+                it = tl.items[pos]
+                by_item.setdefault(it.prefix, []).append((tl.user_id, it.continuation))
+                pool.append(it.continuation)
+    out = {}
+    for tl in prep.timelines:
+        for pos, lab in enumerate(prep.splits[tl.user_id]):
+            if lab != split:
+                continue
+            ref = tl.items[pos].continuation
+            rng = random.Random(f"{seed}:{tl.user_id}:{pos}")
+            same = sorted({c for u, c in by_item.get(tl.items[pos].prefix, []) if u != tl.user_id and c != ref})
+            picks = rng.sample(same, min(k, len(same)))
+            others = sorted(set(pool) - {ref} - set(picks))
+            picks += rng.sample(others, min(k - len(picks), len(others)))
+            out[(tl.user_id, pos)] = picks
+    return out
+
+
+def predict_split(pred: Predictor, split: str, output, gen: GenerationConfig, pick_k: int = 3,
+                  generate: bool = True, limit: int | None = None, progress: bool = True) -> int:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(output)
+    targets = [(tl, pos) for tl in pred.prep.timelines for pos, lab in enumerate(pred.prep.splits[tl.user_id])
+               if lab == split and (tl.user_id, pos) not in done]
+    if limit is not None:
+        targets = targets[:max(0, limit - len(done))]
+    picks = distractors(pred.prep, split, pick_k, pred.cfg.seed) if pick_k else {}
+    room = gen.max_new_tokens if generate else 0
+    bar = targets
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(targets, desc=f"predict {split}", unit="target")
+    written = 0
+    with open(output, "a", encoding="utf-8") as f:
+        for start in range(0, len(targets), gen.batch_size):
+            chunk = targets[start:start + gen.batch_size]
+            rows = [_row(pred, tl, pos, split, room, picks) for tl, pos in chunk]
+            if generate:
+                outs = pred.generate([r.pop("_prompt") for r in rows], gen)
+                for r, o in zip(rows, outs):
+                    r["predictions"] = o
+            for r in rows:
+                r.pop("_prompt", None)
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            written += len(rows)
+            if progress:
+                bar.update(len(rows))
+    if progress:
+        bar.close()
+    return written
+
+
+def _row(pred: Predictor, tl, pos: int, split: str, room: int, picks: dict) -> dict:
+    sample = pred.sample_for(tl, pos, room)
+    enc = pred.encode(tl, sample)
+    _, start, _ = enc.targets[-1]
+    prompt = enc.input_ids[:start]
+    loss, n = pred.reference_loss(enc)
+    item = tl.items[pos]
+    row = {"user": tl.user_id, "target_index": pos, "split": split, "collection": item.collection,
+           "item": item.prefix, "language": pred.renderer.language(tl),
+           "prompt_hash": hashlib.sha256(json.dumps(prompt).encode()).hexdigest()[:16],
+           "reference": item.continuation, "predictions": [], "loss": round(loss, 6), "n_tokens": n,
+           "history_len": len(sample.history), "user_items": len(tl.items), "_prompt": prompt}
+    if pred.scale and "rating" in item.collection:
+        row["rating"] = pred.rating_distribution(prompt)
+    if picks.get((tl.user_id, pos)):
+        cands = [item.continuation] + picks[(tl.user_id, pos)]
+        ids = [pred.tokenizer(c + pred.renderer.fmt.eot, add_special_tokens=False)["input_ids"] for c in cands]
+        scored = pred.score(prompt, ids)
+        norm = [s / max(1, n_tok) for s, n_tok in scored]  # length-normalised
+        chosen = max(range(len(norm)), key=norm.__getitem__)
+        row["pick"] = {"k": len(cands) - 1, "chosen": chosen, "correct": chosen == 0,
+                       "scores": [round(x, 4) for x in norm]}
+    return row
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+class Twin:
+    """A trained twin, for code that embeds it:
+
+        twin = Twin.load("runs/quickstart")
+        twin.predict(user="12", item="Heat (1995) (Action, Crime, Thriller): ")
+        twin.rating_distribution(user="12", item="Heat (1995) (Action, Crime, Thriller): ")
+    """
+
+    def __init__(self, predictor: Predictor):
+        self.p = predictor
+
+    @classmethod
+    def load(cls, run_dir) -> Twin:
+        cfg = load_run_config(run_dir)
+        best = Path(run_dir) / "best"
+        tok = load_tokenizer(str(best) if (best / "tokenizer_config.json").is_file() else cfg.model)
+        return cls(Predictor(cfg, load_twin_model(cfg, run_dir), tok))
+
+    def _timeline_with(self, user, item: str, context=None):
+        """The user's whole timeline plus the new item at its end (history = every item of the user)."""
+        from .records import Item
+
+        tl = self.p.prep.timeline(user) if isinstance(user, str) else user
+        kind = tl.items[-1].collection if tl.items else ""
+        new = Item(continuation="", prefix=item, context=list(context or []), collection=kind,
+                   position=len(tl.items))
+        from .timeline import Timeline
+
+        return Timeline(tl.user_id, tl.profile, tl.task, tl.language, tl.items + [new], tl.record_index)
+
+    def _prompt(self, user, item, context=None) -> list[int]:
+        from .tokenize import measure
+
+        tl = self._timeline_with(user, item, context)
+        target = len(tl.items) - 1
+        hist = select_history(tl, target, sample_config(self.p.cfg), self.p.cfg.sample_seed)
+        fitted = fit_sample(self.p.cfg, self.p.renderer, tl, measure(self.p.renderer, self.p.tokenizer, tl),
+                            Sample(tl.user_id, target, hist), self.p.tokenizer)
+        sample = fitted[0] if fitted else Sample(tl.user_id, target, [])
+        enc = self.p.encode(tl, sample)
+        return enc.input_ids[:enc.targets[-1][1]]
+
+    def predict(self, user, item: str, context=None, **gen) -> str:
+        return self.p.generate([self._prompt(user, item, context)], GenerationConfig(**gen))[0][0]
+
+    def score(self, user, item: str, continuation: str, context=None) -> float:
+        """Log-likelihood of `continuation` (with its end-of-turn) as this user's next act."""
+        ids = self.p.tokenizer(continuation + self.p.renderer.fmt.eot, add_special_tokens=False)["input_ids"]
+        return self.p.score(self._prompt(user, item, context), [ids])[0][0]
+
+    def rating_distribution(self, user, item: str, context=None) -> dict:
+        if not self.p.scale:
+            raise UsertwinError("this twin's data has no rating collection")
+        return self.p.rating_distribution(self._prompt(user, item, context))

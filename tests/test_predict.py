@@ -1,0 +1,94 @@
+"""usertwin predict and the Twin API on a tiny trained run: likelihoods, rating distributions, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from usertwin.cli import main
+
+
+def _records(path):
+    with open(path, "w", encoding="utf-8") as f:
+        for u, n in enumerate((14, 10, 8)):
+            items = [{"continuation_prefix": f"Movie {(i + u) % 6} (2000) (Drama): ",
+                      "continuation": f"{(i * (u + 2)) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i} for i in range(n)]
+            f.write(json.dumps({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+                                "task": {"description": "Predict ratings.", "language": "en",
+                                         "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
+                    + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("pred")
+    data = _records(tmp / "r.jsonl")
+    out = tmp / "run"
+    assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(out),
+                 "--max_length", "256", "--learning_rate", "0.01", "--no-progress"]) == 0
+    return out
+
+
+def test_score_with_shared_cache_equals_brute_force(run_dir):
+    from usertwin.predict import Twin
+
+    twin = Twin.load(run_dir)
+    p = twin.p
+    tl = p.prep.timelines[0]
+    sample = p.sample_for(tl, 12)
+    enc = p.encode(tl, sample)
+    prompt = enc.input_ids[:enc.targets[-1][1]]
+    cands = [p.tokenizer(t + "<|im_end|>", add_special_tokens=False)["input_ids"] for t in ("1.0", "4.0", "2.5")]
+    fast = p.score(prompt, cands)
+    for (total, n), cand in zip(fast, cands):
+        with torch.no_grad():
+            logits = p.model(input_ids=torch.tensor([prompt + cand])).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        brute = sum(logp[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(cand))
+        assert n == len(cand) and abs(total - brute) < 1e-4
+    dist = p.rating_distribution(prompt)
+    assert dist["scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert abs(sum(dist["probs"]) - 1) < 1e-5
+    assert dist["expected"] == pytest.approx(sum(v * q for v, q in zip(dist["scale"], dist["probs"])), abs=1e-4)
+    # brute force over the scale: probabilities proportional to exp(sum log p) of each "<rating><|im_end|>"
+    all_c = [p.tokenizer(f"{v:.1f}<|im_end|>", add_special_tokens=False)["input_ids"] for v in dist["scale"]]
+    raw = [math.exp(s) for s, _ in p.score(prompt, all_c)]
+    assert [round(r / sum(raw), 5) for r in raw] == [round(q, 5) for q in dist["probs"]]
+    # the teacher-forced loss is the mean negative log-likelihood of the reference tokens
+    loss, n = p.reference_loss(enc)
+    ref = p.tokenizer(tl.items[12].continuation + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    (total, _), = p.score(prompt, [ref])
+    assert n == len(ref) and loss == pytest.approx(-total / n, rel=1e-4)
+
+
+def test_predict_cli_writes_every_test_target_once_and_resumes(run_dir, tmp_path):
+    out = tmp_path / "p.jsonl"
+    args = ["predict", "--run", str(run_dir), "--split", "test", "-o", str(out), "--no-progress",
+            "--max_new_tokens", "6", "--batch_size", "2"]
+    assert main([*args, "--limit", "2"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    with open(out, "a") as f:
+        f.write('{"user": "u2", "target_in')  # a line torn by a kill
+    assert main(args) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 2 + 2 + 1 == len({(r["user"], r["target_index"]) for r in rows})  # test: 14->2, 10->2, 8->1
+    for r in rows:
+        assert r["split"] == "test" and len(r["predictions"]) == 1 and r["n_tokens"] >= 2
+        assert abs(sum(r["rating"]["probs"]) - 1) < 1e-4
+        assert r["pick"]["k"] == 3 and r["pick"]["correct"] == (r["pick"]["chosen"] == 0)
+        assert 0 < r["history_len"] <= r["target_index"]  # the most recent earlier items that fit
+
+
+def test_twin_api(run_dir):
+    from usertwin import Twin
+
+    twin = Twin.load(run_dir)
+    dist = twin.rating_distribution(user="u1", item="Movie 3 (2000) (Drama): ")
+    assert abs(sum(dist["probs"]) - 1) < 1e-5 and dist["most_likely"] in dist["scale"]
+    text = twin.predict(user="u1", item="Movie 3 (2000) (Drama): ", max_new_tokens=5)
+    assert isinstance(text, str)
+    assert twin.score(user="u1", item="Movie 3 (2000) (Drama): ", continuation="4.0") < 0
