@@ -1,0 +1,377 @@
+"""Rating and text metrics of predictions: pure functions of the rows of `predictions.jsonl`, no model.
+
+* Ratings: the generated rating is the first number in the generated text, snapped to the rating scale
+  (`parse_rating`); RMSE, MAE, exact and within-0.5 accuracy over the parseable ones, and the share of
+  unparseable outputs. The likelihood-scored ratings (`rating.most_likely`, `rating.expected`) are scored the
+  same way.
+* Text: corpus BLEU and chrF (sacrebleu), ROUGE-L F1, length ratio and distinct-1/2, with units that work for
+  Chinese and Japanese as well as English: characters for zh/ja, lowercased whitespace words for en.
+  BLEU, chrF and ROUGE-L are reported on a 0-100 scale.
+* Target perplexity: exp of the per-token loss averaged over all target tokens (rows weighted by n_tokens).
+* Everything again per user-activity bucket (the user's total number of items, `ACTIVITY_EDGES`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from collections import defaultdict
+
+from .errors import UsertwinError
+
+DEFAULT_SCALE = tuple(x / 2 for x in range(1, 11))  # MovieLens: 0.5, 1.0, ..., 5.0
+# user-activity buckets by the user's total number of items: 1-20, 21-50, 51-200, 201+
+ACTIVITY_EDGES = (20, 50, 200)
+CJK_LANGUAGES = ("zh", "ja")
+# sacrebleu tokenizers by language; "ja-mecab" needs MeCab, so Japanese is scored on characters
+BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "en": "13a"}
+
+_NUMBER = re.compile(r"(?<![\d.])-?(?:\d+(?:\.\d+)?|\.\d+)")
+
+
+# ---------------------------------------------------------------- ratings
+
+
+def _normalise(text: str) -> str:
+    """NFKC turns full-width digits and punctuation ("４．５") into ASCII ("4.5")."""
+    return unicodedata.normalize("NFKC", str(text))
+
+
+def as_number(text) -> float | None:
+    """A reference rating as a float ("4.0", " ４ "); None when the whole text is not one finite number."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text) if math.isfinite(text) else None
+    try:
+        x = float(_normalise(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def parse_rating(text, scale=DEFAULT_SCALE) -> float | None:
+    """The rating in a generated text, or None when it has none (unparseable).
+
+    Rule: take the first number written with digits (full-width digits count: "４．５" is 4.5; a leading
+    minus sign counts; words such as "four" do not), then snap it to the nearest value of `scale` if it
+    lies within half a scale step of it (the step is the smallest gap between scale values; ties go to the
+    lower value). A number further from every scale value ("8/10" on a 0.5-5 scale) is unparseable.
+    Examples on the MovieLens scale: "I'd say 4.5 stars" -> 4.5, "4" -> 4.0, "4.3" -> 4.5, "5.2" -> 5.0,
+    "5.3" -> None, "four" -> None.
+    """
+    if text is None:
+        return None
+    match = _NUMBER.search(_normalise(text))
+    if match is None:
+        return None
+    return snap(float(match.group()), scale)
+
+
+def snap(x: float, scale=DEFAULT_SCALE) -> float | None:
+    """x snapped to the nearest value of `scale` when within half a step of it, else None."""
+    values = sorted(float(v) for v in scale)
+    if not values:
+        return None
+    gaps = [b - a for a, b in zip(values, values[1:]) if b > a]
+    half = min(gaps) / 2 if gaps else 0.5
+    best = min(values, key=lambda v: (abs(v - x), v))
+    return best if abs(best - x) <= half + 1e-9 else None
+
+
+def rating_metrics(refs, preds) -> dict:
+    """RMSE, MAE, exact accuracy and within-0.5 accuracy of predicted against reference ratings.
+
+    `preds[i]` is None when the prediction was unparseable: such rows count in `n` and in
+    `unparseable` / `unparseable_share`, and are left out of every other metric (computed over `n_scored`).
+    Metrics without any scored row are None. Accuracy is |pred - ref| < 1e-9; within-0.5 is <= 0.5.
+    """
+    refs, preds = list(refs), list(preds)
+    if len(refs) != len(preds):
+        raise ValueError(f"rating_metrics: {len(refs)} references but {len(preds)} predictions")
+    pairs = [(float(r), float(p)) for r, p in zip(refs, preds) if p is not None]
+    n, n_scored = len(refs), len(pairs)
+    out = {"n": n, "n_scored": n_scored, "unparseable": n - n_scored,
+           "unparseable_share": (n - n_scored) / n if n else None,
+           "rmse": None, "mae": None, "accuracy": None, "within_0.5": None}
+    if pairs:
+        errs = [abs(p - r) for r, p in pairs]
+        out["rmse"] = math.sqrt(sum(e * e for e in errs) / n_scored)
+        out["mae"] = sum(errs) / n_scored
+        out["accuracy"] = sum(e < 1e-9 for e in errs) / n_scored
+        out["within_0.5"] = sum(e <= 0.5 + 1e-9 for e in errs) / n_scored
+    return out
+
+
+# ---------------------------------------------------------------- text
+
+
+def units(text: str, language: str) -> list[str]:
+    """Scoring units: characters (whitespace dropped) for zh/ja; lowercased whitespace words otherwise."""
+    if language in CJK_LANGUAGES:
+        return [c for c in str(text) if not c.isspace()]
+    return str(text).lower().split()
+
+
+def lcs_length(a, b) -> int:
+    """Length of the longest common subsequence of two sequences.
+
+    Bit-parallel dynamic programming (Allison & Dix 1986, Hyyrö 2004): bit i of `v` is 1 while row i of the
+    classic LCS table has not yet gained a match; each element of `b` updates all rows at once with big-int
+    arithmetic. Same result as the textbook O(len(a) * len(b)) table, much faster in Python.
+    """
+    masks: dict = {}
+    for i, x in enumerate(a):
+        masks[x] = masks.get(x, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for y in b:
+        u = v & masks.get(y, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
+
+
+def rouge_l(ref: str, hyp: str, language: str) -> float:
+    """ROUGE-L F1 (beta = 1) of one pair, 0-1: LCS over units / hypothesis and reference lengths.
+    Both empty -> 1; one empty -> 0."""
+    r, h = units(ref, language), units(hyp, language)
+    if not r or not h:
+        return float(not r and not h)
+    lcs = lcs_length(r, h)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(h), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def distinct_n(hyps, language: str, n: int) -> float | None:
+    """Unique n-grams / all n-grams over all hypotheses (n-grams never cross hypotheses); None if none."""
+    grams = []
+    for h in hyps:
+        u = units(h, language)
+        grams.extend(tuple(u[i:i + n]) for i in range(len(u) - n + 1))
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def perplexity(losses, n_tokens=None) -> float | None:
+    """exp(mean loss per target token): each row's mean loss weighted by its n_tokens (1 each when not
+    given); rows with a missing loss are left out. None when no row has a loss."""
+    n_tokens = [1] * len(losses) if n_tokens is None else n_tokens
+    pairs = [(float(loss), float(w)) for loss, w in zip(losses, n_tokens) if loss is not None and w]
+    total = sum(w for _, w in pairs)
+    if not total:
+        return None
+    return math.exp(sum(loss * w for loss, w in pairs) / total)
+
+
+def text_metrics(refs, hyps, language: str = "en", losses=None, n_tokens=None) -> dict:
+    """Corpus BLEU and chrF (sacrebleu; tokenizer by language, BLEU_TOKENIZE), mean ROUGE-L F1 (0-100),
+    length ratio (mean hypothesis length / mean reference length in units), distinct-1/2 over all
+    hypotheses, and target perplexity when `losses` are given (weighted by `n_tokens`)."""
+    import sacrebleu
+
+    refs, hyps = [str(r) for r in refs], [str(h) for h in hyps]
+    if len(refs) != len(hyps):
+        raise ValueError(f"text_metrics: {len(refs)} references but {len(hyps)} hypotheses")
+    out = {"n": len(refs), "language": language, "bleu": None, "chrf": None, "rouge_l": None,
+           "length_ratio": None, "hyp_len": None, "ref_len": None, "distinct_1": None, "distinct_2": None}
+    if losses is not None:
+        out["perplexity"] = perplexity(losses, n_tokens)
+    if not refs:
+        return out
+    tokenize = BLEU_TOKENIZE.get(language, "13a")
+    out["bleu"] = sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score
+    out["chrf"] = sacrebleu.corpus_chrf(hyps, [refs]).score
+    out["rouge_l"] = 100 * sum(rouge_l(r, h, language) for r, h in zip(refs, hyps)) / len(refs)
+    hyp_len = sum(len(units(h, language)) for h in hyps) / len(hyps)
+    ref_len = sum(len(units(r, language)) for r in refs) / len(refs)
+    out.update(hyp_len=hyp_len, ref_len=ref_len, length_ratio=hyp_len / ref_len if ref_len else None,
+               distinct_1=distinct_n(hyps, language, 1), distinct_2=distinct_n(hyps, language, 2))
+    return out
+
+
+# ---------------------------------------------------------------- rows of predictions.jsonl
+
+
+def activity_labels(edges=ACTIVITY_EDGES) -> list[str]:
+    """Bucket names for `edges`: (20, 50, 200) -> 1-20, 21-50, 51-200, 201+."""
+    lows = [1] + [e + 1 for e in edges]
+    return [f"{lo}-{hi}" for lo, hi in zip(lows, edges)] + [f"{lows[-1]}+"]
+
+
+def activity_bucket(user_items, edges=ACTIVITY_EDGES) -> str:
+    """The activity bucket of a user with `user_items` items in all (upper edges inclusive); 'unknown'
+    when the row does not say."""
+    if user_items is None:
+        return "unknown"
+    labels = activity_labels(edges)
+    for edge, label in zip(edges, labels):
+        if user_items <= edge:
+            return label
+    return labels[-1]
+
+
+def is_rating_row(row: dict) -> bool:
+    """A rating row has a numeric reference and either a `rating` entry or a collection named *rating*;
+    everything else is scored as text."""
+    kind = "rating" in row or "rating" in str(row.get("collection", ""))
+    return kind and as_number(row.get("reference")) is not None
+
+
+def _rating_group(rows, scale) -> dict:
+    refs = [as_number(r["reference"]) for r in rows]
+    out = {"n": len(rows), "perplexity": _row_perplexity(rows)}
+    gen = [(ref, r) for ref, r in zip(refs, rows) if r.get("predictions")]
+    if gen:
+        out["generated"] = rating_metrics(
+            [ref for ref, _ in gen],
+            [parse_rating(r["predictions"][0], (r.get("rating") or {}).get("scale") or scale) for _, r in gen])
+    for key in ("most_likely", "expected"):
+        scored = [(ref, r["rating"][key]) for ref, r in zip(refs, rows) if (r.get("rating") or {}).get(key) is not None]
+        if scored:
+            out[key] = rating_metrics([ref for ref, _ in scored], [float(p) for _, p in scored])
+    return out
+
+
+def _text_group(rows, language: str) -> dict:
+    gen = [r for r in rows if r.get("predictions")]
+    out = text_metrics([r.get("reference", "") for r in gen], [r["predictions"][0] for r in gen], language)
+    out.update(n=len(rows), n_generated=len(gen), perplexity=_row_perplexity(rows))
+    return out
+
+
+def _row_perplexity(rows) -> float | None:
+    return perplexity([r.get("loss") for r in rows], [r.get("n_tokens", 1) for r in rows])
+
+
+def pick_metrics(rows) -> dict | None:
+    """Pick-the-real-one: accuracy of choosing the real continuation among the reference and `k`
+    distractors, and the chance level: mean of 1/(k+1) (1/len(scores) when the scores are given, which is
+    the number of candidates). None when no row has a `pick`."""
+    picks = [r["pick"] for r in rows if r.get("pick")]
+    if not picks:
+        return None
+    chance = [1 / len(p["scores"]) if p.get("scores") else 1 / (int(p["k"]) + 1) for p in picks]
+    return {"n": len(picks), "accuracy": sum(bool(p.get("correct")) for p in picks) / len(picks),
+            "chance": sum(chance) / len(chance)}
+
+
+def _section(rows, scale) -> dict:
+    """Metrics of one slice of rows: all rows together, rating rows, text rows per language."""
+    out = {"all": {"n": len(rows), "perplexity": _row_perplexity(rows)}}
+    if (pick := pick_metrics(rows)) is not None:
+        out["all"]["pick"] = pick
+    ratings = [r for r in rows if is_rating_row(r)]
+    if ratings:
+        out["rating"] = _rating_group(ratings, scale)
+    by_lang = defaultdict(list)
+    for r in rows:
+        if not is_rating_row(r):
+            by_lang[r.get("language") or "en"].append(r)
+    if by_lang:
+        out["text"] = {lang: _text_group(group, lang) for lang, group in sorted(by_lang.items())}
+    return out
+
+
+def evaluate_rows(rows, scale=DEFAULT_SCALE, edges=ACTIVITY_EDGES) -> dict:
+    """Metrics of predictions.jsonl rows, JSON-serialisable:
+
+        {"n_rows": N, "activity_edges": [20, 50, 200],
+         "overall": SECTION, "by_activity": {"1-20": SECTION, ..., "201+": SECTION}}
+        SECTION = {"all": {"n", "perplexity", "pick"?},
+                   "rating"?: {"n", "perplexity", "generated"?, "most_likely"?, "expected"?},   # rating_metrics
+                   "text"?: {language: text_metrics + n_generated + perplexity}}
+
+    Generated ratings are parsed from predictions[0] with the row's `rating.scale`, else `scale`. Rows
+    without predictions (--no-generate) count for perplexity and likelihood ratings only. Only buckets that
+    hold rows appear in `by_activity`.
+    """
+    rows = list(rows)
+    buckets = defaultdict(list)
+    for r in rows:
+        buckets[activity_bucket(r.get("user_items"), edges)].append(r)
+    order = activity_labels(edges) + ["unknown"]
+    return {"n_rows": len(rows), "activity_edges": list(edges), "overall": _section(rows, scale),
+            "by_activity": {b: _section(buckets[b], scale) for b in order if buckets.get(b)}}
+
+
+def read_rows(path) -> list[dict]:
+    """The rows of a predictions.jsonl file; a bad line stops with its file and line number."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise UsertwinError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
+    except OSError as e:
+        raise UsertwinError(f"{path}: cannot read predictions ({e.strerror})") from None
+    return rows
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _grid(header, lines) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(c) for c in lines])
+
+
+RATING_COLUMNS = ("n", "n_scored", "rmse", "mae", "accuracy", "within_0.5", "unparseable_share")
+TEXT_COLUMNS = ("n", "perplexity", "bleu", "chrf", "rouge_l", "length_ratio", "distinct_1", "distinct_2")
+
+
+def _rating_line(label, m, ppl=None):
+    return [label] + [_fmt(m.get(c)) for c in RATING_COLUMNS] + [_fmt(ppl)]
+
+
+def _text_line(label, m):
+    return [label] + [_fmt(m.get(c), 2 if c in ("bleu", "chrf", "rouge_l") else 3) for c in TEXT_COLUMNS]
+
+
+def _section_lines(name, sec, rating_lines, text_lines, pick_lines):
+    rating = sec.get("rating")
+    for key in ("generated", "most_likely", "expected") if rating else ():
+        if key in rating:
+            rating_lines.append(_rating_line(f"{name} {key}", rating[key], rating.get("perplexity")))
+    for lang, m in (sec.get("text") or {}).items():
+        text_lines.append(_text_line(f"{name} [{lang}]", m))
+    if sec.get("all", {}).get("pick"):
+        p = sec["all"]["pick"]
+        pick_lines.append([name, _fmt(p["n"]), _fmt(p["accuracy"]), _fmt(p["chance"])])
+
+
+def format_table(metrics: dict) -> str:
+    """A plain-text table of `evaluate_rows` output, or of `{name: rating_metrics or text_metrics}` (what
+    `baselines.run_baselines` returns): one block for ratings, one for text, one for pick-the-real-one."""
+    rating_lines, text_lines, pick_lines = [], [], []
+    if "overall" in metrics:
+        sections = [("all", metrics["overall"])] + list((metrics.get("by_activity") or {}).items())
+        for name, sec in sections:
+            _section_lines(name, sec, rating_lines, text_lines, pick_lines)
+    else:
+        for name, m in metrics.items():
+            if "rmse" in m:
+                rating_lines.append(_rating_line(name, m, m.get("perplexity")))
+            else:
+                text_lines.append(_text_line(f"{name} [{m.get('language', '?')}]", m))
+    blocks = []
+    if rating_lines:
+        blocks.append("ratings\n" + _grid(["", *RATING_COLUMNS, "perplexity"], rating_lines))
+    if text_lines:
+        blocks.append("text\n" + _grid(["", *TEXT_COLUMNS], text_lines))
+    if pick_lines:
+        blocks.append("pick the real one\n" + _grid(["", "n", "accuracy", "chance"], pick_lines))
+    return "\n\n".join(blocks) if blocks else "(no rows)"
