@@ -323,6 +323,9 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _grid(header, lines) -> str:
+    """Aligned columns; a column with no value in any line is left out."""
+    keep = [j for j in range(len(header)) if j == 0 or any(line[j] != "-" for line in lines)]
+    header, lines = [header[j] for j in keep], [[line[j] for j in keep] for line in lines]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
