@@ -92,3 +92,23 @@ def test_twin_api(run_dir):
     text = twin.predict(user="u1", item="Movie 3 (2000) (Drama): ", max_new_tokens=5)
     assert isinstance(text, str)
     assert twin.score(user="u1", item="Movie 3 (2000) (Drama): ", continuation="4.0") < 0
+
+
+def test_predict_evaluate_baselines_from_the_cli(run_dir, capsys):
+    assert main(["predict", "--run", str(run_dir), "--no-progress", "--max_new_tokens", "4", "--pick", "2"]) == 0
+    rows = [json.loads(x) for x in (run_dir / "predictions-test.jsonl").read_text().splitlines()]
+    assert len(rows) == 5
+    assert main(["evaluate", "--run", str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_rows"] == 5
+    expected = metrics["overall"]["rating"]["expected"]
+    refs = [float(r["reference"]) for r in rows]
+    rmse = math.sqrt(sum((r["rating"]["expected"] - y) ** 2 for r, y in zip(rows, refs)) / len(rows))
+    assert expected["rmse"] == pytest.approx(rmse, rel=1e-6)
+    assert main(["baselines", "--run", str(run_dir)]) == 0
+    base = json.loads((run_dir / "baselines.json").read_text())
+    assert {"global_mean", "user_mean", "item_mean", "user_item_bias"} <= set(base)
+    assert base["global_mean"]["n"] == 5  # the same test targets as the twin
+    assert "user_item_bias" in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(run_dir), "--split", "val"]) == 2
+    assert "usertwin predict --run" in capsys.readouterr().err

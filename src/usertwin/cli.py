@@ -61,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many targets (for a quick look)")
     _add_common(p)
 
+    p = sub.add_parser("evaluate", help="predictions -> metrics.json and a printed table")
+    p.add_argument("predictions", nargs="?", help="a predictions JSONL file")
+    p.add_argument("--run", help="a run directory: evaluates RUN/predictions-SPLIT.jsonl into RUN/metrics.json")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("-o", "--output", help="metrics file (default: metrics.json beside the predictions)")
+    _add_common(p)
+
+    p = sub.add_parser("baselines", help="global / user / item mean, user+item bias, copy-last on the same split")
+    add_config_flags(p)
+    p.add_argument("--run", help="use this run directory's config (and write RUN/baselines.json)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("-o", "--output", help="baselines JSON file")
+    _add_common(p)
+
     p = sub.add_parser("inspect", help="show examples exactly as training sees them; counts; --dump")
     add_config_flags(p)
     p.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all)")
@@ -162,7 +176,44 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "train": cmd_train, "convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
+def cmd_evaluate(args) -> int:
+    from .atomic import write_json
+    from .metrics import evaluate_rows, format_table, read_rows
+
+    if not args.predictions and not args.run:
+        raise UsertwinError("pass a predictions file or --run RUN_DIR")
+    path = Path(args.predictions) if args.predictions else Path(args.run) / f"predictions-{args.split}.jsonl"
+    if not path.is_file():
+        hint = f"; run: usertwin predict --run {args.run} --split {args.split}" if args.run else ""
+        raise UsertwinError(f"{path} does not exist{hint}")
+    metrics = evaluate_rows(read_rows(path))
+    out = Path(args.output) if args.output else path.with_name("metrics.json")
+    write_json(out, metrics)
+    print(format_table(metrics))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_baselines(args) -> int:
+    from .atomic import write_json
+    from .baselines import run_baselines
+    from .config import resolve
+    from .metrics import format_table
+    from .predict import load_run_config
+
+    cfg = resolve(args, load_run_config(args.run) if args.run else None)
+    if not cfg.data:
+        raise UsertwinError("no data: pass --config CFG.yaml, --data RECORDS.jsonl or --run RUN_DIR")
+    result = run_baselines(cfg, split=args.split)
+    print(format_table(result))
+    out = Path(args.output) if args.output else (Path(args.run) / "baselines.json" if args.run else None)
+    if out:
+        write_json(out, result)
+        print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "baselines": cmd_baselines, "predict": cmd_predict, "train": cmd_train, "convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
 
 
 def main(argv=None) -> int:
