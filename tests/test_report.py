@@ -1,0 +1,374 @@
+"""usertwin report: a self-contained HTML (and Markdown) comparison of run directories built by hand here;
+rendered in headless Chromium when it is installed (.ci/run installs it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from usertwin import metrics as M
+from usertwin import report as R
+from usertwin.errors import UsertwinError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DANGEROUS = "<script>alert(1)</script>"
+CHINESE = "这部电影的配乐真是太好听了"
+CHROMIUM = "/usr/bin/chromium"
+
+
+# ---------------------------------------------------------------- fake run directories
+
+
+def _jsonl(path: Path, rows, torn_tail: str = "") -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + torn_tail, encoding="utf-8")
+
+
+def _config(path: Path, **kw) -> None:
+    lines = [f"{k}: {v}" for k, v in {"model": "tiny", "ablation": "profile_and_history_and_context",
+                                       "unit": "timeline", "history_strategy": "all_previous", **kw}.items()]
+    (path / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _logs(steps: int, start: float, resumed_at: int | None = None) -> list:
+    rows = [{"step": 0, "epoch": 1, "event": "eval_start", "val_loss": start + 0.2}]
+    for s in range(1, steps + 1):
+        rows.append({"step": s, "epoch": 1 + s // 5, "loss": start + 1 / s, "lr": 1e-4})
+        if s % 5 == 0:
+            rows.append({"step": s, "epoch": 1 + s // 5, "event": "eval", "val_loss": start + 0.5 / s,
+                         "best_val_loss": start + 0.5 / s})
+    if resumed_at:  # a killed run logs steps again after resuming from its checkpoint
+        rows += [{"step": s, "epoch": 1, "loss": start + 1 / s, "lr": 1e-4} for s in range(resumed_at, steps + 1)]
+    return rows
+
+
+def rating_rows() -> list:
+    rows = []
+    for u in range(7):
+        n_items = [8, 30, 120, 260, 15, 60, 3][u]
+        for k in range(4):
+            ref = [4.0, 3.5, 5.0, 2.0][(u + k) % 4]
+            probs = [0.02, 0.03, 0.05, 0.1, 0.1, 0.2, 0.2, 0.15, 0.1, 0.05]
+            rows.append({"user": f"u{u}", "target_index": n_items - 4 + k, "split": "test",
+                         "collection": "movie_rating", "item": f"Toy Story {u}-{k} (1995) (Animation): ",
+                         "language": "en", "reference": f"{ref}", "predictions": [f"{ref - 0.5 * (k % 2)}"],
+                         "loss": 0.4 + 0.1 * k + 0.01 * u, "n_tokens": 3 + k, "history_len": [0, 3, 12, 40, 70][k + u % 2],
+                         "user_items": n_items,
+                         "rating": {"scale": [x / 2 for x in range(1, 11)], "probs": probs, "most_likely": 3.0,
+                                    "expected": 3.0 + 0.1 * k}})
+    return rows
+
+
+def text_rows() -> list:
+    rows = []
+    for u in range(4):
+        for k in range(3):
+            ref = DANGEROUS if (u, k) == (1, 0) else f"{CHINESE}，第{k}次 & <b>很好</b>"
+            rows.append({"user": f"用户{u}", "target_index": 10 + k, "split": "test", "collection": "movie_review",
+                         "item": "霸王别姬 (剧情, 爱情): ", "language": "zh", "reference": ref,
+                         "predictions": ["配乐很好听，演员也不错", "一般"], "loss": 2.0 + 0.2 * k,
+                         "n_tokens": 12, "history_len": 2 + 10 * k, "user_items": 25 + 100 * u,
+                         "pick": {"k": 3, "chosen": k % 2, "correct": k % 2 == 0, "scores": [-1.0, -2.0, -3.0, -4.0]}})
+    return rows
+
+
+def make_runs(root: Path) -> list[Path]:
+    a, b = root / "runs" / "rating-timeline", root / "runs" / "review-none"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    _config(a)
+    _config(b, ablation="none", unit="sample", history_strategy="fixed_count")
+    for run, start in ((a, 0.5), (b, 2.0)):
+        (run / "summary.json").write_text(json.dumps({
+            "steps": 20, "epochs": 4, "targets_per_epoch": 100, "tokens_per_epoch": 5000,
+            "per_epoch": [{"epoch": 1, "targets": 100}], "tokens_per_second": 1234.5,
+            "val_loss_before": start + 0.2, "val_loss_after": start + 0.025, "best_val_loss": start + 0.025,
+            "wall_seconds": 61.2, "unit": "timeline"}), encoding="utf-8")
+    _jsonl(a / "logs.jsonl", _logs(20, 0.5, resumed_at=16), torn_tail='{"step": 21, "lo')
+    _jsonl(b / "logs.jsonl", _logs(20, 2.0))
+    _jsonl(a / "predictions-test.jsonl", rating_rows())
+    _jsonl(b / "predictions-test.jsonl", text_rows())
+    # run a: metrics.json exactly as usertwin.metrics writes it; run b: another shape (the schema may move)
+    (a / "metrics.json").write_text(json.dumps(M.evaluate_rows(rating_rows())), encoding="utf-8")
+    (b / "metrics.json").write_text(json.dumps({
+        "text": {"bleu": 12.5, "chrf": 30.25, "rouge_l": 28.0, "perplexity": 7.4},
+        "pick": {"accuracy": 0.5, "chance": 0.25},
+        "by_activity": {"21-50": {"text": {"bleu": 3.0}}}}, ensure_ascii=False), encoding="utf-8")
+    return [a, b]
+
+
+BASELINES = {
+    "user_item_bias": M.rating_metrics([4.0, 3.5, 5.0], [3.8, 3.6, 4.4]),
+    "copy_last_item": {"n": 12, "language": "zh", "bleu": 4.5, "chrf": 10.0, "rouge_l": 9.0},
+}
+
+
+# ---------------------------------------------------------------- reading the output
+
+
+class Page(HTMLParser):
+    """What the tests look at: metrics-table body rows, <img> sources, script tags, text."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.rows, self.imgs, self.scripts, self.text = [], [], 0, []
+        self.in_metrics = self.in_body = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.in_metrics = attrs.get("id") == "metrics"
+        elif tag == "tbody" and self.in_metrics:
+            self.in_body = True
+        elif tag == "tr" and self.in_metrics and self.in_body:
+            self.rows.append(attrs.get("class"))
+        elif tag == "img":
+            self.imgs.append(attrs.get("src") or "")
+        elif tag == "script":
+            self.scripts += 1
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.in_metrics = self.in_body = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    return page
+
+
+def md_metrics_rows(md: str) -> list[str]:
+    section = md.split("## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    return lines[2:]  # header and rule
+
+
+def png_of_data_uri(src: str) -> bytes:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:60]
+    return base64.b64decode(src[len(prefix):], validate=True)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_report_two_runs(tmp_path):
+    runs = make_runs(tmp_path)
+    out = tmp_path / "out" / "report.html"
+    result = R.build_report(runs, out)
+    assert result["html"] == out and result["markdown"] == out.with_suffix(".md")
+    assert result["rows"] == 2
+    text = out.read_text(encoding="utf-8")
+    page = parse(text)
+    assert page.rows == ["run", "run"]
+    # plots: loss curves, by history length, by activity; each a data: URI holding a PNG
+    assert len(page.imgs) == 3
+    for src in page.imgs:
+        assert png_of_data_uri(src).startswith(PNG_SIGNATURE)
+    # user text is escaped; the page has no script at all (and forbids one)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<script" not in text.lower() and page.scripts == 0
+    assert DANGEROUS in "".join(page.text)  # shown to the reader as text
+    assert "&lt;b&gt;很好&lt;/b&gt;" in text and "<b>很好" not in text
+    assert '<meta charset="utf-8">' in text and "script-src" not in text and "default-src 'none'" in text
+    assert CHINESE in text and "用户1" in text and "霸王别姬" in text
+    assert "http://" not in text and "https://" not in text  # nothing to fetch
+    # the metrics table: identity from config.yaml, training from summary.json, metrics.json flattened
+    assert "profile_and_history_and_context" in text and "fixed_count" in text
+    assert 'title="rating.expected.rmse"' in text and 'title="text.bleu"' in text
+    assert 'title="pick.accuracy"' in text and 'title="train.val_loss_after"' in text
+    assert "by_activity" not in text
+    # samples: at most max_examples users per run, inside <details>
+    assert text.count("<details>") == 2 * 5 - 1  # the text run has 4 users
+    # the torn last line of run a's logs is reported, not fatal
+    assert result["runs"][0]["problems"] and "logs.jsonl: 1 unreadable line" in result["runs"][0]["problems"][0]
+    # Markdown beside it: the same metrics rows, plots as PNG files beside it
+    md = result["markdown"].read_text(encoding="utf-8")
+    assert len(md_metrics_rows(md)) == 2
+    assert [p.name for p in result["images"]] == ["report-loss.png", "report-history.png", "report-activity.png"]
+    for p in result["images"]:
+        assert p.read_bytes().startswith(PNG_SIGNATURE) and f"]({p.name})" in md
+    assert "<script>" not in md and CHINESE in md
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        ["report.html", "report.md", "report-loss.png", "report-history.png", "report-activity.png"])
+
+
+def test_report_is_deterministic(tmp_path):
+    runs = make_runs(tmp_path)
+    a = R.build_report(runs, tmp_path / "a.html")
+    b = R.build_report(runs, tmp_path / "b.html")
+    assert a["html"].read_text() == b["html"].read_text()
+
+
+def test_baselines_in_the_same_table(tmp_path):
+    runs = make_runs(tmp_path)
+    result = R.build_report(runs, tmp_path / "r.html", baselines=BASELINES, max_examples=2)
+    text = result["html"].read_text(encoding="utf-8")
+    page = parse(text)
+    assert page.rows == ["run", "run", "baseline", "baseline"]
+    assert text.count('<span class="tag">baseline</span>') == 2
+    assert len(md_metrics_rows(result["markdown"].read_text(encoding="utf-8"))) == 4
+    table = R.metrics_table([R.load_run(p) for p in runs], BASELINES)
+    bias = next(r for r in table.rows if r["name"] == "user_item_bias")["cells"]
+    rmse = BASELINES["user_item_bias"]["rmse"]
+    # a bare rating metric fills each rating column of that name; nothing else
+    assert bias["rating.expected.rmse"] == bias["rating.generated.rmse"] == rmse
+    assert bias["rating.expected.within_0.5"] == BASELINES["user_item_bias"]["within_0.5"]
+    assert bias["rating.most_likely.n"] == 3 and "n" not in bias  # not the runs' count of all rows
+    assert not {"rmse", "within_0.5"} & set(table.columns) and "pick.accuracy" not in bias
+    assert table.paths["rating.expected.within_0.5"] == ("rating", "expected", "within_0.5")
+    assert '<th title="rating.expected.within_0.5">within_0.5</th>' in text
+    # a group's metrics come before its counts; training columns last
+    cols = table.columns
+    assert cols.index("rating.expected.rmse") < cols.index("rating.expected.unparseable_share") \
+        < cols.index("rating.expected.n") < cols.index("train.steps")
+    # a text baseline (language zh) meets the run whose columns are text.*
+    copy = next(r for r in table.rows if r["name"] == "copy_last_item")["cells"]
+    assert copy["text.bleu"] == 4.5
+    assert text.count("<details>") == 4
+
+
+def test_flatten_metrics():
+    flat = R.flatten_metrics(M.evaluate_rows(rating_rows() + text_rows()))
+    assert list(flat)[:2] == ["n_rows", "n"]
+    for col in ("rating.expected.rmse", "rating.generated.accuracy", "text.zh.bleu", "text.zh.perplexity",
+                "pick.accuracy", "perplexity"):
+        assert col in flat, col
+    assert not any("by_activity" in c or "1-20" in c or "language" in c for c in flat)
+    assert R.flatten_metrics({"overall": {"n": 1}, "n": 2}) == {"overall.n": 1, "n": 2}  # unique names
+    assert R.flatten_metrics({"a": {"b": True, "c": "x", "d": [1], "e": None}}) == {"a.e": None}
+
+
+def test_buckets():
+    assert R.history_labels() == ["0", "1-5", "6-20", "21-50", "51+"]
+    assert [R.history_bucket(n) for n in (0, 1, 5, 6, 20, 21, 50, 51, 999, None)] == \
+        ["0", "1-5", "1-5", "6-20", "6-20", "21-50", "21-50", "51+", "51+", "unknown"]
+    stats = R._bucket_stats(rating_rows(), lambda r: R.history_bucket(r["history_len"]))
+    zero = [r for r in rating_rows() if r["history_len"] == 0]
+    loss = sum(r["loss"] * r["n_tokens"] for r in zero) / sum(r["n_tokens"] for r in zero)
+    rmse = math.sqrt(sum((r["rating"]["expected"] - float(r["reference"])) ** 2 for r in zero) / len(zero))
+    assert stats["0"]["n"] == len(zero) and stats["0"]["loss"] == pytest.approx(loss)
+    assert stats["0"]["rmse"] == pytest.approx(rmse)
+
+
+def test_loss_series_keeps_a_resumed_step_once():
+    train, val = R._loss_series(_logs(20, 0.5, resumed_at=16))
+    assert [s for s, _ in train] == list(range(1, 21))
+    assert [s for s, _ in val] == [0, 5, 10, 15, 20]
+
+
+def test_missing_files_are_named(tmp_path):
+    runs = make_runs(tmp_path)
+    bare = tmp_path / "runs" / "only-config"
+    bare.mkdir()
+    _config(bare, ablation="history_only")
+    result = R.build_report([runs[1], bare], tmp_path / "r.html")
+    text = result["html"].read_text(encoding="utf-8")
+    assert parse(text).rows == ["run", "run"]
+    for name in ("summary.json", "logs.jsonl", "metrics.json", "predictions-test.jsonl"):
+        assert f"missing {name}" in text
+    assert result["runs"][1]["missing"] == ["summary.json", "logs.jsonl", "metrics.json", "predictions-test.jsonl"]
+    # nothing but a config: no plots at all, and it says so
+    alone = R.build_report([bare], tmp_path / "alone.html")
+    page = parse(alone["html"].read_text(encoding="utf-8"))
+    assert page.imgs == [] and alone["images"] == [] and page.rows == ["run"]
+    assert "no run has training logs" in "".join(page.text)
+
+
+def test_unreadable_files_do_not_stop_the_report(tmp_path):
+    run = tmp_path / "broken"
+    run.mkdir()
+    (run / "metrics.json").write_text("{not json", encoding="utf-8")
+    (run / "summary.json").write_text("[1, 2]", encoding="utf-8")
+    (run / "config.yaml").write_text("a: [unclosed", encoding="utf-8")
+    result = R.build_report([run], tmp_path / "r.html")
+    problems = result["runs"][0]["problems"]
+    assert any(p.startswith("metrics.json: cannot read") for p in problems)
+    assert "summary.json: not a JSON object" in problems
+    assert any(p.startswith("config.yaml: cannot read") for p in problems)
+
+
+def test_same_directory_names_are_told_apart(tmp_path):
+    runs = make_runs(tmp_path)
+    other = tmp_path / "other" / "rating-timeline"
+    shutil.copytree(runs[0], other)
+    result = R.build_report([runs[0], other], tmp_path / "r.html")
+    assert [r["name"] for r in result["runs"]] == ["runs/rating-timeline", "other/rating-timeline"]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(UsertwinError, match="does not exist"):
+        R.build_report([tmp_path / "nope"], tmp_path / "r.html")
+    with pytest.raises(UsertwinError, match="at least one"):
+        R.build_report([], tmp_path / "r.html")
+    runs = make_runs(tmp_path)
+    with pytest.raises(UsertwinError, match="is a directory"):
+        R.build_report(runs, tmp_path)
+    assert not (tmp_path / "r.html").exists()
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+
+def _chromium(args: list, tmp: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+HARNESS = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>
+<div id="result">pending</div>
+<iframe id="report" src="{src}" width="1280" height="2000"></iframe>
+<script>
+document.getElementById("report").addEventListener("load", function () {{
+  var out = document.getElementById("result");
+  try {{
+    var imgs = this.contentDocument.images, ok = 0;
+    for (var i = 0; i < imgs.length; i++) if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++;
+    out.textContent = "IMAGES " + ok + "/" + imgs.length;
+  }} catch (e) {{ out.textContent = "ERROR " + e; }}
+}});
+</script></body></html>
+"""
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed; .ci/run installs it")
+def test_report_renders_in_headless_chromium(tmp_path):
+    runs = make_runs(tmp_path)
+    out = tmp_path / "report" / "report.html"
+    R.build_report(runs, out, baselines=BASELINES)
+    work = tmp_path / "chromium"
+    work.mkdir()
+    # a screenshot of the page as a reader sees it
+    shot = work / "shot.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1280,2000", out.as_uri()], work)
+    assert shot.is_file() and shot.read_bytes().startswith(PNG_SIGNATURE)
+    assert shot.stat().st_size > 10_000
+    # the DOM Chromium built: the metrics table has one row per run and per baseline
+    dom = _chromium(["--dump-dom", out.as_uri()], work).stdout
+    page = parse(dom)
+    assert page.rows == ["run", "run", "baseline", "baseline"]
+    assert len(page.imgs) == 3 and CHINESE in dom and page.scripts == 0
+    # every image decoded: a harness page (which may hold a script) loads the report in an iframe
+    harness = work / "harness.html"
+    harness.write_text(HARNESS.format(src=out.as_uri()), encoding="utf-8")
+    dom = _chromium(["--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
+                     harness.as_uri()], work).stdout
+    match = re.search(r'<div id="result">([^<]*)</div>', dom)
+    assert match, dom[:2000]
+    assert match.group(1) == "IMAGES 3/3", match.group(1)
