@@ -535,8 +535,10 @@ img{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#8a4b00}.muted{color:#777}
 details{margin:.3rem 0}summary{cursor:pointer}
 td.text{max-width:38rem;white-space:pre-wrap;word-break:break-word}
-.dist{display:grid;grid-template-columns:auto 8rem auto;gap:0 .3rem;font-size:.75rem;align-items:center}
-.bar{background:#4a7fb5;height:.65rem}.ref{font-weight:700;color:#b03a2e}
+.dist{display:flex;gap:2px;align-items:flex-end;font-size:.65rem;text-align:center}
+.dist .col{width:1.7rem}.dist .track{height:2.4rem;display:flex;flex-direction:column;justify-content:flex-end}
+.dist .bar{background:#4a7fb5;min-height:1px}.dist .ref{font-weight:700;color:#b03a2e}
+.dist .ref .bar{background:#b03a2e}.small{font-size:.75rem}
 """
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -594,24 +596,30 @@ def _img(png: bytes | None, alt: str, none: str) -> str:
     return f'<p><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{E(alt)}"></p>'
 
 
+def _num(x) -> str:
+    """A scale value or probability, short: 4.0 -> 4, 3.5 -> 3.5, 0.123456 -> 0.123."""
+    return f"{x:.3g}" if _is_number(x) else str(x)
+
+
 def _dist_html(rating: dict, reference) -> str:
+    """The rating distribution as a small column chart (CSS only; the reference rating in red), with the
+    probabilities in the tooltip, and the expected / most likely rating below."""
     scale, probs = rating.get("scale"), rating.get("probs")
     parts = []
-    if isinstance(scale, list) and isinstance(probs, list) and len(scale) == len(probs):
+    if isinstance(scale, list) and isinstance(probs, list) and len(scale) == len(probs) and scale:
         ref = as_number(reference)
         top = max((p for p in probs if _is_number(p)), default=0) or 1
-        rows = []
+        cols = []
         for v, p in zip(scale, probs):
-            if not _is_number(p):
-                continue
+            p = p if _is_number(p) else 0.0
             is_ref = ref is not None and as_number(v) == ref
-            rows.append(f'<span class="{"ref" if is_ref else ""}">{E(fmt(v))}</span>'
-                        f'<span><span class="bar" style="display:block;width:{100 * p / top:.1f}%"></span></span>'
-                        f"<span>{p:.3f}</span>")
-        parts.append(f'<div class="dist">{"".join(rows)}</div>')
-    extra = [f"{k.replace('_', ' ')} {fmt(rating.get(k))}" for k in ("expected", "most_likely") if k in rating]
+            cols.append(f'<div class="col{" ref" if is_ref else ""}" title="{E(_num(v))}: {p:.3f}">'
+                        f'<div class="track"><div class="bar" style="height:{100 * p / top:.0f}%"></div></div>'
+                        f"<div>{E(_num(v))}</div></div>")
+        parts.append(f'<div class="dist">{"".join(cols)}</div>')
+    extra = [f"{k.replace('_', ' ')} {_num(rating.get(k))}" for k in ("expected", "most_likely") if k in rating]
     if extra:
-        parts.append(f'<div class="muted">{E(", ".join(extra))}</div>')
+        parts.append(f'<div class="muted small">{E(", ".join(extra))}</div>')
     return "".join(parts)
 
 
@@ -625,7 +633,10 @@ def _html_samples(run: Run, users: list) -> str:
         trs = []
         for row in rows:
             preds = _prediction_texts(row)
-            pred = "".join(f"<div>{E(p)}</div>" for p in preds) or '<span class="muted">(not generated)</span>'
+            if len(preds) > 1:  # several samples: numbered
+                pred = "".join(f'<div><span class="muted">{k}.</span> {E(p)}</div>' for k, p in enumerate(preds, 1))
+            else:
+                pred = "".join(f"<div>{E(p)}</div>" for p in preds) or '<span class="muted">(not generated)</span>'
             extra = []
             if isinstance(row.get("rating"), dict):
                 extra.append(_dist_html(row["rating"], row.get("reference")))
