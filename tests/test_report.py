@@ -235,7 +235,7 @@ def test_baselines_in_the_same_table(tmp_path):
         < cols.index("rating.expected.n") < cols.index("train.steps")
     # a text baseline (language zh) meets the run whose columns are text.*
     copy = next(r for r in table.rows if r["name"] == "copy_last_item")["cells"]
-    assert copy["text.bleu"] == 4.5
+    assert copy == {"text.bleu": 4.5, "text.chrf": 10.0, "text.rouge_l": 9.0}  # its count n is no run's column
     assert text.count("<details>") == 4
 
 
@@ -372,3 +372,9 @@ def test_report_renders_in_headless_chromium(tmp_path):
     match = re.search(r'<div id="result">([^<]*)</div>', dom)
     assert match, dom[:2000]
     assert match.group(1) == "IMAGES 3/3", match.group(1)
+
+
+def test_no_examples_asked_for(tmp_path):
+    result = R.build_report(make_runs(tmp_path), tmp_path / "r.html", max_examples=0)
+    text = result["html"].read_text(encoding="utf-8")
+    assert "<details>" not in text and text.count("no users asked for") == 2

@@ -226,7 +226,8 @@ def _align_baseline(values: dict, paths: dict) -> dict:
     value)}. Names shaped like the runs' (`rating.expected.rmse`, or nested dicts shaped like metrics.json) go
     to that column; a bare name such as `rmse` from `baselines.run_baselines` fills every rating column of that
     name (`rating.generated.rmse`, `rating.expected.rmse`, ...), for a text baseline every `text.<its
-    language>` (or `text`) column of that name; anything else gets a column of its own."""
+    language>` (or `text`) column of that name; other metrics get a column of their own, other counts of
+    such a baseline are left out."""
     language = values.get("language") if isinstance(values.get("language"), str) else None
     flat = _flat(values)
     leaves = {sp[-1] for sp, _ in flat.values() if len(sp) == 1}
@@ -240,8 +241,9 @@ def _align_baseline(values: dict, paths: dict) -> dict:
                 hits = [c for c in hits if language in paths[c][:-1]] or [c for c in hits if len(paths[c]) == 2]
         for c in hits:
             out[c] = (paths[c], val)
-        if not hits:
-            out[name] = (paths.get(name, sp), val)
+        if hits or (len(sp) == 1 and kind and not _direction(sp[0])):
+            continue  # placed; or a count (n, hyp_len) of a typed baseline that no run column shares
+        out[name] = (paths.get(name, sp), val)
     return out
 
 
@@ -552,7 +554,7 @@ def _html_metrics(table: Table) -> str:
     best = _best(table)
     groups = []  # (group, [columns]) of consecutive columns that share a prefix
     for c in table.columns:
-        g = ".".join(table.paths[c][:-1])
+        g = ".".join(table.paths[c][:-1]) or "all"
         if groups and groups[-1][0] == g:
             groups[-1][1].append(c)
         else:
@@ -627,7 +629,7 @@ def _html_samples(run: Run, users: list) -> str:
     if not run.predictions_file:
         return '<p class="note">no predictions (run `usertwin predict`)</p>'
     if not users:
-        return '<p class="note">the predictions file has no rows</p>'
+        return f'<p class="note">{"no users asked for" if run.predictions else "the predictions file has no rows"}</p>'
     out = []
     for user, rows in users:
         trs = []
@@ -772,7 +774,8 @@ def render_markdown(runs, table, images, buckets, samples, title) -> str:
         out += ["", f"### {_md(r.name)}", ""]
         users = samples.get(r.name, [])
         if not users:
-            out.append("no predictions" if not r.predictions_file else "the predictions file has no rows")
+            out.append("no predictions" if not r.predictions_file else
+                       "the predictions file has no rows" if not r.predictions else "no users asked for")
             continue
         lines = []
         for user, rows in users:
