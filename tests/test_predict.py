@@ -112,3 +112,17 @@ def test_predict_evaluate_baselines_from_the_cli(run_dir, capsys):
     assert "user_item_bias" in capsys.readouterr().out
     assert main(["evaluate", "--run", str(run_dir), "--split", "val"]) == 2
     assert "usertwin predict --run" in capsys.readouterr().err
+
+
+def test_report_from_the_cli(run_dir, tmp_path, capsys):
+    if not (run_dir / "metrics.json").exists():
+        assert main(["predict", "--run", str(run_dir), "--no-progress", "--max_new_tokens", "4"]) == 0
+        assert main(["evaluate", "--run", str(run_dir)]) == 0
+        assert main(["baselines", "--run", str(run_dir)]) == 0
+    out = tmp_path / "report.html"
+    assert main(["report", str(run_dir), "-o", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "user_item_bias" in html and (tmp_path / "report.md").is_file()
+    assert "data:image/png;base64," in html
+    assert main(["report", str(tmp_path / "nope"), "-o", str(out)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err

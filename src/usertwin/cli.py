@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="baselines JSON file")
     _add_common(p)
 
+    p = sub.add_parser("report", help="one self-contained HTML (+ Markdown) comparing runs, with baselines")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file (report.md and PNGs go beside it)")
+    p.add_argument("--baselines", help="baselines JSON (default: the first run's baselines.json, if any)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--examples", type=int, default=5, help="users per run in the sample of predictions")
+    _add_common(p)
+
     p = sub.add_parser("inspect", help="show examples exactly as training sees them; counts; --dump")
     add_config_flags(p)
     p.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all)")
@@ -213,7 +221,27 @@ def cmd_baselines(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "baselines": cmd_baselines, "predict": cmd_predict, "train": cmd_train, "convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
+def cmd_report(args) -> int:
+    import json
+
+    from .report import build_report
+
+    for run in args.runs:
+        if not Path(run).is_dir():
+            raise UsertwinError(f"{run} is not a run directory")
+    base_path = Path(args.baselines) if args.baselines else Path(args.runs[0]) / "baselines.json"
+    baselines = None
+    if base_path.is_file():
+        baselines = json.loads(base_path.read_text(encoding="utf-8"))
+    elif args.baselines:
+        raise UsertwinError(f"{base_path} does not exist; run: usertwin baselines --run RUN_DIR")
+    out = build_report([Path(r) for r in args.runs], Path(args.output), baselines=baselines,
+                       max_examples=args.examples, split=args.split)
+    print(f"wrote {out['html']} and {out['markdown']} ({out['rows']} table rows)")
+    return 0
+
+
+COMMANDS = {"report": cmd_report, "evaluate": cmd_evaluate, "baselines": cmd_baselines, "predict": cmd_predict, "train": cmd_train, "convert": cmd_convert, "validate": cmd_validate, "prepare": cmd_prepare, "inspect": cmd_inspect}
 
 
 def main(argv=None) -> int:
