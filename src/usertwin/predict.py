@@ -150,15 +150,21 @@ class Predictor:
             results.append((total, len(c)))
         return results
 
+    def ids_of(self, text: str) -> list[int]:
+        """A continuation's tokens as training sees them: the text, then the end-of-turn."""
+        return self.tokenizer(text + self.renderer.fmt.eot, add_special_tokens=False)["input_ids"]
+
     def rating_distribution(self, prompt_ids: list[int]) -> dict:
-        texts = self.scale
-        cands = [self.tokenizer(t + self.renderer.fmt.eot, add_special_tokens=False)["input_ids"] for t in texts]
-        scores = [s for s, _ in self.score(prompt_ids, cands)]
+        scores = [s for s, _ in self.score(prompt_ids, [self.ids_of(t) for t in self.scale])]
+        return self.distribution(scores)
+
+    def distribution(self, scores: list[float]) -> dict:
+        """Normalised probabilities of the allowed ratings from their log-likelihoods."""
         top = max(scores)
         probs = [math.exp(s - top) for s in scores]
         z = sum(probs)
         probs = [p / z for p in probs]
-        values = [float(t) for t in texts]
+        values = [float(t) for t in self.scale]
         return {"scale": values, "probs": [round(p, 6) for p in probs],
                 "most_likely": values[max(range(len(probs)), key=probs.__getitem__)],
                 "expected": round(sum(v * p for v, p in zip(values, probs)), 6)}
@@ -268,24 +274,29 @@ def predict_split(pred: Predictor, split: str, output, gen: GenerationConfig, pi
 
 
 def _row(pred: Predictor, tl, pos: int, split: str, room: int, picks: dict) -> dict:
+    """Every likelihood of one target from one pass over its prompt: the reference (its teacher-forced
+    loss), the allowed ratings and the pick-the-real-one candidates share the prompt's cache."""
     sample = pred.sample_for(tl, pos, room)
     enc = pred.encode(tl, sample)
     _, start, _ = enc.targets[-1]
     prompt = enc.input_ids[:start]
-    loss, n = pred.reference_loss(enc)
     item = tl.items[pos]
+    is_rating = bool(pred.scale) and "rating" in item.collection
+    texts = [item.continuation] + list(picks.get((tl.user_id, pos), []))
+    if is_rating:
+        texts += [t for t in pred.scale if t not in texts]
+    scored = dict(zip(texts, pred.score(prompt, [pred.ids_of(t) for t in texts])))
+    ref_total, n = scored[item.continuation]
     row = {"user": tl.user_id, "target_index": pos, "split": split, "collection": item.collection,
            "item": item.prefix, "language": pred.renderer.language(tl),
            "prompt_hash": hashlib.sha256(json.dumps(prompt).encode()).hexdigest()[:16],
-           "reference": item.continuation, "predictions": [], "loss": round(loss, 6), "n_tokens": n,
+           "reference": item.continuation, "predictions": [], "loss": round(-ref_total / n, 6), "n_tokens": n,
            "history_len": len(sample.history), "user_items": len(tl.items), "_prompt": prompt}
-    if pred.scale and "rating" in item.collection:
-        row["rating"] = pred.rating_distribution(prompt)
+    if is_rating:
+        row["rating"] = pred.distribution([scored[t][0] for t in pred.scale])
     if picks.get((tl.user_id, pos)):
         cands = [item.continuation] + picks[(tl.user_id, pos)]
-        ids = [pred.tokenizer(c + pred.renderer.fmt.eot, add_special_tokens=False)["input_ids"] for c in cands]
-        scored = pred.score(prompt, ids)
-        norm = [s / max(1, n_tok) for s, n_tok in scored]  # length-normalised
+        norm = [scored[c][0] / max(1, scored[c][1]) for c in cands]  # length-normalised
         chosen = max(range(len(norm)), key=norm.__getitem__)
         row["pick"] = {"k": len(cands) - 1, "chosen": chosen, "correct": chosen == 0,
                        "scores": [round(x, 4) for x in norm]}
@@ -342,8 +353,7 @@ class Twin:
 
     def score(self, user, item: str, continuation: str, context=None) -> float:
         """Log-likelihood of `continuation` (with its end-of-turn) as this user's next act."""
-        ids = self.p.tokenizer(continuation + self.p.renderer.fmt.eot, add_special_tokens=False)["input_ids"]
-        return self.p.score(self._prompt(user, item, context), [ids])[0][0]
+        return self.p.score(self._prompt(user, item, context), [self.p.ids_of(continuation)])[0][0]
 
     def rating_distribution(self, user, item: str, context=None) -> dict:
         if not self.p.scale:
