@@ -126,3 +126,12 @@ def test_report_from_the_cli(run_dir, tmp_path, capsys):
     assert "data:image/png;base64," in html
     assert main(["report", str(tmp_path / "nope"), "-o", str(out)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_zero_shot_predict_with_any_model(tmp_path, tiny_model_dir):
+    data = _records(tmp_path / "r.jsonl")
+    out = tmp_path / "zero.jsonl"
+    assert main(["predict", "--model", str(tiny_model_dir), "--data", str(data), "--max_length", "256",
+                 "-o", str(out), "--no-generate", "--no-progress", "--cache_dir", str(tmp_path / "c")]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 5 and all(r["predictions"] == [] and "rating" in r for r in rows)
