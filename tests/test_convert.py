@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import shared
 
 from usertwin.cli import main
 from usertwin.convert import DATASETS, convert_to_file
@@ -15,16 +16,6 @@ from usertwin.errors import UsertwinError
 from usertwin.records import load, parse_timestamp
 
 FIX = Path(__file__).parent / "fixtures" / "convert"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def shared(*parts) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not present: {path} (../shared/data is absent)")
-    return path
-
-
 def _convert(dataset, raw, tmp_path, **kw):
     out = tmp_path / f"{dataset}.jsonl"
     summary = convert_to_file(dataset, raw, out, progress=False, **kw)

@@ -199,16 +199,20 @@ def activity_labels(edges=ACTIVITY_EDGES) -> list[str]:
     return [f"{lo}-{hi}" for lo, hi in zip(lows, edges)] + [f"{lows[-1]}+"]
 
 
-def activity_bucket(user_items, edges=ACTIVITY_EDGES) -> str:
-    """The activity bucket of a user with `user_items` items in all (upper edges inclusive); 'unknown'
-    when the row does not say."""
-    if user_items is None:
+def bucket_of(value, edges, labels) -> str:
+    """The label of the first bucket whose upper edge (inclusive) holds `value`; the last one above all
+    edges; 'unknown' when there is no value."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return "unknown"
-    labels = activity_labels(edges)
     for edge, label in zip(edges, labels):
-        if user_items <= edge:
+        if value <= edge:
             return label
     return labels[-1]
+
+
+def activity_bucket(user_items, edges=ACTIVITY_EDGES) -> str:
+    """The activity bucket of a user with `user_items` items in all (upper edges inclusive)."""
+    return bucket_of(user_items, edges, activity_labels(edges))
 
 
 def is_rating_row(row: dict) -> bool:

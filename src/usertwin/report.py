@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .atomic import atomic_open, write_text
 from .errors import UsertwinError
-from .metrics import activity_bucket, activity_labels, as_number
+from .metrics import activity_bucket, activity_labels, as_number, bucket_of
 
 # history-length buckets (the number of earlier items the target was predicted from): 0, 1-5, 6-20, 21-50, 51+
 HISTORY_EDGES = (0, 5, 20, 50)
@@ -338,13 +338,7 @@ def history_labels(edges=HISTORY_EDGES) -> list[str]:
 
 
 def history_bucket(n, edges=HISTORY_EDGES) -> str:
-    if not _is_number(n):
-        return "unknown"
-    labels = history_labels(edges)
-    for edge, label in zip(edges, labels):
-        if n <= edge:
-            return label
-    return labels[-1]
+    return bucket_of(n if _is_number(n) else None, edges, history_labels(edges))
 
 
 def _bucket_stats(rows: list, key) -> dict:
