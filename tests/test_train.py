@@ -189,3 +189,25 @@ def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir
     data = _records(tmp_path / "r.jsonl", sizes=(6,))
     code = main(_args(data, tiny_model_dir, tmp_path / "ds", "--deepspeed", str(ROOT / "configs/deepspeed/zero3.json")))
     assert code == 2 and "--deepspeed needs the deepspeed package" in capsys.readouterr().err
+
+
+def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir):
+    data = _records(tmp_path / "r.jsonl", sizes=(60, 60, 60))
+    common = ["--max_epochs", "3", "--max_length", "128", "--batch_tokens", "128", "--logging_steps", "1"]
+    out = tmp_path / "int"
+    proc = subprocess.Popen(_cli(*_args(data, tiny_model_dir, out, *common)), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "logs.jsonl").exists() or '"loss"' not in (out / "logs.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "checkpoint saved at step" in stdout and "Traceback" not in stderr
+    ckpts = list((out / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "trainer_state.json").exists()
+    assert not (out / "summary.json").exists()
+    subprocess.run(_cli(*_args(data, tiny_model_dir, out, *common), "--resume"), check=True, env=_env(),
+                   capture_output=True)
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 3

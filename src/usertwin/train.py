@@ -365,11 +365,35 @@ class Trainer:
                  f"best model in {self.out / 'best'}; run in {self.out}")
         return result
 
+    def _watch_sigint(self) -> None:
+        """The first Ctrl-C asks for a checkpoint at the end of the current step; a second one stops at once."""
+        import signal
+        import threading
+
+        self._sigint = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            if self._sigint:
+                raise KeyboardInterrupt
+            self._sigint = True
+            self.say("interrupt: saving a checkpoint after this step (Ctrl-C again to stop now)")
+
+        signal.signal(signal.SIGINT, handler)
+
+    def _interrupted(self) -> bool:
+        flag = torch.tensor(1.0 if self._sigint else 0.0, device=self.acc.device)
+        if self.acc.num_processes > 1:  # every rank stops at the same step, or the checkpoint would hang
+            flag = self.acc.reduce(flag, reduction="sum")
+        return flag.item() > 0
+
     def _loop(self, first_batches, steps_per_epoch, total_steps) -> None:
         cfg, acc, st = self.cfg, self.acc, self.state
         world, accum = acc.num_processes, cfg.gradient_accumulation_steps
         per_step = world * accum
         self.loss_model.train()
+        self._watch_sigint()
         epoch = st.epoch
         while epoch < cfg.max_epochs and st.global_step < total_steps and not st.stopped_early:
             batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
@@ -419,6 +443,11 @@ class Trainer:
                     self._eval_and_maybe_stop()
                 elif cfg.save_steps and st.global_step % cfg.save_steps == 0:
                     self.save_checkpoint()
+                if self._interrupted():
+                    self.save_checkpoint()
+                    self.say(f"interrupted: checkpoint saved at step {st.global_step} in {self.out / 'checkpoints'};"
+                             " continue with --resume")
+                    raise KeyboardInterrupt
                 if st.stopped_early or st.global_step >= total_steps:
                     break
             epoch += 1
