@@ -139,3 +139,30 @@ def test_written_files_are_complete_with_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~mask)
+
+
+def test_items_longer_than_max_length_lose_oldest_context_turns_not_the_target(tmp_path, tokenizer_dir, capsys):
+    items = []
+    for i in range(6):
+        turns = 40 if i == 3 else 2
+        ctx = [{"source": "CAMERON" if k % 2 else "user", "content": f"turn {i}.{k} " + "words " * 6}
+               for k in range(turns)]
+        items.append({"context": ctx, "continuation": f"line {i}"})
+    rec = {"user_hash": "c1", "user": {"profile": {"name": "BIANCA"}},
+           "task": {"description": "Speak.", "task_behavior_collections": [{"type": "dialogue", "data": items}]}}
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(rec) + "\n")
+    out, rows = _dump(tmp_path, tokenizer_dir, "--max_length", "400", "--test_ratio", "0", "--val_ratio", "0",
+                      data=data)
+    printed = capsys.readouterr().out
+    assert "1 item(s) longer than max_length 400" in printed and "oldest context turn(s)" in printed
+    assert sorted(r["target_index"] for r in rows) == list(range(6))  # no target left out as too long
+    from usertwin.config import Config
+    from usertwin.prepare import prepare
+    from usertwin.tokenize import load_tokenizer
+
+    prep = prepare(Config(data=str(data), model=str(tokenizer_dir), max_length=400, cache_dir=str(tmp_path / "c")),
+                   tokenizer=load_tokenizer(str(tokenizer_dir)), progress=False)
+    kept = prep.timelines[0].items[3].context
+    assert 0 < len(kept) < 40 and kept[-1]["content"].startswith("turn 3.39")  # the newest turns stay
+    assert prep.stats["train"].too_long == 0

@@ -110,6 +110,10 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model)
     renderer = Renderer(render_config(cfg), tokenizer)
+    cut = trim_long_contexts(timelines, renderer, tokenizer, cfg.max_length)
+    if cut:
+        warnings.append(f"{cut['items']} item(s) longer than max_length {cfg.max_length} with their whole context: "
+                        f"dropped their {cut['turns']} oldest context turn(s) so that they fit (never the target)")
     key = cache_key(cfg, file_hash(cfg.data), tokenizer_id(tokenizer))
     cache_file = _cache_dir(cfg) / f"prepared-{key}.json"
     if use_cache and cache_file.is_file():
@@ -128,6 +132,45 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
         _to_cache(cache_file, prep)
     prep.seconds = time.perf_counter() - start
     return prep
+
+
+def trim_long_contexts(timelines, renderer, tokenizer, max_length: int) -> dict:
+    """Items that do not fit max_length even alone lose their oldest context turns (the context is
+    conditioning; the target is never cut). Done before anything is measured, so every later rendering --
+    training, inspect, predict -- sees the same trimmed item. Returns counts ({} when nothing was cut)."""
+    if not any(it.context for tl in timelines for it in tl.items):
+        return {}
+    items = turns = 0
+    by_user = _index(timelines)
+    for uid, ln in measure_all(renderer, tokenizer, timelines).items():
+        tl = by_user[uid]
+        for pos, it in enumerate(tl.items):
+            if ln.header + ln.block(pos) <= max_length or not it.context:
+                continue
+            lo, hi = 1, len(it.context)  # the fewest oldest turns to drop so that the item fits
+            full = list(it.context)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                it.context = full[mid:]
+                if ln.header + _block_len(renderer, tokenizer, tl, pos) <= max_length:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            it.context = full[lo:]
+            items += 1
+            turns += lo
+    return {"items": items, "turns": turns} if items else {}
+
+
+def _index(timelines) -> dict:
+    return {tl.user_id: tl for tl in timelines}
+
+
+def _block_len(renderer, tokenizer, tl, pos: int) -> int:
+    from .tokenize import encode_many
+
+    segs = renderer.item_segments(tl, pos, first=True, target=True)
+    return sum(len(x) for x in encode_many(tokenizer, [seg.text for seg in segs]))
 
 
 def _progress(it, on: bool, desc: str):
