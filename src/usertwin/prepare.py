@@ -38,7 +38,7 @@ _SHAPING = ("model", "max_length", "unit", "split_mode", "train_ratio", "val_rat
             "max_context_turns", "max_samples_per_user", "one_sample_per_user", "temporal_augmentation",
             "min_history_length", "sample_seed", "window_history_fraction", "ablation", "use_profile",
             "use_history", "use_context", "prompt_style", "language", "history_layout", "chat_template")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when what prepare builds changes for the same inputs
 
 
 @dataclass
