@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import shared
 
 from usertwin import records as R
 from usertwin.errors import UsertwinError
 from usertwin.records import Item, Problem, Record
 
 FIX = Path(__file__).parent / "fixtures" / "records"
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_examples" / "all_samples.json"
 
 
 def rec(user="u1", items=None, **task):
@@ -632,9 +632,7 @@ def test_record_to_raw_keeps_item_order_across_collections():
 
 
 def test_seed_samples_grouped_into_records_load(tmp_path):
-    if not SEEDS.is_file():
-        pytest.skip(f"real seed examples not found at {SEEDS}")
-    samples = json.loads(SEEDS.read_text(encoding="utf-8"))
+    samples = json.loads(shared("seed_examples", "all_samples.json").read_text(encoding="utf-8"))
     by_user: dict = {}
     for s in samples:
         raw = by_user.setdefault(s["user_hash"], {

@@ -678,20 +678,15 @@ def render_html(runs, table, plots, buckets, samples, title) -> str:
     parts.append(_html_metrics(table))
     parts.append("<h2>Training and validation loss</h2>")
     parts.append(_img(plots.get("loss"), "training and validation loss", "no run has training logs (logs.jsonl)"))
-    hist_labels, hist = buckets["history"]
-    act_labels, act = buckets["activity"]
-    parts.append("<h2>Metrics by history length</h2>")
-    parts.append(_img(plots.get("history"), "loss by history length", "no run has predictions"))
-    if hist:
-        parts.append(_html_buckets(hist_labels, hist, "loss", "loss by history length"))
-        if len(_panels(hist)) > 1:
-            parts.append(_html_buckets(hist_labels, hist, "rmse", "expected-rating RMSE by history length"))
-    parts.append("<h2>Metrics by user activity</h2>")
-    parts.append(_img(plots.get("activity"), "loss by user activity", "no run has predictions"))
-    if act:
-        parts.append(_html_buckets(act_labels, act, "loss", "loss by user activity"))
-        if len(_panels(act)) > 1:
-            parts.append(_html_buckets(act_labels, act, "rmse", "expected-rating RMSE by user activity"))
+    for key, title, what in (("history", "Metrics by history length", "history length"),
+                             ("activity", "Metrics by user activity", "user activity")):
+        labels, stats = buckets[key]
+        parts.append(f"<h2>{title}</h2>")
+        parts.append(_img(plots.get(key), f"loss by {what}", "no run has predictions"))
+        if stats:
+            parts.append(_html_buckets(labels, stats, "loss", f"loss by {what}"))
+            if len(_panels(stats)) > 1:
+                parts.append(_html_buckets(labels, stats, "rmse", f"expected-rating RMSE by {what}"))
     parts.append("<h2>Predictions next to the real continuation</h2>")
     for r in runs:
         parts.append(f"<h3>{E(r.name)}</h3>")
