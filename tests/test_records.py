@@ -353,6 +353,7 @@ def test_validate_file_repairs_into_a_copy(tmp_path):
         f"repaired 2 problems; wrote {out}:",
         '  line 12, column 66: escaped an inner double quote in "他说"好看"就走了"',
         '  line 12, column 69: escaped an inner double quote in "他说"好看"就走了"',
+        "warning: 1 user(s) have a single item ('u1'): kept, with no history; in the time split it is a train target",
     ]
     assert R.load(out).records[0].items[0].continuation == '他说"好看"就走了'
     assert [p.name for p in tmp_path.iterdir()] != [] and not list(tmp_path.glob(".*.tmp"))
@@ -384,6 +385,8 @@ def test_validate_file_summary_with_skips_and_warnings(tmp_path):
     assert report.summary_lines() == [
         "OK: 2 records, 1 users, 2 items",
         f"warning: {path}: starts with a UTF-8 byte order mark (BOM); ignored it",
+        "warning: user 'u1': records 0 and 2 share this user id; merged their items into one timeline "
+        "(profile from record 0)",
         "skipped 1 bad record:",
         f"  {path}, record 1 (user 'u2'), field task.task_behavior_collections[0].data[0].continuation: "
         "empty continuation",
@@ -449,7 +452,7 @@ def test_all_problems_of_all_records_are_reported_together(tmp_path):
     path = write_json(tmp_path / "data.json", raws)
     message = error_of(path)
     base = f"  {path}, record 0 (user 'u1'), field task.task_behavior_collections[0]"
-    other = f"  {path}, record 1 (user 'record-1'), field"
+    other = f"  {path}, record 1, field"
     assert message.split("\n") == [
         f"{path}: 12 problems in 3 of 4 records:",
         f"{base}.data[0].continuation: empty continuation",
@@ -464,7 +467,7 @@ def test_all_problems_of_all_records_are_reported_together(tmp_path):
         f"{other} task.description: must be a string, got a number (3)",
         f'{other} task.language: must be a string such as "en" or "zh", got a number (1)',
         f"{other} task.task_behavior_collections: must be a list of collections, got an object",
-        f"  {path}, record 2 (user 'record-2'): a record must be a JSON object {{...}}, got a list",
+        f"  {path}, record 2: a record must be a JSON object {{...}}, got a list",
         "hint: use --on-error skip to skip bad records",
     ]
     assert message.endswith("use --on-error skip to skip bad records")

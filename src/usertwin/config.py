@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -65,7 +66,7 @@ class Config:
     dtype: str = "auto"  # auto: bf16 on a GPU that has it, else float32
     gradient_checkpointing: bool = False
     disable_flash_attn: bool = False
-    attention: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
+    attention: str = "auto"  # auto: flash_attention_2 if installed, else varlen for packed rows on a GPU, else sdpa
     trust_remote_code: bool = False
     # training
     learning_rate: float = 2e-4
@@ -86,6 +87,7 @@ class Config:
     early_stopping_patience: int | None = 3
     early_stopping_threshold: float = 0.001
     logging_steps: int = 10
+    eval_at_start: bool = True  # validation loss before the first step (--eval_at_start off skips it)
     wandb_project: str | None = None
     wandb_run_name: str | None = None
     deepspeed: str | None = None  # a DeepSpeed JSON config (configs/deepspeed/)
@@ -111,7 +113,7 @@ CHOICES = {
     "history_layout": ("turns", "block"),
     "chat_template": ("auto", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "attention": ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager"),
+    "attention": ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"),
     "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
 }
 ALIASES = {  # the seeds' flag names -> ours
@@ -154,12 +156,17 @@ def _coerce(key: str, value, source: str):
     ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
+    if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        value, ok = float(value), True  # YAML 1.1 reads 2e-4 (no dot) as a string
     if not ok:
         raise UsertwinError(f"{source}: key {key!r} must be {tp.__name__}"
                             f"{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise UsertwinError(f"{source}: key {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     return value
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _suggest(key: str) -> str:
@@ -183,19 +190,40 @@ def load_yaml(path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UsertwinError(f"{path}: a config is a mapping of keys to values, got {type(data).__name__}")
-    return data
+    return _Mapping(data, _key_lines(path))
+
+
+class _Mapping(dict):
+    """A config file's keys and values, with the line of each key (for messages)."""
+
+    def __init__(self, data: dict, lines: dict):
+        super().__init__(data)
+        self.lines = lines
+
+
+def _key_lines(path: Path) -> dict:
+    """key -> 1-based line of a YAML mapping's top-level keys (composed, never constructed)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
 def from_mapping(values: dict, source: str, base: Config | None = None) -> Config:
     cfg = dataclasses.replace(base) if base is not None else Config()
     known = {f.name for f in fields(Config)}
+    lines = getattr(values, "lines", {})
     for raw_key, value in values.items():
+        at = f"{source}:{lines[str(raw_key)]}" if str(raw_key) in lines else source
         key = ALIASES.get(raw_key, raw_key)
         if raw_key in NEGATIONS:
             key, value = NEGATIONS[raw_key], (not value if isinstance(value, bool) else value)
         if key not in known:
-            raise UsertwinError(f"{source}: unknown key {raw_key!r}{_suggest(raw_key)}")
-        setattr(cfg, key, _coerce(key, value, source))
+            raise UsertwinError(f"{at}: unknown key {raw_key!r}{_suggest(str(raw_key))}")
+        setattr(cfg, key, _coerce(key, value, at))
     return cfg
 
 

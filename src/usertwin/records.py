@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ MAX_LISTED = 20  # problems listed in one error message before "... and N more"
 # keys of an item that the format knows; any other key of an item is kept in its metadata
 ITEM_KEYS = frozenset({"continuation", "continuation_prefix", "context", "timestamp", "metadata"})
 _COLLECTIONS = "task.task_behavior_collections"
+_ID_FIELDS = "user_hash, user.id, user.hash or user.profile.name"
+FUTURE_SLACK = 2 * 86400  # timestamps up to this many seconds after now pass (clock and time zone skew)
 _MISSING = object()
 
 
@@ -142,6 +145,12 @@ def _from_text(text: str) -> float:
 
 def user_id_of(raw: dict, index: int) -> str:
     """The user's id: first non-empty of user_hash, user.id, user.hash, user.profile.name; else record-N."""
+    found = _declared_id(raw)
+    return f"record-{index}" if found is None else found
+
+
+def _declared_id(raw) -> str | None:
+    """The first non-empty of user_hash, user.id, user.hash, user.profile.name, or None."""
     if isinstance(raw, dict):
         user = raw.get("user")
         profile = user.get("profile") if isinstance(user, dict) else None
@@ -156,7 +165,7 @@ def user_id_of(raw: dict, index: int) -> str:
             text = str(value)
             if text.strip():
                 return text
-    return f"record-{index}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------- problems
@@ -475,6 +484,7 @@ def _raise_syntax(path, text: str):
 
 def _line_problem(path, line_text: str, lineno: int, index: int):
     """(raw, None) for a good JSON Lines line, (None, Problem) for a broken one."""
+    line_text = line_text.rstrip("\r\n")  # an error at the line's end is on this line, not the next
     try:
         return json.loads(line_text), None
     except json.JSONDecodeError as err:
@@ -550,10 +560,11 @@ def _check_on_error(on_error: str) -> None:
 def _build(raw, index: int, path) -> tuple[Record | None, list]:
     """The Record of one raw record, or (None, every problem found in it)."""
     uid = user_id_of(raw, index)
+    declared = _declared_id(raw)
     problems: list = []
 
     def bad(fld, message):
-        problems.append(Problem(path, message, record=index, user=uid, field=fld))
+        problems.append(Problem(path, message, record=index, user=declared, field=fld))
 
     if not isinstance(raw, dict):
         bad(None, f"a record must be a JSON object {{...}}, got {_got(raw)}")
@@ -561,6 +572,8 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
 
     profile: dict = {}
     user = raw.get("user")
+    if declared is None and (user is None or isinstance(user, dict)):
+        bad("user" if user is None else "user.id", f"missing; a record needs a user id ({_ID_FIELDS})")
     if user is not None:
         if not isinstance(user, dict):
             bad("user", f"must be an object, got {_got(user)}")
@@ -581,7 +594,7 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
                     profile = {**profile, "dimensions": merged}
 
     task = raw.get("task", _MISSING)
-    description, language, colls = "", None, None
+    description, language, colls, scale = "", None, None, None
     if task is _MISSING:
         bad("task", "missing")
     elif not isinstance(task, dict):
@@ -604,6 +617,7 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
             colls = None
         elif not colls:
             bad(_COLLECTIONS, "empty: a record needs at least one collection")
+        scale = _rating_scale(task.get("rating_scale"), bad)
 
     items: list = []
     position = 0
@@ -629,11 +643,42 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
         for di, it in enumerate(data):
             item = _build_item(it, ctype, position, ci, di, bad)
             if item is not None:
+                if scale and "rating" in ctype and _off_scale(item.continuation, scale):
+                    bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
+                        f"{_shown(item.continuation)} is not on the rating scale "
+                        f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
                 items.append(item)
             position += 1
     if problems:
         return None, problems
     return Record(index, uid, profile, description, language, items), problems
+
+
+def _rating_scale(value, bad):
+    """The allowed ratings of task.rating_scale (a list of numbers) as a set, or None."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value)):
+        bad("task.rating_scale", f"must be a list of numbers such as [1, 2, 3, 4, 5], got {_got(value)}")
+        return None
+    return {float(x) for x in value}
+
+
+def _off_scale(text: str, scale: set) -> bool:
+    try:
+        return float(text) not in scale
+    except ValueError:
+        return True
+
+
+def _future(seconds: float) -> bool:
+    """Whether unix `seconds` lies after now (plus a little slack for clocks and time zones)."""
+    return seconds > 1.6e9 and seconds > time.time() + FUTURE_SLACK
+
+
+def _today() -> str:
+    return _dt.datetime.now(_UTC).date().isoformat()
 
 
 def _build_item(it, ctype, position, ci, di, bad):
@@ -680,6 +725,12 @@ def _build_item(it, ctype, position, ci, di, bad):
         except ValueError as err:
             ok = False
             bad(f"{_COLLECTIONS}[{ci}].data[{di}].timestamp", f"cannot read {_shown(stamp)}: {err}")
+        else:
+            if _future(seconds):
+                ok = False
+                bad(f"{_COLLECTIONS}[{ci}].data[{di}].timestamp",
+                    f"{_shown(stamp)} is in the future (after today, {_today()}); check the year, and that "
+                    "unix times are seconds or milliseconds (not microseconds)")
 
     meta = it.get("metadata")
     if meta is None:
@@ -1045,12 +1096,15 @@ def validate_file(path, repair_out=None, on_error: str = "stop") -> ValidationRe
             f.write(fixed)
         target = repair_out
     result = load(target, on_error=on_error)
+    from usertwin.timeline import build_timelines  # the same notes as prepare: merged users, sorted items
+
+    _, notes = build_timelines(result.records)
     return ValidationReport(
         records=len(result.records),
         users=len({r.user_id for r in result.records}),
         items=result.n_items,
         skipped=result.skipped,
-        warnings=result.warnings,
+        warnings=result.warnings + notes,
         repairs=repairs,
         path=str(path),
         repaired_to=None if repair_out is None else str(repair_out),

@@ -100,17 +100,28 @@ def build_timelines(records) -> tuple[list[Timeline], list[str]]:
             warnings.append(f"user {rec.user_id!r}: records {tl.record_index} and {rec.index} share this user "
                             f"id; merged their items into one timeline (profile from record {tl.record_index})")
             tl.items.extend(rec.items)
-    unordered = 0
+    unordered, single = [], []
     for tl in by_user.values():
+        if len(tl.items) == 1:
+            single.append(tl.user_id)
         if all(it.timestamp is not None for it in tl.items):
             keys = [it.timestamp for it in tl.items]
             if any(b < a for a, b in zip(keys, keys[1:])):
-                unordered += 1
+                unordered.append(tl.user_id)
                 tl.items = sorted(tl.items, key=lambda it: it.timestamp)  # sorted() is stable
     if unordered:
-        warnings.append(f"{unordered} user(s) had items out of time order in the file; sorted by timestamp "
-                        "(ties keep file order)")
+        warnings.append(f"{len(unordered)} user(s) had items out of time order in the file ({_some(unordered)}); "
+                        "sorted by timestamp (ties keep file order)")
+    if single:
+        warnings.append(f"{len(single)} user(s) have a single item ({_some(single)}): kept, with no history; "
+                        "in the time split it is a train target")
     return list(by_user.values()), warnings
+
+
+def _some(users: list, n: int = 3) -> str:
+    """'u1', 'u2', 'u3' and 4 more."""
+    shown = ", ".join(repr(u) for u in users[:n])
+    return shown + (f" and {len(users) - n} more" if len(users) > n else "")
 
 
 def is_own_turn(turn: dict, name: str | None) -> bool:

@@ -162,6 +162,9 @@ def _item(rev: dict, at: str, movies: dict, skips: Skips, seen: set):
         skips.count("empty review text", at)
         return None
     date = rev.get("date")
+    if date in (None, ""):
+        skips.bad("review without date", at, "field date")
+        return None
     try:
         ts = parse_timestamp(date)
     except ValueError:
