@@ -27,22 +27,31 @@ def pick_dtype(name: str = "auto") -> torch.dtype:
     return table[name]
 
 
-def pick_attention(disable_flash_attn: bool = False) -> str:
-    """flash_attention_2 when installed on a GPU (packed sequences via varlen), else sdpa, which honours
-    packed position_ids through transformers' packed-sequence masks."""
-    if (not disable_flash_attn and torch.cuda.is_available()
-            and importlib.util.find_spec("flash_attn") is not None):
+def pick_attention(disable_flash_attn: bool = False, packed: bool = False) -> str:
+    """flash_attention_2 when installed on a GPU; else, for packed rows on a GPU, torch's varlen flash kernel
+    (attention.py); else sdpa, which honours packed position_ids through transformers' block masks."""
+    from . import attention
+
+    if disable_flash_attn or not torch.cuda.is_available():
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
-    return "sdpa"
+    return attention.NAME if packed and attention.available() else "sdpa"
 
 
 def load_model(model: str, dtype: str = "auto", attention: str | None = None, trust_remote_code: bool = False,
                disable_flash_attn: bool = False):
     from transformers import AutoModelForCausalLM
 
+    from . import attention as varlen
+
     src, gguf = resolve_model(model)
-    kwargs = {"dtype": pick_dtype(dtype), "attn_implementation": attention or pick_attention(disable_flash_attn),
-              "trust_remote_code": trust_remote_code}
+    attention = attention or pick_attention(disable_flash_attn)
+    if attention == varlen.NAME:
+        if not varlen.available():
+            raise UsertwinError("--attention varlen needs a CUDA GPU and torch >= 2.10 (torch.nn.attention.varlen)")
+        varlen.register()
+    kwargs = {"dtype": pick_dtype(dtype), "attn_implementation": attention, "trust_remote_code": trust_remote_code}
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
@@ -77,25 +86,49 @@ class TargetLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, labels, position_ids=None, attention_mask=None):
+    def forward(self, input_ids, labels, position_ids=None, attention_mask=None, target_index=None,
+                target_labels=None, cu_seq_lens=None, max_length=None):
         lm = causal_lm(self.model)
         backbone = getattr(lm, lm.base_model_prefix)
+        extra = {}
+        if cu_seq_lens is not None:  # packed row boundaries for varlen attention (attention.py)
+            extra = {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length,
+                     "max_length_k": max_length}
         out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                       use_cache=False)
+                       use_cache=False, **extra)
         hidden = out.last_hidden_state[:, :-1]
-        shifted = labels[:, 1:]
-        keep = shifted != IGNORE
-        logits = lm.get_output_embeddings()(hidden[keep])
+        if target_index is None:  # boolean indexing: one device sync
+            shifted = labels[:, 1:]
+            keep = shifted != IGNORE
+            hidden, target_labels = hidden[keep], shifted[keep]
+        else:  # positions computed on the host (batch_tensors): no sync
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+        logits = lm.get_output_embeddings()(hidden)
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        return F.cross_entropy(logits.float(), shifted[keep], reduction="none")
+        return F.cross_entropy(logits.float(), target_labels, reduction="none")
 
 
-def batch_tensors(batch, device) -> dict:
-    t = {"input_ids": torch.tensor(batch.input_ids, device=device),
-         "labels": torch.tensor(batch.labels, device=device),
-         "position_ids": torch.tensor(batch.position_ids, device=device)}
+def batch_tensors(batch, device, boundaries: bool = False) -> dict:
+    """Tensors of a Batch, with the target positions (and, for varlen attention, the packed sequences'
+    boundaries) worked out on the host so that the step never waits on the device."""
+    from .attention import boundaries_of
+
+    index, targets = [], []
+    for r, row in enumerate(batch.labels):
+        width = len(row) - 1
+        for j in range(width):
+            if row[j + 1] != IGNORE:
+                index.append(r * width + j)
+                targets.append(row[j + 1])
+    t = {"input_ids": torch.tensor(batch.input_ids), "labels": torch.tensor(batch.labels),
+         "position_ids": torch.tensor(batch.position_ids), "target_index": torch.tensor(index, dtype=torch.long),
+         "target_labels": torch.tensor(targets, dtype=torch.long)}
     if batch.attention_mask is not None:
-        t["attention_mask"] = torch.tensor(batch.attention_mask, device=device)
-    return t
+        t["attention_mask"] = torch.tensor(batch.attention_mask)
+    if boundaries and batch.seq_lens is not None:
+        cu, longest = boundaries_of(batch.seq_lens)
+        t["cu_seq_lens"] = torch.tensor(cu, dtype=torch.int32)
+        t["max_length"] = longest
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}

@@ -226,6 +226,7 @@ class Batch:
     n_target_tokens: int
     n_tokens: int  # real (non-padding) tokens
     n_targets: int
+    seq_lens: list | None = None  # packed row: the lengths of its sequences (padding counts as one more)
 
 
 def pack(encoded: list[Encoded], budget: int) -> list[list[int]]:
@@ -251,14 +252,16 @@ def packed_batch(seqs: list[Encoded], pad_to: int | None = None, pad_id: int = 0
         labels.extend(e.labels)
         pos.extend(range(len(e)))
     n_tokens = len(ids)
+    seq_lens = [len(e) for e in seqs]
     if pad_to and len(ids) < pad_to:
         # padding as one more "sequence" (positions restart at 0) that carries no loss
         extra = pad_to - len(ids)
         ids.extend([pad_id] * extra)
         labels.extend([IGNORE] * extra)
         pos.extend(range(extra))
+        seq_lens.append(extra)
     return Batch([ids], [labels], [pos], None, sum(e.n_target_tokens for e in seqs), n_tokens,
-                 sum(len(e.targets) for e in seqs))
+                 sum(len(e.targets) for e in seqs), seq_lens)
 
 
 def padded_batch(seqs: list[Encoded], pad_id: int = 0) -> Batch:
