@@ -257,6 +257,27 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("usertwin: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # unreadable input, unwritable output, full disk: what the system said, about which file
+        if args.debug:
+            raise
+        names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
+        print(f"usertwin {args.command}: error: {names + ': ' if names else ''}{e.strerror or e} "
+              "(--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except Exception as e:  # out of memory: say what to lower; anything else keeps its traceback (a bug)
+        if args.debug or not _out_of_memory(e):
+            raise
+        print(f"usertwin {args.command}: error: out of memory ({type(e).__name__}). {OOM_HINT}", file=sys.stderr)
+        return 2
+
+
+OOM_HINT = ("Lower --batch_tokens (tokens per micro-batch row) or --max_length, or pass --gradient_checkpointing "
+            "(and --gradient_accumulation_steps to keep the step size); for predict lower --batch_size. "
+            "A killed train run continues with --resume; predict resumes from its output file.")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e)[:200]
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def parse_timestamp(value) -> float:
         return _dt.datetime(value.year, value.month, value.day, tzinfo=_UTC).timestamp()
     if isinstance(value, str):
         return _from_text(str(value))
-    raise ValueError(f"a {_kind(value)} is not a timestamp ({_TS_HELP})")
+    raise ValueError(f"{_kind(value)} is not a timestamp ({_TS_HELP})")
 
 
 def _from_number(x: float, original) -> float:
@@ -456,11 +456,15 @@ def _entries(path, warnings: list):
                 yield index, obj, line, None
         except json.JSONDecodeError:
             _raise_syntax(path, text)
+        except RecursionError:
+            raise UsertwinError(_too_deep(path)) from None
         return
     try:
         obj, end = _DECODER.raw_decode(text, start)
         if _WS.match(text, end).end() != len(text):
             raise json.JSONDecodeError("Extra data", text, _WS.match(text, end).end())
+    except RecursionError:
+        raise UsertwinError(_too_deep(path)) from None
     except json.JSONDecodeError:
         if not _looks_like_jsonl(text):
             _raise_syntax(path, text)
@@ -472,6 +476,11 @@ def _entries(path, warnings: list):
             "or JSON Lines (one record per line)"
         )
     yield 0, obj, 1 + text.count("\n", 0, start), None
+
+
+def _too_deep(path, line=None) -> str:
+    return (f"{where(path, line=line)}: JSON nested too deeply (lists or objects inside each other hundreds of "
+            "levels deep); a record is only a few levels deep: is this a records file?")
 
 
 def _raise_syntax(path, text: str):
@@ -487,6 +496,9 @@ def _line_problem(path, line_text: str, lineno: int, index: int):
     line_text = line_text.rstrip("\r\n")  # an error at the line's end is on this line, not the next
     try:
         return json.loads(line_text), None
+    except RecursionError:
+        return None, Problem(path, "JSON nested too deeply", line=lineno, record=index,
+                             explanation=_too_deep(path, lineno))
     except json.JSONDecodeError as err:
         msg = _syntax_message(path, line_text, err, line_offset=lineno - 1, jsonl=True)
         hint = _syntax_hint(line_text, err, path, jsonl=True)
@@ -693,7 +705,9 @@ def _build_item(it, ctype, position, ci, di, bad):
         if cont is _MISSING:
             bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", "missing")
         else:
-            hint = f" (write it in quotes: {json.dumps(str(cont))})" if isinstance(cont, (int, float)) else ""
+            hint = ""
+            if isinstance(cont, (int, float)) and not isinstance(cont, bool) and math.isfinite(cont):
+                hint = f" (write it in quotes: {json.dumps(str(cont))})"
             bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", f"must be a string, got {_got(cont)}{hint}")
     elif not cont or cont.isspace():
         ok = False
@@ -1092,6 +1106,8 @@ def validate_file(path, repair_out=None, on_error: str = "stop") -> ValidationRe
             fixed, repairs = repair_text(text)
         except UsertwinError as err:
             raise UsertwinError(f"{path}: {err}") from None
+        except RecursionError:
+            raise UsertwinError(_too_deep(path)) from None
         with atomic_open(out) as f:
             f.write(fixed)
         target = repair_out
