@@ -316,3 +316,16 @@ def test_os_errors_are_one_line_not_a_traceback(tmp_path, capsys):
     rc, out, err = run(capsys, "validate {tmp}/" + "a" * 300, tmp_path)
     assert rc == 2 and "Traceback" not in err
     assert err.startswith("usertwin validate: error: ") and "File name too long" in err
+
+
+def test_out_of_memory_says_what_to_lower(tmp_path, capsys, monkeypatch):
+    import usertwin.cli as cli
+
+    def oom(args):
+        raise MemoryError()
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", oom)
+    rc, out, err = run(capsys, "validate {d}/bom.json", tmp_path)
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("usertwin validate: error: out of memory (MemoryError). Lower --batch_tokens")
+    assert "--gradient_checkpointing" in err and "--resume" in err
