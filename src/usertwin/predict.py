@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_text
 from .config import Config, from_mapping, load_yaml, render_config, sample_config
 from .errors import UsertwinError
+from .lock import LOCK_NAME, acquire
 from .model import TargetLoss, load_model
 from .prepare import fit_sample, prepare
 from .render import Renderer
@@ -193,22 +195,41 @@ class Predictor:
 
 
 def _done(path: Path) -> set:
-    """Targets already in a (possibly cut-off) output file; a torn last line is dropped."""
+    """Targets already in a (possibly cut-off) output file. A torn last line (the process was killed while
+    writing it) and anything after it are dropped; the file is then rewritten atomically, so a second
+    crash here leaves either the old file or the repaired one."""
     done = set()
     if not path.is_file():
         return done
-    good = []
-    with open(path, encoding="utf-8") as f:
+    good, torn = [], False
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+                key = (row["user"], row["target_index"])
+            except (json.JSONDecodeError, TypeError, KeyError):
+                torn = True
                 break
-            done.add((row["user"], row["target_index"]))
-            good.append(line if line.endswith("\n") else line + "\n")
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(good)
+            if not line.endswith("\n"):
+                torn, line = True, line + "\n"
+            if key in done:  # never twice
+                torn = True
+                continue
+            done.add(key)
+            good.append(line)
+    if torn:
+        write_text(path, "".join(good))
     return done
+
+
+def _output_lock(output: Path):
+    """One writer per output: a run directory is locked as a whole (training may write there too);
+    a predictions file elsewhere gets its own lock beside it."""
+    run = output.parent
+    if (run / "config.yaml").is_file():
+        return acquire(run / LOCK_NAME, f"run directory {run}", hint="write elsewhere with -o")
+    return acquire(output.with_name(f".{output.name}.lock"), f"predictions file {output}",
+                   hint="write elsewhere with -o")
 
 
 def distractors(prep, split: str, k: int, seed: int) -> dict:
@@ -240,6 +261,11 @@ def predict_split(pred: Predictor, split: str, output, gen: GenerationConfig, pi
                   generate: bool = True, limit: int | None = None, progress: bool = True) -> int:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    with _output_lock(output):
+        return _predict_split(pred, split, output, gen, pick_k, generate, limit, progress)
+
+
+def _predict_split(pred, split, output: Path, gen, pick_k, generate, limit, progress) -> int:
     done = _done(output)
     targets = [(tl, pos) for tl in pred.prep.timelines for pos, lab in enumerate(pred.prep.splits[tl.user_id])
                if lab == split and (tl.user_id, pos) not in done]
@@ -253,6 +279,8 @@ def predict_split(pred: Predictor, split: str, output, gen: GenerationConfig, pi
 
         bar = tqdm(targets, desc=f"predict {split}", unit="target")
     written = 0
+    # appended, not atomic, by design: every flushed batch survives a kill, and the next run resumes after
+    # the last complete line (_done drops a torn one)
     with open(output, "a", encoding="utf-8") as f:
         for start in range(0, len(targets), gen.batch_size):
             chunk = targets[start:start + gen.batch_size]
@@ -321,7 +349,8 @@ class Twin:
     def load(cls, run_dir) -> Twin:
         cfg = load_run_config(run_dir)
         best = Path(run_dir) / "best"
-        tok = load_tokenizer(str(best) if (best / "tokenizer_config.json").is_file() else cfg.model)
+        tok = load_tokenizer(str(best) if (best / "tokenizer_config.json").is_file() else cfg.model,
+                             cfg.trust_remote_code)
         return cls(Predictor(cfg, load_twin_model(cfg, run_dir), tok))
 
     def _timeline_with(self, user, item: str, context=None):

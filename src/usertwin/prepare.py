@@ -38,6 +38,14 @@ _SHAPING = ("model", "max_length", "unit", "split_mode", "train_ratio", "val_rat
             "max_context_turns", "max_samples_per_user", "one_sample_per_user", "temporal_augmentation",
             "min_history_length", "sample_seed", "window_history_fraction", "ablation", "use_profile",
             "use_history", "use_context", "prompt_style", "language", "history_layout", "chat_template")
+# keys that do not change what prepare builds; tests check that every Config key is in exactly one list
+_NOT_SHAPING = ("data", "on_error", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dtype",
+                "gradient_checkpointing", "disable_flash_attn", "attention", "trust_remote_code", "learning_rate",
+                "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm", "gradient_accumulation_steps",
+                "max_epochs", "max_steps", "batch_tokens", "packing", "pad_packed_rows", "resample_every_epoch",
+                "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience",
+                "early_stopping_threshold", "logging_steps", "eval_at_start", "wandb_project", "wandb_run_name",
+                "deepspeed", "output_dir", "cache_dir")
 CACHE_VERSION = 2  # bump when what prepare builds changes for the same inputs
 
 
@@ -83,6 +91,14 @@ def file_hash(path) -> str:
     return h.hexdigest()
 
 
+def _stamp(path) -> tuple:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return ()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def cache_key(cfg: Config, data_hash: str, tok_id: str) -> str:
     shaping = {k: getattr(cfg, k) for k in _SHAPING}
     blob = json.dumps([CACHE_VERSION, __version__, data_hash, tok_id, shaping], sort_keys=True)
@@ -104,32 +120,36 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
         raise UsertwinError("--unit timeline renders earlier items as turns; the block history layout "
                             "needs --unit sample")
     start = time.perf_counter()
+    use_cache = use_cache and Path(cfg.data).is_file()  # (anything else: records.load says what is wrong)
+    stamp = _stamp(cfg.data)
+    data_hash = file_hash(cfg.data) if use_cache else ""  # hashed before reading: the key never outruns the data
     loaded = records.load(cfg.data, on_error=cfg.on_error)
     timelines, warnings = build_timelines(loaded.records)
     warnings = list(loaded.warnings) + warnings
     if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     renderer = Renderer(render_config(cfg), tokenizer)
     cut = trim_long_contexts(timelines, renderer, tokenizer, cfg.max_length)
     if cut:
         warnings.append(f"{cut['items']} item(s) longer than max_length {cfg.max_length} with their whole context: "
                         f"dropped their {cut['turns']} oldest context turn(s) so that they fit (never the target)")
-    key = cache_key(cfg, file_hash(cfg.data), tokenizer_id(tokenizer))
+    key = cache_key(cfg, data_hash, tokenizer_id(tokenizer)) if use_cache else ""
     cache_file = _cache_dir(cfg) / f"prepared-{key}.json"
     if use_cache and cache_file.is_file():
-        prep = _from_cache(cache_file, cfg, timelines)
+        prep = _from_cache(cache_file, cfg, timelines, key)
         if prep is not None:
             prep.warnings, prep.skipped = warnings, list(loaded.skipped)
             prep.seconds = time.perf_counter() - start
             return prep
+        warnings.append(f"the prepare cache {cache_file} was unreadable or did not match the data; rebuilt it")
     splits = assign_splits(timelines, split_config(cfg))
     lengths = measure_all(renderer, tokenizer, timelines, progress)
     sequences, stats = {}, {}
     for split in SPLITS:
         sequences[split], stats[split] = build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer)
     prep = Prepared(cfg, timelines, splits, lengths, sequences, stats, warnings, list(loaded.skipped))
-    if use_cache:
-        _to_cache(cache_file, prep)
+    if use_cache and _stamp(cfg.data) == stamp:  # the file changed while we read it: do not cache
+        _to_cache(cache_file, prep, key)
     prep.seconds = time.perf_counter() - start
     return prep
 
@@ -274,8 +294,10 @@ def _seq_to_dict(x) -> dict:
     return {"user_id": x.user_id, "target": x.target, "history": x.history, "split": x.split}
 
 
-def _to_cache(path: Path, prep: Prepared) -> None:
+def _to_cache(path: Path, prep: Prepared, key: str) -> None:
+    """Written to a temporary name and renamed (complete or absent); `key` inside ties it to its name."""
     payload = {
+        "key": key, "version": CACHE_VERSION,
         "splits": prep.splits,
         "lengths": {u: vars(ln) for u, ln in prep.lengths.items()},
         "sequences": {sp: [_seq_to_dict(x) for x in seqs] for sp, seqs in prep.sequences.items()},
@@ -286,16 +308,27 @@ def _to_cache(path: Path, prep: Prepared) -> None:
         json.dump(payload, f, separators=(",", ":"))
 
 
-def _from_cache(path: Path, cfg: Config, timelines) -> Prepared | None:
+def _from_cache(path: Path, cfg: Config, timelines, key: str) -> Prepared | None:
+    """The cached Prepared, or None (rebuild) when the file is unreadable, cut off, corrupted, written for
+    another key, or does not fit the timelines just loaded."""
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # unreadable cache: rebuild
-    cls = Window if payload["unit"] == "timeline" else Sample
-    sequences = {sp: [cls(**x) for x in seqs] for sp, seqs in payload["sequences"].items()}
-    lengths = {u: ItemLengths(**ln) for u, ln in payload["lengths"].items()}
-    stats = {sp: SplitStats(**st) for sp, st in payload["stats"].items()}
-    prep = Prepared(cfg, timelines, payload["splits"], lengths, sequences, stats)
+        if payload.get("key") != key or payload.get("version") != CACHE_VERSION:
+            return None
+        cls = Window if payload["unit"] == "timeline" else Sample
+        if payload["unit"] != cfg.unit:
+            return None
+        sequences = {sp: [cls(**x) for x in seqs] for sp, seqs in payload["sequences"].items()}
+        lengths = {u: ItemLengths(**ln) for u, ln in payload["lengths"].items()}
+        stats = {sp: SplitStats(**st) for sp, st in payload["stats"].items()}
+        splits = payload["splits"]
+        sizes = {tl.user_id: len(tl.items) for tl in timelines}
+        if ({u: len(v) for u, v in splits.items()} != sizes or set(lengths) != set(sizes)
+                or set(sequences) != set(SPLITS) or set(stats) != set(SPLITS)):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ValueError: bad JSON or UTF-8
+        return None
+    prep = Prepared(cfg, timelines, splits, lengths, sequences, stats)
     prep.from_cache = True
     return prep
 

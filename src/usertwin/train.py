@@ -24,6 +24,7 @@ import torch
 from .atomic import atomic_open, write_json, write_text
 from .config import Config, render_config
 from .errors import UsertwinError
+from .lock import LOCK_NAME, Lock, acquire
 from .model import TargetLoss, add_lora, batch_tensors, load_model
 from .prepare import build_split, prepare, summary
 from .render import Renderer
@@ -94,22 +95,28 @@ def rank_batches(group: list, rank: int, world: int) -> list:
 # ---------------------------------------------------------------- run directory
 
 
-def _run_dir(cfg: Config, overwrite: bool, resume: bool) -> Path:
+def _run_dir(cfg: Config, overwrite: bool, resume: bool) -> tuple[Path, Lock]:
+    """The run directory, locked for this process (OUTPUT_DIR/.lock) before anything in it is touched."""
     if not cfg.output_dir:
         raise UsertwinError("no output directory: pass --output_dir RUN_DIR (or set output_dir in the config)")
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UsertwinError(f"output_dir {out} is a file")
-    busy = out.is_dir() and any(p.name != "cache" for p in out.iterdir())
-    if busy and not (overwrite or resume):
-        raise UsertwinError(f"output_dir {out} is not empty: pass --resume to continue that run or --overwrite "
-                            "to replace it")
-    if busy and overwrite and not resume:
-        for p in out.iterdir():
-            if p.name != "cache":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    lock = acquire(out / LOCK_NAME, f"output_dir {out}")
+    try:
+        busy = any(p.name not in ("cache", LOCK_NAME) for p in out.iterdir())
+        if busy and not (overwrite or resume):
+            raise UsertwinError(f"output_dir {out} is not empty: pass --resume to continue that run or --overwrite "
+                                "to replace it")
+        if busy and overwrite and not resume:
+            for p in out.iterdir():
+                if p.name not in ("cache", LOCK_NAME):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -150,19 +157,31 @@ class Trainer:
         self.acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, deepspeed_plugin=plugin,
                                cpu=not torch.cuda.is_available())
         self.main = self.acc.is_main_process
-        self.out = _run_dir(cfg, overwrite, resume) if self.main else Path(cfg.output_dir or ".")
-        self.acc.wait_for_everyone()
-        self.resume_from = latest_checkpoint(self.out) if resume else None
-        if resume and self.resume_from is None and self.main:
-            self.say(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from the beginning")
-        set_seed(cfg.seed)
-        self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
-        self.renderer = Renderer(render_config(cfg), self.tokenizer)
-        self.prep = prepare(cfg, tokenizer=self.tokenizer, progress=progress and self.main)
-        self.encoder = SequenceEncoder(self.renderer, self.tokenizer)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.data = EpochData(cfg, self.prep, self.renderer, self.encoder, pad or 0)
-        self.state = TrainState()
+        self.lock = None  # the main process holds OUTPUT_DIR/.lock until run() ends
+        if self.main:
+            self.out, self.lock = _run_dir(cfg, overwrite, resume)
+        else:
+            self.out = Path(cfg.output_dir or ".")
+        try:
+            self.acc.wait_for_everyone()
+            self.resume_from = latest_checkpoint(self.out) if resume else None
+            if resume and self.resume_from is None and self.main:
+                self.say(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from the beginning")
+            set_seed(cfg.seed)
+            self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
+            self.renderer = Renderer(render_config(cfg), self.tokenizer)
+            self.prep = prepare(cfg, tokenizer=self.tokenizer, progress=progress and self.main)
+            self.encoder = SequenceEncoder(self.renderer, self.tokenizer)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            self.data = EpochData(cfg, self.prep, self.renderer, self.encoder, pad or 0)
+            self.state = TrainState()
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     # -- helpers
 
@@ -278,7 +297,7 @@ class Trainer:
     def log(self, row: dict) -> None:
         row = {"step": self.state.global_step, "epoch": self.state.epoch + 1, **row, "time": round(time.time(), 3)}
         self.state.log.append(row)
-        if self.main:
+        if self.main:  # append-only by design (one complete line per write; a resumed run goes on appending)
             with open(self.out / "logs.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             if self.tb is not None:
@@ -309,6 +328,12 @@ class Trainer:
     # -- the run
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:  # also on errors and Ctrl-C: the next run may take the directory
+            self.release_lock()
+
+    def _run(self) -> dict:
         cfg, acc = self.cfg, self.acc
         start = time.time()
         if self.main:
