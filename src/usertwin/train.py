@@ -25,7 +25,7 @@ from .atomic import atomic_open, write_json, write_text
 from .config import Config, render_config
 from .errors import UsertwinError
 from .lock import LOCK_NAME, Lock, acquire
-from .model import TargetLoss, add_lora, batch_tensors, load_model
+from .model import TargetLoss, add_lora, batch_tensors, load_model, pick_attention
 from .prepare import build_split, prepare, summary
 from .render import Renderer
 from .timeline import Window
@@ -191,8 +191,12 @@ class Trainer:
 
     def _model(self):
         cfg = self.cfg
-        model = load_model(cfg.model, cfg.dtype, attention=None if cfg.attention == "auto" else cfg.attention,
-                           trust_remote_code=cfg.trust_remote_code, disable_flash_attn=cfg.disable_flash_attn)
+        attention = cfg.attention if cfg.attention != "auto" else pick_attention(cfg.disable_flash_attn, cfg.packing)
+        if attention == "varlen" and not cfg.packing:
+            raise UsertwinError("--attention varlen works on packed rows: use it with --packing on")
+        model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
+                           disable_flash_attn=cfg.disable_flash_attn)
+        self.attention, self.boundaries = attention, attention == "varlen"
         if cfg.gradient_checkpointing:
             # transformers 5.2x renamed it activation_checkpointing_enable; older releases have only the old name
             if hasattr(model, "activation_checkpointing_enable"):
@@ -221,7 +225,7 @@ class Trainer:
             # every rank runs the same number of forwards (FSDP gathers weights in each); extras weigh 0
             k = i * world + rank
             b, weight = (batches[k], 1.0) if k < len(batches) else (batches[0], 0.0)
-            losses = self.loss_model(**batch_tensors(b, self.acc.device)).double()
+            losses = self.loss_model(**batch_tensors(b, self.acc.device, self.boundaries)).double()
             total[0] += losses.sum() * weight
             total[1] += len(losses) * weight
         total = self.acc.reduce(total, reduction="sum")
@@ -362,6 +366,8 @@ class Trainer:
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from)
             self.initial_val = next((r["val_loss"] for r in self.state.log if r.get("event") == "eval_start"), None)
+        elif not cfg.eval_at_start:
+            self.initial_val = None
         else:
             ev = self.evaluate()
             self.initial_val = ev["loss"]
@@ -386,7 +392,8 @@ class Trainer:
             write_json(self.out / "summary.json", result)
             if self.tb is not None:
                 self.tb.close()
-        self.say(f"validation loss after training: {final['loss']:.4f} (before: {self.initial_val:.4f}); "
+        before = "not measured" if self.initial_val is None else f"{self.initial_val:.4f}"
+        self.say(f"validation loss after training: {final['loss']:.4f} (before: {before}); "
                  f"best model in {self.out / 'best'}; run in {self.out}")
         return result
 
@@ -408,10 +415,11 @@ class Trainer:
         signal.signal(signal.SIGINT, handler)
 
     def _interrupted(self) -> bool:
+        if self.acc.num_processes == 1:
+            return self._sigint
+        # every rank stops at the same step, or the checkpoint would hang (one small all-reduce per step)
         flag = torch.tensor(1.0 if self._sigint else 0.0, device=self.acc.device)
-        if self.acc.num_processes > 1:  # every rank stops at the same step, or the checkpoint would hang
-            flag = self.acc.reduce(flag, reduction="sum")
-        return flag.item() > 0
+        return self.acc.reduce(flag, reduction="sum").item() > 0
 
     def _loop(self, first_batches, steps_per_epoch, total_steps) -> None:
         cfg, acc, st = self.cfg, self.acc, self.state
@@ -427,17 +435,18 @@ class Trainer:
                 st.epochs.append({"epoch": epoch + 1, "targets": sum(b.n_targets for b in batches),
                                   "target_tokens": sum(b.n_target_tokens for b in batches),
                                   "tokens": sum(b.n_tokens for b in batches), "micro_batches": len(batches)})
-            tick, tokens_at_tick = time.time(), st.tokens_seen
+            tick, tokens_at_tick, targets_at_tick = time.time(), st.tokens_seen, 0
+            # losses stay on the device between log lines: no host sync inside a step
+            interval = torch.zeros(2, dtype=torch.float64, device=acc.device)
             for step in range(st.step_in_epoch if epoch == st.epoch else 0, n_steps):
                 group = batches[step * per_step:(step + 1) * per_step]
                 global_target_tokens = sum(b.n_target_tokens for b in group)
                 mine = rank_batches(group, acc.process_index, world)
-                loss_sum = 0.0
                 for m in range(accum):
                     # ranks without a batch left in the last step run a zero-weight one (keeps DDP in step)
                     b, weight = (mine[m], 1.0) if m < len(mine) else (group[0], 0.0)
                     with acc.accumulate(self.loss_model):
-                        losses = self.loss_model(**batch_tensors(b, acc.device))
+                        losses = self.loss_model(**batch_tensors(b, acc.device, self.boundaries))
                         # normalised by the target tokens of the whole global step; accelerate divides by
                         # accum and DDP averages over ranks, so scale back by both
                         loss = losses.sum() * weight * world * accum / max(global_target_tokens, 1)
@@ -448,19 +457,24 @@ class Trainer:
                         if acc.sync_gradients:
                             self.scheduler.step()
                         self.optimizer.zero_grad()
-                    loss_sum += losses.detach().double().sum().item() * weight
-                step_loss = acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum").item()
+                    interval[0] += losses.detach().double().sum() * weight
+                interval[1] += global_target_tokens / world
+                targets_at_tick += global_target_tokens
                 st.global_step += 1
                 st.step_in_epoch = step + 1
                 st.epoch = epoch
                 st.targets_seen += sum(b.n_targets for b in group)
                 st.tokens_seen += sum(b.n_tokens for b in group)
                 if st.global_step % cfg.logging_steps == 0 or step == n_steps - 1:
+                    total = acc.reduce(interval, reduction="sum").tolist()  # waits for the device
                     dt = max(time.time() - tick, 1e-9)
-                    self.log({"loss": step_loss / max(global_target_tokens, 1),
-                              "lr": self.scheduler.get_last_lr()[0],
-                              "tokens_per_second": round((st.tokens_seen - tokens_at_tick) / dt, 1)})
-                    tick, tokens_at_tick = time.time(), st.tokens_seen
+                    self.log({"loss": total[0] / max(total[1], 1), "lr": self.scheduler.get_last_lr()[0],
+                              "tokens_per_second": round((st.tokens_seen - tokens_at_tick) / dt, 1),
+                              "target_tokens_per_second": round(targets_at_tick / dt, 1),
+                              "interval_tokens": st.tokens_seen - tokens_at_tick,
+                              "interval_target_tokens": targets_at_tick})
+                    tick, tokens_at_tick, targets_at_tick = time.time(), st.tokens_seen, 0
+                    interval.zero_()
                 end_of_epoch = step == n_steps - 1
                 if end_of_epoch:
                     st.epoch, st.step_in_epoch = epoch + 1, 0
