@@ -30,6 +30,7 @@ import random
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -131,12 +132,17 @@ def steady(rows: list, warmup: int) -> dict:
 
 def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> dict:
     """transformers' Trainer over one encoded sample per example, dynamic padding, batch 2, sdpa."""
-    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
+    from usertwin.config import render_config
     from usertwin.prepare import prepare
     from usertwin.render import Renderer
-    from usertwin.config import render_config
     from usertwin.tokenize import IGNORE, SequenceEncoder
     from usertwin.train import sequence_items
 
@@ -198,7 +204,9 @@ def run_usertwin(records: Path, model_dir: Path, args, unit: str, gc_on: bool, t
                          "t": r["time"]})
     result = steady(rows, args.warmup)
     result["attention"] = trainer.attention
-    (args.out / f"{label}.logs.jsonl").write_text((out / "logs.jsonl").read_text())
+    with open(args.out / "run_logs.jsonl", "a", encoding="utf-8") as f:  # one file: the device returns few
+        f.writelines(json.dumps({"run": label, **json.loads(line)}) + "\n"
+                     for line in (out / "logs.jsonl").read_text().splitlines())
     del trainer
     return result | {"val_loss_after": summary["val_loss_after"]}
 
@@ -227,8 +235,8 @@ def measure(label: str, fn, results: list, meta: dict) -> dict | None:
 def longest_window(records: Path, model_dir: Path, args, tokenizer, results: list, meta: dict) -> None:
     """The longest padded row (one or more timeline windows) that trains for this shape with checkpointing."""
     for length in args.long_lengths:
-        r = measure(f"long-{length}", lambda: run_usertwin(
-            records, model_dir, args, "timeline", True, tokenizer, f"long-{length}", max_length=length,
+        r = measure(f"long-{length}", partial(
+            run_usertwin, records, model_dir, args, "timeline", True, tokenizer, f"long-{length}", max_length=length,
             batch_tokens=length, pad_packed_rows=True, max_steps=3, logging_steps=1), results,
             meta | {"recipe": "timeline", "gc": True, "row_tokens": length})
         if r["status"] != "ok":
@@ -279,10 +287,10 @@ def main() -> None:
             for gc_on in (False, True):
                 meta = {"shape": shape, "dataset": name, "gc": gc_on, "params": n_params, "embedding": n_embed}
                 tag = f"{shape}-{name}-{'gc' if gc_on else 'nogc'}"
-                measure(f"seeds-{tag}", lambda: run_seeds(sub, model_dir, args, gc_on, tokenizer), results,
+                measure(f"seeds-{tag}", partial(run_seeds, sub, model_dir, args, gc_on, tokenizer), results,
                         meta | {"recipe": "seeds"})
                 for unit in ("sample", "timeline"):
-                    measure(f"{unit}-{tag}", lambda: run_usertwin(sub, model_dir, args, unit, gc_on, tokenizer,
+                    measure(f"{unit}-{tag}", partial(run_usertwin, sub, model_dir, args, unit, gc_on, tokenizer,
                                                                    f"{unit}-{tag}"),
                             results, meta | {"recipe": unit})
                 save()
