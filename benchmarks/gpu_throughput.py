@@ -192,8 +192,8 @@ def run_usertwin(records: Path, model_dir: Path, args, unit: str, gc_on: bool, t
     from usertwin.train import Trainer
 
     out = args.work / "runs" / label
-    cfg = base_config(records, model_dir, out, args, unit=unit, gradient_checkpointing=gc_on,
-                      max_steps=args.warmup + args.steps, **over)
+    over.setdefault("max_steps", args.warmup + args.steps)
+    cfg = base_config(records, model_dir, out, args, unit=unit, gradient_checkpointing=gc_on, **over)
     trainer = Trainer(cfg, overwrite=True, progress=False, tokenizer=tokenizer)
     summary = trainer.run()
     rows = []
@@ -237,7 +237,7 @@ def longest_window(records: Path, model_dir: Path, args, tokenizer, results: lis
     for length in args.long_lengths:
         r = measure(f"long-{length}", partial(
             run_usertwin, records, model_dir, args, "timeline", True, tokenizer, f"long-{length}", max_length=length,
-            batch_tokens=length, pad_packed_rows=True, max_steps=3, logging_steps=1), results,
+            batch_tokens=length, pad_packed_rows=True, max_steps=args.warmup + 2), results,
             meta | {"recipe": "timeline", "gc": True, "row_tokens": length})
         if r["status"] != "ok":
             break
