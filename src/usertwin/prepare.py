@@ -25,9 +25,9 @@ from .timeline import (
     Window,
     WindowStats,
     assign_splits,
-    build_samples,
     build_timelines,
     build_windows,
+    iter_samples,
     own_turn_last,
 )
 from .tokenize import ItemLengths, load_tokenizer, measure_all, tokenizer_id
@@ -221,7 +221,7 @@ def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None
         st.targets, st.sequences, st.tokens = wst.targets, wst.windows, wst.tokens
         st.history_dropped, st.too_long = wst.history_dropped, wst.too_long
         return out, st
-    samples = build_samples(timelines, splits, split, sample_config(cfg), epoch=epoch)
+    samples = iter_samples(timelines, splits, split, sample_config(cfg), epoch=epoch)  # cut one by one
     by_user = {tl.user_id: tl for tl in timelines}
     users = set()
     for s in samples:

@@ -235,7 +235,12 @@ def choose_targets(tl: Timeline, candidates: list[int], cfg: SampleConfig, seed:
 def build_samples(timelines, splits, split: str, cfg: SampleConfig, epoch: int = 0) -> list[Sample]:
     """Samples of one split. Training samples are drawn with seed sample_seed + epoch (re-sampling per epoch);
     validation and test use every target of the split, with history from all strictly earlier items."""
-    out: list[Sample] = []
+    return list(iter_samples(timelines, splits, split, cfg, epoch))
+
+
+def iter_samples(timelines, splits, split: str, cfg: SampleConfig, epoch: int = 0):
+    """build_samples one at a time: a consumer that cuts each history to max_length at once (prepare) never
+    holds every uncut history of a long timeline (one user with 20,000 items: ~10^8 positions)."""
     seed = cfg.sample_seed + epoch
     for tl in timelines:
         cands = target_positions(splits[tl.user_id], split)
@@ -250,8 +255,7 @@ def build_samples(timelines, splits, split: str, cfg: SampleConfig, epoch: int =
                 hist = list(range(t)) if cfg.use_history else []
             else:
                 hist = select_history(tl, t, cfg, seed)
-            out.append(Sample(tl.user_id, t, hist, split))
-    return out
+            yield Sample(tl.user_id, t, hist, split)
 
 
 def resample(timelines, splits, cfg: SampleConfig, epoch: int) -> list[Sample]:
