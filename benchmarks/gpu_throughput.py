@@ -257,6 +257,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--long_lengths", type=int, nargs="*", default=[16384, 32768, 65536, 131072])
+    ap.add_argument("--datasets", nargs="*", help="only these (ml-latest-small, douban-dmr)")
+    ap.add_argument("--gc", nargs="*", default=["off", "on"], help="gradient checkpointing variants")
+    ap.add_argument("--recipes", nargs="*", default=["seeds", "sample", "timeline"])
+    ap.add_argument("--liger", action="store_true", help="usertwin runs with --liger_kernel (carried wheel)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -271,6 +275,8 @@ def main() -> None:
     datasets = {"ml-latest-small": args.records}
     if args.reviews:
         datasets["douban-dmr"] = args.reviews
+    if args.datasets:
+        datasets = {k: v for k, v in datasets.items() if k in args.datasets}
     results, totals = [], {}
     path = args.out / "gpu_throughput.json"
 
@@ -280,21 +286,20 @@ def main() -> None:
     for shape in args.shapes:
         model_dir, n_params, n_embed = build_model_dir(shape, args.tokenizer, args.work)
         for name, records in datasets.items():
-            if name != "ml-latest-small" and shape != args.shapes[-1]:
-                continue  # the review set on the largest shape only
             totals.setdefault(name, full_data_totals(records, model_dir, args, tokenizer))
             sub = subset_records(records, args.users, 0, args.work / f"{name}-subset.jsonl")
-            for gc_on in (False, True):
+            for gc_on in [g == "on" for g in args.gc]:
                 meta = {"shape": shape, "dataset": name, "gc": gc_on, "params": n_params, "embedding": n_embed}
-                tag = f"{shape}-{name}-{'gc' if gc_on else 'nogc'}"
-                measure(f"seeds-{tag}", partial(run_seeds, sub, model_dir, args, gc_on, tokenizer), results,
-                        meta | {"recipe": "seeds"})
-                for unit in ("sample", "timeline"):
+                tag = f"{shape}-{name}-{'gc' if gc_on else 'nogc'}{'-liger' if args.liger else ''}"
+                if "seeds" in args.recipes:
+                    measure(f"seeds-{tag}", partial(run_seeds, sub, model_dir, args, gc_on, tokenizer), results,
+                            meta | {"recipe": "seeds"})
+                for unit in [u for u in ("sample", "timeline") if u in args.recipes]:
                     measure(f"{unit}-{tag}", partial(run_usertwin, sub, model_dir, args, unit, gc_on, tokenizer,
-                                                                   f"{unit}-{tag}"),
-                            results, meta | {"recipe": unit})
+                                                     f"{unit}-{tag}", liger_kernel=args.liger),
+                            results, meta | {"recipe": unit, "liger": args.liger})
                 save()
-        if shape == "qwen3-1.7b":
+        if shape == "qwen3-1.7b" and args.long_lengths:
             longest_window(args.records, model_dir, args, tokenizer, results,
                            {"shape": shape, "dataset": "ml-latest-small", "params": n_params, "embedding": n_embed})
             save()

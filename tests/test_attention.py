@@ -14,7 +14,7 @@ from helpers import rating_timeline
 from usertwin import attention
 from usertwin.model import TargetLoss, batch_tensors
 from usertwin.render import RenderConfig, Renderer
-from usertwin.tokenize import SequenceEncoder, padded_batch, packed_batch
+from usertwin.tokenize import SequenceEncoder, packed_batch, padded_batch
 
 calls = []
 
@@ -94,3 +94,15 @@ def test_varlen_needs_cuda_and_packing(tiny_model_dir):
         with pytest.raises(UsertwinError, match="needs a CUDA GPU"):
             load_model(str(tiny_model_dir), "float32", attention="varlen")
         assert pick_attention(packed=True) == "sdpa"
+
+
+def test_liger_kernel_without_the_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    from usertwin.errors import UsertwinError
+    from usertwin.model import apply_liger
+
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    with pytest.raises(UsertwinError, match="--liger_kernel needs the liger-kernel package"):
+        apply_liger(tiny_model("qwen3", 64))

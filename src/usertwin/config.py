@@ -68,6 +68,7 @@ class Config:
     disable_flash_attn: bool = False
     attention: str = "auto"  # auto: flash_attention_2 if installed, else varlen for packed rows on a GPU, else sdpa
     trust_remote_code: bool = False
+    liger_kernel: bool = False  # liger-kernel's fused RMSNorm / SwiGLU / RoPE (GPU, pip install liger-kernel)
     # training
     learning_rate: float = 2e-4
     weight_decay: float = 0.0

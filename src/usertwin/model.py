@@ -60,6 +60,18 @@ def load_model(model: str, dtype: str = "auto", attention: str | None = None, tr
         raise UsertwinError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
 
 
+def apply_liger(model) -> None:
+    """Swap the model's RMSNorm, SwiGLU and rotary embedding for liger-kernel's fused Triton kernels (in place,
+    before LoRA). Their losses stay off: the target-only loss below already skips prompt positions."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        raise UsertwinError("--liger_kernel needs the liger-kernel package (and a GPU): pip install liger-kernel") \
+            from None
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+
+
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = "all-linear"):
     from peft import LoraConfig, get_peft_model
 

@@ -25,7 +25,7 @@ from .atomic import atomic_open, write_json, write_text
 from .config import Config, render_config
 from .errors import UsertwinError
 from .lock import LOCK_NAME, Lock, acquire
-from .model import TargetLoss, add_lora, batch_tensors, load_model, pick_attention
+from .model import TargetLoss, add_lora, apply_liger, batch_tensors, load_model, pick_attention
 from .prepare import build_split, prepare, summary
 from .render import Renderer
 from .timeline import Window
@@ -197,6 +197,8 @@ class Trainer:
         model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
                            disable_flash_attn=cfg.disable_flash_attn)
         self.attention, self.boundaries = attention, attention == "varlen"
+        if cfg.liger_kernel:
+            apply_liger(model)
         if cfg.gradient_checkpointing:
             # transformers 5.2x renamed it activation_checkpointing_enable; older releases have only the old name
             if hasattr(model, "activation_checkpointing_enable"):
