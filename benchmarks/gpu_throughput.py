@@ -243,12 +243,46 @@ def longest_window(records: Path, model_dir: Path, args, tokenizer, results: lis
             break
 
 
+def summarize(paths: list[Path], markdown: Path, combined: Path) -> None:
+    """Merge the JSON of several device calls into one JSON + a Markdown table (ratios recomputed)."""
+    envs, totals, results = [], {}, []
+    for p in paths:
+        d = json.loads(p.read_text())
+        envs.append(d["env"])
+        totals.update(d["totals"])
+        results.extend(d["results"])
+    lines = report(results, totals)
+    combined.write_text(json.dumps({"env": envs, "totals": totals, "results": results}, indent=1) + "\n")
+    head = ["# GPU throughput and memory (`benchmarks/gpu_throughput.py`)", ""]
+    for e in envs:
+        head.append(f"- {e['gpu']}, torch {e['torch']}, transformers {e['transformers']}, {e['date']}: `{e['command']}`")
+    head += ["", "Random-initialised Qwen3 shapes (vocabulary 151,936, bf16, full fine-tuning, AdamW); "
+             "SmolLM2 token ids; tokens/s = real (non-padding) tokens; MFU = 6 N tokens/s / 989 TFLOP/s; "
+             "'epoch h' = the whole data's tokens per epoch for that recipe / measured tokens/s.", "",
+             "| run | status | tokens/s | target tokens/s | MFU % (N all) | MFU % (N without embedding) | "
+             "peak GiB | epoch h |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["status"] != "ok":
+            head.append(f"| {r['label']} | {r['status']} | {r.get('error', '')[:60]} | | | | {r['peak_memory_gib']} | |")
+            continue
+        head.append(f"| {r['label']} | ok | {r['tokens_per_second']:.0f} | {r['target_tokens_per_second']:.0f} | "
+                    f"{r['mfu_percent']} | {r['mfu_no_embedding_percent']} | {r['peak_memory_gib']} | "
+                    f"{'' if r['epoch_hours'] is None else r['epoch_hours']} |")
+    tot = [f"- {name}, {unit} unit: {t['targets']:,} train targets, {t['tokens']:,} tokens per epoch"
+           for name, units in totals.items() for unit, t in units.items()]
+    markdown.write_text("\n".join(head + ["", "Whole train split (default 70/15/15 time split, max_length 4096):"]
+                                   + tot + ["", "```", *lines, "```", ""]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=Path, required=True, help="ml-latest-small records (JSONL)")
+    ap.add_argument("--summarize", type=Path, nargs="*", help="merge these result JSONs (no GPU work)")
+    ap.add_argument("--markdown", type=Path, default=Path("benchmarks/results/gpu_throughput_h100.md"))
+    ap.add_argument("--combined", type=Path, default=Path("benchmarks/results/gpu_throughput_h100.json"))
+    ap.add_argument("--records", type=Path, help="ml-latest-small records (JSONL)")
     ap.add_argument("--reviews", type=Path, help="a review set's records (e.g. douban-dmr), optional")
-    ap.add_argument("--tokenizer", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tokenizer", type=Path)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/usertwin-gpu-throughput"))
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
     ap.add_argument("--users", type=int, default=60, help="random users whose data the measured steps use")
@@ -262,6 +296,10 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="*", default=["seeds", "sample", "timeline"])
     ap.add_argument("--liger", action="store_true", help="usertwin runs with --liger_kernel (carried wheel)")
     args = ap.parse_args()
+    if args.summarize:
+        return summarize(args.summarize, args.markdown, args.combined)
+    if not (args.records and args.tokenizer and args.out):
+        ap.error("--records, --tokenizer and --out are required (or --summarize)")
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     import transformers
@@ -307,7 +345,13 @@ def main() -> None:
     save()
 
 
-def report(results: list, totals: dict) -> None:
+def report(results: list, totals: dict) -> list[str]:
+    lines = []
+
+    def log(text=""):
+        print(text, flush=True)
+        lines.append(text)
+
     log("\nrun                                   status  tok/s    target tok/s  MFU%  (no-emb)  peak GiB  epoch h")
     by = {}
     for r in results:
@@ -338,6 +382,7 @@ def report(results: list, totals: dict) -> None:
         best = max(longest, key=lambda r: r["row_tokens"])
         log(f"  longest row trained (1.7B shape, checkpointing): {best['row_tokens']} tokens, "
             f"peak {best['peak_memory_gib']} GiB")
+    return lines
 
 
 if __name__ == "__main__":
