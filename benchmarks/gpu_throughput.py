@@ -372,7 +372,7 @@ def report(results: list, totals: dict) -> list[str]:
     for label, r in by.items():
         if r["recipe"] != "timeline" or "row_tokens" in r:
             continue
-        seeds = by.get(label.replace("timeline-", "seeds-", 1))
+        seeds = by.get(label.replace("timeline-", "seeds-", 1).replace("-liger", ""))
         if seeds and seeds.get("epoch_hours") and r.get("epoch_hours"):
             log(f"  {label}: covers every train target {seeds['epoch_hours'] / r['epoch_hours']:.1f}x faster; "
                 f"target tokens/s {r['target_tokens_per_second'] / seeds['target_tokens_per_second']:.2f}x; "

