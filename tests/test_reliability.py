@@ -238,10 +238,20 @@ def test_prepare_sigkilled_while_writing_the_cache_leaves_no_usable_cache(tmp_pa
     run = _py(KILL_IN_CACHE_WRITE, data, cache, cwd=ROOT, timeout=120)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     assert not list(cache.glob("prepared-*.json"))  # only the temporary file, under another name
-    assert [p.name for p in cache.iterdir() if p.name.endswith(".tmp")]
+    (tmp,) = [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    os.utime(tmp, (time.time() - 7200, time.time() - 7200))  # an old one is swept by the next write
     prep = _prep(data, tokenizer, cache)
     assert not prep.from_cache and not prep.warnings
     assert _prep(data, tokenizer, cache).from_cache
+    assert [p.name for p in cache.iterdir()] == [f"prepared-{prep_key(data, tokenizer)}.json"]
+
+
+def prep_key(data, tok):
+    from usertwin.prepare import cache_key, file_hash
+    from usertwin.tokenize import tokenizer_id
+
+    cfg = Config(data=str(data), model="test-tokenizer", max_length=256)
+    return cache_key(cfg, file_hash(data), tokenizer_id(tok))
 
 
 # ---------------------------------------------------------------- item 3: predict resumes after a kill

@@ -306,6 +306,12 @@ def _to_cache(path: Path, prep: Prepared, key: str) -> None:
     }
     with atomic_open(path) as f:
         json.dump(payload, f, separators=(",", ":"))
+    for tmp in path.parent.glob(".prepared-*.tmp"):  # left by a prepare killed while writing (never read)
+        try:
+            if time.time() - tmp.stat().st_mtime > 3600:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def _from_cache(path: Path, cfg: Config, timelines, key: str) -> Prepared | None:
