@@ -40,8 +40,8 @@ _SHAPING = ("model", "max_length", "unit", "split_mode", "train_ratio", "val_rat
             "use_history", "use_context", "prompt_style", "language", "history_layout", "chat_template")
 # keys that do not change what prepare builds; tests check that every Config key is in exactly one list
 _NOT_SHAPING = ("data", "on_error", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dtype",
-                "gradient_checkpointing", "disable_flash_attn", "attention", "trust_remote_code", "learning_rate",
-                "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm", "gradient_accumulation_steps",
+                "gradient_checkpointing", "disable_flash_attn", "attention", "liger_kernel", "trust_remote_code",
+                "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm", "gradient_accumulation_steps",
                 "max_epochs", "max_steps", "batch_tokens", "packing", "pad_packed_rows", "resample_every_epoch",
                 "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience",
                 "early_stopping_threshold", "logging_steps", "eval_at_start", "wandb_project", "wandb_run_name",
