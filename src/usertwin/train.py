@@ -134,6 +134,36 @@ def _dump_config(cfg: Config, out: Path) -> None:
 # ---------------------------------------------------------------- the loop
 
 
+def _gathered_for_write(acc, model):
+    """DeepSpeed ZeRO-3 keeps each parameter partitioned: gather them to write into, rank 0's values win."""
+    import contextlib
+
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0)
+    return contextlib.nullcontext()
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """FSDP asked for (accelerate launch with an FSDP config, or ACCELERATE_USE_FSDP=true) on CPU processes.
+
+    accelerate turns FSDP on only for GPU-like devices: with cpu=True its state stays MULTI_CPU and the run would
+    silently be DDP. torch's fully_shard runs on gloo, so switch the state to FSDP with the plugin accelerate
+    built from the environment: CPU runs (the tests, CPU-only clusters) then go through the same FSDP code as GPUs.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if acc.distributed_type != DistributedType.MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    # AcceleratorState copies PartialState's fields each time it is built: set the type in both
+    PartialState().distributed_type = acc.state.distributed_type = DistributedType.FSDP
+
+
 class Trainer:
     def __init__(self, cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
                  tokenizer=None):
@@ -156,6 +186,7 @@ class Trainer:
         # cpu=True on a machine without a GPU: accelerate then runs torchrun's processes as gloo DDP
         self.acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, deepspeed_plugin=plugin,
                                cpu=not torch.cuda.is_available())
+        _fsdp_on_cpu(self.acc)
         self.main = self.acc.is_main_process
         self.lock = None  # the main process holds OUTPUT_DIR/.lock until run() ends
         if self.main:
@@ -209,7 +240,15 @@ class Trainer:
         if cfg.lora:
             if cfg.gradient_checkpointing:
                 model.enable_input_require_grads()
-            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            try:
+                model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            except ValueError as e:
+                if "ParamWrapper" not in str(e):
+                    raise
+                # a MoE on transformers 5: its experts are fused 3-D parameters, which peft adapts without dropout
+                raise UsertwinError(f"LoRA on this model's fused expert weights needs --lora_dropout 0 (peft: {e}); "
+                                    "or keep LoRA off the experts: --lora_target_modules q_proj,k_proj,v_proj,o_proj"
+                                    ) from None
         return model
 
     def _steps_per_epoch(self, n_batches: int) -> int:
@@ -246,6 +285,7 @@ class Trainer:
             tmp.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp), safe_serialization=True)
+        self.acc.wait_for_everyone()  # every rank has written its files (random states, FSDP shards) into tmp
         if self.main:
             write_json(tmp / STATE, vars(self.state) | {"log": self.state.log})
             shutil.rmtree(final, ignore_errors=True)
@@ -280,23 +320,55 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def restore_best(self) -> None:
-        """Load best/ weights back into the model (adapter or full)."""
+        """Load best/ weights back into the model (adapter or full) on every rank: sharded models (FSDP2, ZeRO-3)
+        get them through their own gather/scatter, so the final evaluation is of the best model everywhere."""
         best = self.out / "best"
-        if not best.is_dir():
-            return
-        from safetensors.torch import load_file
-
-        model = self.acc.unwrap_model(self.loss_model).model
         name = "adapter_model.safetensors" if self.cfg.lora else "model.safetensors"
         if not (best / name).is_file():
             return
-        weights = load_file(str(best / name))
-        if self.cfg.lora:
-            from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
-            set_peft_model_state_dict(model, weights)
-        else:
-            model.load_state_dict(weights, strict=False)
+        weights = load_file(str(best / name))
+        if not self.cfg.lora:
+            own = {k[len("model."):] for k in self.loss_model.state_dict()} if self.acc.is_fsdp2 else \
+                set(self.acc.unwrap_model(self.loss_model).model.state_dict())
+            if not set(weights) <= own:
+                # save_pretrained writes the original (hub) layout: transformers 5 fuses some weights on load
+                # (a MoE's per-expert projections -> one 3-D parameter per layer), so load best/ the same way
+                weights = load_model(str(best), self.cfg.dtype, attention="sdpa",
+                                     trust_remote_code=self.cfg.trust_remote_code).state_dict()
+        if self.acc.is_fsdp2:
+            return self._restore_fsdp2(weights)
+        model = self.acc.unwrap_model(self.loss_model).model
+        with _gathered_for_write(self.acc, model):
+            if self.cfg.lora:
+                from peft import set_peft_model_state_dict
+
+                result = set_peft_model_state_dict(model, weights)
+            else:
+                result = model.load_state_dict(weights, strict=False)
+        if result.unexpected_keys:
+            self.say(f"warning: best/ has {len(result.unexpected_keys)} weight(s) the model does not know (e.g. "
+                     f"{result.unexpected_keys[0]}): the final evaluation is not of the best model")
+
+    def _restore_fsdp2(self, weights: dict) -> None:
+        """best/ holds full tensors under the saved names; FSDP2's parameters are DTensor shards named after the
+        wrapped module: rank 0 passes them by the module's names and torch scatters each rank its shard."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        own = {}
+        for key in self.loss_model.state_dict():
+            inner = key[len("model."):]
+            # peft saves adapters without the adapter's name: ...lora_A.weight for ...lora_A.default.weight
+            own[inner.replace(".default.", ".") if self.cfg.lora else inner] = key
+        unknown = [k for k in weights if k not in own]
+        if unknown:
+            self.say(f"warning: best/ has {len(unknown)} weight(s) the model does not know (e.g. {unknown[0]}): "
+                     "the final evaluation is not of the best model")
+            return
+        full = {own[k]: v for k, v in weights.items()} if self.main else {}
+        set_model_state_dict(self.loss_model, full, options=StateDictOptions(full_state_dict=True,
+                                                                             broadcast_from_rank0=True, strict=False))
 
     # -- logging
 
