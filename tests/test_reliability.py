@@ -512,3 +512,33 @@ def test_trust_remote_code_is_off_unless_asked():
         for m in re.finditer(r"trust_remote_code=([\w.]+)", text):
             value = m.group(1)  # passed through from the user's config, or off
             assert value in ("trust_remote_code", "False") or value.endswith("cfg.trust_remote_code"), (path.name, value)
+
+
+def test_best_folder_is_never_missing_when_a_swap_is_cut(tmp_path, monkeypatch):
+    """replace_dir moves the old best/ aside before the new one goes in; a crash between the two renames leaves
+    the old copy, which recover_dir (used by restore_best and predict) puts back."""
+    import os
+
+    from usertwin import atomic
+
+    best, tmp = tmp_path / "best", tmp_path / ".tmp-best"
+    best.mkdir()
+    (best / "w").write_text("old")
+    tmp.mkdir()
+    (tmp / "w").write_text("new")
+    real, calls = os.replace, []
+
+    def cut(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the second rename (tmp -> best) never happens
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", cut)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.replace_dir(tmp, best)
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert not best.exists()
+    assert (atomic.recover_dir(best) / "w").read_text() == "old"
+    atomic.replace_dir(tmp, best)
+    assert (best / "w").read_text() == "new" and not (tmp_path / ".best.old").exists() and not tmp.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -55,3 +56,26 @@ def write_jsonl(path, rows) -> int:
             f.write("\n")
             n += 1
     return n
+
+
+def replace_dir(tmp, final) -> None:
+    """Put the finished folder `tmp` at `final`. Folders cannot be renamed over one another, so the old one is
+    moved aside first: a crash in between leaves `final`'s old copy at `.NAME.old`, which `recover_dir` puts
+    back — never no copy at all."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".{final.name}.old")
+    recover_dir(final)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final) -> Path:
+    """If a crash inside `replace_dir` left only the old copy aside, move it back."""
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if not final.exists() and old.is_dir():
+        os.replace(old, final)
+    return final

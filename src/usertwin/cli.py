@@ -137,7 +137,7 @@ def cmd_inspect(args) -> int:
     from .tokenize import load_tokenizer
 
     cfg = resolve(args)
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
     prep = prepare(cfg, tokenizer=tok, progress=args.progress)
     renderer = Renderer(render_config(cfg), tok)
     splits = [args.split] if args.split else list(SPLITS)
@@ -169,7 +169,8 @@ def cmd_predict(args) -> int:
     if args.run:
         cfg = resolve(args, load_run_config(args.run))
         best = Path(args.run) / "best"
-        tok = load_tokenizer(str(best) if (best / "tokenizer_config.json").is_file() else cfg.model)
+        tok = load_tokenizer(str(best) if (best / "tokenizer_config.json").is_file() else cfg.model,
+                              cfg.trust_remote_code)
     else:
         cfg = resolve(args)
         tok = load_tokenizer(cfg.model, cfg.trust_remote_code)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_text
+from .atomic import recover_dir, write_text
 from .config import Config, from_mapping, load_yaml, render_config, sample_config
 from .errors import UsertwinError
 from .lock import LOCK_NAME, acquire
@@ -48,7 +48,7 @@ def load_run_config(run_dir) -> Config:
 
 def load_twin_model(cfg: Config, run_dir=None):
     """The run's best weights (adapter on its base model, or full weights), else the base model."""
-    best = Path(run_dir) / "best" if run_dir else None
+    best = recover_dir(Path(run_dir) / "best") if run_dir else None
     if best is not None and (best / "adapter_config.json").is_file():
         from peft import PeftModel
 
