@@ -65,6 +65,30 @@ def test_score_with_shared_cache_equals_brute_force(run_dir):
     assert n == len(ref) and loss == pytest.approx(-total / n, rel=1e-4)
 
 
+def test_batched_scoring_equals_one_prompt_at_a_time(run_dir):
+    """score_many puts prompts of different lengths (left padded) and different numbers of candidates into
+    one forward under a block mask; each score equals a full forward of prompt + candidate alone."""
+    from usertwin.predict import Twin
+
+    p = Twin.load(run_dir).p
+    prompts, cands = [], []
+    for u, pos in ((0, 12), (1, 3), (2, 7)):
+        tl = p.prep.timelines[u]
+        enc = p.encode(tl, p.sample_for(tl, pos))
+        prompts.append(enc.input_ids[:enc.targets[-1][1]])
+        cands.append([p.ids_of(t) for t in ("1.0", "4.0", "a longer continuation", "2.5")[:2 + u]])
+    assert len({len(x) for x in prompts}) == 3  # really different lengths: padding is exercised
+    batched = p.score_many(prompts, cands)
+    for prompt, cs, got in zip(prompts, cands, batched):
+        assert len(got) == len(cs)
+        for (total, n), cand in zip(got, cs):
+            with torch.no_grad():
+                logits = p.model(input_ids=torch.tensor([prompt + cand])).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            brute = sum(logp[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(cand))
+            assert n == len(cand) and abs(total - brute) < 1e-4, (total, brute)
+
+
 def test_predict_cli_writes_every_test_target_once_and_resumes(run_dir, tmp_path):
     out = tmp_path / "p.jsonl"
     args = ["predict", "--run", str(run_dir), "--split", "test", "-o", str(out), "--no-progress",

@@ -21,7 +21,7 @@ from .atomic import recover_dir, write_text
 from .config import Config, from_mapping, load_yaml, render_config, sample_config
 from .errors import UsertwinError
 from .lock import LOCK_NAME, acquire
-from .model import TargetLoss, load_model
+from .model import TargetLoss, causal_lm, load_model
 from .prepare import fit_sample, prepare
 from .render import Renderer
 from .timeline import Sample, select_history
@@ -52,14 +52,15 @@ def load_twin_model(cfg: Config, run_dir=None):
     if best is not None and (best / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_model(cfg.model, cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        # sdpa: scoring passes its own block masks, which flash kernels do not take
+        base = load_model(cfg.model, cfg.dtype, attention="sdpa", trust_remote_code=cfg.trust_remote_code)
         model = PeftModel.from_pretrained(base, str(best))
     elif best is not None and (best / "config.json").is_file():
-        model = load_model(str(best), cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        model = load_model(str(best), cfg.dtype, attention="sdpa", trust_remote_code=cfg.trust_remote_code)
     else:
         if run_dir:
             raise UsertwinError(f"{best} holds no weights: the run has not finished an evaluation yet")
-        model = load_model(cfg.model, cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        model = load_model(cfg.model, cfg.dtype, attention="sdpa", trust_remote_code=cfg.trust_remote_code)
     model.eval()
     if torch.cuda.is_available():
         model.cuda()
@@ -124,33 +125,67 @@ class Predictor:
         losses = TargetLoss(self.model)(ids, labels)
         return losses.mean().item(), len(losses)
 
-    @torch.no_grad()
     def score(self, prompt_ids: list[int], candidates: list[list[int]]) -> list[tuple[float, int]]:
-        """(sum of log-probabilities, token count) of each candidate continuation after one shared prompt:
-        the prompt runs once, its cache is repeated for the candidates."""
-        ids = torch.tensor([prompt_ids], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        k, width = len(candidates), max(len(c) for c in candidates)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(k)
-        cand = torch.full((k, width), self.pad_id, device=self.device)
-        mask = torch.zeros((k, len(prompt_ids) + width), dtype=torch.long, device=self.device)
-        mask[:, :len(prompt_ids)] = 1
-        for i, c in enumerate(candidates):
-            cand[i, :len(c)] = torch.tensor(c, device=self.device)
-            mask[i, len(prompt_ids):len(prompt_ids) + len(c)] = 1
-        pos = torch.arange(len(prompt_ids), len(prompt_ids) + width, device=self.device).expand(k, -1)
-        logits = self.model(input_ids=cand, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                            use_cache=True).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        results = []
-        for i, c in enumerate(candidates):
-            total = first[c[0]].item()
-            for j in range(1, len(c)):
-                total += logp[i, j - 1, c[j]].item()
-            results.append((total, len(c)))
-        return results
+        """(sum of log-probabilities, token count) of each candidate continuation after one prompt."""
+        return self.score_many([prompt_ids], [candidates])[0]
+
+    @torch.no_grad()
+    def score_many(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
+        """Score several prompts' candidate continuations in one forward. Each row holds one prompt (left
+        padded) followed by all its candidates one after another; a block mask lets every candidate see its
+        prompt and itself only, with positions continuing from the prompt's end — as if each candidate ran
+        alone after its prompt, without copying the prompt or its cache."""
+        dev, n = self.device, len(prompts)
+        width = max(len(p) for p in prompts)
+        spans = []  # per row: (start, tokens) of each candidate after the prompt block
+        for cands in candidates:
+            at, row = width, []
+            for c in cands:
+                row.append((at, c))
+                at += len(c)
+            spans.append(row)
+        total = max(row[-1][0] + len(row[-1][1]) for row in spans)
+        ids = torch.full((n, total), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((n, total), dtype=torch.long)
+        seg = torch.full((n, total), -2, dtype=torch.long)  # -1: prompt, j: candidate j, -2: padding
+        for i, (p, row) in enumerate(zip(prompts, spans)):
+            pad = width - len(p)
+            ids[i, pad:width] = torch.tensor(p)
+            pos[i, pad:width] = torch.arange(len(p))
+            seg[i, pad:width] = -1
+            for j, (start, c) in enumerate(row):
+                ids[i, start:start + len(c)] = torch.tensor(c)
+                pos[i, start:start + len(c)] = torch.arange(len(p), len(p) + len(c))
+                seg[i, start:start + len(c)] = j
+        q, k = seg[:, :, None], seg[:, None, :]
+        causal = torch.ones(total, total, dtype=torch.bool).tril()
+        # a token sees earlier prompt tokens, and earlier tokens of its own candidate; padding sees itself
+        allowed = causal & (k == -1) & (q != -2) | causal & (q == k) & (q >= 0) | torch.eye(total, dtype=torch.bool)
+        lm = causal_lm(self.model)
+        dtype = lm.get_output_embeddings().weight.dtype
+        # additive form: sdpa and eager attention both take it
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        hidden = getattr(lm, lm.base_model_prefix)(input_ids=ids.to(dev), position_ids=pos.to(dev),
+                                                   attention_mask=mask[:, None].to(dev),
+                                                   use_cache=False).last_hidden_state
+        # candidate token t is predicted at the position before it (the prompt's last token for the first one);
+        # the output head runs on those positions only
+        where = [(i, width - 1 if j == 0 else start + j - 1, tok)
+                 for i, row in enumerate(spans) for start, c in row for j, tok in enumerate(c)]
+        rows_, cols, toks = (torch.tensor(x, device=dev) for x in zip(*where))
+        logits = lm.get_output_embeddings()(hidden[rows_, cols]).float()
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        picked = torch.log_softmax(logits, dim=-1).gather(1, toks[:, None])[:, 0].double().cpu().tolist()
+        out, k_ = [], 0
+        for row in spans:
+            scores = []
+            for _, c in row:
+                scores.append((sum(picked[k_:k_ + len(c)]), len(c)))
+                k_ += len(c)
+            out.append(scores)
+        return out
 
     def ids_of(self, text: str) -> list[int]:
         """A continuation's tokens as training sees them: the text, then the end-of-turn."""
@@ -284,7 +319,7 @@ def _predict_split(pred, split, output: Path, gen, pick_k, generate, limit, prog
     with open(output, "a", encoding="utf-8") as f:
         for start in range(0, len(targets), gen.batch_size):
             chunk = targets[start:start + gen.batch_size]
-            rows = [_row(pred, tl, pos, split, room, picks) for tl, pos in chunk]
+            rows = _rows(pred, chunk, split, room, picks)
             if generate:
                 outs = pred.generate([r.pop("_prompt") for r in rows], gen)
                 for r, o in zip(rows, outs):
@@ -301,26 +336,33 @@ def _predict_split(pred, split, output: Path, gen, pick_k, generate, limit, prog
     return written
 
 
-def _row(pred: Predictor, tl, pos: int, split: str, room: int, picks: dict) -> dict:
-    """Every likelihood of one target from one pass over its prompt: the reference (its teacher-forced
-    loss), the allowed ratings and the pick-the-real-one candidates share the prompt's cache."""
-    sample = pred.sample_for(tl, pos, room)
-    enc = pred.encode(tl, sample)
-    _, start, _ = enc.targets[-1]
-    prompt = enc.input_ids[:start]
+def _rows(pred: Predictor, chunk: list, split: str, room: int, picks: dict) -> list[dict]:
+    """Every likelihood of a batch of targets from one forward: for each target the reference (its
+    teacher-forced loss), the allowed ratings and the pick-the-real-one candidates, after its prompt."""
+    todo = []
+    for tl, pos in chunk:
+        sample = pred.sample_for(tl, pos, room)
+        enc = pred.encode(tl, sample)
+        prompt = enc.input_ids[:enc.targets[-1][1]]
+        item = tl.items[pos]
+        texts = [item.continuation] + list(picks.get((tl.user_id, pos), []))
+        if pred.scale and "rating" in item.collection:
+            texts += [t for t in pred.scale if t not in texts]
+        todo.append((tl, pos, sample, prompt, texts))
+    scores = pred.score_many([t[3] for t in todo], [[pred.ids_of(x) for x in t[4]] for t in todo])
+    return [_row(pred, tl, pos, split, sample, prompt, dict(zip(texts, sc)), picks)
+            for (tl, pos, sample, prompt, texts), sc in zip(todo, scores)]
+
+
+def _row(pred: Predictor, tl, pos: int, split: str, sample, prompt: list, scored: dict, picks: dict) -> dict:
     item = tl.items[pos]
-    is_rating = bool(pred.scale) and "rating" in item.collection
-    texts = [item.continuation] + list(picks.get((tl.user_id, pos), []))
-    if is_rating:
-        texts += [t for t in pred.scale if t not in texts]
-    scored = dict(zip(texts, pred.score(prompt, [pred.ids_of(t) for t in texts])))
     ref_total, n = scored[item.continuation]
     row = {"user": tl.user_id, "target_index": pos, "split": split, "collection": item.collection,
            "item": item.prefix, "language": pred.renderer.language(tl),
            "prompt_hash": hashlib.sha256(json.dumps(prompt).encode()).hexdigest()[:16],
            "reference": item.continuation, "predictions": [], "loss": round(-ref_total / n, 6), "n_tokens": n,
            "history_len": len(sample.history), "user_items": len(tl.items), "_prompt": prompt}
-    if is_rating:
+    if pred.scale and "rating" in item.collection:
         row["rating"] = pred.distribution([scored[t][0] for t in pred.scale])
     if picks.get((tl.user_id, pos)):
         cands = [item.continuation] + picks[(tl.user_id, pos)]
