@@ -27,6 +27,50 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="torch.distributed with gloo is not available")
 
 
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _start_killable(cmd):
+    """A launcher whose whole tree (torchrun starts each rank in a session of its own) can be SIGKILLed and reaped:
+    this process becomes the subreaper of the orphaned ranks, so none is left a zombie that still holds the run
+    directory's lock (a sandbox's PID 1 may never reap them)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_tree(proc) -> None:
+    tree, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(_children_of(pid))
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    for pid in tree[1:]:
+        while Path(f"/proc/{pid}").exists() and time.time() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # ours once its parent (the launcher) is gone
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+
+
 def _fsdp2_config(tmp_path) -> Path:
     """The shipped configs/accelerate/fsdp2.yaml, but full precision (bf16 autocast on CPU would change the losses
     and the point here is an exact comparison)."""
@@ -115,15 +159,13 @@ def test_fsdp2_lora_resume_after_sigkill_gives_the_same_run(tmp_path, tiny_model
     run = subprocess.run(_launch(config, 29542, _args(data, tiny_model_dir, full, *common)), env=_env(),
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    proc = subprocess.Popen(_launch(config, 29543, _args(data, tiny_model_dir, killed, *common)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = _start_killable(_launch(config, 29543, _args(data, tiny_model_dir, killed, *common)))
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-6" / "trainer_state.json").exists():
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-    proc.wait()
+    _kill_tree(proc)  # the launcher and both ranks
     assert not (killed / "summary.json").exists()
     run = subprocess.run(_launch(config, 29544, [*_args(data, tiny_model_dir, killed, *common), "--resume"]),
                          env=_env(), capture_output=True, text=True)
@@ -202,3 +244,46 @@ def test_moe_fsdp2_two_processes_match_one_process(tmp_path, tokenizer):
                              text=True)
         assert run.returncode == 0, run.stderr[-3000:]
         _match(one, two)
+
+
+def test_deepspeed_zero3_two_processes_match_one_process_resume_and_best(tmp_path, tiny_model_dir):
+    """ZeRO-3 with the shipped config on gloo (DeepSpeed's CPU accelerator). DeepSpeed is not a dependency: the
+    wheels in .whl-ds/ (see benchmarks/multi_gpu.md) install it with its pure-Python needs."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (pip install --no-deps .whl-ds/*.whl, see benchmarks/multi_gpu.md)")
+    data = _records(tmp_path / "r.jsonl", sizes=(60, 40, 30, 20))
+    common = ["--max_epochs", "2", "--logging_steps", "1", "--no_lora", "--learning_rate", "0.001",
+              "--max_length", "128", "--batch_tokens", "128", "--early_stopping_threshold", "1000",
+              "--early_stopping_patience", "5", "--save_steps", "4", "--save_total_limit", "50"]
+    ds = ["--deepspeed", str(ROOT / "configs/deepspeed/zero3.json")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    subprocess.run(_cli(*_args(data, tiny_model_dir, one, *common, "--gradient_accumulation_steps", "4")),
+                   check=True, env=_env(), capture_output=True)
+    run = subprocess.run([*torchrun, "--master_port=29546", "-m", "usertwin.cli",
+                          *_args(data, tiny_model_dir, two, *common, *ds, "--gradient_accumulation_steps", "2")],
+                         env=_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = _match(one, two)
+    assert b["best_step"] == a["best_step"] < b["steps"]  # final evaluation of the restored (gathered) best
+    ck = sorted((two / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert (ck / "pytorch_model").is_dir()  # DeepSpeed's own (ZeRO-partitioned) checkpoint
+    proc = _start_killable([*torchrun, "--master_port=29547", "-m", "usertwin.cli",
+                            *_args(data, tiny_model_dir, killed, *common, *ds, "--gradient_accumulation_steps", "2")])
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-8" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    _kill_tree(proc)
+    run = subprocess.run([*torchrun, "--master_port=29548", "-m", "usertwin.cli",
+                          *_args(data, tiny_model_dir, killed, *common, *ds, "--gradient_accumulation_steps", "2"),
+                          "--resume"], env=_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    c = json.loads((killed / "summary.json").read_text())
+    assert c["steps"] == b["steps"] and abs(c["val_loss_after"] - b["val_loss_after"]) < 1e-5
+    assert max(abs(x - y) for x, y in zip(_losses(two)[-3:], _losses(killed)[-3:])) < 1e-5
+    subprocess.run(_cli("predict", "--run", str(two), "--split", "test", "--no-generate", "--pick", "0", "--limit",
+                        "4", "--no-progress"), check=True, env=_env(), capture_output=True)
+    assert len((two / "predictions-test.jsonl").read_text().splitlines()) == 4

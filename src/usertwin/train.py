@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_open, write_json, write_text
+from .atomic import atomic_open, recover_dir, replace_dir, write_json, write_text
 from .config import Config, render_config
 from .errors import UsertwinError
 from .lock import LOCK_NAME, Lock, acquire
-from .model import TargetLoss, add_lora, apply_liger, batch_tensors, load_model, pick_attention
+from .model import TargetLoss, add_lora, apply_liger, batch_tensors, causal_lm, load_model, pick_attention
 from .prepare import build_split, prepare, summary
 from .render import Renderer
 from .timeline import Window
@@ -147,21 +147,35 @@ def _gathered_for_write(acc, model):
     return contextlib.nullcontext()
 
 
-def _fsdp_on_cpu(acc) -> None:
-    """FSDP asked for (accelerate launch with an FSDP config, or ACCELERATE_USE_FSDP=true) on CPU processes.
+def _sharded_on_cpu(acc, deepspeed_plugin=None) -> None:
+    """FSDP or DeepSpeed asked for (accelerate launch with such a config, ACCELERATE_USE_FSDP=true, --deepspeed) on
+    CPU processes.
 
-    accelerate turns FSDP on only for GPU-like devices: with cpu=True its state stays MULTI_CPU and the run would
-    silently be DDP. torch's fully_shard runs on gloo, so switch the state to FSDP with the plugin accelerate
-    built from the environment: CPU runs (the tests, CPU-only clusters) then go through the same FSDP code as GPUs.
+    accelerate turns FSDP and DeepSpeed on only for GPU-like devices: with cpu=True its state stays MULTI_CPU and
+    the run would silently be plain DDP. torch's fully_shard and DeepSpeed's CPU accelerator both run on gloo, so
+    switch the state to what was asked for: CPU runs (the tests, CPU-only clusters) then go through the same
+    sharding code as GPUs. One CPU process gets no switch: --deepspeed there is refused.
     """
     from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    if acc.distributed_type != DistributedType.MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+    if deepspeed_plugin is not None and acc.distributed_type == DistributedType.NO and not torch.cuda.is_available():
+        raise UsertwinError("--deepspeed on CPU needs several processes (torchrun --nproc_per_node=2 ...): "
+                            "accelerate runs one CPU process without DeepSpeed")
+    if acc.distributed_type != DistributedType.MULTI_CPU:
         return
-    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    if deepspeed_plugin is not None:
+        deepspeed_plugin.set_mixed_precision(acc.state.mixed_precision)
+        deepspeed_plugin.select(_from_accelerator_state=True)
+        acc.state.deepspeed_plugins = deepspeed_plugin
+        kind = DistributedType.DEEPSPEED
+    elif os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        kind = DistributedType.FSDP
+    else:
+        return
     # AcceleratorState copies PartialState's fields each time it is built: set the type in both
-    PartialState().distributed_type = acc.state.distributed_type = DistributedType.FSDP
+    PartialState().distributed_type = acc.state.distributed_type = kind
 
 
 class Trainer:
@@ -186,7 +200,7 @@ class Trainer:
         # cpu=True on a machine without a GPU: accelerate then runs torchrun's processes as gloo DDP
         self.acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, deepspeed_plugin=plugin,
                                cpu=not torch.cuda.is_available())
-        _fsdp_on_cpu(self.acc)
+        _sharded_on_cpu(self.acc, plugin)
         self.main = self.acc.is_main_process
         self.lock = None  # the main process holds OUTPUT_DIR/.lock until run() ends
         if self.main:
@@ -315,14 +329,13 @@ class Trainer:
             inner = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
             unwrapped.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(best, ignore_errors=True)
-            os.replace(tmp, best)
+            replace_dir(tmp, best)  # the previous best/ stays until the new one is complete
         self.acc.wait_for_everyone()
 
     def restore_best(self) -> None:
         """Load best/ weights back into the model (adapter or full) on every rank: sharded models (FSDP2, ZeRO-3)
         get them through their own gather/scatter, so the final evaluation is of the best model everywhere."""
-        best = self.out / "best"
+        best = recover_dir(self.out / "best")
         name = "adapter_model.safetensors" if self.cfg.lora else "model.safetensors"
         if not (best / name).is_file():
             return
@@ -407,7 +420,11 @@ class Trainer:
 
     def run(self) -> dict:
         try:
-            return self._run()
+            result = self._run()
+            if self.acc.num_processes > 1:  # leave together; torch wants the group destroyed before exit
+                self.acc.wait_for_everyone()
+                self.acc.end_training()
+            return result
         finally:  # also on errors and Ctrl-C: the next run may take the directory
             self.release_lock()
 
@@ -420,6 +437,8 @@ class Trainer:
             self._write_preview()
         model = self._model()
         self.loss_model = TargetLoss(model)
+        if cfg.deepspeed:  # accelerate fills the config's "auto" bucket sizes from model.config.hidden_size
+            self.loss_model.config = causal_lm(model).config
         params = [p for p in self.loss_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         first = self.data.batches("train", 0, shuffle=True)
@@ -434,7 +453,7 @@ class Trainer:
         acc.register_for_checkpointing(scheduler)
         self.optimizer, self.scheduler = optimizer, scheduler
         self._open_loggers()
-        trainable = sum(p.numel() for p in params)
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in params)  # ZeRO-3: partitioned
         self.say(f"model {cfg.model}: {trainable:,} trainable parameters ({'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full'}),"
                  f" {acc.num_processes} process(es), {steps_per_epoch} steps per epoch, {total_steps} steps in all")
         if self.resume_from is not None:
@@ -462,6 +481,9 @@ class Trainer:
             "stopped_early": self.state.stopped_early, "wall_seconds": round(wall, 1), "unit": cfg.unit,
             "processes": acc.num_processes,
         }
+        if torch.cuda.is_available():  # every process's peak (one GPU each)
+            peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=acc.device)
+            result["peak_memory_gib"] = [round(x, 2) for x in acc.gather(peak).tolist()]
         if self.main:
             write_json(self.out / "summary.json", result)
             if self.tb is not None:
