@@ -27,8 +27,10 @@ wall times), so a cut-off run continues where it stopped; predict resumes by its
 
 Commands (results in benchmarks/results/quality_movielens[_SUFFIX].{json,md}):
 
-    # CPU: a seeded random subset of users, short prompts
-    .venv/bin/python benchmarks/quality_movielens.py --users 8 --results_suffix cpu
+    # CPU (what benchmarks/results/quality_movielens_cpu.* holds): 4 users, short prompts, no full
+    # fine-tuning (this 2-core machine trains SmolLM2 at ~23 tokens/s: one LoRA epoch on 4 users took ~20 min)
+    .venv/bin/python benchmarks/quality_movielens.py --users 4 --max_length 512 --results_suffix cpu \
+        --skip full_history,full_none
 
     # GPU machine: every user, the GGUF given as a path, long prompts
     python benchmarks/quality_movielens.py --model /path/to/smollm2.gguf --max_length 4096 \\
@@ -226,6 +228,8 @@ def markdown(res: dict) -> str:
         lines.append(f"| {name} | {v['n']} | {fmt(v['rmse'])} | {fmt(v['mae'])} | {fmt(v['rmse_most_likely'])} | "
                      f"{fmt(v['pick_accuracy'], 3)} | {fmt(v['pick_chance'], 3)} | {vls} | "
                      f"{fmt(v.get('train_wall_s'), 1)} | {fmt(v.get('predict_wall_s'), 1)} |")
+    lines += ["", f"Wall time of all steps: {s['steps_wall_s_sum']:.0f} s (sum of the CLI steps, each timed "
+                  "when it ran; a resumed invocation skips the finished ones)."]
     lines += ["", "Comparison:", ""] + [f"* {c}" for c in res["comparison"]]
     if res.get("notes"):
         lines += ["", "Notes:", ""] + [f"* {n}" for n in res["notes"]]
@@ -278,6 +282,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch_size", type=int, default=8, help="usertwin predict --batch_size")
     ap.add_argument("--generate", action="store_true", help="also generate (slow); default --no-generate")
     ap.add_argument("--skip", default="", help=f"comma-separated variants to skip, of: {','.join(VARIANTS)}")
+    ap.add_argument("--note", action="append", default=[], help="a note for the results (repeatable)")
     args = ap.parse_args(argv)
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -289,7 +294,9 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     steps = Steps(work)
     t_start = time.perf_counter()
-    notes = []
+    notes = list(args.note)
+    if skip:
+        notes.append(f"skipped variants (--skip): {', '.join(v for v in VARIANTS if v in skip)}")
 
     # 1. records
     if args.records:
@@ -387,7 +394,8 @@ def main(argv=None) -> int:
     for name, v in res["variants"].items():
         if n_base is not None and v["n"] != n_base:
             notes.append(f"{name}: {v['n']} rating targets, the baselines {n_base}: NOT the same targets")
-    res["setup"]["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    res["setup"]["this_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
+    res["setup"]["steps_wall_s_sum"] = round(sum(v["wall_s"] for v in steps.done.values()), 1)
     res["setup"]["steps"] = steps.done
     res["comparison"] = comparison(res)
     res["notes"] = notes
