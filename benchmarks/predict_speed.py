@@ -67,13 +67,18 @@ def main() -> None:
         results.append({"batch_size": bs, "targets": len(rows[bs]), "seconds": round(dt, 2),
                         "targets_per_second": round(len(rows[bs]) / dt, 2)})
         print(json.dumps(results[-1]), flush=True)
-    base = rows[args.batch_sizes[0]]
-    for bs, rs in rows.items():
+    # same numbers: float32 agrees to ~1e-5; bf16 on a GPU to its rounding (padding changes the kernels' sums)
+    base, diff = rows[args.batch_sizes[0]], {"loss": 0.0, "expected_rating": 0.0}
+    for rs in rows.values():
         for a, b in zip(base, rs):
             assert (a["user"], a["target_index"]) == (b["user"], b["target_index"])
-            assert abs(a["loss"] - b["loss"]) < 1e-3, (bs, a["loss"], b["loss"])
+            diff["loss"] = max(diff["loss"], abs(a["loss"] - b["loss"]))
             if "rating" in a:
-                assert abs(a["rating"]["expected"] - b["rating"]["expected"]) < 1e-3
+                diff["expected_rating"] = max(diff["expected_rating"],
+                                              abs(a["rating"]["expected"] - b["rating"]["expected"]))
+    print(f"max difference between batch sizes: {diff}", flush=True)
+    tol = 1e-3 if not torch.cuda.is_available() else 0.05
+    assert diff["loss"] < tol and diff["expected_rating"] < tol, diff
     first = results[0]["targets_per_second"]
     for r in results:
         r["speedup_vs_first"] = round(r["targets_per_second"] / first, 2)
@@ -81,7 +86,7 @@ def main() -> None:
            else "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
            "command": " ".join(["python", "benchmarks/predict_speed.py", *sys.argv[1:]])}
     dest = Path(__file__).parent / "results" / f"predict_speed_{args.suffix}.json"
-    dest.write_text(json.dumps({"env": env, "results": results}, indent=1) + "\n")
+    dest.write_text(json.dumps({"env": env, "results": results, "max_difference": diff}, indent=1) + "\n")
     print("\nbatch size  targets/s  vs batch size " + str(args.batch_sizes[0]))
     for r in results:
         print(f"{r['batch_size']:10}  {r['targets_per_second']:9.2f}  {r['speedup_vs_first']:.2f}x")

@@ -157,16 +157,17 @@ class Predictor:
                 ids[i, start:start + len(c)] = torch.tensor(c)
                 pos[i, start:start + len(c)] = torch.arange(len(p), len(p) + len(c))
                 seg[i, start:start + len(c)] = j
+        seg = seg.to(dev)  # the (rows x total x total) mask is built where it is used
         q, k = seg[:, :, None], seg[:, None, :]
-        causal = torch.ones(total, total, dtype=torch.bool).tril()
+        causal = torch.ones(total, total, dtype=torch.bool, device=dev).tril()
         # a token sees earlier prompt tokens, and earlier tokens of its own candidate; padding sees itself
-        allowed = causal & (k == -1) & (q != -2) | causal & (q == k) & (q >= 0) | torch.eye(total, dtype=torch.bool)
+        allowed = causal & (k == -1) & (q != -2) | causal & (q == k) & (q >= 0) | torch.eye(total, dtype=torch.bool, device=dev)
         lm = causal_lm(self.model)
         dtype = lm.get_output_embeddings().weight.dtype
         # additive form: sdpa and eager attention both take it
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
         hidden = getattr(lm, lm.base_model_prefix)(input_ids=ids.to(dev), position_ids=pos.to(dev),
-                                                   attention_mask=mask[:, None].to(dev),
+                                                   attention_mask=mask[:, None],
                                                    use_cache=False).last_hidden_state
         # candidate token t is predicted at the position before it (the prompt's last token for the first one);
         # the output head runs on those positions only
