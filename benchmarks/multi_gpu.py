@@ -283,7 +283,7 @@ def main() -> int:
           "predict diff | error |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in result["rows"]:
-        def g(k):
+        def g(k, r=r):
             v = r.get(k, "")
             return f"{v:.2e}" if isinstance(v, float) else str(v)
         print(f"| {r['mode']} x{r['processes']} | {g('max_loss_diff')} | {g('val_loss_diff')} | "

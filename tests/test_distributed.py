@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_train import _args, _cli, _env, _records
 
 ROOT = Path(__file__).resolve().parents[1]

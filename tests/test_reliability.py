@@ -542,3 +542,22 @@ def test_best_folder_is_never_missing_when_a_swap_is_cut(tmp_path, monkeypatch):
     assert (atomic.recover_dir(best) / "w").read_text() == "old"
     atomic.replace_dir(tmp, best)
     assert (best / "w").read_text() == "new" and not (tmp_path / ".best.old").exists() and not tmp.exists()
+
+
+def test_a_killed_but_unreaped_owner_does_not_hold_the_lock(tmp_path):
+    """A run killed with SIGKILL whose parent has not reaped it yet (a zombie) holds nothing: --resume goes on."""
+    import subprocess
+    import sys
+
+    from usertwin.lock import _alive, _proc_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    start = _proc_start(child.pid)
+    assert _alive(child.pid, start)
+    child.kill()
+    for _ in range(100):  # wait until it is a zombie, without reaping it
+        if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    assert not _alive(child.pid, start)
+    child.wait()

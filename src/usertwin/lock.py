@@ -46,8 +46,17 @@ def _alive(pid: int, proc_start: str | None) -> bool:
         return True
     except OSError:
         return False
+    if _zombie(pid):  # killed but not yet reaped by its parent: it holds nothing any more
+        return False
     now = _proc_start(pid)
     return not (proc_start and now and now != proc_start)  # same pid, younger process: the owner is gone
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _read(path: Path) -> tuple[dict | None, str | None]:
