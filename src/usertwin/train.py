@@ -467,8 +467,12 @@ class Trainer:
             self.say(f"validation loss before training: {ev['loss']:.4f} ({ev['target_tokens']} target tokens)")
             self.log({"event": "eval_start", "val_loss": ev["loss"]})
         self._loop(first, steps_per_epoch, total_steps)
-        self.restore_best()
-        final = self.evaluate()
+        st = self.state
+        if st.best_step is not None and st.best_step == st.global_step:
+            final = {"loss": st.best_val_loss}  # the weights in hand are best/ and were just evaluated
+        else:
+            self.restore_best()
+            final = self.evaluate()
         wall = time.time() - start
         result = {
             "steps": self.state.global_step, "epochs": self.state.epoch + (1 if self.state.step_in_epoch else 0),
