@@ -47,3 +47,19 @@ def test_smollm2_window_tokens_start_with_sample_tokens(smol):
     w_ids = [t for ids in encode_many(smol, [s.text for s in window.segments]) for t in ids]
     s_ids = [t for ids in encode_many(smol, [s.text for s in sample.segments]) for t in ids]
     assert w_ids[:len(s_ids)] == s_ids
+
+
+def test_gguf_model_saves_as_plain_safetensors_and_reloads_equal(tmp_path):
+    """A GGUF file loads as float weights; full fine-tuning must be able to write best/ from it (transformers
+    keeps a GGUF 'quantizer' that refuses save_pretrained unless it is dropped) and best/ must reload the same."""
+    import torch
+
+    from usertwin.model import load_model
+
+    model = load_model("smollm2", "float32")
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    assert (tmp_path / "model.safetensors").is_file() and "quantization_config" not in (tmp_path / "config.json").read_text()
+    again = load_model(str(tmp_path), "float32")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)

@@ -55,9 +55,22 @@ def load_model(model: str, dtype: str = "auto", attention: str | None = None, tr
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
-        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as e:
         raise UsertwinError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
+    if gguf:
+        _forget_gguf(loaded)
+    return loaded
+
+
+def _forget_gguf(model) -> None:
+    """transformers dequantizes a GGUF file into ordinary float weights but keeps its GGUF "quantizer", which
+    then refuses save_pretrained: a fully fine-tuned GGUF model could not write best/. The weights in memory
+    are plain tensors, so drop the marker; best/ is then an ordinary safetensors model."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def apply_liger(model) -> None:
