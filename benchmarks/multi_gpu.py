@@ -27,13 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_throughput import SHAPES as DENSE  # noqa: E402  (the published Qwen3 dimensions, one place)
+
 SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16),
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128),
-    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128),
+    **DENSE,
     # Qwen3-30B-A3B's layer (hidden 2048, 32 heads, 4 KV heads, expert width 768) with 8 experts, 2 active, 24 layers
     "qwen3-moe": dict(moe=True, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
                       num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
