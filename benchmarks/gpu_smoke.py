@@ -40,7 +40,7 @@ def build_model_dir(tokenizer_dir: Path, out: Path) -> Path:
 
 def run(label: str, args, model_dir: Path, extra: list[str]) -> dict:
     from usertwin.config import Config, from_mapping
-    from usertwin.train import train
+    from usertwin.train.trainer import train
 
     out = args.work / label
     values = {"data": str(args.records), "model": str(model_dir), "output_dir": str(out), "max_length": 4096,

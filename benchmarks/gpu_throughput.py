@@ -103,7 +103,7 @@ def base_config(records: Path, model_dir: Path, out: Path, args, **over):
 
 def full_data_totals(records: Path, model_dir: Path, args, tokenizer) -> dict:
     """Exact tokens and targets per epoch on the whole file (default split) for each unit."""
-    from usertwin.prepare import prepare
+    from usertwin.data.prepare import prepare
 
     out = {}
     for unit in ("sample", "timeline"):
@@ -141,10 +141,10 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
     )
 
     from usertwin.config import render_config
-    from usertwin.prepare import prepare
-    from usertwin.render import Renderer
-    from usertwin.tokenize import IGNORE, SequenceEncoder
-    from usertwin.train import sequence_items
+    from usertwin.data.prepare import prepare
+    from usertwin.text.render import Renderer
+    from usertwin.text.tokens import IGNORE, SequenceEncoder
+    from usertwin.train.trainer import sequence_items
 
     cfg = base_config(records, model_dir, args.work / "seeds", args, unit="sample")
     prep = prepare(cfg, tokenizer=tokenizer, progress=False)
@@ -189,7 +189,7 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
 
 def run_usertwin(records: Path, model_dir: Path, args, unit: str, gc_on: bool, tokenizer, label: str,
                  **over) -> dict:
-    from usertwin.train import Trainer
+    from usertwin.train.trainer import Trainer
 
     out = args.work / "runs" / label
     over.setdefault("max_steps", args.warmup + args.steps)
@@ -304,7 +304,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     import transformers
 
-    from usertwin.tokenize import load_tokenizer
+    from usertwin.text.tokens import load_tokenizer
 
     env = {"torch": torch.__version__, "transformers": transformers.__version__,
            "gpu": torch.cuda.get_device_name(0) if CUDA else "cpu", "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}

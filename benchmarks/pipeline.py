@@ -80,9 +80,9 @@ def reset_peak() -> bool:
 # ---------------------------------------------------------------------------------------------- MovieLens
 def movielens(raw: Path, tmp: Path) -> list[dict]:
     from usertwin.config import Config
-    from usertwin.convert import convert_to_file
-    from usertwin.prepare import prepare
-    from usertwin.tokenize import load_tokenizer
+    from usertwin.data.convert import convert_to_file
+    from usertwin.data.prepare import prepare
+    from usertwin.text.tokens import load_tokenizer
 
     rows = []
     records = tmp / "ml-latest-small.jsonl"
@@ -168,7 +168,7 @@ def _dir_bytes(path: Path) -> int:
 def _convert_child(csv_path: str, out: str, tmpdir: str, queue) -> None:
     """Runs in a spawned process: convert, and report seconds, counts, own peak RSS and peak temp disk."""
     tempfile.tempdir = tmpdir  # the converter's temporary SQLite goes here, so its size can be watched
-    from usertwin.convert import convert_to_file
+    from usertwin.data.convert import convert_to_file
 
     peak_disk, stop = [0], threading.Event()
 

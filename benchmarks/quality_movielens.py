@@ -127,8 +127,8 @@ def subset(records: Path, out: Path, n: int, seed: int) -> list[str]:
 
 def baselines_all_users(full: Path, users: list[str]) -> dict:
     """Rating baselines fit on every user's train ratings, scored on the subset's test targets."""
-    from usertwin import baselines
     from usertwin.config import from_mapping
+    from usertwin.eval import baselines
 
     cfg = from_mapping({"data": str(full)}, "quality_movielens")
     timelines, splits = baselines.load_split(cfg)

@@ -35,7 +35,7 @@ MODES = {
 
 
 def records_for(name: str, tmp: Path) -> Path:
-    from usertwin.convert import convert_to_file
+    from usertwin.data.convert import convert_to_file
 
     raw = {"ml-latest-small": ("movielens", SHARED / "movielens" / "ml-latest-small"),
            "douban-dmr": ("douban-dmr", SHARED / "douban_dmr"),
@@ -47,7 +47,7 @@ def records_for(name: str, tmp: Path) -> Path:
 
 def measure(data: Path, max_length: int, mode: str, tokenizer, tmp: Path) -> dict:
     from usertwin.config import Config, from_mapping
-    from usertwin.prepare import prepare
+    from usertwin.data.prepare import prepare
 
     values = {"data": str(data), "max_length": max_length, "cache_dir": str(tmp / "cache"), **MODES[mode]}
     cfg = from_mapping(values, "benchmark", Config())
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["ml-latest-small", "douban-dmr", "seed-dialogue"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
-    from usertwin.tokenize import load_tokenizer
+    from usertwin.text.tokens import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2")
     rows = []

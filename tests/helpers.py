@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from usertwin.records import Item, Record
-from usertwin.timeline import Timeline
+from usertwin.data.records import Item, Record
+from usertwin.data.timeline import Timeline
 
 
 def rating_items(n: int, start: int = 0) -> list[Item]:

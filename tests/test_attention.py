@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from conftest import tiny_model
 from helpers import rating_timeline
 
-from usertwin import attention
-from usertwin.model import TargetLoss, batch_tensors
-from usertwin.render import RenderConfig, Renderer
-from usertwin.tokenize import SequenceEncoder, packed_batch, padded_batch
+from usertwin.text.render import RenderConfig, Renderer
+from usertwin.text.tokens import SequenceEncoder, packed_batch, padded_batch
+from usertwin.train import attention
+from usertwin.train.model import TargetLoss, batch_tensors
 
 calls = []
 
@@ -88,7 +88,7 @@ def test_varlen_padded_batches_fall_back_to_sdpa(tokenizer, monkeypatch):
 
 def test_varlen_needs_cuda_and_packing(tiny_model_dir):
     from usertwin.errors import UsertwinError
-    from usertwin.model import load_model, pick_attention
+    from usertwin.train.model import load_model, pick_attention
 
     if not torch.cuda.is_available():
         with pytest.raises(UsertwinError, match="needs a CUDA GPU"):
@@ -100,7 +100,7 @@ def test_liger_kernel_without_the_package_is_a_clear_error(monkeypatch):
     import sys
 
     from usertwin.errors import UsertwinError
-    from usertwin.model import apply_liger
+    from usertwin.train.model import apply_liger
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)

@@ -319,12 +319,12 @@ def test_os_errors_are_one_line_not_a_traceback(tmp_path, capsys):
 
 
 def test_out_of_memory_says_what_to_lower(tmp_path, capsys, monkeypatch):
-    import usertwin.cli as cli
+    import usertwin.cli.validate as validate
 
     def oom(args):
         raise MemoryError()
 
-    monkeypatch.setitem(cli.COMMANDS, "validate", oom)
+    monkeypatch.setattr(validate, "run", oom)
     rc, out, err = run(capsys, "validate {d}/bom.json", tmp_path)
     assert rc == 2 and "Traceback" not in err
     assert err.startswith("usertwin validate: error: out of memory (MemoryError). Lower --batch_tokens")

@@ -9,9 +9,9 @@ import math
 import pytest
 from conftest import shared
 
-from usertwin import baselines as B
 from usertwin.config import Config
 from usertwin.errors import UsertwinError
+from usertwin.eval import baselines as B
 
 # 25/25 split: with 4 items a user has 2 train, 1 val, 1 test (in time order); with 2 items: 1 val, 1 test
 RATINGS = {
@@ -189,7 +189,7 @@ def test_baseline_rows(tmp_path):
 
 @pytest.fixture(scope="module")
 def movielens(tmp_path_factory):
-    from usertwin.convert import convert_to_file
+    from usertwin.data.convert import convert_to_file
 
     raw = shared("movielens", "ml-latest-small")
     out = tmp_path_factory.mktemp("ml") / "records.jsonl"

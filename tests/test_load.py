@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from usertwin.config import Config
-from usertwin.convert import convert_to_file
-from usertwin.prepare import prepare
+from usertwin.data.convert import convert_to_file
+from usertwin.data.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -47,8 +47,8 @@ sys.path.insert(0, sys.argv[1])
 from tests.conftest import make_tokenizer
 from tests.test_load import write_records
 from usertwin.config import Config
-from usertwin.convert import convert_to_file
-from usertwin.prepare import prepare
+from usertwin.data.convert import convert_to_file
+from usertwin.data.prepare import prepare
 
 def peak():
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so it would report pytest's own size
@@ -175,7 +175,7 @@ def test_a_long_timeline_does_not_take_quadratic_memory(tmp_path, unit):
     raw = write_records(tmp_path / "raw.jsonl", 1, 20_000, varied=False)
     code = ("import json, resource, sys; sys.path.insert(0, sys.argv[1]);"
             "from tests.conftest import make_tokenizer; from usertwin.config import Config;"
-            "from usertwin.prepare import prepare; tok = make_tokenizer();"
+            "from usertwin.data.prepare import prepare; tok = make_tokenizer();"
             "base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() // 1024;"
             f"prepare(Config(data=sys.argv[2], model='tiny', max_length=512, unit={unit!r}), tokenizer=tok,"
             " progress=False, use_cache=False);"

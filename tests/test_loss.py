@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_model
 from helpers import dialogue_timeline, rating_timeline
 
-from usertwin.model import TargetLoss, batch_tensors
-from usertwin.render import RenderConfig, Renderer
-from usertwin.tokenize import IGNORE, SequenceEncoder, packed_batch, padded_batch
+from usertwin.text.render import RenderConfig, Renderer
+from usertwin.text.tokens import IGNORE, SequenceEncoder, packed_batch, padded_batch
+from usertwin.train.model import TargetLoss, batch_tensors
 
 
 def _per_target(loss_model, batch, encs):

@@ -9,8 +9,8 @@ import random
 import pytest
 import sacrebleu
 
-from usertwin import metrics as M
 from usertwin.errors import UsertwinError
+from usertwin.eval import metrics as M
 
 # ---------------------------------------------------------------- parse_rating
 

@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory, tiny_model_dir):
 
 
 def test_score_with_shared_cache_equals_brute_force(run_dir):
-    from usertwin.predict import Twin
+    from usertwin.eval.predict import Twin
 
     twin = Twin.load(run_dir)
     p = twin.p
@@ -68,7 +68,7 @@ def test_score_with_shared_cache_equals_brute_force(run_dir):
 def test_batched_scoring_equals_one_prompt_at_a_time(run_dir):
     """score_many puts prompts of different lengths (left padded) and different numbers of candidates into
     one forward under a block mask; each score equals a full forward of prompt + candidate alone."""
-    from usertwin.predict import Twin
+    from usertwin.eval.predict import Twin
 
     p = Twin.load(run_dir).p
     prompts, cands = [], []

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import shared
 
-from usertwin import records as R
+from usertwin.data import records as R
+from usertwin.data.records import Item, Problem, Record
 from usertwin.errors import UsertwinError
-from usertwin.records import Item, Problem, Record
 
 FIX = Path(__file__).parent / "fixtures" / "records"
 

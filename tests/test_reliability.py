@@ -19,7 +19,8 @@ import pytest
 from usertwin.cli import main
 from usertwin.config import Config
 from usertwin.errors import UsertwinError
-from usertwin.lock import LOCK_NAME, acquire
+from usertwin.lock import acquire
+from usertwin.rundir import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "usertwin"
@@ -65,7 +66,7 @@ def _code_lines(path: Path):
 # every write that is not temp + rename, and why it may stay so
 NOT_RENAMED = {
     ("predict.py", 'open(output, "a"'): "predictions: appended per batch; resume drops a torn last line",
-    ("train.py", 'open(self.out / "logs.jsonl", "a"'): "the training log: append-only JSON lines",
+    ("trainer.py", 'open(self.out / "logs.jsonl", "a"'): "the training log: append-only JSON lines",
     ("lock.py", 'os.fdopen(fd, "w"'): "the lock file: created with O_EXCL; a torn one is read as stale",
     ("lock.py", "json.dump(me, f)"): "(the same lock file)",
 }
@@ -115,7 +116,7 @@ def test_atomic_open_leaves_the_old_file_on_error(tmp_path):
 
 
 def test_every_config_key_is_declared_shaping_or_not():
-    from usertwin.prepare import _NOT_SHAPING, _SHAPING
+    from usertwin.data.prepare import _NOT_SHAPING, _SHAPING
 
     keys = {f.name for f in dataclasses.fields(Config)}
     assert not set(_SHAPING) & set(_NOT_SHAPING)
@@ -124,7 +125,7 @@ def test_every_config_key_is_declared_shaping_or_not():
 
 
 def _prep(data, tok, cache, **kw):
-    from usertwin.prepare import prepare
+    from usertwin.data.prepare import prepare
 
     cfg = Config(**{"data": str(data), "model": "test-tokenizer", "max_length": 256, "cache_dir": str(cache), **kw})
     return prepare(cfg, tokenizer=tok, progress=False)
@@ -136,7 +137,7 @@ def _shape(prep):
 
 
 def test_cache_key_covers_content_shaping_keys_and_tokenizer(tmp_path, tokenizer, plain_tokenizer):
-    from usertwin.prepare import cache_key
+    from usertwin.data.prepare import cache_key
 
     data = _records(tmp_path / "r.jsonl")
     cache = tmp_path / "cache"
@@ -197,7 +198,7 @@ def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, tokenizer, damage):
 
 
 def test_prepare_interrupted_while_writing_the_cache_leaves_no_cache(tmp_path, tokenizer, monkeypatch):
-    import usertwin.prepare as prepare_mod
+    import usertwin.data.prepare as prepare_mod
 
     data = _records(tmp_path / "r.jsonl")
     cache = tmp_path / "cache"
@@ -219,7 +220,7 @@ def test_prepare_interrupted_while_writing_the_cache_leaves_no_cache(tmp_path, t
 KILL_IN_CACHE_WRITE = """
 import json, os, signal, sys
 from tests.conftest import make_tokenizer
-import usertwin.prepare as p
+import usertwin.data.prepare as p
 from usertwin.config import Config
 
 def dump(obj, f, **kw):
@@ -247,8 +248,8 @@ def test_prepare_sigkilled_while_writing_the_cache_leaves_no_usable_cache(tmp_pa
 
 
 def prep_key(data, tok):
-    from usertwin.prepare import cache_key, file_hash
-    from usertwin.tokenize import tokenizer_id
+    from usertwin.data.prepare import cache_key, file_hash
+    from usertwin.text.tokens import tokenizer_id
 
     cfg = Config(data=str(data), model="test-tokenizer", max_length=256)
     return cache_key(cfg, file_hash(data), tokenizer_id(tok))
@@ -259,7 +260,7 @@ def prep_key(data, tok):
 
 KILL_DURING_PREDICT = """
 import os, signal, sys
-import usertwin.predict as p
+import usertwin.eval.predict as p
 from usertwin.cli import main
 
 real, seen = p._row, [0]
@@ -300,7 +301,7 @@ def test_predict_killed_mid_run_resumes_to_the_uninterrupted_rows(tmp_path, tiny
 
 
 def test_predict_resume_drops_duplicate_and_torn_rows_atomically(tmp_path):
-    from usertwin.predict import _done
+    from usertwin.eval.predict import _done
 
     out = tmp_path / "p.jsonl"
     rows = [{"user": "a", "target_index": 1}, {"user": "a", "target_index": 2}, {"user": "a", "target_index": 1}]
@@ -436,7 +437,7 @@ def test_train_locks_its_run_dir_and_releases_it(tmp_path, tiny_model_dir, capsy
         proc.kill()
         proc.wait()
     # a normal run: holds the lock while it runs, removes it at the end; the weights are safetensors
-    from usertwin import train as train_mod
+    from usertwin.train import trainer as train_mod
 
     seen = {}
     real_loop = train_mod.Trainer._loop
@@ -469,7 +470,7 @@ def test_predict_into_a_locked_run_dir_is_refused(tmp_path, tiny_model_dir, caps
     (run / "config.yaml").write_text("x: 1\n")
     proc = _holder(run / LOCK_NAME)
     try:
-        from usertwin.predict import _output_lock
+        from usertwin.eval.predict import _output_lock
 
         with pytest.raises(UsertwinError, match=f"run directory {re.escape(str(run))} is in use.*write elsewhere with -o"):
             _output_lock(run / "predictions-test.jsonl")

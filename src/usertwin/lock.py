@@ -22,9 +22,8 @@ import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import UsertwinError
+from usertwin.errors import UsertwinError
 
-LOCK_NAME = ".lock"
 _FRESH_SECONDS = 5.0  # an unreadable lock younger than this is still being written by its owner
 
 

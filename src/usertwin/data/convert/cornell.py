@@ -28,8 +28,15 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ..errors import UsertwinError
-from ._common import Skips, progress_bar, record, require_file, split_lines, user_sort_key
+from usertwin.data.convert._common import (
+    Skips,
+    progress_bar,
+    record,
+    require_file,
+    split_lines,
+    user_sort_key,
+)
+from usertwin.errors import UsertwinError
 
 SEP = " +++$+++ "
 ENCODING = "iso-8859-1"

@@ -29,9 +29,9 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from ..errors import UsertwinError
-from ..records import parse_timestamp
-from ._common import CsvRows, Skips, progress_bar, record, require_file
+from usertwin.data.convert._common import CsvRows, Skips, progress_bar, record, require_file
+from usertwin.data.records import parse_timestamp
+from usertwin.errors import UsertwinError
 
 COLUMNS = ["ID", "Movie_Name_EN", "Movie_Name_CN", "Crawl_Date", "Number", "Username", "Date", "Star",
            "Comment", "Like"]

@@ -1,6 +1,6 @@
 """Records already in the unified format (JSON list, one record, or JSON Lines): validated, re-emitted as JSONL.
 
-Validation is `usertwin.records.load(path, on_error)`: with "stop" any invalid record stops the conversion
+Validation is `usertwin.data.records.load(path, on_error)`: with "stop" any invalid record stops the conversion
 (the message lists file, record, user and field); with "skip" invalid records are left out and counted
 ("invalid record"). The valid records are written back with their content unchanged: they are taken as
 they stand in the file (`records.iter_raw`), not rebuilt with `records.record_to_raw`, because the rebuilt
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import records
-from ._common import Skips
+from usertwin.data import records
+from usertwin.data.convert._common import Skips
 
 
 def convert(raw_path, on_error="stop", *, progress: bool = False):

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import torch
 
-from .atomic import recover_dir, write_text
-from .config import Config, from_mapping, load_yaml, render_config, sample_config
-from .errors import UsertwinError
-from .lock import LOCK_NAME, acquire
-from .model import TargetLoss, causal_lm, load_model
-from .prepare import fit_sample, prepare
-from .render import Renderer
-from .timeline import Sample, select_history
-from .tokenize import SequenceEncoder, load_tokenizer
+from usertwin.atomic import recover_dir, write_text
+from usertwin.config import Config, from_mapping, load_yaml, render_config, sample_config
+from usertwin.data.prepare import fit_sample, prepare
+from usertwin.data.timeline import Sample, select_history
+from usertwin.errors import UsertwinError
+from usertwin.lock import acquire
+from usertwin.rundir import RunDir
+from usertwin.text.render import Renderer
+from usertwin.text.tokens import SequenceEncoder, load_tokenizer
+from usertwin.train.model import TargetLoss, causal_lm, load_model
 
 RATING_KINDS = ("rating",)
 
@@ -263,7 +264,7 @@ def _output_lock(output: Path):
     a predictions file elsewhere gets its own lock beside it."""
     run = output.parent
     if (run / "config.yaml").is_file():
-        return acquire(run / LOCK_NAME, f"run directory {run}", hint="write elsewhere with -o")
+        return acquire(RunDir(run).lock, f"run directory {run}", hint="write elsewhere with -o")
     return acquire(output.with_name(f".{output.name}.lock"), f"predictions file {output}",
                    hint="write elsewhere with -o")
 
@@ -398,18 +399,18 @@ class Twin:
 
     def _timeline_with(self, user, item: str, context=None):
         """The user's whole timeline plus the new item at its end (history = every item of the user)."""
-        from .records import Item
+        from usertwin.data.records import Item
 
         tl = self.p.prep.timeline(user) if isinstance(user, str) else user
         kind = tl.items[-1].collection if tl.items else ""
         new = Item(continuation="", prefix=item, context=list(context or []), collection=kind,
                    position=len(tl.items))
-        from .timeline import Timeline
+        from usertwin.data.timeline import Timeline
 
         return Timeline(tl.user_id, tl.profile, tl.task, tl.language, tl.items + [new], tl.record_index)
 
     def _prompt(self, user, item, context=None) -> list[int]:
-        from .tokenize import measure
+        from usertwin.text.tokens import measure
 
         tl = self._timeline_with(user, item, context)
         target = len(tl.items) - 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .atomic import atomic_open
-from .timeline import SPLITS, Window, own_turn_last
+from usertwin.atomic import atomic_open
+from usertwin.data.timeline import SPLITS, Window, own_turn_last
 
 OPEN, CLOSE = "\u27ea", "\u27eb"  # ⟪ target ⟫ when colour is off
 

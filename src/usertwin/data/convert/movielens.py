@@ -26,8 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ..errors import UsertwinError
-from ._common import (
+from usertwin.data.convert._common import (
     CsvRows,
     Skips,
     iso_from_unix,
@@ -37,6 +36,7 @@ from ._common import (
     split_lines,
     user_sort_key,
 )
+from usertwin.errors import UsertwinError
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",

@@ -32,9 +32,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_open, write_text
-from .errors import UsertwinError
-from .metrics import activity_bucket, activity_labels, as_number, bucket_of
+from usertwin.atomic import atomic_open, write_text
+from usertwin.errors import UsertwinError
+from usertwin.eval.metrics import activity_bucket, activity_labels, as_number, bucket_of
 
 # history-length buckets (the number of earlier items the target was predicted from): 0, 1-5, 6-20, 21-50, 51+
 HISTORY_EDGES = (0, 5, 20, 50)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UsertwinError
-from .tokenize import IGNORE, resolve_model
+from usertwin.errors import UsertwinError
+from usertwin.text.tokens import IGNORE, resolve_model
 
 
 def pick_dtype(name: str = "auto") -> torch.dtype:
@@ -30,7 +30,7 @@ def pick_dtype(name: str = "auto") -> torch.dtype:
 def pick_attention(disable_flash_attn: bool = False, packed: bool = False) -> str:
     """flash_attention_2 when installed on a GPU; else, for packed rows on a GPU, torch's varlen flash kernel
     (attention.py); else sdpa, which honours packed position_ids through transformers' block masks."""
-    from . import attention
+    from usertwin.train import attention
 
     if disable_flash_attn or not torch.cuda.is_available():
         return "sdpa"
@@ -43,7 +43,7 @@ def load_model(model: str, dtype: str = "auto", attention: str | None = None, tr
                disable_flash_attn: bool = False):
     from transformers import AutoModelForCausalLM
 
-    from . import attention as varlen
+    from usertwin.train import attention as varlen
 
     src, gguf = resolve_model(model)
     attention = attention or pick_attention(disable_flash_attn)
@@ -138,7 +138,7 @@ class TargetLoss(nn.Module):
 def batch_tensors(batch, device, boundaries: bool = False) -> dict:
     """Tensors of a Batch, with the target positions (and, for varlen attention, the packed sequences'
     boundaries) worked out on the host so that the step never waits on the device."""
-    from .attention import boundaries_of
+    from usertwin.train.attention import boundaries_of
 
     index, targets = [], []
     for r, row in enumerate(batch.labels):

@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UsertwinError
-from ._common import Skips, record, user_sort_key
+from usertwin.data.convert._common import Skips, record, user_sort_key
+from usertwin.errors import UsertwinError
 
 OTHER = "interlocutor"
 OWN = "user"

@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .errors import UsertwinError
+from usertwin.errors import UsertwinError
 
 SPLITS = ("train", "val", "test")
 HISTORY_STRATEGIES = ("all_previous", "random", "fixed_ratio", "fixed_count", "none")

@@ -14,12 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, records
-from .atomic import atomic_open
-from .config import Config, render_config, sample_config, split_config
-from .errors import UsertwinError
-from .render import Renderer
-from .timeline import (
+from usertwin import __version__
+from usertwin.atomic import atomic_open
+from usertwin.config import Config, render_config, sample_config, split_config
+from usertwin.data import records
+from usertwin.data.timeline import (
     SPLITS,
     Sample,
     Window,
@@ -30,7 +29,10 @@ from .timeline import (
     iter_samples,
     own_turn_last,
 )
-from .tokenize import ItemLengths, load_tokenizer, measure_all, tokenizer_id
+from usertwin.errors import UsertwinError
+from usertwin.rundir import RunDir
+from usertwin.text.render import Renderer
+from usertwin.text.tokens import ItemLengths, load_tokenizer, measure_all, tokenizer_id
 
 # keys that change what prepare builds (the rest -- output_dir, cache_dir, on_error -- do not)
 _SHAPING = ("model", "max_length", "unit", "split_mode", "train_ratio", "val_ratio", "test_ratio", "seed",
@@ -109,7 +111,7 @@ def _cache_dir(cfg: Config) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir)
     if cfg.output_dir:
-        return Path(cfg.output_dir) / "cache"
+        return RunDir(cfg.output_dir).cache
     return Path(cfg.data).resolve().parent / ".usertwin-cache"
 
 
@@ -187,7 +189,7 @@ def _index(timelines) -> dict:
 
 
 def _block_len(renderer, tokenizer, tl, pos: int) -> int:
-    from .tokenize import encode_many
+    from usertwin.text.tokens import encode_many
 
     segs = renderer.item_segments(tl, pos, first=True, target=True)
     return sum(len(x) for x in encode_many(tokenizer, [seg.text for seg in segs]))
@@ -263,7 +265,7 @@ def fit_sample(cfg, renderer, tl, ln: ItemLengths, s: Sample, tokenizer=None):
 
 def _fit_block(cfg, renderer, tl, s: Sample, tokenizer):
     """Block layout: history lives in the header, so measure whole renderings; binary search the cut."""
-    from .tokenize import encode_many
+    from usertwin.text.tokens import encode_many
 
     def length(hist):
         segs = renderer.render(tl, hist + [s.target], [s.target]).segments

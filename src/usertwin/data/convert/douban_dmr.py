@@ -37,9 +37,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UsertwinError
-from ..records import parse_timestamp
-from ._common import Skips, record, require_file, user_sort_key
+from usertwin.data.convert._common import Skips, record, require_file, user_sort_key
+from usertwin.data.records import parse_timestamp
+from usertwin.errors import UsertwinError
 
 DESCRIPTION = "模拟该豆瓣用户写影评：根据其之前写过的影评，写出他/她对下一部电影的影评。"
 

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsertwinError
+from usertwin.errors import UsertwinError
 
 ON_ERROR = ("stop", "skip")
 SKIP_HINT = "use --on-error skip to skip such rows and count them"

@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import metrics, records
-from .config import Config, split_config
-from .errors import UsertwinError
-from .render import detect_language
-from .timeline import assign_splits, build_timelines
+from usertwin.config import Config, split_config
+from usertwin.data import records
+from usertwin.data.timeline import assign_splits, build_timelines
+from usertwin.errors import UsertwinError
+from usertwin.eval import metrics
+from usertwin.text.render import detect_language
 
 RATING_BASELINES = ("global_mean", "user_mean", "item_mean", "user_item_bias")
 TEXT_BASELINES = ("copy_last_item", "item_most_frequent")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import UsertwinError
-from .timeline import is_own_turn
+from usertwin.data.timeline import is_own_turn
+from usertwin.errors import UsertwinError
 
 ABLATIONS = {
     "profile_and_history_and_context": (True, True, True),

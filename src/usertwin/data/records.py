@@ -1112,7 +1112,9 @@ def validate_file(path, repair_out=None, on_error: str = "stop") -> ValidationRe
             f.write(fixed)
         target = repair_out
     result = load(target, on_error=on_error)
-    from usertwin.timeline import build_timelines  # the same notes as prepare: merged users, sorted items
+    from usertwin.data.timeline import (
+        build_timelines,  # the same notes as prepare: merged users, sorted items
+    )
 
     _, notes = build_timelines(result.records)
     return ValidationReport(

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from collections import defaultdict
 
-from .errors import UsertwinError
+from usertwin.errors import UsertwinError
 
 DEFAULT_SCALE = tuple(x / 2 for x in range(1, 11))  # MovieLens: 0.5, 1.0, ..., 5.0
 # user-activity buckets by the user's total number of items: 1-20, 21-50, 51-200, 201+

@@ -21,17 +21,31 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_open, recover_dir, replace_dir, write_json, write_text
-from .config import Config, render_config
-from .errors import UsertwinError
-from .lock import LOCK_NAME, Lock, acquire
-from .model import TargetLoss, add_lora, apply_liger, batch_tensors, causal_lm, load_model, pick_attention
-from .prepare import build_split, prepare, summary
-from .render import Renderer
-from .timeline import Window
-from .tokenize import SequenceEncoder, load_tokenizer, pack, packed_batch, padded_batch, padded_groups
-
-STATE = "trainer_state.json"
+from usertwin.atomic import atomic_open, recover_dir, replace_dir, write_json, write_text
+from usertwin.config import Config, render_config
+from usertwin.data.prepare import build_split, prepare, summary
+from usertwin.data.timeline import Window
+from usertwin.errors import UsertwinError
+from usertwin.lock import Lock, acquire
+from usertwin.rundir import CACHE_NAME, CHECKPOINT_STATE, LOCK_NAME
+from usertwin.text.render import Renderer
+from usertwin.text.tokens import (
+    SequenceEncoder,
+    load_tokenizer,
+    pack,
+    packed_batch,
+    padded_batch,
+    padded_groups,
+)
+from usertwin.train.model import (
+    TargetLoss,
+    add_lora,
+    apply_liger,
+    batch_tensors,
+    causal_lm,
+    load_model,
+    pick_attention,
+)
 
 
 @dataclass
@@ -105,13 +119,13 @@ def _run_dir(cfg: Config, overwrite: bool, resume: bool) -> tuple[Path, Lock]:
     out.mkdir(parents=True, exist_ok=True)
     lock = acquire(out / LOCK_NAME, f"output_dir {out}")
     try:
-        busy = any(p.name not in ("cache", LOCK_NAME) for p in out.iterdir())
+        busy = any(p.name not in (CACHE_NAME, LOCK_NAME) for p in out.iterdir())
         if busy and not (overwrite or resume):
             raise UsertwinError(f"output_dir {out} is not empty: pass --resume to continue that run or --overwrite "
                                 "to replace it")
         if busy and overwrite and not resume:
             for p in out.iterdir():
-                if p.name not in ("cache", LOCK_NAME):
+                if p.name not in (CACHE_NAME, LOCK_NAME):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
     except BaseException:
         lock.release()
@@ -120,7 +134,7 @@ def _run_dir(cfg: Config, overwrite: bool, resume: bool) -> tuple[Path, Lock]:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if (p / STATE).is_file()),
+    ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if (p / CHECKPOINT_STATE).is_file()),
                    key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
 
@@ -301,7 +315,7 @@ class Trainer:
         self.acc.save_state(str(tmp), safe_serialization=True)
         self.acc.wait_for_everyone()  # every rank has written its files (random states, FSDP shards) into tmp
         if self.main:
-            write_json(tmp / STATE, vars(self.state) | {"log": self.state.log})
+            write_json(tmp / CHECKPOINT_STATE, vars(self.state) | {"log": self.state.log})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # a checkpoint is complete or absent
             self._prune(ckdir)
@@ -314,7 +328,7 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         self.acc.load_state(str(path))
-        raw = json.loads((path / STATE).read_text())
+        raw = json.loads((path / CHECKPOINT_STATE).read_text())
         self.state = TrainState(**raw)
         self.say(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
 
@@ -610,7 +624,7 @@ class Trainer:
         self.save_checkpoint()
 
     def _write_preview(self, n: int = 3) -> None:
-        from .preview import marked_text
+        from usertwin.text.preview import marked_text
 
         parts = []
         for seq in self.prep.sequences["train"][:n]:

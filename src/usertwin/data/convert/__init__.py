@@ -1,12 +1,12 @@
 """Public datasets -> records in the unified format (JSON Lines), one module per dataset.
 
-    from usertwin.convert import convert_to_file
+    from usertwin.data.convert import convert_to_file
     summary = convert_to_file("movielens", "ml-latest-small", "records.jsonl", on_error="skip")
     print(summary.line())  # movielens: 610 users, 100836 items, 1996-03-29 .. 2018-09-24 -> records.jsonl
 
 `DATASETS` maps each dataset name to its module. Every module exposes
 `convert(raw_path, on_error="stop", *, progress=False) -> Iterator[dict]`, yielding raw record dicts (see
-`usertwin.records`) one user at a time, users in a deterministic order (numeric ids numerically). on_error
+`usertwin.data.records`) one user at a time, users in a deterministic order (numeric ids numerically). on_error
 is "stop" (a bad row raises UsertwinError naming file, line and field), "skip" (bad rows are left out and
 counted), or a `Skips` that collects the counts (what `convert_to_file` passes).
 """
@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import atomic_open
-from ..errors import UsertwinError
-from ..records import parse_timestamp
-from . import cornell, dmsc, douban_dmr, movielens, passthrough, seed_samples
-from ._common import ConvertSummary, Skips, iso_from_unix
+from usertwin.atomic import atomic_open
+from usertwin.data.convert import cornell, dmsc, douban_dmr, movielens, passthrough, seed_samples
+from usertwin.data.convert._common import ConvertSummary, Skips, iso_from_unix
+from usertwin.data.records import parse_timestamp
+from usertwin.errors import UsertwinError
 
 __all__ = ["DATASETS", "ConvertSummary", "Skips", "convert_to_file"]
 

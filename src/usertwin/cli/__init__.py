@@ -1,0 +1,63 @@
+"""The command line: one module per command (`usertwin/cli/<command>.py`), each declaring its flags next to its
+handler. This module only assembles the parser and turns errors a user can fix into one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from usertwin import __version__
+from usertwin.cli import baselines, convert, evaluate, inspect, predict, prepare, report, train, validate
+from usertwin.errors import UsertwinError
+
+# the order of `usertwin --help`: the pipeline's order
+COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="usertwin", description="Fine-tune language models into user twins.")
+    parser.add_argument("--version", action="version", version=f"usertwin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)
+        command.add_arguments(p)
+        p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+        p.set_defaults(handler=command.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsertwinError as e:
+        if args.debug:
+            raise
+        print(f"usertwin {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("usertwin: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # unreadable input, unwritable output, full disk: what the system said, about which file
+        if args.debug:
+            raise
+        names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
+        print(f"usertwin {args.command}: error: {names + ': ' if names else ''}{e.strerror or e} "
+              "(--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except Exception as e:  # out of memory: say what to lower; anything else keeps its traceback (a bug)
+        if args.debug or not _out_of_memory(e):
+            raise
+        print(f"usertwin {args.command}: error: out of memory ({type(e).__name__}). {OOM_HINT}", file=sys.stderr)
+        return 2
+
+
+OOM_HINT = ("Lower --batch_tokens (tokens per micro-batch row) or --max_length, or pass --gradient_checkpointing "
+            "(and --gradient_accumulation_steps to keep the step size); for predict lower --batch_size. "
+            "A killed train run continues with --resume; predict resumes from its output file.")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e)[:200]

@@ -1,0 +1,24 @@
+"""`usertwin convert DATASET RAW -o records.jsonl`."""
+
+from __future__ import annotations
+
+NAME = "convert"
+HELP = "raw public dataset -> records (JSONL)"
+
+
+def add_arguments(p) -> None:
+    from usertwin.data.convert import DATASETS
+
+    p.add_argument("dataset", help=" | ".join(DATASETS))
+    p.add_argument("raw", help="the raw file or folder")
+    p.add_argument("-o", "--output", required=True, help="records file to write (JSONL)")
+    p.add_argument("--on-error", "--on_error", dest="on_error", choices=("stop", "skip"), default="stop",
+                   help="stop at the first bad row (default) or skip and count bad rows")
+
+
+def run(args) -> int:
+    from usertwin.data.convert import convert_to_file
+
+    summary = convert_to_file(args.dataset, args.raw, args.output, on_error=args.on_error, progress=args.progress)
+    print(summary.line())
+    return 0

@@ -1,0 +1,31 @@
+"""`usertwin prepare --config CFG.yaml`: records -> splits + samples/windows (cached), with counts."""
+
+from __future__ import annotations
+
+NAME = "prepare"
+HELP = "records -> splits + samples/windows (cached), with counts"
+
+
+def add_arguments(p) -> None:
+    from usertwin.config import add_config_flags
+
+    add_config_flags(p)
+
+
+def run(args) -> int:
+    from usertwin.atomic import write_json
+    from usertwin.config import resolve
+    from usertwin.data.prepare import prepare, summary
+    from usertwin.rundir import RunDir
+    from usertwin.text.preview import counts_table
+
+    cfg = resolve(args)
+    prep = prepare(cfg, progress=args.progress)
+    print(counts_table(prep))
+    print(f"prepared in {prep.seconds:.1f} s")
+    if cfg.output_dir:
+        run_dir = RunDir(cfg.output_dir)
+        write_json(run_dir.data_summary, summary(prep))
+        write_json(run_dir.prepared_config, cfg.to_dict())
+        print(f"wrote {run_dir.data_summary} and {run_dir.prepared_config}")
+    return 0

@@ -1,0 +1,1 @@
+"""Data: raw datasets -> records -> timelines -> splits -> samples or windows (cached)."""

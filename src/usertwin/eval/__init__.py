@@ -1,0 +1,1 @@
+"""Evaluation: predictions on a split, metrics, baselines, reports."""

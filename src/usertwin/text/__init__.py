@@ -1,0 +1,1 @@
+"""Text: prompts rendered from timelines, token ids, batches, previews."""

@@ -1,0 +1,1 @@
+"""Training: models, adapters, attention kernels, the training loop and its checkpoints."""
