@@ -44,6 +44,16 @@ class Item:
     metadata: dict = field(default_factory=dict)
     position: int = 0  # order of the item within its record (file order, across collections)
 
+    @property
+    def is_rating(self) -> bool:
+        return is_rating(self.collection)
+
+
+def is_rating(collection: str) -> bool:
+    """A collection of ratings (movie_rating, rating, ...): its continuations are numbers on a scale. The one
+    place that decides it: likelihood scoring of the scale, rating metrics and rating baselines all ask here."""
+    return "rating" in str(collection or "")
+
 
 @dataclass
 class Record:
@@ -655,7 +665,7 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
         for di, it in enumerate(data):
             item = _build_item(it, ctype, position, ci, di, bad)
             if item is not None:
-                if scale and "rating" in ctype and _off_scale(item.continuation, scale):
+                if scale and is_rating(ctype) and _off_scale(item.continuation, scale):
                     bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
                         f"{_shown(item.continuation)} is not on the rating scale "
                         f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
