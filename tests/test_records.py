@@ -10,6 +10,7 @@ import pytest
 from conftest import shared
 
 from usertwin.data import records as R
+from usertwin.data.records.jsontext import _display_width
 from usertwin.data.records import Item, Problem, Record
 from usertwin.errors import UsertwinError
 
@@ -160,7 +161,7 @@ def test_unescaped_quote_in_chinese_string_is_named():
     assert first == f"{path}:12:67: invalid JSON at line 12, column 67: Expecting ',' delimiter"
     assert '"continuation": "他说"好看"就走了"' in shown
     # the caret sits under 好 (wide characters count twice on a terminal)
-    assert caret.index("^") == R._display_width(shown[: shown.index("好")])
+    assert caret.index("^") == _display_width(shown[: shown.index("好")])
     assert hint == (
         'likely cause: an unescaped double quote (") inside a string; '
         f"run: usertwin validate {path} --repair OUT"

@@ -1,0 +1,233 @@
+"""Loading a records file (JSON list, one record object, or JSON Lines streamed line by line) into Records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from usertwin.data.records.format import MAX_LISTED, SKIP_HINT, _kind
+from usertwin.data.records.jsontext import (
+    _DECODER,
+    _WS,
+    _decode,
+    _looks_like_jsonl,
+    _syntax_hint,
+    _syntax_message,
+    _too_deep,
+    _walk_list,
+)
+from usertwin.data.records.schema import Problem, _build, _merge_problems
+from usertwin.errors import UsertwinError
+
+
+@dataclass
+class LoadResult:
+    records: list  # list[Record]
+    skipped: list  # list[Problem], one per skipped record (on_error="skip")
+    warnings: list  # list[str]
+    path: Path
+
+    @property
+    def n_items(self) -> int:
+        return sum(len(r.items) for r in self.records)
+
+
+def _check_path(path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise UsertwinError(f"{path}: is a directory; give a records file (.json or .jsonl)")
+    if not p.exists():
+        raise UsertwinError(f"{path}: no such file")
+    return p
+
+
+def _warn(warnings: list, message: str) -> None:
+    if message not in warnings:
+        warnings.append(message)
+
+
+def _read_text(path, p: Path, warnings: list) -> str:
+    data = p.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+        _warn(warnings, f"{path}: starts with a UTF-8 byte order mark (BOM); ignored it")
+    text = _decode(path, data)
+    if not text.strip():
+        raise UsertwinError(
+            f"{path}: the file is empty; expected a JSON list of records, one record object, "
+            "or JSON Lines (one record per line)"
+        )
+    return text
+
+
+def _entries(path, warnings: list):
+    """Yield (index, raw, line, problem): problem is a syntax Problem of a JSON Lines line (raw None then).
+
+    Syntax errors of a whole JSON document raise UsertwinError (nothing can be skipped there).
+    """
+    p = _check_path(path)
+    name = p.name.lower()
+    if name.endswith((".jsonl", ".ndjson")):
+        fallback = yield from _stream_jsonl(path, p, warnings)
+        if not fallback:
+            return
+        warnings.append(f"{path}: holds one JSON document, not JSON Lines; read it as JSON")
+    text = _read_text(path, p, warnings)
+    start = _WS.match(text).end()
+    if text[start] == "[":
+        try:
+            for index, (obj, line) in enumerate(_walk_list(text, start)):
+                yield index, obj, line, None
+        except json.JSONDecodeError:
+            _raise_syntax(path, text)
+        except RecursionError:
+            raise UsertwinError(_too_deep(path)) from None
+        return
+    try:
+        obj, end = _DECODER.raw_decode(text, start)
+        if _WS.match(text, end).end() != len(text):
+            raise json.JSONDecodeError("Extra data", text, _WS.match(text, end).end())
+    except RecursionError:
+        raise UsertwinError(_too_deep(path)) from None
+    except json.JSONDecodeError:
+        if not _looks_like_jsonl(text):
+            _raise_syntax(path, text)
+        yield from _text_jsonl(path, text)
+        return
+    if not isinstance(obj, dict):
+        raise UsertwinError(
+            f"{path}: the top level is {_kind(obj)}; expected a JSON list of records, one record object, "
+            "or JSON Lines (one record per line)"
+        )
+    yield 0, obj, 1 + text.count("\n", 0, start), None
+
+
+def _raise_syntax(path, text: str):
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsertwinError(_syntax_message(path, text, err)) from None
+    raise UsertwinError(f"{path}: invalid JSON")  # not reached: the walker and json.loads agree
+
+
+def _line_problem(path, line_text: str, lineno: int, index: int):
+    """(raw, None) for a good JSON Lines line, (None, Problem) for a broken one."""
+    line_text = line_text.rstrip("\r\n")  # an error at the line's end is on this line, not the next
+    try:
+        return json.loads(line_text), None
+    except RecursionError:
+        return None, Problem(path, "JSON nested too deeply", line=lineno, record=index,
+                             explanation=_too_deep(path, lineno))
+    except json.JSONDecodeError as err:
+        msg = _syntax_message(path, line_text, err, line_offset=lineno - 1, jsonl=True)
+        hint = _syntax_hint(line_text, err, path, jsonl=True)
+        short = f"invalid JSON: {err.msg}" + (f" ({hint})" if hint else "")
+        return None, Problem(path, short, line=lineno, column=err.colno, record=index, explanation=msg)
+
+
+def _text_jsonl(path, text: str):
+    index = 0
+    for lineno, line_text in enumerate(text.split("\n"), 1):
+        if not line_text.strip():
+            continue
+        raw, prob = _line_problem(path, line_text, lineno, index)
+        yield index, raw, lineno, prob
+        index += 1
+
+
+def _stream_jsonl(path, p: Path, warnings: list):
+    """Yield JSON Lines entries line by line; returns True when the file is one pretty-printed document."""
+    index = 0
+    with open(p, "rb") as f:
+        for lineno, data in enumerate(f, 1):
+            if lineno == 1 and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+                _warn(warnings, f"{path}: starts with a UTF-8 byte order mark (BOM); ignored it")
+            line_text = _decode(path, data, lineno - 1)
+            if not line_text.strip():
+                continue
+            raw, prob = _line_problem(path, line_text, lineno, index)
+            if prob is not None and index == 0:
+                head = line_text.strip()
+                if head == "{" or head.startswith("["):  # a pretty-printed JSON document
+                    return True
+            yield index, raw, lineno, prob
+            index += 1
+    if index == 0:
+        raise UsertwinError(
+            f"{path}: the file is empty; expected JSON Lines (one record object per line)"
+        )
+    return False
+
+
+def iter_raw(path, warnings: list | None = None, on_error: str = "stop"):
+    """Yield (index, raw_dict, line_no) for every record of a file; JSON Lines are streamed line by line.
+
+    A broken JSON Lines line raises UsertwinError (on_error="stop") or is passed over ("skip"); a broken
+    JSON document always raises. `warnings`, when given, collects notes such as a stripped BOM.
+    """
+    _check_on_error(on_error)
+    sink = [] if warnings is None else warnings
+    for index, raw, line, prob in _entries(path, sink):
+        if prob is not None:
+            if on_error == "stop":
+                raise UsertwinError(_jsonl_stop_message(prob))
+            continue
+        yield index, raw, line
+
+
+def _jsonl_stop_message(prob: Problem) -> str:
+    return f"{prob.explanation}\neach line of a JSON Lines file must be one complete record; {SKIP_HINT}"
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("stop", "skip"):
+        raise UsertwinError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+
+
+def load(path, on_error: str = "stop") -> LoadResult:
+    """Read and validate a records file (JSON list, one record object, or JSON Lines).
+
+    on_error="stop": any problem raises UsertwinError listing every problem (file, record, user, field).
+    on_error="skip": bad records are left out, one Problem each in `skipped`; the rest are returned.
+    """
+    _check_on_error(on_error)
+    warnings: list = []
+    records: list = []
+    skipped: list = []
+    problems: list = []
+    bad_records = 0
+    total = 0
+    no_task = 0
+    for index, raw, _line, syntax in _entries(path, warnings):
+        total += 1
+        if syntax is not None:
+            if on_error == "stop":
+                raise UsertwinError(_jsonl_stop_message(syntax))
+            skipped.append(syntax)
+            continue
+        record, found = _build(raw, index, path)
+        if record is not None:
+            records.append(record)
+            continue
+        bad_records += 1
+        no_task += isinstance(raw, dict) and "task" not in raw
+        if on_error == "skip":
+            skipped.append(_merge_problems(found))
+        else:
+            problems.extend(found)
+    if problems:
+        lines = [f"{path}: {len(problems)} problem{'s' * (len(problems) != 1)} in {bad_records} of {total} "
+                 f"record{'s' * (total != 1)}:"]
+        lines += [f"  {p}" for p in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
+        if no_task == total:
+            lines.append(
+                "hint: no record has a \"task\"; is this raw data (or the seeds' sample format) that must be "
+                "converted into records first?"
+            )
+        lines.append(f"hint: {SKIP_HINT}")
+        raise UsertwinError("\n".join(lines))
+    return LoadResult(records, skipped, warnings, Path(path))

@@ -1,0 +1,287 @@
+"""Schema checks: one parsed record becomes a Record, or every Problem found in it (record, user, field)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+from usertwin.data.records.format import ITEM_KEYS, Item, Record, _got, _shown, is_rating
+from usertwin.data.records.timestamps import _future, _today, parse_timestamp
+from usertwin.errors import where
+
+_COLLECTIONS = "task.task_behavior_collections"
+_ID_FIELDS = "user_hash, user.id, user.hash or user.profile.name"
+_MISSING = object()  # tells a missing key from one set to null, which is allowed for optional fields
+
+
+def user_id_of(raw: dict, index: int) -> str:
+    """The user's id: first non-empty of user_hash, user.id, user.hash, user.profile.name; else record-N."""
+    found = _declared_id(raw)
+    return f"record-{index}" if found is None else found
+
+
+def _declared_id(raw) -> str | None:
+    """The first non-empty of user_hash, user.id, user.hash, user.profile.name, or None."""
+    if isinstance(raw, dict):
+        user = raw.get("user")
+        profile = user.get("profile") if isinstance(user, dict) else None
+        for value in (
+            raw.get("user_hash"),
+            user.get("id") if isinstance(user, dict) else None,
+            user.get("hash") if isinstance(user, dict) else None,
+            profile.get("name") if isinstance(profile, dict) else None,
+        ):
+            if value is None or isinstance(value, (dict, list)):
+                continue
+            text = str(value)
+            if text.strip():
+                return text
+    return None
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a file: where (file, line/column or record/user/field) and what."""
+
+    path: object
+    message: str
+    line: int | None = None
+    column: int | None = None
+    record: int | None = None
+    user: str | None = None
+    field: str | None = None
+    all_problems: list = dataclasses.field(default_factory=list)  # every problem of a skipped record (list[Problem])
+    explanation: str = ""  # longer text: for a syntax error the offending line, a caret and the likely cause
+
+    def __str__(self) -> str:
+        loc = where(
+            self.path, line=self.line, column=self.column, record=self.record, user=self.user, field=self.field
+        )
+        return f"{loc}: {self.message}" if loc else self.message
+
+
+def _build(raw, index: int, path) -> tuple[Record | None, list]:
+    """The Record of one raw record, or (None, every problem found in it)."""
+    uid = user_id_of(raw, index)
+    declared = _declared_id(raw)
+    problems: list = []
+
+    def bad(fld, message):
+        problems.append(Problem(path, message, record=index, user=declared, field=fld))
+
+    if not isinstance(raw, dict):
+        bad(None, f"a record must be a JSON object {{...}}, got {_got(raw)}")
+        return None, problems
+
+    profile: dict = {}
+    user = raw.get("user")
+    if declared is None and (user is None or isinstance(user, dict)):
+        bad("user" if user is None else "user.id", f"missing; a record needs a user id ({_ID_FIELDS})")
+    if user is not None:
+        if not isinstance(user, dict):
+            bad("user", f"must be an object, got {_got(user)}")
+        else:
+            prof = user.get("profile")
+            if isinstance(prof, dict):
+                profile = prof
+            elif prof is not None:
+                bad("user.profile", f"must be an object, got {_got(prof)}")
+            personality = user.get("personality")
+            structured = personality.get("structured") if isinstance(personality, dict) else None
+            if isinstance(structured, dict) and structured:
+                dims = profile.get("dimensions")
+                if dims is None or isinstance(dims, dict):
+                    merged = dict(dims or {})
+                    for key, value in structured.items():
+                        merged.setdefault(key, value)
+                    profile = {**profile, "dimensions": merged}
+
+    task = raw.get("task", _MISSING)
+    description, language, colls, scale = "", None, None, None
+    if task is _MISSING:
+        bad("task", "missing")
+    elif not isinstance(task, dict):
+        bad("task", f"must be an object, got {_got(task)}")
+    else:
+        description = task.get("description")
+        if description is None:
+            description = ""
+        elif not isinstance(description, str):
+            bad("task.description", f"must be a string, got {_got(description)}")
+        language = task.get("language")
+        if language is not None and not isinstance(language, str):
+            bad("task.language", f"must be a string such as \"en\" or \"zh\", got {_got(language)}")
+        colls = task.get("task_behavior_collections", _MISSING)
+        if colls is _MISSING:
+            bad(_COLLECTIONS, "missing")
+            colls = None
+        elif not isinstance(colls, list):
+            bad(_COLLECTIONS, f"must be a list of collections, got {_got(colls)}")
+            colls = None
+        elif not colls:
+            bad(_COLLECTIONS, "empty: a record needs at least one collection")
+        scale = _rating_scale(task.get("rating_scale"), bad)
+
+    items: list = []
+    position = 0
+    for ci, coll in enumerate(colls or ()):
+        if not isinstance(coll, dict):
+            bad(f"{_COLLECTIONS}[{ci}]", f"a collection must be an object, got {_got(coll)}")
+            continue
+        ctype = coll.get("type")
+        if ctype is None:
+            ctype = ""
+        elif not isinstance(ctype, str):
+            bad(f"{_COLLECTIONS}[{ci}].type", f"must be a string, got {_got(ctype)}")
+        data = coll.get("data", _MISSING)
+        if data is _MISSING:
+            bad(f"{_COLLECTIONS}[{ci}].data", "missing")
+            continue
+        if not isinstance(data, list):
+            bad(f"{_COLLECTIONS}[{ci}].data", f"must be a list of items, got {_got(data)}")
+            continue
+        if not data:
+            bad(f"{_COLLECTIONS}[{ci}].data", "empty collection: a collection needs at least one item")
+            continue
+        for di, it in enumerate(data):
+            item = _build_item(it, ctype, position, ci, di, bad)
+            if item is not None:
+                if scale and is_rating(ctype) and _off_scale(item.continuation, scale):
+                    bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
+                        f"{_shown(item.continuation)} is not on the rating scale "
+                        f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
+                items.append(item)
+            position += 1
+    if problems:
+        return None, problems
+    return Record(index, uid, profile, description, language, items), problems
+
+
+def _rating_scale(value, bad):
+    """The allowed ratings of task.rating_scale (a list of numbers) as a set, or None."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value)):
+        bad("task.rating_scale", f"must be a list of numbers such as [1, 2, 3, 4, 5], got {_got(value)}")
+        return None
+    return {float(x) for x in value}
+
+
+def _off_scale(text: str, scale: set) -> bool:
+    try:
+        return float(text) not in scale
+    except ValueError:
+        return True
+
+
+def _build_item(it, ctype, position, ci, di, bad):
+    """The Item of one raw item, or None after reporting its problems through `bad`."""
+    if type(it) is not dict and not isinstance(it, dict):
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}]", f"an item must be an object, got {_got(it)}")
+        return None
+    ok = True
+    cont = it.get("continuation", _MISSING)
+    if type(cont) is not str:
+        ok = False
+        if cont is _MISSING:
+            bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", "missing")
+        else:
+            hint = ""
+            if isinstance(cont, (int, float)) and not isinstance(cont, bool) and math.isfinite(cont):
+                hint = f" (write it in quotes: {json.dumps(str(cont))})"
+            bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", f"must be a string, got {_got(cont)}{hint}")
+    elif not cont or cont.isspace():
+        ok = False
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", "empty continuation")
+
+    prefix = it.get("continuation_prefix")
+    if prefix is None:
+        prefix = ""
+    elif type(prefix) is not str:
+        ok = False
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation_prefix", f"must be a string, got {_got(prefix)}")
+
+    context = it.get("context")
+    if context is None:
+        context = []
+    elif type(context) is not list:
+        ok = False
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}].context", f"must be a list of turns, got {_got(context)}")
+    elif context and not _context_ok(context):
+        ok = False
+        _context_problems(context, f"{_COLLECTIONS}[{ci}].data[{di}].context", bad)
+
+    stamp = it.get("timestamp")
+    seconds = text = None
+    if stamp is not None:
+        try:
+            seconds = parse_timestamp(stamp)
+            text = stamp if type(stamp) is str else str(stamp)
+        except ValueError as err:
+            ok = False
+            bad(f"{_COLLECTIONS}[{ci}].data[{di}].timestamp", f"cannot read {_shown(stamp)}: {err}")
+        else:
+            if _future(seconds):
+                ok = False
+                bad(f"{_COLLECTIONS}[{ci}].data[{di}].timestamp",
+                    f"{_shown(stamp)} is in the future (after today, {_today()}); check the year, and that "
+                    "unix times are seconds or milliseconds (not microseconds)")
+
+    meta = it.get("metadata")
+    if meta is None:
+        meta = {}
+    elif type(meta) is not dict:
+        ok = False
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}].metadata", f"must be an object, got {_got(meta)}")
+    if not ITEM_KEYS.issuperset(it):
+        extras = {k: v for k, v in it.items() if k not in ITEM_KEYS}
+        if type(meta) is dict:
+            meta = {**extras, **meta}
+    if not ok:
+        return None
+    return Item(cont, prefix, context, seconds, text, ctype, meta, position)
+
+
+def _context_ok(context: list) -> bool:
+    for turn in context:
+        if type(turn) is not dict or type(turn.get("content")) is not str:
+            return False
+        if type(turn.get("role")) is not str and type(turn.get("source")) is not str:
+            return False
+    return True
+
+
+def _context_problems(context: list, base: str, bad) -> None:
+    for ti, turn in enumerate(context):
+        if not isinstance(turn, dict):
+            bad(f"{base}[{ti}]", f"a turn must be an object with \"content\" and \"role\" or \"source\", got {_got(turn)}")
+            continue
+        content = turn.get("content", _MISSING)
+        if content is _MISSING:
+            bad(f"{base}[{ti}].content", "missing")
+        elif not isinstance(content, str):
+            bad(f"{base}[{ti}].content", f"must be a string, got {_got(content)}")
+        role, source = turn.get("role"), turn.get("source")
+        if not isinstance(role, str) and not isinstance(source, str):
+            if role is None and source is None:
+                bad(f"{base}[{ti}]", "needs a \"role\" or \"source\" string (who said it)")
+            else:
+                name = "role" if role is not None else "source"
+                bad(f"{base}[{ti}].{name}", f"must be a string, got {_got(turn.get(name))}")
+
+
+def _merge_problems(problems: list) -> Problem:
+    """One Problem standing for all problems of a skipped record."""
+    first = problems[0]
+    message = first.message
+    if len(problems) > 1:
+        rest = "; ".join(f"field {p.field}: {p.message}" if p.field else p.message for p in problems[1:4])
+        more = f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+        message += f" (+{len(problems) - 1} more: {rest}{more})"
+    return Problem(
+        first.path, message, line=first.line, column=first.column, record=first.record, user=first.user,
+        field=first.field, all_problems=list(problems),
+    )
