@@ -1,9 +1,10 @@
-"""What every converter shares: bad-row policy (`Skips`), the summary, CSV reading, record building."""
+"""What every converter shares: bad-row policy (`Skips`), the summary, CSV and JSON reading, record building."""
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,16 @@ def require_file(path: Path, what: str) -> Path:
     if path.is_dir():
         raise UsertwinError(f"{path}: is a directory, expected {what}")
     return path
+
+
+def read_json(path: Path):
+    """A whole JSON file (a UTF-8 BOM allowed), or UsertwinError naming the file, line and column."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise UsertwinError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise UsertwinError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
 def check_columns(path: Path, found: list, required: list) -> None:

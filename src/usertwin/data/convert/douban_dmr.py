@@ -34,23 +34,13 @@ Checked on the real sample (tests/test_convert.py holds these numbers):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from usertwin.data.convert._common import Skips, record, require_file, user_sort_key
+from usertwin.data.convert._common import Skips, read_json, record, require_file, user_sort_key
 from usertwin.data.records import parse_timestamp
 from usertwin.errors import UsertwinError
 
 DESCRIPTION = "模拟该豆瓣用户写影评：根据其之前写过的影评，写出他/她对下一部电影的影评。"
-
-
-def _load(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise UsertwinError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise UsertwinError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
 def prefix(movie_id: str, movies: dict) -> str:
@@ -80,9 +70,9 @@ def convert(raw_path, on_error="stop", *, progress: bool = False):
     raw, skips = Path(raw_path), Skips.of(on_error)
     folder = raw if raw.is_dir() else raw.parent
     reviews_path = require_file(folder / "reviews.json" if raw.is_dir() else raw, "reviews.json")
-    reviews = _load(reviews_path)
+    reviews = read_json(reviews_path)
     movies_path = folder / "movies.json"
-    movies = _load(movies_path) if movies_path.exists() else {}
+    movies = read_json(movies_path) if movies_path.exists() else {}
     if not isinstance(reviews, dict):
         raise UsertwinError(f"{reviews_path}: expected an object of reviews ({{\"review0\": {{...}}, ...}}), "
                             f"got a {type(reviews).__name__}")

@@ -1,9 +1,10 @@
-"""The seeds' extracted sample files -> one record per user_hash (type dialogue), for users of those scripts.
+"""Sample files extracted by the original research scripts (the ones usertwin re-implements) -> one record
+per user_hash (type dialogue), for users migrating from those scripts.
 
 `raw` is one sample file, or a folder: every *.json in it, in name order. A file is a JSON list of samples
 {context: [{role, content}], next_question, user_profile, user_object, task_description, user_hash}.
 
-* Roles: in the seeds' samples role "assistant" is the twin's own earlier turn and role "user" the other
+* Roles: in those samples role "assistant" is the twin's own earlier turn and role "user" the other
   person. In records a context turn whose source is "user" (or the profile name) is the twin's own, so
   role "assistant" -> source "user" and role "user" -> source "interlocutor" (any other role is kept as
   its own source name).
@@ -27,7 +28,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from usertwin.data.convert._common import Skips, record, user_sort_key
+from usertwin.data.convert._common import Skips, read_json, record, user_sort_key
 from usertwin.errors import UsertwinError
 
 OTHER = "interlocutor"
@@ -65,12 +66,7 @@ def _files(raw: Path) -> list[Path]:
 
 
 def _load(path: Path) -> list:
-    try:
-        samples = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise UsertwinError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise UsertwinError(f"{path}: not UTF-8 text ({e.reason})") from None
+    samples = read_json(path)
     if not isinstance(samples, list):
         raise UsertwinError(f"{path}: expected a list of samples [{{\"context\": ..., \"next_question\": ...}}], "
                             f"got a {type(samples).__name__}")
