@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from usertwin.data.records import Item, Record
+import json
+
+from usertwin.data.records import Item, Record, record_to_raw
 from usertwin.data.timeline import Timeline
 
 
@@ -29,3 +31,20 @@ def dialogue_timeline(n: int = 20, name: str = "BIANCA") -> Timeline:
             ctx = [{"source": name, "content": f"earlier {i}"}] + ctx
         items.append(Item(continuation=f"answer {i}", context=ctx, collection="dialogue", position=i))
     return Timeline("c1", {"name": name, "gender": "f"}, "Speak as this character.", "en", items)
+
+
+def write_records(path, records, jsonl: bool = True):
+    """Write records (raw dicts or Records) to `path` as JSON Lines, or as one JSON list; returns `path`.
+
+    A single record, not in a list, with jsonl=False is written as one record object (the format's third
+    shape). JSON Lines are written a record at a time, so a generator of a large file never sits in memory.
+    """
+    one = isinstance(records, (dict, Record))
+    rows = (record_to_raw(r) if isinstance(r, Record) else r for r in ([records] if one else records))
+    with open(path, "w", encoding="utf-8") as f:
+        if jsonl:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            json.dump(next(rows) if one else list(rows), f, ensure_ascii=False)
+    return path

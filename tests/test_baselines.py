@@ -8,6 +8,7 @@ import math
 
 import pytest
 from conftest import shared
+from helpers import write_records
 
 from usertwin.config import Config
 from usertwin.errors import UsertwinError
@@ -39,8 +40,7 @@ def _record(user, collection, items, language="en"):
 
 
 def _write(tmp_path, records, name="records.json"):
-    path = tmp_path / name
-    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    path = write_records(tmp_path / name, records, jsonl=False)
     return Config(data=str(path), val_ratio=0.25, test_ratio=0.25)
 
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import write_records
 
 from usertwin.cli import main
 
 
 def _records(path, sizes=(30, 12, 7), lang="en"):
-    with open(path, "w", encoding="utf-8") as f:
-        for u, n in enumerate(sizes):
-            items = [{"continuation_prefix": f"Movie {i} (2000) (Drama): ", "continuation": f"{(i % 5) + 1}.0",
-                      "timestamp": 1_000_000 + 60 * i} for i in range(n)]
-            rec = {"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
-                   "task": {"description": "Predict ratings.", "language": lang,
-                            "task_behavior_collections": [{"type": "movie_rating", "data": items}]}}
-            f.write(json.dumps(rec) + "\n")
-    return path
+    recs = []
+    for u, n in enumerate(sizes):
+        items = [{"continuation_prefix": f"Movie {i} (2000) (Drama): ", "continuation": f"{(i % 5) + 1}.0",
+                  "timestamp": 1_000_000 + 60 * i} for i in range(n)]
+        recs.append({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+                     "task": {"description": "Predict ratings.", "language": lang,
+                              "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
+    return write_records(path, recs)
 
 
 def _dump(tmp_path, tokenizer_dir, *flags, name="dump.jsonl", data=None):

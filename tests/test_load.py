@@ -1,4 +1,4 @@
-"""Load (issue 6, item 6): a 200,000-item records file through convert + prepare with bounded memory, and the
+"""Load at scale: a 200,000-item records file through convert + prepare with bounded memory, and the
 two degenerate shapes -- 1,000 users with one item each, one user with 20,000 items -- with exact counts.
 
 What is streamed and what is not (asserted below as it is): the records file is read line by line and the
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_records
 
 from usertwin.config import Config
 from usertwin.data.convert import convert_to_file
@@ -27,25 +28,23 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 
 
-def write_records(path, users: int, per_user: int, varied: bool = True) -> Path:
-    """Short rating items; streamed to disk, one record per line."""
-    with open(path, "w", encoding="utf-8") as f:
-        for u in range(users):
-            items = [{"continuation_prefix": f"Movie {(i + u) % 50}: " if varied else "Movie: ",
-                      "continuation": f"{(i * 7 + u) % 5 + 1}.0" if varied else "3.0",
-                      "timestamp": 1_000_000 + 60 * i} for i in range(per_user)]
-            f.write(json.dumps({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
-                                "task": {"description": "Predict ratings.", "language": "en",
-                                         "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
-                    + "\n")
-    return path
+def rating_raws(users: int, per_user: int, varied: bool = True):
+    """Raw records of short rating items, one at a time (write_records streams them to disk)."""
+    for u in range(users):
+        items = [{"continuation_prefix": f"Movie {(i + u) % 50}: " if varied else "Movie: ",
+                  "continuation": f"{(i * 7 + u) % 5 + 1}.0" if varied else "3.0",
+                  "timestamp": 1_000_000 + 60 * i} for i in range(per_user)]
+        yield {"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+               "task": {"description": "Predict ratings.", "language": "en",
+                        "task_behavior_collections": [{"type": "movie_rating", "data": items}]}}
 
 
 MEASURE = """
 import json, resource, sys, time
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from tests.conftest import make_tokenizer
-from tests.test_load import write_records
+from helpers import write_records
+from test_load import rating_raws
 from usertwin.config import Config
 from usertwin.data.convert import convert_to_file
 from usertwin.data.prepare import prepare
@@ -64,7 +63,7 @@ users, per, tmp = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 tok = make_tokenizer()
 out = {"base": now()}
 t = time.perf_counter()
-raw = write_records(f"{tmp}/raw.jsonl", users, per)
+raw = write_records(f"{tmp}/raw.jsonl", rating_raws(users, per))
 out["after_write"], out["raw_bytes"] = peak(), __import__("os").path.getsize(raw)
 s = convert_to_file("records", raw, f"{tmp}/records.jsonl", progress=False)
 out["after_convert"], out["converted"] = peak(), [s.users, s.items]
@@ -118,14 +117,12 @@ def _counts(prep):
 
 
 def test_1000_users_with_one_item_each(tmp_path, tokenizer):
-    raw = tmp_path / "raw.jsonl"
-    with open(raw, "w", encoding="utf-8") as f:
-        for u in range(1000):
-            f.write(json.dumps({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
-                                "task": {"description": "Predict ratings.", "language": "en",
-                                         "task_behavior_collections": [{"type": "movie_rating", "data": [
-                                             {"continuation_prefix": f"Movie {u}: ", "continuation": "3.0",
-                                              "timestamp": 1_000_000}]}]}}) + "\n")
+    raw = write_records(tmp_path / "raw.jsonl", (
+        {"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+         "task": {"description": "Predict ratings.", "language": "en",
+                  "task_behavior_collections": [{"type": "movie_rating", "data": [
+                      {"continuation_prefix": f"Movie {u}: ", "continuation": "3.0", "timestamp": 1_000_000}]}]}}
+        for u in range(1000)))
     out = tmp_path / "records.jsonl"
     s = convert_to_file("records", raw, out, progress=False)
     assert (s.users, s.items) == (1000, 1000)
@@ -141,7 +138,7 @@ def test_1000_users_with_one_item_each(tmp_path, tokenizer):
 
 
 def test_one_user_with_20000_items(tmp_path, tokenizer):
-    raw = write_records(tmp_path / "raw.jsonl", 1, 20_000, varied=False)
+    raw = write_records(tmp_path / "raw.jsonl", rating_raws(1, 20_000, varied=False))
     out = tmp_path / "records.jsonl"
     s = convert_to_file("records", raw, out, progress=False)
     assert (s.users, s.items) == (1, 20_000)
@@ -172,7 +169,7 @@ def test_one_user_with_20000_items(tmp_path, tokenizer):
 def test_a_long_timeline_does_not_take_quadratic_memory(tmp_path, unit):
     """20,000 items of one user, unit sample: uncut histories would hold ~10^8 positions (+3.6 GiB measured
     before histories were cut as they are built); now the peak stays small."""
-    raw = write_records(tmp_path / "raw.jsonl", 1, 20_000, varied=False)
+    raw = write_records(tmp_path / "raw.jsonl", rating_raws(1, 20_000, varied=False))
     code = ("import json, resource, sys; sys.path.insert(0, sys.argv[1]);"
             "from tests.conftest import make_tokenizer; from usertwin.config import Config;"
             "from usertwin.data.prepare import prepare; tok = make_tokenizer();"

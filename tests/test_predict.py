@@ -7,20 +7,20 @@ import math
 
 import pytest
 import torch
+from helpers import write_records
 
 from usertwin.cli import main
 
 
 def _records(path):
-    with open(path, "w", encoding="utf-8") as f:
-        for u, n in enumerate((14, 10, 8)):
-            items = [{"continuation_prefix": f"Movie {(i + u) % 6} (2000) (Drama): ",
-                      "continuation": f"{(i * (u + 2)) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i} for i in range(n)]
-            f.write(json.dumps({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
-                                "task": {"description": "Predict ratings.", "language": "en",
-                                         "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
-                    + "\n")
-    return path
+    recs = []
+    for u, n in enumerate((14, 10, 8)):
+        items = [{"continuation_prefix": f"Movie {(i + u) % 6} (2000) (Drama): ",
+                  "continuation": f"{(i * (u + 2)) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i} for i in range(n)]
+        recs.append({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+                     "task": {"description": "Predict ratings.", "language": "en",
+                              "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
+    return write_records(path, recs)
 
 
 @pytest.fixture(scope="module")

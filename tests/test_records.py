@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from conftest import shared
+from helpers import write_records
 
 from usertwin.data import records as R
-from usertwin.data.records.jsontext import _display_width
 from usertwin.data.records import Item, Problem, Record
+from usertwin.data.records.jsontext import _display_width
 from usertwin.errors import UsertwinError
 
 FIX = Path(__file__).parent / "fixtures" / "records"
@@ -21,11 +22,6 @@ def rec(user="u1", items=None, **task):
     """A minimal valid raw record."""
     items = items if items is not None else [{"continuation": "ok"}]
     return {"user_hash": user, "task": {"task_behavior_collections": [{"type": "r", "data": items}], **task}}
-
-
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 def error_of(path, **kw) -> str:
@@ -398,7 +394,7 @@ def test_validate_file_summary_with_skips_and_warnings(tmp_path):
 
 
 def schema_error(tmp_path, records) -> str:
-    return error_of(write_json(tmp_path / "data.json", records))
+    return error_of(write_records(tmp_path / "data.json", records, jsonl=False))
 
 
 def test_missing_continuation(tmp_path):
@@ -450,7 +446,7 @@ def test_all_problems_of_all_records_are_reported_together(tmp_path):
         [1],
         rec("u4"),
     ]
-    path = write_json(tmp_path / "data.json", raws)
+    path = write_records(tmp_path / "data.json", raws, jsonl=False)
     message = error_of(path)
     base = f"  {path}, record 0 (user 'u1'), field task.task_behavior_collections[0]"
     other = f"  {path}, record 1, field"
@@ -494,7 +490,7 @@ def test_raw_data_gets_a_convert_hint(tmp_path):
 
 def test_skip_drops_bad_records_and_keeps_the_rest(tmp_path):
     raws = [rec("u0"), rec("u1", [{"continuation": 3}, {"continuation": "b", "timestamp": True}]), rec("u2")]
-    path = write_json(tmp_path / "data.json", raws)
+    path = write_records(tmp_path / "data.json", raws, jsonl=False)
     result = R.load(path, on_error="skip")
     assert [(r.index, r.user_id) for r in result.records] == [(0, "u0"), (2, "u2")]
     (problem,) = result.skipped
@@ -508,18 +504,18 @@ def test_skip_drops_bad_records_and_keeps_the_rest(tmp_path):
 
 
 def test_unknown_item_keys_go_into_metadata_and_metadata_wins(tmp_path):
-    path = write_json(tmp_path / "d.json", [rec("u1", [{"continuation": "x", "stars": 4, "rating": 5,
-                                                          "metadata": {"rating": 4.5}}])])
+    path = write_records(tmp_path / "d.json", [rec("u1", [{"continuation": "x", "stars": 4, "rating": 5,
+                                                             "metadata": {"rating": 4.5}}])], jsonl=False)
     assert R.load(path).records[0].items[0].metadata == {"stars": 4, "rating": 4.5}
 
 
-def test_seeds_personality_is_merged_into_dimensions(tmp_path):
+def test_personality_of_the_research_scripts_is_merged_into_dimensions(tmp_path):
     raw = rec("u1")
     raw["user"] = {
         "profile": {"name": "HP", "dimensions": {"ios": 3}},
         "personality": {"structured": {"big_five": {"Openness": 3.5}, "ios": 9}},
     }
-    path = write_json(tmp_path / "d.json", [raw])
+    path = write_records(tmp_path / "d.json", [raw], jsonl=False)
     record = R.load(path).records[0]
     assert record.profile == {"name": "HP", "dimensions": {"ios": 3, "big_five": {"Openness": 3.5}}}
     assert raw["user"]["profile"] == {"name": "HP", "dimensions": {"ios": 3}}
@@ -529,7 +525,7 @@ def test_optional_fields_may_be_null(tmp_path):
     item = {"continuation": "x", "continuation_prefix": None, "context": None, "timestamp": None, "metadata": None}
     raw = {"user": {"id": "u1", "profile": None}, "task": {"description": None, "language": None,
                                                           "task_behavior_collections": [{"data": [item]}]}}
-    record = R.load(write_json(tmp_path / "d.json", raw)).records[0]
+    record = R.load(write_records(tmp_path / "d.json", raw, jsonl=False)).records[0]
     assert record == Record(0, "u1", {}, "", None, [Item("x", "", [], None, None, "", {}, 0)])
 
 
