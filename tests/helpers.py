@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from usertwin.data import records
 from usertwin.data.records import Item, Record, record_to_raw
 from usertwin.data.timeline import Timeline
+from usertwin.errors import UsertwinError
+
+RECORD_FILES = Path(__file__).parent / "fixtures" / "records"  # small hand-written records files
 
 
 def rating_items(n: int, start: int = 0) -> list[Item]:
@@ -48,3 +55,16 @@ def write_records(path, records, jsonl: bool = True):
         else:
             json.dump(next(rows) if one else list(rows), f, ensure_ascii=False)
     return path
+
+
+def raw_record(user="u1", items=None, **task):
+    """A minimal valid raw record."""
+    items = items if items is not None else [{"continuation": "ok"}]
+    return {"user_hash": user, "task": {"task_behavior_collections": [{"type": "r", "data": items}], **task}}
+
+
+def load_error(path, **kw) -> str:
+    """The message with which records.load refuses `path`."""
+    with pytest.raises(UsertwinError) as err:
+        records.load(path, **kw)
+    return str(err.value)

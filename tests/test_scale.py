@@ -44,7 +44,7 @@ import json, resource, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from tests.conftest import make_tokenizer
 from helpers import write_records
-from test_load import rating_raws
+from test_scale import rating_raws
 from usertwin.config import Config
 from usertwin.data.convert import convert_to_file
 from usertwin.data.prepare import prepare
