@@ -1,6 +1,10 @@
 """The unified records format: load, validate, repair and write records (JSON list, single record, or JSON
 Lines). Callers import from here; the modules are the seams: `format` (Item, Record, writing), `timestamps`,
-`jsontext` (decoding and syntax hints), `repair`, `schema` (record and item checks), `load`, `validate`."""
+`jsontext` (decoding and syntax hints), `repair`, `schema` (record and item checks), `load`, `validate`.
+
+`records.load` is the function, not the module of that name: importing the function below rebinds the package
+attribute after the module is loaded. Reach the module's other names with `from usertwin.data.records.load
+import ...`."""
 
 from usertwin.data.records.format import (
     ITEM_KEYS,
