@@ -17,6 +17,7 @@ import pytest
 from usertwin.errors import UsertwinError
 from usertwin.eval import metrics as M
 from usertwin.eval import report as R
+from usertwin.eval.report import plots, tables
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DANGEROUS = "<script>alert(1)</script>"
@@ -254,7 +255,7 @@ def test_buckets():
     assert R.history_labels() == ["0", "1-5", "6-20", "21-50", "51+"]
     assert [R.history_bucket(n) for n in (0, 1, 5, 6, 20, 21, 50, 51, 999, None)] == \
         ["0", "1-5", "1-5", "6-20", "6-20", "21-50", "21-50", "51+", "51+", "unknown"]
-    stats = R._bucket_stats(rating_rows(), lambda r: R.history_bucket(r["history_len"]))
+    stats = tables.bucket_stats(rating_rows(), lambda r: R.history_bucket(r["history_len"]))
     zero = [r for r in rating_rows() if r["history_len"] == 0]
     loss = sum(r["loss"] * r["n_tokens"] for r in zero) / sum(r["n_tokens"] for r in zero)
     rmse = math.sqrt(sum((r["rating"]["expected"] - float(r["reference"])) ** 2 for r in zero) / len(zero))
@@ -263,7 +264,7 @@ def test_buckets():
 
 
 def test_loss_series_keeps_a_resumed_step_once():
-    train, val = R._loss_series(_logs(20, 0.5, resumed_at=16))
+    train, val = plots.loss_series(_logs(20, 0.5, resumed_at=16))
     assert [s for s, _ in train] == list(range(1, 21))
     assert [s for s, _ in val] == [0, 5, 10, 15, 20]
 
