@@ -337,10 +337,11 @@ def read_rows(path) -> list[dict]:
 class MetricSpec:
     """How both tables show one metric: the `usertwin evaluate` table (`format_table`) and the report's.
 
-    `key` is the metric's leaf name in the output of `group`'s function (rating_metrics, text_metrics,
-    pick_metrics), so in metrics.json. `better` ("lower", "higher" or "" for counts and ratios without a better
-    side) decides which value the report marks as best. `count` marks sizes (n, n_scored): the report puts them
-    after the metrics of their group. `digits`: decimals in the evaluate table.
+    `key`: the metric's leaf name in the output of its `group`'s function (rating_metrics, text_metrics,
+    pick_metrics), so in the metrics file. `label`: its column header (default: the key). `better`: "lower",
+    "higher", or "" for counts and ratios without a better side; the report marks the best value of a column.
+    `digits`: decimals in the evaluate table. `count` marks sizes (n, n_scored): the report puts them after the
+    metrics of their group. `teacher_forced` marks a metric of the loss, which needs no generation.
     """
 
     group: str
