@@ -156,6 +156,29 @@ def _dist_html(rating: dict, reference) -> str:
     return "".join(parts)
 
 
+def _html_prediction(row: dict) -> str:
+    preds = _prediction_texts(row)
+    if len(preds) > 1:  # several samples: numbered
+        return "".join(f'<div><span class="muted">{k}.</span> {E(p)}</div>' for k, p in enumerate(preds, 1))
+    return "".join(f"<div>{E(p)}</div>" for p in preds) or '<span class="muted">(not generated)</span>'
+
+
+def _html_sample_row(row: dict) -> str:
+    extra = []
+    if isinstance(row.get("rating"), dict):
+        extra.append(_dist_html(row["rating"], row.get("reference")))
+    pick = row.get("pick")
+    if isinstance(pick, dict):
+        extra.append(f'<div class="muted">picked the real one among {E(fmt(pick.get("k")))} distractors: '
+                     f'{E(fmt(pick.get("correct")))}</div>')
+    return (f'<tr><td class="num">{E(fmt(row.get("target_index")))}</td>'
+            f'<td class="num">{E(fmt(row.get("history_len")))}</td>'
+            f'<td class="text">{E(str(row.get("item") or ""))}</td>'
+            f'<td class="text">{E(str(row.get("reference") or ""))}</td>'
+            f'<td class="text">{_html_prediction(row)}</td><td>{"".join(extra)}</td>'
+            f'<td class="num">{E(fmt(row.get("loss")))}</td></tr>')
+
+
 def _html_samples(run: Run, users: list) -> str:
     if not run.predictions_file:
         return '<p class="note">no predictions (run `usertwin predict`)</p>'
@@ -163,40 +186,43 @@ def _html_samples(run: Run, users: list) -> str:
         return f'<p class="note">{"no users asked for" if run.predictions else "the predictions file has no rows"}</p>'
     out = []
     for user, rows in users:
-        trs = []
-        for row in rows:
-            preds = _prediction_texts(row)
-            if len(preds) > 1:  # several samples: numbered
-                pred = "".join(f'<div><span class="muted">{k}.</span> {E(p)}</div>' for k, p in enumerate(preds, 1))
-            else:
-                pred = "".join(f"<div>{E(p)}</div>" for p in preds) or '<span class="muted">(not generated)</span>'
-            extra = []
-            if isinstance(row.get("rating"), dict):
-                extra.append(_dist_html(row["rating"], row.get("reference")))
-            pick = row.get("pick")
-            if isinstance(pick, dict):
-                extra.append(f'<div class="muted">picked the real one among {E(fmt(pick.get("k")))} distractors: '
-                             f'{E(fmt(pick.get("correct")))}</div>')
-            trs.append(f'<tr><td class="num">{E(fmt(row.get("target_index")))}</td>'
-                       f'<td class="num">{E(fmt(row.get("history_len")))}</td>'
-                       f'<td class="text">{E(str(row.get("item") or ""))}</td>'
-                       f'<td class="text">{E(str(row.get("reference") or ""))}</td>'
-                       f'<td class="text">{pred}</td><td>{"".join(extra)}</td>'
-                       f'<td class="num">{E(fmt(row.get("loss")))}</td></tr>')
+        trs = "".join(_html_sample_row(row) for row in rows)
         n_items = rows[0].get("user_items") if rows else None
         summary = f"user {user}" + (f" ({fmt(n_items)} items in all)" if n_items is not None else "")
         out.append(f"<details><summary>{E(summary)}</summary><div class=\"scroll\"><table class=\"samples\">"
                    "<thead><tr><th>target</th><th>history</th><th>item</th><th>reference</th><th>prediction</th>"
-                   f"<th>rating / pick</th><th>loss</th></tr></thead><tbody>{''.join(trs)}</tbody></table>"
+                   f"<th>rating / pick</th><th>loss</th></tr></thead><tbody>{trs}</tbody></table>"
                    "</div></details>")
     return "".join(out)
 
 
 def _run_notes(run: Run) -> list[str]:
-    notes = []
-    for name in run.missing:
-        notes.append(f"missing {name} ({run.hints[name]})")
-    return notes + run.problems
+    return [f"missing {name} ({run.hints[name]})" for name in run.missing] + run.problems
+
+
+BUCKET_SECTIONS = (("history", "history length"), ("activity", "user activity"))
+
+
+def _html_runs(runs) -> list[str]:
+    parts = ["<h2>Runs</h2><ul>"]
+    for r in runs:
+        notes = _run_notes(r)
+        note = f' — <span class="note">{E("; ".join(notes))}</span>' if notes else ""
+        parts.append(f"<li><b>{E(r.name)}</b> <span class=\"muted\">{E(str(r.path))}</span>{note}</li>")
+    return parts
+
+
+def _html_bucket_sections(plots, buckets) -> list[str]:
+    parts = []
+    for key, what in BUCKET_SECTIONS:
+        labels, stats = buckets[key]
+        parts.append(f"<h2>Metrics by {what}</h2>")
+        parts.append(_img(plots.get(key), f"loss by {what}", "no run has predictions"))
+        if stats:
+            parts.append(_html_buckets(labels, stats, "loss", f"loss by {what}"))
+            if len(bucket_panels(stats)) > 1:
+                parts.append(_html_buckets(labels, stats, "rmse", f"expected-rating RMSE by {what}"))
+    return parts
 
 
 def render_html(runs, table, plots, buckets, samples, title) -> str:
@@ -205,28 +231,17 @@ def render_html(runs, table, plots, buckets, samples, title) -> str:
     parts = [f"<h1>{E(title)}</h1>",
              f'<p class="muted">{counts}. Best value of each lower/higher-is-better column in bold. '
              "Losses are per target token.</p>",
-             "<h2>Runs</h2><ul>"]
-    for r in runs:
-        notes = _run_notes(r)
-        note = f' — <span class="note">{E("; ".join(notes))}</span>' if notes else ""
-        parts.append(f"<li><b>{E(r.name)}</b> <span class=\"muted\">{E(str(r.path))}</span>{note}</li>")
-    parts.append("</ul><h2>Metrics</h2>")
-    parts.append(_html_metrics(table))
-    parts.append("<h2>Training and validation loss</h2>")
-    parts.append(_img(plots.get("loss"), "training and validation loss", NO_LOGS))
-    for key, title, what in (("history", "Metrics by history length", "history length"),
-                             ("activity", "Metrics by user activity", "user activity")):
-        labels, stats = buckets[key]
-        parts.append(f"<h2>{title}</h2>")
-        parts.append(_img(plots.get(key), f"loss by {what}", "no run has predictions"))
-        if stats:
-            parts.append(_html_buckets(labels, stats, "loss", f"loss by {what}"))
-            if len(bucket_panels(stats)) > 1:
-                parts.append(_html_buckets(labels, stats, "rmse", f"expected-rating RMSE by {what}"))
-    parts.append("<h2>Predictions next to the real continuation</h2>")
+             *_html_runs(runs),
+             "</ul><h2>Metrics</h2>", _html_metrics(table),
+             "<h2>Training and validation loss</h2>",
+             _img(plots.get("loss"), "training and validation loss", NO_LOGS),
+             *_html_bucket_sections(plots, buckets),
+             "<h2>Predictions next to the real continuation</h2>"]
     for r in runs:
         parts.append(f"<h3>{E(r.name)}</h3>")
         parts.append(_html_samples(r, samples.get(r.name, [])))
+    # kept as it was before the split into a package: the last section heading, not `title` (a shadowed name)
+    title = f"Metrics by {BUCKET_SECTIONS[-1][1]}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -276,16 +291,9 @@ def _md_buckets(labels, stats, key, what) -> str:
     return _md_table([f"{what} (targets)"] + [_md(b) for b in labels], lines)
 
 
-def render_markdown(runs, table, images, buckets, samples, title) -> str:
-    out = [f"# {_md(title)}", "", "Best value of each lower/higher-is-better column in bold. "
-           "Losses are per target token.", "", "## Runs", ""]
-    for r in runs:
-        notes = _run_notes(r)
-        out.append(f"- **{_md(r.name)}** `{r.path}`" + (f" — {_md('; '.join(notes))}" if notes else ""))
-    out += ["", "## Metrics", "", _md_metrics(table), "", "## Training and validation loss", ""]
-    out.append(f"![training and validation loss]({images['loss']})" if "loss" in images else
-               NO_LOGS)
-    for kind, what in (("history", "history length"), ("activity", "user activity")):
+def _md_bucket_sections(images, buckets) -> list[str]:
+    out = []
+    for kind, what in BUCKET_SECTIONS:
         labels, stats = buckets[kind]
         out += ["", f"## Metrics by {what}", ""]
         if kind not in images:
@@ -294,22 +302,34 @@ def render_markdown(runs, table, images, buckets, samples, title) -> str:
         out += [f"![loss by {what}]({images[kind]})", "", _md_buckets(labels, stats, "loss", f"loss by {what}")]
         if len(bucket_panels(stats)) > 1:
             out += ["", _md_buckets(labels, stats, "rmse", f"expected-rating RMSE by {what}")]
+    return out
+
+
+def _md_samples(run: Run, users: list) -> str:
+    if not users:
+        return ("no predictions" if not run.predictions_file else
+                "the predictions file has no rows" if not run.predictions else "no users asked for")
+    lines = []
+    for user, rows in users:
+        for row in rows:
+            preds = _prediction_texts(row)
+            rating = row.get("rating") if isinstance(row.get("rating"), dict) else {}
+            lines.append([_md(user), _md(fmt(row.get("history_len"))), _md(row.get("item") or "", 120),
+                          _md(row.get("reference") or "", 300), _md(preds[0] if preds else "–", 300),
+                          _md(fmt(rating.get("expected")) if rating else "–"), _md(fmt(row.get("loss")))])
+    return _md_table(["user", "history", "item", "reference", "prediction", "expected rating", "loss"], lines)
+
+
+def render_markdown(runs, table, images, buckets, samples, title) -> str:
+    out = [f"# {_md(title)}", "", "Best value of each lower/higher-is-better column in bold. "
+           "Losses are per target token.", "", "## Runs", ""]
+    for r in runs:
+        notes = _run_notes(r)
+        out.append(f"- **{_md(r.name)}** `{r.path}`" + (f" — {_md('; '.join(notes))}" if notes else ""))
+    out += ["", "## Metrics", "", _md_metrics(table), "", "## Training and validation loss", ""]
+    out.append(f"![training and validation loss]({images['loss']})" if "loss" in images else NO_LOGS)
+    out += _md_bucket_sections(images, buckets)
     out += ["", "## Predictions next to the real continuation"]
     for r in runs:
-        out += ["", f"### {_md(r.name)}", ""]
-        users = samples.get(r.name, [])
-        if not users:
-            out.append("no predictions" if not r.predictions_file else
-                       "the predictions file has no rows" if not r.predictions else "no users asked for")
-            continue
-        lines = []
-        for user, rows in users:
-            for row in rows:
-                preds = _prediction_texts(row)
-                rating = row.get("rating") if isinstance(row.get("rating"), dict) else {}
-                lines.append([_md(user), _md(fmt(row.get("history_len"))), _md(row.get("item") or "", 120),
-                              _md(row.get("reference") or "", 300), _md(preds[0] if preds else "–", 300),
-                              _md(fmt(rating.get("expected")) if rating else "–"), _md(fmt(row.get("loss")))])
-        out.append(_md_table(["user", "history", "item", "reference", "prediction", "expected rating", "loss"],
-                             lines))
+        out += ["", f"### {_md(r.name)}", "", _md_samples(r, samples.get(r.name, []))]
     return "\n".join(out) + "\n"
