@@ -424,3 +424,9 @@ def test_a_registered_metric_is_in_both_tables(tmp_path, monkeypatch):
     html = result["html"].read_text(encoding="utf-8")
     assert '<th title="text.zh.meteor">METEOR</th>' in html and '<td class="num best">6.0000</td>' in html
     assert "| **6.0000** |" in result["markdown"].read_text(encoding="utf-8")
+
+
+def test_the_page_title_is_the_report_title(tmp_path):
+    runs = make_runs(tmp_path)
+    text = R.build_report(runs, tmp_path / "r.html", title="ratings <v2>")["html"].read_text(encoding="utf-8")
+    assert "<title>ratings &lt;v2&gt;</title>" in text and "<h1>ratings &lt;v2&gt;</h1>" in text

@@ -240,8 +240,6 @@ def render_html(runs, table, plots, buckets, samples, title) -> str:
     for r in runs:
         parts.append(f"<h3>{E(r.name)}</h3>")
         parts.append(_html_samples(r, samples.get(r.name, [])))
-    # kept as it was before the split into a package: the last section heading, not `title` (a shadowed name)
-    title = f"Metrics by {BUCKET_SECTIONS[-1][1]}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
