@@ -363,9 +363,9 @@ class MetricSpec:
 
 GROUPS = ("rating", "text", "pick")
 
-# Within a group, the order here is the column order of both tables (a metric computed from the teacher-forced
-# loss comes first in the evaluate table's text block, right after the counts: it exists without generation).
-# The report's leading columns follow the first appearance of each key here, across groups.
+# Both tables take their column order from here. The evaluate table shows a group's counts first, then its
+# teacher-forced metric (it exists without generation), then the rest in this order. The report leads each group
+# of columns with the metric keys (not counts) in the order of their first appearance here, counts last.
 METRICS = [
     MetricSpec("rating", "n", count=True),
     MetricSpec("rating", "n_scored", count=True),

@@ -11,7 +11,7 @@ from pathlib import Path
 from usertwin.eval.metrics import as_number
 from usertwin.eval.report.plots import bucket_panels
 from usertwin.eval.report.runs import Run
-from usertwin.eval.report.tables import IDENTITY_COLUMNS, Table, best_values, fmt, header, is_number
+from usertwin.eval.report.tables import IDENTITY_COLUMNS, Table, best_values, column_header, fmt, is_number
 from usertwin.rundir import RunDir
 
 NO_LOGS = f"no run has training logs ({RunDir(Path()).logs.name})"
@@ -92,7 +92,7 @@ def _html_metrics(table: Table) -> str:
             groups.append((g, [c]))
     head1 = "".join(f'<th rowspan="2">{E(c.replace("_", " "))}</th>' for c in IDENTITY_COLUMNS)
     head1 += "".join(f'<th colspan="{len(cs)}">{E(g)}</th>' for g, cs in groups)
-    head2 = "".join(f'<th title="{E(c)}">{E(header(table.paths[c][-1]))}</th>' for c in table.columns)
+    head2 = "".join(f'<th title="{E(c)}">{E(column_header(table.paths[c][-1]))}</th>' for c in table.columns)
     body = []
     for row in table.rows:
         cells = row["cells"]

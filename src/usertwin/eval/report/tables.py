@@ -69,7 +69,7 @@ def _direction(leaf: str) -> int:
     return -1 if leaf in LOWER_BETTER_TRAINING or leaf.endswith("loss") else 0
 
 
-def header(leaf: str) -> str:
+def column_header(leaf: str) -> str:
     """A column's name in the table header: its metric spec's label, else the leaf itself."""
     spec = metric_specs.spec_of(leaf)
     return spec.header if spec is not None else leaf
