@@ -256,3 +256,19 @@ def test_format_table_and_read_rows(tmp_path):
     path.write_text('{"user": 1}\n{oops\n', encoding="utf-8")
     with pytest.raises(UsertwinError, match=r"predictions.jsonl:2"):
         M.read_rows(path)
+
+
+def test_register_metric_refuses_what_the_tables_cannot_show(monkeypatch):
+    monkeypatch.setattr(M, "METRICS", list(M.METRICS))
+    with pytest.raises(ValueError, match="already registered"):
+        M.register_metric(M.MetricSpec("text", "bleu", better="higher"))
+    with pytest.raises(ValueError, match="higher-is-better"):  # the report ranks a key the same everywhere
+        M.register_metric(M.MetricSpec("text", "accuracy", better="lower"))
+    with pytest.raises(ValueError, match="group"):
+        M.register_metric(M.MetricSpec("speed", "tokens"))
+    with pytest.raises(ValueError, match="better must be"):
+        M.register_metric(M.MetricSpec("text", "meteor", better="more"))
+    spec = M.register_metric(M.MetricSpec("rating", "spearman", better="higher"))
+    assert M.spec_of("spearman") is spec and M.headline_keys()[-1] == "spearman"
+    table = M.format_table({"global_mean": {**M.rating_metrics([4.0, 3.0], [3.5, 3.0]), "spearman": 0.25}})
+    assert table.splitlines()[1].split()[-1] == "spearman" and table.splitlines()[3].split()[-1] == "0.250"

@@ -17,6 +17,8 @@ import pytest
 from usertwin.errors import UsertwinError
 from usertwin.eval import metrics as M
 from usertwin.eval import report as R
+from usertwin.eval.report import plots, tables
+from usertwin.rundir import RunDir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DANGEROUS = "<script>alert(1)</script>"
@@ -34,7 +36,7 @@ def _jsonl(path: Path, rows, torn_tail: str = "") -> None:
 def _config(path: Path, **kw) -> None:
     lines = [f"{k}: {v}" for k, v in {"model": "tiny", "ablation": "profile_and_history_and_context",
                                        "unit": "timeline", "history_strategy": "all_previous", **kw}.items()]
-    (path / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    RunDir(path).config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _logs(steps: int, start: float, resumed_at: int | None = None) -> list:
@@ -86,18 +88,18 @@ def make_runs(root: Path) -> list[Path]:
     _config(a)
     _config(b, ablation="none", unit="sample", history_strategy="fixed_count")
     for run, start in ((a, 0.5), (b, 2.0)):
-        (run / "summary.json").write_text(json.dumps({
+        RunDir(run).summary.write_text(json.dumps({
             "steps": 20, "epochs": 4, "targets_per_epoch": 100, "tokens_per_epoch": 5000,
             "per_epoch": [{"epoch": 1, "targets": 100}], "tokens_per_second": 1234.5,
             "val_loss_before": start + 0.2, "val_loss_after": start + 0.025, "best_val_loss": start + 0.025,
             "wall_seconds": 61.2, "unit": "timeline"}), encoding="utf-8")
-    _jsonl(a / "logs.jsonl", _logs(20, 0.5, resumed_at=16), torn_tail='{"step": 21, "lo')
-    _jsonl(b / "logs.jsonl", _logs(20, 2.0))
-    _jsonl(a / "predictions-test.jsonl", rating_rows())
-    _jsonl(b / "predictions-test.jsonl", text_rows())
-    # run a: metrics.json exactly as usertwin.eval.metrics writes it; run b: another shape (the schema may move)
-    (a / "metrics.json").write_text(json.dumps(M.evaluate_rows(rating_rows())), encoding="utf-8")
-    (b / "metrics.json").write_text(json.dumps({
+    _jsonl(RunDir(a).logs, _logs(20, 0.5, resumed_at=16), torn_tail='{"step": 21, "lo')
+    _jsonl(RunDir(b).logs, _logs(20, 2.0))
+    _jsonl(RunDir(a).predictions("test"), rating_rows())
+    _jsonl(RunDir(b).predictions("test"), text_rows())
+    # run a: the metrics file exactly as usertwin.eval.metrics writes it; run b: another shape (the schema may move)
+    RunDir(a).metrics.write_text(json.dumps(M.evaluate_rows(rating_rows())), encoding="utf-8")
+    RunDir(b).metrics.write_text(json.dumps({
         "text": {"bleu": 12.5, "chrf": 30.25, "rouge_l": 28.0, "perplexity": 7.4},
         "pick": {"accuracy": 0.5, "chance": 0.25},
         "by_activity": {"21-50": {"text": {"bleu": 3.0}}}}, ensure_ascii=False), encoding="utf-8")
@@ -254,7 +256,7 @@ def test_buckets():
     assert R.history_labels() == ["0", "1-5", "6-20", "21-50", "51+"]
     assert [R.history_bucket(n) for n in (0, 1, 5, 6, 20, 21, 50, 51, 999, None)] == \
         ["0", "1-5", "1-5", "6-20", "6-20", "21-50", "21-50", "51+", "51+", "unknown"]
-    stats = R._bucket_stats(rating_rows(), lambda r: R.history_bucket(r["history_len"]))
+    stats = tables.bucket_stats(rating_rows(), lambda r: R.history_bucket(r["history_len"]))
     zero = [r for r in rating_rows() if r["history_len"] == 0]
     loss = sum(r["loss"] * r["n_tokens"] for r in zero) / sum(r["n_tokens"] for r in zero)
     rmse = math.sqrt(sum((r["rating"]["expected"] - float(r["reference"])) ** 2 for r in zero) / len(zero))
@@ -263,7 +265,7 @@ def test_buckets():
 
 
 def test_loss_series_keeps_a_resumed_step_once():
-    train, val = R._loss_series(_logs(20, 0.5, resumed_at=16))
+    train, val = plots.loss_series(_logs(20, 0.5, resumed_at=16))
     assert [s for s, _ in train] == list(range(1, 21))
     assert [s for s, _ in val] == [0, 5, 10, 15, 20]
 
@@ -289,9 +291,9 @@ def test_missing_files_are_named(tmp_path):
 def test_unreadable_files_do_not_stop_the_report(tmp_path):
     run = tmp_path / "broken"
     run.mkdir()
-    (run / "metrics.json").write_text("{not json", encoding="utf-8")
-    (run / "summary.json").write_text("[1, 2]", encoding="utf-8")
-    (run / "config.yaml").write_text("a: [unclosed", encoding="utf-8")
+    RunDir(run).metrics.write_text("{not json", encoding="utf-8")
+    RunDir(run).summary.write_text("[1, 2]", encoding="utf-8")
+    RunDir(run).config.write_text("a: [unclosed", encoding="utf-8")
     result = R.build_report([run], tmp_path / "r.html")
     problems = result["runs"][0]["problems"]
     assert any(p.startswith("metrics.json: cannot read") for p in problems)
@@ -378,3 +380,53 @@ def test_no_examples_asked_for(tmp_path):
     result = R.build_report(make_runs(tmp_path), tmp_path / "r.html", max_examples=0)
     text = result["html"].read_text(encoding="utf-8")
     assert "<details>" not in text and text.count("no users asked for") == 2
+
+
+# ---------------------------------------------------------------- metric specs
+
+
+def test_a_registered_metric_is_in_both_tables(tmp_path, monkeypatch):
+    """A new metric is its computing code plus one `MetricSpec`: then the `usertwin evaluate` table has its
+    column, and the report leads its group with it and marks its best value."""
+    monkeypatch.setattr(M, "METRICS", list(M.METRICS))
+    text_metrics = M.text_metrics
+
+    def with_meteor(refs, hyps, language="en", **kw):  # a stand-in for the new metric's computing function
+        return {**text_metrics(refs, hyps, language, **kw), "meteor": 0.5 * len(hyps)}
+
+    monkeypatch.setattr(M, "text_metrics", with_meteor)
+    metrics = {"big": M.evaluate_rows(text_rows()), "small": M.evaluate_rows(text_rows()[:6])}
+    runs = []
+    for name, m in metrics.items():
+        run = RunDir(tmp_path / name)
+        run.path.mkdir()
+        run.metrics.write_text(json.dumps(m, ensure_ascii=False), encoding="utf-8")
+        runs.append(run.path)
+
+    def report_table():
+        return R.metrics_table([R.load_run(p) for p in runs], None)
+
+    # not registered: a count-like column of the report only
+    assert "meteor" not in M.format_table(metrics["big"]).lower()
+    cols = report_table().columns
+    assert cols.index("text.zh.n") < cols.index("text.zh.meteor")
+    assert "text.zh.meteor" not in tables.best_values(report_table())
+
+    M.register_metric(M.MetricSpec("text", "meteor", label="METEOR", better="higher", digits=2))
+    text_block = next(b for b in M.format_table(metrics["big"]).split("\n\n") if b.startswith("text\n"))
+    header, _, first = text_block.splitlines()[1:4]
+    assert header.split()[-1] == "METEOR" and first.split()[-1] == "6.00"
+    table = report_table()
+    cols = table.columns
+    assert cols.index("text.zh.distinct_2") < cols.index("text.zh.meteor") < cols.index("text.zh.n")
+    assert tables.best_values(table)["text.zh.meteor"] == 6.0
+    result = R.build_report(runs, tmp_path / "r.html")
+    html = result["html"].read_text(encoding="utf-8")
+    assert '<th title="text.zh.meteor">METEOR</th>' in html and '<td class="num best">6.0000</td>' in html
+    assert "| **6.0000** |" in result["markdown"].read_text(encoding="utf-8")
+
+
+def test_the_page_title_is_the_report_title(tmp_path):
+    runs = make_runs(tmp_path)
+    text = R.build_report(runs, tmp_path / "r.html", title="ratings <v2>")["html"].read_text(encoding="utf-8")
+    assert "<title>ratings &lt;v2&gt;</title>" in text and "<h1>ratings &lt;v2&gt;</h1>" in text

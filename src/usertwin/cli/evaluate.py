@@ -1,16 +1,20 @@
-"""`usertwin evaluate --run RUN` (or a predictions file): metrics.json and a printed table."""
+"""`usertwin evaluate --run RUN` (or a predictions file): the metrics file and a printed table."""
 
 from __future__ import annotations
 
+from usertwin.rundir import METRICS_NAME, RunDir
+
 NAME = "evaluate"
-HELP = "predictions -> metrics.json and a printed table"
+HELP = f"predictions -> {METRICS_NAME} and a printed table"
+_EXAMPLE = RunDir("RUN")
 
 
 def add_arguments(p) -> None:
     p.add_argument("predictions", nargs="?", help="a predictions JSONL file")
-    p.add_argument("--run", help="a run directory: evaluates RUN/predictions-SPLIT.jsonl into RUN/metrics.json")
+    p.add_argument("--run", help=f"a run directory: evaluates {_EXAMPLE.predictions('SPLIT')} into "
+                                 f"{_EXAMPLE.metrics}")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split's predictions")
-    p.add_argument("-o", "--output", help="metrics file (default: metrics.json beside the predictions)")
+    p.add_argument("-o", "--output", help=f"metrics file (default: {METRICS_NAME} beside the predictions)")
 
 
 def run(args) -> int:
@@ -19,7 +23,6 @@ def run(args) -> int:
     from usertwin.atomic import write_json
     from usertwin.errors import UsertwinError
     from usertwin.eval.metrics import evaluate_rows, format_table, read_rows
-    from usertwin.rundir import RunDir
 
     if not args.predictions and not args.run:
         raise UsertwinError("pass a predictions file or --run RUN_DIR")

@@ -1,6 +1,6 @@
 """Baselines on the same split as the twin: every target labelled `split` by `timeline.assign_splits`.
 
-Ratings (items of a collection named *rating* whose continuation is a number), fit on train-split items only
+Ratings (items of a rating collection, `records.is_rating`, whose continuation is a number), fit on train-split items only
 — validation and test ratings are never seen:
 
 * `global_mean`: the mean train rating mu.
@@ -68,7 +68,7 @@ def item_key(item) -> tuple[str, str]:
 
 def rating_value(item) -> float | None:
     """The item's rating when it belongs to a rating collection and its continuation is a number."""
-    return metrics.as_number(item.continuation) if "rating" in item.collection else None
+    return metrics.as_number(item.continuation) if item.is_rating else None
 
 
 # ---------------------------------------------------------------- data
@@ -223,7 +223,7 @@ def run_baselines(cfg: Config, split: str = "test", **fit_kwargs) -> dict:
 
 
 def baseline_rows(cfg: Config, split: str = "test", **fit_kwargs):
-    """predictions.jsonl-style rows, one per (baseline, target), with a `baseline` key; rating predictions
+    """Rows shaped like a predictions file's, one per (baseline, target), with a `baseline` key; rating predictions
     are written with 4 decimals (evaluate_rows would snap them to the scale: use run_baselines for RMSE)."""
     timelines, splits = load_split(cfg)
     for name, pairs in predictions(timelines, splits, split, **fit_kwargs).items():

@@ -1,4 +1,4 @@
-"""Rating and text metrics of predictions: pure functions of the rows of `predictions.jsonl`, no model.
+"""Rating and text metrics of predictions: pure functions of the rows of a predictions file, no model.
 
 * Ratings: the generated rating is the first number in the generated text, snapped to the rating scale
   (`parse_rating`); RMSE, MAE, exact and within-0.5 accuracy over the parseable ones, and the share of
@@ -9,6 +9,9 @@
   BLEU, chrF and ROUGE-L are reported on a 0-100 scale.
 * Target perplexity: exp of the per-token loss averaged over all target tokens (rows weighted by n_tokens).
 * Everything again per user-activity bucket (the user's total number of items, `ACTIVITY_EDGES`).
+
+How the metrics are shown is declared once, in `METRICS` (one `MetricSpec` each): the `usertwin evaluate` table
+here and the report's metrics table both read it, so a new metric is its computing code plus one entry there.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import math
 import re
 import unicodedata
 from collections import defaultdict
+from dataclasses import dataclass
 
+from usertwin.data.records import is_rating
 from usertwin.errors import UsertwinError
 
 DEFAULT_SCALE = tuple(x / 2 for x in range(1, 11))  # MovieLens: 0.5, 1.0, ..., 5.0
@@ -190,7 +195,7 @@ def text_metrics(refs, hyps, language: str = "en", losses=None, n_tokens=None) -
     return out
 
 
-# ---------------------------------------------------------------- rows of predictions.jsonl
+# ---------------------------------------------------------------- rows of a predictions file
 
 
 def activity_labels(edges=ACTIVITY_EDGES) -> list[str]:
@@ -216,9 +221,9 @@ def activity_bucket(user_items, edges=ACTIVITY_EDGES) -> str:
 
 
 def is_rating_row(row: dict) -> bool:
-    """A rating row has a numeric reference and either a `rating` entry or a collection named *rating*;
-    everything else is scored as text."""
-    kind = "rating" in row or "rating" in str(row.get("collection", ""))
+    """A rating row has a numeric reference and either a `rating` entry (the likelihood-scored scale) or a
+    rating collection (`records.is_rating`); everything else is scored as text."""
+    kind = "rating" in row or is_rating(row.get("collection"))
     return kind and as_number(row.get("reference")) is not None
 
 
@@ -278,7 +283,7 @@ def _section(rows, scale) -> dict:
 
 
 def evaluate_rows(rows, scale=DEFAULT_SCALE, edges=ACTIVITY_EDGES) -> dict:
-    """Metrics of predictions.jsonl rows, JSON-serialisable:
+    """Metrics of the rows of a predictions file, JSON-serialisable:
 
         {"n_rows": N, "activity_edges": [20, 50, 200],
          "overall": SECTION, "by_activity": {"1-20": SECTION, ..., "201+": SECTION}}
@@ -299,23 +304,120 @@ def evaluate_rows(rows, scale=DEFAULT_SCALE, edges=ACTIVITY_EDGES) -> dict:
             "by_activity": {b: _section(buckets[b], scale) for b in order if buckets.get(b)}}
 
 
+def json_lines(path, errors: str = "strict"):
+    """(line number, value, None) for each non-blank line of a JSON Lines file, (line number, None, the
+    JSONDecodeError) for a line that is not JSON: each caller decides what a bad line means. `errors` is how
+    undecodable UTF-8 is handled (`open`'s argument); a file that cannot be read raises OSError."""
+    with open(path, encoding="utf-8", errors=errors) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield lineno, json.loads(line), None
+                except json.JSONDecodeError as e:
+                    yield lineno, None, e
+
+
 def read_rows(path) -> list[dict]:
-    """The rows of a predictions.jsonl file; a bad line stops with its file and line number."""
+    """The rows of a predictions file; a bad line stops with its file and line number."""
     rows = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise UsertwinError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
+        for lineno, row, error in json_lines(path):
+            if error is not None:
+                raise UsertwinError(f"{path}:{lineno}: not a JSON line ({error.msg})")
+            rows.append(row)
     except OSError as e:
         raise UsertwinError(f"{path}: cannot read predictions ({e.strerror})") from None
     return rows
 
 
-# ---------------------------------------------------------------- tables
+# ---------------------------------------------------------------- metric specs
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How both tables show one metric: the `usertwin evaluate` table (`format_table`) and the report's.
+
+    `key`: the metric's leaf name in the output of its `group`'s function (rating_metrics, text_metrics,
+    pick_metrics), so in the metrics file. `label`: its column header (default: the key). `better`: "lower",
+    "higher", or "" for counts and ratios without a better side; the report marks the best value of a column.
+    `digits`: decimals in the evaluate table. `count` marks sizes (n, n_scored): the report puts them after the
+    metrics of their group. `teacher_forced` marks a metric of the loss, which needs no generation.
+    """
+
+    group: str
+    key: str
+    label: str = ""
+    better: str = ""
+    digits: int = 3
+    count: bool = False
+    teacher_forced: bool = False
+
+    @property
+    def header(self) -> str:
+        return self.label or self.key
+
+    @property
+    def direction(self) -> int:
+        return {"lower": -1, "higher": 1, "": 0}[self.better]
+
+
+GROUPS = ("rating", "text", "pick")
+
+# Both tables take their column order from here. The evaluate table shows a group's counts first, then its
+# teacher-forced metric (it exists without generation), then the rest in this order. The report leads each group
+# of columns with the metric keys (not counts) in the order of their first appearance here, counts last.
+METRICS = [
+    MetricSpec("rating", "n", count=True),
+    MetricSpec("rating", "n_scored", count=True),
+    MetricSpec("rating", "rmse", better="lower"),
+    MetricSpec("rating", "mae", better="lower"),
+    MetricSpec("rating", "accuracy", better="higher"),
+    MetricSpec("rating", "within_0.5", better="higher"),
+    MetricSpec("rating", "unparseable_share", better="lower"),
+    MetricSpec("text", "n", count=True),
+    MetricSpec("text", "bleu", better="higher", digits=2),
+    MetricSpec("text", "chrf", better="higher", digits=2),
+    MetricSpec("text", "rouge_l", better="higher", digits=2),
+    MetricSpec("text", "perplexity", better="lower", teacher_forced=True),
+    MetricSpec("text", "length_ratio"),
+    MetricSpec("text", "distinct_1", better="higher"),
+    MetricSpec("text", "distinct_2", better="higher"),
+    MetricSpec("pick", "n", count=True),
+    MetricSpec("pick", "accuracy", better="higher"),
+    MetricSpec("pick", "chance"),
+]
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add a metric to both tables (its values must come from its group's function). A key already used
+    elsewhere must keep that key's direction: the report decides best values by key alone."""
+    if spec.group not in GROUPS:
+        raise ValueError(f"metric group {spec.group!r}: choose one of {', '.join(GROUPS)}")
+    if any((s.group, s.key) == (spec.group, spec.key) for s in METRICS):
+        raise ValueError(f"metric {spec.group}.{spec.key} is already registered")
+    if (other := spec_of(spec.key)) is not None and other.better != spec.better:
+        raise ValueError(f"metric {spec.key!r} is {other.better or 'neither'}-is-better in {other.group}")
+    if spec.better not in ("lower", "higher", ""):
+        raise ValueError(f"metric {spec.key!r}: better must be 'lower', 'higher' or ''")
+    METRICS.append(spec)
+    return spec
+
+
+def specs(group: str) -> list[MetricSpec]:
+    return [s for s in METRICS if s.group == group]
+
+
+def spec_of(key: str) -> MetricSpec | None:
+    """The first registered spec of a metric key, whatever its group."""
+    return next((s for s in METRICS if s.key == key), None)
+
+
+def headline_keys() -> list[str]:
+    """Metric keys (no counts) in the order the report leads each group of columns with."""
+    return list(dict.fromkeys(s.key for s in METRICS if not s.count))
+
+
+# ---------------------------------------------------------------- the evaluate table
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -336,16 +438,28 @@ def _grid(header, lines) -> str:
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(c) for c in lines])
 
 
-RATING_COLUMNS = ("n", "n_scored", "rmse", "mae", "accuracy", "within_0.5", "unparseable_share")
-TEXT_COLUMNS = ("n", "perplexity", "bleu", "chrf", "rouge_l", "length_ratio", "distinct_1", "distinct_2")
+def _columns(group: str) -> list[MetricSpec]:
+    """The evaluate table's columns of a group: counts, then teacher-forced metrics, then the others."""
+    return sorted(specs(group), key=lambda s: (not s.count, not s.teacher_forced))
+
+
+def _section_perplexity() -> MetricSpec:
+    """The rating block ends with the rating section's perplexity: one value for its generated, most likely
+    and expected lines alike, so it is not a column of rating_metrics."""
+    return next(s for s in _columns("text") if s.teacher_forced)
+
+
+def _line(label, m: dict, columns) -> list[str]:
+    return [label] + [_fmt(m.get(s.key), s.digits) for s in columns]
 
 
 def _rating_line(label, m, ppl=None):
-    return [label] + [_fmt(m.get(c)) for c in RATING_COLUMNS] + [_fmt(ppl)]
+    ppl_spec = _section_perplexity()
+    return _line(label, {**m, ppl_spec.key: ppl}, [*_columns("rating"), ppl_spec])
 
 
 def _text_line(label, m):
-    return [label] + [_fmt(m.get(c), 2 if c in ("bleu", "chrf", "rouge_l") else 3) for c in TEXT_COLUMNS]
+    return _line(label, m, _columns("text"))
 
 
 def _section_lines(name, sec, rating_lines, text_lines, pick_lines):
@@ -356,8 +470,16 @@ def _section_lines(name, sec, rating_lines, text_lines, pick_lines):
     for lang, m in (sec.get("text") or {}).items():
         text_lines.append(_text_line(f"{name} [{lang}]", m))
     if sec.get("all", {}).get("pick"):
-        p = sec["all"]["pick"]
-        pick_lines.append([name, _fmt(p["n"]), _fmt(p["accuracy"]), _fmt(p["chance"])])
+        pick_lines.append(_line(name, sec["all"]["pick"], _columns("pick")))
+
+
+def _named_lines(metrics: dict, rating_lines, text_lines) -> None:
+    """Lines of `{name: rating_metrics or text_metrics}`: a rating entry is told by its RMSE."""
+    for name, m in metrics.items():
+        if "rmse" in m:
+            rating_lines.append(_rating_line(name, m, m.get("perplexity")))
+        else:
+            text_lines.append(_text_line(f"{name} [{m.get('language', '?')}]", m))
 
 
 def format_table(metrics: dict) -> str:
@@ -369,16 +491,13 @@ def format_table(metrics: dict) -> str:
         for name, sec in sections:
             _section_lines(name, sec, rating_lines, text_lines, pick_lines)
     else:
-        for name, m in metrics.items():
-            if "rmse" in m:
-                rating_lines.append(_rating_line(name, m, m.get("perplexity")))
-            else:
-                text_lines.append(_text_line(f"{name} [{m.get('language', '?')}]", m))
+        _named_lines(metrics, rating_lines, text_lines)
     blocks = []
+    headers = lambda columns: ["", *(s.header for s in columns)]  # noqa: E731
     if rating_lines:
-        blocks.append("ratings\n" + _grid(["", *RATING_COLUMNS, "perplexity"], rating_lines))
+        blocks.append("ratings\n" + _grid(headers([*_columns("rating"), _section_perplexity()]), rating_lines))
     if text_lines:
-        blocks.append("text\n" + _grid(["", *TEXT_COLUMNS], text_lines))
+        blocks.append("text\n" + _grid(headers(_columns("text")), text_lines))
     if pick_lines:
-        blocks.append("pick the real one\n" + _grid(["", "n", "accuracy", "chance"], pick_lines))
+        blocks.append("pick the real one\n" + _grid(headers(_columns("pick")), pick_lines))
     return "\n\n".join(blocks) if blocks else "(no rows)"
