@@ -38,7 +38,7 @@ def _row(f) -> str:
 
 def section(title: str, cls) -> str:
     head = ["| flag | aliases | type | default | choices | help | shapes data |", "|---|---|---|---|---|---|---|"]
-    return "\n".join([f"## {title}", "", *head, *(_row(f) for f in fields(cls)), ""])
+    return "\n".join([f"## {title}", "", cls.__doc__, "", *head, *(_row(f) for f in fields(cls)), ""])
 
 
 def markdown() -> str:

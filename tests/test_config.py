@@ -110,6 +110,7 @@ def test_the_cache_key_covers_exactly_the_settings_that_shape_data():
 
 def test_every_flag_has_a_help_that_says_what_it_does():
     for cls in [*SECTIONS.values(), GenerateSettings]:
+        assert not cls.__doc__.startswith(cls.__name__ + "("), f"{cls.__name__}: a docstring heads its docs"
         for f in fields(cls):
             assert f.metadata["help"].strip(), f.name
     commands = build_parser()._subparsers._group_actions[0].choices

@@ -48,6 +48,8 @@ def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_
 
 @dataclass
 class DataSettings:
+    """The records, the model whose tokenizer measures them, and what one sequence holds."""
+
     data: str | None = setting(None, "records file to train on: JSON or JSON Lines in the unified format "
                                      "(prepare and train need it)", aliases=("data_path", "train_data"))
     on_error: str = setting("stop", "a bad record: stop names it and exits; skip leaves it out and counts it in "
@@ -65,6 +67,8 @@ class DataSettings:
 
 @dataclass
 class SplitSettings:
+    """Which items are train, validation and test."""
+
     split_mode: str = setting("time", "time: the latest part of each user's timeline is val and test; user: "
                                       "whole users are held out (cold start)", choices=("time", "user"),
                               shapes_data=True)
@@ -85,13 +89,15 @@ class SplitSettings:
 
 @dataclass
 class SampleSettings:
+    """Which targets become training sequences and which earlier items are their history."""
+
     history_strategy: str = setting(
         "all_previous", "sample unit: the earlier items shown as history: all_previous, random (a history_ratio "
                         "share at random), fixed_ratio (the user's first history_ratio share), fixed_count (the "
                         "fixed_history_count latest), none",
         choices=("all_previous", "random", "fixed_ratio", "fixed_count", "none"), shapes_data=True)
-    history_ratio: float = setting(0.5, "share of earlier items used by the random and fixed_ratio history "
-                                        "strategies", shapes_data=True)
+    history_ratio: float = setting(0.5, "share used by the random (of the earlier items) and fixed_ratio (of all "
+                                        "the user's items) history strategies", shapes_data=True)
     fixed_history_count: int | None = setting(None, "history items of the fixed_count strategy; unset: half the "
                                                     "user's items, at most 5", shapes_data=True)
     max_history_items: int | None = setting(None, "sample unit: at most this many history items, the most "
@@ -115,14 +121,16 @@ class SampleSettings:
 
 @dataclass
 class RenderSettings:
+    """What the prompt shows and how it is written."""
+
     ablation: str = setting("profile_and_history_and_context",
                             f"which parts the prompt shows: {', '.join(ABLATIONS)}", aliases=("ablation_config",),
                             shapes_data=True)
-    use_profile: bool | None = setting(None, "show the user's profile (no_profile: hide it); unset: as the "
+    use_profile: bool | None = setting(None, "show the user's profile (--no_profile: hide it); unset: as the "
                                              "ablation says", negations=("no_profile",), shapes_data=True)
-    use_history: bool | None = setting(None, "show the user's earlier items (no_history: hide them); unset: as "
+    use_history: bool | None = setting(None, "show the user's earlier items (--no_history: hide them); unset: as "
                                              "the ablation says", negations=("no_history",), shapes_data=True)
-    use_context: bool | None = setting(None, "show the context turns before each item (no_context: hide "
+    use_context: bool | None = setting(None, "show the context turns before each item (--no_context: hide "
                                              "them); unset: as the ablation says", negations=("no_context",),
                                        shapes_data=True)
     prompt_style: str = setting("simple", "how the parts are written out", choices=("simple", "detailed"),
@@ -146,7 +154,9 @@ class RenderSettings:
 
 @dataclass
 class ModelSettings:
-    lora: bool = setting(True, "train LoRA adapters; off (no_lora): full fine-tuning", negations=("no_lora",))
+    """The model, its adapters and its kernels."""
+
+    lora: bool = setting(True, "train LoRA adapters; off (--no_lora): full fine-tuning", negations=("no_lora",))
     lora_r: int = setting(16, "LoRA rank", aliases=("lora_rank",))
     lora_alpha: int = setting(32, "LoRA scaling alpha")
     lora_dropout: float = setting(0.05, "dropout on the LoRA layers' input")
@@ -156,7 +166,7 @@ class ModelSettings:
                          choices=("auto", "float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
                                                   "more time")
-    disable_flash_attn: bool = setting(False, "attention auto never picks a flash attention kernel")
+    disable_flash_attn: bool = setting(False, "attention auto picks sdpa, never a flash attention kernel")
     attention: str = setting("auto", "attention kernel; auto: flash_attention_2 if installed, else varlen for "
                                      "packed rows on a GPU, else sdpa",
                              choices=("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"))
@@ -167,6 +177,8 @@ class ModelSettings:
 
 @dataclass
 class TrainSettings:
+    """The optimizer, the batches, validation, checkpoints and logging."""
+
     learning_rate: float = setting(2e-4, "peak learning rate of AdamW", aliases=("lr",))
     weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up")
@@ -201,6 +213,8 @@ class TrainSettings:
 
 @dataclass
 class OutputSettings:
+    """Where a run writes."""
+
     output_dir: str | None = setting(None, "run directory: resolved config, logs, checkpoints, best model, "
                                            "predictions")
     cache_dir: str | None = setting(None, "where prepared data is cached; unset: OUTPUT_DIR/cache, else "
@@ -221,9 +235,10 @@ class Config(*reversed(SECTIONS.values())):
         return dataclasses.asdict(self)
 
 
+# not a Config section: these are flags of `predict` only, so `train --temperature` stays an unknown flag
 @dataclass
 class GenerateSettings:
-    """How `predict` generates: its own flags, not config keys (`train --temperature` stays unknown)."""
+    """How `usertwin predict` generates and scores."""
 
     max_new_tokens: int = setting(64, "tokens generated per prediction")
     temperature: float = setting(0.0, "sampling temperature; 0: greedy decoding")
