@@ -140,7 +140,6 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
         TrainingArguments,
     )
 
-    from usertwin.config import render_config
     from usertwin.data.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import IGNORE, SequenceEncoder
@@ -148,7 +147,7 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
 
     cfg = base_config(records, model_dir, args.work / "seeds", args, unit="sample")
     prep = prepare(cfg, tokenizer=tokenizer, progress=False)
-    encoder = SequenceEncoder(Renderer(render_config(cfg), tokenizer), tokenizer)
+    encoder = SequenceEncoder(Renderer(cfg, tokenizer), tokenizer)
     n = (args.warmup + args.steps) * 2
     seqs = random.Random(0).sample(prep.sequences["train"], n)
     data = []

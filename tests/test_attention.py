@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import tiny_model
 from helpers import rating_timeline
 
-from usertwin.text.render import RenderConfig, Renderer
+from usertwin.config import RenderSettings
+from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, packed_batch, padded_batch
 from usertwin.train import attention
 from usertwin.train.model import TargetLoss, batch_tensors
@@ -51,7 +52,7 @@ def _losses(model, batch, boundaries):
 def test_varlen_packed_losses_equal_sdpa(kernel, tokenizer, monkeypatch):
     monkeypatch.setattr(attention, "_kernel", lambda: kernel)
     attention.register()
-    encoder = SequenceEncoder(Renderer(RenderConfig(), tokenizer), tokenizer)
+    encoder = SequenceEncoder(Renderer(RenderSettings(), tokenizer), tokenizer)
     encs = [encoder.encode(rating_timeline(n, user=f"u{n}"), list(range(n)), list(range(1, n))) for n in (3, 6, 4)]
     batch = packed_batch(encs, pad_to=sum(len(e) for e in encs) + 7)  # with a padding "sequence" at the end
     model = tiny_model("qwen3", len(tokenizer))  # 4 query heads sharing 2 key/value heads
@@ -76,7 +77,7 @@ def test_varlen_packed_losses_equal_sdpa(kernel, tokenizer, monkeypatch):
 def test_varlen_padded_batches_fall_back_to_sdpa(tokenizer, monkeypatch):
     monkeypatch.setattr(attention, "_kernel", lambda: new_kernel)
     attention.register()
-    encoder = SequenceEncoder(Renderer(RenderConfig(), tokenizer), tokenizer)
+    encoder = SequenceEncoder(Renderer(RenderSettings(), tokenizer), tokenizer)
     encs = [encoder.encode(rating_timeline(n, user=f"u{n}"), list(range(n)), [n - 1]) for n in (3, 6)]
     model = tiny_model("qwen3", len(tokenizer))
     expected = _losses(model, padded_batch(encs), False)

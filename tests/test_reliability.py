@@ -115,15 +115,6 @@ def test_atomic_open_leaves_the_old_file_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left
 
 
-def test_every_config_key_is_declared_shaping_or_not():
-    from usertwin.data.prepare import _NOT_SHAPING, _SHAPING
-
-    keys = {f.name for f in dataclasses.fields(Config)}
-    assert not set(_SHAPING) & set(_NOT_SHAPING)
-    assert keys - set(_SHAPING) - set(_NOT_SHAPING) == set(), "new config keys: add them to prepare._SHAPING or _NOT_SHAPING"
-    assert set(_SHAPING) | set(_NOT_SHAPING) <= keys
-
-
 def _prep(data, tok, cache, **kw):
     from usertwin.data.prepare import prepare
 

@@ -6,10 +6,11 @@ import pytest
 from conftest import make_tokenizer
 from helpers import dialogue_timeline, rating_timeline
 
+from usertwin.config import ABLATIONS, RenderSettings
 from usertwin.data.records import Item
 from usertwin.data.timeline import Sample, Timeline, Window
 from usertwin.errors import UsertwinError
-from usertwin.text.render import ABLATIONS, RenderConfig, Renderer
+from usertwin.text.render import Renderer
 
 
 def _render(tl, cfg, tok, items, targets):
@@ -19,7 +20,7 @@ def _render(tl, cfg, tok, items, targets):
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 def test_each_ablation_shows_exactly_its_parts(ablation, tokenizer):
     tl = dialogue_timeline(6)
-    r = Renderer(RenderConfig(ablation=ablation), tokenizer)
+    r = Renderer(RenderSettings(ablation=ablation), tokenizer)
     p, h, c = ABLATIONS[ablation]
     hist = [0, 1, 2] if r.use_history else []
     text = r.render(tl, hist + [3], [3]).text
@@ -33,15 +34,15 @@ def test_each_ablation_shows_exactly_its_parts(ablation, tokenizer):
 
 
 def test_flags_override_the_ablation(tokenizer):
-    r = Renderer(RenderConfig(ablation="profile_and_history_and_context", use_profile=False), tokenizer)
+    r = Renderer(RenderSettings(ablation="profile_and_history_and_context", use_profile=False), tokenizer)
     assert (r.use_profile, r.use_history, r.use_context) == (False, True, True)
     with pytest.raises(UsertwinError, match="unknown ablation 'profile_history'"):
-        Renderer(RenderConfig(ablation="profile_history"), tokenizer)
+        Renderer(RenderSettings(ablation="profile_history"), tokenizer)
 
 
 def test_target_spans_are_exact_and_close_with_end_of_turn(tokenizer):
     tl = rating_timeline(6)
-    rendered = _render(tl, RenderConfig(), tokenizer, [0, 1, 2, 3], [2, 3])
+    rendered = _render(tl, RenderSettings(), tokenizer, [0, 1, 2, 3], [2, 3])
     spans = rendered.target_spans()
     assert [p for _, _, p in spans] == [2, 3]
     for start, end, pos in spans:
@@ -54,7 +55,7 @@ def test_sample_is_a_prefix_of_the_window(tokenizer):
     """The invariant behind timeline training: target k rendered as its own sample with items 0..k-1 as
     history is exactly the start of the window that holds items 0..k, and its span is the same."""
     tl = dialogue_timeline(8)
-    r = Renderer(RenderConfig(), tokenizer)
+    r = Renderer(RenderSettings(), tokenizer)
     window = r.render_window(tl, Window("c1", list(range(8)), [3, 4, 5, 6, 7]))
     wspans = {p: (s, e) for s, e, p in window.target_spans()}
     for k in range(3, 8):
@@ -73,39 +74,39 @@ def test_sample_is_a_prefix_of_the_window(tokenizer):
 
 def test_dialogue_own_turns_and_interlocutors():
     tl = dialogue_timeline(4)
-    text = Renderer(RenderConfig(), None).render(tl, [1], [1]).text
+    text = Renderer(RenderSettings(), None).render(tl, [1], [1]).text
     assert "You: earlier 1\nCAMERON: question 1?" in text
     role_tl = Timeline("x", {"name": "HP"}, "t", "en", [Item(
         continuation="hi", collection="dialogue",
         context=[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "mine"}])])
-    text = Renderer(RenderConfig(), None).render(role_tl, [0], [0]).text
+    text = Renderer(RenderSettings(), None).render(role_tl, [0], [0]).text
     assert "Other: hello\nYou: mine" in text
 
 
 def test_language_follows_the_data_and_can_be_overridden():
     items = [Item(continuation="这部电影很好看，推荐", prefix="《花椒之味》：", collection="movie_review")]
     tl = Timeline("z", {"name": "豆友"}, "模拟用户写短评", None, items)
-    text = Renderer(RenderConfig(), None).render(tl, [0], [0]).text
+    text = Renderer(RenderSettings(), None).render(tl, [0], [0]).text
     assert "写出该用户对这部电影的短评：" in text
-    text = Renderer(RenderConfig(language="en"), None).render(tl, [0], [0]).text
+    text = Renderer(RenderSettings(language="en"), None).render(tl, [0], [0]).text
     assert "Write the review this user writes for this movie:" in text
     ja = Timeline("j", {}, "t", None, [Item(continuation="すごく寒いです！", collection="dialogue")])
-    assert "このユーザーの次の発話" in Renderer(RenderConfig(), None).render(ja, [0], [0]).text
+    assert "このユーザーの次の発話" in Renderer(RenderSettings(), None).render(ja, [0], [0]).text
 
 
 def test_detailed_style_and_block_layout():
     tl = rating_timeline(4)
-    text = Renderer(RenderConfig(prompt_style="detailed"), None).render(tl, [0, 1], [1]).text
+    text = Renderer(RenderSettings(prompt_style="detailed"), None).render(tl, [0, 1], [1]).text
     assert "=== User profile ===\nname: u1\nage: 30" in text
     assert "=== Now ===\nTime: 1001000" in text
-    block = Renderer(RenderConfig(history_layout="block"), None).render(tl, [0, 1, 2], [2])
+    block = Renderer(RenderSettings(history_layout="block"), None).render(tl, [0, 1, 2], [2])
     assert "[HISTORY]\n1. Movie 0 (1990) (Drama): 1.0\n2. Movie 1 (1991) (Drama): 1.5" in block.text
     assert len(block.target_spans()) == 1
 
 
 def test_plain_format_without_chat_template(plain_tokenizer):
     tl = rating_timeline(3)
-    rendered = _render(tl, RenderConfig(), plain_tokenizer, [0, 1], [1])
+    rendered = _render(tl, RenderSettings(), plain_tokenizer, [0, 1], [1])
     assert "<|im_start|>" not in rendered.text
     (s, e, _), = rendered.target_spans()
     assert rendered.text[s:e] == "1.5<|im_end|>"  # the eos token closes the target
@@ -116,7 +117,7 @@ def test_template_without_system_role():
               "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
     tok = make_tokenizer(strict)
     tl = rating_timeline(4)
-    r = Renderer(RenderConfig(), tok)
+    r = Renderer(RenderSettings(), tok)
     window = r.render(tl, [0, 1, 2], [1, 2])
     sample = r.render(tl, [0, 1], [1])
     assert window.text.startswith(sample.text)

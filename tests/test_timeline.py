@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import dialogue_timeline, rating_records, rating_timeline
 
+from usertwin.config import Config, SplitSettings
 from usertwin.data.timeline import (
-    SampleConfig,
-    SplitConfig,
     Window,
     WindowStats,
     assign_splits,
@@ -23,10 +22,10 @@ from usertwin.errors import UsertwinError
 
 
 def test_split_labels_time_order_and_shares():
-    labels = split_labels(20, SplitConfig())
+    labels = split_labels(20, SplitSettings())
     assert labels == ["train"] * 14 + ["val"] * 3 + ["test"] * 3
     for n in range(1, 60):
-        lab = split_labels(n, SplitConfig())
+        lab = split_labels(n, SplitSettings())
         assert abs(lab.count("train") - 0.70 * n) <= 1 and abs(lab.count("val") - 0.15 * n) <= 1
         assert abs(lab.count("test") - 0.15 * n) <= 1
         assert lab == sorted(lab, key=["train", "val", "test"].index)  # test is the latest part
@@ -35,18 +34,18 @@ def test_split_labels_time_order_and_shares():
 def test_split_ratios_must_sum_to_one():
     tl = rating_timeline(5)
     with pytest.raises(UsertwinError, match="must add up to 1"):
-        assign_splits([tl], SplitConfig(train_ratio=0.8, val_ratio=0.15, test_ratio=0.15))
+        assign_splits([tl], SplitSettings(train_ratio=0.8, val_ratio=0.15, test_ratio=0.15))
 
 
 def test_user_split_holds_out_whole_users():
     tls, _ = build_timelines(rating_records([5] * 20))
-    splits = assign_splits(tls, SplitConfig(mode="user"))
+    splits = assign_splits(tls, SplitSettings(split_mode="user"))
     per_user = {u: set(lab) for u, lab in splits.items()}
     assert all(len(s) == 1 for s in per_user.values())
     counts = [sum(1 for s in per_user.values() if s == {sp}) for sp in ("train", "val", "test")]
     assert counts == [14, 3, 3]
-    assert splits == assign_splits(tls, SplitConfig(mode="user"))  # seeded
-    assert splits != assign_splits(tls, SplitConfig(mode="user", seed=7))
+    assert splits == assign_splits(tls, SplitSettings(split_mode="user"))  # seeded
+    assert splits != assign_splits(tls, SplitSettings(split_mode="user", seed=7))
 
 
 @pytest.mark.parametrize("strategy,kwargs,target,expected", [
@@ -60,12 +59,12 @@ def test_user_split_holds_out_whole_users():
 ])
 def test_history_strategies_exact(strategy, kwargs, target, expected):
     tl = rating_timeline(10)
-    assert select_history(tl, target, SampleConfig(history_strategy=strategy, **kwargs), seed=42) == expected
+    assert select_history(tl, target, Config(history_strategy=strategy, **kwargs), seed=42) == expected
 
 
 def test_random_history_is_seeded_subset_of_earlier_items():
     tl = rating_timeline(40)
-    cfg = SampleConfig(history_strategy="random", history_ratio=0.25)
+    cfg = Config(history_strategy="random", history_ratio=0.25)
     h = select_history(tl, 20, cfg, seed=42)
     assert len(h) == 5 and h == sorted(h) and all(p < 20 for p in h)
     assert h == select_history(tl, 20, cfg, seed=42)
@@ -74,37 +73,37 @@ def test_random_history_is_seeded_subset_of_earlier_items():
 
 def test_dialogue_history_capped_by_max_context_turns():
     tl = dialogue_timeline(30)
-    assert select_history(tl, 25, SampleConfig(), 42) == list(range(10, 25))
-    assert select_history(tl, 25, SampleConfig(max_context_turns=4), 42) == [21, 22, 23, 24]
+    assert select_history(tl, 25, Config(), 42) == list(range(10, 25))
+    assert select_history(tl, 25, Config(max_context_turns=4), 42) == [21, 22, 23, 24]
 
 
 def _setup(sizes=(20, 10, 3)):
     tls, _ = build_timelines(rating_records(list(sizes)))
-    return tls, assign_splits(tls, SplitConfig())
+    return tls, assign_splits(tls, SplitSettings())
 
 
 def test_sampling_modes_exact_counts():
     tls, splits = _setup()  # 20, 10, 3 items
     n_train = [lab.count("train") for lab in splits.values()]
     assert n_train == [14, 6, 3]  # 10 items: 2 test (1.5 rounds up), 2 val; 3 items: 0.45 rounds to 0
-    assert len(build_samples(tls, splits, "train", SampleConfig())) == 23
-    assert len(build_samples(tls, splits, "train", SampleConfig(max_samples_per_user=2))) == 6
-    one = build_samples(tls, splits, "train", SampleConfig(one_sample_per_user=True))
+    assert len(build_samples(tls, splits, "train", Config())) == 23
+    assert len(build_samples(tls, splits, "train", Config(max_samples_per_user=2))) == 6
+    one = build_samples(tls, splits, "train", Config(one_sample_per_user=True))
     assert [(s.target, s.history) for s in one] == [(13, list(range(13))), (5, list(range(5))), (2, [0, 1])]
-    aug = build_samples(tls, splits, "train", SampleConfig(temporal_augmentation=True, min_history_length=3))
+    aug = build_samples(tls, splits, "train", Config(temporal_augmentation=True, min_history_length=3))
     assert len(aug) == (14 - 3) + (6 - 3) + 0
     assert all(len(s.history) >= 3 for s in aug)
-    assert len(build_samples(tls, splits, "val", SampleConfig(max_samples_per_user=1))) == 3 + 2 + 0
+    assert len(build_samples(tls, splits, "val", Config(max_samples_per_user=1))) == 3 + 2 + 0
 
 
 def test_resample_every_epoch_is_seeded_by_epoch():
     tls, splits = _setup((60, 60))
-    cfg = SampleConfig(max_samples_per_user=3, sample_seed=42)
+    cfg = Config(max_samples_per_user=3, sample_seed=42)
     e0, e0b, e1 = resample(tls, splits, cfg, 0), resample(tls, splits, cfg, 0), resample(tls, splits, cfg, 1)
     assert [s.target for s in e0] == [s.target for s in e0b]
     assert [s.target for s in e0] != [s.target for s in e1]
     # epoch e with seed s is the draw of epoch 0 with seed s + e
-    e1_alt = resample(tls, splits, SampleConfig(max_samples_per_user=3, sample_seed=43), 0)
+    e1_alt = resample(tls, splits, Config(max_samples_per_user=3, sample_seed=43), 0)
     assert [s.target for s in e1] == [s.target for s in e1_alt]
 
 
@@ -112,7 +111,7 @@ def test_no_leakage_in_samples():
     tls, splits = _setup((30, 17, 9, 4))
     seen = {}
     for split in ("train", "val", "test"):
-        for s in build_samples(tls, splits, split, SampleConfig()):
+        for s in build_samples(tls, splits, split, Config()):
             assert all(h < s.target for h in s.history)
             assert splits[s.user_id][s.target] == split
             assert (s.user_id, s.target) not in seen
@@ -141,7 +140,7 @@ def test_duplicate_user_ids_are_merged_with_warning():
 
 def test_windows_cover_every_target_once_and_fit():
     tl = rating_timeline(100)
-    labels = split_labels(100, SplitConfig())
+    labels = split_labels(100, SplitSettings())
     lengths = [10 + (i % 7) for i in range(100)]
     for split in ("train", "val", "test"):
         st = WindowStats()

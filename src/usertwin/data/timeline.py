@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from usertwin.config import Config, SplitSettings
 from usertwin.errors import UsertwinError
 
 SPLITS = ("train", "val", "test")
@@ -54,30 +55,6 @@ class Window:
     items: list  # positions, increasing
     targets: list  # subset of items
     split: str = "train"
-
-
-@dataclass
-class SplitConfig:
-    mode: str = "time"  # time: per user, in time order; user: held-out users (cold start)
-    train_ratio: float = 0.70
-    val_ratio: float = 0.15
-    test_ratio: float = 0.15
-    seed: int = 42
-
-
-@dataclass
-class SampleConfig:
-    history_strategy: str = "all_previous"
-    history_ratio: float = 0.5
-    fixed_history_count: int | None = None
-    max_history_items: int | None = None  # cap on history items (most recent kept)
-    max_context_turns: int = 15  # dialogue: at most this many of the user's own earlier lines
-    max_samples_per_user: int | None = None
-    one_sample_per_user: bool = False
-    temporal_augmentation: bool = False
-    min_history_length: int = 1
-    sample_seed: int = 42
-    use_history: bool = True
 
 
 # ---------------------------------------------------------------- timelines
@@ -148,7 +125,7 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def split_labels(n: int, cfg: SplitConfig) -> list[str]:
+def split_labels(n: int, cfg: SplitSettings) -> list[str]:
     """Per-user time split of n items: the oldest are train, then val, the latest are test."""
     n_test = _round_half_up(n * cfg.test_ratio)
     n_val = _round_half_up(n * cfg.val_ratio)
@@ -158,21 +135,22 @@ def split_labels(n: int, cfg: SplitConfig) -> list[str]:
     return ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
 
 
-def assign_splits(timelines: list[Timeline], cfg: SplitConfig) -> dict[str, list[str]]:
+def assign_splits(timelines: list[Timeline], cfg: SplitSettings) -> dict[str, list[str]]:
     """user id -> split label of each timeline position."""
-    total = cfg.train_ratio + cfg.val_ratio + cfg.test_ratio
+    train = cfg.train_share()
+    total = train + cfg.val_ratio + cfg.test_ratio
     if abs(total - 1.0) > 1e-6:
-        raise UsertwinError(f"split ratios must add up to 1 (train {cfg.train_ratio} + val {cfg.val_ratio} + "
+        raise UsertwinError(f"split ratios must add up to 1 (train {train} + val {cfg.val_ratio} + "
                             f"test {cfg.test_ratio} = {total:g})")
-    if cfg.mode == "time":
+    if cfg.split_mode == "time":
         return {tl.user_id: split_labels(len(tl.items), cfg) for tl in timelines}
-    if cfg.mode == "user":
+    if cfg.split_mode == "user":
         users = sorted(tl.user_id for tl in timelines)
         random.Random(cfg.seed).shuffle(users)
         labels_by_rank = split_labels(len(users), cfg)
         user_split = dict(zip(users, labels_by_rank))
         return {tl.user_id: [user_split[tl.user_id]] * len(tl.items) for tl in timelines}
-    raise UsertwinError(f"unknown split mode {cfg.mode!r}: choose 'time' (per user, in time order) or 'user' "
+    raise UsertwinError(f"unknown split mode {cfg.split_mode!r}: choose 'time' (per user, in time order) or 'user' "
                         "(held-out users)")
 
 
@@ -185,9 +163,9 @@ def _rng(*parts) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def select_history(tl: Timeline, target: int, cfg: SampleConfig, seed: int) -> list[int]:
+def select_history(tl: Timeline, target: int, cfg: Config, seed: int) -> list[int]:
     """Positions shown as history for `target`, by the seeds' strategy names; all < target."""
-    if not cfg.use_history or cfg.history_strategy == "none" or target == 0:
+    if not cfg.parts()[1] or cfg.history_strategy == "none" or target == 0:
         return []
     n = len(tl.items)
     s = cfg.history_strategy
@@ -220,7 +198,7 @@ def target_positions(labels: list[str], split: str) -> list[int]:
     return [i for i, lab in enumerate(labels) if lab == split]
 
 
-def choose_targets(tl: Timeline, candidates: list[int], cfg: SampleConfig, seed: int) -> list[int]:
+def choose_targets(tl: Timeline, candidates: list[int], cfg: Config, seed: int) -> list[int]:
     """Which of a user's candidate targets become samples, by the seeds' sampling modes."""
     if cfg.one_sample_per_user:
         return candidates[-1:]
@@ -232,13 +210,13 @@ def choose_targets(tl: Timeline, candidates: list[int], cfg: SampleConfig, seed:
     return candidates
 
 
-def build_samples(timelines, splits, split: str, cfg: SampleConfig, epoch: int = 0) -> list[Sample]:
+def build_samples(timelines, splits, split: str, cfg: Config, epoch: int = 0) -> list[Sample]:
     """Samples of one split. Training samples are drawn with seed sample_seed + epoch (re-sampling per epoch);
     validation and test use every target of the split, with history from all strictly earlier items."""
     return list(iter_samples(timelines, splits, split, cfg, epoch))
 
 
-def iter_samples(timelines, splits, split: str, cfg: SampleConfig, epoch: int = 0):
+def iter_samples(timelines, splits, split: str, cfg: Config, epoch: int = 0):
     """build_samples one at a time: a consumer that cuts each history to max_length at once (prepare) never
     holds every uncut history of a long timeline (one user with 20,000 items: ~10^8 positions)."""
     seed = cfg.sample_seed + epoch
@@ -252,13 +230,13 @@ def iter_samples(timelines, splits, split: str, cfg: SampleConfig, epoch: int = 
             targets = cands
         for t in targets:
             if cfg.one_sample_per_user and split == "train":
-                hist = list(range(t)) if cfg.use_history else []
+                hist = list(range(t)) if cfg.parts()[1] else []
             else:
                 hist = select_history(tl, t, cfg, seed)
             yield Sample(tl.user_id, t, hist, split)
 
 
-def resample(timelines, splits, cfg: SampleConfig, epoch: int) -> list[Sample]:
+def resample(timelines, splits, cfg: Config, epoch: int) -> list[Sample]:
     """A fresh per-user draw of training samples for `epoch` (seeded by sample_seed + epoch)."""
     return build_samples(timelines, splits, "train", cfg, epoch=epoch)
 

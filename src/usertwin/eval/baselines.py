@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from usertwin.config import Config, split_config
+from usertwin.config import Config
 from usertwin.data import records
 from usertwin.data.timeline import assign_splits, build_timelines
 from usertwin.errors import UsertwinError
@@ -78,7 +78,7 @@ def load_split(cfg: Config):
     """(timelines, split labels per user) exactly as prepare builds them."""
     loaded = records.load(cfg.data, on_error=cfg.on_error)
     timelines, _ = build_timelines(loaded.records)
-    return timelines, assign_splits(timelines, split_config(cfg))
+    return timelines, assign_splits(timelines, cfg)
 
 
 def targets_of(timelines, splits, split: str = "test") -> list[Target]:

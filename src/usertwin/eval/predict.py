@@ -12,13 +12,12 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from usertwin.atomic import recover_dir, write_text
-from usertwin.config import Config, from_mapping, load_yaml, render_config, sample_config
+from usertwin.config import Config, GenerateSettings, from_mapping, load_yaml
 from usertwin.data.prepare import fit_sample, prepare
 from usertwin.data.timeline import Sample, select_history
 from usertwin.errors import UsertwinError
@@ -29,15 +28,6 @@ from usertwin.text.tokens import SequenceEncoder, load_tokenizer
 from usertwin.train.model import TargetLoss, causal_lm, load_model
 
 RATING_KINDS = ("rating",)
-
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    num_samples: int = 1
-    batch_size: int = 8
 
 
 def load_run_config(run_dir) -> Config:
@@ -88,7 +78,7 @@ class Predictor:
 
     def __init__(self, cfg: Config, model, tokenizer, prep=None):
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.renderer = Renderer(render_config(cfg), tokenizer)
+        self.renderer = Renderer(cfg, tokenizer)
         self.encoder = SequenceEncoder(self.renderer, tokenizer)
         self.prep = prep if prep is not None else prepare(cfg, tokenizer=tokenizer, progress=False)
         self.scale = rating_scale(self.prep.timelines)
@@ -105,7 +95,7 @@ class Predictor:
 
     def sample_for(self, tl, target: int, room: int = 0) -> Sample:
         """History as in training (strategy of the config), cut to leave `room` tokens for generation."""
-        hist = select_history(tl, target, sample_config(self.cfg), self.cfg.sample_seed)
+        hist = select_history(tl, target, self.cfg, self.cfg.sample_seed)
         sample = Sample(tl.user_id, target, hist, "predict")
         cfg = self.cfg
         if room:
@@ -209,7 +199,7 @@ class Predictor:
                 "expected": round(sum(v * p for v, p in zip(values, probs)), 6)}
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], gen: GenerationConfig) -> list[list[str]]:
+    def generate(self, prompts: list[list[int]], gen: GenerateSettings) -> list[list[str]]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, device=self.device)
         mask = torch.zeros_like(ids)
@@ -294,7 +284,7 @@ def distractors(prep, split: str, k: int, seed: int) -> dict:
     return out
 
 
-def predict_split(pred: Predictor, split: str, output, gen: GenerationConfig, pick_k: int = 3,
+def predict_split(pred: Predictor, split: str, output, gen: GenerateSettings, pick_k: int = 3,
                   generate: bool = True, limit: int | None = None, progress: bool = True) -> int:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -414,7 +404,7 @@ class Twin:
 
         tl = self._timeline_with(user, item, context)
         target = len(tl.items) - 1
-        hist = select_history(tl, target, sample_config(self.p.cfg), self.p.cfg.sample_seed)
+        hist = select_history(tl, target, self.p.cfg, self.p.cfg.sample_seed)
         fitted = fit_sample(self.p.cfg, self.p.renderer, tl, measure(self.p.renderer, self.p.tokenizer, tl),
                             Sample(tl.user_id, target, hist), self.p.tokenizer)
         sample = fitted[0] if fitted else Sample(tl.user_id, target, [])
@@ -422,7 +412,7 @@ class Twin:
         return enc.input_ids[:enc.targets[-1][1]]
 
     def predict(self, user, item: str, context=None, **gen) -> str:
-        return self.p.generate([self._prompt(user, item, context)], GenerationConfig(**gen))[0][0]
+        return self.p.generate([self._prompt(user, item, context)], GenerateSettings(**gen))[0][0]
 
     def score(self, user, item: str, continuation: str, context=None) -> float:
         """Log-likelihood of `continuation` (with its end-of-turn) as this user's next act."""

@@ -19,19 +19,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from usertwin.config import RenderSettings
 from usertwin.data.timeline import is_own_turn
 from usertwin.errors import UsertwinError
 
-ABLATIONS = {
-    "profile_and_history_and_context": (True, True, True),
-    "profile_and_history": (True, True, False),
-    "profile_and_context": (True, False, True),
-    "history_and_context": (False, True, True),
-    "profile_only": (True, False, False),
-    "history_only": (False, True, False),
-    "context_only": (False, False, True),
-    "none": (False, False, False),
-}
 STYLES = ("simple", "detailed")
 LANGUAGES = ("en", "zh", "ja")
 
@@ -93,34 +84,17 @@ _KANA = re.compile(r"[\u3040-\u30ff]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-@dataclass
-class RenderConfig:
-    ablation: str = "profile_and_history_and_context"
-    use_profile: bool | None = None  # None: from the ablation
-    use_history: bool | None = None
-    use_context: bool | None = None
-    prompt_style: str = "simple"
-    language: str = "auto"  # auto: the record's task.language, else detected from the text
-    history_layout: str = "turns"  # turns: earlier items as earlier turns; block: the seeds' [HISTORY] block
-    chat_template: str = "auto"  # auto: the tokenizer's template when it has one; none: plain text
-
-    def parts(self) -> tuple[bool, bool, bool]:
-        if self.ablation not in ABLATIONS:
-            raise UsertwinError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
-        p, h, c = ABLATIONS[self.ablation]
-        pick = lambda flag, default: default if flag is None else flag  # noqa: E731
-        return pick(self.use_profile, p), pick(self.use_history, h), pick(self.use_context, c)
-
-    def check(self) -> None:
-        self.parts()
-        if self.prompt_style not in STYLES:
-            raise UsertwinError(f"unknown prompt_style {self.prompt_style!r}; choose one of {', '.join(STYLES)}")
-        if self.language not in ("auto", *LANGUAGES):
-            raise UsertwinError(f"unknown language {self.language!r}; choose auto, {', '.join(LANGUAGES)}")
-        if self.history_layout not in ("turns", "block"):
-            raise UsertwinError(f"unknown history_layout {self.history_layout!r}; choose turns or block")
-        if self.chat_template not in ("auto", "none"):
-            raise UsertwinError(f"chat_template must be auto or none, not {self.chat_template!r}")
+def check(cfg: RenderSettings) -> None:
+    """Refuses render settings this module cannot render (also when built directly, without the CLI)."""
+    cfg.parts()
+    if cfg.prompt_style not in STYLES:
+        raise UsertwinError(f"unknown prompt_style {cfg.prompt_style!r}; choose one of {', '.join(STYLES)}")
+    if cfg.language not in ("auto", *LANGUAGES):
+        raise UsertwinError(f"unknown language {cfg.language!r}; choose auto, {', '.join(LANGUAGES)}")
+    if cfg.history_layout not in ("turns", "block"):
+        raise UsertwinError(f"unknown history_layout {cfg.history_layout!r}; choose turns or block")
+    if cfg.chat_template not in ("auto", "none"):
+        raise UsertwinError(f"chat_template must be auto or none, not {cfg.chat_template!r}")
 
 
 @dataclass
@@ -258,8 +232,8 @@ def _profile_lines(profile: dict, style: str) -> list[str]:
 class Renderer:
     """Renders samples and windows of timelines through one prompt style and one chat format."""
 
-    def __init__(self, cfg: RenderConfig, tokenizer=None):
-        cfg.check()
+    def __init__(self, cfg: RenderSettings, tokenizer=None):
+        check(cfg)
         self.cfg = cfg
         self.use_profile, self.use_history, self.use_context = cfg.parts()
         eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None

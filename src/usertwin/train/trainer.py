@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from usertwin.atomic import atomic_open, recover_dir, replace_dir, write_json, write_text
-from usertwin.config import Config, render_config
+from usertwin.config import Config
 from usertwin.data.prepare import build_split, prepare, summary
 from usertwin.data.timeline import Window
 from usertwin.errors import UsertwinError
@@ -228,7 +228,7 @@ class Trainer:
                 self.say(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting from the beginning")
             set_seed(cfg.seed)
             self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
-            self.renderer = Renderer(render_config(cfg), self.tokenizer)
+            self.renderer = Renderer(cfg, self.tokenizer)
             self.prep = prepare(cfg, tokenizer=self.tokenizer, progress=progress and self.main)
             self.encoder = SequenceEncoder(self.renderer, self.tokenizer)
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id

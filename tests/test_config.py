@@ -1,0 +1,206 @@
+"""Settings declared once (usertwin.config): flags, YAML keys, aliases, choices, the prepare cache key and the
+flag reference are all derived from the fields, and the seeds' names keep working."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import runpy
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pytest
+
+from usertwin import config
+from usertwin.cli import build_parser, main
+from usertwin.config import (
+    SECTIONS,
+    Config,
+    GenerateSettings,
+    add_config_flags,
+    from_mapping,
+    generate_settings,
+    load_yaml,
+    resolve,
+    setting,
+)
+from usertwin.data.prepare import cache_key
+from usertwin.errors import UsertwinError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the names the seeds use and the choices, as they were before the settings were declared in one place
+SEED_ALIASES = {"ablation_config": "ablation", "data_path": "data", "train_data": "data", "model_name_or_path": "model",
+                "model_path": "model", "max_seq_length": "max_length", "random_seed": "seed",
+                "history_max_items": "max_history_items", "num_train_epochs": "max_epochs", "lr": "learning_rate",
+                "gradient_accumulation": "gradient_accumulation_steps", "lora_rank": "lora_r"}
+SEED_NEGATIONS = {"no_profile": "use_profile", "no_history": "use_history", "no_context": "use_context",
+                  "no_lora": "lora"}
+CHOICES = {
+    "on_error": ("stop", "skip"),
+    "unit": ("timeline", "sample"),
+    "split_mode": ("time", "user"),
+    "history_strategy": ("all_previous", "random", "fixed_ratio", "fixed_count", "none"),
+    "prompt_style": ("simple", "detailed"),
+    "language": ("auto", "en", "zh", "ja"),
+    "history_layout": ("turns", "block"),
+    "chat_template": ("auto", "none"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "attention": ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"),
+    "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
+}
+SHAPING = {"model", "max_length", "unit", "split_mode", "train_ratio", "val_ratio", "test_ratio", "seed",
+           "history_strategy", "history_ratio", "fixed_history_count", "max_history_items", "max_context_turns",
+           "max_samples_per_user", "one_sample_per_user", "temporal_augmentation", "min_history_length",
+           "sample_seed", "window_history_fraction", "ablation", "use_profile", "use_history", "use_context",
+           "prompt_style", "language", "history_layout", "chat_template"}
+
+
+@dataclass
+class _Extended(Config):
+    knob: int = setting(7, "a test setting that shapes the data", aliases=("seed_knob",), shapes_data=True)
+    switch: bool = setting(False, "a test setting that does not", negations=("no_switch",))
+
+
+def _parse(*argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_config_flags(parser)
+    return parser.parse_args(list(argv))
+
+
+def _other_value(f: dataclasses.Field):
+    """A valid value of the field's type other than its default."""
+    if f.metadata["choices"]:
+        return next(c for c in f.metadata["choices"] if c != f.default)
+    if f.default is None:
+        return {"str | None": "x", "bool | None": True, "int | None": 3, "float | None": 0.3}[f.type]
+    if isinstance(f.default, bool):
+        return not f.default
+    return f.default + ("-other" if isinstance(f.default, str) else 1)
+
+
+def test_a_setting_added_in_one_place_is_a_flag_a_yaml_key_and_part_of_the_cache_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "Config", _Extended)
+    cfg = resolve(_parse("--seed_knob", "9", "--switch"))
+    assert isinstance(cfg, _Extended) and (cfg.knob, cfg.switch) == (9, True)
+    assert build_parser().parse_args(["train", "--knob", "4", "--no_switch"]).cfg__knob == 4  # every command
+    help_text = build_parser()._subparsers._group_actions[0].choices["prepare"].format_help()
+    assert "a test setting that shapes the data (default 7)" in " ".join(help_text.split())
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("knob: 3\nno_switch: false\n")
+    cfg = from_mapping(load_yaml(yaml_file), str(yaml_file))
+    assert (cfg.knob, cfg.switch) == (3, True) and cfg.to_dict()["knob"] == 3
+    with pytest.raises(UsertwinError, match="key 'knob' must be int, got str 'x'"):
+        from_mapping({"knob": "x"}, "test")
+    base = cache_key(cfg, "h", "t")
+    assert cache_key(dataclasses.replace(cfg, knob=4), "h", "t") != base  # marked: shapes the data
+    assert cache_key(dataclasses.replace(cfg, switch=False), "h", "t") == base  # not marked
+
+
+def test_the_cache_key_covers_exactly_the_settings_that_shape_data():
+    assert {f.name for f in fields(Config) if f.metadata["shapes_data"]} == SHAPING
+    cfg = Config(data="d.jsonl")
+    base = cache_key(cfg, "h", "t")
+    for f in fields(Config):
+        changed = cache_key(dataclasses.replace(cfg, **{f.name: _other_value(f)}), "h", "t")
+        assert (changed != base) == f.metadata["shapes_data"], f.name
+
+
+def test_every_flag_has_a_help_that_says_what_it_does():
+    for cls in [*SECTIONS.values(), GenerateSettings]:
+        assert not cls.__doc__.startswith(cls.__name__ + "("), f"{cls.__name__}: a docstring heads its docs"
+        for f in fields(cls):
+            assert f.metadata["help"].strip(), f.name
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("train", "predict"):
+        for action in commands[name]._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            words = re.sub(r"\(default [^)]*\)", "", action.help or "").strip()
+            assert words, f"{name} {action.option_strings}: no help beyond its default"
+
+
+def test_the_seeds_aliases_and_negations_map_to_their_fields(tmp_path):
+    for alias, key in SEED_ALIASES.items():
+        value = "history_only" if key == "ablation" else "x" if key in ("data", "model") else 3
+        assert getattr(from_mapping({alias: value}, "test"), key) == value, alias
+        assert getattr(resolve(_parse(f"--{alias}", str(value))), key) == value, alias
+    for negation, key in SEED_NEGATIONS.items():
+        assert getattr(from_mapping({negation: True}, "test"), key) is False
+        assert getattr(from_mapping({negation: False}, "test"), key) is True
+        assert getattr(resolve(_parse(f"--{negation}")), key) is False
+    for flags, value in ((["--packing", "off"], False), (["--no-packing"], False), (["--no_packing"], False),
+                         (["--packing"], True), (["--packing", "on"], True)):
+        assert resolve(_parse("--packing", "off", *flags)).packing is value
+
+
+def test_choices_are_enforced_in_yaml_and_on_the_command_line():
+    declared = {f.name: f.metadata["choices"] for f in fields(Config) if f.metadata["choices"]}
+    assert declared == CHOICES
+    for key, choices in declared.items():
+        for choice in choices:
+            assert getattr(from_mapping({key: choice}, "test"), key) == choice
+        with pytest.raises(UsertwinError, match=f"key '{key}' must be one of {', '.join(choices)}, got 'bogus'"):
+            from_mapping({key: "bogus"}, "test")
+        with pytest.raises(argparse.ArgumentError):
+            _parse(f"--{key}", "bogus")
+
+
+def test_keys_keep_their_order_so_a_runs_config_yaml_is_unchanged():
+    assert list(SECTIONS) == ["data", "split", "sampling", "render", "model", "train", "output"]
+    assert list(Config().to_dict()) == [f.name for cls in SECTIONS.values() for f in fields(cls)]
+    assert list(Config().to_dict())[:5] == ["data", "on_error", "model", "max_length", "unit"]
+
+
+def test_train_ratio_defaults_to_what_val_and_test_leave():
+    assert Config().train_share() == 0.7
+    assert Config(train_ratio=0.5, val_ratio=0.25, test_ratio=0.25).train_share() == 0.5
+
+
+def test_generation_flags_belong_to_predict_only(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--temperature", "0.5"])
+    assert "unrecognized arguments: --temperature" in capsys.readouterr().err
+    assert generate_settings(build_parser().parse_args(["predict"])) == GenerateSettings(
+        max_new_tokens=64, temperature=0.0, top_p=1.0, num_samples=1, batch_size=8, pick=3, generate=True, limit=None)
+    args = build_parser().parse_args(["predict", "--no-generate", "--temperature", "0.7", "--pick", "0", "--limit", "5"])
+    gen = generate_settings(args)
+    assert (gen.generate, gen.temperature, gen.pick, gen.limit) == (False, 0.7, 0, 5)
+
+
+def test_docs_flags_md_is_what_scripts_flags_prints():
+    markdown = runpy.run_path(str(ROOT / "scripts" / "flags.py"))["markdown"]()
+    assert (ROOT / "docs" / "flags.md").read_text(encoding="utf-8") == markdown, \
+        "regenerate: PYTHONPATH=src python scripts/flags.py > docs/flags.md"
+    for f in fields(Config):
+        assert f"`--{f.name}`" in markdown
+
+
+def test_config_yaml_float_without_a_dot_is_a_float(tmp_path):
+    """YAML 1.1 reads `2e-4` as a string; usertwin takes it as the number the user meant."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 2e-4\n")
+    assert from_mapping(load_yaml(cfg), str(cfg)).learning_rate == 2e-4
+
+
+@pytest.mark.parametrize("text,message", [
+    ("histroy_strategy: random\n", "unknown key 'histroy_strategy'; did you mean 'history_strategy'?"),
+    ("max_length: long\n", "key 'max_length' must be int, got str 'long'"),
+    ("history_strategy: latest\n", "key 'history_strategy' must be one of all_previous, random"),
+    ("one_sample_per_user: 3\n", "key 'one_sample_per_user' must be bool"),
+    ("- a\n- b\n", "a config is a mapping of keys to values"),
+    ("max_length: [1,\n", "not valid YAML"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, tokenizer_dir, capsys, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    data = tmp_path / "r.jsonl"
+    items = [{"continuation_prefix": "Movie (2000): ", "continuation": "4.0", "timestamp": 1_000_000 + i}
+             for i in range(3)]
+    data.write_text(json.dumps({"user_hash": "u0", "task": {"task_behavior_collections": [
+        {"type": "movie_rating", "data": items}]}}) + "\n")
+    rc = main(["prepare", "--config", str(cfg), "--data", str(data), "--model", str(tokenizer_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and str(cfg) in err and "Traceback" not in err
