@@ -316,7 +316,7 @@ class Twin:
         file to look users up by id (and, for runs without twin.json, to read the rating scale from)."""
         run = RunDir(run_dir)
         cfg = run.load_config()
-        facts = read_twin_facts(run)
+        facts = read_twin_facts(run.path)
         if facts is None and records is None:
             raise UsertwinError(f"{run.twin_facts} is missing (the run was trained before twins kept it): pass "
                                 f"Twin.load({str(run.path)!r}, records=PATH) with the records file it trained on "
@@ -336,12 +336,12 @@ class Twin:
         """A user of the records file given at load, by id (an int id is read as its text)."""
         if isinstance(user, Timeline):
             return user
+        if user is None:
+            raise UsertwinError("name the user (user=ID) or describe one with profile= and history=")
         if self._by_user is None:
             raise UsertwinError(f"user {user!r}: this twin was loaded without records; pass Twin.load(RUN, "
                                 "records=PATH) to look users up by id, or describe the user with profile= and "
                                 "history=")
-        if user is None:
-            raise UsertwinError("name the user (user=ID) or describe one with profile= and history=")
         found = self._by_user.get(str(user))
         if found is None:
             some = ", ".join(repr(u) for u in list(self._by_user)[:3])
@@ -396,6 +396,7 @@ class Twin:
                "task": {"description": task, "language": language,
                         "task_behavior_collections": [_collection(it, self._default_collection())
                                                       for it in history]}}
+        # records' own reader: the items are checked and read exactly as a records file's are
         rec, problems = records._build(raw, 0, "the history passed to the twin")
         if rec is None:
             raise UsertwinError("\n".join(str(p) for p in problems))
