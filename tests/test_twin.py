@@ -136,5 +136,8 @@ def test_bad_history_names_the_field(made):
     from usertwin import Twin
 
     twin = Twin.load(made[0])
-    with pytest.raises(UsertwinError, match=r"history passed to the twin.*continuation"):
+    with pytest.raises(UsertwinError, match=r"history passed to the twin.*data\[0\]\.continuation: missing") as e:
         twin.prompt(profile={}, history=[{"continuation_prefix": "Movie 1: "}], item="Movie 2: ")
+    assert "on-error" not in str(e.value) and "usertwin-twin-" not in str(e.value)  # no scratch file, no CLI flag
+    with pytest.raises(UsertwinError, match="must be JSON data"):
+        twin.prompt(profile={"born": object()}, history=[{"continuation": "4.0"}], item="Movie 2: ")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -396,11 +397,7 @@ class Twin:
                "task": {"description": task, "language": language,
                         "task_behavior_collections": [_collection(it, self._default_collection())
                                                       for it in history]}}
-        # records' own reader: the items are checked and read exactly as a records file's are
-        rec, problems = records._build(raw, 0, "the history passed to the twin")
-        if rec is None:
-            raise UsertwinError("\n".join(str(p) for p in problems))
-        (tl,), _ = build_timelines([rec])
+        (tl,), _ = build_timelines([_read_record(raw)])
         trim_long_contexts([tl], self.engine.renderer, self.engine.tokenizer, self.cfg.max_length)
         return tl
 
@@ -421,6 +418,23 @@ def _collection(item, default: str) -> dict:
         raise UsertwinError(f"a history item must be an object in the records format, got {type(item).__name__}")
     item = dict(item)
     return {"type": item.pop("type", default), "data": [item]}
+
+
+def _read_record(raw: dict) -> records.Record:
+    """One record read by records' own reader (it reads files only), so that described items are checked and
+    read exactly as a records file's items are; problems name the history, not the scratch file."""
+    with tempfile.TemporaryDirectory(prefix="usertwin-twin-") as tmp:
+        path = Path(tmp) / "history.jsonl"
+        try:
+            path.write_text(json.dumps(raw, ensure_ascii=False) + "\n", encoding="utf-8")
+        except TypeError as e:
+            raise UsertwinError(f"the profile and history passed to the twin must be JSON data: {e}") from None
+        try:
+            return records.load(path).records[0]
+        except UsertwinError as e:
+            lines = str(e).replace(str(path), "the history passed to the twin").splitlines()
+            # collection i holds history item i; skipping bad records is a file option, not the twin's
+            raise UsertwinError("\n".join(x for x in lines if records.SKIP_HINT not in x)) from None
 
 
 def _timelines_of(path, engine: Engine) -> list[Timeline]:
