@@ -33,23 +33,27 @@ def run_dir(tmp_path_factory, tiny_model_dir):
     return out
 
 
-def test_score_with_shared_cache_equals_brute_force(run_dir):
-    from usertwin.eval.predict import Twin
+def _twin(run_dir):
+    from usertwin.twin import Twin
 
-    twin = Twin.load(run_dir)
-    p = twin.p
-    tl = p.prep.timelines[0]
-    sample = p.sample_for(tl, 12)
-    enc = p.encode(tl, sample)
-    prompt = enc.input_ids[:enc.targets[-1][1]]
+    return Twin.load(run_dir, records=run_dir.parent / "r.jsonl")  # a train run keeps no twin.json yet
+
+
+def _brute_logp(model, prompt: list, cand: list) -> float:
+    """Sum of log-probabilities of `cand` after `prompt`: one plain forward, no block mask, no padding."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + cand])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return sum(logp[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(cand))
+
+
+def test_score_with_shared_cache_equals_brute_force(run_dir):
+    twin = _twin(run_dir)
+    p = twin.engine
+    prompt = p.prompt(twin.timeline("u0"), 12).ids
     cands = [p.tokenizer(t + "<|im_end|>", add_special_tokens=False)["input_ids"] for t in ("1.0", "4.0", "2.5")]
-    fast = p.score(prompt, cands)
-    for (total, n), cand in zip(fast, cands):
-        with torch.no_grad():
-            logits = p.model(input_ids=torch.tensor([prompt + cand])).logits[0].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        brute = sum(logp[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(cand))
-        assert n == len(cand) and abs(total - brute) < 1e-4
+    for (total, n), cand in zip(p.score(prompt, cands), cands):
+        assert n == len(cand) and abs(total - _brute_logp(p.model, prompt, cand)) < 1e-4
     dist = p.rating_distribution(prompt)
     assert dist["scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert abs(sum(dist["probs"]) - 1) < 1e-5
@@ -58,35 +62,49 @@ def test_score_with_shared_cache_equals_brute_force(run_dir):
     all_c = [p.tokenizer(f"{v:.1f}<|im_end|>", add_special_tokens=False)["input_ids"] for v in dist["scale"]]
     raw = [math.exp(s) for s, _ in p.score(prompt, all_c)]
     assert [round(r / sum(raw), 5) for r in raw] == [round(q, 5) for q in dist["probs"]]
-    # the teacher-forced loss is the mean negative log-likelihood of the reference tokens
-    loss, n = p.reference_loss(enc)
-    ref = p.tokenizer(tl.items[12].continuation + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    (total, _), = p.score(prompt, [ref])
-    assert n == len(ref) and loss == pytest.approx(-total / n, rel=1e-4)
 
 
 def test_batched_scoring_equals_one_prompt_at_a_time(run_dir):
     """score_many puts prompts of different lengths (left padded) and different numbers of candidates into
     one forward under a block mask; each score equals a full forward of prompt + candidate alone."""
-    from usertwin.eval.predict import Twin
-
-    p = Twin.load(run_dir).p
+    twin = _twin(run_dir)
+    p = twin.engine
     prompts, cands = [], []
     for u, pos in ((0, 12), (1, 3), (2, 7)):
-        tl = p.prep.timelines[u]
-        enc = p.encode(tl, p.sample_for(tl, pos))
-        prompts.append(enc.input_ids[:enc.targets[-1][1]])
+        prompts.append(p.prompt(twin.timeline(f"u{u}"), pos).ids)
         cands.append([p.ids_of(t) for t in ("1.0", "4.0", "a longer continuation", "2.5")[:2 + u]])
     assert len({len(x) for x in prompts}) == 3  # really different lengths: padding is exercised
     batched = p.score_many(prompts, cands)
     for prompt, cs, got in zip(prompts, cands, batched):
         assert len(got) == len(cs)
         for (total, n), cand in zip(got, cs):
-            with torch.no_grad():
-                logits = p.model(input_ids=torch.tensor([prompt + cand])).logits[0].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            brute = sum(logp[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(cand))
+            brute = _brute_logp(p.model, prompt, cand)
             assert n == len(cand) and abs(total - brute) < 1e-4, (total, brute)
+
+
+def test_predicted_numbers_equal_an_independent_forward(run_dir, tmp_path):
+    """Each row's loss is the teacher-forced mean negative log-likelihood of the reference (with its
+    end-of-turn) after the row's own prompt; its rating probabilities are the normalised likelihoods of
+    the scale, and the expected rating is their mean."""
+    from usertwin.eval.predict import prompt_hash
+
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", "--run", str(run_dir), "-o", str(out), "--no-progress", "--max_new_tokens", "5"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    twin = _twin(run_dir)
+    p = twin.engine
+    for r in rows:
+        prompt = twin.prompt(r["user"], target=r["target_index"], room=5)
+        assert prompt_hash(prompt) == r["prompt_hash"]
+        ref = p.ids_of(r["reference"])
+        assert r["n_tokens"] == len(ref)
+        assert r["loss"] == pytest.approx(-_brute_logp(p.model, prompt, ref) / len(ref), abs=1e-4)
+        logps = [_brute_logp(p.model, prompt, p.ids_of(t)) for t in p.scale]
+        z = sum(math.exp(x) for x in logps)
+        assert r["rating"]["probs"] == pytest.approx([math.exp(x) / z for x in logps], abs=1e-5)
+        assert sum(r["rating"]["probs"]) == pytest.approx(1, abs=1e-5)
+        assert r["rating"]["expected"] == pytest.approx(sum(v * q for v, q in zip(r["rating"]["scale"],
+                                                                                  r["rating"]["probs"])), abs=1e-5)
 
 
 def test_predict_cli_writes_every_test_target_once_and_resumes(run_dir, tmp_path):
@@ -110,7 +128,7 @@ def test_predict_cli_writes_every_test_target_once_and_resumes(run_dir, tmp_path
 def test_twin_api(run_dir):
     from usertwin import Twin
 
-    twin = Twin.load(run_dir)
+    twin = Twin.load(run_dir, records=run_dir.parent / "r.jsonl")
     dist = twin.rating_distribution(user="u1", item="Movie 3 (2000) (Drama): ")
     assert abs(sum(dist["probs"]) - 1) < 1e-5 and dist["most_likely"] in dist["scale"]
     text = twin.predict(user="u1", item="Movie 3 (2000) (Drama): ", max_new_tokens=5)

@@ -8,6 +8,7 @@
     RUN/checkpoints/step-N/          resumable state (trainer_state.json inside)
     RUN/best/                        the best weights (adapter or full model) and the tokenizer
     RUN/summary.json                 the end of training: steps, losses, speed
+    RUN/twin.json                    what a twin needs from its training data (rating scale, task, language)
     RUN/predictions-SPLIT.jsonl      `usertwin predict`
     RUN/metrics.json                 `usertwin evaluate`
     RUN/baselines.json               `usertwin baselines`
@@ -47,6 +48,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     best = property(lambda self: self.path / "best")
     summary = property(lambda self: self.path / "summary.json")
+    twin_facts = property(lambda self: self.path / "twin.json")
     cache = property(lambda self: self.path / CACHE_NAME)
     lock = property(lambda self: self.path / LOCK_NAME)
     # what the evaluation commands write

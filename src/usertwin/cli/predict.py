@@ -20,24 +20,22 @@ def run(args) -> int:
     from pathlib import Path
 
     from usertwin.config import generate_settings, resolve
+    from usertwin.data.prepare import prepare
     from usertwin.errors import UsertwinError
-    from usertwin.eval.predict import Predictor, load_twin_model, predict_split
+    from usertwin.eval.predict import predict_split
     from usertwin.rundir import RunDir
-    from usertwin.text.tokens import load_tokenizer
+    from usertwin.twin import Engine, load_tokenizer_and_model, rating_scale
 
-    if args.run:
-        run_dir = RunDir(args.run)
-        cfg = resolve(args, run_dir.load_config())
-        tok = load_tokenizer(run_dir.tokenizer_source(cfg.model), cfg.trust_remote_code)
-    else:
-        cfg = resolve(args)
-        tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
     if not args.output and not args.run:
         raise UsertwinError("pass -o PREDICTIONS.jsonl (or --run RUN_DIR to write there)")
+    cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
-    pred = Predictor(cfg, load_twin_model(cfg, args.run), tok)
+    tok, model = load_tokenizer_and_model(cfg, args.run)
+    # the split's targets come from the prepared data, so its rating scale is read there too
+    prep = prepare(cfg, tokenizer=tok, progress=False)
+    engine = Engine(cfg, model, tok, scale=rating_scale(prep.timelines))
     gen = generate_settings(args)
-    n = predict_split(pred, args.split, output, gen, pick_k=gen.pick, generate=gen.generate, limit=gen.limit,
-                      progress=args.progress)
+    n = predict_split(engine, prep, args.split, output, gen, pick_k=gen.pick, generate=gen.generate,
+                      limit=gen.limit, progress=args.progress)
     print(f"wrote {n} new prediction(s) to {output}")
     return 0

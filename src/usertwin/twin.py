@@ -1,0 +1,436 @@
+"""A trained twin: loaded from its run directory alone, it builds prompts exactly as training renders them,
+scores continuations and generates.
+
+    twin = Twin.load("runs/quickstart", records="data/records.jsonl")   # records: to look users up by id
+    twin.predict(user="12", item="Heat (1995) (Action, Crime, Thriller): ")
+    twin.rating_distribution(profile={"age": 25}, history=[{"continuation_prefix": "...", "continuation": "4.0"}],
+                             item="Heat (1995) (Action, Crime, Thriller): ")
+
+What a twin needs from its training data beyond the run's config, tokenizer and weights (the rating scale
+as the data writes it, the task text, the language) is saved at training time in RUN/twin.json
+(`write_twin_facts`), so a twin never re-reads or re-prepares the data it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from usertwin.atomic import recover_dir, write_json
+from usertwin.config import Config, GenerateSettings, from_mapping
+from usertwin.data import records
+from usertwin.data.prepare import fit_sample, trim_long_contexts
+from usertwin.data.timeline import Sample, Timeline, build_timelines, select_history
+from usertwin.errors import UsertwinError
+from usertwin.rundir import RunDir
+from usertwin.text.render import Renderer
+from usertwin.text.tokens import ItemLengths, SequenceEncoder, load_tokenizer, measure
+from usertwin.train.model import causal_lm, load_model
+
+MAX_SCALE = 40  # more distinct numbers than this is free text that happens to be numeric, not a scale
+
+
+# ---------------------------------------------------------------- what a twin keeps from its data
+
+
+def rating_scale(timelines) -> list[str] | None:
+    """The allowed ratings as they are written in the data (e.g. "0.5" ... "5.0"), if the data has ratings."""
+    values = {}
+    for tl in timelines:
+        for it in tl.items:
+            if it.is_rating:
+                try:
+                    values.setdefault(float(it.continuation), it.continuation)
+                except ValueError:
+                    return None
+    if not values or len(values) > MAX_SCALE:
+        return None
+    return [values[v] for v in sorted(values)]
+
+
+def _the_one(values: set):
+    """The value every timeline shares, else None (then a caller must say it)."""
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def twin_facts(prep_or_timelines) -> dict:
+    """What a twin needs from the data it was trained on (a Prepared, or its timelines)."""
+    timelines = getattr(prep_or_timelines, "timelines", prep_or_timelines)
+    return {"rating_scale": rating_scale(timelines),
+            "task": _the_one({tl.task for tl in timelines}),
+            "language": _the_one({tl.language for tl in timelines}),
+            "collections": sorted({it.collection for tl in timelines for it in tl.items})}
+
+
+def write_twin_facts(run_dir, prep) -> Path:
+    """RUN/twin.json, written by training so that the run alone is a usable twin."""
+    path = RunDir(run_dir).twin_facts
+    write_json(path, twin_facts(prep))
+    return path
+
+
+def read_twin_facts(run_dir) -> dict | None:
+    path = RunDir(run_dir).twin_facts
+    if not path.is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsertwinError(f"{path} is unreadable ({e}); delete it and pass records=PATH to Twin.load") from None
+    if not isinstance(facts, dict):
+        raise UsertwinError(f"{path} must hold a JSON object; delete it and pass records=PATH to Twin.load")
+    return facts
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_twin_model(cfg: Config, run_dir=None):
+    """The run's best weights (adapter on its base model, or full weights), else the base model."""
+    best = recover_dir(RunDir(run_dir).best) if run_dir else None
+    # sdpa: scoring passes its own block masks, which flash kernels do not take
+    load = dict(attention="sdpa", trust_remote_code=cfg.trust_remote_code)
+    if best is not None and (best / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(cfg.model, cfg.dtype, **load), str(best))
+    elif best is not None and (best / "config.json").is_file():
+        model = load_model(str(best), cfg.dtype, **load)
+    elif run_dir:
+        raise UsertwinError(f"{best} holds no weights: the run has not finished an evaluation yet")
+    else:
+        model = load_model(cfg.model, cfg.dtype, **load)
+    model.eval()
+    if torch.cuda.is_available():
+        model.cuda()
+    return model
+
+
+def load_tokenizer_and_model(cfg: Config, run_dir=None):
+    """The tokenizer the run trained with (best/ keeps it) and its weights; without a run, the base model's."""
+    source = RunDir(run_dir).tokenizer_source(cfg.model) if run_dir else cfg.model
+    return load_tokenizer(source, cfg.trust_remote_code), load_twin_model(cfg, run_dir)
+
+
+# ---------------------------------------------------------------- the prompt of a target
+
+
+@dataclass
+class Prompt:
+    sample: Sample  # the history that fitted
+    ids: list  # token ids up to where the target starts
+
+
+def target_sample(cfg: Config, renderer, tokenizer, tl, target: int, room: int = 0,
+                  lengths: ItemLengths | None = None) -> Sample:
+    """History as in training (the run's strategy), oldest dropped first until the prompt and `room` tokens
+    of generation fit max_length. `lengths`: the prepared ones when at hand, else the timeline is measured
+    (the same numbers: each text is tokenized alone)."""
+    hist = select_history(tl, target, cfg, cfg.sample_seed)
+    sample = Sample(tl.user_id, target, hist, "predict")
+    if room:
+        cfg = from_mapping({"max_length": max(1, cfg.max_length - room)}, "predict", cfg)
+    ln = lengths if lengths is not None else measure(renderer, tokenizer, tl)
+    fitted = fit_sample(cfg, renderer, tl, ln, sample, tokenizer)
+    # a target too long even alone keeps its whole prompt: the model sees it cut on the left, not nothing
+    return fitted[0] if fitted else Sample(tl.user_id, target, [], "predict")
+
+
+def build_prompt(cfg: Config, encoder: SequenceEncoder, tl, target: int, room: int = 0,
+                 lengths: ItemLengths | None = None) -> Prompt:
+    """The one way a target's prompt is built (predict, Twin): rendered and tokenized as training does."""
+    sample = target_sample(cfg, encoder.renderer, encoder.tokenizer, tl, target, room, lengths)
+    enc = encoder.encode(tl, list(sample.history) + [sample.target], [sample.target])
+    return Prompt(sample, enc.input_ids[:enc.targets[-1][1]])
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class Engine:
+    """A model + the training renderer: prompts, likelihoods of continuations, generation."""
+
+    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None):
+        self.cfg, self.model, self.tokenizer, self.scale = cfg, model, tokenizer, scale
+        self.renderer = Renderer(cfg, tokenizer)
+        self.encoder = SequenceEncoder(self.renderer, tokenizer)
+        eot = self.renderer.fmt.eot
+        ids = tokenizer(eot, add_special_tokens=False)["input_ids"] if eot else []
+        self.eot_id = ids[0] if len(ids) == 1 else tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot_id
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def prompt(self, tl, target: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
+        return build_prompt(self.cfg, self.encoder, tl, target, room, lengths)
+
+    def ids_of(self, text: str) -> list[int]:
+        """A continuation's tokens as training sees them: the text, then the end-of-turn."""
+        return self.tokenizer(text + self.renderer.fmt.eot, add_special_tokens=False)["input_ids"]
+
+    def score(self, prompt_ids: list[int], candidates: list[list[int]]) -> list[tuple[float, int]]:
+        """(sum of log-probabilities, token count) of each candidate continuation after one prompt."""
+        return self.score_many([prompt_ids], [candidates])[0]
+
+    @torch.no_grad()
+    def score_many(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
+        """Score several prompts' candidate continuations in one forward. Each row holds one prompt (left
+        padded) followed by all its candidates one after another; a block mask lets every candidate see its
+        prompt and itself only, with positions continuing from the prompt's end -- as if each candidate ran
+        alone after its prompt, without copying the prompt or its cache."""
+        width = max(len(p) for p in prompts)
+        spans = [_candidate_spans(width, cands) for cands in candidates]
+        ids, pos, seg = _score_rows(prompts, spans, width, self.pad_id)
+        lm = causal_lm(self.model)
+        mask = _block_mask(seg.to(self.device), lm.get_output_embeddings().weight.dtype)
+        dev = self.device
+        hidden = getattr(lm, lm.base_model_prefix)(input_ids=ids.to(dev), position_ids=pos.to(dev),
+                                                   attention_mask=mask[:, None], use_cache=False).last_hidden_state
+        # candidate token t is predicted at the position before it (the prompt's last token for the first one);
+        # the output head runs on those positions only
+        where = [(i, width - 1 if j == 0 else start + j - 1, tok)
+                 for i, row in enumerate(spans) for start, c in row for j, tok in enumerate(c)]
+        rows_, cols, toks = (torch.tensor(x, device=dev) for x in zip(*where))
+        logits = lm.get_output_embeddings()(hidden[rows_, cols]).float()
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        picked = torch.log_softmax(logits, dim=-1).gather(1, toks[:, None])[:, 0].double().cpu().tolist()
+        return _sums_per_candidate(picked, spans)
+
+    def rating_distribution(self, prompt_ids: list[int]) -> dict:
+        scores = [s for s, _ in self.score(prompt_ids, [self.ids_of(t) for t in self.scale])]
+        return self.distribution(scores)
+
+    def distribution(self, scores: list[float]) -> dict:
+        """Normalised probabilities of the allowed ratings from their log-likelihoods."""
+        top = max(scores)
+        probs = [math.exp(s - top) for s in scores]
+        z = sum(probs)
+        probs = [p / z for p in probs]
+        values = [float(t) for t in self.scale]
+        return {"scale": values, "probs": [round(p, 6) for p in probs],
+                "most_likely": values[max(range(len(probs)), key=probs.__getitem__)],
+                "expected": round(sum(v * p for v, p in zip(values, probs)), 6)}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], gen: GenerateSettings) -> list[list[str]]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding: generation continues every row at its end
+            ids[i, width - len(p):] = torch.tensor(p, device=self.device)
+            mask[i, width - len(p):] = 1
+        sample = gen.temperature > 0
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen.max_new_tokens,
+                                  do_sample=sample, temperature=gen.temperature if sample else None,
+                                  top_p=gen.top_p if sample else None, num_return_sequences=gen.num_samples,
+                                  eos_token_id=self.eot_id, pad_token_id=self.pad_id)
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=False)
+        eot = self.renderer.fmt.eot
+        clean = [(t.split(eot)[0] if eot else t).replace(self.tokenizer.pad_token or "\0", "").strip()
+                 for t in texts]
+        return [clean[i * gen.num_samples:(i + 1) * gen.num_samples] for i in range(len(prompts))]
+
+
+def _candidate_spans(width: int, cands: list) -> list[tuple[int, list]]:
+    """(start, tokens) of each candidate, one after another after the prompt block."""
+    at, row = width, []
+    for c in cands:
+        row.append((at, c))
+        at += len(c)
+    return row
+
+
+def _score_rows(prompts: list, spans: list, width: int, pad_id: int):
+    """input ids, position ids and segment of every token (-1: prompt, j: candidate j, -2: padding)."""
+    n, total = len(prompts), max(row[-1][0] + len(row[-1][1]) for row in spans)
+    ids = torch.full((n, total), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, total), dtype=torch.long)
+    seg = torch.full((n, total), -2, dtype=torch.long)
+    for i, (p, row) in enumerate(zip(prompts, spans)):
+        pad = width - len(p)
+        ids[i, pad:width] = torch.tensor(p)
+        pos[i, pad:width] = torch.arange(len(p))
+        seg[i, pad:width] = -1
+        for j, (start, c) in enumerate(row):
+            ids[i, start:start + len(c)] = torch.tensor(c)
+            pos[i, start:start + len(c)] = torch.arange(len(p), len(p) + len(c))
+            seg[i, start:start + len(c)] = j
+    return ids, pos, seg
+
+
+def _block_mask(seg, dtype):
+    """Additive (rows x total x total) mask -- sdpa and eager attention both take it -- built on seg's device."""
+    total, dev = seg.shape[1], seg.device
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(total, total, dtype=torch.bool, device=dev).tril()
+    # a token sees earlier prompt tokens, and earlier tokens of its own candidate; padding sees itself
+    allowed = (causal & (k == -1) & (q != -2) | causal & (q == k) & (q >= 0)
+               | torch.eye(total, dtype=torch.bool, device=dev))
+    return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def _sums_per_candidate(picked: list, spans: list) -> list[list[tuple[float, int]]]:
+    out, k = [], 0
+    for row in spans:
+        scores = []
+        for _, c in row:
+            scores.append((sum(picked[k:k + len(c)]), len(c)))
+            k += len(c)
+        out.append(scores)
+    return out
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+class Twin:
+    """A trained twin for code that embeds it. A user is looked up by id in the records file given to
+    `load`, or described by `profile=` and `history=` (items in the records format; an item may name its
+    collection with "type"). `item` is the new situation (a continuation prefix), placed after the whole
+    history; `target=` instead names an existing item of a looked-up user (its earlier items are history)."""
+
+    def __init__(self, engine: Engine, facts: dict, timelines: list | None = None, records_path=None):
+        self.engine, self.facts, self.records_path = engine, facts, records_path
+        self._by_user = {tl.user_id: tl for tl in timelines} if timelines is not None else None
+
+    @classmethod
+    def load(cls, run_dir, records=None) -> Twin:
+        """From the run directory alone (config, tokenizer, best weights, twin.json); `records`: a records
+        file to look users up by id (and, for runs without twin.json, to read the rating scale from)."""
+        run = RunDir(run_dir)
+        cfg = run.load_config()
+        facts = read_twin_facts(run.path)
+        if facts is None and records is None:
+            raise UsertwinError(f"{run.twin_facts} is missing (the run was trained before twins kept it): pass "
+                                f"Twin.load({str(run.path)!r}, records=PATH) with the records file it trained on "
+                                f"(its config names {cfg.data!r})")
+        tok, model = load_tokenizer_and_model(cfg, run.path)
+        engine = Engine(cfg, model, tok)
+        timelines = _timelines_of(records, engine) if records is not None else None
+        facts = facts if facts is not None else twin_facts(timelines)
+        engine.scale = facts.get("rating_scale")
+        return cls(engine, facts, timelines, records)
+
+    @property
+    def cfg(self) -> Config:
+        return self.engine.cfg
+
+    def timeline(self, user) -> Timeline:
+        """A user of the records file given at load, by id (an int id is read as its text)."""
+        if isinstance(user, Timeline):
+            return user
+        if user is None:
+            raise UsertwinError("name the user (user=ID) or describe one with profile= and history=")
+        if self._by_user is None:
+            raise UsertwinError(f"user {user!r}: this twin was loaded without records; pass Twin.load(RUN, "
+                                "records=PATH) to look users up by id, or describe the user with profile= and "
+                                "history=")
+        found = self._by_user.get(str(user))
+        if found is None:
+            some = ", ".join(repr(u) for u in list(self._by_user)[:3])
+            raise UsertwinError(f"user {user!r} is not in {self.records_path} ({len(self._by_user)} users, "
+                                f"e.g. {some})")
+        return found
+
+    def prompt(self, user=None, item: str | None = None, context=None, *, target: int | None = None,
+               profile: dict | None = None, history: list | None = None, room: int = 0) -> list[int]:
+        """The token ids the model sees before it writes; `room` tokens are kept free for generation."""
+        tl, pos = self._situation(user, item, context, target, profile, history)
+        return self.engine.prompt(tl, pos, room).ids
+
+    def predict(self, user=None, item: str = "", context=None, *, profile=None, history=None, **gen) -> str:
+        g = GenerateSettings(**gen)
+        ids = self.prompt(user, item, context, profile=profile, history=history, room=g.max_new_tokens)
+        return self.engine.generate([ids], g)[0][0]
+
+    def score(self, user=None, item: str = "", continuation: str = "", context=None, *, profile=None,
+              history=None) -> float:
+        """Log-likelihood of `continuation` (with its end-of-turn) as this user's next act."""
+        ids = self.prompt(user, item, context, profile=profile, history=history)
+        return self.engine.score(ids, [self.engine.ids_of(continuation)])[0][0]
+
+    def rating_distribution(self, user=None, item: str = "", context=None, *, profile=None, history=None) -> dict:
+        if not self.engine.scale:
+            raise UsertwinError("this twin's data has no rating collection")
+        return self.engine.rating_distribution(self.prompt(user, item, context, profile=profile, history=history))
+
+    # -- the timeline a prompt is rendered from
+
+    def _situation(self, user, item, context, target, profile, history) -> tuple[Timeline, int]:
+        explicit = profile is not None or history is not None
+        tl = self._described(user, profile, history or []) if explicit else self.timeline(user)
+        if target is None:
+            return self._with_new_item(tl, item or "", context), len(tl.items)
+        if explicit or item is not None or context is not None:
+            raise UsertwinError("target= names an item of a looked-up user: pass user= alone with it")
+        if not 0 <= target < len(tl.items):
+            raise UsertwinError(f"user {tl.user_id!r} has items 0..{len(tl.items) - 1}, not target {target}")
+        return tl, target
+
+    def _described(self, user, profile, history: list) -> Timeline:
+        """A timeline from a profile and items in the records format, read and ordered as training read them."""
+        uid = "twin" if user is None else str(user)
+        task, language = self.facts.get("task") or "", self.facts.get("language")
+        # the renderer caches a language per user id; a described user is anyone's, so detect afresh
+        self.engine.renderer._lang_cache.pop(uid, None)
+        if not history:
+            return Timeline(uid, dict(profile or {}), task, language, [])
+        raw = {"user_hash": uid, "user": {"profile": dict(profile or {})},
+               "task": {"description": task, "language": language,
+                        "task_behavior_collections": [_collection(it, self._default_collection())
+                                                      for it in history]}}
+        (tl,), _ = build_timelines([_read_record(raw)])
+        trim_long_contexts([tl], self.engine.renderer, self.engine.tokenizer, self.cfg.max_length)
+        return tl
+
+    def _default_collection(self) -> str:
+        kinds = self.facts.get("collections") or []
+        return kinds[0] if len(kinds) == 1 else ""
+
+    def _with_new_item(self, tl: Timeline, prefix: str, context) -> Timeline:
+        """The user's timeline plus the new item at its end (history: every item of the user)."""
+        kind = tl.items[-1].collection if tl.items else self._default_collection()
+        new = records.Item(continuation="", prefix=prefix, context=list(context or []), collection=kind,
+                           position=len(tl.items))
+        return Timeline(tl.user_id, tl.profile, tl.task, tl.language, tl.items + [new], tl.record_index)
+
+
+def _collection(item, default: str) -> dict:
+    if not isinstance(item, dict):
+        raise UsertwinError(f"a history item must be an object in the records format, got {type(item).__name__}")
+    item = dict(item)
+    return {"type": item.pop("type", default), "data": [item]}
+
+
+def _read_record(raw: dict) -> records.Record:
+    """One record read by records' own reader (it reads files only), so that described items are checked and
+    read exactly as a records file's items are; problems name the history, not the scratch file."""
+    with tempfile.TemporaryDirectory(prefix="usertwin-twin-") as tmp:
+        path = Path(tmp) / "history.jsonl"
+        try:
+            path.write_text(json.dumps(raw, ensure_ascii=False) + "\n", encoding="utf-8")
+        except TypeError as e:
+            raise UsertwinError(f"the profile and history passed to the twin must be JSON data: {e}") from None
+        try:
+            return records.load(path).records[0]
+        except UsertwinError as e:
+            lines = str(e).replace(str(path), "the history passed to the twin").splitlines()
+            # collection i holds history item i; skipping bad records is a file option, not the twin's
+            raise UsertwinError("\n".join(x for x in lines if records.SKIP_HINT not in x)) from None
+
+
+def _timelines_of(path, engine: Engine) -> list[Timeline]:
+    """The records file's timelines, trimmed to max_length as prepare trims them."""
+    loaded = records.load(path, on_error=engine.cfg.on_error)
+    timelines, _ = build_timelines(loaded.records)
+    trim_long_contexts(timelines, engine.renderer, engine.tokenizer, engine.cfg.max_length)
+    return timelines

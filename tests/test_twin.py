@@ -1,0 +1,143 @@
+"""usertwin.twin: a twin loads from its run directory alone and builds the prompts `predict` builds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from usertwin.cli import main
+from usertwin.errors import UsertwinError
+
+USERS = {"10": 14, "11": 10, "12": 8}  # numeric ids, as MovieLens has them
+
+
+def _raw(uid: str, n: int) -> dict:
+    items = [{"continuation_prefix": f"Movie {(i + int(uid)) % 6} (2000) (Drama): ",
+              "continuation": f"{(i * int(uid)) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i} for i in range(n)]
+    return {"user_hash": uid, "user": {"profile": {"name": f"user {uid}", "age": int(uid) + 10}},
+            "task": {"description": "Predict ratings.", "language": "en",
+                     "task_behavior_collections": [{"type": "movie_rating", "data": items}]}}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, tiny_model_dir):
+    """A trained run with twin.json (as training writes it), its test predictions, and the records file
+    deleted afterwards; a copy of the records stays elsewhere for lookups by id."""
+    from usertwin.data.prepare import prepare
+    from usertwin.rundir import RunDir
+    from usertwin.twin import write_twin_facts
+
+    tmp = tmp_path_factory.mktemp("twin")
+    data = tmp / "r.jsonl"
+    data.write_text("".join(json.dumps(_raw(u, n)) + "\n" for u, n in USERS.items()))
+    run = tmp / "run"
+    assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(run),
+                 "--max_length", "160", "--learning_rate", "0.01", "--no-progress"]) == 0
+    write_twin_facts(run, prepare(RunDir(run).load_config(), progress=False))  # the trainer's call
+    assert main(["predict", "--run", str(run), "--no-progress", "--max_new_tokens", "4", "--pick", "0"]) == 0
+    copy = tmp / "copy.jsonl"
+    shutil.copy(data, copy)
+    data.unlink()
+    return run, copy
+
+
+@pytest.fixture
+def no_prepare(monkeypatch):
+    import usertwin.data.prepare
+
+    def refuse(*a, **kw):
+        raise AssertionError("a twin must not prepare its training data")
+
+    monkeypatch.setattr(usertwin.data.prepare, "prepare", refuse)
+
+
+def test_twin_facts_are_written_with_the_run(made):
+    run, _ = made
+    facts = json.loads((run / "twin.json").read_text())
+    assert facts == {"rating_scale": ["1.0", "2.0", "3.0", "4.0", "5.0"], "task": "Predict ratings.",
+                     "language": "en", "collections": ["movie_rating"]}
+
+
+def test_loads_from_the_run_alone_after_the_data_is_gone(made, no_prepare):
+    from usertwin import Twin
+
+    run, _ = made
+    twin = Twin.load(run)
+    assert twin.engine.scale == ["1.0", "2.0", "3.0", "4.0", "5.0"]
+    history = [{"continuation_prefix": "Movie 1 (2000) (Drama): ", "continuation": "4.0"}]
+    dist = twin.rating_distribution(profile={"name": "someone"}, history=history, item="Movie 2 (2000) (Drama): ")
+    assert sum(dist["probs"]) == pytest.approx(1, abs=1e-5)
+    assert isinstance(twin.predict(profile={}, history=[], item="Movie 2 (2000) (Drama): ", max_new_tokens=3), str)
+    with pytest.raises(UsertwinError, match=r"user '10'.*without records.*records=PATH"):
+        twin.predict(user="10", item="Movie 2 (2000) (Drama): ")
+
+
+def test_prompt_of_a_test_target_equals_the_one_predict_used(made, no_prepare):
+    from usertwin import Twin
+    from usertwin.eval.predict import prompt_hash
+
+    run, records = made
+    twin = Twin.load(run, records=records)
+    rows = [json.loads(x) for x in (run / "predictions-test.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and any(r["history_len"] < r["target_index"] for r in rows)  # some history was cut
+    for r in rows:
+        assert prompt_hash(twin.prompt(r["user"], target=r["target_index"], room=4)) == r["prompt_hash"]
+
+
+def test_described_user_gets_the_prompt_of_the_looked_up_user(made):
+    from usertwin import Twin
+
+    run, records = made
+    twin = Twin.load(run, records=records)
+    raw = _raw("11", USERS["11"])
+    profile = raw["user"]["profile"]
+    items = raw["task"]["task_behavior_collections"][0]["data"]
+    new = "Movie 5 (2000) (Drama): "
+    assert (twin.prompt(user="11", profile=profile, history=items, item=new)
+            == twin.prompt(user="11", item=new))
+    # an earlier target: its items before it as history, either way
+    assert twin.prompt(user="11", profile=profile, history=items[:6], item=items[6]["continuation_prefix"]) \
+        == twin.prompt(user="11", target=6)
+    # history in any order is read in time order, as training reads it
+    assert twin.prompt(user="11", profile=profile, history=items[::-1], item=new) == twin.prompt(user="11", item=new)
+
+
+def test_unknown_and_integer_user_ids(made):
+    from usertwin import Twin
+
+    run, records = made
+    twin = Twin.load(run, records=records)
+    assert twin.prompt(user=11, item="Movie 1 (2000) (Drama): ") == twin.prompt(user="11", item="Movie 1 (2000) (Drama): ")
+    with pytest.raises(UsertwinError, match=r"user 99 is not in .*copy\.jsonl \(3 users, e\.g\. '10'"):
+        twin.predict(user=99, item="x")
+    with pytest.raises(UsertwinError, match=r"user 'nobody' is not in"):
+        twin.score(user="nobody", item="x", continuation="4.0")
+    with pytest.raises(UsertwinError, match=r"user '11' has items 0\.\.9, not target 10"):
+        twin.prompt(user="11", target=10)
+
+
+def test_run_without_twin_facts_needs_records(made, tmp_path, no_prepare):
+    from usertwin import Twin
+
+    run, records = made
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old)
+    (old / "twin.json").unlink()
+    with pytest.raises(UsertwinError, match=r"twin\.json is missing.*records=PATH.*r\.jsonl"):
+        Twin.load(old)
+    twin = Twin.load(old, records=records)  # the scale is read from the records instead
+    assert twin.engine.scale == ["1.0", "2.0", "3.0", "4.0", "5.0"]
+    assert twin.facts == json.loads((run / "twin.json").read_text())
+
+
+def test_bad_history_names_the_field(made):
+    from usertwin import Twin
+
+    twin = Twin.load(made[0])
+    with pytest.raises(UsertwinError, match=r"history passed to the twin.*data\[0\]\.continuation: missing") as e:
+        twin.prompt(profile={}, history=[{"continuation_prefix": "Movie 1: "}], item="Movie 2: ")
+    assert "on-error" not in str(e.value) and "usertwin-twin-" not in str(e.value)  # no scratch file, no CLI flag
+    with pytest.raises(UsertwinError, match="must be JSON data"):
+        twin.prompt(profile={"born": object()}, history=[{"continuation": "4.0"}], item="Movie 2: ")
