@@ -9,7 +9,15 @@ from helpers import dialogue_timeline, rating_timeline
 from usertwin.data.records import Item
 from usertwin.data.timeline import Sample, Timeline, Window
 from usertwin.errors import UsertwinError
-from usertwin.text.render import ABLATIONS, RenderConfig, Renderer
+from usertwin.text.render import (
+    ABLATIONS,
+    STYLES,
+    RenderConfig,
+    Renderer,
+    SimpleStyle,
+    register_style,
+    style_names,
+)
 
 
 def _render(tl, cfg, tok, items, targets):
@@ -121,3 +129,29 @@ def test_template_without_system_role():
     sample = r.render(tl, [0, 1], [1])
     assert window.text.startswith(sample.text)
     assert window.text.startswith("<|im_start|>user\n[USER_PROFILE]")
+
+
+def test_a_new_style_is_one_registered_class(tokenizer, monkeypatch):
+    """A style registered by name is usable as prompt_style and changes only the part it overrides."""
+    monkeypatch.setattr("usertwin.text.render.STYLES", dict(STYLES))  # the registration ends with the test
+
+    @register_style
+    class MissionStyle(SimpleStyle):
+        name = "mission"
+
+        def task(self, task, phrases):
+            return "[MISSION]\n" + task.upper()
+
+    assert style_names() == ("simple", "detailed", "mission")
+    tl = dialogue_timeline(5)
+    simple = Renderer(RenderConfig(), tokenizer).render(tl, [0, 1, 2], [1, 2])
+    mission = Renderer(RenderConfig(prompt_style="mission"), tokenizer).render(tl, [0, 1, 2], [1, 2])
+    assert "[TASK]\nSpeak as this character." in simple.text
+    assert mission.text == simple.text.replace("[TASK]\nSpeak as this character.", "[MISSION]\nSPEAK AS THIS CHARACTER.")
+    assert [s.text for s in mission.segments[1:]] == [s.text for s in simple.segments[1:]]  # only the header
+    with pytest.raises(UsertwinError, match="unknown prompt_style 'loud'; choose one of simple, detailed, mission"):
+        Renderer(RenderConfig(prompt_style="loud"), tokenizer)
+
+
+def test_registered_styles_are_the_prompt_style_choices():
+    assert style_names() == ("simple", "detailed")
