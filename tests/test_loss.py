@@ -7,8 +7,9 @@ import torch
 from conftest import tiny_model
 from helpers import dialogue_timeline, rating_timeline
 
+from usertwin.text.batching import packed_batch, padded_batch
 from usertwin.text.render import RenderConfig, Renderer
-from usertwin.text.tokens import IGNORE, SequenceEncoder, packed_batch, padded_batch
+from usertwin.text.tokens import IGNORE, SequenceEncoder
 from usertwin.train.model import TargetLoss, batch_tensors
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from usertwin.atomic import atomic_open
+from usertwin.atomic import write_jsonl
 from usertwin.data.timeline import SPLITS, Window, own_turn_last
 
 OPEN, CLOSE = "\u27ea", "\u27eb"  # ⟪ target ⟫ when colour is off
@@ -69,15 +69,8 @@ def dump_rows(prep, renderer, splits=SPLITS):
 
 
 def write_dump(prep, renderer, path, splits=SPLITS) -> int:
-    import json
-
-    n = 0
-    with atomic_open(path) as f:
-        for row in dump_rows(prep, renderer, splits):
-            f.write(json.dumps(row, ensure_ascii=False))
-            f.write("\n")
-            n += 1
-    return n
+    """Write `dump_rows` as JSON Lines; returns the row count."""
+    return write_jsonl(path, dump_rows(prep, renderer, splits))
 
 
 def counts_table(prep) -> str:
