@@ -177,21 +177,10 @@ _MARK = "\u27e6UT{}\u27e7"  # marker strings that no template rewrites
 def chat_format(tokenizer) -> ChatFormat:
     """Take the tokenizer's chat template apart into header / item / join pieces, and check them."""
     m = [_MARK.format(i) for i in range(7)]
-    msgs = [{"role": "system", "content": m[0]}]
-    for k in range(3):
-        msgs += [{"role": "user", "content": m[1 + 2 * k]}, {"role": "assistant", "content": m[2 + 2 * k]}]
-    try:
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    except Exception:  # templates without a system role: fold it into the first user turn
-        msgs = msgs[1:]
-        msgs[0] = {"role": "user", "content": m[0] + "\n\n" + m[1]}
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    pieces = re.split("(" + "|".join(re.escape(x) for x in m) + ")", text)
-    found = pieces[1::2]
-    if found != m:
+    pieces = re.split("(" + "|".join(re.escape(x) for x in m) + ")", _template_text(tokenizer, m))
+    if pieces[1::2] != m:
         raise UsertwinError("the tokenizer's chat template reorders or drops messages; use --chat_template none")
-    gaps = pieces[0::2]  # p0 SYS p1 U1 p2 A1 p3 U2 p4 A2 p5 U3 p6 A3 p7
-    p0, p1, p2, p3, p4, p5, p6, p7 = gaps
+    p0, p1, p2, p3, p4, p5, p6, p7 = pieces[0::2]  # p0 SYS p1 U1 p2 A1 p3 U2 p4 A2 p5 U3 p6 A3 p7
     eot = _end_of_turn(p5, tokenizer)
     if not eot and getattr(tokenizer, "eos_token", None):
         # a template that closes assistant turns with nothing special: the eos token ends a target
@@ -202,6 +191,19 @@ def chat_format(tokenizer) -> ChatFormat:
         raise UsertwinError("the chat template renders turns differently by position; use --chat_template none")
     name = getattr(tokenizer, "name_or_path", "") or "chat"
     return ChatFormat(p0, p1, p4, eot_text, join, name=f"chat template of {name}")
+
+
+def _template_text(tokenizer, m: list[str]) -> str:
+    """A system text and three user/assistant turn pairs, their contents the markers `m`, through the template."""
+    msgs = [{"role": "system", "content": m[0]}]
+    for k in range(3):
+        msgs += [{"role": "user", "content": m[1 + 2 * k]}, {"role": "assistant", "content": m[2 + 2 * k]}]
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # templates without a system role: fold it into the first user turn
+        msgs = msgs[1:]
+        msgs[0] = {"role": "user", "content": m[0] + "\n\n" + m[1]}
+        return tokenizer.apply_chat_template(msgs, tokenize=False)
 
 
 def _end_of_turn(gap: str, tokenizer) -> str:
@@ -245,6 +247,9 @@ def _fmt_value(v) -> str:
     return str(v)
 
 
+# ---------------------------------------------------------------- prompt styles
+
+
 def style_names() -> tuple[str, ...]:
     """The registered prompt styles: the choices of the `prompt_style` setting."""
     return tuple(STYLES)
@@ -272,7 +277,7 @@ class PromptStyle:
     name = ""
 
     def heading(self, part: str, phrases: dict) -> str:
-        """The line that opens a part: profile, task, history or context."""
+        """The line that opens a part: profile, task, history or context (a key of `phrases`)."""
         raise NotImplementedError
 
     def profile_line(self, key: str, value: str) -> str:
@@ -342,7 +347,10 @@ class DetailedStyle(PromptStyle):
 
     def item(self, item, phrases: dict) -> list[str]:
         when = [f"{phrases['time']}: {item.time_text}"] if item.time_text else []
-        return [f"=== {phrases['item']} ===", *when, *super().item(item, phrases)]
+        return [self.heading("item", phrases), *when, *super().item(item, phrases)]
+
+
+# ---------------------------------------------------------------- sequences
 
 
 class Renderer:
