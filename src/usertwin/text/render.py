@@ -428,7 +428,7 @@ class Renderer:
         """Render `items` (positions, increasing) of a timeline; `targets` carry loss.
 
         In the turns layout every item is a turn pair; in the block layout the non-target items form the
-        [HISTORY] block of the header and only the targets are turns.
+        history block of the header and only the targets are turns.
         """
         targets = set(targets)
         block = self.cfg.history_layout == "block"
