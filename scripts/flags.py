@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from usertwin.config import SECTIONS, GenerateSettings, shown
+from usertwin.config import SECTIONS, GenerateSettings, choices_of, shown
 
 INTRO = """# usertwin flags
 
@@ -30,7 +30,7 @@ def _cell(text) -> str:
 def _row(f) -> str:
     meta = f.metadata
     names = [f"`--{a}`" for a in meta["aliases"]] + [f"`--{n}` (off)" for n in meta["negations"]]
-    choices = ", ".join(f"`{c}`" for c in meta["choices"])
+    choices = ", ".join(f"`{c}`" for c in choices_of(f))
     cells = [f"`--{f.name}`", ", ".join(names), f"`{f.type}`", f"`{shown(f.default)}`", choices,
              meta["help"], "yes" if meta["shapes_data"] else ""]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"

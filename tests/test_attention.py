@@ -12,8 +12,9 @@ from conftest import tiny_model
 from helpers import rating_timeline
 
 from usertwin.config import RenderSettings
+from usertwin.text.batching import packed_batch, padded_batch
 from usertwin.text.render import Renderer
-from usertwin.text.tokens import SequenceEncoder, packed_batch, padded_batch
+from usertwin.text.tokens import SequenceEncoder
 from usertwin.train import attention
 from usertwin.train.model import TargetLoss, batch_tensors
 

@@ -20,6 +20,7 @@ from usertwin.config import (
     Config,
     GenerateSettings,
     add_config_flags,
+    choices_of,
     from_mapping,
     generate_settings,
     load_yaml,
@@ -72,8 +73,8 @@ def _parse(*argv) -> argparse.Namespace:
 
 def _other_value(f: dataclasses.Field):
     """A valid value of the field's type other than its default."""
-    if f.metadata["choices"]:
-        return next(c for c in f.metadata["choices"] if c != f.default)
+    if choices_of(f):
+        return next(c for c in choices_of(f) if c != f.default)
     if f.default is None:
         return {"str | None": "x", "bool | None": True, "int | None": 3, "float | None": 0.3}[f.type]
     if isinstance(f.default, bool):
@@ -137,7 +138,7 @@ def test_the_seeds_aliases_and_negations_map_to_their_fields(tmp_path):
 
 
 def test_choices_are_enforced_in_yaml_and_on_the_command_line():
-    declared = {f.name: f.metadata["choices"] for f in fields(Config) if f.metadata["choices"]}
+    declared = {f.name: choices_of(f) for f in fields(Config) if choices_of(f)}
     assert declared == CHOICES
     for key, choices in declared.items():
         for choice in choices:

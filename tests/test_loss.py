@@ -1,4 +1,6 @@
-"""Loss only on targets; timeline == samples (invariant 3); packed rows keep sequences apart."""
+"""The target-only loss: a target's loss inside a multi-target sequence equals its loss as a sample of its
+own with the same earlier items as history; packed rows keep their sequences apart. (Labels only on targets:
+test_tokens.py.)"""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from conftest import tiny_model
 from helpers import dialogue_timeline, rating_timeline
 
 from usertwin.config import RenderSettings
+from usertwin.text.batching import packed_batch, padded_batch
 from usertwin.text.render import Renderer
-from usertwin.text.tokens import IGNORE, SequenceEncoder, packed_batch, padded_batch
+from usertwin.text.tokens import SequenceEncoder
 from usertwin.train.model import TargetLoss, batch_tensors
 
 
@@ -25,22 +28,6 @@ def _per_target(loss_model, batch, encs):
             k += n
     assert k == len(losses)
     return out
-
-
-def test_labels_only_on_targets_with_end_of_turn(tokenizer):
-    tl = rating_timeline(5)
-    enc = SequenceEncoder(Renderer(RenderSettings(), tokenizer), tokenizer).encode(tl, [0, 1, 2, 3], [2, 3])
-    assert len(enc.input_ids) == len(enc.labels)
-    target_tokens = [t for t in enc.labels if t != IGNORE]
-    expected = []
-    for pos in (2, 3):
-        expected += tokenizer(tl.items[pos].continuation + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    assert target_tokens == expected
-    assert target_tokens[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    for _pos, start, end in enc.targets:
-        assert enc.labels[start:end] == enc.input_ids[start:end]
-    # history item 1's continuation is in the input but not in the labels
-    assert sum(1 for t in enc.labels if t != IGNORE) == sum(e - s for _, s, e in enc.targets)
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])

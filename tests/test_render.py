@@ -10,7 +10,7 @@ from usertwin.config import ABLATIONS, RenderSettings
 from usertwin.data.records import Item
 from usertwin.data.timeline import Sample, Timeline, Window
 from usertwin.errors import UsertwinError
-from usertwin.text.render import Renderer
+from usertwin.text.render import STYLES, Renderer, SimpleStyle, register_style, style_names
 
 
 def _render(tl, cfg, tok, items, targets):
@@ -122,3 +122,40 @@ def test_template_without_system_role():
     sample = r.render(tl, [0, 1], [1])
     assert window.text.startswith(sample.text)
     assert window.text.startswith("<|im_start|>user\n[USER_PROFILE]")
+
+
+def test_a_new_style_is_one_registered_class(tokenizer, monkeypatch):
+    """A style registered by name is usable as prompt_style and changes only the part it overrides."""
+    monkeypatch.setattr("usertwin.text.render.STYLES", dict(STYLES))  # the registration ends with the test
+
+    @register_style
+    class MissionStyle(SimpleStyle):
+        name = "mission"
+
+        def task(self, task, phrases):
+            return "[MISSION]\n" + task.upper()
+
+    assert style_names() == ("simple", "detailed", "mission")
+    tl = dialogue_timeline(5)
+    simple = Renderer(RenderSettings(), tokenizer).render(tl, [0, 1, 2], [1, 2])
+    mission = Renderer(RenderSettings(prompt_style="mission"), tokenizer).render(tl, [0, 1, 2], [1, 2])
+    assert "[TASK]\nSpeak as this character." in simple.text
+    assert mission.text == simple.text.replace("[TASK]\nSpeak as this character.", "[MISSION]\nSPEAK AS THIS CHARACTER.")
+    assert [s.text for s in mission.segments[1:]] == [s.text for s in simple.segments[1:]]  # only the header
+    with pytest.raises(UsertwinError, match="unknown prompt_style 'loud'; choose one of simple, detailed, mission"):
+        Renderer(RenderSettings(prompt_style="loud"), tokenizer)
+    # the settings ask the registry: the new style is a valid YAML value and flag choice with no other edit
+    from usertwin.cli import build_parser
+    from usertwin.config import from_mapping, resolve
+
+    assert from_mapping({"prompt_style": "mission"}, "test.yaml").prompt_style == "mission"
+    assert resolve(build_parser().parse_args(["prepare", "--prompt_style", "mission"])).prompt_style == "mission"
+
+
+def test_registered_styles_are_the_prompt_style_choices():
+    from dataclasses import fields
+
+    from usertwin.config import Config, choices_of
+
+    assert style_names() == ("simple", "detailed")
+    assert choices_of(next(f for f in fields(Config) if f.name == "prompt_style")) == style_names()

@@ -42,8 +42,23 @@ def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_
     """A config field. `aliases`: other names of the key (the seeds' names); `negations`: names that set a
     bool key to the opposite; `shapes_data`: changing it changes what prepare builds (so it is in the cache
     key)."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices), "aliases": tuple(aliases),
-                                            "negations": tuple(negations), "shapes_data": shapes_data})
+    return field(default=default, metadata={"help": help, "choices": choices if callable(choices) else tuple(choices),
+                                            "aliases": tuple(aliases), "negations": tuple(negations),
+                                            "shapes_data": shapes_data})
+
+
+def choices_of(f) -> tuple:
+    """A field's allowed values; a callable is asked at use time (registries that fill themselves on import)."""
+    choices = f.metadata["choices"]
+    return tuple(choices()) if callable(choices) else choices
+
+
+def _prompt_styles() -> tuple:
+    # prompt styles register themselves in the renderer (a new style is one class there): ask it at use
+    # time, since the renderer itself builds on these settings
+    from usertwin.text.render import style_names
+
+    return style_names()
 
 
 @dataclass
@@ -133,7 +148,7 @@ class RenderSettings:
     use_context: bool | None = setting(None, "show the context turns before each item (--no_context: hide "
                                              "them); unset: as the ablation says", negations=("no_context",),
                                        shapes_data=True)
-    prompt_style: str = setting("simple", "how the parts are written out", choices=("simple", "detailed"),
+    prompt_style: str = setting("simple", "how the parts are written out", choices=_prompt_styles,
                                 shapes_data=True)
     language: str = setting("auto", "language of the prompt's own words; auto: the record's task.language, else "
                                     "detected from the text", choices=("auto", "en", "zh", "ja"), shapes_data=True)
@@ -288,7 +303,7 @@ def _coerce(cls, key: str, value, source: str):
     if not ok:
         raise UsertwinError(f"{source}: key {key!r} must be {tp.__name__}"
                             f"{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
-    choices = cls.__dataclass_fields__[key].metadata["choices"]
+    choices = choices_of(cls.__dataclass_fields__[key])
     if choices and value not in choices:
         raise UsertwinError(f"{source}: key {key!r} must be one of {', '.join(choices)}, got {value!r}")
     return value
@@ -378,7 +393,7 @@ def _add_flags(group, cls, prefix: str) -> None:
     for f in fields(cls):
         tp, _ = types_[f.name]
         names = [f"--{name}" for name in (f.name, *f.metadata["aliases"])]
-        dest, choices = prefix + f.name, f.metadata["choices"] or None
+        dest, choices = prefix + f.name, choices_of(f) or None
         help_ = flag_help(f).replace("%", "%%")  # argparse %-formats help
         if tp is bool:
             # --packing, --packing off / on / true / false, and --no-packing / --no_packing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from usertwin.atomic import atomic_open
+from usertwin.atomic import write_jsonl
 from usertwin.data.timeline import SPLITS, Window, own_turn_last
 
 OPEN, CLOSE = "\u27ea", "\u27eb"  # ⟪ target ⟫ when colour is off
@@ -69,20 +69,20 @@ def dump_rows(prep, renderer, splits=SPLITS):
 
 
 def write_dump(prep, renderer, path, splits=SPLITS) -> int:
-    import json
-
-    n = 0
-    with atomic_open(path) as f:
-        for row in dump_rows(prep, renderer, splits):
-            f.write(json.dumps(row, ensure_ascii=False))
-            f.write("\n")
-            n += 1
-    return n
+    """Write `dump_rows` as JSON Lines; returns the row count."""
+    return write_jsonl(path, dump_rows(prep, renderer, splits))
 
 
 def counts_table(prep) -> str:
     unit = prep.config.unit
-    seq_name = "windows" if unit == "timeline" else "samples"
+    head = (f"{len(prep.timelines)} users, {sum(len(tl.items) for tl in prep.timelines)} items; unit {unit}, "
+            f"max_length {prep.config.max_length}, history {prep.config.history_strategy}, "
+            f"ablation {prep.config.ablation}{' (from cache)' if prep.from_cache else ''}")
+    return "\n".join([head, *_split_lines(prep), *_notes(prep), *prep.warnings])
+
+
+def _split_lines(prep) -> list[str]:
+    seq_name = "windows" if prep.config.unit == "timeline" else "samples"
     rows = [("split", "users", "targets", seq_name, "tokens", "tok/target", "history", "truncated", "cut",
              "too long")]
     for split in SPLITS:
@@ -91,11 +91,10 @@ def counts_table(prep) -> str:
         rows.append((split, st.users, st.targets, st.sequences, st.tokens, per, st.history_items,
                      st.truncated_sequences, st.history_dropped, st.too_long))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(v).rjust(w) for v, w in zip(r, widths)) for r in rows]
-    n_items = sum(len(tl.items) for tl in prep.timelines)
-    head = (f"{len(prep.timelines)} users, {n_items} items; unit {unit}, max_length {prep.config.max_length}, "
-            f"history {prep.config.history_strategy}, ablation {prep.config.ablation}"
-            f"{' (from cache)' if prep.from_cache else ''}")
+    return ["  ".join(str(v).rjust(w) for v, w in zip(r, widths)) for r in rows]
+
+
+def _notes(prep) -> list[str]:
     notes = ["history = history items shown; truncated = sequences whose oldest history was cut by "
              "max_length; cut = history items cut; too long = targets that do not fit max_length alone "
              "(left out)"]
@@ -105,4 +104,4 @@ def counts_table(prep) -> str:
                      "(the seeds dropped them silently)")
     if prep.skipped:
         notes.append(f"{len(prep.skipped)} record(s) skipped (--on-error skip)")
-    return "\n".join([head, *lines, *notes, *prep.warnings])
+    return notes

@@ -2,14 +2,17 @@
 
 A rendered sequence is a list of segments whose concatenation is the text the model sees:
 
-    header                      system part: [USER_PROFILE] + [TASK] (+ [HISTORY] in the block layout)
-    item prompt, item target    one per item: the user turn ([CONTEXT], the item, the instruction line),
+    header                      system part: profile + task (+ the history block in the block layout)
+    item prompt, item target    one per item: the user turn (context, the item, the instruction line),
     join, item prompt, target   then the assistant turn (the continuation + the end-of-turn token)
     ...
 
 Each item is rendered the same way whether it is history or a target, and items are joined by the same
 `join` text, so the sample "target k with items 0..k-1 as history" is exactly a prefix of the timeline
-window holding items 0..k: this is what makes timeline (multi-target) training exact (DESIGN invariant 3).
+window holding items 0..k. This is what makes timeline (multi-target) training exact: each target's loss in a
+window equals its loss as a sample of its own with the same earlier items as history.
+How the parts are written (headings, profile lines, the item's lines) is a prompt style: a PromptStyle
+subclass registered by name in STYLES; the Renderer decides which parts appear and looks the style up.
 With a chat template the turns go through the tokenizer's own template; the template is taken apart once,
 with marker strings, into header / item / join pieces, and checked against a full rendering.
 """
@@ -23,7 +26,7 @@ from usertwin.config import RenderSettings
 from usertwin.data.timeline import is_own_turn
 from usertwin.errors import UsertwinError
 
-STYLES = ("simple", "detailed")
+STYLES: dict[str, PromptStyle] = {}  # name -> style, filled by @register_style below
 LANGUAGES = ("en", "zh", "ja")
 
 PHRASES = {
@@ -148,21 +151,10 @@ _MARK = "\u27e6UT{}\u27e7"  # marker strings that no template rewrites
 def chat_format(tokenizer) -> ChatFormat:
     """Take the tokenizer's chat template apart into header / item / join pieces, and check them."""
     m = [_MARK.format(i) for i in range(7)]
-    msgs = [{"role": "system", "content": m[0]}]
-    for k in range(3):
-        msgs += [{"role": "user", "content": m[1 + 2 * k]}, {"role": "assistant", "content": m[2 + 2 * k]}]
-    try:
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    except Exception:  # templates without a system role: fold it into the first user turn
-        msgs = msgs[1:]
-        msgs[0] = {"role": "user", "content": m[0] + "\n\n" + m[1]}
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    pieces = re.split("(" + "|".join(re.escape(x) for x in m) + ")", text)
-    found = pieces[1::2]
-    if found != m:
+    pieces = re.split("(" + "|".join(re.escape(x) for x in m) + ")", _template_text(tokenizer, m))
+    if pieces[1::2] != m:
         raise UsertwinError("the tokenizer's chat template reorders or drops messages; use --chat_template none")
-    gaps = pieces[0::2]  # p0 SYS p1 U1 p2 A1 p3 U2 p4 A2 p5 U3 p6 A3 p7
-    p0, p1, p2, p3, p4, p5, p6, p7 = gaps
+    p0, p1, p2, p3, p4, p5, p6, p7 = pieces[0::2]  # p0 SYS p1 U1 p2 A1 p3 U2 p4 A2 p5 U3 p6 A3 p7
     eot = _end_of_turn(p5, tokenizer)
     if not eot and getattr(tokenizer, "eos_token", None):
         # a template that closes assistant turns with nothing special: the eos token ends a target
@@ -173,6 +165,19 @@ def chat_format(tokenizer) -> ChatFormat:
         raise UsertwinError("the chat template renders turns differently by position; use --chat_template none")
     name = getattr(tokenizer, "name_or_path", "") or "chat"
     return ChatFormat(p0, p1, p4, eot_text, join, name=f"chat template of {name}")
+
+
+def _template_text(tokenizer, m: list[str]) -> str:
+    """A system text and three user/assistant turn pairs, their contents the markers `m`, through the template."""
+    msgs = [{"role": "system", "content": m[0]}]
+    for k in range(3):
+        msgs += [{"role": "user", "content": m[1 + 2 * k]}, {"role": "assistant", "content": m[2 + 2 * k]}]
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # templates without a system role: fold it into the first user turn
+        msgs = msgs[1:]
+        msgs[0] = {"role": "user", "content": m[0] + "\n\n" + m[1]}
+        return tokenizer.apply_chat_template(msgs, tokenize=False)
 
 
 def _end_of_turn(gap: str, tokenizer) -> str:
@@ -216,17 +221,110 @@ def _fmt_value(v) -> str:
     return str(v)
 
 
-def _profile_lines(profile: dict, style: str) -> list[str]:
-    lines = []
-    for key, value in _flatten(profile):
-        if value is None or value == "":
-            continue
-        if style == "simple":
-            tag = re.sub(r"\W+", "_", key).strip("_").upper()
-            lines.append(f"[USER_{tag}={_fmt_value(value)}]")
-        else:
-            lines.append(f"{key.replace('_', ' ')}: {_fmt_value(value)}")
-    return lines
+# ---------------------------------------------------------------- prompt styles
+
+
+def style_names() -> tuple[str, ...]:
+    """The registered prompt styles: the choices of the `prompt_style` setting."""
+    return tuple(STYLES)
+
+
+def register_style(cls):
+    """Class decorator: make a PromptStyle subclass available as `prompt_style=cls.name`."""
+    STYLES[cls.name] = cls()
+    return cls
+
+
+def get_style(name: str) -> PromptStyle:
+    if name not in STYLES:
+        raise UsertwinError(f"unknown prompt_style {name!r}; choose one of {', '.join(STYLES)}")
+    return STYLES[name]
+
+
+class PromptStyle:
+    """How the parts of a prompt are written out. The Renderer decides which parts appear (the ablation) and
+    who said each context turn; a style only writes them, so a new style overrides just what it changes.
+
+    `phrases` is the PHRASES entry of the timeline's language.
+    """
+
+    name = ""
+
+    def heading(self, part: str, phrases: dict) -> str:
+        """The line that opens a part: profile, task, history or context (a key of `phrases`)."""
+        raise NotImplementedError
+
+    def profile_line(self, key: str, value: str) -> str:
+        raise NotImplementedError
+
+    def profile(self, profile, phrases: dict) -> str:
+        """The profile block; '' when no field has a value."""
+        lines = [self.profile_line(key, _fmt_value(value)) for key, value in _flatten(profile)
+                 if value is not None and value != ""]
+        return "\n".join([self.heading("profile", phrases), *lines]) if lines else ""
+
+    def task(self, task: str, phrases: dict) -> str:
+        return self.heading("task", phrases) + "\n" + task
+
+    def history(self, items: list, phrases: dict) -> str:
+        """The block of earlier items (block layout only), oldest first."""
+        lines = [f"{n}. {it.prefix}{it.continuation}" for n, it in enumerate(items, 1)]
+        return "\n".join([self.heading("history", phrases), *lines])
+
+    def system(self, blocks: list[str]) -> str:
+        return "\n\n".join(blocks)
+
+    def context(self, turns: list[tuple[str, object]], phrases: dict) -> list[str]:
+        """Lines of the turns before the item, as (speaker, content) pairs."""
+        return [self.heading("context", phrases), *(f"{who}: {content}" for who, content in turns)]
+
+    def item(self, item, phrases: dict) -> list[str]:
+        """Lines of the item itself: what it is about, then the instruction."""
+        about = item.prefix.strip()
+        return ([about] if about else []) + [self.instruction(item, phrases)]
+
+    def instruction(self, item, phrases: dict) -> str:
+        return phrases["instruction"].get(item.collection, phrases["instruction"][""])
+
+    def user_turn(self, item, turns: list[tuple[str, object]], phrases: dict) -> str:
+        """An item's user turn; `turns` is empty when the context is not shown."""
+        lines = self.context(turns, phrases) if turns else []
+        return "\n".join(lines + self.item(item, phrases))
+
+
+@register_style
+class SimpleStyle(PromptStyle):
+    """Bracketed tags, one profile field a line: [USER_PROFILE] / [USER_AGE=30]."""
+
+    name = "simple"
+    TAGS = {"profile": "[USER_PROFILE]", "task": "[TASK]", "history": "[HISTORY]", "context": "[CONTEXT]"}
+
+    def heading(self, part: str, phrases: dict) -> str:
+        return self.TAGS[part]
+
+    def profile_line(self, key: str, value: str) -> str:
+        tag = re.sub(r"\W+", "_", key).strip("_").upper()
+        return f"[USER_{tag}={value}]"
+
+
+@register_style
+class DetailedStyle(PromptStyle):
+    """Headings in the data's language, `key: value` profile lines, and the item's time."""
+
+    name = "detailed"
+
+    def heading(self, part: str, phrases: dict) -> str:
+        return f"=== {phrases[part]} ==="
+
+    def profile_line(self, key: str, value: str) -> str:
+        return f"{key.replace('_', ' ')}: {value}"
+
+    def item(self, item, phrases: dict) -> list[str]:
+        when = [f"{phrases['time']}: {item.time_text}"] if item.time_text else []
+        return [self.heading("item", phrases), *when, *super().item(item, phrases)]
+
+
+# ---------------------------------------------------------------- sequences
 
 
 class Renderer:
@@ -236,6 +334,7 @@ class Renderer:
         check(cfg)
         self.cfg = cfg
         self.use_profile, self.use_history, self.use_context = cfg.parts()
+        self.style = get_style(cfg.prompt_style)
         eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
         has_template = tokenizer is not None and getattr(tokenizer, "chat_template", None)
         if cfg.chat_template == "auto" and has_template:
@@ -255,45 +354,35 @@ class Renderer:
     # -- the parts
 
     def system_text(self, tl, history: list[int] = ()) -> str:
+        """Profile, task and (block layout only) the `history` items, as the style writes them."""
         ph = PHRASES[self.language(tl)]
-        detailed = self.cfg.prompt_style == "detailed"
         blocks = []
         if self.use_profile and tl.profile:
-            lines = _profile_lines(tl.profile, self.cfg.prompt_style)
-            if lines:
-                head = f"=== {ph['profile']} ===" if detailed else "[USER_PROFILE]"
-                blocks.append("\n".join([head, *lines]))
+            blocks.append(self.style.profile(tl.profile, ph))
         if tl.task:
-            blocks.append((f"=== {ph['task']} ===" if detailed else "[TASK]") + "\n" + tl.task)
-        if history:  # block layout only
-            head = f"=== {ph['history']} ===" if detailed else "[HISTORY]"
-            lines = [f"{n}. {tl.items[p].prefix}{tl.items[p].continuation}" for n, p in enumerate(history, 1)]
-            blocks.append("\n".join([head, *lines]))
-        return "\n\n".join(blocks)
+            blocks.append(self.style.task(tl.task, ph))
+        if history:
+            blocks.append(self.style.history([tl.items[p] for p in history], ph))
+        return self.style.system([b for b in blocks if b])
 
     def user_text(self, tl, pos: int) -> str:
         item = tl.items[pos]
         ph = PHRASES[self.language(tl)]
-        detailed = self.cfg.prompt_style == "detailed"
-        lines = []
-        if self.use_context and item.context:
-            name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
-            lines.append(f"=== {ph['context']} ===" if detailed else "[CONTEXT]")
-            for turn in item.context:
-                own = is_own_turn(turn, name)
-                who = ph["you"] if own else str(turn.get("source") or ph["other"]).strip()
-                if not own and turn.get("source") is None and turn.get("role"):
-                    who = ph["other"]
-                lines.append(f"{who}: {turn.get('content', '')}")
-        if detailed:
-            lines.append(f"=== {ph['item']} ===")
-            if item.time_text:
-                lines.append(f"{ph['time']}: {item.time_text}")
-        if item.prefix.strip():
-            lines.append(item.prefix.strip())
-        instr = ph["instruction"].get(item.collection, ph["instruction"][""])
-        lines.append(instr)
-        return "\n".join(lines)
+        turns = self._speakers(tl, item, ph) if self.use_context and item.context else []
+        return self.style.user_turn(item, turns, ph)
+
+    def _speakers(self, tl, item, ph: dict) -> list[tuple[str, object]]:
+        """(speaker, content) of each context turn: the user's own turns are "you", anonymous role-tagged
+        turns "other"."""
+        name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+        turns = []
+        for turn in item.context:
+            own = is_own_turn(turn, name)
+            who = ph["you"] if own else str(turn.get("source") or ph["other"]).strip()
+            if not own and turn.get("source") is None and turn.get("role"):
+                who = ph["other"]
+            turns.append((who, turn.get("content", "")))
+        return turns
 
     # -- sequences
 
@@ -313,7 +402,7 @@ class Renderer:
         """Render `items` (positions, increasing) of a timeline; `targets` carry loss.
 
         In the turns layout every item is a turn pair; in the block layout the non-target items form the
-        [HISTORY] block of the header and only the targets are turns.
+        history block of the header and only the targets are turns.
         """
         targets = set(targets)
         block = self.cfg.history_layout == "block"

