@@ -173,12 +173,41 @@ def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_di
                  resample_every_epoch=True, cache_dir=str(tmp_path / "c"))
     tok = load_tokenizer(cfg.model)
     prep = prepare(cfg, tokenizer=tok, progress=False)
-    ed = EpochData(cfg, prep, Renderer(render_config(cfg), tok), None, 0)
+    ed = EpochData(cfg, prep, Renderer(render_config(cfg), tok), tok)
     e0 = [(s.user_id, s.target) for s in ed.sequences("train", 0)]
     e1 = [(s.user_id, s.target) for s in ed.sequences("train", 1)]
     assert len(e0) == len(e1) == 6 and e0 != e1
     cfg.resample_every_epoch = False
     assert [(s.user_id, s.target) for s in ed.sequences("train", 1)] == e0
+
+
+def test_block_layout_resampled_every_epoch_still_fits_max_length(tmp_path, tiny_model_dir):
+    """--history_layout block measures a sample's tokens with the tokenizer; the re-sampling of later epochs
+    must too (it was called without one and the second epoch crashed)."""
+    data = _records(tmp_path / "r.jsonl", sizes=(30, 30))
+    out = tmp_path / "block"
+    sampling = ["--unit", "sample", "--history_layout", "block", "--resample_every_epoch",
+                "--max_samples_per_user", "3"]
+    assert main(_args(data, tiny_model_dir, out, *sampling, "--max_epochs", "2", "--max_length", "128")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and [e["targets"] for e in summary["per_epoch"]] == [6, 6]
+    from usertwin.config import Config, render_config
+    from usertwin.data.prepare import prepare
+    from usertwin.text.render import Renderer
+    from usertwin.text.tokens import load_tokenizer
+    from usertwin.train.trainer import EpochData
+
+    cfg = Config(data=str(data), model=str(tiny_model_dir), unit="sample", history_layout="block",
+                 resample_every_epoch=True, max_samples_per_user=3, max_length=128, cache_dir=str(tmp_path / "c"))
+    tok = load_tokenizer(cfg.model)
+    prep = prepare(cfg, tokenizer=tok, progress=False)
+    ed = EpochData(cfg, prep, Renderer(render_config(cfg), tok), tok)
+    epochs = [ed.sequences("train", epoch) for epoch in (0, 1)]
+    assert [(s.user_id, s.target) for s in epochs[0]] != [(s.user_id, s.target) for s in epochs[1]]
+    for seqs in epochs:
+        lengths = [len(ed.encoder.encode(prep.timeline(s.user_id), *s.items_and_targets())) for s in seqs]
+        assert len(lengths) == 6 and max(lengths) <= cfg.max_length
+    assert any(len(s.history) < s.target for seqs in epochs for s in seqs)  # max_length did cut history
 
 
 def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
