@@ -75,6 +75,74 @@ def rank_batches(group: list, rank: int, world: int) -> list:
     return group[rank::world]
 
 
+class Loggers:
+    """Where log rows go: logs.jsonl, TensorBoard (when installed) and W&B (when asked); the main process only."""
+
+    def __init__(self, cfg: Config, run: RunDir, main: bool, say):
+        self.run, self.main, self.tb, self.wandb = run, main, None, None
+        if not main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run.tensorboard))
+        except ImportError:
+            say("tensorboard is not installed: logging to logs.jsonl only")
+        if cfg.wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise UsertwinError("--wandb_project needs the wandb package: pip install wandb") from None
+            self.wandb = wandb
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg.to_dict())
+
+    def write(self, row: dict, step: int) -> None:
+        if not self.main:
+            return
+        # append-only by design (one complete line per write; a resumed run goes on appending)
+        with open(self.run.logs, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch", "time"):
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class _CtrlC:
+    """The first Ctrl-C asks for a checkpoint at the end of the current step; a second one stops at once."""
+
+    def __init__(self, acc, say):
+        self.acc, self.say, self.asked = acc, say, False
+
+    def watch(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            if self.asked:
+                raise KeyboardInterrupt
+            self.asked = True
+            self.say("interrupt: saving a checkpoint after this step (Ctrl-C again to stop now)")
+
+        signal.signal(signal.SIGINT, handler)
+
+    def asked_anywhere(self) -> bool:
+        if self.acc.num_processes == 1:
+            return self.asked
+        # every rank stops at the same step, or the checkpoint would hang (one small all-reduce per step)
+        flag = torch.tensor(1.0 if self.asked else 0.0, device=self.acc.device)
+        return self.acc.reduce(flag, reduction="sum").item() > 0
+
+
 class _Interval:
     """Loss and throughput since the last log line. The loss sums stay on the device (no host sync per step)."""
 
@@ -88,6 +156,24 @@ class _Interval:
 
 
 # ---------------------------------------------------------------- the loop
+
+
+def _loss_model(cfg: Config, attention: str) -> TargetLoss:
+    model = build_model(cfg, attention)
+    loss_model = TargetLoss(model)
+    if cfg.deepspeed:  # accelerate fills the config's "auto" bucket sizes from model.config.hidden_size
+        loss_model.config = causal_lm(model).config
+    return loss_model
+
+
+def _optimizer(cfg: Config, params: list, total_steps: int):
+    """AdamW and the learning-rate schedule (warm-up, then cfg.lr_scheduler) over the run's steps."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
 
 
 class Trainer:
@@ -127,38 +213,10 @@ class Trainer:
         loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
         return {"loss": loss, "target_tokens": int(total[1].item()), "batches": len(batches)}
 
-    # -- logging
-
     def log(self, row: dict) -> None:
         row = {"step": self.state.global_step, "epoch": self.state.epoch + 1, **row, "time": round(time.time(), 3)}
         self.state.log.append(row)
-        if self.main:  # append-only by design (one complete line per write; a resumed run goes on appending)
-            with open(self.run_dir.logs, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            if self.tb is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k not in ("step", "epoch", "time"):
-                        self.tb.add_scalar(k, v, self.state.global_step)
-            if self.wandb is not None:
-                self.wandb.log(row, step=self.state.global_step)
-
-    def _open_loggers(self) -> None:
-        self.tb = self.wandb = None
-        if not self.main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run_dir.tensorboard))
-        except ImportError:
-            self.say("tensorboard is not installed: logging to logs.jsonl only")
-        if self.cfg.wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise UsertwinError("--wandb_project needs the wandb package: pip install wandb") from None
-            self.wandb = wandb
-            wandb.init(project=self.cfg.wandb_project, name=self.cfg.wandb_run_name, config=self.cfg.to_dict())
+        self.loggers.write(row, self.state.global_step)
 
     # -- the run
 
@@ -182,11 +240,10 @@ class Trainer:
         else:
             self.checkpoints.restore_best(self.loss_model)
             final = self.evaluate()
-        result = self._summary(time.time() - start, final["loss"])
+        result = _summary(self.cfg, self.acc, self.prep, st, time.time() - start, self.initial_val, final["loss"])
         if self.main:
             write_json(self.run_dir.summary, result)
-            if self.tb is not None:
-                self.tb.close()
+            self.loggers.close()
         before = "not measured" if self.initial_val is None else f"{self.initial_val:.4f}"
         self.say(f"validation loss after training: {final['loss']:.4f} (before: {before}); "
                  f"best model in {self.run_dir.best}; run in {self.run_dir.path}")
@@ -197,24 +254,17 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.attention = training_attention(cfg)
         self.boundaries = self.attention == "varlen"
-        model = build_model(cfg, self.attention)
-        self.loss_model = TargetLoss(model)
-        if cfg.deepspeed:  # accelerate fills the config's "auto" bucket sizes from model.config.hidden_size
-            self.loss_model.config = causal_lm(model).config
+        self.loss_model = _loss_model(cfg, self.attention)
         params = [p for p in self.loss_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         first = self.data.batches("train", 0, shuffle=True)
         steps_per_epoch = self._steps_per_epoch(len(first))
         total_steps = cfg.max_steps or steps_per_epoch * cfg.max_epochs
-        from transformers import get_scheduler
-
-        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                                  num_training_steps=total_steps)
+        optimizer, scheduler = _optimizer(cfg, params, total_steps)
         # the scheduler stays outside accelerate.prepare: its wrapper would step it once per process
         self.loss_model, optimizer = acc.prepare(self.loss_model, optimizer)
         acc.register_for_checkpointing(scheduler)
         self.optimizer, self.scheduler = optimizer, scheduler
-        self._open_loggers()
+        self.loggers = Loggers(cfg, self.run_dir, self.main, self.say)
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in params)  # ZeRO-3: partitioned
         self.say(f"model {cfg.model}: {trainable:,} trainable parameters ({'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full'}),"
                  f" {acc.num_processes} process(es), {steps_per_epoch} steps per epoch, {total_steps} steps in all")
@@ -233,52 +283,11 @@ class Trainer:
             self.say(f"validation loss before training: {ev['loss']:.4f} ({ev['target_tokens']} target tokens)")
             self.log({"event": "eval_start", "val_loss": ev["loss"]})
 
-    def _summary(self, wall: float, final_loss: float) -> dict:
-        st, acc = self.state, self.acc
-        result = {
-            "steps": st.global_step, "epochs": st.epoch + (1 if st.step_in_epoch else 0),
-            "targets_per_epoch": self.prep.stats["train"].targets, "tokens_per_epoch": self.prep.stats["train"].tokens,
-            "targets_seen": st.targets_seen, "tokens_seen": st.tokens_seen,
-            "per_epoch": st.epochs,
-            "tokens_per_second": round(st.tokens_seen / max(wall, 1e-9), 1),
-            "val_loss_before": self.initial_val, "val_loss_after": final_loss,
-            "best_val_loss": st.best_val_loss, "best_step": st.best_step,
-            "stopped_early": st.stopped_early, "wall_seconds": round(wall, 1), "unit": self.cfg.unit,
-            "processes": acc.num_processes,
-        }
-        if torch.cuda.is_available():  # every process's peak (one GPU each)
-            peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=acc.device)
-            result["peak_memory_gib"] = [round(x, 2) for x in acc.gather(peak).tolist()]
-        return result
-
-    def _watch_sigint(self) -> None:
-        """The first Ctrl-C asks for a checkpoint at the end of the current step; a second one stops at once."""
-        import signal
-        import threading
-
-        self._sigint = False
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum, frame):
-            if self._sigint:
-                raise KeyboardInterrupt
-            self._sigint = True
-            self.say("interrupt: saving a checkpoint after this step (Ctrl-C again to stop now)")
-
-        signal.signal(signal.SIGINT, handler)
-
-    def _interrupted(self) -> bool:
-        if self.acc.num_processes == 1:
-            return self._sigint
-        # every rank stops at the same step, or the checkpoint would hang (one small all-reduce per step)
-        flag = torch.tensor(1.0 if self._sigint else 0.0, device=self.acc.device)
-        return self.acc.reduce(flag, reduction="sum").item() > 0
-
     def _loop(self, first_batches, total_steps) -> None:
         st = self.state
         self.loss_model.train()
-        self._watch_sigint()
+        self.ctrl_c = _CtrlC(self.acc, self.say)
+        self.ctrl_c.watch()
         epoch = st.epoch
         while epoch < self.cfg.max_epochs and st.global_step < total_steps and not st.stopped_early:
             batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
@@ -358,7 +367,7 @@ class Trainer:
             self._eval_and_maybe_stop()
         elif cfg.save_steps and st.global_step % cfg.save_steps == 0:
             self.checkpoints.save(st)
-        if self._interrupted():
+        if self.ctrl_c.asked_anywhere():
             self.checkpoints.save(st)
             self.say(f"interrupted: checkpoint saved at step {st.global_step} in {self.run_dir.checkpoints};"
                      " continue with --resume")
@@ -379,6 +388,25 @@ class Trainer:
         self.say(f"step {st.global_step}: validation loss {ev['loss']:.4f}"
                  f"{' (best)' if improved else ''}{' - early stop' if st.stopped_early else ''}")
         self.checkpoints.save(st)
+
+
+def _summary(cfg: Config, acc, prep: Prepared, st: TrainState, wall: float, before, after: float) -> dict:
+    """summary.json: what the run did, how fast, and the validation loss before and after training."""
+    result = {
+        "steps": st.global_step, "epochs": st.epoch + (1 if st.step_in_epoch else 0),
+        "targets_per_epoch": prep.stats["train"].targets, "tokens_per_epoch": prep.stats["train"].tokens,
+        "targets_seen": st.targets_seen, "tokens_seen": st.tokens_seen,
+        "per_epoch": st.epochs,
+        "tokens_per_second": round(st.tokens_seen / max(wall, 1e-9), 1),
+        "val_loss_before": before, "val_loss_after": after,
+        "best_val_loss": st.best_val_loss, "best_step": st.best_step,
+        "stopped_early": st.stopped_early, "wall_seconds": round(wall, 1), "unit": cfg.unit,
+        "processes": acc.num_processes,
+    }
+    if torch.cuda.is_available():  # every process's peak (one GPU each)
+        peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=acc.device)
+        result["peak_memory_gib"] = [round(x, 2) for x in acc.gather(peak).tolist()]
+    return result
 
 
 def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
