@@ -143,7 +143,6 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
     from usertwin.data.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import IGNORE, SequenceEncoder
-    from usertwin.train.trainer import sequence_items
 
     cfg = base_config(records, model_dir, args.work / "seeds", args, unit="sample")
     prep = prepare(cfg, tokenizer=tokenizer, progress=False)
@@ -152,7 +151,7 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
     seqs = random.Random(0).sample(prep.sequences["train"], n)
     data = []
     for s in seqs:
-        e = encoder.encode(prep.timeline(s.user_id), *sequence_items(s))
+        e = encoder.encode(prep.timeline(s.user_id), *s.items_and_targets())
         data.append({"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e)})
     counts = []
     base = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
@@ -188,13 +187,13 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
 
 def run_usertwin(records: Path, model_dir: Path, args, unit: str, gc_on: bool, tokenizer, label: str,
                  **over) -> dict:
-    from usertwin.train.trainer import Trainer
+    from usertwin.train.model import training_attention
+    from usertwin.train.trainer import train
 
     out = args.work / "runs" / label
     over.setdefault("max_steps", args.warmup + args.steps)
     cfg = base_config(records, model_dir, out, args, unit=unit, gradient_checkpointing=gc_on, **over)
-    trainer = Trainer(cfg, overwrite=True, progress=False, tokenizer=tokenizer)
-    summary = trainer.run()
+    summary = train(cfg, overwrite=True, progress=False, tokenizer=tokenizer)
     rows = []
     for line in (out / "logs.jsonl").read_text().splitlines():
         r = json.loads(line)
@@ -202,11 +201,10 @@ def run_usertwin(records: Path, model_dir: Path, args, unit: str, gc_on: bool, t
             rows.append({"tokens": r["interval_tokens"], "target_tokens": r["interval_target_tokens"],
                          "t": r["time"]})
     result = steady(rows, args.warmup)
-    result["attention"] = trainer.attention
+    result["attention"] = training_attention(cfg)
     with open(args.out / "run_logs.jsonl", "a", encoding="utf-8") as f:  # one file: the device returns few
         f.writelines(json.dumps({"run": label, **json.loads(line)}) + "\n"
                      for line in (out / "logs.jsonl").read_text().splitlines())
-    del trainer
     return result | {"val_loss_after": summary["val_loss_after"]}
 
 

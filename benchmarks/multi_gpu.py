@@ -1,4 +1,4 @@
-"""Several processes vs one, the same global batch (issue 7). Runbook and results: benchmarks/multi_gpu.md.
+"""Several processes vs one, the same global batch. Runbook and results: benchmarks/multi_gpu.md.
 
     python3 benchmarks/multi_gpu.py --out $OUT --nproc 2 --steps 50 --shape qwen3-0.6b --modes ddp,fsdp2,zero3
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_throughput import SHAPES as DENSE  # noqa: E402  (the published Qwen3 dimensions, one place)
+
+sys.path.insert(0, str(ROOT / "tests"))
+from proctree import become_subreaper, kill_tree  # noqa: E402  (one process-tree killer, shared with the tests)
 
 SHAPES = {
     **DENSE,
@@ -131,33 +133,6 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (out / "logs.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def kill_tree(proc) -> None:
-    tree, todo = [], [proc.pid]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    todo.append(int(stat.parent.name))
-            except (OSError, ValueError):
-                pass
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    deadline = time.time() + 60
-    for pid in tree[1:]:
-        while Path(f"/proc/{pid}").exists() and time.time() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.05)
-
-
 def predict(run_dir: Path, log: Path, timeout: int) -> list[float] | str:
     e = env()
     e["CUDA_VISIBLE_DEVICES"] = e.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]  # ONE GPU
@@ -190,9 +165,7 @@ def compare(a, mode: str, model, data, work: Path, ref: Path, ref_pred) -> dict:
     # killed at the first checkpoint after the middle, then --resume: the same run
     killed, klog = work / f"{mode}-killed", work / f"{mode}-killed.log"
     at = a.save_steps * max(1, (a.steps // 2) // a.save_steps)
-    import ctypes
-
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: reap the killed ranks
+    become_subreaper()  # reap the killed ranks
     with open(klog, "w") as f:
         proc = subprocess.Popen(launcher(mode, a.nproc, a.port + 1, work) +
                                 train_args(a, model, data, killed, a.accum, mode), env=env(), stdout=f,
@@ -202,7 +175,7 @@ def compare(a, mode: str, model, data, work: Path, ref: Path, ref_pred) -> dict:
             if proc.poll() is not None or time.time() > deadline:
                 break
             time.sleep(0.05)
-        kill_tree(proc)
+        kill_tree(proc, reap_seconds=60)
     resumed = [x for x in train_args(a, model, data, killed, a.accum, mode) if x != "--overwrite"] + ["--resume"]
     rc, _ = run(launcher(mode, a.nproc, a.port + 2, work) + resumed, work / f"{mode}-resume.log", a.timeout)
     if rc:

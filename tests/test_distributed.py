@@ -1,6 +1,6 @@
 """Scaling out on CPU processes (gloo): FSDP2 through accelerate with the shipped config, a Qwen3-MoE-shaped model.
 
-accelerate turns FSDP on only for GPU-like devices (on CPU it would silently run DDP); usertwin.train.trainer switches its
+accelerate turns FSDP on only for GPU-like devices (on CPU it would silently run DDP); usertwin.train.setup switches its
 state to FSDP when FSDP was asked for, so these runs shard with torch's fully_shard exactly as on GPUs. What a GPU
 session must still verify is in benchmarks/multi_gpu.md.
 """
@@ -8,8 +8,6 @@ session must still verify is in benchmarks/multi_gpu.md.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from proctree import kill_tree, start_killable
 from test_train import _args, _cli, _env, _records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,48 +25,9 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="torch.distributed with gloo is not available")
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _start_killable(cmd):
-    """A launcher whose whole tree (torchrun starts each rank in a session of its own) can be SIGKILLed and reaped:
-    this process becomes the subreaper of the orphaned ranks, so none is left a zombie that still holds the run
-    directory's lock (a sandbox's PID 1 may never reap them)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _kill_tree(proc) -> None:
-    tree, todo = [], [proc.pid]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(_children_of(pid))
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    deadline = time.time() + 30
-    for pid in tree[1:]:
-        while Path(f"/proc/{pid}").exists() and time.time() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # ours once its parent (the launcher) is gone
-            except ChildProcessError:
-                pass
-            time.sleep(0.05)
+    """A launcher whose whole tree can be SIGKILLed and reaped (see proctree.become_subreaper)."""
+    return start_killable(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _fsdp2_config(tmp_path) -> Path:
@@ -164,7 +124,7 @@ def test_fsdp2_lora_resume_after_sigkill_gives_the_same_run(tmp_path, tiny_model
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.01)
-    _kill_tree(proc)  # the launcher and both ranks
+    kill_tree(proc)  # the launcher and both ranks
     assert not (killed / "summary.json").exists()
     run = subprocess.run(_launch(config, 29544, [*_args(data, tiny_model_dir, killed, *common), "--resume"]),
                          env=_env(), capture_output=True, text=True)
@@ -275,7 +235,7 @@ def test_deepspeed_zero3_two_processes_match_one_process_resume_and_best(tmp_pat
     while not (killed / "checkpoints" / "step-8" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.01)
-    _kill_tree(proc)
+    kill_tree(proc)
     run = subprocess.run([*torchrun, "--master_port=29548", "-m", "usertwin.cli",
                           *_args(data, tiny_model_dir, killed, *common, *ds, "--gradient_accumulation_steps", "2"),
                           "--resume"], env=_env(), capture_output=True, text=True)

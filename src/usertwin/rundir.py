@@ -71,6 +71,15 @@ class RunDir:
         found = [p for p in self.checkpoints.glob("step-*") if (p / CHECKPOINT_STATE).is_file()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
+    def checkpoint_dirs(self) -> list[Path]:
+        """Every checkpoint folder, complete or not, oldest first (what pruning counts)."""
+        return sorted(self.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+    @staticmethod
+    def temporary(final: Path) -> Path:
+        """Where a folder (a checkpoint, best/) is written before it is renamed into place."""
+        return final.with_name(f".tmp-{final.name}")
+
     def latest_checkpoint(self) -> Path | None:
         ckpts = self.checkpoint_list()
         return ckpts[-1] if ckpts else None

@@ -46,6 +46,10 @@ class Sample:
     history: list  # positions, increasing, all < target
     split: str = "train"
 
+    def items_and_targets(self) -> tuple[list[int], list[int]]:
+        """The positions to render in order, and those of them that carry loss."""
+        return list(self.history) + [self.target], [self.target]
+
 
 @dataclass
 class Window:
@@ -55,6 +59,10 @@ class Window:
     items: list  # positions, increasing
     targets: list  # subset of items
     split: str = "train"
+
+    def items_and_targets(self) -> tuple[list[int], list[int]]:
+        """The positions to render in order, and those of them that carry loss."""
+        return list(self.items), list(self.targets)
 
 
 # ---------------------------------------------------------------- timelines

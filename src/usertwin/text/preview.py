@@ -5,15 +5,9 @@ from __future__ import annotations
 import sys
 
 from usertwin.atomic import write_jsonl
-from usertwin.data.timeline import SPLITS, Window, own_turn_last
+from usertwin.data.timeline import SPLITS, own_turn_last
 
 OPEN, CLOSE = "\u27ea", "\u27eb"  # ⟪ target ⟫ when colour is off
-
-
-def sequence_items(seq) -> tuple[list[int], list[int]]:
-    if isinstance(seq, Window):
-        return list(seq.items), list(seq.targets)
-    return list(seq.history) + [seq.target], [seq.target]
 
 
 def marked_text(rendered, color: bool) -> str:
@@ -32,7 +26,7 @@ def show_examples(prep, renderer, split: str, n: int, file=None) -> None:
     seqs = prep.sequences.get(split, [])
     for k, seq in enumerate(seqs[:n]):
         tl = prep.timeline(seq.user_id)
-        items, targets = sequence_items(seq)
+        items, targets = seq.items_and_targets()
         rendered = renderer.render(tl, items, targets)
         tokens = prep.lengths[seq.user_id].sequence(items) if renderer.cfg.history_layout == "turns" else None
         head = (f"--- {split} example {k + 1}/{len(seqs)}: user {seq.user_id!r}, {len(targets)} target(s) "
@@ -50,7 +44,7 @@ def dump_rows(prep, renderer, splits=SPLITS):
     for split in splits:
         for seq in prep.sequences.get(split, []):
             tl = prep.timeline(seq.user_id)
-            items, targets = sequence_items(seq)
+            items, targets = seq.items_and_targets()
             tset = set(targets)
             if block:
                 rendered = renderer.render(tl, items, targets)

@@ -97,6 +97,46 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_
     return get_peft_model(model, config)
 
 
+def training_attention(cfg) -> str:
+    """The attention kernel a training run uses: --attention, or the fastest available for its layout."""
+    attention = cfg.attention if cfg.attention != "auto" else pick_attention(cfg.disable_flash_attn, cfg.packing)
+    if attention == "varlen" and not cfg.packing:
+        raise UsertwinError("--attention varlen works on packed rows: use it with --packing on")
+    return attention
+
+
+def build_model(cfg, attention: str):
+    """The model to train as the config asks: kernels, gradient checkpointing, then LoRA (or full weights)."""
+    model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
+                       disable_flash_attn=cfg.disable_flash_attn)
+    if cfg.liger_kernel:
+        apply_liger(model)
+    if cfg.gradient_checkpointing:
+        _checkpoint_activations(model)
+    if not cfg.lora:
+        return model
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    try:
+        return add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    except ValueError as e:
+        if "ParamWrapper" not in str(e):
+            raise
+        # a MoE on transformers 5: its experts are fused 3-D parameters, which peft adapts without dropout
+        raise UsertwinError(f"LoRA on this model's fused expert weights needs --lora_dropout 0 (peft: {e}); "
+                            "or keep LoRA off the experts: --lora_target_modules q_proj,k_proj,v_proj,o_proj"
+                            ) from None
+
+
+def _checkpoint_activations(model) -> None:
+    # transformers 5.2x renamed it activation_checkpointing_enable; older releases have only the old name
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
 def causal_lm(model):
     """The transformers *ForCausalLM under a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -1,0 +1,159 @@
+"""A run's checkpoints (checkpoints/step-N: resumable state) and its best weights (best/), for one process,
+DDP, FSDP2 and DeepSpeed ZeRO-3 alike.
+
+Every folder is written under a temporary name and renamed into place, so a kill leaves it complete or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from usertwin.atomic import recover_dir, replace_dir, write_json
+from usertwin.rundir import CHECKPOINT_STATE, RunDir
+from usertwin.train.model import load_model
+
+
+@dataclass
+class TrainState:
+    """Where the run is: saved with every checkpoint, so --resume continues exactly there."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # global steps done in the current epoch
+    global_step: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    targets_seen: int = 0
+    tokens_seen: int = 0
+    epochs: list = field(default_factory=list)  # per epoch: targets and tokens it covered
+    log: list = field(default_factory=list)
+
+
+def _gathered_for_write(acc, model):
+    """DeepSpeed ZeRO-3 keeps each parameter partitioned: gather them to write into, rank 0's values win."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0)
+    return contextlib.nullcontext()
+
+
+_UNKNOWN_WEIGHTS = ("warning: best/ has {n} weight(s) the model does not know (e.g. {first}): "
+                    "the final evaluation is not of the best model")
+
+
+class Checkpoints:
+    """Saves and loads one run's state and best weights; every rank calls every method (they synchronise)."""
+
+    def __init__(self, acc, run: RunDir, cfg, say):
+        self.acc, self.run, self.cfg, self.say = acc, run, cfg, say
+        self.main = acc.is_main_process
+
+    # -- resumable state
+
+    def save(self, state: TrainState) -> None:
+        final = self.run.checkpoint(state.global_step)
+        tmp = RunDir.temporary(final)
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True, exist_ok=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        self.acc.wait_for_everyone()  # every rank has written its files (random states, FSDP shards) into tmp
+        if self.main:
+            write_json(tmp / CHECKPOINT_STATE, vars(state) | {"log": state.log})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # a checkpoint is complete or absent
+            self._prune()
+        self.acc.wait_for_everyone()
+
+    def _prune(self) -> None:
+        for old in self.run.checkpoint_dirs()[:-max(1, self.cfg.save_total_limit)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Path) -> TrainState:
+        self.acc.load_state(str(path))
+        state = TrainState(**json.loads((path / CHECKPOINT_STATE).read_text()))
+        self.say(f"resumed from {path} (epoch {state.epoch + 1}, step {state.global_step})")
+        return state
+
+    # -- best/
+
+    def save_best(self, loss_model, tokenizer) -> None:
+        best = self.run.best
+        tmp = RunDir.temporary(best)
+        self.acc.wait_for_everyone()
+        unwrapped = self.acc.unwrap_model(loss_model).model
+        state_dict = self.acc.get_state_dict(loss_model)
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            inner = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+            unwrapped.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            replace_dir(tmp, best)  # the previous best/ stays until the new one is complete
+        self.acc.wait_for_everyone()
+
+    def restore_best(self, loss_model) -> None:
+        """Load best/ weights back into the model (adapter or full) on every rank: sharded models (FSDP2, ZeRO-3)
+        get them through their own gather/scatter, so the final evaluation is of the best model everywhere."""
+        weights = self._best_weights(loss_model)
+        if weights is None:
+            return
+        if self.acc.is_fsdp2:
+            return self._restore_fsdp2(loss_model, weights)
+        model = self.acc.unwrap_model(loss_model).model
+        with _gathered_for_write(self.acc, model):
+            if self.cfg.lora:
+                from peft import set_peft_model_state_dict
+
+                result = set_peft_model_state_dict(model, weights)
+            else:
+                result = model.load_state_dict(weights, strict=False)
+        if result.unexpected_keys:
+            self.say(_UNKNOWN_WEIGHTS.format(n=len(result.unexpected_keys), first=result.unexpected_keys[0]))
+
+    def _best_weights(self, loss_model) -> dict | None:
+        """best/'s tensors under the names the model's own state dict uses, or None when there is no best/."""
+        best = recover_dir(self.run.best)
+        name = "adapter_model.safetensors" if self.cfg.lora else "model.safetensors"
+        if not (best / name).is_file():
+            return None
+        from safetensors.torch import load_file
+
+        weights = load_file(str(best / name))
+        if self.cfg.lora:
+            return weights
+        own = {k[len("model."):] for k in loss_model.state_dict()} if self.acc.is_fsdp2 else \
+            set(self.acc.unwrap_model(loss_model).model.state_dict())
+        if not set(weights) <= own:
+            # save_pretrained writes the original (hub) layout: transformers 5 fuses some weights on load
+            # (a MoE's per-expert projections -> one 3-D parameter per layer), so load best/ the same way
+            weights = load_model(str(best), self.cfg.dtype, attention="sdpa",
+                                 trust_remote_code=self.cfg.trust_remote_code).state_dict()
+        return weights
+
+    def _restore_fsdp2(self, loss_model, weights: dict) -> None:
+        """best/ holds full tensors under the saved names; FSDP2's parameters are DTensor shards named after the
+        wrapped module: rank 0 passes them by the module's names and torch scatters each rank its shard."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        own = {}
+        for key in loss_model.state_dict():
+            inner = key[len("model."):]
+            # peft saves adapters without the adapter's name: ...lora_A.weight for ...lora_A.default.weight
+            own[inner.replace(".default.", ".") if self.cfg.lora else inner] = key
+        unknown = [k for k in weights if k not in own]
+        if unknown:
+            self.say(_UNKNOWN_WEIGHTS.format(n=len(unknown), first=unknown[0]))
+            return
+        full = {own[k]: v for k, v in weights.items()} if self.main else {}
+        set_model_state_dict(loss_model, full, options=StateDictOptions(full_state_dict=True,
+                                                                        broadcast_from_rank0=True, strict=False))
