@@ -31,6 +31,7 @@ class Timeline:
     language: str | None
     items: list  # list[records.Item], time order
     record_index: int = 0
+    role: str = "user"  # the record's task.role: how the prompt names the twin
 
     @functools.cached_property
     def is_dialogue(self) -> bool:
@@ -80,7 +81,7 @@ def build_timelines(records) -> tuple[list[Timeline], list[str]]:
         tl = by_user.get(rec.user_id)
         if tl is None:
             by_user[rec.user_id] = Timeline(rec.user_id, rec.profile, rec.task, rec.language, list(rec.items),
-                                            rec.index)
+                                            rec.index, rec.role)
         else:
             warnings.append(f"user {rec.user_id!r}: records {tl.record_index} and {rec.index} share this user "
                             f"id; merged their items into one timeline (profile from record {tl.record_index})")

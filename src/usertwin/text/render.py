@@ -83,6 +83,50 @@ PHRASES = {
     },
 }
 
+# The phrases that name the twin, for a role other than "user" (a record's task.role): a movie character is
+# told to write "the next line this character says", not a user's. Each entry replaces its key of PHRASES.
+ROLE_PHRASES = {
+    "character": {
+        "en": {
+            "instruction": {
+                "movie_rating": "Predict the rating this character gives to this movie:",
+                "movie_review": "Write the review this character writes for this movie:",
+                "dialogue": "Write the next line this character says:",
+                "questionnaire": "Answer as this character:",
+                "": "Predict this character's response:",
+            },
+            "profile": "Character profile",
+        },
+        "zh": {
+            "instruction": {
+                "movie_rating": "预测该角色给这部电影的评分：",
+                "movie_review": "写出该角色对这部电影的短评：",
+                "dialogue": "写出该角色接下来说的台词：",
+                "questionnaire": "以该角色的身份回答：",
+                "": "预测该角色的回应：",
+            },
+            "profile": "角色信息",
+        },
+        "ja": {
+            "instruction": {
+                "movie_rating": "このキャラクターがこの映画に付ける評価を予測してください：",
+                "movie_review": "このキャラクターがこの映画に書くレビューを書いてください：",
+                "dialogue": "このキャラクターの次のセリフを書いてください：",
+                "questionnaire": "このキャラクターとして回答してください：",
+                "": "このキャラクターの応答を予測してください：",
+            },
+            "profile": "キャラクタープロフィール",
+        },
+    },
+}
+
+
+def phrases_for(language: str, role: str = "user") -> dict:
+    """The fixed phrases of a language, with those that name the twin following its role."""
+    named = ROLE_PHRASES.get(role)
+    return {**PHRASES[language], **named[language]} if named else PHRASES[language]
+
+
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -245,7 +289,7 @@ class PromptStyle:
     """How the parts of a prompt are written out. The Renderer decides which parts appear (the ablation) and
     who said each context turn; a style only writes them, so a new style overrides just what it changes.
 
-    `phrases` is the PHRASES entry of the timeline's language.
+    `phrases` is the PHRASES entry of the timeline's language and role (`phrases_for`).
     """
 
     name = ""
@@ -355,7 +399,7 @@ class Renderer:
 
     def system_text(self, tl, history: list[int] = ()) -> str:
         """Profile, task and (block layout only) the `history` items, as the style writes them."""
-        ph = PHRASES[self.language(tl)]
+        ph = phrases_for(self.language(tl), tl.role)
         blocks = []
         if self.use_profile and tl.profile:
             blocks.append(self.style.profile(tl.profile, ph))
@@ -367,7 +411,7 @@ class Renderer:
 
     def user_text(self, tl, pos: int) -> str:
         item = tl.items[pos]
-        ph = PHRASES[self.language(tl)]
+        ph = phrases_for(self.language(tl), tl.role)
         turns = self._speakers(tl, item, ph) if self.use_context and item.context else []
         return self.style.user_turn(item, turns, ph)
 

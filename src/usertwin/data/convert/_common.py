@@ -202,10 +202,15 @@ def split_lines(path: Path, sep: str | None, fields: int, encoding: str, skips: 
 
 
 def record(user_id: str, profile: dict, description: str, language: str, ctype: str, items: list,
-           **task_extra) -> dict:
+           metadata: dict | None = None, **task_extra) -> dict:
+    """A raw record. `profile` is what the prompt shows; bookkeeping (ids, positions) goes to `metadata`,
+    which the record keeps and no prompt shows."""
     task = {"description": description, "language": language, **task_extra,
             "task_behavior_collections": [{"type": ctype, "data": items}]}
-    return {"user_hash": user_id, "user": {"id": user_id, "profile": profile}, "task": task}
+    rec = {"user_hash": user_id, "user": {"id": user_id, "profile": profile}, "task": task}
+    if metadata:
+        rec["metadata"] = metadata
+    return rec
 
 
 def user_sort_key(user_id: str):

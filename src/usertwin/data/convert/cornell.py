@@ -13,9 +13,12 @@ Each of a character's lines in a conversation is an item: context = the conversa
 the profile name, so they read as the twin's own), continuation = the line, continuation_prefix "". The
 corpus has no timestamps: items are in conversation order (the order of movie_conversations.txt, then the
 position in the conversation) and carry no timestamp; metadata {"order": n (that order over the whole
-corpus), "line_id", "movie_id"}. Profile {name, gender, credit_position, movie_title, movie_year,
-movie_genres, movie_id} (from the line files alone when the metadata files are absent). Records are ordered
-by character id number (u0, u2, u10, ...).
+corpus), "line_id", "movie_id"}. The profile is what the prompt shows, so it holds what describes the
+character and its world: {name, gender (lower case; left out when "?"), movie_title, movie_year,
+movie_genres} (name and movie alone when the metadata files are absent). The corpus' bookkeeping goes to
+the record's metadata {"movie_id", "credit_position" (as written, "?" = unknown)}, which no prompt shows.
+The task declares role "character", so prompts name the twin "this character", not "this user". Records
+are ordered by character id number (u0, u2, u10, ...).
 
 Left out and counted: lines with an empty text ("empty line text": they are not items and not context),
 lines that no conversation names ("line in no conversation"). Bad rows (wrong field count, a conversation
@@ -41,6 +44,7 @@ from usertwin.errors import UsertwinError
 SEP = " +++$+++ "
 ENCODING = "iso-8859-1"
 DESCRIPTION = "Speak as this movie character: predict the next line they say in a conversation."
+ROLE = "character"  # the twin is a movie character: prompts say "this character", not "this user"
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 _LIST = re.compile(r"^\s*\[.*\]\s*$")
 
@@ -83,9 +87,9 @@ def _characters(path: Path, titles: dict, skips: Skips) -> dict:
     if path.exists():
         for _n, p in split_lines(path, SEP, 6, ENCODING, skips):
             cid, name, movie, title, gender, position = (x.strip() for x in p)
-            movie_info = titles.get(movie, {"movie_title": title})
-            characters[cid] = {"name": name, "gender": gender, "credit_position": position, **movie_info,
-                               "movie_id": movie}
+            known = {"gender": gender.lower()} if gender not in ("?", "") else {}
+            profile = {"name": name, **known, **titles.get(movie, {"movie_title": title})}
+            characters[cid] = (profile, {"movie_id": movie, "credit_position": position})
     return characters
 
 
@@ -127,9 +131,11 @@ def _records(raw: Path, skips: Skips, progress: bool):
         elif line_id not in used:
             skips.count("line in no conversation", f"{lines_path}:{n}")
     for cid in sorted(by_char, key=character_key):
-        profile = characters.get(cid)
-        if profile is None:
-            first = lines[by_char[cid][0]["metadata"]["line_id"]]
-            movie = first[1]
-            profile = {"name": first[2], **titles.get(movie, {}), "movie_id": movie}
-        yield record(cid, profile, DESCRIPTION, "en", "dialogue", by_char[cid])
+        profile, meta = characters.get(cid) or _from_lines(lines[by_char[cid][0]["metadata"]["line_id"]], titles)
+        yield record(cid, profile, DESCRIPTION, "en", "dialogue", by_char[cid], meta, role=ROLE)
+
+
+def _from_lines(first_line: tuple, titles: dict) -> tuple[dict, dict]:
+    """(profile, metadata) of a character that movie_characters_metadata.txt does not list."""
+    _cid, movie, name, _text, _n = first_line
+    return {"name": name, **titles.get(movie, {})}, {"movie_id": movie}

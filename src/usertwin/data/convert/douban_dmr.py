@@ -18,7 +18,8 @@ Item:
 * timestamp: the review's date as written (`YYYY-MM-DD`);
 * metadata: {"stars": int, "useful": int, "movie_id": str, "tags": list of the space-separated tags}, plus
   "label" (the authors' spam label, 0 = spam) on the review that is also the entry's top-level review.
-Profile: user_profile with `screen_name` as `name` (register_time, counts, ... kept as they are).
+Profile: user_profile with `screen_name` as `name` (register_time, counts, ... kept as they are); a user
+without a screen_name gets no name (the encrypted user_id is an id the prompt should not show).
 
 Checked on the real sample (tests/test_convert.py holds these numbers):
 * 44 entries, 44 distinct users, 1,583 user_reviews; no duplicate user and no duplicate review (same movie,
@@ -103,8 +104,9 @@ def _records(reviews: dict, path: Path, movies: dict, skips: Skips):
             skips.count("user without reviews with text", entries[0][1])
             continue
         prof = dict(entries[0][0].get("user_profile") or {})
-        name = str(prof.pop("screen_name", "") or uid)
-        yield record(uid, {"name": name, **prof}, DESCRIPTION, "zh", "movie_review", [it[1] for it in items])
+        name = str(prof.pop("screen_name", None) or "")
+        profile = {"name": name, **prof} if name else prof
+        yield record(uid, profile, DESCRIPTION, "zh", "movie_review", [it[1] for it in items])
 
 
 def _items(entry: dict, where: str, movies: dict, skips: Skips, seen: set) -> list:

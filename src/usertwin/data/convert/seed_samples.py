@@ -10,7 +10,8 @@ per user_hash (type dialogue), for users migrating from those scripts.
   its own source name).
 * Items keep file order (the samples have no timestamps), with metadata {"order": n (the sample's index in
   its file), "source_file": file name}; continuation = next_question, continuation_prefix "".
-* Profile = user_profile, whole (dimensions, life_experience, ...). user_object repeats it
+* Profile = user_profile, whole (dimensions, life_experience, ...); a profile without a name gets none (the
+  user_hash is an id the prompt should not show; it stays the record's user_hash). user_object repeats it
   (`profile` is a subset of user_profile and `personality.structured` equals `dimensions`; `unstructured` is
   null): when so it is dropped, otherwise it is kept as profile["user_object"]. Task description =
   task_description. Language: "ja" when the user's texts hold kana, else "zh" when they are mostly Han
@@ -162,6 +163,5 @@ def _records(files: list[Path], skips: Skips):
     for uid in sorted(users, key=user_sort_key):
         u = users[uid]
         lang = language(t for it in u["items"][:50] for t in [it["continuation"]] + [c["content"] for c in it["context"]])
-        profile = u["profile"] if u["profile"].get("name") else {"name": uid, **u["profile"]}
         task = u["task"] or "Continue this user's dialogue: predict the next message they write."
-        yield record(uid, profile, task, lang, "dialogue", u["items"])
+        yield record(uid, u["profile"], task, lang, "dialogue", u["items"])

@@ -9,6 +9,7 @@ import ...`."""
 from usertwin.data.records.format import (
     ITEM_KEYS,
     MAX_LISTED,
+    ROLES,
     SKIP_HINT,
     Item,
     Record,
@@ -30,6 +31,7 @@ __all__ = [
     "Item",
     "LoadResult",
     "Problem",
+    "ROLES",
     "Record",
     "ValidationReport",
     "is_rating",

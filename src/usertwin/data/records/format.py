@@ -5,6 +5,7 @@ A record is one user's whole file:
     {"user_hash": "u1",                               # optional; the user id (else user.id, user.hash, profile.name)
      "user": {"id": "u1", "profile": {"name": "...", ...}},
      "task": {"description": "...", "language": "en",  # language optional: en | zh | ja
+              "role": "user",                          # optional: user (default) | character
               "task_behavior_collections": [
                   {"type": "movie_rating",
                    "data": [{"continuation_prefix": "Toy Story (1995) (Animation, Comedy): ",
@@ -55,7 +56,11 @@ class Record:
     task: str
     language: str | None
     items: list  # list[Item] in file order
+    role: str = "user"  # who the twin is, which the prompt's fixed phrases name: one of ROLES
 
+
+# The prompt names the twin by its role ("this user", "this character"); a record declares it in task.role.
+ROLES = ("user", "character")
 
 SKIP_HINT = "use --on-error skip to skip bad records"
 MAX_LISTED = 20  # problems listed in one error message before "... and N more"
@@ -140,6 +145,8 @@ def record_to_raw(record: Record) -> dict:
     task: dict = {"description": record.task}
     if record.language is not None:
         task["language"] = record.language
+    if record.role != "user":
+        task["role"] = record.role
     task["task_behavior_collections"] = collections
     return {"user_hash": record.user_id, "user": {"id": record.user_id, "profile": record.profile}, "task": task}
 

@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from usertwin.data.records.format import ITEM_KEYS, Item, Record, _got, _shown, is_rating
+from usertwin.data.records.format import ITEM_KEYS, ROLES, Item, Record, _got, _shown, is_rating
 from usertwin.data.records.timestamps import _future, _today, parse_timestamp
 from usertwin.errors import where
 
@@ -99,7 +99,7 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
                     profile = {**profile, "dimensions": merged}
 
     task = raw.get("task", _MISSING)
-    description, language, colls, scale = "", None, None, None
+    description, language, colls, scale, role = "", None, None, None, "user"
     if task is _MISSING:
         bad("task", "missing")
     elif not isinstance(task, dict):
@@ -123,6 +123,7 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
         elif not colls:
             bad(_COLLECTIONS, "empty: a record needs at least one collection")
         scale = _rating_scale(task.get("rating_scale"), bad)
+        role = _role(task.get("role"), bad)
 
     items: list = []
     position = 0
@@ -156,7 +157,21 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
             position += 1
     if problems:
         return None, problems
-    return Record(index, uid, profile, description, language, items), problems
+    return Record(index, uid, profile, description, language, items, role), problems
+
+
+def _role(value, bad) -> str:
+    """task.role, "user" when absent; an unknown role is refused, since the prompt could not name it."""
+    if value is None:
+        return "user"
+    choices = ", ".join(ROLES)
+    if not isinstance(value, str):
+        bad("task.role", f"must be a string, one of {choices}; got {_got(value)}")
+        return "user"
+    if value not in ROLES:
+        bad("task.role", f"unknown role {_shown(value)}; choose one of {choices}")
+        return "user"
+    return value
 
 
 def _rating_scale(value, bad):
