@@ -247,6 +247,11 @@ def test_douban_dmr_duplicates_merged_and_counted(tmp_path):
     with pytest.raises(UsertwinError, match=r"reviews.json, entry 'review0' \(user 'a'\), user_reviews.review0: "
                                             r"date is not a date \(field date='someday'\)"):
         convert_to_file("douban-dmr", raw, tmp_path / "o.jsonl", progress=False)
+    # no screen_name: no name, rather than the encrypted user id shown in the prompt as one
+    (raw / "reviews.json").write_text('{"review0": {"user_id": "a", "user_reviews": {"review0": '
+                                      '{"movie_id": 1, "text": "好", "date": "2020-01-01"}}}}', encoding="utf-8")
+    _, recs = _convert("douban-dmr", raw, tmp_path)
+    assert (recs[0]["user_hash"], recs[0]["user"]["profile"]) == ("a", {})
 
 
 # --------------------------------------------------------------------------------------------- cornell
@@ -259,10 +264,13 @@ def test_cornell_fixture(tmp_path):
     assert summary.line().startswith("cornell: 4 users, 10 items, no timestamps -> ")
     assert [r["user_hash"] for r in recs] == ["u0", "u2", "u10", "u11"]
     bianca = recs[0]
-    assert bianca["user"]["profile"] == {"name": "BIANCA", "gender": "f", "credit_position": "4",
+    # the profile (what the prompt shows) describes the character; the corpus' ids are the record's metadata
+    assert bianca["user"]["profile"] == {"name": "BIANCA", "gender": "f",
                                          "movie_title": "10 things i hate about you", "movie_year": "1999",
-                                         "movie_genres": ["comedy", "romance"], "movie_id": "m0"}
+                                         "movie_genres": ["comedy", "romance"]}
+    assert bianca["metadata"] == {"movie_id": "m0", "credit_position": "4"}
     assert bianca["task"]["language"] == "en"
+    assert all(r["task"]["role"] == "character" for r in recs)
     assert bianca["task"]["task_behavior_collections"][0]["type"] == "dialogue"
     items = _items(bianca)
     assert [it["continuation"] for it in items] == [
@@ -279,15 +287,29 @@ def test_cornell_fixture(tmp_path):
     cameron = _items(recs[1])  # the empty line L197 is neither an item nor context
     assert [it["metadata"]["line_id"] for it in cameron] == ["L195", "L1044"]
     jose = recs[2]
-    assert jose["user"]["profile"] == {"name": "JOSÉ", "gender": "?", "credit_position": "?",
+    assert jose["user"]["profile"] == {"name": "JOSÉ",  # gender "?" is unknown: no profile line
                                        "movie_title": "1492: conquest of paradise", "movie_year": "1992",
-                                       "movie_genres": ["adventure", "biography", "drama", "history"],
-                                       "movie_id": "m1"}
+                                       "movie_genres": ["adventure", "biography", "drama", "history"]}
+    assert jose["metadata"] == {"movie_id": "m1", "credit_position": "?"}
     assert [it["continuation"] for it in _items(jose)] == ["¿Señor?", "Where?", "Sí, señor."]
     assert _items(jose)[1]["context"] == [{"source": "JOSÉ", "content": "¿Señor?"},
                                          {"source": "COLUMBUS", "content": "Land, José. Land."}]
     orders = [it["metadata"]["order"] for r in recs for it in _items(r)]
     assert sorted(orders) == list(range(10))
+
+
+def test_cornell_without_the_metadata_files(tmp_path):
+    raw = tmp_path / "c"
+    shutil.copytree(FIX / "cornell", raw)
+    (raw / "movie_characters_metadata.txt").unlink()
+    _, recs = _convert("cornell", raw, tmp_path)
+    assert recs[0]["user"]["profile"] == {"name": "BIANCA", "movie_title": "10 things i hate about you",
+                                          "movie_year": "1999", "movie_genres": ["comedy", "romance"]}
+    assert recs[0]["metadata"] == {"movie_id": "m0"}
+    (raw / "movie_titles_metadata.txt").unlink()
+    _, recs = _convert("cornell", raw, tmp_path)
+    assert recs[0]["user"]["profile"] == {"name": "BIANCA"}
+    assert load(tmp_path / "cornell.jsonl").records[0].role == "character"
 
 
 def test_cornell_bad_rows(tmp_path):
@@ -352,6 +374,10 @@ def test_seed_samples_bad_sample(tmp_path):
         "s.json, sample 2: sample without a user_hash string (field user_hash=['u2'])")
     assert recs[0]["task"]["language"] == "en"
     assert recs[0]["user"]["profile"] == {"name": "Ann"}
+    # a user without a name gets none: the user_hash is an id, not something to show in the prompt
+    path.write_text(json.dumps([{"user_hash": "9f3a", "context": [], "next_question": "hi"}]), encoding="utf-8")
+    _, recs = _convert("seed-samples", path, tmp_path)
+    assert (recs[0]["user_hash"], recs[0]["user"]["profile"]) == ("9f3a", {})
 
 
 # --------------------------------------------------------------------------------------------- records, errors

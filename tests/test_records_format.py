@@ -33,3 +33,10 @@ def test_record_to_raw_keeps_item_order_across_collections():
             {"type": "x", "data": [{"continuation": "c", "timestamp": 5}]},
         ]},
     }
+
+
+def test_record_to_raw_writes_a_role_other_than_user():
+    items = [Item("a", collection="dialogue")]
+    character = R.record_to_raw(Record(0, "c1", {"name": "BIANCA"}, "d", "en", items, role="character"))
+    assert character["task"]["role"] == "character"
+    assert "role" not in R.record_to_raw(Record(0, "u1", {}, "d", "en", items))["task"]

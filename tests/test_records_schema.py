@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers import load_error, raw_record, write_records
 
 from usertwin.data import records as R
 from usertwin.data.records import Item, Problem, Record
+from usertwin.errors import UsertwinError
 
 
 def schema_error(tmp_path, records) -> str:
@@ -163,3 +165,21 @@ def test_problem_str():
     assert str(Problem("data.json", "missing", record=3, user="u9", field=field)) == (
         f"data.json, record 3 (user 'u9'), field {field}: missing"
     )
+
+
+def test_task_role_is_read_and_an_unknown_role_refused(tmp_path):
+    """task.role names the twin in the prompt ("this character"); absent it is "user"; a role the prompt
+    cannot name stops loading with file, record, user and field, like every other bad field."""
+    path = write_records(tmp_path / "d.json", [raw_record("u1", role="character"), raw_record("u2")], jsonl=False)
+    assert [r.role for r in R.load(path).records] == ["character", "user"]
+    assert R.validate_file(path).summary_lines()[0] == "OK: 2 records, 2 users, 2 items"
+    bad = write_records(tmp_path / "bad.json", [raw_record("u1"), raw_record("u2", role="actor")], jsonl=False)
+    assert (f"{bad}, record 1 (user 'u2'), field task.role: unknown role \"actor\"; choose one of user, character"
+            in load_error(bad))
+    with pytest.raises(UsertwinError, match="field task.role: unknown role"):
+        R.validate_file(bad)
+    bad = write_records(tmp_path / "num.json", [raw_record("u3", role=1)], jsonl=False)
+    assert ("record 0 (user 'u3'), field task.role: must be a string, one of user, character; got a number (1)"
+            in load_error(bad))
+    skipped = R.load(tmp_path / "bad.json", on_error="skip")
+    assert [r.user_id for r in skipped.records] == ["u1"] and skipped.skipped[0].field == "task.role"

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import make_tokenizer
 from helpers import dialogue_timeline, rating_timeline
 
 from usertwin.config import ABLATIONS, RenderSettings
-from usertwin.data.records import Item
-from usertwin.data.timeline import Sample, Timeline, Window
+from usertwin.data import records
+from usertwin.data.convert import convert_to_file
+from usertwin.data.records import ROLES, Item
+from usertwin.data.timeline import Sample, Timeline, Window, build_timelines
 from usertwin.errors import UsertwinError
-from usertwin.text.render import STYLES, Renderer, SimpleStyle, register_style, style_names
+from usertwin.text.render import (
+    LANGUAGES,
+    PHRASES,
+    ROLE_PHRASES,
+    STYLES,
+    Renderer,
+    SimpleStyle,
+    register_style,
+    style_names,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _render(tl, cfg, tok, items, targets):
@@ -159,3 +174,57 @@ def test_registered_styles_are_the_prompt_style_choices():
 
     assert style_names() == ("simple", "detailed")
     assert choices_of(next(f for f in fields(Config) if f.name == "prompt_style")) == style_names()
+
+
+# ---------------------------------------------------------------- the twin's role
+
+
+def _converted(dataset, raw, tmp_path) -> list[Timeline]:
+    out = tmp_path / f"{dataset}.jsonl"
+    convert_to_file(dataset, raw, out, progress=False)
+    return build_timelines(records.load(out).records)[0]
+
+
+def test_a_movie_character_is_a_character_and_its_ids_stay_out_of_the_prompt(tmp_path, tokenizer):
+    bianca = _converted("cornell", ROOT / "tests" / "fixtures" / "convert" / "cornell", tmp_path)[0]
+    assert bianca.role == "character"
+    text = Renderer(RenderSettings(), tokenizer).render(bianca, [0, 1], [1]).text
+    assert text.startswith("<|im_start|>system\n[USER_PROFILE]\n[USER_NAME=BIANCA]\n[USER_GENDER=f]\n"
+                           "[USER_MOVIE_TITLE=10 things i hate about you]\n[USER_MOVIE_YEAR=1999]\n"
+                           "[USER_MOVIE_GENRES=comedy, romance]\n\n[TASK]\n")
+    assert text.count("Write the next line this character says:") == 2
+    assert "this user" not in text and "MOVIE_ID" not in text and "CREDIT" not in text
+    detailed = Renderer(RenderSettings(prompt_style="detailed"), None).render(bianca, [0], [0]).text
+    assert detailed.startswith("=== Character profile ===\nname: BIANCA\n")
+    zh = Renderer(RenderSettings(language="zh"), None).render(bianca, [0], [0]).text
+    assert "写出该角色接下来说的台词：" in zh
+    ja = Renderer(RenderSettings(language="ja", prompt_style="detailed"), None).render(bianca, [0], [0]).text
+    assert "=== キャラクタープロフィール ===" in ja and "このキャラクターの次のセリフを書いてください：" in ja
+
+
+def test_every_role_has_its_phrases_in_every_language():
+    assert ("user", *ROLE_PHRASES) == ROLES  # "user" is PHRASES itself
+    for role, by_language in ROLE_PHRASES.items():
+        assert set(by_language) == set(LANGUAGES), role
+        for lang in LANGUAGES:
+            named = by_language[lang]
+            assert set(named["instruction"]) == set(PHRASES[lang]["instruction"]), (role, lang)
+            assert set(named) <= set(PHRASES[lang]), (role, lang)
+            assert all(named["instruction"].values()) and named["profile"], (role, lang)
+
+
+def test_a_user_renders_as_before_the_roles(tmp_path):
+    """The role changes a character's prompt only: MovieLens renders byte for byte as it always did."""
+    user_1 = _converted("movielens", ROOT / "examples" / "movielens-mini", tmp_path)[0]
+    assert user_1.role == "user"
+    task = ("Predict the rating (0.5-5.0 stars, in half stars) this MovieLens user gives to each movie, from "
+            "their rating history.")
+    assert Renderer(RenderSettings(), None).render(user_1, [0, 1], [1]).text == (
+        f"[USER_PROFILE]\n[USER_NAME=user_1]\n\n[TASK]\n{task}\n\n"
+        "She's the One (1996) (Comedy, Romance):\nPredict the rating this user gives to this movie:\n4.0\n\n"
+        "Star Wars: Episode VI - Return of the Jedi (1983) (Action, Adventure, Sci-Fi):\n"
+        "Predict the rating this user gives to this movie:\n5.0")
+    assert Renderer(RenderSettings(prompt_style="detailed"), None).render(user_1, [0], [0]).text == (
+        f"=== User profile ===\nname: user_1\n\n=== Task ===\n{task}\n\n=== Now ===\n"
+        "Time: 2000-07-30T18:08:19Z\nShe's the One (1996) (Comedy, Romance):\n"
+        "Predict the rating this user gives to this movie:\n4.0")
