@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -52,10 +51,7 @@ def test_registry():
 
 def test_movielens_latest_small_real(tmp_path):
     raw = shared("movielens", "ml-latest-small")
-    start = time.perf_counter()
-    summary, recs = _convert("movielens", raw, tmp_path)
-    seconds = time.perf_counter() - start
-    assert seconds < 10, f"ml-latest-small took {seconds:.1f} s (about 1 s expected)"
+    summary, recs = _convert("movielens", raw, tmp_path)  # its speed is measured in benchmarks/pipeline.py
     assert (summary.users, summary.items) == (610, 100_836)
     assert (summary.first, summary.last) == ("1996-03-29T18:36:55Z", "2018-09-24T14:27:30Z")
     assert summary.line().startswith(
