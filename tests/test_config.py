@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from usertwin import config
-from usertwin.cli import build_parser, main
+from usertwin.cli import Parser, build_parser, main
 from usertwin.config import (
     SECTIONS,
     Config,
@@ -48,6 +48,8 @@ CHOICES = {
     "language": ("auto", "en", "zh", "ja"),
     "history_layout": ("turns", "block"),
     "chat_template": ("auto", "none"),
+    "ablation": ("profile_and_history_and_context", "profile_and_history", "profile_and_context", "history_and_context",
+                 "profile_only", "history_only", "context_only", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "attention": ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"),
     "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
@@ -66,7 +68,7 @@ class _Extended(Config):
 
 
 def _parse(*argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser = Parser(exit_on_error=False)
     add_config_flags(parser)
     return parser.parse_args(list(argv))
 

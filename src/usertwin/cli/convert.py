@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
     p.add_argument("dataset", help=" | ".join(DATASETS))
     p.add_argument("raw", help="the raw file or folder")
     p.add_argument("-o", "--output", required=True, help="records file to write (JSONL)")
-    p.add_argument("--on-error", "--on_error", dest="on_error", choices=("stop", "skip"), default="stop",
+    p.add_argument("--on_error", choices=("stop", "skip"), default="stop",
                    help="stop at the first bad row (default) or skip and count bad rows")
 
 
