@@ -81,7 +81,8 @@ def commands() -> str:
     for name, parser in parsers.items():
         rows = [_flag_row(a) for a in _command_flags(parser) if a.dest not in COMMON]
         settings = any(a.dest.startswith("cfg__") for a in parser._actions)
-        parts += [f"### usertwin {name}", "", parser.description + (" Takes every setting." if settings else ""), ""]
+        takes = " It takes every setting (the sections above) too." if settings else ""
+        parts += [f"### usertwin {name}", "", f"{parser.description}.{takes}", ""]
         parts += (_table(["flag", "default", "allowed", "help"], rows) if rows else ["(no other flags)"]) + [""]
     return "\n".join(parts)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -319,6 +320,7 @@ def _base_type(tp):
     return tp, False
 
 
+@functools.cache  # evaluating the annotations is slow, and every command's parser asks for each field
 def _types(cls) -> dict:
     """key -> (python type, optional?)"""
     return {k: _base_type(tp) for k, tp in typing.get_type_hints(cls).items()}
