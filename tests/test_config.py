@@ -335,13 +335,23 @@ def _value(action) -> list:
     return {int: ["3"], float: ["0.5"]}.get(action.type, ["x"])
 
 
-POSITIONALS = {"convert": ["records", "raw.jsonl", "-o", "out.jsonl"], "validate": ["r.json"], "report": ["run"]}
+def _required(parser) -> list:
+    """The least argv the command parses: a value for each positional and required flag (and one flag of each
+    required either-or group)."""
+    groups = [g._group_actions[0] for g in parser._mutually_exclusive_groups if g.required]
+    argv = []
+    for action in parser._actions:
+        if action.option_strings and (action.required or action in groups):
+            argv += [action.option_strings[0], *_value(action)]
+        elif not action.option_strings and action.nargs not in ("?", "*"):
+            argv += _value(action)
+    return argv
 
 
 def test_dashed_and_underscore_spellings_parse_alike_and_help_shows_underscores_only():
     top = build_parser()
     for name, parser in top._subparsers._group_actions[0].choices.items():
-        base = [name, *POSITIONALS.get(name, [])]
+        base = [name, *_required(parser)]
         for action in parser._actions:
             for flag in (o for o in action.option_strings if "_" in o):
                 dashed = "--" + flag[2:].replace("_", "-")
