@@ -1,11 +1,13 @@
 """Experiment configuration: every setting declared once, in sections; one flat set of keys.
 
 Each setting is a dataclass field made by `setting()`, which carries what the other consumers need: its
-help (the `--help` line and docs/flags.md), choices, the seeds' names for it (aliases, negations) and whether
-it shapes the prepared data (the prepare cache key). `Config` holds every section's fields flat, so a key
-is a YAML key, a CLI flag (`--history_strategy all_previous`) and an attribute (`cfg.history_strategy`), and
-since `Config` is a subclass of every section, code that needs one section takes the whole config.
-Precedence: built-in defaults < the YAML file (`--config`) < flags given on the command line.
+help (the `--help` line and docs/flags.md), choices or the range a number must be in (checked wherever a value
+comes in), the seeds' names for it (aliases, negations) and whether it shapes the prepared data (the prepare
+cache key). `Config` holds every section's fields flat, so a key is a YAML key, a CLI flag
+(`--history_strategy all_previous`) and an attribute (`cfg.history_strategy`), and since `Config` is a
+subclass of every section, code that needs one section takes the whole config.
+Precedence: built-in defaults < the YAML file (`--config`) < flags given on the command line; settings that
+only make sense together (the split ratios) are checked on the result.
 """
 
 from __future__ import annotations
@@ -125,12 +127,12 @@ class SplitSettings:
                                       "whole users are held out (cold start)", choices=("time", "user"),
                               shapes_data=True)
     train_ratio: float | None = setting(None, "share of each user's items (or of the users) for training; "
-                                              "unset: 1 - val_ratio - test_ratio", shapes_data=True,
-                                        ratio=True)
+                                              "unset: 1 - val_ratio - test_ratio", shapes_data=True, ratio=True)
     val_ratio: float = setting(0.15, "share of each user's items (or of the users) for validation",
                                shapes_data=True, ratio=True)
     test_ratio: float = setting(0.15, "share of each user's items (or of the users) for test", shapes_data=True,
                                 ratio=True)
+    # accelerate's set_seed seeds numpy, which takes 0 .. 2**32 - 1 only
     seed: int = setting(42, "random seed of the user split (split_mode user), of training (initialisation, "
                             "batch order) and of predict's distractors", aliases=("random_seed",),
                         shapes_data=True, minimum=0, maximum=2**32 - 1)
@@ -151,19 +153,16 @@ class SampleSettings:
                         "fixed_history_count latest), none",
         choices=("all_previous", "random", "fixed_ratio", "fixed_count", "none"), shapes_data=True)
     history_ratio: float = setting(0.5, "share used by the random (of the earlier items) and fixed_ratio (of all "
-                                        "the user's items) history strategies", shapes_data=True,
-                                  ratio=True)
+                                        "the user's items) history strategies", shapes_data=True, ratio=True)
     fixed_history_count: int | None = setting(None, "history items of the fixed_count strategy; unset: half the "
-                                                    "user's items, at most 5", shapes_data=True,
-                                                minimum=0)
+                                                    "user's items, at most 5", shapes_data=True, minimum=0)
     max_history_items: int | None = setting(None, "sample unit: at most this many history items, the most "
                                                   "recent kept; unset: no cap", aliases=("history_max_items",),
                                             shapes_data=True, minimum=0)
     max_context_turns: int = setting(15, "sample unit, dialogue: at most this many of the user's own earlier "
                                          "lines as history", shapes_data=True, minimum=0)
     max_samples_per_user: int | None = setting(None, "sample unit: at most this many training targets per user, "
-                                                     "drawn at random; unset: all", shapes_data=True,
-                                            minimum=1)
+                                                     "drawn at random; unset: all", shapes_data=True, minimum=1)
     one_sample_per_user: bool = setting(False, "sample unit: only each user's latest training target, with every "
                                                "earlier item as history", shapes_data=True)
     temporal_augmentation: bool = setting(False, "sample unit: only training targets with at least "
@@ -173,17 +172,16 @@ class SampleSettings:
     sample_seed: int = setting(42, "seed of the random history and target draws (epoch E draws with "
                                    "sample_seed + E)", shapes_data=True)
     window_history_fraction: float = setting(0.5, "timeline unit: share of a window kept for history before the "
-                                                  "window's first target", shapes_data=True,
-                                            ratio=True)
+                                                  "window's first target", shapes_data=True, ratio=True)
 
 
 @dataclass
 class RenderSettings:
     """What the prompt shows and how it is written."""
 
-    ablation: str = setting("profile_and_history_and_context", "which parts the prompt shows (profile, history, "
-                                                               "context)",
-                            choices=tuple(ABLATIONS), aliases=("ablation_config",), shapes_data=True)
+    ablation: str = setting("profile_and_history_and_context",
+                            "which parts the prompt shows (profile, history, context)", choices=tuple(ABLATIONS),
+                            aliases=("ablation_config",), shapes_data=True)
     use_profile: bool | None = setting(None, "show the user's profile (--no_profile: hide it); unset: as the "
                                              "ablation says", negations=("no_profile",), shapes_data=True)
     use_history: bool | None = setting(None, "show the user's earlier items (--no_history: hide them); unset: as "
@@ -239,8 +237,7 @@ class TrainSettings:
 
     learning_rate: float = setting(2e-4, "peak learning rate of AdamW", aliases=("lr",), above=0)
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
-    warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up",
-                                 ratio=True)
+    warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up", ratio=True)
     lr_scheduler: str = setting("cosine", "learning-rate schedule after the warm-up",
                                 choices=("cosine", "linear", "constant", "constant_with_warmup"))
     max_grad_norm: float = setting(1.0, "clip gradients to this norm (0: no clipping)", minimum=0)
@@ -248,7 +245,7 @@ class TrainSettings:
                                                aliases=("gradient_accumulation",), minimum=1)
     max_epochs: int = setting(1, "passes over the training data", aliases=("num_train_epochs",), minimum=1)
     max_steps: int | None = setting(None, "stop after this many optimizer steps; unset: max_epochs decides",
-                                     minimum=1)
+                                    minimum=1)
     batch_tokens: int | None = setting(None, "tokens per micro-batch row; unset: max_length", minimum=1)
     packing: bool = setting(True, "pack sequences into rows without padding (position ids restart per "
                                   "sequence); off: dynamic padding")
@@ -257,7 +254,7 @@ class TrainSettings:
     resample_every_epoch: bool = setting(False, "sample unit: draw fresh training samples every epoch (with "
                                                 "sample_seed + epoch)")
     eval_steps: int | None = setting(None, "validate every this many steps; unset or 0: at the end of each "
-                                                "epoch", minimum=0)
+                                           "epoch", minimum=0)
     save_steps: int | None = setting(None, "save a checkpoint every this many steps; unset or 0: with "
                                            "each validation", minimum=0)
     save_total_limit: int = setting(2, "checkpoints kept; older ones are deleted", minimum=1)
@@ -426,6 +423,9 @@ def _where(values: dict, raw_key, source: str) -> str:
     return f"{source}:{lines[str(raw_key)]}" if str(raw_key) in lines else source
 
 
+SPLIT_RATIOS = ("train_ratio", "val_ratio", "test_ratio")
+
+
 def check_split_ratios(cfg: SplitSettings, where: str = "config") -> None:
     """The split ratios come from different places (defaults, the file, flags): only together can they be
     checked."""
@@ -439,9 +439,6 @@ def check_split_ratios(cfg: SplitSettings, where: str = "config") -> None:
     if abs(total - 1.0) > 1e-6:
         raise UsertwinError(f"{where}: train_ratio + val_ratio + test_ratio must add up to 1, got "
                             f"{cfg.train_ratio} + {cfg.val_ratio} + {cfg.test_ratio} = {total:g}")
-
-
-SPLIT_RATIOS = ("train_ratio", "val_ratio", "test_ratio")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
