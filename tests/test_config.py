@@ -1,5 +1,6 @@
-"""Settings declared once (usertwin.config): flags, YAML keys, aliases, choices, the prepare cache key and the
-flag reference are all derived from the fields, and the seeds' names keep working."""
+"""Settings declared once (usertwin.config): flags, YAML keys, aliases, choices, ranges, the prepare cache key
+and the flag reference are all derived from the fields, and the seeds' names keep working. The command line
+shows one spelling of each flag (underscores) and still takes the dashed one."""
 
 from __future__ import annotations
 
