@@ -176,6 +176,18 @@ CASES = [
      "'history_strategy'?"),
     ("config-wrong-type", "prepare --config {d}/config_wrong_type.yaml", 2,
      "usertwin prepare: error: {d}/config_wrong_type.yaml:2: key 'learning_rate' must be float, got str 'fast'"),
+    # --- settings out of range: before, max_length 0 prepared nothing and val_ratio 1.5 left 0 train targets
+    ("flag-max-length-zero", "prepare --max_length 0", 2,
+     "usertwin prepare: error: command line: key 'max_length' must be at least 1, got 0"),
+    ("flag-val-ratio-above-one", "prepare --val_ratio 1.5", 2,
+     "usertwin prepare: error: command line: key 'val_ratio' must be between 0 and 1, got 1.5"),
+    ("flag-dashed-seed-name", "train --max-seq-length -5", 2,
+     "usertwin train: error: command line: key 'max_length' must be at least 1, got -5"),
+    ("flag-split-ratios-over-one", "inspect --val_ratio 0.6 --test_ratio 0.5", 2,
+     "usertwin inspect: error: command line: val_ratio + test_ratio must be at most 1 (train_ratio is unset: "
+     "training gets what they leave), got 0.6 + 0.5 = 1.1"),
+    ("flag-top-p-zero", "predict --top_p 0 -o {tmp}/o.jsonl", 2,
+     "usertwin predict: error: command line: key 'top_p' must be greater than 0 and at most 1, got 0.0"),
 ]
 
 
@@ -204,6 +216,20 @@ def test_bad_input(case, command, code, expected, tmp_path, capsys):
     else:
         assert out == "" and err.rstrip("\n") == text
         assert not (tmp_path / "o.jsonl").exists()  # a failed convert leaves nothing behind
+
+
+@pytest.mark.parametrize("text,message", [
+    ("max_length: 0\n", "2: key 'max_length' must be at least 1, got 0"),
+    ("val_ratio: 1.5\n", "2: key 'val_ratio' must be between 0 and 1, got 1.5"),
+    ("train_ratio: 0.8\n", "2, command line: train_ratio + val_ratio + test_ratio must add up to 1, got 0.8 + 0.15 "
+                           "+ 0.15 = 1.1"),
+])
+def test_config_file_out_of_range(tmp_path, capsys, text, message):
+    """A range rule names the file and line; the split ratios, checked together, name every place they came from."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("unit: sample\n" + text)
+    rc, out, err = run(capsys, "prepare --config {tmp}/cfg.yaml --test_ratio 0.15", tmp_path)
+    assert (rc, out, err) == (2, "", f"usertwin prepare: error: {path}:{message}\n")
 
 
 def test_corpus_has_at_least_20_kinds_and_every_file_is_used():

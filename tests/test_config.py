@@ -1,5 +1,6 @@
-"""Settings declared once (usertwin.config): flags, YAML keys, aliases, choices, the prepare cache key and the
-flag reference are all derived from the fields, and the seeds' names keep working."""
+"""Settings declared once (usertwin.config): flags, YAML keys, aliases, choices, ranges, the prepare cache key
+and the flag reference are all derived from the fields, and the seeds' names keep working. The command line
+shows one spelling of each flag (underscores) and still takes the dashed one."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from usertwin import config
-from usertwin.cli import build_parser, main
+from usertwin.cli import Parser, build_parser, main
 from usertwin.config import (
     SECTIONS,
     Config,
@@ -48,6 +49,8 @@ CHOICES = {
     "language": ("auto", "en", "zh", "ja"),
     "history_layout": ("turns", "block"),
     "chat_template": ("auto", "none"),
+    "ablation": ("profile_and_history_and_context", "profile_and_history", "profile_and_context", "history_and_context",
+                 "profile_only", "history_only", "context_only", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "attention": ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"),
     "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
@@ -66,7 +69,7 @@ class _Extended(Config):
 
 
 def _parse(*argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser = Parser(exit_on_error=False)
     add_config_flags(parser)
     return parser.parse_args(list(argv))
 
@@ -205,3 +208,166 @@ def test_bad_config_is_a_clear_error(tmp_path, tokenizer_dir, capsys, text, mess
     rc = main(["prepare", "--config", str(cfg), "--data", str(data), "--model", str(tokenizer_dir)])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and str(cfg) in err and "Traceback" not in err
+
+
+# the range of every number, as decided per key (issue 17): a value outside cannot work
+RULES = {
+    "max_length": "at least 1", "train_ratio": "between 0 and 1", "val_ratio": "between 0 and 1",
+    "test_ratio": "between 0 and 1", "seed": "between 0 and 4294967295", "history_ratio": "between 0 and 1",
+    "fixed_history_count": "at least 0", "max_history_items": "at least 0", "max_context_turns": "at least 0",
+    "max_samples_per_user": "at least 1", "min_history_length": "at least 0",
+    "window_history_fraction": "between 0 and 1", "lora_r": "at least 1", "lora_alpha": "at least 1",
+    "lora_dropout": "at least 0 and less than 1", "learning_rate": "greater than 0", "weight_decay": "at least 0",
+    "warmup_ratio": "between 0 and 1", "max_grad_norm": "at least 0", "gradient_accumulation_steps": "at least 1",
+    "max_epochs": "at least 1", "max_steps": "at least 1", "batch_tokens": "at least 1", "eval_steps": "at least 0",
+    "save_steps": "at least 0", "save_total_limit": "at least 1", "early_stopping_patience": "at least 0",
+    "early_stopping_threshold": "at least 0", "logging_steps": "at least 1",
+}
+GENERATE_RULES = {"max_new_tokens": "at least 1", "temperature": "at least 0", "top_p": "greater than 0 and at most 1",
+                  "num_samples": "at least 1", "batch_size": "at least 1", "pick": "at least 0", "limit": "at least 1"}
+
+
+def _outside(cls, f) -> list:
+    """Values just outside the field's range, of its type."""
+    tp, r = config._types(cls)[f.name][0], config.range_of(f)
+    step = 1 if tp is int else 0.5
+    return [tp(v) for v in (r.minimum is not None and r.minimum - step, r.maximum is not None and r.maximum + step,
+                            r.above, r.below) if v is not None and v is not False]
+
+
+def _edges(f) -> list:
+    r = config.range_of(f)
+    return [v for v in (r.minimum, r.maximum) if v is not None]
+
+
+def _ranged(cls):
+    return [f for f in fields(cls) if config.range_of(f)]
+
+
+def test_every_number_declares_its_range():
+    assert {f.name: str(config.range_of(f)) for f in _ranged(Config)} == RULES
+    assert {f.name: str(config.range_of(f)) for f in _ranged(GenerateSettings)} == GENERATE_RULES
+    numbers = {f.name for cls in (Config, GenerateSettings) for f in fields(cls)
+               if config._types(cls)[f.name][0] in (int, float)}
+    assert numbers - set(RULES) - set(GENERATE_RULES) == {"sample_seed"}  # any int seeds its own RNG
+
+
+def test_a_value_out_of_range_is_refused_in_yaml_and_on_the_command_line(tmp_path):
+    for f in _ranged(Config):
+        for bad in _outside(Config, f):
+            message = f"key '{f.name}' must be {RULES[f.name]}, got {bad!r}"
+            path = tmp_path / f"{f.name}.yaml"
+            path.write_text(f"data: r.jsonl\n{f.name}: {bad}\n")
+            with pytest.raises(UsertwinError) as yaml_error:
+                from_mapping(load_yaml(path), str(path))
+            assert str(yaml_error.value) == f"{path}:2: {message}"
+            with pytest.raises(UsertwinError) as flag_error:
+                resolve(_parse(f"--{f.name}", str(bad)))
+            assert str(flag_error.value) == f"command line: {message}"
+        for good in _edges(f):
+            assert getattr(from_mapping({f.name: good}, "test"), f.name) == good
+
+
+def test_a_generation_setting_out_of_range_is_refused(capsys):
+    for f in _ranged(GenerateSettings):
+        for bad in _outside(GenerateSettings, f):
+            message = f"command line: key '{f.name}' must be {GENERATE_RULES[f.name]}, got {bad!r}"
+            args = build_parser().parse_args(["predict", f"--{f.name}", str(bad)])
+            with pytest.raises(UsertwinError, match=re.escape(message)):
+                generate_settings(args)
+            assert main(["predict", f"--{f.name}", str(bad), "-o", "never-written.jsonl"]) == 2
+            assert capsys.readouterr().err == f"usertwin predict: error: {message}\n"
+        for good in _edges(f):
+            args = build_parser().parse_args(["predict", f"--{f.name}", str(good)])
+            assert getattr(generate_settings(args), f.name) == good
+
+
+def test_the_split_ratios_are_checked_together_where_they_were_given(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("unit: sample\ntrain_ratio: 0.5\n")
+    with pytest.raises(UsertwinError) as error:
+        resolve(_parse("--config", str(path), "--val_ratio", "0.2"))
+    assert str(error.value) == (f"{path}:2, command line: train_ratio + val_ratio + test_ratio must add up to 1, "
+                                "got 0.5 + 0.2 + 0.15 = 0.85")
+    with pytest.raises(UsertwinError) as error:
+        resolve(_parse("--val_ratio", "0.6", "--test_ratio", "0.6"))
+    assert str(error.value) == ("command line: val_ratio + test_ratio must be at most 1 (train_ratio is unset: "
+                                "training gets what they leave), got 0.6 + 0.6 = 1.2")
+    for flags in (["--train_ratio", "0.8", "--val_ratio", "0.1", "--test_ratio", "0.1"],
+                  ["--val_ratio", "0", "--test_ratio", "0"], ["--val_ratio", "0.5", "--test_ratio", "0.5"]):
+        resolve(_parse(*flags))
+
+
+def _commands() -> dict:
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def _shown(action) -> bool:
+    return action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction)
+
+
+def test_every_flag_of_every_command_has_a_help_line_and_shows_its_choices():
+    for name, parser in _commands().items():
+        for action in filter(_shown, parser._actions):
+            where = f"usertwin {name} {'/'.join(action.option_strings) or action.dest}"
+            words = re.sub(r"\(default [^)]*\)", "", action.help or "").strip()
+            assert words and "\n" not in action.help, f"{where}: no one-line help"
+            if action.choices and action.metavar is not None:  # argparse does not show them: the help must
+                assert all(str(c) in action.help for c in action.choices), f"{where}: choices not in its help"
+    ablation = " ".join(_commands()["train"].format_help().split())
+    assert all(a in ablation for a in config.ABLATIONS)
+
+
+def test_help_groups_the_settings_by_section_like_docs_flags_md():
+    for name in ("train", "prepare", "inspect", "predict", "baselines"):
+        text = _commands()[name].format_help()
+        titles = [*SECTIONS] + (["generate"] if name == "predict" else [])
+        assert [t for t in re.findall(r"^(\w+):$", text, re.M) if t in titles] == titles, name
+
+
+def _value(action) -> list:
+    """A valid command-line value for the flag (none for a switch)."""
+    if action.nargs == 0:
+        return []
+    if action.choices:
+        return [str(list(action.choices)[-1])]
+    if action.metavar == "on|off":
+        return ["off"]
+    return {int: ["3"], float: ["0.5"]}.get(action.type, ["x"])
+
+
+def _required(parser) -> list:
+    """The least argv the command parses: a value for each positional and required flag (and one flag of each
+    required either-or group)."""
+    groups = [g._group_actions[0] for g in parser._mutually_exclusive_groups if g.required]
+    argv = []
+    for action in parser._actions:
+        if action.option_strings and (action.required or action in groups):
+            argv += [action.option_strings[0], *_value(action)]
+        elif not action.option_strings and action.nargs not in ("?", "*"):
+            argv += _value(action)
+    return argv
+
+
+def test_dashed_and_underscore_spellings_parse_alike_and_help_shows_underscores_only():
+    top = build_parser()
+    for name, parser in top._subparsers._group_actions[0].choices.items():
+        base = [name, *_required(parser)]
+        for action in parser._actions:
+            for flag in (o for o in action.option_strings if "_" in o):
+                dashed = "--" + flag[2:].replace("_", "-")
+                same = top.parse_args([*base, flag, *_value(action)])
+                assert top.parse_args([*base, dashed, *_value(action)]) == same, f"{name} {dashed}"
+        text = parser.format_help()
+        assert not re.findall(r"--[a-z0-9]+(?:_[a-z0-9]+)*-[a-z]", text), name
+        assert "--no_progress" in text
+    args, rest = build_parser().parse_known_args(["prepare", "--max-length=7", "--no-packing", "--", "--no-such"])
+    assert (args.cfg__max_length, args.cfg__packing, rest[-1]) == (7, False, "--no-such")  # after --: as given
+
+
+def test_bad_inputs_from_the_command_line_stop_the_command(capsys):
+    for argv, message in ((["prepare", "--max_length", "0"], "key 'max_length' must be at least 1, got 0"),
+                          (["prepare", "--val_ratio", "1.5"], "key 'val_ratio' must be between 0 and 1, got 1.5"),
+                          (["train", "--lr", "0"], "key 'learning_rate' must be greater than 0, got 0.0")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"usertwin {argv[0]}: error: command line: {message}\n"

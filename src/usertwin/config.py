@@ -1,11 +1,13 @@
 """Experiment configuration: every setting declared once, in sections; one flat set of keys.
 
 Each setting is a dataclass field made by `setting()`, which carries what the other consumers need: its
-help (the `--help` line and docs/flags.md), choices, the seeds' names for it (aliases, negations) and whether
-it shapes the prepared data (the prepare cache key). `Config` holds every section's fields flat, so a key
-is a YAML key, a CLI flag (`--history_strategy all_previous`) and an attribute (`cfg.history_strategy`), and
-since `Config` is a subclass of every section, code that needs one section takes the whole config.
-Precedence: built-in defaults < the YAML file (`--config`) < flags given on the command line.
+help (the `--help` line and docs/flags.md), choices or the range a number must be in (checked wherever a value
+comes in), the seeds' names for it (aliases, negations) and whether it shapes the prepared data (the prepare
+cache key). `Config` holds every section's fields flat, so a key is a YAML key, a CLI flag
+(`--history_strategy all_previous`) and an attribute (`cfg.history_strategy`), and since `Config` is a
+subclass of every section, code that needs one section takes the whole config.
+Precedence: built-in defaults < the YAML file (`--config`) < flags given on the command line; settings that
+only make sense together (the split ratios) are checked on the result.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -38,13 +41,49 @@ ABLATIONS = {
 }
 
 
-def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_data: bool = False):
+def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_data: bool = False,
+            minimum=None, maximum=None, above=None, below=None, ratio: bool = False):
     """A config field. `aliases`: other names of the key (the seeds' names); `negations`: names that set a
     bool key to the opposite; `shapes_data`: changing it changes what prepare builds (so it is in the cache
-    key)."""
+    key). The range a number must be in: `minimum` / `maximum` (inclusive), `above` / `below` (exclusive);
+    `ratio`: a share, 0 to 1."""
+    if ratio:
+        minimum = 0 if minimum is None and above is None else minimum
+        maximum = 1 if maximum is None and below is None else maximum
+    bounds = Range(minimum, maximum, above, below)
     return field(default=default, metadata={"help": help, "choices": choices if callable(choices) else tuple(choices),
                                             "aliases": tuple(aliases), "negations": tuple(negations),
-                                            "shapes_data": shapes_data})
+                                            "shapes_data": shapes_data, "range": bounds if bounds.bounded() else None})
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take; None is no bound on that side."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def bounded(self) -> bool:
+        return any(b is not None for b in (self.minimum, self.maximum, self.above, self.below))
+
+    def allows(self, value) -> bool:
+        return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+
+    def __str__(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f"between {self.minimum} and {self.maximum}"
+        low = (f"at least {self.minimum}" if self.minimum is not None
+               else f"greater than {self.above}" if self.above is not None else "")
+        high = (f"at most {self.maximum}" if self.maximum is not None
+                else f"less than {self.below}" if self.below is not None else "")
+        return " and ".join(part for part in (low, high) if part)
+
+
+def range_of(f) -> Range | None:
+    return f.metadata.get("range")
 
 
 def choices_of(f) -> tuple:
@@ -74,7 +113,7 @@ class DataSettings:
                                         "measures the data", aliases=("model_name_or_path", "model_path"),
                          shapes_data=True)
     max_length: int = setting(4096, "tokens per sequence (a window or a sample); the oldest history is cut first "
-                                    "to fit", aliases=("max_seq_length",), shapes_data=True)
+                                    "to fit", aliases=("max_seq_length",), shapes_data=True, minimum=1)
     unit: str = setting("timeline", "what one sequence holds: timeline = a window of a user's timeline in which "
                                     "every item is a target; sample = one target and its history",
                         choices=("timeline", "sample"), shapes_data=True)
@@ -88,13 +127,15 @@ class SplitSettings:
                                       "whole users are held out (cold start)", choices=("time", "user"),
                               shapes_data=True)
     train_ratio: float | None = setting(None, "share of each user's items (or of the users) for training; "
-                                              "unset: 1 - val_ratio - test_ratio", shapes_data=True)
+                                              "unset: 1 - val_ratio - test_ratio", shapes_data=True, ratio=True)
     val_ratio: float = setting(0.15, "share of each user's items (or of the users) for validation",
-                               shapes_data=True)
-    test_ratio: float = setting(0.15, "share of each user's items (or of the users) for test", shapes_data=True)
+                               shapes_data=True, ratio=True)
+    test_ratio: float = setting(0.15, "share of each user's items (or of the users) for test", shapes_data=True,
+                                ratio=True)
+    # accelerate's set_seed seeds numpy, which takes 0 .. 2**32 - 1 only
     seed: int = setting(42, "random seed of the user split (split_mode user), of training (initialisation, "
                             "batch order) and of predict's distractors", aliases=("random_seed",),
-                        shapes_data=True)
+                        shapes_data=True, minimum=0, maximum=2**32 - 1)
 
     def train_share(self) -> float:
         if self.train_ratio is not None:
@@ -112,26 +153,26 @@ class SampleSettings:
                         "fixed_history_count latest), none",
         choices=("all_previous", "random", "fixed_ratio", "fixed_count", "none"), shapes_data=True)
     history_ratio: float = setting(0.5, "share used by the random (of the earlier items) and fixed_ratio (of all "
-                                        "the user's items) history strategies", shapes_data=True)
+                                        "the user's items) history strategies", shapes_data=True, ratio=True)
     fixed_history_count: int | None = setting(None, "history items of the fixed_count strategy; unset: half the "
-                                                    "user's items, at most 5", shapes_data=True)
+                                                    "user's items, at most 5", shapes_data=True, minimum=0)
     max_history_items: int | None = setting(None, "sample unit: at most this many history items, the most "
                                                   "recent kept; unset: no cap", aliases=("history_max_items",),
-                                            shapes_data=True)
+                                            shapes_data=True, minimum=0)
     max_context_turns: int = setting(15, "sample unit, dialogue: at most this many of the user's own earlier "
-                                         "lines as history", shapes_data=True)
+                                         "lines as history", shapes_data=True, minimum=0)
     max_samples_per_user: int | None = setting(None, "sample unit: at most this many training targets per user, "
-                                                     "drawn at random; unset: all", shapes_data=True)
+                                                     "drawn at random; unset: all", shapes_data=True, minimum=1)
     one_sample_per_user: bool = setting(False, "sample unit: only each user's latest training target, with every "
                                                "earlier item as history", shapes_data=True)
     temporal_augmentation: bool = setting(False, "sample unit: only training targets with at least "
                                                  "min_history_length earlier items", shapes_data=True)
     min_history_length: int = setting(1, "earlier items a training target needs under temporal_augmentation",
-                                      shapes_data=True)
+                                      shapes_data=True, minimum=0)
     sample_seed: int = setting(42, "seed of the random history and target draws (epoch E draws with "
                                    "sample_seed + E)", shapes_data=True)
     window_history_fraction: float = setting(0.5, "timeline unit: share of a window kept for history before the "
-                                                  "window's first target", shapes_data=True)
+                                                  "window's first target", shapes_data=True, ratio=True)
 
 
 @dataclass
@@ -139,8 +180,8 @@ class RenderSettings:
     """What the prompt shows and how it is written."""
 
     ablation: str = setting("profile_and_history_and_context",
-                            f"which parts the prompt shows: {', '.join(ABLATIONS)}", aliases=("ablation_config",),
-                            shapes_data=True)
+                            "which parts the prompt shows (profile, history, context)", choices=tuple(ABLATIONS),
+                            aliases=("ablation_config",), shapes_data=True)
     use_profile: bool | None = setting(None, "show the user's profile (--no_profile: hide it); unset: as the "
                                              "ablation says", negations=("no_profile",), shapes_data=True)
     use_history: bool | None = setting(None, "show the user's earlier items (--no_history: hide them); unset: as "
@@ -172,9 +213,9 @@ class ModelSettings:
     """The model, its adapters and its kernels."""
 
     lora: bool = setting(True, "train LoRA adapters; off (--no_lora): full fine-tuning", negations=("no_lora",))
-    lora_r: int = setting(16, "LoRA rank", aliases=("lora_rank",))
-    lora_alpha: int = setting(32, "LoRA scaling alpha")
-    lora_dropout: float = setting(0.05, "dropout on the LoRA layers' input")
+    lora_r: int = setting(16, "LoRA rank", aliases=("lora_rank",), minimum=1)
+    lora_alpha: int = setting(32, "LoRA scaling alpha", minimum=1)
+    lora_dropout: float = setting(0.05, "dropout on the LoRA layers' input", minimum=0, below=1)
     lora_target_modules: str = setting("all-linear", "modules that get adapters: all-linear, or a comma-separated "
                                                      "list of module names")
     dtype: str = setting("auto", "dtype of weights and compute; auto: bfloat16 on a GPU that has it, else float32",
@@ -194,32 +235,34 @@ class ModelSettings:
 class TrainSettings:
     """The optimizer, the batches, validation, checkpoints and logging."""
 
-    learning_rate: float = setting(2e-4, "peak learning rate of AdamW", aliases=("lr",))
-    weight_decay: float = setting(0.0, "AdamW weight decay")
-    warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up")
+    learning_rate: float = setting(2e-4, "peak learning rate of AdamW", aliases=("lr",), above=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
+    warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up", ratio=True)
     lr_scheduler: str = setting("cosine", "learning-rate schedule after the warm-up",
                                 choices=("cosine", "linear", "constant", "constant_with_warmup"))
-    max_grad_norm: float = setting(1.0, "clip gradients to this norm (0: no clipping)")
+    max_grad_norm: float = setting(1.0, "clip gradients to this norm (0: no clipping)", minimum=0)
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step",
-                                               aliases=("gradient_accumulation",))
-    max_epochs: int = setting(1, "passes over the training data", aliases=("num_train_epochs",))
-    max_steps: int | None = setting(None, "stop after this many optimizer steps; unset: max_epochs decides")
-    batch_tokens: int | None = setting(None, "tokens per micro-batch row; unset: max_length")
+                                               aliases=("gradient_accumulation",), minimum=1)
+    max_epochs: int = setting(1, "passes over the training data", aliases=("num_train_epochs",), minimum=1)
+    max_steps: int | None = setting(None, "stop after this many optimizer steps; unset: max_epochs decides",
+                                    minimum=1)
+    batch_tokens: int | None = setting(None, "tokens per micro-batch row; unset: max_length", minimum=1)
     packing: bool = setting(True, "pack sequences into rows without padding (position ids restart per "
                                   "sequence); off: dynamic padding")
     pad_packed_rows: bool = setting(False, "pad every packed row to batch_tokens, so GPU kernels see fixed "
                                            "shapes")
     resample_every_epoch: bool = setting(False, "sample unit: draw fresh training samples every epoch (with "
                                                 "sample_seed + epoch)")
-    eval_steps: int | None = setting(None, "validate every this many steps; unset: at the end of each epoch")
-    save_steps: int | None = setting(None, "save a checkpoint every this many steps; unset: with each "
-                                           "validation")
-    save_total_limit: int = setting(2, "checkpoints kept; older ones are deleted")
+    eval_steps: int | None = setting(None, "validate every this many steps; unset or 0: at the end of each "
+                                           "epoch", minimum=0)
+    save_steps: int | None = setting(None, "save a checkpoint every this many steps; unset or 0: with "
+                                           "each validation", minimum=0)
+    save_total_limit: int = setting(2, "checkpoints kept; older ones are deleted", minimum=1)
     early_stopping_patience: int | None = setting(3, "stop after this many validations without improvement "
-                                                     "(unset or 0: never stop early)")
+                                                     "(unset or 0: never stop early)", minimum=0)
     early_stopping_threshold: float = setting(0.001, "smallest drop of the validation loss that counts as an "
-                                                     "improvement")
-    logging_steps: int = setting(10, "log the training loss every this many steps")
+                                                     "improvement", minimum=0)
+    logging_steps: int = setting(10, "log the training loss every this many steps", minimum=1)
     eval_at_start: bool = setting(True, "validate once before the first step; off: skip it")
     wandb_project: str | None = setting(None, "log to this Weights & Biases project; unset: no W&B")
     wandb_run_name: str | None = setting(None, "name of the W&B run; unset: W&B picks one")
@@ -255,14 +298,14 @@ class Config(*reversed(SECTIONS.values())):
 class GenerateSettings:
     """How `usertwin predict` generates and scores."""
 
-    max_new_tokens: int = setting(64, "tokens generated per prediction")
-    temperature: float = setting(0.0, "sampling temperature; 0: greedy decoding")
-    top_p: float = setting(1.0, "nucleus sampling share when temperature > 0; 1.0: off")
-    num_samples: int = setting(1, "predictions generated per target")
-    batch_size: int = setting(8, "targets scored and generated together")
-    pick: int = setting(3, "distractors of the pick-the-real-one test; 0: off")
-    generate: bool = setting(True, "generate predictions; off (--no-generate): likelihood scoring only")
-    limit: int | None = setting(None, "at most this many targets, for a quick look; unset: all")
+    max_new_tokens: int = setting(64, "tokens generated per prediction", minimum=1)
+    temperature: float = setting(0.0, "sampling temperature; 0: greedy decoding", minimum=0)
+    top_p: float = setting(1.0, "nucleus sampling share when temperature > 0; 1.0: off", above=0, maximum=1)
+    num_samples: int = setting(1, "predictions generated per target", minimum=1)
+    batch_size: int = setting(8, "targets scored and generated together", minimum=1)
+    pick: int = setting(3, "distractors of the pick-the-real-one test; 0: off", minimum=0)
+    generate: bool = setting(True, "generate predictions; off (--no_generate): likelihood scoring only")
+    limit: int | None = setting(None, "at most this many targets, for a quick look; unset: all", minimum=1)
 
 
 def _base_type(tp):
@@ -274,6 +317,7 @@ def _base_type(tp):
     return tp, False
 
 
+@functools.cache  # evaluating the annotations is slow, and every command's parser asks for each field
 def _types(cls) -> dict:
     """key -> (python type, optional?)"""
     return {k: _base_type(tp) for k, tp in typing.get_type_hints(cls).items()}
@@ -303,9 +347,13 @@ def _coerce(cls, key: str, value, source: str):
     if not ok:
         raise UsertwinError(f"{source}: key {key!r} must be {tp.__name__}"
                             f"{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
-    choices = choices_of(cls.__dataclass_fields__[key])
+    f = cls.__dataclass_fields__[key]
+    choices = choices_of(f)
     if choices and value not in choices:
         raise UsertwinError(f"{source}: key {key!r} must be one of {', '.join(choices)}, got {value!r}")
+    bounds = range_of(f)
+    if bounds and not bounds.allows(value):
+        raise UsertwinError(f"{source}: key {key!r} must be {bounds}, got {value!r}")
     return value
 
 
@@ -358,9 +406,8 @@ def from_mapping(values: dict, source: str, base: Config | None = None) -> Confi
     cfg = dataclasses.replace(base) if base is not None else Config()
     cls = type(cfg)
     keys = _keys(cls)
-    lines = getattr(values, "lines", {})
     for raw_key, value in values.items():
-        at = f"{source}:{lines[str(raw_key)]}" if str(raw_key) in lines else source
+        at = _where(values, raw_key, source)
         if raw_key not in keys:
             raise UsertwinError(f"{at}: unknown key {raw_key!r}{_suggest(cls, str(raw_key))}")
         key, negated = keys[raw_key]
@@ -370,53 +417,102 @@ def from_mapping(values: dict, source: str, base: Config | None = None) -> Confi
     return cfg
 
 
+def _where(values: dict, raw_key, source: str) -> str:
+    """The source of one key: FILE:LINE for a YAML file's keys."""
+    lines = getattr(values, "lines", {})
+    return f"{source}:{lines[str(raw_key)]}" if str(raw_key) in lines else source
+
+
+SPLIT_RATIOS = ("train_ratio", "val_ratio", "test_ratio")
+
+
+def check_split_ratios(cfg: SplitSettings, where: str = "config") -> None:
+    """The split ratios come from different places (defaults, the file, flags): only together can they be
+    checked."""
+    if cfg.train_ratio is None:
+        if cfg.val_ratio + cfg.test_ratio > 1 + 1e-6:
+            raise UsertwinError(f"{where}: val_ratio + test_ratio must be at most 1 (train_ratio is unset: training "
+                                f"gets what they leave), got {cfg.val_ratio} + {cfg.test_ratio} = "
+                                f"{cfg.val_ratio + cfg.test_ratio:g}")
+        return
+    total = cfg.train_ratio + cfg.val_ratio + cfg.test_ratio
+    if abs(total - 1.0) > 1e-6:
+        raise UsertwinError(f"{where}: train_ratio + val_ratio + test_ratio must add up to 1, got "
+                            f"{cfg.train_ratio} + {cfg.val_ratio} + {cfg.test_ratio} = {total:g}")
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config key (plus the seeds' names for it); only flags actually given are applied."""
-    group = parser.add_argument_group("experiment config (every key of the YAML config)")
-    group.add_argument("--config", help="YAML config file; flags given here override its keys")
-    _add_flags(group, Config, "cfg__")
+    """One flag per Config key (plus the seeds' names for it), in one group per section; only flags actually
+    given are applied."""
+    group = parser.add_argument_group("config", "Every flag below is also a key of the YAML config. Precedence: "
+                                                "defaults < --config file < flags given here. A bool flag takes "
+                                                "on|off (alone: on); --no_KEY turns it off.")
+    group.add_argument("--config", metavar="FILE.yaml", help="YAML config file; flags given here override its keys")
+    sections = {f.name: name for name, cls in SECTIONS.items() for f in fields(cls)}
+    groups = {}
+    for f in fields(Config):
+        name = sections.get(f.name, "other")
+        if name not in groups:
+            groups[name] = parser.add_argument_group(name, SECTIONS[name].__doc__ if name in SECTIONS else None)
+        _add_flag(groups[name], f, Config, "cfg__")
 
 
 def add_generate_flags(parser: argparse.ArgumentParser) -> None:
-    _add_flags(parser.add_argument_group("generation"), GenerateSettings, "gen__")
+    group = parser.add_argument_group("generate", GenerateSettings.__doc__)
+    for f in fields(GenerateSettings):
+        _add_flag(group, f, GenerateSettings, "gen__")
 
 
 def generate_settings(args: argparse.Namespace) -> GenerateSettings:
     """The defaults, then the generation flags given."""
-    return GenerateSettings(**_given(args, "gen__"))
+    return GenerateSettings(**{key: _coerce(GenerateSettings, key, value, "command line")
+                               for key, value in _given(args, "gen__").items()})
 
 
-def _add_flags(group, cls, prefix: str) -> None:
-    """Flags of every field of `cls`, stored as PREFIX + key only when given (so a YAML value is not
-    overwritten by a default)."""
-    types_ = _types(cls)
-    for f in fields(cls):
-        tp, _ = types_[f.name]
-        names = [f"--{name}" for name in (f.name, *f.metadata["aliases"])]
-        dest, choices = prefix + f.name, choices_of(f) or None
-        help_ = flag_help(f).replace("%", "%%")  # argparse %-formats help
-        if tp is bool:
-            # --packing, --packing off / on / true / false, and --no-packing / --no_packing
-            group.add_argument(*names, dest=dest, nargs="?", const=True, type=_parse_bool,
-                               default=argparse.SUPPRESS, metavar="on|off", help=help_)
-            group.add_argument(f"--no-{f.name}", f"--no_{f.name}", dest=dest, action="store_false",
-                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        else:
-            group.add_argument(*names, dest=dest, type=_cli_type(tp), default=argparse.SUPPRESS, choices=choices,
-                               metavar=None if choices else tp.__name__.upper(), help=help_)
-    for f in fields(cls):
-        for neg in f.metadata["negations"]:
-            if f"--{neg}" not in group._option_string_actions:
-                group.add_argument(f"--{neg}", dest=prefix + f.name, action="store_false",
-                                   default=argparse.SUPPRESS, help=f"same as --{f.name} off")
+def check_flags(args: argparse.Namespace) -> None:
+    """The ranges of the settings given as flags, checked before a command starts its work (predict reads its
+    generation settings only after loading the model)."""
+    for cls, prefix in ((Config, "cfg__"), (GenerateSettings, "gen__")):
+        for key, value in _given(args, prefix).items():
+            _coerce(cls, key, value, "command line")
 
 
-def flag_help(f: dataclasses.Field) -> str:
-    """The field's help and its default (unset defaults are explained by the help itself)."""
-    text = f.metadata["help"]
-    if f.default is not None:
-        text += f" (default {shown(f.default)})"
-    return text
+def _add_flag(group, f: dataclasses.Field, cls, prefix: str) -> None:
+    """The flag of one field, stored as PREFIX + key only when given (so a YAML value is not overwritten by a
+    default). A dashed spelling (--no-packing) is the command line's business (usertwin.cli.Parser)."""
+    tp, _ = _types(cls)[f.name]
+    names = [f"--{name}" for name in (f.name, *f.metadata["aliases"])]
+    dest, choices = prefix + f.name, choices_of(f) or None
+    help_ = flag_help(f, listed=_lists_choices(f)).replace("%", "%%")  # argparse %-formats help
+    if tp is bool:
+        # --packing, --packing off / on / true / false, and --no_packing
+        group.add_argument(*names, dest=dest, nargs="?", const=True, type=_parse_bool,
+                           default=argparse.SUPPRESS, metavar="on|off", help=help_)
+        group.add_argument(f"--no_{f.name}", dest=dest, action="store_false", default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
+    else:
+        metavar = None if choices and not _lists_choices(f) else f.name.upper() if choices else tp.__name__.upper()
+        group.add_argument(*names, dest=dest, type=_cli_type(tp), default=argparse.SUPPRESS, choices=choices,
+                           metavar=metavar, help=help_)
+    for neg in f.metadata["negations"]:
+        if f"--{neg}" not in group._option_string_actions:
+            group.add_argument(f"--{neg}", dest=dest, action="store_false", default=argparse.SUPPRESS,
+                               help=f"same as --{f.name} off")
+
+
+def flag_help(f: dataclasses.Field, listed: bool = False) -> str:
+    """The field's help, its default (unset defaults are explained by the help itself), its range and, when
+    `listed`, its choices."""
+    notes = [f"default {shown(f.default)}"] if f.default is not None else []
+    notes += [str(range_of(f))] if range_of(f) else []
+    notes += [f"one of {', '.join(choices_of(f))}"] if listed else []
+    return f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _lists_choices(f: dataclasses.Field) -> bool:
+    """A long list of choices (the ablations) goes into the help line: argparse would repeat it, in braces, for
+    the flag and each alias."""
+    return len(",".join(choices_of(f))) > 60
 
 
 def shown(value) -> str:
@@ -450,6 +546,17 @@ def _given(args: argparse.Namespace, prefix: str) -> dict:
 def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
     """Defaults (or `base`, e.g. a run's saved config), then the YAML file, then the flags given."""
     cfg = base if base is not None else Config()
-    if getattr(args, "config", None):
-        cfg = from_mapping(load_yaml(args.config), str(args.config), cfg)
-    return from_mapping(_given(args, "cfg__"), "command line", cfg)
+    layers = [(load_yaml(args.config), str(args.config))] if getattr(args, "config", None) else []
+    layers.append((_given(args, "cfg__"), "command line"))
+    for values, source in layers:
+        cfg = from_mapping(values, source, cfg)
+    check_split_ratios(cfg, _sources(layers, SPLIT_RATIOS, type(cfg)) or "config")
+    return cfg
+
+
+def _sources(layers, keys, cls) -> str:
+    """Where any of `keys` was given: 'FILE:LINE, command line'."""
+    names = _keys(cls)
+    found = [_where(values, raw, source) for values, source in layers for raw in values
+             if raw in names and names[raw][0] in keys]
+    return ", ".join(dict.fromkeys(found))

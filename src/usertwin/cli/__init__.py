@@ -14,15 +14,33 @@ from usertwin.errors import UsertwinError
 COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report)
 
 
+class Parser(argparse.ArgumentParser):
+    """Flags are spelled with underscores (--no_progress, the seeds' style); the dashed spelling (--no-progress)
+    is still accepted but never shown, so --help and the docs show one spelling."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        end = args.index("--") if "--" in args else len(args)
+        return super().parse_known_args([self._underscored(a) for a in args[:end]] + args[end:], namespace)
+
+    def _underscored(self, token: str) -> str:
+        """--no-progress -> --no_progress (and --max-length=5 -> --max_length=5) when that is a flag here."""
+        name, eq, value = token.partition("=")
+        if not name.startswith("--") or name in self._option_string_actions:
+            return token
+        spelled = "--" + name[2:].replace("-", "_")
+        return spelled + eq + value if spelled in self._option_string_actions else token
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="usertwin", description="Fine-tune language models into user twins.")
+    parser = Parser(prog="usertwin", description="Fine-tune language models into user twins.")
     parser.add_argument("--version", action="version", version=f"usertwin {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="a step of the pipeline (usertwin COMMAND --help)")
     for command in COMMANDS:
         p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)
         command.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+        p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")
         p.set_defaults(handler=command.run)
     return parser
 
@@ -31,6 +49,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from usertwin.config import check_flags
+
+        check_flags(args)
         return args.handler(args)
     except UsertwinError as e:
         if args.debug:

@@ -9,10 +9,11 @@ HELP = "raw public dataset -> records (JSONL)"
 def add_arguments(p) -> None:
     from usertwin.data.convert import DATASETS
 
-    p.add_argument("dataset", help=" | ".join(DATASETS))
-    p.add_argument("raw", help="the raw file or folder")
+    # no choices=: the name is also taken in other cases and with _ for - (douban_dmr)
+    p.add_argument("dataset", metavar="DATASET", help=f"the raw data's layout: {', '.join(DATASETS)}")
+    p.add_argument("raw", metavar="RAW", help="the raw file or folder")
     p.add_argument("-o", "--output", required=True, help="records file to write (JSONL)")
-    p.add_argument("--on-error", "--on_error", dest="on_error", choices=("stop", "skip"), default="stop",
+    p.add_argument("--on_error", choices=("stop", "skip"), default="stop",
                    help="stop at the first bad row (default) or skip and count bad rows")
 
 

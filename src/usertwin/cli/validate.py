@@ -9,7 +9,7 @@ HELP = "check a records file; optionally write a repaired copy"
 def add_arguments(p) -> None:
     p.add_argument("file", help="a records file (JSON or JSON Lines)")
     p.add_argument("--repair", metavar="OUT", help="write a repaired copy to OUT (never in place)")
-    p.add_argument("--on-error", "--on_error", dest="on_error", choices=("stop", "skip"), default="stop",
+    p.add_argument("--on_error", choices=("stop", "skip"), default="stop",
                    help="stop at bad records (default) or skip and count them")
 
 
