@@ -21,8 +21,8 @@ from usertwin.cli import main
 from usertwin.errors import UsertwinError
 
 D = Path(__file__).parent / "bad_inputs"
-SKIP_HINT = "hint: use --on-error skip to skip bad records"
-CONVERT_HINT = "use --on-error skip to skip such rows and count them"
+SKIP_HINT = "hint: use --on_error skip to skip bad records"
+CONVERT_HINT = "use --on_error skip to skip such rows and count them"
 F = "task.task_behavior_collections"
 
 
@@ -60,7 +60,7 @@ CASES = [
         '    ...", "data": [{"continuation": "a"}, {"continuation": "b"}]}]}',
         " " * 67 + "^",
         "likely cause: the line ends too early (the record is cut off, or split over several lines)",
-        "each line of a JSON Lines file must be one complete record; use --on-error skip to skip bad records"])),
+        "each line of a JSON Lines file must be one complete record; use --on_error skip to skip bad records"])),
     ("jsonl-broken-line-skip", "validate {d}/broken_line.jsonl --on-error skip", 0, "\n".join([
         "OK: 2 records, 2 users, 4 items",
         "skipped 1 bad record:",
@@ -309,7 +309,7 @@ def test_prepare_skips_and_counts_a_bad_record(tmp_path, capsys, tokenizer_dir):
     rc, out, err = run(capsys, "prepare --data {d}/no_user.json --model {tok} --on_error skip --cache_dir {tmp}/c",
                        tmp_path, tok=tokenizer_dir)
     assert rc == 0 and err == "" and out.startswith("1 users, 1 items;")
-    assert "1 record(s) skipped (--on-error skip)" in out
+    assert "1 record(s) skipped (--on_error skip)" in out
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):

@@ -71,7 +71,7 @@ def test_jsonl_broken_line_stop_names_the_line():
     assert lines[0] == f"{path}:3:105: invalid JSON on line 3, column 105: Expecting ',' delimiter"
     assert lines[3] == "likely cause: unbalanced brackets: a ']' where a ',' or '}' was expected"
     assert lines[4] == (
-        "each line of a JSON Lines file must be one complete record; use --on-error skip to skip bad records"
+        "each line of a JSON Lines file must be one complete record; use --on_error skip to skip bad records"
     )
 
 

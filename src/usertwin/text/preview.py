@@ -97,5 +97,5 @@ def _notes(prep) -> list[str]:
         notes.append(f"{own_last} dialogue item(s) have a context that ends with the user's own turn: kept "
                      "(the seeds dropped them silently)")
     if prep.skipped:
-        notes.append(f"{len(prep.skipped)} record(s) skipped (--on-error skip)")
+        notes.append(f"{len(prep.skipped)} record(s) skipped (--on_error skip)")
     return notes

@@ -12,7 +12,7 @@ from pathlib import Path
 from usertwin.errors import UsertwinError
 
 ON_ERROR = ("stop", "skip")
-SKIP_HINT = "use --on-error skip to skip such rows and count them"
+SKIP_HINT = "use --on_error skip to skip such rows and count them"
 
 
 class Skips:

@@ -62,7 +62,7 @@ class Record:
 # The prompt names the twin by its role ("this user", "this character"); a record declares it in task.role.
 ROLES = ("user", "character")
 
-SKIP_HINT = "use --on-error skip to skip bad records"
+SKIP_HINT = "use --on_error skip to skip bad records"
 MAX_LISTED = 20  # problems listed in one error message before "... and N more"
 
 # keys of an item that the format knows; any other key of an item is kept in its metadata
