@@ -145,3 +145,17 @@ def test_seed_samples_grouped_into_records_load(tmp_path):
     first = R.load(path).records[0]
     assert set(first.profile["dimensions"]) >= {"big_five", "kiss18", "atq", "sms"}
     assert first.items[0].context[0]["role"] in ("user", "assistant")
+
+
+def test_from_raw_checks_a_record_given_as_data_like_a_file_record():
+    from usertwin.data.records import from_raw
+
+    raw = {"user_hash": "u", "task": {"description": "d", "task_behavior_collections": [
+        {"type": "movie_rating", "data": [{"continuation": "4.0", "timestamp": 100}]}]}}
+    record = from_raw(raw, "the history")
+    assert (record.user_id, [it.continuation for it in record.items]) == ("u", ["4.0"])
+    raw["task"]["task_behavior_collections"][0]["data"][0].pop("continuation")
+    with pytest.raises(UsertwinError) as e:
+        from_raw(raw, "the history")
+    assert str(e.value) == ("the history: 1 problem:\n  the history, record 0 (user 'u'), field "
+                            "task.task_behavior_collections[0].data[0].continuation: missing")

@@ -17,7 +17,7 @@ from usertwin.data.records.format import (
     record_to_raw,
     write,
 )
-from usertwin.data.records.load import LoadResult, iter_raw, load
+from usertwin.data.records.load import LoadResult, from_raw, iter_raw, load
 from usertwin.data.records.repair import repair_text
 from usertwin.data.records.schema import Problem, user_id_of
 from usertwin.data.records.timestamps import FUTURE_SLACK, parse_timestamp
@@ -36,6 +36,7 @@ __all__ = [
     "ValidationReport",
     "is_rating",
     "iter_raw",
+    "from_raw",
     "load",
     "parse_timestamp",
     "record_to_raw",

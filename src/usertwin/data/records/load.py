@@ -231,3 +231,14 @@ def load(path, on_error: str = "stop") -> LoadResult:
         lines.append(f"hint: {SKIP_HINT}")
         raise UsertwinError("\n".join(lines))
     return LoadResult(records, skipped, warnings, Path(path))
+
+
+def from_raw(raw, source: str, index: int = 0):
+    """One record given as data (a dict in the unified format, e.g. a user described to a twin), checked
+    exactly as a file's record is; messages name `source` where they would name a file."""
+    record, found = _build(raw, index, source)
+    if record is None:
+        lines = [f"{source}: {len(found)} problem{'s' * (len(found) != 1)}:"]
+        lines += [f"  {p}" for p in found[:MAX_LISTED]]
+        raise UsertwinError("\n".join(lines))
+    return record
