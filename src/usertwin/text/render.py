@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from usertwin.config import RenderSettings
-from usertwin.data.timeline import is_own_turn
+from usertwin.config import RenderSettings, SampleSettings
+from usertwin.data.timeline import is_dialogue_item, is_own_turn
 from usertwin.errors import UsertwinError
 
 STYLES: dict[str, PromptStyle] = {}  # name -> style, filled by @register_style below
@@ -83,6 +83,8 @@ PHRASES = {
     },
 }
 
+# the line that stands for a conversation's turns left out (max_context_turns, or cut to fit max_length)
+OMITTED = {"en": "(earlier turns omitted)", "zh": "（更早的对话已省略）", "ja": "（これより前の会話は省略）"}
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -291,6 +293,15 @@ class PromptStyle:
         lines = self.context(turns, phrases) if turns else []
         return "\n".join(lines + self.item(item, phrases))
 
+    def conversation_turn(self, lines: list[tuple[str, object]], opening: bool, omitted: str, about: str,
+                          phrases: dict) -> str:
+        """The user turn before one of the twin's lines in a conversation: the other speakers' lines since the
+        twin's previous line, as (speaker, content). A conversation opens with the context heading, then
+        `omitted` when its earlier turns are left out; `about` is the item's prefix, if any."""
+        head = [self.heading("context", phrases)] if opening else []
+        tail = [about] if about else []
+        return "\n".join(head + ([omitted] if omitted else []) + [f"{who}: {c}" for who, c in lines] + tail)
+
 
 @register_style
 class SimpleStyle(PromptStyle):
@@ -333,6 +344,8 @@ class Renderer:
     def __init__(self, cfg: RenderSettings, tokenizer=None):
         check(cfg)
         self.cfg = cfg
+        # a sample setting, read here because it shapes the rendering; RenderSettings alone: the default
+        self.max_context_turns = getattr(cfg, "max_context_turns", SampleSettings.max_context_turns)
         self.use_profile, self.use_history, self.use_context = cfg.parts()
         self.style = get_style(cfg.prompt_style)
         eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
@@ -390,13 +403,94 @@ class Renderer:
         f = self.fmt
         return f.header_pre + self.system_text(tl, history) + f.header_post
 
-    def item_segments(self, tl, pos: int, first: bool, target: bool) -> list[Segment]:
+    def item_segments(self, tl, pos: int, first: bool, target: bool, after: int | None = None) -> list[Segment]:
+        """Item `pos`'s segments; `after`: the item just before it in the sequence (a dialogue line right after
+        an earlier line of its conversation renders only the turns new since then)."""
+        if self.converses(tl, pos):
+            return self._line_segments(tl, pos, first, target, after)
         f = self.fmt
         segs = [] if first else [Segment(f.join, "join", pos)]
         segs.append(Segment(self.user_text(tl, pos) + f.prompt_post, "prompt", pos))
         cont = tl.items[pos].continuation + f.eot
         segs.append(Segment(cont, "target" if target else "history", pos))
         return segs
+
+    # -- conversations: each turn once, the other speakers' lines as user turns, the twin's as assistant turns
+
+    def converses(self, tl, pos: int) -> bool:
+        """Whether item `pos` renders as a line of a conversation (a dialogue item, context shown)."""
+        return self.use_context and is_dialogue_item(tl.items[pos])
+
+    def follows(self, tl, q: int | None, p: int) -> bool:
+        """Whether item p, right after item q in a sequence, continues q's conversation there."""
+        return q is not None and self.converses(tl, p) and tl.conversations.chain(q, p)
+
+    def follow_texts(self, tl, pos: int) -> list[str] | None:
+        """Texts of item `pos`'s prompt segments right after item pos-1 of its conversation; None where it
+        opens its conversation."""
+        if not pos or not self.follows(tl, pos - 1, pos):
+            return None
+        return [seg.text for seg in self._line_segments(tl, pos, True, True, pos - 1)[:-1]]
+
+    def _line_segments(self, tl, pos: int, first: bool, target: bool, after: int | None) -> list[Segment]:
+        f = self.fmt
+        segs = []
+        pairs = self._pairs(tl, pos, after)
+        for n, (user, line) in enumerate(pairs):
+            if n or not first:
+                segs.append(Segment(f.join, "join", pos))
+            segs.append(Segment(user + f.prompt_post, "prompt", pos))
+            kind = "target" if target and n == len(pairs) - 1 else "history"
+            segs.append(Segment(line + f.eot, kind, pos))
+        return segs
+
+    def _pairs(self, tl, pos: int, after: int | None) -> list[tuple[str, str]]:
+        """(user text, the twin's line) turn pairs that bring item `pos`'s line into the sequence: the turns
+        new since `after` when it continues that item's conversation, else the conversation's last
+        max_context_turns turns before the line (with a marker when earlier ones are left out)."""
+        ph = PHRASES[self.language(tl)]
+        if self.follows(tl, after, pos):
+            return [pair for r in range(after + 1, pos + 1)
+                    for pair in self._turn_pairs(tl, r, tl.items[r].context[tl.conversations.new_from[r]:],
+                                                 False, "", ph)]
+        ctx = tl.items[pos].context
+        keep = max(0, min(len(ctx), self.max_context_turns))
+        cut = keep < len(ctx) or pos in tl.context_cut
+        return self._turn_pairs(tl, pos, ctx[len(ctx) - keep:], True, OMITTED[self.language(tl)] if cut else "", ph)
+
+    def _turn_pairs(self, tl, pos: int, turns: list, opening: bool, omitted: str, ph: dict) -> list:
+        name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+        item = tl.items[pos]
+        pairs, lines = [], []
+        for turn in turns:
+            if is_own_turn(turn, name):
+                pairs.append((self.style.conversation_turn(lines, opening and not pairs, omitted if not pairs else "",
+                                                           "", ph), str(turn.get("content", ""))))
+                lines = []
+            else:
+                lines.append(self._speaker(turn, ph))
+        user = self.style.conversation_turn(lines, opening and not pairs, omitted if not pairs else "",
+                                            item.prefix.strip(), ph)
+        return pairs + [(user, item.continuation)]
+
+    def _speaker(self, turn: dict, ph: dict) -> tuple[str, object]:
+        """(speaker, content) of another speaker's turn: its source name, else "other" for a role-tagged turn."""
+        source = turn.get("source")
+        who = str(source).strip() if source is not None and str(source).strip() else ph["other"]
+        return who, turn.get("content", "")
+
+    def messages(self, tl, items: list[int]) -> list[dict]:
+        """The chat messages of a turns-layout sequence (system, then user/assistant pairs): what the chat
+        template renders into the same text."""
+        msgs = [{"role": "system", "content": self.system_text(tl)}]
+        for j, pos in enumerate(items):
+            if self.converses(tl, pos):
+                pairs = self._pairs(tl, pos, items[j - 1] if j else None)
+            else:
+                pairs = [(self.user_text(tl, pos), tl.items[pos].continuation)]
+            for user, line in pairs:
+                msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": line}]
+        return msgs
 
     def render(self, tl, items: list[int], targets) -> Rendered:
         """Render `items` (positions, increasing) of a timeline; `targets` carry loss.
@@ -408,12 +502,12 @@ class Renderer:
         block = self.cfg.history_layout == "block"
         history_in_header = [p for p in items if p not in targets] if block else []
         segs = [Segment(self.header(tl, history_in_header), "header")]
-        first = True
+        prev = None
         for pos in items:
             if block and pos not in targets:
                 continue
-            segs += self.item_segments(tl, pos, first, pos in targets)
-            first = False
+            segs += self.item_segments(tl, pos, prev is None, pos in targets, prev)
+            prev = pos
         return Rendered(segs)
 
     def render_sample(self, tl, sample) -> Rendered:
