@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import pytest
 from conftest import shared
 from helpers import conversation_timeline, write_records
 

@@ -158,33 +158,41 @@ def trim_long_contexts(timelines, renderer, tokenizer, max_length: int) -> dict:
     items = turns = 0
     by_user = _index(timelines)
     for uid, ln in measure_all(renderer, tokenizer, timelines).items():
-        tl = by_user[uid]
-        room = share * (max_length - ln.header)
-
-        def fits(pos: int, prompt: int, target: int) -> bool:
-            return ln.header + prompt + target <= max_length and (prompt <= room or not renderer.converses(tl, pos))
-
-        for pos, it in enumerate(tl.items):
-            if not it.context or fits(pos, ln.prompt[pos], ln.target[pos]):
-                continue
-            lo, hi = 1, len(it.context)  # the fewest oldest turns to drop so that the item fits
-            full = list(it.context)
-            tl.context_cut[pos] = 0
-            while lo < hi:
-                mid = (lo + hi) // 2
-                it.context = full[mid:]
-                if fits(pos, *_item_len(renderer, tokenizer, tl, pos)):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            it.context = full[lo:]
-            tl.context_cut[pos] = lo
-            items += 1
-            turns += lo
+        n_items, n_turns = _trim_timeline(by_user[uid], ln, renderer, tokenizer, max_length, share)
+        items += n_items
+        turns += n_turns
     for tl in timelines:
         if tl.context_cut:
             tl.relink()
     return {"items": items, "turns": turns} if items else {}
+
+
+def _trim_timeline(tl, ln, renderer, tokenizer, max_length: int, share: float) -> tuple[int, int]:
+    """trim_long_contexts for one timeline: (items cut, turns dropped)."""
+    room = share * (max_length - ln.header)
+
+    def fits(pos: int, prompt: int, target: int) -> bool:
+        return ln.header + prompt + target <= max_length and (prompt <= room or not renderer.converses(tl, pos))
+
+    items = turns = 0
+    for pos, it in enumerate(tl.items):
+        if not it.context or fits(pos, ln.prompt[pos], ln.target[pos]):
+            continue
+        lo, hi = 1, len(it.context)  # the fewest oldest turns to drop so that the item fits
+        full = list(it.context)
+        tl.context_cut[pos] = 0  # (its renderings while searching show the marker, as the cut one will)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            it.context = full[mid:]
+            if fits(pos, *_item_len(renderer, tokenizer, tl, pos)):
+                hi = mid
+            else:
+                lo = mid + 1
+        it.context = full[lo:]
+        tl.context_cut[pos] = lo
+        items += 1
+        turns += lo
+    return items, turns
 
 
 def _index(timelines) -> dict:

@@ -11,6 +11,12 @@ Each item is rendered the same way whether it is history or a target, and items 
 `join` text, so the sample "target k with items 0..k-1 as history" is exactly a prefix of the timeline
 window holding items 0..k. This is what makes timeline (multi-target) training exact: each target's loss in a
 window equals its loss as a sample of its own with the same earlier items as history.
+A dialogue line (context shown) is a conversation, not an item block: the other speakers' lines since the
+twin's previous line are a user turn, each line of the twin an assistant turn. A line right after an earlier
+line of its conversation in the sequence brings only the turns new since then, so consecutive lines of a
+conversation render each turn once; where a line opens its conversation in a sequence it shows the last
+max_context_turns turns before it (a marker line when earlier ones are left out). A line's rendering depends
+only on the item before it, never on which items carry loss, so the prefix property holds as for items.
 How the parts are written (headings, profile lines, the item's lines) is a prompt style: a PromptStyle
 subclass registered by name in STYLES; the Renderer decides which parts appear and looks the style up.
 With a chat template the turns go through the tokenizer's own template; the template is taken apart once,
