@@ -225,7 +225,8 @@ def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None
         for tl in timelines:
             ln = lengths[tl.user_id]
             ws = build_windows(tl, splits[tl.user_id], split, ln.blocks(), ln.header, ln.join, cfg.max_length,
-                               cfg.window_history_fraction, renderer.use_history, wst, ln.follow_blocks())
+                               cfg.window_history_fraction, renderer.use_history, wst, ln.follow_blocks(),
+                               share_of_room=renderer.use_context and tl.is_dialogue)
             out.extend(ws)
             if ws:
                 st.users += 1

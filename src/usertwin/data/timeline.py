@@ -356,17 +356,17 @@ class WindowStats:
 
 def build_windows(tl: Timeline, labels: list[str], split: str, lengths, header_len: int, join_len: int,
                   max_length: int, history_fraction: float = 0.5, use_history: bool = True,
-                  stats: WindowStats | None = None, follow=None) -> list[Window]:
+                  stats: WindowStats | None = None, follow=None, share_of_room: bool = False) -> list[Window]:
     """Cut one timeline into windows that fit `max_length` tokens.
 
     `lengths[i]` is the token length of item i rendered as a block (prompt + target) where it opens a
     sequence or a conversation; `follow[i]`, when not None, its length right after item i-1 of the same
     conversation (only the turns new since then). A sequence of k items costs header_len + the first item's
     block + each later item's follow (else block) + (k - 1) * join_len. Every target of `split` is a target
-    in exactly one window. A window starts with up to `history_fraction` of the room the header leaves
-    (max_length - header_len) in tokens of the most recent earlier items (history only), then takes targets
-    in order while they fit; so every target sees at least that much earlier history (or all of it), and the
-    window's later targets see more. Without history
+    in exactly one window. A window starts with up to `history_fraction * max_length` tokens of the most
+    recent earlier items (history only; `share_of_room`: that share of max_length - header_len, for dialogue,
+    whose lines' context is cut to the same share), then takes targets in order while they fit; so every
+    target sees at least that much earlier history (or all of it), and the window's later targets see more. Without history
     a window still holds the later lines of its first target's conversation: they are that line's context.
     """
     stats = stats if stats is not None else WindowStats()
@@ -388,7 +388,7 @@ def build_windows(tl: Timeline, labels: list[str], split: str, lengths, header_l
             continue
         front = first
         if use_history:
-            budget = max(history_fraction * (max_length - header_len), 0)
+            budget = max(history_fraction * (max_length - (header_len if share_of_room else 0)), 0)
             front, used = _history_front(first, used, lengths, step, join_len, max_length, budget)
             stats.history_dropped += front
         window_targets = [first]
