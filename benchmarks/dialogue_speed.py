@@ -6,8 +6,10 @@ over the steps after --warmup: tokens/s and target tokens/s; with the exact toke
 of each unit (from `prepare`), the time one epoch takes at that speed.
 
     python benchmarks/dialogue_speed.py --data seed.jsonl --out OUT          # on the GPU
-    python benchmarks/dialogue_speed.py --data seed.jsonl --out OUT --shape tiny --max_length 1024 \
-        --batch_tokens 2048 --warmup 1 --steps 2                             # CPU check of the script
+    python benchmarks/dialogue_speed.py --data seed.jsonl --out OUT --shape tiny --max_length 2048 \
+        --batch_tokens 4096 --warmup 1 --steps 2                             # CPU check of the script (~3 min)
+
+(The seeds' profiles make a header of ~1,100 SmolLM2 tokens: below max_length ~1,200 no target fits.)
 
 --data: dialogue records (e.g. `usertwin convert seed-samples ../shared/data/seed_examples/all_samples.json
 -o seed.jsonl`); without it the seeds' sample is converted from ../shared/data when present. --tokenizer: any
