@@ -191,7 +191,8 @@ def _trim_timeline(tl, ln, renderer, tokenizer, max_length: int, share: float) -
         it.context = full[lo:]
         tl.context_cut[pos] = lo
         items += 1
-        turns += lo
+        cap = renderer.max_context_turns if renderer.converses(tl, pos) else len(full)
+        turns += min(cap, len(full)) - min(cap, len(full) - lo)  # of the turns it showed
     return items, turns
 
 
