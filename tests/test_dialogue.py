@@ -193,3 +193,19 @@ def test_token_ratio_is_what_the_benchmark_reports(tmp_path, tokenizer):
 
 
 EXACT_FULL, EXACT_TIMELINE = 4762, 1121  # the fixture's exact train tokens (4.25x), test tokenizer of conftest
+
+
+def test_inspect_dump_offsets_point_at_each_line(tmp_path, tokenizer):
+    from usertwin.text.preview import dump_rows
+
+    tl = conversation_timeline((4, 6, 5), lead=2)
+    data = write_records(tmp_path / "conv.jsonl", [Record(0, "c1", tl.profile, tl.task, "en", tl.items)])
+    prep = _prepare(tmp_path, tokenizer, data, max_length=260, max_context_turns=3)
+    renderer = Renderer(prep.config, tokenizer)
+    windows = {(w.user_id, t): w for seqs in prep.sequences.values() for w in seqs for t in w.targets}
+    rows = list(dump_rows(prep, renderer))
+    assert len(rows) == 14 and len({len(w.items) for w in windows.values()}) > 1
+    for row in rows:
+        w = windows[(row["user"], row["target_index"])]
+        text = renderer.render(prep.timeline(w.user_id), w.items, w.targets).text
+        assert text[row["prompt_chars"]:].startswith(row["target_text"] + "<|im_end|>")
