@@ -192,7 +192,8 @@ def markdown(result) -> str:
             "Tokens are exact: the sum of the tokenized rendered segments of every training sequence of one epoch.",
             "Dialogue (seed-dialogue, cornell): a conversation's turns are rendered once in a timeline window (the",
             "twin's lines assistant turns, the others' user turns); in the sample unit each target shows its",
-            "conversation's last max_context_turns (15) turns and earlier conversations as history.",
+            "conversation's last max_context_turns (15) turns (fewer where they exceed the window_history_fraction",
+            "share of the room after the header) and earlier conversations as history.",
             "cornell = " + result.get("cornell", "the Cornell Movie-Dialogs layout") + "."]
     return "\n".join(out) + "\n"
 
