@@ -18,6 +18,7 @@ from usertwin.text.render import OMITTED, Renderer
 from usertwin.text.tokens import SequenceEncoder, measure
 
 MARK = OMITTED["en"]
+ASK = "Write the next line this user says:"
 
 
 def _contents(tl) -> list[str]:
@@ -76,7 +77,8 @@ def test_each_turn_is_rendered_once_lines_as_assistant_turns(tokenizer):
     assert [rendered.text[s:e] for s, e, _ in spans] == [it.continuation + "<|im_end|>" for it in tl.items]
     msgs = r.messages(tl, everything)
     assert all(m["content"].startswith("c") for m in msgs[2::2])  # assistant turns: the twin's lines only
-    assert sum("[CONTEXT]" in m["content"] for m in msgs) == 3  # one opening per conversation
+    opening = [m["content"] for m in msgs if "[CONTEXT]" in m["content"]]  # one per conversation
+    assert len(opening) == sum(ASK in m["content"] for m in msgs) == 3 and all(o.endswith(ASK) for o in opening)
     assert msgs[-4:] == [{"role": "user", "content": "CAMERON: c2 question 3?"},
                          {"role": "assistant", "content": "c2 answer 3"},  # said, no item: no loss
                          {"role": "user", "content": "CAMERON: c2 question 4?"},
@@ -90,16 +92,17 @@ def test_max_context_turns_shows_the_last_n_turns_of_the_conversation_with_a_mar
     r = Renderer(cfg, tokenizer)
     sample = Sample("c1", 3, select_history(tl, 3, cfg, 42))  # the first conversation: no history
     assert [m["content"] for m in r.messages(tl, sample.history + [3])[1:]] == [
-        f"[CONTEXT]\n{MARK}\nCAMERON: c0 question 2?", "c0 answer 2", "CAMERON: c0 question 3?", "c0 answer 3"]
+        f"[CONTEXT]\n{MARK}\nCAMERON: c0 question 2?\n{ASK}", "c0 answer 2", "CAMERON: c0 question 3?",
+        "c0 answer 3"]
     later = Sample("c1", 7, select_history(tl, 7, cfg, 42))  # history: conversation 0, then 3 turns
     msgs = r.messages(tl, later.history + [7])
-    assert [m["content"] for m in msgs[-4:]] == [f"[CONTEXT]\n{MARK}\nCAMERON: c1 question 2?", "c1 answer 2",
-                                                 "CAMERON: c1 question 3?", "c1 answer 3"]
+    assert [m["content"] for m in msgs[-4:]] == [f"[CONTEXT]\n{MARK}\nCAMERON: c1 question 2?\n{ASK}",
+                                                 "c1 answer 2", "CAMERON: c1 question 3?", "c1 answer 3"]
     assert sum("c1 " in m["content"] for m in msgs) == 4  # 3 turns and the line: nothing older of it
     whole = Renderer(Config(max_context_turns=100), tokenizer).messages(tl, [3])
     assert MARK not in whole[1]["content"] and "c0 lead 0?" in whole[1]["content"]
     none = Renderer(Config(max_context_turns=0), tokenizer).messages(tl, [3])
-    assert [m["content"] for m in none[1:]] == [f"[CONTEXT]\n{MARK}", "c0 answer 3"]
+    assert [m["content"] for m in none[1:]] == [f"[CONTEXT]\n{MARK}\n{ASK}", "c0 answer 3"]
 
 
 def _windows(tl, renderer, tokenizer, max_length, split_labels=None):
@@ -192,7 +195,7 @@ def test_token_ratio_is_what_the_benchmark_reports(tmp_path, tokenizer):
     assert (rows["full"]["tokens"], rows["timeline"]["tokens"]) == (EXACT_FULL, EXACT_TIMELINE)
 
 
-EXACT_FULL, EXACT_TIMELINE = 4762, 1121  # the fixture's exact train tokens (4.25x), test tokenizer of conftest
+EXACT_FULL, EXACT_TIMELINE = 5198, 1182  # the fixture's exact train tokens (4.40x), test tokenizer of conftest
 
 
 def test_inspect_dump_offsets_point_at_each_line(tmp_path, tokenizer):

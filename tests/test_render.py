@@ -78,13 +78,16 @@ def test_dialogue_own_turns_and_interlocutors(tokenizer):
     """The twin's own turns are assistant turns, the other speakers' lines user turns, named."""
     tl = dialogue_timeline(4)
     text = Renderer(RenderSettings(), tokenizer).render(tl, [1], [1]).text
-    assert text.endswith("user\n[CONTEXT]<|im_end|>\n<|im_start|>assistant\nearlier 1<|im_end|>\n"
-                         "<|im_start|>user\nCAMERON: question 1?<|im_end|>\n<|im_start|>assistant\nanswer 1<|im_end|>")
+    ask = "Write the next line this user says:"
+    assert text.endswith(f"user\n[CONTEXT]\n{ask}<|im_end|>\n<|im_start|>assistant\nearlier 1<|im_end|>\n"
+                         "<|im_start|>user\nCAMERON: question 1?<|im_end|>\n<|im_start|>assistant\n"
+                         "answer 1<|im_end|>")  # the instruction: once, where the conversation opens
     role_tl = Timeline("x", {"name": "HP"}, "t", "en", [Item(
         continuation="hi", collection="dialogue",
         context=[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "mine"}])])
     r = Renderer(RenderSettings(), None)
-    assert [m["content"] for m in r.messages(role_tl, [0])[1:]] == ["[CONTEXT]\nOther: hello", "mine", "", "hi"]
+    assert [m["content"] for m in r.messages(role_tl, [0])[1:]] == [
+        f"[CONTEXT]\nOther: hello\n{ask}", "mine", "", "hi"]
 
 
 def test_language_follows_the_data_and_can_be_overridden():
@@ -95,7 +98,7 @@ def test_language_follows_the_data_and_can_be_overridden():
     text = Renderer(RenderSettings(language="en"), None).render(tl, [0], [0]).text
     assert "Write the review this user writes for this movie:" in text
     ja = Timeline("j", {}, "t", None, [Item(continuation="すごく寒いです！", collection="dialogue")])
-    assert "このユーザーの次の発話" in Renderer(RenderSettings(use_context=False), None).render(ja, [0], [0]).text
+    assert "このユーザーの次の発話" in Renderer(RenderSettings(), None).render(ja, [0], [0]).text
     ja.items[0].context = [{"source": "相手", "content": "寒いですね"}] * 20  # more than max_context_turns
     assert "（これより前の会話は省略）" in Renderer(RenderSettings(), None).render(ja, [0], [0]).text
 

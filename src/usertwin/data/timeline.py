@@ -31,11 +31,13 @@ class Timeline:
     language: str | None
     items: list  # list[records.Item], time order
     record_index: int = 0
-    context_cut: dict = field(default_factory=dict)  # position -> oldest context turns dropped to fit max_length
 
     @functools.cached_property
     def is_dialogue(self) -> bool:
         return any(is_dialogue_item(it) for it in self.items)
+
+    # position -> oldest context turns dropped to fit max_length (the rendering marks the cut); the last field
+    context_cut: dict = field(default_factory=dict)
 
     @functools.cached_property
     def conversations(self) -> Conversations:

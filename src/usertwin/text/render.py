@@ -89,8 +89,6 @@ PHRASES = {
     },
 }
 
-# the line that stands for a conversation's turns left out (max_context_turns, or cut to fit max_length)
-OMITTED = {"en": "(earlier turns omitted)", "zh": "（更早的对话已省略）", "ja": "（これより前の会話は省略）"}
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -299,14 +297,16 @@ class PromptStyle:
         lines = self.context(turns, phrases) if turns else []
         return "\n".join(lines + self.item(item, phrases))
 
-    def conversation_turn(self, lines: list[tuple[str, object]], opening: bool, omitted: str, about: str,
+    def conversation_turn(self, lines: list[tuple[str, object]], opening: bool, omitted: str, about: str, item,
                           phrases: dict) -> str:
         """The user turn before one of the twin's lines in a conversation: the other speakers' lines since the
-        twin's previous line, as (speaker, content). A conversation opens with the context heading, then
-        `omitted` when its earlier turns are left out; `about` is the item's prefix, if any."""
-        head = [self.heading("context", phrases)] if opening else []
-        tail = [about] if about else []
-        return "\n".join(head + ([omitted] if omitted else []) + [f"{who}: {c}" for who, c in lines] + tail)
+        twin's previous line, as (speaker, content), then `about` (the item's prefix, when it has one). The
+        first turn of a conversation opens with the context heading (then `omitted` when its earlier turns
+        are left out) and ends with the instruction: once per conversation, as the turns that follow are
+        plainly the same exchange."""
+        head = [self.heading("context", phrases)] + ([omitted] if omitted else []) if opening else []
+        tail = ([about] if about else []) + ([self.instruction(item, phrases)] if opening else [])
+        return "\n".join(head + [f"{who}: {c}" for who, c in lines] + tail)
 
 
 @register_style
@@ -342,6 +342,10 @@ class DetailedStyle(PromptStyle):
 
 
 # ---------------------------------------------------------------- sequences
+
+
+# the line that stands for a conversation's turns left out (max_context_turns, or cut to fit max_length)
+OMITTED = {"en": "(earlier turns omitted)", "zh": "（更早的对话已省略）", "ja": "（これより前の会話は省略）"}
 
 
 class Renderer:
@@ -468,16 +472,15 @@ class Renderer:
         name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
         item = tl.items[pos]
         pairs, lines = [], []
-        for turn in turns:
-            if is_own_turn(turn, name):
-                pairs.append((self.style.conversation_turn(lines, opening and not pairs, omitted if not pairs else "",
-                                                           "", ph), str(turn.get("content", ""))))
-                lines = []
-            else:
+        for turn in turns + [None]:  # None: the item's own line
+            if turn is not None and not is_own_turn(turn, name):
                 lines.append(self._speaker(turn, ph))
-        user = self.style.conversation_turn(lines, opening and not pairs, omitted if not pairs else "",
-                                            item.prefix.strip(), ph)
-        return pairs + [(user, item.continuation)]
+                continue
+            about = item.prefix.strip() if turn is None else ""
+            user = self.style.conversation_turn(lines, opening and not pairs, omitted, about, item, ph)
+            pairs.append((user, item.continuation if turn is None else str(turn.get("content", ""))))
+            lines = []
+        return pairs
 
     def _speaker(self, turn: dict, ph: dict) -> tuple[str, object]:
         """(speaker, content) of another speaker's turn: its source name, else "other" for a role-tagged turn."""
