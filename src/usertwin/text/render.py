@@ -14,8 +14,9 @@ window equals its loss as a sample of its own with the same earlier items as his
 A dialogue line (context shown) is a conversation, not an item block: the other speakers' lines since the
 twin's previous line are a user turn, each line of the twin an assistant turn. A line right after an earlier
 line of its conversation in the sequence brings only the turns new since then, so consecutive lines of a
-conversation render each turn once; where a line opens its conversation in a sequence it shows the last
-max_context_turns turns before it (a marker line when earlier ones are left out). A line's rendering depends
+conversation render each turn once; where a line opens its conversation in a sequence it shows the context
+heading, the last max_context_turns turns before it (a marker line when earlier ones are left out) and the
+instruction, once for the conversation. A line's rendering depends
 only on the item before it, never on which items carry loss, so the prefix property holds as for items.
 How the parts are written (headings, profile lines, the item's lines) is a prompt style: a PromptStyle
 subclass registered by name in STYLES; the Renderer decides which parts appear and looks the style up.
