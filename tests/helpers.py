@@ -40,6 +40,27 @@ def dialogue_timeline(n: int = 20, name: str = "BIANCA") -> Timeline:
     return Timeline("c1", {"name": name, "gender": "f"}, "Speak as this character.", "en", items)
 
 
+def conversation_timeline(sizes=(4, 6, 5), name: str = "BIANCA", lead: int = 0, unsaid: int | None = 2) -> Timeline:
+    """Dialogue lines of `name` in len(sizes) conversations with CAMERON, sizes[c] lines each, every item's
+    context the whole conversation before its line (so consecutive items of a conversation share turns).
+    The first conversation opens with `lead` extra exchanges before her first item; conversation 1 opens
+    with her own line; in the last one, line `unsaid` is said but is no item (a gap)."""
+    items, pos = [], 0
+    for c, n in enumerate(sizes):
+        turns = []
+        for k in range(lead if c == 0 else 0):
+            turns += [{"source": "CAMERON", "content": f"c{c} lead {k}?"}, {"source": name, "content": f"c{c} led {k}"}]
+        for j in range(n):
+            if not (c == 1 and j == 0):
+                turns.append({"source": "CAMERON", "content": f"c{c} question {j}?"})
+            line = f"c{c} answer {j}"
+            if not (c == len(sizes) - 1 and j == unsaid):
+                items.append(Item(continuation=line, context=list(turns), collection="dialogue", position=pos))
+                pos += 1
+            turns.append({"source": name, "content": line})
+    return Timeline("c1", {"name": name, "gender": "f"}, "Speak as this character.", "en", items)
+
+
 def write_records(path, records, jsonl: bool = True):
     """Write records (raw dicts or Records) to `path` as JSON Lines, or as one JSON list; returns `path`.
 

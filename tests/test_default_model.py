@@ -26,10 +26,7 @@ def test_smollm2_pieces_match_its_template(smol):
     r = Renderer(RenderSettings(), smol)
     assert r.fmt.eot == "<|im_end|>" and r.fmt.header_pre == "<|im_start|>system\n"
     tl = dialogue_timeline(5)
-    msgs = [{"role": "system", "content": r.system_text(tl)}]
-    for pos in range(3):
-        msgs += [{"role": "user", "content": r.user_text(tl, pos)},
-                 {"role": "assistant", "content": tl.items[pos].continuation}]
+    msgs = r.messages(tl, [0, 1, 2])
     assert smol.apply_chat_template(msgs, tokenize=False).rstrip("\n") == r.render(tl, [0, 1, 2], [2]).text
     # the generation prompt of the template is exactly what precedes a target
     gen = smol.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)

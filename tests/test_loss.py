@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_model
-from helpers import dialogue_timeline, rating_timeline
+from helpers import conversation_timeline, dialogue_timeline, rating_timeline
 
-from usertwin.config import RenderSettings
+from usertwin.config import Config, RenderSettings
+from usertwin.data.timeline import build_windows
 from usertwin.text.batching import packed_batch, padded_batch
 from usertwin.text.render import Renderer
-from usertwin.text.tokens import SequenceEncoder
+from usertwin.text.tokens import SequenceEncoder, measure
 from usertwin.train.model import TargetLoss, batch_tensors
 
 
@@ -44,6 +45,30 @@ def test_timeline_loss_equals_sample_loss(kind, make_tl, tokenizer):
         sample = encoder.encode(tl, list(range(k + 1)), [k])
         single = _per_target(model, packed_batch([sample]), [sample])[k]
         assert abs(multi[k] - single) / abs(single) <= 1e-4, (k, multi[k], single)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_dialogue_window_loss_equals_sample_loss(kind, tokenizer):
+    """Dialogue windows render each turn of a conversation once: a line's loss there == its loss as its own
+    sample (its conversation's turns then the line, the same earlier items as history). Windows as prepare
+    builds them (conversations cut at turn boundaries, max_context_turns 4), packed into one row."""
+    tl = conversation_timeline((5, 7, 6), lead=3)
+    renderer = Renderer(Config(max_context_turns=4), tokenizer)
+    encoder = SequenceEncoder(renderer, tokenizer)
+    ln = measure(renderer, tokenizer, tl)
+    labels = ["val"] * 2 + ["train"] * (len(tl.items) - 2)  # the first lines are history only
+    windows = build_windows(tl, labels, "train", ln.blocks(), ln.header, ln.join, 300, follow=ln.follow_blocks())
+    assert len(windows) >= 3 and any(tl.conversations.start[w.items[0]] < w.items[0] for w in windows)
+    encs = [encoder.encode(tl, w.items, w.targets) for w in windows]
+    samples = [encoder.encode(tl, w.items[:w.items.index(t) + 1], [t]) for w in windows for t in w.targets]
+    starts = [e.input_ids for e, w in zip(encs, windows) for _ in w.targets]
+    assert all(w[:len(s.input_ids)] == s.input_ids for w, s in zip(starts, samples))  # token-identical prefixes
+    model = TargetLoss(tiny_model(kind, len(tokenizer))).eval()
+    multi = _per_target(model, packed_batch(encs), encs)
+    single = _per_target(model, packed_batch(samples), samples)
+    assert sorted(multi) == sorted(single) == list(range(2, len(tl.items)))
+    for k, loss in single.items():
+        assert abs(multi[k] - loss) / abs(loss) <= 1e-4, (k, multi[k], loss)
 
 
 def test_packed_rows_isolate_sequences(tokenizer):

@@ -78,24 +78,31 @@ def test_sample_is_a_prefix_of_the_window(tokenizer):
         assert window.text.startswith(sample.text)
         (s, e, p), = sample.target_spans()
         assert (s, e) == wspans[k] and p == k
-    # and the chat template itself agrees with our pieces
-    msgs = [{"role": "system", "content": r.system_text(tl)}]
-    for pos in range(3):
-        msgs += [{"role": "user", "content": r.user_text(tl, pos)},
-                 {"role": "assistant", "content": tl.items[pos].continuation}]
-    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    # and the chat template itself agrees with our pieces (an own earlier turn is an assistant turn)
+    full = tokenizer.apply_chat_template(r.messages(tl, [0, 1, 2]), tokenize=False)
     assert full.rstrip("\n") == r.render(tl, [0, 1, 2], [2]).text
+    rating = rating_timeline(3)
+    msgs = [{"role": "system", "content": r.system_text(rating)}]
+    for pos in range(3):
+        msgs += [{"role": "user", "content": r.user_text(rating, pos)},
+                 {"role": "assistant", "content": rating.items[pos].continuation}]
+    assert msgs == r.messages(rating, [0, 1, 2])
 
 
-def test_dialogue_own_turns_and_interlocutors():
+def test_dialogue_own_turns_and_interlocutors(tokenizer):
+    """The twin's own turns are assistant turns, the other speakers' lines user turns, named."""
     tl = dialogue_timeline(4)
-    text = Renderer(RenderSettings(), None).render(tl, [1], [1]).text
-    assert "You: earlier 1\nCAMERON: question 1?" in text
+    text = Renderer(RenderSettings(), tokenizer).render(tl, [1], [1]).text
+    ask = "Write the next line this user says:"
+    assert text.endswith(f"user\n[CONTEXT]\n{ask}<|im_end|>\n<|im_start|>assistant\nearlier 1<|im_end|>\n"
+                         "<|im_start|>user\nCAMERON: question 1?<|im_end|>\n<|im_start|>assistant\n"
+                         "answer 1<|im_end|>")  # the instruction: once, where the conversation opens
     role_tl = Timeline("x", {"name": "HP"}, "t", "en", [Item(
         continuation="hi", collection="dialogue",
         context=[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "mine"}])])
-    text = Renderer(RenderSettings(), None).render(role_tl, [0], [0]).text
-    assert "Other: hello\nYou: mine" in text
+    r = Renderer(RenderSettings(), None)
+    assert [m["content"] for m in r.messages(role_tl, [0])[1:]] == [
+        f"[CONTEXT]\nOther: hello\n{ask}", "mine", "", "hi"]
 
 
 def test_language_follows_the_data_and_can_be_overridden():
@@ -107,6 +114,8 @@ def test_language_follows_the_data_and_can_be_overridden():
     assert "Write the review this user writes for this movie:" in text
     ja = Timeline("j", {}, "t", None, [Item(continuation="すごく寒いです！", collection="dialogue")])
     assert "このユーザーの次の発話" in Renderer(RenderSettings(), None).render(ja, [0], [0]).text
+    ja.items[0].context = [{"source": "相手", "content": "寒いですね"}] * 20  # more than max_context_turns
+    assert "（これより前の会話は省略）" in Renderer(RenderSettings(), None).render(ja, [0], [0]).text
 
 
 def test_detailed_style_and_block_layout():
@@ -192,7 +201,7 @@ def test_a_movie_character_is_a_character_and_its_ids_stay_out_of_the_prompt(tmp
     assert text.startswith("<|im_start|>system\n[USER_PROFILE]\n[USER_NAME=BIANCA]\n[USER_GENDER=f]\n"
                            "[USER_MOVIE_TITLE=10 things i hate about you]\n[USER_MOVIE_YEAR=1999]\n"
                            "[USER_MOVIE_GENRES=comedy, romance]\n\n[TASK]\n")
-    assert text.count("Write the next line this character says:") == 2
+    assert text.count("Write the next line this character says:") == 1  # items 0 and 1 are one conversation: its opening instruction is rendered once
     assert "this user" not in text and "MOVIE_ID" not in text and "CREDIT" not in text
     detailed = Renderer(RenderSettings(prompt_style="detailed"), None).render(bianca, [0], [0]).text
     assert detailed.startswith("=== Character profile ===\nname: BIANCA\n")

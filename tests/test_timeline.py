@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import dialogue_timeline, rating_records, rating_timeline
+from helpers import conversation_timeline, dialogue_timeline, rating_records, rating_timeline
 
 from usertwin.config import Config, SplitSettings
 from usertwin.data.timeline import (
@@ -71,10 +71,19 @@ def test_random_history_is_seeded_subset_of_earlier_items():
     assert any(select_history(tl, 20, cfg, seed=s) != h for s in range(43, 48))
 
 
-def test_dialogue_history_capped_by_max_context_turns():
-    tl = dialogue_timeline(30)
-    assert select_history(tl, 25, Config(), 42) == list(range(10, 25))
-    assert select_history(tl, 25, Config(max_context_turns=4), 42) == [21, 22, 23, 24]
+def test_dialogue_history_is_earlier_conversations_capped_by_max_history_items():
+    """A line's own conversation is its context, not history; max_context_turns caps that context's turns
+    (test_dialogue.py), max_history_items the history items."""
+    tl = conversation_timeline((4, 6, 5))  # items 0-3, 4-9, 10-13 (the last conversation has a gap)
+    assert [tl.conversations.start[p] for p in (0, 3, 4, 9, 10, 13)] == [0, 0, 4, 4, 10, 10]
+    assert select_history(tl, 8, Config(), 42) == [0, 1, 2, 3]
+    assert select_history(tl, 12, Config(), 42) == list(range(10))
+    assert select_history(tl, 12, Config(max_history_items=3), 42) == [7, 8, 9]
+    assert select_history(tl, 12, Config(max_context_turns=2), 42) == list(range(10))
+    assert select_history(tl, 12, Config(history_strategy="fixed_count", fixed_history_count=2), 42) == [8, 9]
+    assert select_history(tl, 2, Config(), 42) == []
+    unlinked = dialogue_timeline(30)  # every line its own conversation: all earlier lines are history
+    assert select_history(unlinked, 25, Config(), 42) == list(range(25))
 
 
 def _setup(sizes=(20, 10, 3)):

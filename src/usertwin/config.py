@@ -159,8 +159,11 @@ class SampleSettings:
     max_history_items: int | None = setting(None, "sample unit: at most this many history items, the most "
                                                   "recent kept; unset: no cap", aliases=("history_max_items",),
                                             shapes_data=True, minimum=0)
-    max_context_turns: int = setting(15, "sample unit, dialogue: at most this many of the user's own earlier "
-                                         "lines as history", shapes_data=True, minimum=0)
+    max_context_turns: int = setting(15, "dialogue: turns of the current conversation shown before a line where "
+                                         "it opens a sequence (the last ones, after a line saying earlier turns "
+                                         "were left out); later lines of it in a timeline window also see the "
+                                         "turns between. History items: max_history_items", shapes_data=True,
+                                         minimum=0)
     max_samples_per_user: int | None = setting(None, "sample unit: at most this many training targets per user, "
                                                      "drawn at random; unset: all", shapes_data=True, minimum=1)
     one_sample_per_user: bool = setting(False, "sample unit: only each user's latest training target, with every "

@@ -35,7 +35,7 @@ from usertwin.rundir import RunDir
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, load_tokenizer, measure_all, tokenizer_id
 
-CACHE_VERSION = 2  # bump when what prepare builds changes for the same inputs
+CACHE_VERSION = 3  # bump when what prepare builds changes for the same inputs
 
 
 @dataclass
@@ -120,8 +120,9 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
     renderer = Renderer(cfg, tokenizer)
     cut = trim_long_contexts(timelines, renderer, tokenizer, cfg.max_length)
     if cut:
-        warnings.append(f"{cut['items']} item(s) longer than max_length {cfg.max_length} with their whole context: "
-                        f"dropped their {cut['turns']} oldest context turn(s) so that they fit (never the target)")
+        warnings.append(f"{cut['items']} item(s) longer than max_length {cfg.max_length} with their whole context (a "
+                        "dialogue line's turns: longer than the window_history_fraction share of it): dropped their "
+                        f"{cut['turns']} oldest context turn(s) so that they fit (never the target)")
     key = cache_key(cfg, data_hash, tokenizer_id(tokenizer)) if use_cache else ""
     cache_file = _cache_dir(cfg) / f"prepared-{key}.json"
     if use_cache and cache_file.is_file():
@@ -144,42 +145,68 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
 
 
 def trim_long_contexts(timelines, renderer, tokenizer, max_length: int) -> dict:
-    """Items that do not fit max_length even alone lose their oldest context turns (the context is
-    conditioning; the target is never cut). Done before anything is measured, so every later rendering --
-    training, inspect, predict -- sees the same trimmed item. Returns counts ({} when nothing was cut)."""
+    """Items whose context does not fit lose their oldest context turns (the context is conditioning; the
+    target is never cut). An item must fit max_length alone; a dialogue line's turns before it must also fit
+    the history share (window_history_fraction) of the room the header leaves, as history does in a window
+    -- so a window that starts inside a conversation still has room for targets. Done before anything is
+    measured, so every later rendering -- training, inspect, predict -- sees the same trimmed item; a cut
+    dialogue line shows the omitted-turns marker, and conversations are relinked from the cut contexts.
+    Returns counts ({} when nothing was cut)."""
     if not any(it.context for tl in timelines for it in tl.items):
         return {}
+    share = getattr(renderer.cfg, "window_history_fraction", 0.5)
     items = turns = 0
     by_user = _index(timelines)
     for uid, ln in measure_all(renderer, tokenizer, timelines).items():
-        tl = by_user[uid]
-        for pos, it in enumerate(tl.items):
-            if ln.header + ln.block(pos) <= max_length or not it.context:
-                continue
-            lo, hi = 1, len(it.context)  # the fewest oldest turns to drop so that the item fits
-            full = list(it.context)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                it.context = full[mid:]
-                if ln.header + _block_len(renderer, tokenizer, tl, pos) <= max_length:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            it.context = full[lo:]
-            items += 1
-            turns += lo
+        n_items, n_turns = _trim_timeline(by_user[uid], ln, renderer, tokenizer, max_length, share)
+        items += n_items
+        turns += n_turns
+    for tl in timelines:
+        if tl.context_cut:
+            tl.relink()
     return {"items": items, "turns": turns} if items else {}
+
+
+def _trim_timeline(tl, ln, renderer, tokenizer, max_length: int, share: float) -> tuple[int, int]:
+    """trim_long_contexts for one timeline: (items cut, turns dropped)."""
+    room = share * (max_length - ln.header)
+
+    def fits(pos: int, prompt: int, target: int) -> bool:
+        return ln.header + prompt + target <= max_length and (prompt <= room or not renderer.converses(tl, pos))
+
+    items = turns = 0
+    for pos, it in enumerate(tl.items):
+        if not it.context or fits(pos, ln.prompt[pos], ln.target[pos]):
+            continue
+        lo, hi = 1, len(it.context)  # the fewest oldest turns to drop so that the item fits
+        full = list(it.context)
+        tl.context_cut[pos] = 0  # (its renderings while searching show the marker, as the cut one will)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            it.context = full[mid:]
+            if fits(pos, *_item_len(renderer, tokenizer, tl, pos)):
+                hi = mid
+            else:
+                lo = mid + 1
+        it.context = full[lo:]
+        tl.context_cut[pos] = lo
+        items += 1
+        cap = renderer.max_context_turns if renderer.converses(tl, pos) else len(full)
+        turns += min(cap, len(full)) - min(cap, len(full) - lo)  # of the turns it showed
+    return items, turns
 
 
 def _index(timelines) -> dict:
     return {tl.user_id: tl for tl in timelines}
 
 
-def _block_len(renderer, tokenizer, tl, pos: int) -> int:
+def _item_len(renderer, tokenizer, tl, pos: int) -> tuple[int, int]:
+    """(prompt, target) tokens of item `pos` where it opens a sequence."""
     from usertwin.text.tokens import encode_many
 
     segs = renderer.item_segments(tl, pos, first=True, target=True)
-    return sum(len(x) for x in encode_many(tokenizer, [seg.text for seg in segs]))
+    n = [len(x) for x in encode_many(tokenizer, [seg.text for seg in segs])]
+    return sum(n[:-1]), n[-1]
 
 
 def _progress(it, on: bool, desc: str):
@@ -199,7 +226,8 @@ def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None
         for tl in timelines:
             ln = lengths[tl.user_id]
             ws = build_windows(tl, splits[tl.user_id], split, ln.blocks(), ln.header, ln.join, cfg.max_length,
-                               cfg.window_history_fraction, renderer.use_history, wst)
+                               cfg.window_history_fraction, renderer.use_history, wst, ln.follow_blocks(),
+                               share_of_room=renderer.use_context and tl.is_dialogue)
             out.extend(ws)
             if ws:
                 st.users += 1
@@ -236,18 +264,19 @@ def fit_sample(cfg, renderer, tl, ln: ItemLengths, s: Sample, tokenizer=None):
     """Drop the oldest history until the sample fits max_length; None if the target alone does not fit."""
     if cfg.history_layout == "block":
         return _fit_block(cfg, renderer, tl, s, tokenizer)
-    budget = cfg.max_length - ln.header - ln.block(s.target)
-    if budget < 0:
+    used = ln.header + ln.block(s.target)
+    if used > cfg.max_length:
         return None
-    kept = 0  # walk back from the most recent history item while it fits
+    kept, front = 0, s.target  # walk back from the most recent history item while it fits
     for h in reversed(s.history):
-        cost = ln.block(h) + ln.join
-        if cost > budget:
+        # h opens the sequence; the old front now follows it (only its new turns, within one conversation)
+        grown = used - ln.block(front) + ln.after(h, front) + ln.block(h) + ln.join
+        if grown > cfg.max_length:
             break
-        budget -= cost
+        used, front = grown, h
         kept += 1
     hist = list(s.history[len(s.history) - kept:])
-    return Sample(s.user_id, s.target, hist, s.split), cfg.max_length - budget, len(s.history) - kept
+    return Sample(s.user_id, s.target, hist, s.split), used, len(s.history) - kept
 
 
 def _fit_block(cfg, renderer, tl, s: Sample, tokenizer):

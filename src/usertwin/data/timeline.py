@@ -35,7 +35,18 @@ class Timeline:
 
     @functools.cached_property
     def is_dialogue(self) -> bool:
-        return any(it.collection in ("dialogue", "conversation") for it in self.items)
+        return any(is_dialogue_item(it) for it in self.items)
+
+    # position -> oldest context turns dropped to fit max_length (the rendering marks the cut); the last field
+    context_cut: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def conversations(self) -> Conversations:
+        return link_conversations(self)
+
+    def relink(self) -> None:
+        """Forget the conversation links (after contexts were cut: they are recomputed from the cut ones)."""
+        self.__dict__.pop("conversations", None)
 
 
 @dataclass
@@ -127,6 +138,84 @@ def own_turn_last(tl: Timeline) -> int:
     return sum(1 for it in tl.items if it.context and is_own_turn(it.context[-1], name))
 
 
+# ---------------------------------------------------------------- conversations
+
+
+DIALOGUE_COLLECTIONS = ("dialogue", "conversation")
+
+
+def is_dialogue_item(item) -> bool:
+    return item.collection in DIALOGUE_COLLECTIONS
+
+
+@dataclass
+class Conversations:
+    """How a timeline's dialogue items share conversations, so that each turn can be rendered once.
+
+    new_from[i]: item i continues the conversation of item i-1, and its context turns from this index on are
+    new (the earlier ones are item i-1's context and line); None: item i opens a conversation (or is no
+    dialogue item). start[i]: the position of the first item of item i's conversation.
+    """
+
+    new_from: list
+    start: list
+
+    def linked(self, i: int) -> bool:
+        return self.new_from[i] is not None
+
+    def chain(self, q: int, p: int) -> bool:
+        """Whether items q < p are of one conversation (every item after q up to p continues it)."""
+        return self.start[p] <= q < p
+
+
+def link_conversations(tl: Timeline) -> Conversations:
+    name = _profile_name(tl)
+    new_from, start = [], []
+    for i, it in enumerate(tl.items):
+        k = _continues(tl.items[i - 1], it, name) if i else None
+        new_from.append(k)
+        start.append(start[i - 1] if k is not None else i)
+    return Conversations(new_from, start)
+
+
+def _profile_name(tl: Timeline) -> str:
+    return str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+
+
+def _continues(prev, item, name: str) -> int | None:
+    """Where `item`'s new context turns start when its context extends prev's context + prev's line, else None.
+
+    The plain case is a prefix match. A context cut to fit max_length (oldest turns dropped) still links when
+    it overlaps the end of prev's turns by two turns or more, or when it holds all of them; one shared turn
+    alone (the twin's line) is too weak a sign: a new conversation may open with the same words.
+    """
+    if not (is_dialogue_item(prev) and is_dialogue_item(item)) or not item.context:
+        return None
+    a, b = prev.metadata.get("conversation_id"), item.metadata.get("conversation_id")
+    if a is not None and b is not None and a != b:
+        return None
+    known = list(prev.context) + [{"own": True, "content": prev.continuation}]
+    ctx = item.context
+    for end in _line_ends(ctx, prev.continuation, name, len(known)):
+        n = min(end, len(known))
+        if all(_same(x, y, name) for x, y in zip(ctx[end - n:end], known[len(known) - n:])):
+            if n == len(known) or n == end and n >= 2:
+                return end
+    return None
+
+
+def _line_ends(ctx: list, line: str, name: str, expected: int):
+    """Candidate ends (exclusive) of prev's line in ctx: where a prefix match puts it first, then the rest."""
+    hits = [j + 1 for j, t in enumerate(ctx) if is_own_turn(t, name) and t.get("content") == line]
+    return sorted(hits, key=lambda e: (e != expected, e))
+
+
+def _same(turn: dict, known: dict, name: str) -> bool:
+    if known.get("own"):
+        return is_own_turn(turn, name) and turn.get("content") == known["content"]
+    return turn == known
+
+
 # ---------------------------------------------------------------- splits
 
 
@@ -172,29 +261,34 @@ def _rng(*parts) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+def history_limit(tl: Timeline, target: int) -> int:
+    """History is drawn from the positions before this one: for a dialogue line, the items before its
+    conversation (the conversation's own earlier lines are its context, not history)."""
+    return tl.conversations.start[target] if tl.is_dialogue else target
+
+
 def select_history(tl: Timeline, target: int, cfg: Config, seed: int) -> list[int]:
-    """Positions shown as history for `target`, by the seeds' strategy names; all < target."""
-    if not cfg.parts()[1] or cfg.history_strategy == "none" or target == 0:
+    """Positions shown as history for `target`, by the seeds' strategy names; all before its conversation."""
+    limit = history_limit(tl, target)
+    if not cfg.parts()[1] or cfg.history_strategy == "none" or limit == 0:
         return []
     n = len(tl.items)
     s = cfg.history_strategy
     if s == "all_previous":
-        hist = list(range(target))
+        hist = list(range(limit))
     elif s == "fixed_ratio":
         # the seeds' meaning: the first history_ratio share of the user's items is the history
         count = int(n * cfg.history_ratio)
-        hist = list(range(min(target, count)))
+        hist = list(range(min(limit, count)))
     elif s == "fixed_count":
         k = cfg.fixed_history_count if cfg.fixed_history_count is not None else min(5, n // 2)
-        hist = list(range(max(0, target - k), target))
+        hist = list(range(max(0, limit - k), limit))
     elif s == "random":
-        k = min(target, max(1, int(target * cfg.history_ratio)))
-        hist = sorted(_rng(seed, tl.user_id, target).sample(range(target), k))
+        k = min(limit, max(1, int(limit * cfg.history_ratio)))
+        hist = sorted(_rng(seed, tl.user_id, target).sample(range(limit), k))
     else:
         raise UsertwinError(f"unknown history_strategy {s!r}; choose one of {', '.join(HISTORY_STRATEGIES)}")
     cap = cfg.max_history_items
-    if tl.is_dialogue:
-        cap = min(cap, cfg.max_context_turns) if cap is not None else cfg.max_context_turns
     if cap is not None and len(hist) > cap:
         hist = hist[len(hist) - cap:]
     return hist
@@ -239,7 +333,7 @@ def iter_samples(timelines, splits, split: str, cfg: Config, epoch: int = 0):
             targets = cands
         for t in targets:
             if cfg.one_sample_per_user and split == "train":
-                hist = list(range(t)) if cfg.parts()[1] else []
+                hist = list(range(history_limit(tl, t))) if cfg.parts()[1] else []
             else:
                 hist = select_history(tl, t, cfg, seed)
             yield Sample(tl.user_id, t, hist, split)
@@ -265,57 +359,74 @@ class WindowStats:
 
 def build_windows(tl: Timeline, labels: list[str], split: str, lengths, header_len: int, join_len: int,
                   max_length: int, history_fraction: float = 0.5, use_history: bool = True,
-                  stats: WindowStats | None = None) -> list[Window]:
+                  stats: WindowStats | None = None, follow=None, share_of_room: bool = False) -> list[Window]:
     """Cut one timeline into windows that fit `max_length` tokens.
 
-    `lengths[i]` is the token length of item i rendered as a block (prompt + target); a sequence of k items
-    costs header_len + sum(lengths) + (k - 1) * join_len. Every target of `split` is a target in exactly one
-    window. A window starts with up to `history_fraction * max_length` tokens of the most recent earlier
-    items (history only), then takes targets in order while they fit; so every target sees at least that
-    much earlier history (or all of it), and the window's later targets see more.
+    `lengths[i]` is the token length of item i rendered as a block (prompt + target) where it opens a
+    sequence or a conversation; `follow[i]`, when not None, its length right after item i-1 of the same
+    conversation (only the turns new since then). A sequence of k items costs header_len + the first item's
+    block + each later item's follow (else block) + (k - 1) * join_len. Every target of `split` is a target
+    in exactly one window. A window starts with up to `history_fraction * max_length` tokens of the most
+    recent earlier items (history only; `share_of_room`: that share of max_length - header_len, for dialogue,
+    whose lines' context is cut to the same share), then takes targets in order while they fit; so every
+    target sees at least that much earlier history (or all of it), and the window's later targets see more. Without history
+    a window still holds the later lines of its first target's conversation: they are that line's context.
     """
     stats = stats if stats is not None else WindowStats()
+    follow = follow if follow is not None else [None] * len(lengths)
+
+    def step(i: int) -> int:  # item i right after item i-1
+        return (lengths[i] if follow[i] is None else follow[i]) + join_len
+
     targets = target_positions(labels, split)
     windows: list[Window] = []
     k = 0
     while k < len(targets):
         first = targets[k]
-        base = header_len + lengths[first]
-        if base > max_length:
+        used = header_len + lengths[first]
+        if used > max_length:
             stats.too_long += 1
             stats.reasons["target longer than max_length"] += 1
             k += 1
             continue
-        hist: list[int] = []
-        used = base
+        front = first
         if use_history:
-            budget = max(history_fraction * max_length, 0)
-            i = first - 1
-            while i >= 0 and used + lengths[i] + join_len <= max_length and \
-                    used - base + lengths[i] + join_len <= budget:
-                hist.append(i)
-                used += lengths[i] + join_len
-                i -= 1
-            hist.reverse()
-            stats.history_dropped += (hist[0] if hist else first)
+            budget = max(history_fraction * (max_length - (header_len if share_of_room else 0)), 0)
+            front, used = _history_front(first, used, lengths, step, join_len, max_length, budget)
+            stats.history_dropped += front
         window_targets = [first]
         k += 1
-        if use_history:
-            # later targets bring the non-target items between them along (as history)
-            while k < len(targets):
-                nxt = targets[k]
-                extra = sum(lengths[j] + join_len for j in range(window_targets[-1] + 1, nxt + 1))
-                if used + extra > max_length:
-                    break
-                used += extra
-                window_targets.append(nxt)
-                k += 1
-        items = hist + list(range(first, window_targets[-1] + 1)) if use_history else [first]
-        windows.append(Window(tl.user_id, items, window_targets, split))
+        while k < len(targets):
+            nxt = targets[k]
+            last = window_targets[-1]
+            if not use_history and any(follow[j] is None for j in range(last + 1, nxt + 1)):
+                break  # without history only the lines of one conversation share a window
+            extra = sum(step(j) for j in range(last + 1, nxt + 1))
+            if used + extra > max_length:
+                break
+            used += extra
+            window_targets.append(nxt)
+            k += 1
+        windows.append(Window(tl.user_id, list(range(front, window_targets[-1] + 1)), window_targets, split))
         stats.windows += 1
         stats.targets += len(window_targets)
         stats.tokens += used
     return windows
+
+
+def _history_front(first: int, used: int, lengths, step, join: int, max_length: int,
+                   budget: float) -> tuple[int, int]:
+    """The oldest item of a window whose first target is `first`, and the window's tokens so far: walk back
+    while it fits and the items before `first` take at most `budget` tokens. Item i put in front opens the
+    sequence; the old front then follows it (a dialogue line: only its new turns)."""
+    front = first
+    base = used - lengths[first] + step(first) - join  # header + first as it is placed after history
+    for i in range(first - 1, -1, -1):
+        grown = used - lengths[front] + step(front) + lengths[i]
+        if grown > max_length or grown - base > budget:
+            break
+        used, front = grown, i
+    return front, used
 
 
 def window_history(window: Window) -> dict[int, list[int]]:

@@ -54,12 +54,13 @@ def dump_rows(prep, renderer, splits=SPLITS):
             for j, pos in enumerate(items):
                 if j:
                     at += ln.join_chars
+                before = ln.chars_before_target(items[j - 1] if j else None, pos)  # a dialogue line: new turns
                 if pos in tset:
-                    prompt_chars = spans[pos] if block else at + ln.prompt_chars[pos]
+                    prompt_chars = spans[pos] if block else at + before
                     yield {"user": seq.user_id, "split": split, "target_index": pos,
                            "history_indices": items[:j], "prompt_chars": prompt_chars,
                            "target_text": tl.items[pos].continuation}
-                at += ln.prompt_chars[pos] + ln.target_chars[pos]
+                at += before + ln.target_chars[pos]
 
 
 def write_dump(prep, renderer, path, splits=SPLITS) -> int:

@@ -11,6 +11,13 @@ Each item is rendered the same way whether it is history or a target, and items 
 `join` text, so the sample "target k with items 0..k-1 as history" is exactly a prefix of the timeline
 window holding items 0..k. This is what makes timeline (multi-target) training exact: each target's loss in a
 window equals its loss as a sample of its own with the same earlier items as history.
+A dialogue line (context shown) is a conversation, not an item block: the other speakers' lines since the
+twin's previous line are a user turn, each line of the twin an assistant turn. A line right after an earlier
+line of its conversation in the sequence brings only the turns new since then, so consecutive lines of a
+conversation render each turn once; where a line opens its conversation in a sequence it shows the context
+heading, the last max_context_turns turns before it (a marker line when earlier ones are left out) and the
+instruction, once for the conversation. A line's rendering depends
+only on the item before it, never on which items carry loss, so the prefix property holds as for items.
 How the parts are written (headings, profile lines, the item's lines) is a prompt style: a PromptStyle
 subclass registered by name in STYLES; the Renderer decides which parts appear and looks the style up.
 With a chat template the turns go through the tokenizer's own template; the template is taken apart once,
@@ -22,8 +29,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from usertwin.config import RenderSettings
-from usertwin.data.timeline import is_own_turn
+from usertwin.config import RenderSettings, SampleSettings
+from usertwin.data.timeline import is_dialogue_item, is_own_turn
 from usertwin.errors import UsertwinError
 
 STYLES: dict[str, PromptStyle] = {}  # name -> style, filled by @register_style below
@@ -335,6 +342,17 @@ class PromptStyle:
         lines = self.context(turns, phrases) if turns else []
         return "\n".join(lines + self.item(item, phrases))
 
+    def conversation_turn(self, lines: list[tuple[str, object]], opening: bool, omitted: str, about: str, item,
+                          phrases: dict) -> str:
+        """The user turn before one of the twin's lines in a conversation: the other speakers' lines since the
+        twin's previous line, as (speaker, content), then `about` (the item's prefix, when it has one). The
+        first turn of a conversation opens with the context heading (then `omitted` when its earlier turns
+        are left out) and ends with the instruction: once per conversation, as the turns that follow are
+        plainly the same exchange."""
+        head = [self.heading("context", phrases)] + ([omitted] if omitted else []) if opening else []
+        tail = ([about] if about else []) + ([self.instruction(item, phrases)] if opening else [])
+        return "\n".join(head + [f"{who}: {c}" for who, c in lines] + tail)
+
 
 @register_style
 class SimpleStyle(PromptStyle):
@@ -371,12 +389,18 @@ class DetailedStyle(PromptStyle):
 # ---------------------------------------------------------------- sequences
 
 
+# the line that stands for a conversation's turns left out (max_context_turns, or cut to fit max_length)
+OMITTED = {"en": "(earlier turns omitted)", "zh": "（更早的对话已省略）", "ja": "（これより前の会話は省略）"}
+
+
 class Renderer:
     """Renders samples and windows of timelines through one prompt style and one chat format."""
 
     def __init__(self, cfg: RenderSettings, tokenizer=None):
         check(cfg)
         self.cfg = cfg
+        # a sample setting, read here because it shapes the rendering; RenderSettings alone: the default
+        self.max_context_turns = getattr(cfg, "max_context_turns", SampleSettings.max_context_turns)
         self.use_profile, self.use_history, self.use_context = cfg.parts()
         self.style = get_style(cfg.prompt_style)
         eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
@@ -434,13 +458,93 @@ class Renderer:
         f = self.fmt
         return f.header_pre + self.system_text(tl, history) + f.header_post
 
-    def item_segments(self, tl, pos: int, first: bool, target: bool) -> list[Segment]:
+    def item_segments(self, tl, pos: int, first: bool, target: bool, after: int | None = None) -> list[Segment]:
+        """Item `pos`'s segments; `after`: the item just before it in the sequence (a dialogue line right after
+        an earlier line of its conversation renders only the turns new since then)."""
+        if self.converses(tl, pos):
+            return self._line_segments(tl, pos, first, target, after)
         f = self.fmt
         segs = [] if first else [Segment(f.join, "join", pos)]
         segs.append(Segment(self.user_text(tl, pos) + f.prompt_post, "prompt", pos))
         cont = tl.items[pos].continuation + f.eot
         segs.append(Segment(cont, "target" if target else "history", pos))
         return segs
+
+    # -- conversations: each turn once, the other speakers' lines as user turns, the twin's as assistant turns
+
+    def converses(self, tl, pos: int) -> bool:
+        """Whether item `pos` renders as a line of a conversation (a dialogue item, context shown)."""
+        return self.use_context and is_dialogue_item(tl.items[pos])
+
+    def follows(self, tl, q: int | None, p: int) -> bool:
+        """Whether item p, right after item q in a sequence, continues q's conversation there."""
+        return q is not None and self.converses(tl, p) and tl.conversations.chain(q, p)
+
+    def follow_texts(self, tl, pos: int) -> list[str] | None:
+        """Texts of item `pos`'s prompt segments right after item pos-1 of its conversation; None where it
+        opens its conversation."""
+        if not pos or not self.follows(tl, pos - 1, pos):
+            return None
+        return [seg.text for seg in self._line_segments(tl, pos, True, True, pos - 1)[:-1]]
+
+    def _line_segments(self, tl, pos: int, first: bool, target: bool, after: int | None) -> list[Segment]:
+        f = self.fmt
+        segs = []
+        pairs = self._pairs(tl, pos, after)
+        for n, (user, line) in enumerate(pairs):
+            if n or not first:
+                segs.append(Segment(f.join, "join", pos))
+            segs.append(Segment(user + f.prompt_post, "prompt", pos))
+            kind = "target" if target and n == len(pairs) - 1 else "history"
+            segs.append(Segment(line + f.eot, kind, pos))
+        return segs
+
+    def _pairs(self, tl, pos: int, after: int | None) -> list[tuple[str, str]]:
+        """(user text, the twin's line) turn pairs that bring item `pos`'s line into the sequence: the turns
+        new since `after` when it continues that item's conversation, else the conversation's last
+        max_context_turns turns before the line (with a marker when earlier ones are left out)."""
+        ph = phrases_for(self.language(tl), tl.role)
+        if self.follows(tl, after, pos):
+            return [pair for r in range(after + 1, pos + 1)
+                    for pair in self._turn_pairs(tl, r, tl.items[r].context[tl.conversations.new_from[r]:],
+                                                 False, "", ph)]
+        ctx = tl.items[pos].context
+        keep = max(0, min(len(ctx), self.max_context_turns))
+        cut = keep < len(ctx) or pos in tl.context_cut
+        return self._turn_pairs(tl, pos, ctx[len(ctx) - keep:], True, OMITTED[self.language(tl)] if cut else "", ph)
+
+    def _turn_pairs(self, tl, pos: int, turns: list, opening: bool, omitted: str, ph: dict) -> list:
+        name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+        item = tl.items[pos]
+        pairs, lines = [], []
+        for turn in turns + [None]:  # None: the item's own line
+            if turn is not None and not is_own_turn(turn, name):
+                lines.append(self._speaker(turn, ph))
+                continue
+            about = item.prefix.strip() if turn is None else ""
+            user = self.style.conversation_turn(lines, opening and not pairs, omitted, about, item, ph)
+            pairs.append((user, item.continuation if turn is None else str(turn.get("content", ""))))
+            lines = []
+        return pairs
+
+    def _speaker(self, turn: dict, ph: dict) -> tuple[str, object]:
+        """(speaker, content) of another speaker's turn: its source name, else "other" for a role-tagged turn."""
+        source = turn.get("source")
+        who = str(source).strip() if source is not None and str(source).strip() else ph["other"]
+        return who, turn.get("content", "")
+
+    def messages(self, tl, items: list[int]) -> list[dict]:
+        """The chat messages of a turns-layout sequence (system, then user/assistant pairs): what the chat
+        template renders into the same text."""
+        msgs = [{"role": "system", "content": self.system_text(tl)}]
+        for j, pos in enumerate(items):
+            if self.converses(tl, pos):
+                pairs = self._pairs(tl, pos, items[j - 1] if j else None)
+            else:
+                pairs = [(self.user_text(tl, pos), tl.items[pos].continuation)]
+            for user, line in pairs:
+                msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": line}]
+        return msgs
 
     def render(self, tl, items: list[int], targets) -> Rendered:
         """Render `items` (positions, increasing) of a timeline; `targets` carry loss.
@@ -452,12 +556,12 @@ class Renderer:
         block = self.cfg.history_layout == "block"
         history_in_header = [p for p in items if p not in targets] if block else []
         segs = [Segment(self.header(tl, history_in_header), "header")]
-        first = True
+        prev = None
         for pos in items:
             if block and pos not in targets:
                 continue
-            segs += self.item_segments(tl, pos, first, pos in targets)
-            first = False
+            segs += self.item_segments(tl, pos, prev is None, pos in targets, prev)
+            prev = pos
         return Rendered(segs)
 
     def render_sample(self, tl, sample) -> Rendered:

@@ -83,16 +83,22 @@ def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
 
 @dataclass
 class ItemLengths:
-    """Token (and character) lengths of one timeline's parts under one renderer."""
+    """Token (and character) lengths of one timeline's parts under one renderer.
+
+    An item opens a sequence (or its conversation in it) with `prompt` + `target` tokens; a dialogue line
+    right after the previous line of its conversation costs `follow` + `target` (only the new turns).
+    """
 
     header: int
     join: int
-    prompt: list  # per item: join-less prompt segment
+    prompt: list  # per item: join-less prompt segments where the item opens a sequence or conversation
     target: list  # per item: continuation + end of turn
     header_chars: int
     join_chars: int
     prompt_chars: list
     target_chars: list
+    follow: list | None = None  # per item: join-less prompt after the previous line of its conversation; None: opens
+    follow_chars: list | None = None
 
     def block(self, i: int) -> int:
         return self.prompt[i] + self.target[i]
@@ -100,8 +106,30 @@ class ItemLengths:
     def blocks(self) -> list[int]:
         return [p + t for p, t in zip(self.prompt, self.target)]
 
+    def linked(self, i: int) -> bool:
+        return self.follow is not None and self.follow[i] is not None
+
+    def follow_blocks(self) -> list:
+        """Per item: its tokens right after the previous line of its conversation (None where it opens one)."""
+        return [self.follow[i] + self.target[i] if self.linked(i) else None for i in range(len(self.target))]
+
+    def after(self, q: int | None, p: int) -> int:
+        """Tokens of item p right after item q in a sequence (join not counted): only the turns new since q
+        when both are lines of one conversation (the lines between then render as context), else its block."""
+        if q is None or not q < p or not all(self.linked(r) for r in range(q + 1, p + 1)):
+            return self.block(p)
+        return sum(self.follow[r] + self.target[r] for r in range(q + 1, p + 1)) + (p - q - 1) * self.join
+
+    def chars_before_target(self, q: int | None, p: int) -> int:
+        """Characters of item p right after item q, up to where its target starts (join not counted)."""
+        if q is None or not q < p or not all(self.linked(r) for r in range(q + 1, p + 1)):
+            return self.prompt_chars[p]
+        between = sum(self.follow_chars[r] + self.target_chars[r] for r in range(q + 1, p))
+        return between + (p - q - 1) * self.join_chars + self.follow_chars[p]
+
     def sequence(self, items: list[int]) -> int:
-        return self.header + sum(self.block(i) for i in items) + max(0, len(items) - 1) * self.join
+        prev = [None] + list(items[:-1])
+        return self.header + sum(self.after(q, p) for q, p in zip(prev, items)) + max(0, len(items) - 1) * self.join
 
 
 def measure_all(renderer, tokenizer, timelines, progress: bool = False) -> dict:
@@ -113,24 +141,40 @@ def measure_all(renderer, tokenizer, timelines, progress: bool = False) -> dict:
 
         timelines = tqdm(timelines, desc="render", unit="user", leave=False, mininterval=1.0)
     plan = [(tl.user_id, *_item_texts(renderer, tl)) for tl in timelines]
-    distinct = dict.fromkeys(t for _, header, prompts, targets in plan for t in (header, join, *prompts, *targets))
+    distinct = dict.fromkeys(t for _, header, prompts, targets, follows in plan
+                             for t in (header, join, *_flat(prompts), *targets, *_flat(f for f in follows if f)))
     n = _token_counts(tokenizer, list(distinct))
-    return {uid: ItemLengths(
+    return {uid: _lengths(n, join, header, prompts, targets, follows)
+            for uid, header, prompts, targets, follows in plan}
+
+
+def _flat(lists):
+    return (t for texts in lists for t in texts)
+
+
+def _lengths(n: dict, join: str, header: str, prompts, targets, follows) -> ItemLengths:
+    linked = any(f is not None for f in follows)
+    tokens = lambda texts: sum(n[t] for t in texts)  # noqa: E731
+    chars = lambda texts: sum(len(t) for t in texts)  # noqa: E731
+    return ItemLengths(
         header=n[header], join=n[join] if join else 0,
-        prompt=[n[p] for p in prompts], target=[n[t] for t in targets],
+        prompt=[tokens(p) for p in prompts], target=[n[t] for t in targets],
         header_chars=len(header), join_chars=len(join),
-        prompt_chars=[len(p) for p in prompts], target_chars=[len(t) for t in targets])
-        for uid, header, prompts, targets in plan}
+        prompt_chars=[chars(p) for p in prompts], target_chars=[len(t) for t in targets],
+        follow=[None if f is None else tokens(f) for f in follows] if linked else None,
+        follow_chars=[None if f is None else chars(f) for f in follows] if linked else None)
 
 
-def _item_texts(renderer, tl) -> tuple[str, list[str], list[str]]:
-    """The header and every item's join-less prompt and target segment of one timeline."""
-    prompts, targets = [], []
+def _item_texts(renderer, tl) -> tuple:
+    """The header and, per item, the texts of its join-less prompt segments, of its target segment, and of
+    the prompt segments it has right after the previous line of its conversation (None where it opens one)."""
+    prompts, targets, follows = [], [], []
     for pos in range(len(tl.items)):
-        prompt, target = renderer.item_segments(tl, pos, first=True, target=True)
-        prompts.append(prompt.text)
+        *prompt, target = renderer.item_segments(tl, pos, first=True, target=True)
+        prompts.append([seg.text for seg in prompt])
         targets.append(target.text)
-    return renderer.header(tl), prompts, targets
+        follows.append(renderer.follow_texts(tl, pos))
+    return renderer.header(tl), prompts, targets, follows
 
 
 def _token_counts(tokenizer, texts: list[str], chunk: int = 4096) -> dict[str, int]:
