@@ -269,6 +269,6 @@ def test_register_metric_refuses_what_the_tables_cannot_show(monkeypatch):
     with pytest.raises(ValueError, match="better must be"):
         M.register_metric(M.MetricSpec("text", "meteor", better="more"))
     spec = M.register_metric(M.MetricSpec("rating", "spearman", better="higher"))
-    assert M.spec_of("spearman") is spec and M.headline_keys()[-1] == "spearman"
+    assert M.spec_of("spearman") is spec and M.ordered_keys()[-1] == "spearman"
     table = M.format_table({"global_mean": {**M.rating_metrics([4.0, 3.0], [3.5, 3.0]), "spearman": 0.25}})
     assert table.splitlines()[1].split()[-1] == "spearman" and table.splitlines()[3].split()[-1] == "0.250"

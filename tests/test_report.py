@@ -186,8 +186,11 @@ def test_report_two_runs(tmp_path):
     assert '<meta charset="utf-8">' in text and "script-src" not in text and "default-src 'none'" in text
     assert CHINESE in text and "用户1" in text and "霸王别姬" in text
     assert "http://" not in text and "https://" not in text  # nothing to fetch
-    # the metrics table: identity from config.yaml, training from summary.json, metrics.json flattened
-    assert "profile_and_history_and_context" in text and "fixed_count" in text
+    # the metrics table: identity from config.yaml, training from summary.json, metrics.json flattened; the
+    # run whose ablation shows no history is labelled so, not with the history_strategy it never used
+    assert "profile_and_history_and_context" in text and "fixed_count" not in text
+    table = R.metrics_table([R.load_run(p) for p in runs], None)
+    assert [row["cells"]["history"] for row in table.rows] == ["all_previous", "no history"]
     assert 'title="rating.expected.rmse"' in text and 'title="text.bleu"' in text
     assert 'title="pick.accuracy"' in text and 'title="train.val_loss_after"' in text
     assert "by_activity" not in text
@@ -230,11 +233,18 @@ def test_baselines_in_the_same_table(tmp_path):
     assert bias["rating.most_likely.n"] == 3 and "n" not in bias  # not the runs' count of all rows
     assert not {"rmse", "within_0.5"} & set(table.columns) and "pick.accuracy" not in bias
     assert table.paths["rating.expected.within_0.5"] == ("rating", "expected", "within_0.5")
-    assert '<th title="rating.expected.within_0.5">within_0.5</th>' in text
-    # a group's metrics come before its counts; training columns last
+    assert '<th title="rating.expected.within_0.5">within_0.5 ↑</th>' in text
+    # one count column (targets): the groups' counts are read (by the verdict), not shown; training columns last
     cols = table.columns
-    assert cols.index("rating.expected.rmse") < cols.index("rating.expected.unparseable_share") \
-        < cols.index("rating.expected.n") < cols.index("train.steps")
+    assert "rating.expected.n" in table.paths and not any(c.endswith((".n", ".n_scored", "n_rows")) for c in cols)
+    assert [row["cells"]["targets"] for row in table.rows] == [28, None, 3, 12]  # b: no n in its file
+    assert cols.index("rating.generated.rmse") < cols.index("rating.generated.unparseable_share") \
+        < cols.index("train.steps")
+    # degenerate columns are gone: exact accuracy of the expected rating (a mean), a scored rating's or a
+    # baseline's unparseable share (0 by construction), the all-rows perplexity that repeats the group's
+    assert "rating.expected.accuracy" not in table.paths and "rating.expected.unparseable_share" not in cols
+    assert "perplexity" not in cols and "rating.perplexity" in cols
+    assert "rating.generated.accuracy" not in bias and "rating.generated.unparseable_share" not in bias
     # a text baseline (language zh) meets the run whose columns are text.*
     copy = next(r for r in table.rows if r["name"] == "copy_last_item")["cells"]
     assert copy == {"text.bleu": 4.5, "text.chrf": 10.0, "text.rouge_l": 9.0}  # its count n is no run's column
@@ -406,10 +416,10 @@ def test_a_registered_metric_is_in_both_tables(tmp_path, monkeypatch):
     def report_table():
         return R.metrics_table([R.load_run(p) for p in runs], None)
 
-    # not registered: a count-like column of the report only
+    # not registered: a column without a direction, after the registered metrics
     assert "meteor" not in M.format_table(metrics["big"]).lower()
     cols = report_table().columns
-    assert cols.index("text.zh.n") < cols.index("text.zh.meteor")
+    assert cols.index("text.zh.hyp_len") < cols.index("text.zh.meteor")
     assert "text.zh.meteor" not in tables.best_values(report_table())
 
     M.register_metric(M.MetricSpec("text", "meteor", label="METEOR", better="higher", digits=2))
@@ -418,11 +428,11 @@ def test_a_registered_metric_is_in_both_tables(tmp_path, monkeypatch):
     assert header.split()[-1] == "METEOR" and first.split()[-1] == "6.00"
     table = report_table()
     cols = table.columns
-    assert cols.index("text.zh.distinct_2") < cols.index("text.zh.meteor") < cols.index("text.zh.n")
+    assert cols.index("text.zh.distinct_2") < cols.index("text.zh.meteor") < cols.index("text.zh.hyp_len")
     assert tables.best_values(table)["text.zh.meteor"] == 6.0
     result = R.build_report(runs, tmp_path / "r.html")
     html = result["html"].read_text(encoding="utf-8")
-    assert '<th title="text.zh.meteor">METEOR</th>' in html and '<td class="num best">6.0000</td>' in html
+    assert '<th title="text.zh.meteor">METEOR ↑</th>' in html and '<td class="num best">6.0000</td>' in html
     assert "| **6.0000** |" in result["markdown"].read_text(encoding="utf-8")
 
 
