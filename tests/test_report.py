@@ -247,7 +247,7 @@ def test_baselines_in_the_same_table(tmp_path):
     assert "rating.generated.accuracy" not in bias and "rating.generated.unparseable_share" not in bias
     # a text baseline (language zh) meets the run whose columns are text.*
     copy = next(r for r in table.rows if r["name"] == "copy_last_item")["cells"]
-    assert copy == {"text.bleu": 4.5, "text.chrf": 10.0, "text.rouge_l": 9.0}  # its count n is no run's column
+    assert copy == {"text.bleu": 4.5, "text.chrf": 10.0, "text.rouge_l": 9.0, "targets": 12}  # n: the count column
     assert text.count("<details>") == 4
 
 
