@@ -22,7 +22,13 @@ from usertwin.eval.report.tables import (
     fmt,
     is_number,
 )
-from usertwin.eval.report.verdict import Verdict, ablation_sentence, difference_text, relative_text, value_text
+from usertwin.eval.report.verdict import (
+    Verdict,
+    ablation_sentence,
+    difference_text,
+    relative_text,
+    value_text,
+)
 from usertwin.rundir import RunDir
 
 NO_LOGS = f"no run has training logs ({RunDir(Path()).logs.name})"
