@@ -160,7 +160,8 @@ def _html_metrics(table: Table) -> str:
 
 # ---------------------------------------------------------------- the verdict
 
-VERDICT_HEAD = ("run", "history", "metric", "value", "against", "its value", "difference", "relative", "")
+VERDICT_HEAD = ("run", "history", "metric", "value", "against", "its value", "difference", "relative",
+                "better or worse")
 ABLATION_HEAD = ("metric", "with history", "no history", "difference", "relative", "history is")
 
 
@@ -175,7 +176,7 @@ def _ablation_cells(c) -> list[str]:
             difference_text(c.difference), relative_text(c.relative), c.word]
 
 
-def _html_rows(head, lines, numeric: range, table_id: str) -> str:
+def _html_rows(head, lines, numeric: set, table_id: str) -> str:
     """A small table whose last column is a direction word (better / worse / same), coloured by it."""
     th = "".join(f"<th>{E(h)}</th>" for h in head)
     trs = []
@@ -189,11 +190,11 @@ def _html_rows(head, lines, numeric: range, table_id: str) -> str:
 def _html_verdict(verdict: Verdict, history: dict) -> list[str]:
     parts = ['<h2>Verdict</h2>', f'<p class="verdict">{E(verdict.sentence)}</p>']
     if verdict.rows:
-        parts.append(_html_rows(VERDICT_HEAD, [_verdict_cells(c, history) for c in verdict.rows], range(3, 8), "verdict"))
+        parts.append(_html_rows(VERDICT_HEAD, [_verdict_cells(c, history) for c in verdict.rows], {3, 5, 6, 7}, "verdict"))
     for with_name, without_name, comps in verdict.ablations:
         parts.append(f"<p><b>{E(ablation_sentence(with_name, without_name, comps))}</b></p>")
         if comps:
-            parts.append(_html_rows(ABLATION_HEAD, [_ablation_cells(c) for c in comps], range(1, 5), "ablation"))
+            parts.append(_html_rows(ABLATION_HEAD, [_ablation_cells(c) for c in comps], {1, 2, 3, 4}, "ablation"))
     parts.append('<p class="muted small">difference = value − its reference; relative = difference / |reference|; '
                  "better or worse by the metric's direction (↓ lower is better, ↑ higher is better).</p>")
     return parts
@@ -391,7 +392,7 @@ def _md_metrics(table: Table) -> str:
 def _md_verdict(verdict: Verdict, history: dict) -> list[str]:
     out = ["## Verdict", "", _md(verdict.sentence)]
     if verdict.rows:
-        out += ["", _md_table(list(VERDICT_HEAD[:-1]) + ["better or worse"],
+        out += ["", _md_table(list(VERDICT_HEAD),
                               [[_md(x) for x in _verdict_cells(c, history)] for c in verdict.rows])]
     for with_name, without_name, comps in verdict.ablations:
         out += ["", f"**{_md(ablation_sentence(with_name, without_name, comps))}**"]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from usertwin.eval import metrics as metric_specs
-from usertwin.eval.report.runs import Run, history_label, parts_seen
+from usertwin.eval.report.runs import Run, parts_seen
 from usertwin.eval.report.tables import Table, fmt, is_number
 
 # config keys that name where or how a run was started, not what it learned from
@@ -213,7 +213,3 @@ def ablation_sentence(with_name: str, without_name: str, comparisons: list) -> s
     return (f"with history vs no history: {with_name} vs {without_name} — history is better on {better} of "
             f"{scored} headline metric(s)")
 
-
-def run_history(runs: list[Run]) -> dict:
-    """{run name: what history it saw} for the verdict's rows."""
-    return {r.name: history_label(r) or "–" for r in runs}
