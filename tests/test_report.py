@@ -464,8 +464,8 @@ def _by(verdict, run: str, metric: str):
     return next(c for c in verdict.rows if c.run == run and c.metric == metric)
 
 
-def verdict_rows(html: str, table_id: str) -> list[list[str]]:
-    body = html.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+def verdict_rows(html: str, attrs: str) -> list[list[str]]:
+    body = html.split(f"<table {attrs}>", 1)[1].split("</table>", 1)[0]
     return [re.findall(r"<td[^>]*>([^<]*)</td>", tr) for tr in body.split("<tr>")[2:]]
 
 
@@ -494,7 +494,7 @@ def test_verdict_against_the_best_baseline_of_each_metric(tmp_path):
     html = result["html"].read_text(encoding="utf-8")
     assert html.index('<p class="verdict">') < html.index('<table id="verdict">') < html.index('id="metrics"')
     assert '<details class="full"><summary>All metrics' in html
-    rows = verdict_rows(html, "verdict")
+    rows = verdict_rows(html, 'id="verdict"')
     assert rows[0] == ["good", "all_previous", "expected-rating RMSE", "0.9000", "user_mean", "1.000", "-0.100",
                        "-10.0%", "better"]
     assert ["bad", "all_previous", "expected-rating RMSE", "1.200", "user_mean", "1.000", "+0.200", "+20.0%",
@@ -536,7 +536,7 @@ def test_verdict_ablation_with_and_without_history(tmp_path):
     assert (mae.word, pick.word) == ("worse", "better")
     html = result["html"].read_text(encoding="utf-8")
     assert "with history vs no history: hist vs nohist — history is better on 2 of 3 headline metric(s)" in html
-    assert verdict_rows(html, "ablation")[0] == ["expected-rating RMSE", "0.9000", "1.000", "-0.100", "-10.0%",
+    assert verdict_rows(html, 'class="ablation"')[0] == ["expected-rating RMSE", "0.9000", "1.000", "-0.100", "-10.0%",
                                                  "better"]
     # what each run saw: "no history" whichever way it was switched off
     table = R.metrics_table([R.load_run(p) for p in (without, with_h, other)], None)

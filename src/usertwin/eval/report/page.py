@@ -108,7 +108,7 @@ th,td{border:1px solid #ccc;padding:.25rem .45rem;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.baseline td{background:#fbf6e9;font-style:italic}
 .tag{font-size:.7rem;font-style:normal;background:#c9a227;color:#fff;border-radius:3px;padding:0 .3rem;margin-left:.3rem}
-td.best{font-weight:700}
+td.best{font-weight:700}#metrics th{white-space:nowrap}
 p.verdict{font-size:1.05rem;background:#f4f8fb;border-left:4px solid #4a7fb5;padding:.5rem .8rem}
 td.better{color:#17692f;font-weight:600}td.worse{color:#a12a1f;font-weight:600}
 details.full>summary{font-size:1.25rem;font-weight:600;margin-top:2rem}
@@ -176,7 +176,7 @@ def _ablation_cells(c) -> list[str]:
             difference_text(c.difference), relative_text(c.relative), c.word]
 
 
-def _html_rows(head, lines, numeric: set, table_id: str) -> str:
+def _html_rows(head, lines, numeric: set, attrs: str) -> str:
     """A small table whose last column is a direction word (better / worse / same), coloured by it."""
     th = "".join(f"<th>{E(h)}</th>" for h in head)
     trs = []
@@ -184,17 +184,19 @@ def _html_rows(head, lines, numeric: set, table_id: str) -> str:
         tds = [f'<td class="num">{E(v)}</td>' if j in numeric else f"<td>{E(v)}</td>" for j, v in enumerate(cells)]
         tds[-1] = f'<td class="{E(cells[-1].split(" ", 1)[0])}">{E(cells[-1])}</td>'
         trs.append(f"<tr>{''.join(tds)}</tr>")
-    return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
+    return f'<table {attrs}><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
 
 
 def _html_verdict(verdict: Verdict, history: dict) -> list[str]:
     parts = ['<h2>Verdict</h2>', f'<p class="verdict">{E(verdict.sentence)}</p>']
     if verdict.rows:
-        parts.append(_html_rows(VERDICT_HEAD, [_verdict_cells(c, history) for c in verdict.rows], {3, 5, 6, 7}, "verdict"))
+        lines = [_verdict_cells(c, history) for c in verdict.rows]
+        parts.append(_html_rows(VERDICT_HEAD, lines, {3, 5, 6, 7}, 'id="verdict"'))
     for with_name, without_name, comps in verdict.ablations:
         parts.append(f"<p><b>{E(ablation_sentence(with_name, without_name, comps))}</b></p>")
         if comps:
-            parts.append(_html_rows(ABLATION_HEAD, [_ablation_cells(c) for c in comps], {1, 2, 3, 4}, "ablation"))
+            lines = [_ablation_cells(c) for c in comps]
+            parts.append(_html_rows(ABLATION_HEAD, lines, {1, 2, 3, 4}, 'class="ablation"'))
     parts.append('<p class="muted small">difference = value − its reference; relative = difference / |reference|; '
                  "better or worse by the metric's direction (↓ lower is better, ↑ higher is better).</p>")
     return parts

@@ -140,7 +140,8 @@ def _clause(c: Comparison) -> str:
     what = "chance" if c.versus == "chance" else f"the best baseline ({c.versus})"
     rel = f", {_pct(c.relative)} {c.side}" if c.relative is not None and c.side else ""
     note = f" ({c.note})" if c.note else ""
-    return (f"{c.run} is {c.word} than {what} on {c.metric}: {value_text(c.value)} vs "
+    verb = "is level with" if c.word == "same" else f"is {c.word} than"
+    return (f"{c.run} {verb} {what} on {c.metric}: {value_text(c.value)} vs "
             f"{value_text(c.versus_value)}{rel}{note}")
 
 
