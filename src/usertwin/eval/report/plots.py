@@ -73,6 +73,8 @@ def _draw_train(ax, train: list, color: str, label: str) -> None:
     for k, (a, b, v) in enumerate(partial):
         ax.hlines(v, a, b, color=color, lw=2, ls=":",
                   label=f"{label} train, shorter interval (fewer steps)" if k == 0 else None)
+        ax.annotate(f"{b - a} step{'s' if b - a != 1 else ''}", ((a + b) / 2, v), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize="x-small", color=color)
 
 
 def plot_losses(runs: list[Run]) -> bytes | None:
@@ -90,8 +92,10 @@ def plot_losses(runs: list[Run]) -> bytes | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per target token")
     ax.set_title("Training and validation loss")
+    ax.margins(y=0.1)  # room for a short interval's label at the top
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    # below the axes: a legend inside may hide a short last interval, which is what it explains
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
     return _png(fig)
 
 
