@@ -12,6 +12,10 @@
 
 How the metrics are shown is declared once, in `METRICS` (one `MetricSpec` each): the `usertwin evaluate` table
 here and the report's metrics table both read it, so a new metric is its computing code plus one entry there.
+The specs also say which metrics the report's verdict leads with (`headline`) and which way is better.
+
+The expected rating has no exact accuracy: it is a mean over the scale, almost never a scale value, so its
+"accuracy" was ~0 for any model (see `rating_metrics(on_scale=False)`).
 """
 
 from __future__ import annotations
