@@ -626,3 +626,4 @@ def test_markdown_has_no_html_entities(tmp_path):
     assert "<script>" not in md and "\\<script\\>alert(1)\\</script\\>" in md
     assert page._md("user_item_bias | *5*") == "user_item_bias \\| \\*5\\*"  # inside a word `_` stays plain
     assert page._md("_emphasis_") == "\\_emphasis\\_"
+    assert page._md("run `usertwin evaluate`") == "run `usertwin evaluate`"  # the report's code spans stay

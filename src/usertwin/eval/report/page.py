@@ -358,8 +358,9 @@ def render_html(runs, table, plots, buckets, samples, title, verdict: Verdict) -
 
 
 # Markdown's own escapes (a backslash before the character), never HTML entities: `&` stays `&`, and `<` is
-# written `\<` so that no text of a user becomes HTML where the Markdown is rendered
-_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|])")
+# written `\<` so that no text of a user becomes HTML where the Markdown is rendered. Backticks stay: the
+# report's own sentences name commands in code spans, and a code span in a user's text is harmless.
+_MD_SPECIAL = re.compile(r"([\\*\[\]<>|])")
 _MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")  # inside a word (user_mean) it is plain
 
 
