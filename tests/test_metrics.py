@@ -218,6 +218,10 @@ def test_evaluate_rows_by_hand():
     # most likely: 4 vs 4, 3 vs 2; expected 3.75 vs 4, 2.5 vs 2 (only rows with `rating`)
     assert r["most_likely"]["n"] == 2 and r["most_likely"]["mae"] == pytest.approx(0.5)
     assert r["expected"]["rmse"] == pytest.approx(math.sqrt((0.0625 + 0.25) / 2))
+    # the expected rating is a mean, almost never a scale value: no exact accuracy (it would be ~0 whatever the
+    # model); within 0.5 still says something. The most likely rating is a scale value and keeps it.
+    assert "accuracy" not in r["expected"] and r["expected"]["within_0.5"] == 1.0
+    assert r["most_likely"]["accuracy"] == 0.5
     # perplexity over rating rows: losses 1, 1, 3 weighted by 2, 2, 6
     assert r["perplexity"] == pytest.approx(math.exp((2 + 2 + 18) / 10))
     # text: one generated zh row, the other has no predictions (counts for perplexity only)
@@ -269,6 +273,19 @@ def test_register_metric_refuses_what_the_tables_cannot_show(monkeypatch):
     with pytest.raises(ValueError, match="better must be"):
         M.register_metric(M.MetricSpec("text", "meteor", better="more"))
     spec = M.register_metric(M.MetricSpec("rating", "spearman", better="higher"))
-    assert M.spec_of("spearman") is spec and M.headline_keys()[-1] == "spearman"
+    assert M.spec_of("spearman") is spec and M.ordered_keys()[-1] == "spearman"
     table = M.format_table({"global_mean": {**M.rating_metrics([4.0, 3.0], [3.5, 3.0]), "spearman": 0.25}})
     assert table.splitlines()[1].split()[-1] == "spearman" and table.splitlines()[3].split()[-1] == "0.250"
+
+
+def test_rating_metrics_of_means_leave_out_exact_accuracy():
+    on = M.rating_metrics([4.0, 3.0], [4.0, 3.2])
+    off = M.rating_metrics([4.0, 3.0], [4.0, 3.2], on_scale=False)
+    assert on["accuracy"] == 0.5 and "accuracy" not in off
+    assert {k: v for k, v in on.items() if k != "accuracy"} == off
+    assert [s.key for s in M.METRICS if s.on_scale] == ["accuracy"]
+    # the headline metrics the report's verdict leads with, and their arrows
+    assert [(s.group, s.key) for s in M.METRICS if s.headline] == [
+        ("rating", "rmse"), ("rating", "mae"), ("text", "bleu"), ("text", "chrf"), ("text", "perplexity"),
+        ("pick", "accuracy")]
+    assert M.spec_of("rmse").arrow == "↓" and M.spec_of("chrf").arrow == "↑" and M.spec_of("n").arrow == ""

@@ -17,7 +17,7 @@ import pytest
 from usertwin.errors import UsertwinError
 from usertwin.eval import metrics as M
 from usertwin.eval import report as R
-from usertwin.eval.report import plots, tables
+from usertwin.eval.report import page, plots, tables
 from usertwin.rundir import RunDir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -186,8 +186,11 @@ def test_report_two_runs(tmp_path):
     assert '<meta charset="utf-8">' in text and "script-src" not in text and "default-src 'none'" in text
     assert CHINESE in text and "用户1" in text and "霸王别姬" in text
     assert "http://" not in text and "https://" not in text  # nothing to fetch
-    # the metrics table: identity from config.yaml, training from summary.json, metrics.json flattened
-    assert "profile_and_history_and_context" in text and "fixed_count" in text
+    # the metrics table: identity from config.yaml, training from summary.json, metrics.json flattened; the
+    # run whose ablation shows no history is labelled so, not with the history_strategy it never used
+    assert "profile_and_history_and_context" in text and "fixed_count" not in text
+    table = R.metrics_table([R.load_run(p) for p in runs], None)
+    assert [row["cells"]["history"] for row in table.rows] == ["all_previous", "no history"]
     assert 'title="rating.expected.rmse"' in text and 'title="text.bleu"' in text
     assert 'title="pick.accuracy"' in text and 'title="train.val_loss_after"' in text
     assert "by_activity" not in text
@@ -230,14 +233,21 @@ def test_baselines_in_the_same_table(tmp_path):
     assert bias["rating.most_likely.n"] == 3 and "n" not in bias  # not the runs' count of all rows
     assert not {"rmse", "within_0.5"} & set(table.columns) and "pick.accuracy" not in bias
     assert table.paths["rating.expected.within_0.5"] == ("rating", "expected", "within_0.5")
-    assert '<th title="rating.expected.within_0.5">within_0.5</th>' in text
-    # a group's metrics come before its counts; training columns last
+    assert '<th title="rating.expected.within_0.5">within_0.5 ↑</th>' in text
+    # one count column (targets): the groups' counts are read (by the verdict), not shown; training columns last
     cols = table.columns
-    assert cols.index("rating.expected.rmse") < cols.index("rating.expected.unparseable_share") \
-        < cols.index("rating.expected.n") < cols.index("train.steps")
+    assert "rating.expected.n" in table.paths and not any(c.endswith((".n", ".n_scored", "n_rows")) for c in cols)
+    assert [row["cells"]["targets"] for row in table.rows] == [28, None, 3, 12]  # b: no n in its file
+    assert cols.index("rating.generated.rmse") < cols.index("rating.generated.unparseable_share") \
+        < cols.index("train.steps")
+    # degenerate columns are gone: exact accuracy of the expected rating (a mean), a scored rating's or a
+    # baseline's unparseable share (0 by construction), the all-rows perplexity that repeats the group's
+    assert "rating.expected.accuracy" not in table.paths and "rating.expected.unparseable_share" not in cols
+    assert "perplexity" not in cols and "rating.perplexity" in cols
+    assert "rating.generated.accuracy" not in bias and "rating.generated.unparseable_share" not in bias
     # a text baseline (language zh) meets the run whose columns are text.*
     copy = next(r for r in table.rows if r["name"] == "copy_last_item")["cells"]
-    assert copy == {"text.bleu": 4.5, "text.chrf": 10.0, "text.rouge_l": 9.0}  # its count n is no run's column
+    assert copy == {"text.bleu": 4.5, "text.chrf": 10.0, "text.rouge_l": 9.0, "targets": 12}  # n: the count column
     assert text.count("<details>") == 4
 
 
@@ -406,10 +416,10 @@ def test_a_registered_metric_is_in_both_tables(tmp_path, monkeypatch):
     def report_table():
         return R.metrics_table([R.load_run(p) for p in runs], None)
 
-    # not registered: a count-like column of the report only
+    # not registered: a column without a direction, after the registered metrics
     assert "meteor" not in M.format_table(metrics["big"]).lower()
     cols = report_table().columns
-    assert cols.index("text.zh.n") < cols.index("text.zh.meteor")
+    assert cols.index("text.zh.hyp_len") < cols.index("text.zh.meteor")
     assert "text.zh.meteor" not in tables.best_values(report_table())
 
     M.register_metric(M.MetricSpec("text", "meteor", label="METEOR", better="higher", digits=2))
@@ -418,11 +428,11 @@ def test_a_registered_metric_is_in_both_tables(tmp_path, monkeypatch):
     assert header.split()[-1] == "METEOR" and first.split()[-1] == "6.00"
     table = report_table()
     cols = table.columns
-    assert cols.index("text.zh.distinct_2") < cols.index("text.zh.meteor") < cols.index("text.zh.n")
+    assert cols.index("text.zh.distinct_2") < cols.index("text.zh.meteor") < cols.index("text.zh.hyp_len")
     assert tables.best_values(table)["text.zh.meteor"] == 6.0
     result = R.build_report(runs, tmp_path / "r.html")
     html = result["html"].read_text(encoding="utf-8")
-    assert '<th title="text.zh.meteor">METEOR</th>' in html and '<td class="num best">6.0000</td>' in html
+    assert '<th title="text.zh.meteor">METEOR ↑</th>' in html and '<td class="num best">6.0000</td>' in html
     assert "| **6.0000** |" in result["markdown"].read_text(encoding="utf-8")
 
 
@@ -430,3 +440,190 @@ def test_the_page_title_is_the_report_title(tmp_path):
     runs = make_runs(tmp_path)
     text = R.build_report(runs, tmp_path / "r.html", title="ratings <v2>")["html"].read_text(encoding="utf-8")
     assert "<title>ratings &lt;v2&gt;</title>" in text and "<h1>ratings &lt;v2&gt;</h1>" in text
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def _metrics_run(root: Path, name: str, rmse: float, mae: float, pick: float = 0.5, n: int = 10, **config) -> Path:
+    run = RunDir(root / name)
+    run.path.mkdir(parents=True)
+    _config(run.path, **config)
+    run.metrics.write_text(json.dumps({"n_rows": n, "overall": {
+        "all": {"n": n, "pick": {"n": n, "accuracy": pick, "chance": 0.25}},
+        "rating": {"n": n, "expected": {"n": n, "rmse": rmse, "mae": mae, "within_0.5": 0.4}}}}), encoding="utf-8")
+    return run.path
+
+
+RATING_BASELINES = {"global_mean": {"n": 10, "rmse": 1.2, "mae": 0.8},
+                    "user_mean": {"n": 10, "rmse": 1.0, "mae": 0.9},
+                    "item_mean": {"n": 10, "rmse": 1.1, "mae": 0.75}}
+
+
+def _by(verdict, run: str, metric: str):
+    return next(c for c in verdict.rows if c.run == run and c.metric == metric)
+
+
+def verdict_rows(html: str, attrs: str) -> list[list[str]]:
+    body = html.split(f"<table {attrs}>", 1)[1].split("</table>", 1)[0]
+    return [re.findall(r"<td[^>]*>([^<]*)</td>", tr) for tr in body.split("<tr>")[2:]]
+
+
+def test_verdict_against_the_best_baseline_of_each_metric(tmp_path):
+    good = _metrics_run(tmp_path, "good", rmse=0.9, mae=0.7)
+    bad = _metrics_run(tmp_path, "bad", rmse=1.2, mae=0.8, learning_rate=0.5)
+    result = R.build_report([good, bad], tmp_path / "r.html", baselines=RATING_BASELINES)
+    v = result["verdict"]
+    # the best baseline is chosen per metric: user_mean for RMSE, item_mean for MAE
+    c = _by(v, "good", "expected-rating RMSE")
+    assert (c.versus, c.versus_value, c.word) == ("user_mean", 1.0, "better")
+    assert c.difference == pytest.approx(-0.1) and c.relative == pytest.approx(-0.1)
+    c = _by(v, "good", "expected-rating MAE")
+    assert (c.versus, c.word) == ("item_mean", "better") and c.relative == pytest.approx(-0.05 / 0.75)
+    c = _by(v, "bad", "expected-rating RMSE")
+    assert (c.versus, c.word) == ("user_mean", "worse") and c.difference == pytest.approx(0.2)
+    assert c.relative == pytest.approx(0.2) and not c.note  # the same 10 targets
+    # no baseline scores pick-the-real-one: it is set against chance (the spec's `versus`)
+    c = _by(v, "good", "pick-the-real-one accuracy")
+    assert (c.versus, c.versus_value, c.word) == ("chance", 0.25, "better") and c.relative == pytest.approx(1.0)
+    assert v.sentence.startswith("good is better than the best baseline (user_mean) on expected-rating RMSE: "
+                                 "0.9000 vs 1.000, 10.0% lower")
+    assert "bad is worse than the best baseline (user_mean) on expected-rating RMSE: 1.200 vs 1.000, 20.0% higher" \
+        in v.sentence
+    # the page leads with it: the sentence and its table come before the full metrics table
+    html = result["html"].read_text(encoding="utf-8")
+    assert html.index('<p class="verdict">') < html.index('<table id="verdict">') < html.index('id="metrics"')
+    assert '<details class="full"><summary>All metrics' in html
+    rows = verdict_rows(html, 'id="verdict"')
+    assert rows[0] == ["good", "all_previous", "expected-rating RMSE", "0.9000", "user_mean", "1.000", "-0.100",
+                       "-10.0%", "better"]
+    assert ["bad", "all_previous", "expected-rating RMSE", "1.200", "user_mean", "1.000", "+0.200", "+20.0%",
+            "worse"] in rows
+    # the runs differ in their learning rate, not only in history: no ablation line
+    assert v.ablations == [] and "with history vs no history" not in html
+    md = result["markdown"].read_text(encoding="utf-8")
+    assert md.index("## Verdict") < md.index("## Metrics") and "| good | all_previous | expected-rating RMSE |" in md
+
+
+def test_verdict_names_different_targets(tmp_path):
+    run = _metrics_run(tmp_path, "run", rmse=0.9, mae=0.7, n=4)
+    v = R.build_report([run], tmp_path / "r.html", baselines=RATING_BASELINES)["verdict"]
+    assert _by(v, "run", "expected-rating RMSE").note == "not the same targets: 4 here, 10 for user_mean"
+    assert "(not the same targets: 4 here, 10 for user_mean)" in v.sentence
+
+
+def test_verdict_without_baselines_says_how_to_get_them(tmp_path):
+    run = _metrics_run(tmp_path, "run", rmse=0.9, mae=0.7)
+    result = R.build_report([run], tmp_path / "r.html")
+    v = result["verdict"]
+    assert v.sentence.startswith("No baselines given, so this page cannot say whether the twin beats them: run "
+                                 "`usertwin baselines --run RUN`")
+    assert "run is better than chance on pick-the-real-one accuracy: 0.5000 vs 0.2500" in v.sentence
+    assert _by(v, "run", "expected-rating RMSE").versus == ""
+    assert "no baseline has it" in result["html"].read_text(encoding="utf-8")
+
+
+def test_verdict_ablation_with_and_without_history(tmp_path):
+    with_h = _metrics_run(tmp_path, "hist", rmse=0.9, mae=0.7, pick=0.6)
+    # no history through the ablation; its history_strategy never reached a prompt
+    without = _metrics_run(tmp_path, "nohist", rmse=1.0, mae=0.65, pick=0.4, ablation="profile_and_context")
+    other = _metrics_run(tmp_path, "other", rmse=1.1, mae=0.8, use_history=False, lora_r=8)
+    result = R.build_report([without, with_h, other], tmp_path / "r.html", baselines=RATING_BASELINES)
+    (a, b, comps), = result["verdict"].ablations  # `other` differs in lora_r too
+    assert (a, b) == ("hist", "nohist")
+    rmse, mae, pick = comps
+    assert (rmse.metric, rmse.word, rmse.difference) == ("expected-rating RMSE", "better", pytest.approx(-0.1))
+    assert (mae.word, pick.word) == ("worse", "better")
+    html = result["html"].read_text(encoding="utf-8")
+    assert "with history vs no history: hist vs nohist — history is better on 2 of 3 headline metric(s)" in html
+    assert verdict_rows(html, 'class="ablation"')[0] == ["expected-rating RMSE", "0.9000", "1.000", "-0.100", "-10.0%",
+                                                 "better"]
+    # what each run saw: "no history" whichever way it was switched off
+    table = R.metrics_table([R.load_run(p) for p in (without, with_h, other)], None)
+    assert [row["cells"]["history"] for row in table.rows] == ["no history", "all_previous", "no history"]
+    none = _metrics_run(tmp_path, "none", rmse=1.0, mae=0.7, history_strategy="none")
+    assert R.metrics_table([R.load_run(none)], None).rows[0]["cells"]["history"] == "no history"
+
+
+def test_headline_metrics_come_from_the_specs(monkeypatch):
+    assert M.headline_spec(("rating", "expected", "rmse")).key == "rmse"
+    assert M.headline_spec(("rating", "generated", "rmse")) is None  # the verdict leads with the expected rating
+    assert M.headline_spec(("text", "zh", "chrf")).header == "chrF" and M.headline_spec(("text", "bleu"))
+    assert M.headline_spec(("pick", "accuracy")).versus == "chance"
+    assert M.headline_spec(("rating", "expected", "within_0.5")) is None and M.headline_spec(("perplexity",)) is None
+    monkeypatch.setattr(M, "METRICS", [s if s.key != "within_0.5" else M.MetricSpec(
+        "rating", "within_0.5", better="higher", headline=True) for s in M.METRICS])
+    assert M.headline_spec(("rating", "expected", "within_0.5")).headline
+
+
+# ---------------------------------------------------------------- the full table, plots, samples, Markdown
+
+
+def test_header_arrows_and_no_bold_on_ties(tmp_path):
+    a = _metrics_run(tmp_path, "a", rmse=0.9, mae=0.7)
+    b = _metrics_run(tmp_path, "b", rmse=1.0, mae=0.7)
+    result = R.build_report([a, b], tmp_path / "r.html")
+    html = result["html"].read_text(encoding="utf-8")
+    assert '<th title="rating.expected.rmse">RMSE ↓</th>' in html
+    assert '<th title="pick.accuracy">accuracy ↑</th>' in html and '<th title="pick.chance">chance</th>' in html
+    table = R.metrics_table([R.load_run(p) for p in (a, b)], None)
+    best = tables.best_values(table)
+    assert best == {"rating.expected.rmse": 0.9}  # MAE, pick accuracy, within_0.5: a tie; chance: no direction
+    assert html.count('class="num best"') == 1
+    md = result["markdown"].read_text(encoding="utf-8")
+    assert "rating.expected.rmse ↓" in md and "| **0.9000** |" in md and md.count("**0.") == 1
+
+
+def test_one_bucket_plots_are_skipped_with_the_reason(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    rows = rating_rows()
+    for r in rows:
+        r.update(history_len=9, user_items=30)
+    _jsonl(run.predictions("test"), rows)
+    result = R.build_report([run.path], tmp_path / "r.html")
+    assert [p.name for p in result["images"]] == []  # no logs: no loss plot either
+    html = result["html"].read_text(encoding="utf-8")
+    assert "Not plotted: all 28 targets fall in one history length bucket (6-20)" in html
+    assert "Not plotted: all 28 targets fall in one user activity bucket (21-50)" in html
+    assert "loss by history length (targets)" not in html
+    md = result["markdown"].read_text(encoding="utf-8")
+    assert "Not plotted: all 28 targets fall in one user activity bucket (21-50)" in md
+
+
+def test_loss_points_cover_their_logging_interval():
+    train = [(10, 0.5), (20, 0.4), (22, 0.7)]
+    assert plots.intervals(train) == [(0, 10, 0.5), (10, 20, 0.4), (20, 22, 0.7)]
+    run = R.Run(path=Path("."), label="r", logs=[{"step": s, "loss": v} for s, v in train])
+    assert plots.plot_losses([run]).startswith(PNG_SIGNATURE)
+
+
+def test_the_sample_shows_the_rating_error_not_the_loss(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    row = {**rating_rows()[0], "reference": "0.5", "predictions": ["5.0"], "loss": 0.356}
+    row["rating"] = {**row["rating"], "expected": 4.25}
+    unparseable = {**row, "target_index": 99, "predictions": ["great film"]}
+    _jsonl(run.predictions("test"), [row, unparseable])
+    result = R.build_report([run.path], tmp_path / "r.html")
+    html = result["html"].read_text(encoding="utf-8")
+    assert "<td>expected off by 3.75; generated off by 4.5</td>" in html
+    assert "expected off by 3.75; generated off by unparseable" in html
+    assert "0.3560" not in html  # the loss of a rating says nothing of how far off it is
+    md = result["markdown"].read_text(encoding="utf-8")
+    assert "| 4.25 | expected off by 3.75; generated off by 4.5 |" in md
+    # text rows keep loss and perplexity
+    text = R.build_report(make_runs(tmp_path / "t")[1:], tmp_path / "t.html")["html"].read_text(encoding="utf-8")
+    assert "<td>loss 2.0000, perplexity 7.3891</td>" in text
+
+
+def test_markdown_has_no_html_entities(tmp_path):
+    runs = make_runs(tmp_path)
+    md = R.build_report(runs, tmp_path / "r.html", title="ratings & <reviews>")["markdown"].read_text(encoding="utf-8")
+    assert "&amp;" not in md and "&lt;" not in md and "&gt;" not in md and "&#" not in md
+    assert md.startswith("# ratings & \\<reviews\\>\n")
+    assert "& \\<b\\>很好\\</b\\>" in md  # a review's text as written; `<` escaped the Markdown way
+    assert "<script>" not in md and "\\<script\\>alert(1)\\</script\\>" in md
+    assert page._md("user_item_bias | *5*") == "user_item_bias \\| \\*5\\*"  # inside a word `_` stays plain
+    assert page._md("_emphasis_") == "\\_emphasis\\_"
+    assert page._md("run `usertwin evaluate`") == "run `usertwin evaluate`"  # the report's code spans stay

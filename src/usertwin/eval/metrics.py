@@ -12,6 +12,10 @@
 
 How the metrics are shown is declared once, in `METRICS` (one `MetricSpec` each): the `usertwin evaluate` table
 here and the report's metrics table both read it, so a new metric is its computing code plus one entry there.
+The specs also say which metrics the report's verdict leads with (`headline`) and which way is better.
+
+The expected rating has no exact accuracy: it is a mean over the scale, almost never a scale value, so its
+"accuracy" was ~0 for any model (see `rating_metrics(on_scale=False)`).
 """
 
 from __future__ import annotations
@@ -84,12 +88,15 @@ def snap(x: float, scale=DEFAULT_SCALE) -> float | None:
     return best if abs(best - x) <= half + 1e-9 else None
 
 
-def rating_metrics(refs, preds) -> dict:
+def rating_metrics(refs, preds, on_scale: bool = True) -> dict:
     """RMSE, MAE, exact accuracy and within-0.5 accuracy of predicted against reference ratings.
 
     `preds[i]` is None when the prediction was unparseable: such rows count in `n` and in
     `unparseable` / `unparseable_share`, and are left out of every other metric (computed over `n_scored`).
     Metrics without any scored row are None. Accuracy is |pred - ref| < 1e-9; within-0.5 is <= 0.5.
+    `on_scale=False` says the predictions are means, not scale values (the expected rating): the metrics whose
+    spec is `on_scale` (exact accuracy) are left out, since a mean almost never equals a scale value and
+    would score ~0 whatever the model.
     """
     refs, preds = list(refs), list(preds)
     if len(refs) != len(preds):
@@ -105,6 +112,10 @@ def rating_metrics(refs, preds) -> dict:
         out["mae"] = sum(errs) / n_scored
         out["accuracy"] = sum(e < 1e-9 for e in errs) / n_scored
         out["within_0.5"] = sum(e <= 0.5 + 1e-9 for e in errs) / n_scored
+    if not on_scale:
+        for spec in specs("rating"):
+            if spec.on_scale:
+                out.pop(spec.key, None)
     return out
 
 
@@ -238,7 +249,8 @@ def _rating_group(rows, scale) -> dict:
     for key in ("most_likely", "expected"):
         scored = [(ref, r["rating"][key]) for ref, r in zip(refs, rows) if (r.get("rating") or {}).get(key) is not None]
         if scored:
-            out[key] = rating_metrics([ref for ref, _ in scored], [float(p) for _, p in scored])
+            out[key] = rating_metrics([ref for ref, _ in scored], [float(p) for _, p in scored],
+                                      on_scale=key != "expected")
     return out
 
 
@@ -342,6 +354,11 @@ class MetricSpec:
     "higher", or "" for counts and ratios without a better side; the report marks the best value of a column.
     `digits`: decimals in the evaluate table. `count` marks sizes (n, n_scored): the report puts them after the
     metrics of their group. `teacher_forced` marks a metric of the loss, which needs no generation.
+    `headline`: the report's verdict leads with it (against the best baseline on the same targets).
+    `versus`: the key of the same group the verdict compares it with when no baseline has it (pick accuracy
+    against chance). `on_scale`: defined only for predictions on the rating scale (see `rating_metrics`).
+    `generated_only`: says something only of generated text; a likelihood-scored rating or a baseline's is 0 by
+    construction, so the report leaves it out there.
     """
 
     group: str
@@ -351,6 +368,10 @@ class MetricSpec:
     digits: int = 3
     count: bool = False
     teacher_forced: bool = False
+    headline: bool = False
+    versus: str = ""
+    on_scale: bool = False
+    generated_only: bool = False
 
     @property
     def header(self) -> str:
@@ -359,6 +380,11 @@ class MetricSpec:
     @property
     def direction(self) -> int:
         return {"lower": -1, "higher": 1, "": 0}[self.better]
+
+    @property
+    def arrow(self) -> str:
+        """The header's mark of the better side: ↓ lower is better, ↑ higher is better."""
+        return {"lower": "↓", "higher": "↑", "": ""}[self.better]
 
 
 GROUPS = ("rating", "text", "pick")
@@ -369,21 +395,21 @@ GROUPS = ("rating", "text", "pick")
 METRICS = [
     MetricSpec("rating", "n", count=True),
     MetricSpec("rating", "n_scored", count=True),
-    MetricSpec("rating", "rmse", better="lower"),
-    MetricSpec("rating", "mae", better="lower"),
-    MetricSpec("rating", "accuracy", better="higher"),
+    MetricSpec("rating", "rmse", label="RMSE", better="lower", headline=True),
+    MetricSpec("rating", "mae", label="MAE", better="lower", headline=True),
+    MetricSpec("rating", "accuracy", better="higher", on_scale=True),
     MetricSpec("rating", "within_0.5", better="higher"),
-    MetricSpec("rating", "unparseable_share", better="lower"),
+    MetricSpec("rating", "unparseable_share", better="lower", generated_only=True),
     MetricSpec("text", "n", count=True),
-    MetricSpec("text", "bleu", better="higher", digits=2),
-    MetricSpec("text", "chrf", better="higher", digits=2),
-    MetricSpec("text", "rouge_l", better="higher", digits=2),
-    MetricSpec("text", "perplexity", better="lower", teacher_forced=True),
+    MetricSpec("text", "bleu", label="BLEU", better="higher", digits=2, headline=True),
+    MetricSpec("text", "chrf", label="chrF", better="higher", digits=2, headline=True),
+    MetricSpec("text", "rouge_l", label="ROUGE-L", better="higher", digits=2),
+    MetricSpec("text", "perplexity", better="lower", teacher_forced=True, headline=True),
     MetricSpec("text", "length_ratio"),
     MetricSpec("text", "distinct_1", better="higher"),
     MetricSpec("text", "distinct_2", better="higher"),
     MetricSpec("pick", "n", count=True),
-    MetricSpec("pick", "accuracy", better="higher"),
+    MetricSpec("pick", "accuracy", better="higher", headline=True, versus="chance"),
     MetricSpec("pick", "chance"),
 ]
 
@@ -412,9 +438,28 @@ def spec_of(key: str) -> MetricSpec | None:
     return next((s for s in METRICS if s.key == key), None)
 
 
-def headline_keys() -> list[str]:
+def ordered_keys() -> list[str]:
     """Metric keys (no counts) in the order the report leads each group of columns with."""
     return list(dict.fromkeys(s.key for s in METRICS if not s.count))
+
+
+# The rating the verdict leads with: the expected rating uses the whole scored distribution and never fails to
+# parse, so it is the twin's best rating guess (the generated and most likely ones are in the full table).
+HEADLINE_RATING = "expected"
+
+
+def headline_spec(path: tuple) -> MetricSpec | None:
+    """The spec of a metrics-file leaf (its path without `overall`/`all` levels, e.g. ("rating", "expected",
+    "rmse"), ("text", "zh", "chrf"), ("pick", "accuracy")) when the verdict leads with it, else None."""
+    if len(path) < 2:
+        return None
+    group, key = path[0], path[-1]
+    if group == "rating" and (len(path) != 3 or path[1] != HEADLINE_RATING):
+        return None
+    if group != "text" and len(path) != (3 if group == "rating" else 2):
+        return None
+    spec = next((s for s in specs(group) if s.key == key), None)
+    return spec if spec is not None and spec.headline else None
 
 
 # ---------------------------------------------------------------- the evaluate table

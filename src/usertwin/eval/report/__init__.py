@@ -21,8 +21,12 @@ report says which):
 Plots hold only numbers and run names (a run name that is not plain ASCII is drawn as `run N`), so no CJK
 font is needed; all user text is in the HTML, escaped.
 
+The page leads with the verdict (`verdict`): each run's headline metrics against the best baseline on the same
+targets, then runs that differ only in history; the full metrics table is folded below it.
+
 The package follows the data: `runs` reads run directories, `tables` builds the metrics and bucket tables,
-`plots` draws them, `page` writes HTML and Markdown; `build_report` runs them in that order.
+`verdict` reads the headline metrics off the table, `plots` draws, `page` writes HTML and Markdown;
+`build_report` runs them in that order.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 from usertwin.atomic import atomic_open, write_text
 from usertwin.errors import UsertwinError
 from usertwin.eval.report.page import render_html, render_markdown, sample_rows
-from usertwin.eval.report.plots import plot_activity, plot_history, plot_losses
+from usertwin.eval.report.plots import one_bucket, plot_activity, plot_history, plot_losses
 from usertwin.eval.report.runs import Run, load_run, name_runs
 from usertwin.eval.report.tables import (
     Table,
@@ -43,8 +47,9 @@ from usertwin.eval.report.tables import (
     history_labels,
     metrics_table,
 )
+from usertwin.eval.report.verdict import Comparison, Verdict, build_verdict
 
-__all__ = ["Run", "Table", "build_report", "bucket_tables", "flatten_metrics", "fmt", "history_bucket",
+__all__ = ["Comparison", "Run", "Table", "Verdict", "build_report", "build_verdict", "bucket_tables", "flatten_metrics", "fmt", "history_bucket",
            "history_labels", "load_run", "metrics_table", "render_html", "render_markdown"]
 
 
@@ -58,7 +63,7 @@ def build_report(run_dirs: list[Path], output_html: Path, baselines: dict | None
     predictions, `rows_per_user` targets each. `split`: which split's predictions (`RunDir.predictions`) to read.
 
     Returns {"html": Path, "markdown": Path, "images": [Path], "runs": [{"name", "path", "missing",
-    "problems"}], "rows": number of metrics-table rows}.
+    "problems"}], "rows": number of metrics-table rows, "verdict": the `Verdict` the page leads with}.
     """
     run_dirs, output_html = _checked(run_dirs, output_html, baselines)
     runs = [load_run(p, split) for p in run_dirs]
@@ -67,15 +72,16 @@ def build_report(run_dirs: list[Path], output_html: Path, baselines: dict | None
     buckets = bucket_tables(runs)
     plots = _plots(runs, buckets)
     samples = sample_rows(runs, max_examples, rows_per_user)
+    verdict = build_verdict(runs, table, has_baselines=bool(baselines))
     images = _write_images(plots, output_html)
     md_path = _markdown_path(output_html)
     write_text(md_path, render_markdown(runs, table, {k: p.name for k, p in images.items()}, buckets, samples,
-                                        title))
-    write_text(output_html, render_html(runs, table, plots, buckets, samples, title))
+                                        title, verdict))
+    write_text(output_html, render_html(runs, table, plots, buckets, samples, title, verdict))
     return {"html": output_html, "markdown": md_path, "images": list(images.values()),
             "runs": [{"name": r.name, "path": str(r.path), "missing": list(r.missing), "problems": list(r.problems)}
                      for r in runs],
-            "rows": len(table.rows)}
+            "rows": len(table.rows), "verdict": verdict}
 
 
 def _checked(run_dirs, output_html, baselines) -> tuple[list[Path], Path]:
@@ -96,9 +102,11 @@ def _checked(run_dirs, output_html, baselines) -> tuple[list[Path], Path]:
 
 
 def _plots(runs: list[Run], buckets: dict) -> dict:
-    """{kind: PNG bytes} of the plots that have data."""
-    plots = {"loss": plot_losses(runs), "history": plot_history(runs, *buckets["history"]),
-             "activity": plot_activity(runs, *buckets["activity"])}
+    """{kind: PNG bytes} of the plots that have data and more than one bucket."""
+    plots = {"loss": plot_losses(runs)}
+    for kind, draw in (("history", plot_history), ("activity", plot_activity)):
+        if one_bucket(buckets[kind][1], kind) is None:
+            plots[kind] = draw(runs, *buckets[kind])
     return {k: v for k, v in plots.items() if v is not None}
 
 

@@ -6,12 +6,29 @@ from __future__ import annotations
 
 import base64
 import html
+import math
+import re
 from pathlib import Path
 
-from usertwin.eval.metrics import as_number
-from usertwin.eval.report.plots import bucket_panels
-from usertwin.eval.report.runs import Run
-from usertwin.eval.report.tables import IDENTITY_COLUMNS, Table, best_values, column_header, fmt, is_number
+from usertwin.eval.metrics import DEFAULT_SCALE, as_number, parse_rating
+from usertwin.eval.report.plots import bucket_panels, one_bucket
+from usertwin.eval.report.runs import Run, history_label
+from usertwin.eval.report.tables import (
+    IDENTITY_COLUMNS,
+    Table,
+    arrow,
+    best_values,
+    column_header,
+    fmt,
+    is_number,
+)
+from usertwin.eval.report.verdict import (
+    Verdict,
+    ablation_sentence,
+    difference_text,
+    relative_text,
+    value_text,
+)
 from usertwin.rundir import RunDir
 
 NO_LOGS = f"no run has training logs ({RunDir(Path()).logs.name})"
@@ -49,6 +66,34 @@ def _prediction_texts(row: dict) -> list[str]:
     return [str(p) for p in preds] if isinstance(preds, list) else []
 
 
+def rating_errors(row: dict) -> dict | None:
+    """{"expected": |expected - reference|, "generated": |generated - reference| or None when unparseable or
+    not generated, "generated_text"} of a rating row; None for a text row. A rating's loss says how surprised
+    the model was by the reference's tokens, not how far off its rating is, so rating rows show the error."""
+    rating = row.get("rating") if isinstance(row.get("rating"), dict) else None
+    ref = as_number(row.get("reference"))
+    if rating is None or ref is None:
+        return None
+    exp = rating.get("expected")
+    preds = _prediction_texts(row)
+    gen = parse_rating(preds[0], rating.get("scale") or DEFAULT_SCALE) if preds else None
+    return {"expected": abs(float(exp) - ref) if is_number(exp) else None,
+            "generated": None if gen is None else abs(gen - ref), "generated_text": preds[0] if preds else None}
+
+
+def error_text(row: dict) -> str:
+    """The sample's last column: rating errors for a rating row, loss and perplexity for a text row."""
+    errs = rating_errors(row)
+    if errs is not None:
+        gen = ("not generated" if errs["generated_text"] is None else "unparseable" if errs["generated"] is None
+               else _num(errs["generated"]))
+        return f"expected off by {_num(errs['expected'])}; generated off by {gen}"
+    loss = row.get("loss")
+    if not is_number(loss):
+        return "–"
+    return f"loss {fmt(loss)}, perplexity {fmt(math.exp(loss))}" if loss < 50 else f"loss {fmt(loss)}"
+
+
 # ---------------------------------------------------------------- HTML
 
 E = html.escape
@@ -63,7 +108,10 @@ th,td{border:1px solid #ccc;padding:.25rem .45rem;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.baseline td{background:#fbf6e9;font-style:italic}
 .tag{font-size:.7rem;font-style:normal;background:#c9a227;color:#fff;border-radius:3px;padding:0 .3rem;margin-left:.3rem}
-td.best{font-weight:700}
+td.best{font-weight:700}#metrics th{white-space:nowrap}
+p.verdict{font-size:1.05rem;background:#f4f8fb;border-left:4px solid #4a7fb5;padding:.5rem .8rem}
+td.better{color:#17692f;font-weight:600}td.worse{color:#a12a1f;font-weight:600}
+details.full>summary{font-size:1.25rem;font-weight:600;margin-top:2rem}
 img{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#8a4b00}.muted{color:#777}
 details{margin:.3rem 0}summary{cursor:pointer}
@@ -82,10 +130,12 @@ def _cell(value, best=None, numeric=True) -> str:
 
 
 def _html_metrics(table: Table) -> str:
+    """The full table: identity columns, then the metrics under their group (`rating · expected`), one row
+    count (`targets`), arrows for the better side, bold for a column's single best value."""
     best = best_values(table)
     groups = []  # (group, [columns]) of consecutive columns that share a prefix
     for c in table.columns:
-        g = ".".join(table.paths[c][:-1]) or "all"
+        g = " · ".join(table.paths[c][:-1]) or "all rows"
         if groups and groups[-1][0] == g:
             groups[-1][1].append(c)
         else:
@@ -101,11 +151,55 @@ def _html_metrics(table: Table) -> str:
             name += '<span class="tag">baseline</span>'
         elif row["label"] != row["name"]:
             name += f' <span class="muted">({E(row["label"])} in plots)</span>'
-        tds = f"<td>{name}</td>" + "".join(_cell(cells.get(c), numeric=False) for c in IDENTITY_COLUMNS[1:])
+        tds = f"<td>{name}</td>" + "".join(_cell(cells.get(c), numeric=c == "targets") for c in IDENTITY_COLUMNS[1:])
         tds += "".join(_cell(cells.get(c), best.get(c)) for c in table.columns)
         body.append(f'<tr class="{"baseline" if row["baseline"] else "run"}">{tds}</tr>')
     return (f'<div class="scroll"><table id="metrics"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+# ---------------------------------------------------------------- the verdict
+
+VERDICT_HEAD = ("run", "history", "metric", "value", "against", "its value", "difference", "relative",
+                "better or worse")
+ABLATION_HEAD = ("metric", "with history", "no history", "difference", "relative", "history is")
+
+
+def _verdict_cells(c, history: dict) -> list[str]:
+    against = c.versus or "no baseline has it"
+    return [c.run, history.get(c.run, "–"), c.metric, value_text(c.value), against, value_text(c.versus_value),
+            difference_text(c.difference), relative_text(c.relative), c.word + (f" ({c.note})" if c.note else "")]
+
+
+def _ablation_cells(c) -> list[str]:
+    return [c.metric + (f" ({c.note})" if c.note else ""), value_text(c.value), value_text(c.versus_value),
+            difference_text(c.difference), relative_text(c.relative), c.word]
+
+
+def _html_rows(head, lines, numeric: set, attrs: str) -> str:
+    """A small table whose last column is a direction word (better / worse / same), coloured by it."""
+    th = "".join(f"<th>{E(h)}</th>" for h in head)
+    trs = []
+    for cells in lines:
+        tds = [f'<td class="num">{E(v)}</td>' if j in numeric else f"<td>{E(v)}</td>" for j, v in enumerate(cells)]
+        tds[-1] = f'<td class="{E(cells[-1].split(" ", 1)[0])}">{E(cells[-1])}</td>'
+        trs.append(f"<tr>{''.join(tds)}</tr>")
+    return f'<table {attrs}><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
+
+
+def _html_verdict(verdict: Verdict, history: dict) -> list[str]:
+    parts = ['<h2>Verdict</h2>', f'<p class="verdict">{E(verdict.sentence)}</p>']
+    if verdict.rows:
+        lines = [_verdict_cells(c, history) for c in verdict.rows]
+        parts.append(_html_rows(VERDICT_HEAD, lines, {3, 5, 6, 7}, 'id="verdict"'))
+    for with_name, without_name, comps in verdict.ablations:
+        parts.append(f"<p><b>{E(ablation_sentence(with_name, without_name, comps))}</b></p>")
+        if comps:
+            lines = [_ablation_cells(c) for c in comps]
+            parts.append(_html_rows(ABLATION_HEAD, lines, {1, 2, 3, 4}, 'class="ablation"'))
+    parts.append('<p class="muted small">difference = value − its reference; relative = difference / |reference|; '
+                 "better or worse by the metric's direction (↓ lower is better, ↑ higher is better).</p>")
+    return parts
 
 
 def _html_buckets(labels: list, stats: dict, key: str, what: str) -> str:
@@ -176,7 +270,7 @@ def _html_sample_row(row: dict) -> str:
             f'<td class="text">{E(str(row.get("item") or ""))}</td>'
             f'<td class="text">{E(str(row.get("reference") or ""))}</td>'
             f'<td class="text">{_html_prediction(row)}</td><td>{"".join(extra)}</td>'
-            f'<td class="num">{E(fmt(row.get("loss")))}</td></tr>')
+            f'<td>{E(error_text(row))}</td></tr>')
 
 
 def _html_samples(run: Run, users: list) -> str:
@@ -191,7 +285,7 @@ def _html_samples(run: Run, users: list) -> str:
         summary = f"user {user}" + (f" ({fmt(n_items)} items in all)" if n_items is not None else "")
         out.append(f"<details><summary>{E(summary)}</summary><div class=\"scroll\"><table class=\"samples\">"
                    "<thead><tr><th>target</th><th>history</th><th>item</th><th>reference</th><th>prediction</th>"
-                   f"<th>rating / pick</th><th>loss</th></tr></thead><tbody>{trs}</tbody></table>"
+                   f"<th>rating / pick</th><th>error (ratings) / loss (text)</th></tr></thead><tbody>{trs}</tbody></table>"
                    "</div></details>")
     return "".join(out)
 
@@ -203,12 +297,19 @@ def _run_notes(run: Run) -> list[str]:
 BUCKET_SECTIONS = (("history", "history length"), ("activity", "user activity"))
 
 
+def _seen(run: Run) -> str:
+    """What the run saw, in the run list: its ablation and history ("no history" when none reached it)."""
+    bits = [run.config.get("ablation"), history_label(run)]
+    return ", ".join(str(b) for b in bits if b)
+
+
 def _html_runs(runs) -> list[str]:
     parts = ["<h2>Runs</h2><ul>"]
     for r in runs:
         notes = _run_notes(r)
         note = f' — <span class="note">{E("; ".join(notes))}</span>' if notes else ""
-        parts.append(f"<li><b>{E(r.name)}</b> <span class=\"muted\">{E(str(r.path))}</span>{note}</li>")
+        seen = f" ({E(_seen(r))})" if _seen(r) else ""
+        parts.append(f"<li><b>{E(r.name)}</b>{seen} <span class=\"muted\">{E(str(r.path))}</span>{note}</li>")
     return parts
 
 
@@ -217,6 +318,9 @@ def _html_bucket_sections(plots, buckets) -> list[str]:
     for key, what in BUCKET_SECTIONS:
         labels, stats = buckets[key]
         parts.append(f"<h2>Metrics by {what}</h2>")
+        if (reason := one_bucket(stats, what)) is not None:
+            parts.append(f'<p class="note">{E(reason)}</p>')
+            continue
         parts.append(_img(plots.get(key), f"loss by {what}", "no run has predictions"))
         if stats:
             parts.append(_html_buckets(labels, stats, "loss", f"loss by {what}"))
@@ -225,14 +329,17 @@ def _html_bucket_sections(plots, buckets) -> list[str]:
     return parts
 
 
-def render_html(runs, table, plots, buckets, samples, title) -> str:
+def render_html(runs, table, plots, buckets, samples, title, verdict: Verdict) -> str:
     n_base = sum(row["baseline"] for row in table.rows)
     counts = f"{len(runs)} run(s)" + (f", {n_base} baseline(s)" if n_base else "")
+    history = {r.name: history_label(r) or "–" for r in runs}
     parts = [f"<h1>{E(title)}</h1>",
-             f'<p class="muted">{counts}. Best value of each lower/higher-is-better column in bold. '
-             "Losses are per target token.</p>",
-             *_html_runs(runs),
-             "</ul><h2>Metrics</h2>", _html_metrics(table),
+             *_html_verdict(verdict, history),
+             *_html_runs(runs), "</ul>",
+             f'<details class="full"><summary>All metrics ({len(table.columns)} columns)</summary>'
+             f'<p class="muted">{counts}. ↓ lower is better, ↑ higher is better; the single best value of such a '
+             "column in bold. Targets: the rows scored. Losses are per target token.</p>",
+             _html_metrics(table), "</details>",
              "<h2>Training and validation loss</h2>",
              _img(plots.get("loss"), "training and validation loss", NO_LOGS),
              *_html_bucket_sections(plots, buckets),
@@ -250,11 +357,18 @@ def render_html(runs, table, plots, buckets, samples, title) -> str:
 # ---------------------------------------------------------------- Markdown
 
 
+# Markdown's own escapes (a backslash before the character), never HTML entities: `&` stays `&`, and `<` is
+# written `\<` so that no text of a user becomes HTML where the Markdown is rendered. Backticks stay: the
+# report's own sentences name commands in code spans, and a code span in a user's text is harmless.
+_MD_SPECIAL = re.compile(r"([\\*\[\]<>|])")
+_MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")  # inside a word (user_mean) it is plain
+
+
 def _md(text, limit: int | None = None) -> str:
     text = " ".join(str(text).split())
     if limit and len(text) > limit:
         text = text[:limit - 1] + "…"
-    return E(text, quote=False).replace("|", "\\|")
+    return _MD_UNDERSCORE.sub(r"\_", _MD_SPECIAL.sub(r"\\\1", text))
 
 
 def _md_table(header: list, lines: list) -> str:
@@ -274,7 +388,20 @@ def _md_metrics(table: Table) -> str:
             v = _md(fmt(cells.get(c)))
             line.append(f"**{v}**" if c in best and cells.get(c) == best[c] else v)
         lines.append(line)
-    return _md_table(list(IDENTITY_COLUMNS) + [_md(c) for c in table.columns], lines)
+    header = [f"{_md(c)} {arrow(table.paths[c][-1])}".rstrip() for c in table.columns]
+    return _md_table(list(IDENTITY_COLUMNS) + header, lines)
+
+
+def _md_verdict(verdict: Verdict, history: dict) -> list[str]:
+    out = ["## Verdict", "", _md(verdict.sentence)]
+    if verdict.rows:
+        out += ["", _md_table(list(VERDICT_HEAD),
+                              [[_md(x) for x in _verdict_cells(c, history)] for c in verdict.rows])]
+    for with_name, without_name, comps in verdict.ablations:
+        out += ["", f"**{_md(ablation_sentence(with_name, without_name, comps))}**"]
+        if comps:
+            out += ["", _md_table(list(ABLATION_HEAD), [[_md(x) for x in _ablation_cells(c)] for c in comps])]
+    return out
 
 
 def _md_buckets(labels, stats, key, what) -> str:
@@ -294,6 +421,9 @@ def _md_bucket_sections(images, buckets) -> list[str]:
     for kind, what in BUCKET_SECTIONS:
         labels, stats = buckets[kind]
         out += ["", f"## Metrics by {what}", ""]
+        if (reason := one_bucket(stats, what)) is not None:
+            out.append(_md(reason))
+            continue
         if kind not in images:
             out.append("no run has predictions")
             continue
@@ -314,17 +444,21 @@ def _md_samples(run: Run, users: list) -> str:
             rating = row.get("rating") if isinstance(row.get("rating"), dict) else {}
             lines.append([_md(user), _md(fmt(row.get("history_len"))), _md(row.get("item") or "", 120),
                           _md(row.get("reference") or "", 300), _md(preds[0] if preds else "–", 300),
-                          _md(fmt(rating.get("expected")) if rating else "–"), _md(fmt(row.get("loss")))])
-    return _md_table(["user", "history", "item", "reference", "prediction", "expected rating", "loss"], lines)
+                          _md(_num(rating.get("expected")) if rating else "–"), _md(error_text(row))])
+    return _md_table(["user", "history", "item", "reference", "prediction", "expected rating",
+                      "error (ratings) / loss (text)"], lines)
 
 
-def render_markdown(runs, table, images, buckets, samples, title) -> str:
-    out = [f"# {_md(title)}", "", "Best value of each lower/higher-is-better column in bold. "
-           "Losses are per target token.", "", "## Runs", ""]
+def render_markdown(runs, table, images, buckets, samples, title, verdict: Verdict) -> str:
+    history = {r.name: history_label(r) or "–" for r in runs}
+    out = [f"# {_md(title)}", "", *_md_verdict(verdict, history), "", "## Runs", ""]
     for r in runs:
         notes = _run_notes(r)
-        out.append(f"- **{_md(r.name)}** `{r.path}`" + (f" — {_md('; '.join(notes))}" if notes else ""))
-    out += ["", "## Metrics", "", _md_metrics(table), "", "## Training and validation loss", ""]
+        seen = f" ({_md(_seen(r))})" if _seen(r) else ""
+        out.append(f"- **{_md(r.name)}**{seen} `{r.path}`" + (f" — {_md('; '.join(notes))}" if notes else ""))
+    out += ["", "## Metrics", "", "↓ lower is better, ↑ higher is better; the single best value of such a column "
+            "in bold. Targets: the rows scored. Losses are per target token.", "", _md_metrics(table), "",
+            "## Training and validation loss", ""]
     out.append(f"![training and validation loss]({images['loss']})" if "loss" in images else NO_LOGS)
     out += _md_bucket_sections(images, buckets)
     out += ["", "## Predictions next to the real continuation"]

@@ -47,6 +47,36 @@ def loss_series(logs: list) -> tuple[list, list]:
     return sorted(train.items()), sorted(val.items())
 
 
+def intervals(train: list) -> list[tuple[float, float, float]]:
+    """(first step, last step, mean loss) of each logged train point: a log line at step s holds the mean
+    loss over the steps since the previous log line (`logging_steps` of them, fewer at the end of an epoch),
+    so it belongs to that interval, not to step s alone."""
+    out, start = [], 0
+    for step, loss in train:
+        out.append((start, step, loss))
+        start = step
+    return out
+
+
+def _draw_train(ax, train: list, color: str, label: str) -> None:
+    """Each interval's mean as a flat segment over the steps it covers. An interval shorter than the usual
+    one (the last, partial one) averages fewer steps, so it is noisier: drawn dotted and labelled, so that a
+    high mean over 2 steps does not read as divergence."""
+    spans = intervals(train)
+    usual = max((b - a for a, b, _ in spans), default=0)
+    full = [(a, b, v) for a, b, v in spans if b - a == usual]
+    ax.hlines([v for _, _, v in full], [a for a, _, _ in full], [b for _, b, _ in full], color=color, lw=2,
+              label=f"{label} train (mean of each logging interval)")
+    if len(full) > 1:  # a faint line through the intervals' middles keeps the trend readable
+        ax.plot([(a + b) / 2 for a, b, _ in full], [v for _, _, v in full], color=color, lw=0.8, alpha=0.4)
+    partial = [s for s in spans if s[1] - s[0] != usual]
+    for k, (a, b, v) in enumerate(partial):
+        ax.hlines(v, a, b, color=color, lw=2, ls=":",
+                  label=f"{label} train, shorter interval (fewer steps)" if k == 0 else None)
+        ax.annotate(f"{b - a} step{'s' if b - a != 1 else ''}", ((a + b) / 2, v), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize="x-small", color=color)
+
+
 def plot_losses(runs: list[Run]) -> bytes | None:
     series = [(i, r, *loss_series(r.logs)) for i, r in enumerate(runs)]
     series = [s for s in series if s[2] or s[3]]
@@ -55,16 +85,29 @@ def plot_losses(runs: list[Run]) -> bytes | None:
     fig, (ax,) = _figure(1)
     for i, r, train, val in series:
         if train:
-            ax.plot([s for s, _ in train], [v for _, v in train], color=_color(i), lw=1.4, label=f"{r.label} train")
+            _draw_train(ax, train, _color(i), r.label)
         if val:
             ax.plot([s for s, _ in val], [v for _, v in val], color=_color(i), lw=1, ls="--", marker="o", ms=5,
                     label=f"{r.label} validation")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per target token")
     ax.set_title("Training and validation loss")
+    ax.margins(y=0.1)  # room for a short interval's label at the top
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    # below the axes: a legend inside may hide a short last interval, which is what it explains
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
     return _png(fig)
+
+
+def one_bucket(stats: dict, what: str) -> str | None:
+    """Why a by-bucket plot is not drawn, or None when it is: with every target of every run in one bucket it
+    would hold one point per run, which the metrics table already has."""
+    filled = {b for s in stats.values() for b, v in s.items() if v.get("n")}
+    if len(filled) != 1:
+        return None
+    n = sum(v.get("n", 0) for s in stats.values() for v in s.values())
+    return (f"Not plotted: all {n} targets fall in one {what} bucket ({next(iter(filled))}), so there is "
+            f"nothing to compare across buckets.")
 
 
 def bucket_panels(stats: dict) -> list[tuple[str, str]]:

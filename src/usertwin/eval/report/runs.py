@@ -128,3 +128,31 @@ def name_runs(runs: list[Run]) -> None:
         r.name = names[id(r)] or str(r.path)
         short = r.name if len(r.name) <= 40 else "..." + r.name[-37:]
         r.label = short if short.isascii() and short.isprintable() else f"run {i}"
+
+
+def parts_seen(config: dict) -> tuple | None:
+    """(profile, history, context): what the run's prompts showed, through the renderer's own reading of the
+    ablation and the use_* switches, so the report cannot disagree with training; history_strategy `none`
+    shows no history whatever the ablation says. None when the config does not say (missing, unknown
+    ablation)."""
+    from usertwin.text.render import RenderConfig
+
+    if not config:
+        return None
+    try:
+        parts = RenderConfig(ablation=config.get("ablation") or "profile_and_history_and_context",
+                             use_profile=config.get("use_profile"), use_history=config.get("use_history"),
+                             use_context=config.get("use_context")).parts()
+    except (UsertwinError, TypeError):
+        return None
+    profile, history, context = parts
+    return profile, history and config.get("history_strategy") != "none", context
+
+
+def history_label(run: Run) -> str | None:
+    """What history the run saw: "no history" when none reached its prompts (its history_strategy is then
+    beside the point), else its history_strategy."""
+    parts = parts_seen(run.config)
+    if parts is not None and not parts[1]:
+        return "no history"
+    return run.config.get("history_strategy")

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from usertwin.eval import metrics as metric_specs
 from usertwin.eval.metrics import activity_bucket, activity_labels, as_number, bucket_of
-from usertwin.eval.report.runs import Run
+from usertwin.eval.report.runs import Run, history_label
 
 # history-length buckets (the number of earlier items the target was predicted from): 0, 1-5, 6-20, 21-50, 51+
 HISTORY_EDGES = (0, 5, 20, 50)
-IDENTITY_COLUMNS = ("run", "ablation", "unit", "history_strategy")
+# "history" is what the run saw (`runs.history_label`); "targets" is the table's one row count
+IDENTITY_COLUMNS = ("run", "ablation", "unit", "history", "targets")
 SUMMARY_COLUMNS = ("val_loss_before", "val_loss_after", "best_val_loss", "steps", "epochs", "tokens_per_second",
                    "wall_seconds")
 # training columns where lower is better (as is any other column named *loss); metrics say so in their specs
@@ -69,10 +70,25 @@ def _direction(leaf: str) -> int:
     return -1 if leaf in LOWER_BETTER_TRAINING or leaf.endswith("loss") else 0
 
 
+ARROWS = {-1: "↓", 1: "↑", 0: ""}
+
+
+def arrow(leaf: str) -> str:
+    """The better side of a column: ↓ lower is better, ↑ higher is better, "" for counts and the like."""
+    return ARROWS[_direction(leaf)]
+
+
 def column_header(leaf: str) -> str:
-    """A column's name in the table header: its metric spec's label, else the leaf itself."""
+    """A column's name in the table header: its metric spec's label (else the leaf itself) and its arrow."""
     spec = metric_specs.spec_of(leaf)
-    return spec.header if spec is not None else leaf
+    name = spec.header if spec is not None else leaf
+    return f"{name} {arrow(leaf)}".rstrip()
+
+
+def is_count(leaf: str) -> bool:
+    """Row counts (n, n_scored, n_rows, unparseable): the table shows one count column, `targets`, instead."""
+    spec = metric_specs.spec_of(leaf)
+    return bool(spec and spec.count) or leaf.startswith("n_") or leaf == "unparseable"
 
 
 def _align_baseline(values: dict, paths: dict) -> dict:
@@ -88,6 +104,9 @@ def _align_baseline(values: dict, paths: dict) -> dict:
     kind = "rating" if "rmse" in leaves else "text" if (language or "bleu" in leaves) else None
     out = {}
     for name, (sp, val) in flat.items():
+        spec = metric_specs.spec_of(sp[-1])
+        if kind == "rating" and spec is not None and (spec.on_scale or spec.generated_only):
+            continue  # the rating baselines predict means and never fail to parse: 0 whatever the baseline
         hits = []
         if len(sp) == 1 and kind:
             hits = [c for c, p in paths.items() if p[-1] == sp[0] and kind in p[:-1]]
@@ -103,8 +122,8 @@ def _align_baseline(values: dict, paths: dict) -> dict:
 
 @dataclass
 class Table:
-    columns: list  # after the identity columns
-    paths: dict  # {column: path tuple}: its group in the header is path[:-1], its name path[-1]
+    columns: list  # shown after the identity columns: no counts but `targets`, no repeated perplexity
+    paths: dict  # {column: path tuple} of every column a row may hold, counts included (the verdict reads them)
     rows: list  # {"name", "label", "baseline": bool, "cells": {column: value}}
 
 
@@ -115,18 +134,26 @@ def _ordered(paths: dict) -> list:
     groups: dict = {}
     for c, p in paths.items():
         groups.setdefault(p[:-1], []).append(c)
-    headline = metric_specs.headline_keys()
+    order = metric_specs.ordered_keys()
 
     def rank(c):
         leaf = paths[c][-1]
-        return (headline.index(leaf), 0) if leaf in headline else (len(headline), _direction(leaf) == 0)
+        return (order.index(leaf), 0) if leaf in order else (len(order), _direction(leaf) == 0)
 
     return [c for cols in groups.values() for c in sorted(cols, key=rank)]
 
 
+def _targets(cells: dict, paths: dict):
+    """The row's count of targets: the metrics file's n_rows, else its largest n."""
+    if is_number(cells.get("n_rows")):
+        return cells["n_rows"]
+    counts = [v for c, v in cells.items() if c in paths and paths[c][-1] == "n" and is_number(v)]
+    return max(counts, default=None)
+
+
 def _run_row(run: Run, flat: dict, summary_cols: list) -> dict:
     cells = {"ablation": run.config.get("ablation"), "unit": run.config.get("unit", run.summary.get("unit")),
-             "history_strategy": run.config.get("history_strategy")}
+             "history": history_label(run)}
     cells.update({name: val for name, (_, val) in flat.items()})
     cells.update({f"train.{c}": run.summary.get(c) for c in summary_cols})
     return {"name": run.name, "label": run.label, "baseline": False, "cells": cells}
@@ -138,8 +165,26 @@ def _baseline_row(name, values, paths: dict) -> dict:
     aligned = _align_baseline(values, paths)
     for c, (p, _) in aligned.items():
         paths.setdefault(c, p)
-    return {"name": str(name), "label": str(name), "baseline": True,
-            "cells": {c: val for c, (_, val) in aligned.items()}}
+    cells = {c: val for c, (_, val) in aligned.items()}
+    cells["targets"] = values.get("n") if is_number(values.get("n")) else None
+    return {"name": str(name), "label": str(name), "baseline": True, "cells": cells}
+
+
+def _scored_only_zero(path: tuple) -> bool:
+    """A metric of generated text under a likelihood-scored rating (`rating.expected.unparseable_share`): 0 by
+    construction, so not a column."""
+    spec = metric_specs.spec_of(path[-1])
+    return bool(spec and spec.generated_only) and len(path) == 3 and path[0] == "rating" and path[1] != "generated"
+
+
+def _repeats_a_perplexity(c: str, table_rows: list, paths: dict) -> bool:
+    """The perplexity of all rows repeats its group's where a run has one group (ratings only, say): shown
+    once, in the group."""
+    if paths[c] != ("perplexity",):
+        return False
+    others = [o for o, p in paths.items() if p[-1] == "perplexity" and o != c]
+    return all(row["cells"].get(c) is None or any(row["cells"].get(o) == row["cells"][c] for o in others)
+               for row in table_rows)
 
 
 def metrics_table(runs: list[Run], baselines: dict | None) -> Table:
@@ -154,19 +199,25 @@ def metrics_table(runs: list[Run], baselines: dict | None) -> Table:
     paths = {c: paths[c] for c in _ordered(paths)}
     paths.update({f"train.{c}": ("train", c) for c in summary_cols})
     rows = [_run_row(r, f, summary_cols) for r, f in zip(runs, flat)]
+    for row in rows:
+        row["cells"]["targets"] = _targets(row["cells"], paths)
     rows += [_baseline_row(name, values, paths) for name, values in (baselines or {}).items()]
-    return Table(columns=list(paths), paths=paths, rows=rows)
+    columns = [c for c in paths if not is_count(paths[c][-1]) and not _repeats_a_perplexity(c, rows, paths)
+               and not _scored_only_zero(paths[c])]
+    return Table(columns=columns, paths=paths, rows=rows)
 
 
 def best_values(table: Table) -> dict:
-    """{column: best value} for columns with a direction and at least two values."""
+    """{column: best value} for columns with a direction where one row alone holds the best value: a tie
+    at the top (all equal included) names no best."""
     best = {}
     for c in table.columns:
         d = _direction(table.paths[c][-1])
         vals = [row["cells"].get(c) for row in table.rows]
         vals = [v for v in vals if is_number(v) and math.isfinite(v)]
-        if d and len(vals) >= 2 and len(set(vals)) > 1:
-            best[c] = min(vals) if d < 0 else max(vals)
+        top = (min(vals) if d < 0 else max(vals)) if d and vals else None
+        if top is not None and vals.count(top) == 1 and len(vals) >= 2:
+            best[c] = top
     return best
 
 
