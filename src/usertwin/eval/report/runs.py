@@ -131,18 +131,18 @@ def name_runs(runs: list[Run]) -> None:
 
 
 def parts_seen(config: dict) -> tuple | None:
-    """(profile, history, context): what the run's prompts showed, through the renderer's own reading of the
+    """(profile, history, context): what the run's prompts showed, through the settings' own reading of the
     ablation and the use_* switches, so the report cannot disagree with training; history_strategy `none`
     shows no history whatever the ablation says. None when the config does not say (missing, unknown
     ablation)."""
-    from usertwin.text.render import RenderConfig
+    from usertwin.config import RenderSettings
 
     if not config:
         return None
     try:
-        parts = RenderConfig(ablation=config.get("ablation") or "profile_and_history_and_context",
-                             use_profile=config.get("use_profile"), use_history=config.get("use_history"),
-                             use_context=config.get("use_context")).parts()
+        parts = RenderSettings(ablation=config.get("ablation") or "profile_and_history_and_context",
+                               use_profile=config.get("use_profile"), use_history=config.get("use_history"),
+                               use_context=config.get("use_context")).parts()
     except (UsertwinError, TypeError):
         return None
     profile, history, context = parts
