@@ -55,7 +55,7 @@ def made(tmp_path_factory, tiny_model_dir):
     data.write_text("".join(json.dumps(_raw(u, n)) + "\n" for u, n in USERS.items()))
     run = tmp / "twin-run"
     assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(run),
-                 "--max_length", "256", "--learning_rate", "0.01", "--max_steps", "2", "--no-progress"]) == 0
+                 "--max_length", "256", "--learning_rate", "0.01", "--max_steps", "2", "--eval_steps", "2", "--no-progress"]) == 0
     return run, data
 
 
@@ -346,9 +346,10 @@ def test_openai_client_sees_errors_as_its_own_exceptions(server, made):
     good = openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0)
     with pytest.raises(openai.NotFoundError, match="nobody"):
         good.chat.completions.create(model=made[0].name, messages=[{"role": "user", "content": "hi"}], user="nobody")
-    with pytest.raises(openai.BadRequestError, match="context_length_exceeded"):
+    with pytest.raises(openai.BadRequestError, match="max_length is 256") as e:
         good.chat.completions.create(model=made[0].name, messages=[{"role": "user", "content": "word " * 400}],
                                      user="11")
+    assert e.value.code == "context_length_exceeded"
 
 
 # ---------------------------------------------------------------- the page, in headless Chromium
