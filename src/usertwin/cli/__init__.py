@@ -7,7 +7,18 @@ import argparse
 import sys
 
 from usertwin import __version__
-from usertwin.cli import baselines, convert, evaluate, inspect, predict, prepare, report, serve, train, validate
+from usertwin.cli import (
+    baselines,
+    convert,
+    evaluate,
+    inspect,
+    predict,
+    prepare,
+    report,
+    serve,
+    train,
+    validate,
+)
 from usertwin.errors import UsertwinError
 
 # the order of `usertwin --help`: the pipeline's order
