@@ -207,6 +207,12 @@ def test_openai_chat_completion_and_its_stream(client, made):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
     assert chunks[-1].usage.prompt_tokens == done.usage.prompt_tokens
+    reply = choice.message.content
+    if reply:  # a stop string cuts the reply before it
+        cut = client.chat.completions.create(model=made[0].name, messages=messages, user="11", max_tokens=5,
+                                             stop=[reply[-1]])
+        assert cut.choices[0].message.content == reply[:reply.index(reply[-1])]
+        assert cut.choices[0].finish_reason == "stop"
 
 
 def test_openai_chat_with_a_described_user(client, made, twin):

@@ -39,6 +39,7 @@ def run(args) -> int:
 
     if args.max_batch < 1 or args.batch_wait_ms < 0:
         raise UsertwinError("--max_batch must be at least 1 and --batch_wait_ms not negative")
+    _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
     twin = Twin.load(args.run, records=args.data)
     name = args.model_name or model_name_of(args.run)
     app = create_app(twin, api_key=args.api_key, model_name=name, wait_ms=args.batch_wait_ms,
@@ -50,3 +51,18 @@ def run(args) -> int:
           f"http://{args.host}:{args.port}/v1)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from usertwin.errors import UsertwinError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise UsertwinError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") \
+            from None
