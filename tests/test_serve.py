@@ -208,11 +208,28 @@ def test_openai_chat_completion_and_its_stream(client, made):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
     assert chunks[-1].usage.prompt_tokens == done.usage.prompt_tokens
     reply = choice.message.content
-    if reply:  # a stop string cuts the reply before it
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1 or len(reply) <= 1  # token by token, as the batch generates
+    if reply:  # a stop string cuts the reply before it, streamed or not
         cut = client.chat.completions.create(model=made[0].name, messages=messages, user="11", max_tokens=5,
                                              stop=[reply[-1]])
         assert cut.choices[0].message.content == reply[:reply.index(reply[-1])]
         assert cut.choices[0].finish_reason == "stop"
+        streamed = client.chat.completions.create(model=made[0].name, messages=messages, user="11", max_tokens=5,
+                                                  stop=[reply[-1]], stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == cut.choices[0].message.content
+
+
+def test_stop_strings_cut_a_stream_without_showing_their_start():
+    pytest.importorskip("fastapi")
+    from usertwin.serve.app import _StopCut
+
+    cut = _StopCut(["END", "\n\n"])
+    out = [cut.add(x) for x in ["Hello E", "N", "and more", " E", "ND tail"]]
+    assert out == ["Hello ", "", "ENand more", " ", ""] and cut.flush() == ""
+    assert "".join(out) == "Hello ENand more "
+    keep = _StopCut(["xyz"])
+    assert keep.add("abx") == "ab" and keep.flush() == "x"
 
 
 def test_openai_chat_with_a_described_user(client, made, twin):
@@ -324,6 +341,10 @@ def test_bad_requests_get_4xx_json(http, made):
     _error(http.post("/v1/chat/completions", json={**chat, "model": "gpt-4o"}), 404, "model_not_found")
     _error(http.post("/v1/chat/completions", json={**chat, "messages": [{"role": "tool", "content": "x"}]}), 400)
     _error(http.post("/v1/chat/completions", json={**chat, "n": 0}), 400)
+    _error(http.post("/v1/chat/completions", json={**chat, "n": 2}), 400)  # greedy has one answer
+    # a stream that cannot start is a plain error response, not an event stream
+    _error(http.post("/v1/chat/completions", json={**chat, "user": "nobody", "stream": True}), 404, "user_not_found")
+    _error(http.post("/v1/chat/completions", json={**long, "stream": True}), 400, "context_length_exceeded")
     _error(http.post("/v1/chat/completions", json=[1, 2]), 400)
     _error(http.post("/v1/twin/predict", json={"user": "11", "target": 99}), 400)
     _error(http.post("/v1/twin/score", json={"user": "11", "continuations": []}), 400)

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import secrets
 import time
 import uuid
@@ -216,12 +215,13 @@ class Served:
         gen = self._gen(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.n)
         self._check_user(req)
         twin = self.twin
-        result = await self._run(Job(lambda: chat_prompt(twin, req.messages, req.user, req.profile, req.history,
-                                                         room=gen.max_new_tokens), gen=gen))
-        choices = _finish(result.texts, req.stop, gen.max_new_tokens)
+        job = Job(lambda: chat_prompt(twin, req.messages, req.user, req.profile, req.history,
+                                      room=gen.max_new_tokens), gen=gen)
         if req.stream:
-            return _sse(_chat_chunks(_ids("chatcmpl"), self.model_name, choices, _usage(result, choices),
-                                     _include_usage(req.stream_options)))
+            chunks = _ChatChunks(_ids("chatcmpl"), self.model_name, _include_usage(req.stream_options))
+            return await self._stream(job, chunks, req.stop, gen)
+        result = await self._run(job)
+        choices = _finish(result.texts, req.stop, gen.max_new_tokens)
         return {"id": _ids("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name, "system_fingerprint": None,
                 "choices": [{"index": i, "message": {"role": "assistant", "content": text},
@@ -235,12 +235,15 @@ class Served:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt: give an item (text) or a list of items", param="prompt")
+        if req.stream:
+            if len(prompts) > 1:
+                raise ApiError(400, "stream: one prompt at a time (send a list without stream)", param="stream")
+            chunks = _CompletionChunks(_ids("cmpl"), self.model_name, _include_usage(req.stream_options))
+            return await self._stream(self._item_job(req, prompts[0], req.context, None, gen), chunks, req.stop,
+                                      gen)
         results = await self._gather([self._item_job(req, p, req.context, None, gen) for p in prompts])
         choices = [c for r in results for c in _finish(r.texts, req.stop, gen.max_new_tokens)]
         usage = _usage_many(results, choices)
-        if req.stream:
-            return _sse(_completion_chunks(_ids("cmpl"), self.model_name, choices, usage,
-                                           _include_usage(req.stream_options)))
         return {"id": _ids("cmpl"), "object": "text_completion", "created": int(time.time()),
                 "model": self.model_name,
                 "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": why}
@@ -317,6 +320,9 @@ class Served:
             raise ApiError(400, f"max_tokens {max_new} is more than the twin's max_length allows ({limit})",
                            code="context_length_exceeded", param="max_tokens")
         base = GenerateSettings()
+        if n > 1 and not (temperature if temperature is not None else base.temperature):
+            raise ApiError(400, f"{n} samples need sampling: set temperature above 0 (greedy decoding has one "
+                                "answer)", param="temperature")
         return GenerateSettings(max_new_tokens=max_new or base.max_new_tokens,
                                 temperature=base.temperature if temperature is None else temperature,
                                 top_p=base.top_p if top_p is None else top_p, num_samples=n)
@@ -348,6 +354,21 @@ class Served:
             raise ApiError(400, str(e), code="context_length_exceeded") from None
         except UsertwinError as e:
             raise ApiError(400, str(e)) from None
+
+    async def _stream(self, job: Job, chunks, stop, gen: GenerateSettings) -> StreamingResponse:
+        """Server-sent events as the tokens come. A request that fails before its generation starts (unknown
+        user, prompt too long) gets a plain 4xx response instead of a stream."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job.stream = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+        task = asyncio.ensure_future(self._run(job))
+        started = asyncio.ensure_future(events.get())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            started.cancel()
+            task.result()  # raises the request's ApiError
+        body = _stream_events(task, events, chunks, _stops(stop), gen)
+        return StreamingResponse(_sse(body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def _gather(self, jobs: list[Job]) -> list[Result]:
         return list(await asyncio.gather(*(self._run(j) for j in jobs)))
@@ -387,57 +408,132 @@ def _include_usage(options: dict | None) -> bool:
     return bool((options or {}).get("include_usage"))
 
 
-_PIECE = re.compile(r"\s*\S+|\s+")
+def _stops(stop) -> list[str]:
+    return [x for x in ([stop] if isinstance(stop, str) else list(stop or [])) if x]
 
 
-def _pieces(text: str) -> list[str]:
-    """The text in word-sized deltas (the whole reply is generated before the stream starts)."""
-    return _PIECE.findall(text) or [""]
+async def _sse(events):
+    async for event in events:
+        yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+    yield "data: [DONE]\n\n"
 
 
-def _sse(events):
-    async def body():
-        for event in events:
-            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
+async def _stream_events(task: asyncio.Future, events: asyncio.Queue, chunks, stops: list[str],
+                         gen: GenerateSettings):
+    """The chunks of one streamed request: deltas while the batch generates, then each sample's finish."""
+    cuts = [_StopCut(stops) for _ in range(gen.num_samples)]
+    for i in range(gen.num_samples):
+        opening = chunks.open(i)
+        if opening:
+            yield opening
+    while True:
+        get = asyncio.ensure_future(events.get())
+        done, _ = await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+        if get not in done:
+            get.cancel()
+            break
+        for chunk in _delta(get.result(), cuts, chunks):
+            yield chunk
+    while not events.empty():
+        for chunk in _delta(events.get_nowait(), cuts, chunks):
+            yield chunk
+    try:
+        result = task.result()
+    except ApiError as e:  # failed after the stream began: OpenAI's in-stream error event
+        yield error_body(e.message, e.kind, e.code, e.param)
+        return
+    except Exception as e:
+        log.exception("a streamed request failed")
+        yield error_body(f"internal error ({type(e).__name__}); the server log has the details", "server_error")
+        return
+    choices = _finish(result.texts, stops, gen.max_new_tokens)
+    for i, (_, why) in enumerate(choices):
+        rest = cuts[i].flush()
+        if rest:
+            yield chunks.delta(i, rest)
+        yield chunks.close(i, why)
+    if chunks.with_usage:
+        yield chunks.usage(_usage(result, choices))
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+def _delta(event: tuple, cuts: list, chunks):
+    if event[0] == "delta":
+        piece = cuts[event[1]].add(event[2])
+        if piece:
+            yield chunks.delta(event[1], piece)
 
 
-def _chat_chunks(cid: str, model: str, choices, usage: dict, with_usage: bool):
-    created = int(time.time())
+class _StopCut:
+    """One sample's deltas, cut at the first stop string; text that may be the start of one is held back."""
 
-    def chunk(i, delta, why=None):
-        c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": why}]}
-        if with_usage:
+    def __init__(self, stops: list[str]):
+        self.stops, self.text, self.sent, self.stopped = stops, "", 0, False
+
+    def add(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += delta
+        hits = [self.text.find(s) for s in self.stops if s in self.text]
+        if hits:
+            self.stopped, end = True, min(hits)
+        else:
+            end = len(self.text) - self._held()
+        return self._take(end)
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._take(len(self.text))
+
+    def _held(self) -> int:
+        return max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+
+    def _take(self, end: int) -> str:
+        out = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return out
+
+
+class _ChatChunks:
+    """chat.completion.chunk objects of one response."""
+
+    kind = "chat.completion.chunk"
+
+    def __init__(self, cid: str, model: str, with_usage: bool):
+        self.cid, self.model, self.with_usage, self.created = cid, model, with_usage, int(time.time())
+
+    def _chunk(self, choices: list, **extra) -> dict:
+        c = {"id": self.cid, "object": self.kind, "created": self.created, "model": self.model,
+             "choices": choices}
+        if self.with_usage:
             c["usage"] = None
-        return c
+        return {**c, **extra}
 
-    for i, (text, why) in enumerate(choices):
-        yield chunk(i, {"role": "assistant", "content": ""})
-        for piece in _pieces(text):
-            yield chunk(i, {"content": piece})
-        yield chunk(i, {}, why)
-    if with_usage:
-        yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-               "usage": usage}
+    def open(self, i: int) -> dict | None:
+        return self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}])
+
+    def delta(self, i: int, text: str) -> dict:
+        return self._chunk([{"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
+
+    def close(self, i: int, why: str) -> dict:
+        return self._chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": why}])
+
+    def usage(self, usage: dict) -> dict:
+        return self._chunk([], usage=usage)
 
 
-def _completion_chunks(cid: str, model: str, choices, usage: dict, with_usage: bool):
-    created = int(time.time())
+class _CompletionChunks(_ChatChunks):
+    """text_completion objects of one streamed response (a completion has no opening chunk)."""
 
-    def chunk(i, text, why=None):
-        return {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": why}]}
+    kind = "text_completion"
 
-    for i, (text, why) in enumerate(choices):
-        for piece in _pieces(text):
-            yield chunk(i, piece)
-        yield chunk(i, "", why)
-    if with_usage:
-        yield {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [],
-               "usage": usage}
+    def open(self, i: int) -> dict | None:
+        return None
+
+    def delta(self, i: int, text: str) -> dict:
+        return self._chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def close(self, i: int, why: str) -> dict:
+        return self._chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": why}])
 
 
 def model_name_of(run_dir) -> str:

@@ -1,7 +1,8 @@
 """Concurrent requests -> batched model calls. The model, its tokenizer and the renderer live in one worker
 thread (none of them is safe to share between threads); requests wait on asyncio futures. The worker takes the
 first waiting job, collects more for `wait_ms` (or until `max_batch`), builds every prompt, then runs one
-`generate` per distinct generation setting and one scoring forward for all scoring jobs."""
+`generate` per distinct generation setting and one scoring forward for all scoring jobs. A streaming job hears
+("start",) once its prompt is accepted and ("delta", sample, text) as its tokens come out of the batch."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Job:
     prompt: Callable[[], list[int]]
     gen: GenerateSettings | None = None  # generate with these settings
     candidates: Callable[[], list[list[int]]] | None = None  # score these continuations after the prompt
+    stream: Callable[[tuple], None] | None = None  # called from the worker thread; must not block
 
 
 @dataclasses.dataclass
@@ -128,6 +130,8 @@ class Batcher:
             _fail(p, e)
             return False
         p.result = Result(len(p.ids))
+        if p.job.stream:
+            p.job.stream(("start",))
         return True
 
     def _generate(self, pending: list[_Pending]) -> None:
@@ -135,9 +139,26 @@ class Batcher:
         for p in pending:  # one generate call per setting: a call decodes every row the same way
             groups.setdefault(dataclasses.astuple(p.job.gen), []).append(p)
         for group in groups.values():
-            texts = self.engine.generate([p.ids for p in group], group[0].job.gen)
+            gen = group[0].job.gen
+            rows = [_RowText(self.engine, p.job.stream, s) if p.job.stream else None
+                    for p in group for s in range(gen.num_samples)]
+            texts = self._generate_streaming(group, gen, rows) if any(rows) else \
+                self.engine.generate([p.ids for p in group], gen)
             for p, samples in zip(group, texts):
                 p.result.texts = [(t, self._count(t)) for t in samples]
+            for row, text in zip(rows, [t for samples in texts for t in samples]):
+                if row:
+                    row.finish(text)
+
+    def _generate_streaming(self, group, gen, rows):
+        """Engine.generate takes no streamer: for this one call its model is wrapped to pass one on, so that
+        how a twin generates stays defined in Engine.generate alone (this thread is the model's only user)."""
+        engine, model = self.engine, self.engine.model
+        engine.model = _WithStreamer(model, _Tap(rows))
+        try:
+            return engine.generate([p.ids for p in group], gen)
+        finally:
+            engine.model = model
 
     def _score(self, pending: list[_Pending]) -> None:
         if not pending:
@@ -148,6 +169,68 @@ class Batcher:
 
     def _count(self, text: str) -> int:
         return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class _WithStreamer:
+    def __init__(self, model, streamer):
+        self._model, self._streamer = model, streamer
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def generate(self, **kw):
+        return self._model.generate(**kw, streamer=self._streamer)
+
+
+class _Tap:
+    """A transformers streamer for a whole batch: each output row's new token goes to its _RowText."""
+
+    def __init__(self, rows: list):
+        self.rows, self.prompt_seen = rows, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call carries the prompts
+            self.prompt_seen = True
+            return
+        for row, tok in zip(self.rows, value.reshape(-1).tolist()):
+            if row:
+                row.add(tok)
+
+    def end(self) -> None:
+        pass
+
+
+class _RowText:
+    """One generated sample, decoded as it grows and cleaned as Engine.generate cleans the whole text, so that
+    the deltas sent add up to the final text."""
+
+    def __init__(self, engine, emit: Callable[[tuple], None], sample: int):
+        self.engine, self.emit, self.sample = engine, emit, sample
+        self.ids: list[int] = []
+        self.sent, self.done = "", False
+
+    def add(self, tok: int) -> None:
+        if self.done:
+            return
+        if tok == self.engine.eot_id:
+            self.done = True
+            return
+        self.ids.append(tok)
+        text = self.engine.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
+            return
+        eot, pad = self.engine.renderer.fmt.eot, self.engine.tokenizer.pad_token or "\0"
+        clean = (text.split(eot)[0] if eot else text).replace(pad, "").lstrip()
+        # trailing spaces are held back: the final text is stripped, and they may yet be followed by words
+        self._send(clean.rstrip())
+
+    def finish(self, final: str) -> None:
+        self._send(final)
+
+    def _send(self, text: str) -> None:
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.emit(("delta", self.sample, text[len(self.sent):]))
+            self.sent = text
 
 
 def _deliver(p: _Pending, value) -> None:
