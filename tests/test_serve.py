@@ -393,12 +393,11 @@ class Chromium:
                "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
                f"--user-data-dir={tmp / 'profile'}", "--remote-debugging-pipe", "about:blank"]
 
-        def fds():  # in the child, before exec: the pipe ends where Chromium expects them
-            os.dup2(to_child, 3)
-            os.dup2(from_child, 4)
-
-        self.proc = subprocess.Popen(cmd, preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        # bash puts the pipe ends where Chromium expects them (no preexec_fn: this process has threads; dash
+        # takes single-digit descriptors only)
+        move = f'exec "$0" "$@" 3<&{to_child} 4>&{from_child} {to_child}<&- {from_child}>&-'
+        self.proc = subprocess.Popen(["bash", "-c", move, *cmd], pass_fds=(to_child, from_child),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_child)
         os.close(from_child)
         self._buf, self._next = b"", 0
