@@ -345,7 +345,7 @@ def test_bad_requests_get_4xx_json(http, made):
     # a stream that cannot start is a plain error response, not an event stream
     _error(http.post("/v1/chat/completions", json={**chat, "user": "nobody", "stream": True}), 404, "user_not_found")
     _error(http.post("/v1/chat/completions", json={**long, "stream": True}), 400, "context_length_exceeded")
-    _error(http.post("/v1/chat/completions", json=[1, 2]), 400)
+    assert "must be a JSON object" in _error(http.post("/v1/chat/completions", json=[1, 2]), 400)["message"]
     _error(http.post("/v1/twin/predict", json={"user": "11", "target": 99}), 400)
     _error(http.post("/v1/twin/score", json={"user": "11", "continuations": []}), 400)
     _error(http.post("/v1/twin/predict", json={"history": [{"continuation_prefix": "no continuation"}]}), 400)
@@ -389,6 +389,7 @@ class Chromium:
     def __init__(self, tmp: Path, width: int = 1280, height: int = 1000):
         to_child, self._out = os.pipe()
         self._in, from_child = os.pipe()
+        to_child, from_child = _above_4(to_child), _above_4(from_child)  # not 3 or 4: the moves below would clash
         cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
                "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
                f"--user-data-dir={tmp / 'profile'}", "--remote-debugging-pipe", "about:blank"]
@@ -468,6 +469,14 @@ class Chromium:
             self.proc.wait()
         os.close(self._in)
         os.close(self._out)
+
+
+def _above_4(fd: int) -> int:
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
 
 
 def use_page(browser: Chromium, base: str, user: str, item: str, say: str, key: str | None = None) -> dict:

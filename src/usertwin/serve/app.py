@@ -186,6 +186,8 @@ def _validation_message(errors) -> tuple[str, str | None]:
         return f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        return "the body must be a JSON object (sent with Content-Type: application/json)", None
     if first.get("type") == "extra_forbidden":
         return f"unsupported parameter: {param}", param
     return (f"{param}: {first.get('msg')}" if param else f"the body: {first.get('msg')}"), param
