@@ -129,10 +129,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(made, tmp_path_factory):
-    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'usertwin[serve]')")
-    pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install 'usertwin[serve]')")
-    httpx = pytest.importorskip("httpx")
+def serve_deps():
+    """Skips before the run is trained when the server or its clients cannot run."""
+    for name in ("fastapi", "uvicorn", "httpx"):
+        pytest.importorskip(name, reason=f"{name} is not installed (pip install 'usertwin[dev]')")
+
+
+@pytest.fixture(scope="module")
+def server(serve_deps, made, tmp_path_factory):
+    import httpx
+
     run, data = made
     port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
