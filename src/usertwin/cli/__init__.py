@@ -7,11 +7,22 @@ import argparse
 import sys
 
 from usertwin import __version__
-from usertwin.cli import baselines, convert, evaluate, inspect, predict, prepare, report, train, validate
+from usertwin.cli import (
+    baselines,
+    convert,
+    evaluate,
+    inspect,
+    predict,
+    prepare,
+    report,
+    serve,
+    train,
+    validate,
+)
 from usertwin.errors import UsertwinError
 
 # the order of `usertwin --help`: the pipeline's order
-COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report)
+COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report, serve)
 
 
 class Parser(argparse.ArgumentParser):

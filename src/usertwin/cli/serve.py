@@ -1,0 +1,68 @@
+"""`usertwin serve --run RUN [--data RECORDS]`: the twin behind an OpenAI-compatible HTTP API and a page."""
+
+from __future__ import annotations
+
+import os
+
+NAME = "serve"
+HELP = "serve a twin over an OpenAI-compatible HTTP API (chat, completions, twin endpoints) with a page at /"
+KEY_ENV = "USERTWIN_API_KEY"  # a key on the command line is visible to every user of the machine (ps)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--run", required=True, help="a train run directory: its config, best weights, twin.json")
+    p.add_argument("--data", help="records file whose users can be named by id (request field `user`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--api_key", "--api-key", default=os.environ.get(KEY_ENV),
+                   help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${KEY_ENV}; unset: no key)")
+    p.add_argument("--model_name", "--model-name",
+                   help="the model id clients send (default: the run directory's name)")
+    p.add_argument("--batch_wait_ms", "--batch-wait-ms", type=float, default=5.0,
+                   help="how long the model waits to collect concurrent requests into one batch")
+    p.add_argument("--max_batch", "--max-batch", type=int, default=32, help="most requests in one batch")
+
+
+def run(args) -> int:
+    import sys
+
+    from usertwin.errors import UsertwinError
+
+    try:
+        import uvicorn
+
+        from usertwin.serve.app import create_app, model_name_of
+    except ImportError as e:
+        raise UsertwinError(f"serve needs the serve extra ({e.name} is missing): pip install 'usertwin[serve]'") \
+            from None
+    from usertwin.twin import Twin
+
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise UsertwinError("--max_batch must be at least 1 and --batch_wait_ms not negative")
+    _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
+    twin = Twin.load(args.run, records=args.data)
+    name = args.model_name or model_name_of(args.run)
+    app = create_app(twin, api_key=args.api_key, model_name=name, wait_ms=args.batch_wait_ms,
+                     max_batch=args.max_batch)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"usertwin serve: warning: listening on {args.host} without --api_key: anyone who can reach it "
+              "can use the twin", file=sys.stderr)
+    print(f"usertwin serve: model {name!r} at http://{args.host}:{args.port}/ (OpenAI base_url "
+          f"http://{args.host}:{args.port}/v1)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from usertwin.errors import UsertwinError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise UsertwinError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") \
+            from None

@@ -1,0 +1,542 @@
+"""The HTTP app of `usertwin serve`: OpenAI-compatible endpoints, the twin's own endpoints and a page.
+
+Whose twin answers is chosen per request: `user` (an id of the records file given with --data; OpenAI's
+own `user` field), or `profile` (an object) and `history` (items in the records format), sent as extra body
+fields (`extra_body=` in the openai package). A chat's `system` message may describe the user instead.
+
+    GET  /v1/models                 the served twin
+    POST /v1/chat/completions       the twin's next line in a conversation (stream: true for SSE chunks)
+    POST /v1/completions            the twin's continuation of an item: `prompt` is the item (its prefix)
+    POST /v1/twin/predict           continuations and the rating distribution of an item
+    POST /v1/twin/score             log-likelihoods of given continuations
+    GET  /v1/twin, /v1/twin/users, /v1/twin/users/{id}   what the page shows
+    GET  /                          the page
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from usertwin.config import GenerateSettings
+from usertwin.errors import UsertwinError
+from usertwin.serve.batching import Batcher, Job, PromptTooLong, Result
+from usertwin.twin import chat_prompt, known_users
+
+log = logging.getLogger("usertwin.serve")
+MAX_N = 16  # samples per request: more is a batch job for `usertwin predict`, not a request
+
+
+class ApiError(Exception):
+    """An error a client caused, in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+
+
+def error_body(message: str, kind: str, code=None, param=None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# ---------------------------------------------------------------- requests
+
+
+class Strict(BaseModel):
+    # an unknown field is refused, not ignored: a client must not believe a setting it sent took effect
+    model_config = ConfigDict(extra="forbid")
+
+
+class Who(Strict):
+    user: str | int | None = Field(None, description="a user id of the records file (--data)")
+    profile: dict | None = Field(None, description="describe the user: a profile object")
+    history: list[dict] | None = Field(None, description="describe the user: earlier items, records format")
+
+
+class Sampling(Strict):
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+
+
+class ChatRequest(Who, Sampling):
+    model: str
+    messages: list[dict] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: dict | None = None
+    stop: str | list[str] | None = None
+
+
+class CompletionRequest(Who, Sampling):
+    model: str
+    prompt: str | list[str] = Field(description="the item: what the user responds to (a continuation prefix)")
+    context: list[dict] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: dict | None = None
+    stop: str | list[str] | None = None
+
+
+class PredictRequest(Who, Sampling):
+    item: str = ""
+    context: list[dict] | None = None
+    target: int | None = Field(None, ge=0, description="an existing item of the user instead of a new one")
+    max_new_tokens: int | None = Field(None, ge=1)
+    num_samples: int = Field(1, ge=1, le=MAX_N)
+    generate: bool = True
+    rating_distribution: bool | None = Field(None, description="default: when the twin has a rating scale")
+
+
+class ScoreRequest(Who):
+    item: str = ""
+    context: list[dict] | None = None
+    target: int | None = Field(None, ge=0)
+    continuations: list[str] = Field(min_length=1, max_length=256)
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(twin, *, api_key: str | None = None, model_name: str | None = None, wait_ms: float = 5.0,
+               max_batch: int = 32) -> FastAPI:
+    state = Served(twin, model_name or "usertwin", Batcher(twin.engine, wait_ms, max_batch))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state.batcher.start()
+        yield
+        state.batcher.stop()
+
+    app = FastAPI(title="usertwin", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.served = state
+    _handlers(app)
+    auth = [Depends(_auth(api_key))]
+    app.get("/", response_class=HTMLResponse, include_in_schema=False)(lambda: HTMLResponse(page_html()))
+    app.get("/v1/models", dependencies=auth)(state.models)
+    app.post("/v1/chat/completions", dependencies=auth)(state.chat)
+    app.post("/v1/completions", dependencies=auth)(state.completions)
+    app.post("/v1/twin/predict", dependencies=auth)(state.predict)
+    app.post("/v1/twin/score", dependencies=auth)(state.score)
+    app.get("/v1/twin", dependencies=auth)(state.info)
+    app.get("/v1/twin/users", dependencies=auth)(state.users)
+    app.get("/v1/twin/users/{user_id}", dependencies=auth)(state.user)
+    return app
+
+
+def page_html() -> str:
+    return resources.files("usertwin.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def _auth(api_key: str | None):
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    def check(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, expected):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the "
+                                "key given to `usertwin serve --api_key`", code="invalid_api_key")
+
+    return check
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request, e: ApiError):
+        return JSONResponse(error_body(e.message, e.kind, e.code, e.param), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e: RequestValidationError):
+        message, param = _validation_message(e.errors())
+        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(f"{request.method} {request.url.path}: {e.detail}", kind), e.status_code)
+
+    @app.exception_handler(Exception)
+    async def crashed(request, e: Exception):  # a bug: logged with its traceback here, never sent to a client
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse(error_body(f"internal error ({type(e).__name__}); the server log has the details",
+                                       "server_error"), 500)
+
+
+def _validation_message(errors) -> tuple[str, str | None]:
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        return "the body must be a JSON object (sent with Content-Type: application/json)", None
+    if first.get("type") == "extra_forbidden":
+        return f"unsupported parameter: {param}", param
+    return (f"{param}: {first.get('msg')}" if param else f"the body: {first.get('msg')}"), param
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+class Served:
+    """The endpoints over one twin and its batcher."""
+
+    def __init__(self, twin, model_name: str, batcher: Batcher):
+        self.twin, self.model_name, self.batcher = twin, model_name, batcher
+        self.created = int(time.time())
+
+    @property
+    def max_new_tokens(self) -> int:
+        return GenerateSettings().max_new_tokens
+
+    # -- OpenAI
+
+    async def models(self):
+        return {"object": "list", "data": [self._model_card()]}
+
+    async def chat(self, req: ChatRequest):
+        self._check_model(req.model)
+        gen = self._gen(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.n)
+        self._check_user(req)
+        twin = self.twin
+        job = Job(lambda: chat_prompt(twin, req.messages, req.user, req.profile, req.history,
+                                      room=gen.max_new_tokens), gen=gen)
+        if req.stream:
+            chunks = _ChatChunks(_ids("chatcmpl"), self.model_name, _include_usage(req.stream_options))
+            return await self._stream(job, chunks, req.stop, gen)
+        result = await self._run(job)
+        choices = _finish(result.texts, req.stop, gen.max_new_tokens)
+        return {"id": _ids("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_name, "system_fingerprint": None,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                             "logprobs": None, "finish_reason": why} for i, (text, why) in enumerate(choices)],
+                "usage": _usage(result, choices)}
+
+    async def completions(self, req: CompletionRequest):
+        self._check_model(req.model)
+        gen = self._gen(req.max_tokens, req.temperature, req.top_p, req.n)
+        self._check_user(req)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise ApiError(400, "prompt: give an item (text) or a list of items", param="prompt")
+        if req.stream:
+            if len(prompts) > 1:
+                raise ApiError(400, "stream: one prompt at a time (send a list without stream)", param="stream")
+            chunks = _CompletionChunks(_ids("cmpl"), self.model_name, _include_usage(req.stream_options))
+            return await self._stream(self._item_job(req, prompts[0], req.context, None, gen), chunks, req.stop,
+                                      gen)
+        results = await self._gather([self._item_job(req, p, req.context, None, gen) for p in prompts])
+        choices = [c for r in results for c in _finish(r.texts, req.stop, gen.max_new_tokens)]
+        usage = _usage_many(results, choices)
+        return {"id": _ids("cmpl"), "object": "text_completion", "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": why}
+                            for i, (text, why) in enumerate(choices)], "usage": usage}
+
+    # -- the twin's own
+
+    async def predict(self, req: PredictRequest):
+        scale = self.twin.engine.scale
+        want_dist = bool(scale) if req.rating_distribution is None else req.rating_distribution
+        if want_dist and not scale:
+            raise ApiError(400, "this twin's data has no rating collection: no rating distribution",
+                           param="rating_distribution")
+        if not req.generate and not want_dist:
+            raise ApiError(400, "nothing asked: generate is false and no rating distribution", param="generate")
+        gen = self._gen(req.max_new_tokens, req.temperature, req.top_p, req.num_samples) if req.generate else None
+        self._check_user(req)
+        job = self._item_job(req, req.item, req.context, req.target, gen)
+        if want_dist:
+            engine = self.twin.engine
+            job.candidates = lambda: [engine.ids_of(t) for t in scale]
+        result = await self._run(job)
+        out = {"model": self.model_name, "prompt_tokens": result.prompt_tokens,
+               "continuations": [t for t, _ in result.texts] if result.texts is not None else None,
+               "rating_distribution": None}
+        if want_dist:
+            out["rating_distribution"] = self.twin.engine.distribution([s for s, _ in result.scores])
+        return out
+
+    async def score(self, req: ScoreRequest):
+        self._check_user(req)
+        engine = self.twin.engine
+        job = self._item_job(req, req.item, req.context, req.target, None)
+        job.candidates = lambda: [engine.ids_of(c) for c in req.continuations]
+        result = await self._run(job)
+        return {"model": self.model_name, "prompt_tokens": result.prompt_tokens,
+                "scores": [{"continuation": c, "logprob": round(s, 6), "tokens": n,
+                            "logprob_per_token": round(s / max(1, n), 6)}
+                           for c, (s, n) in zip(req.continuations, result.scores)]}
+
+    async def info(self):
+        twin = self.twin
+        return {"model": self.model_name, "facts": twin.facts, "users": len(known_users(twin)),
+                "records": str(twin.records_path) if twin.records_path else None,
+                "max_length": twin.cfg.max_length, "max_new_tokens": self.max_new_tokens,
+                "batching": self.batcher.stats()}
+
+    async def users(self, limit: int = 1000):
+        ids = known_users(self.twin)
+        return {"object": "list", "total": len(ids),
+                "data": [{"id": u, "items": len(self.twin.timeline(u).items)} for u in ids[:max(0, limit)]]}
+
+    async def user(self, user_id: str, recent: int = 10):
+        tl = self._timeline(user_id)
+        items = tl.items[-recent:] if recent > 0 else []
+        return {"id": tl.user_id, "profile": tl.profile, "task": tl.task, "items": len(tl.items),
+                "recent": [{"position": it.position, "type": it.collection, "item": it.prefix,
+                            "continuation": it.continuation, "context": it.context, "time": it.time_text}
+                           for it in items]}
+
+    # -- helpers
+
+    def _model_card(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "usertwin"}
+
+    def _check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise ApiError(404, f"model {model!r} is not served here; this server serves {self.model_name!r}",
+                           code="model_not_found", param="model")
+
+    def _gen(self, max_new, temperature, top_p, n) -> GenerateSettings:
+        limit = self.twin.cfg.max_length - 1
+        if max_new is not None and max_new > limit:
+            raise ApiError(400, f"max_tokens {max_new} is more than the twin's max_length allows ({limit})",
+                           code="context_length_exceeded", param="max_tokens")
+        base = GenerateSettings()
+        if n > 1 and not (temperature if temperature is not None else base.temperature):
+            raise ApiError(400, f"{n} samples need sampling: set temperature above 0 (greedy decoding has one "
+                                "answer)", param="temperature")
+        return GenerateSettings(max_new_tokens=max_new or base.max_new_tokens,
+                                temperature=base.temperature if temperature is None else temperature,
+                                top_p=base.top_p if top_p is None else top_p, num_samples=n)
+
+    def _check_user(self, req: Who) -> None:
+        """A looked-up user must exist: 404 before the request waits for the model."""
+        if req.user is not None and req.profile is None and req.history is None:
+            self._timeline(req.user)
+
+    def _timeline(self, user):
+        if self.twin.records_path is None:
+            raise ApiError(400, f"user {user!r}: the server was started without --data RECORDS, so users cannot "
+                                "be looked up by id; describe the user with profile and history", param="user")
+        try:
+            return self.twin.timeline(user)
+        except UsertwinError as e:
+            raise ApiError(404, str(e), code="user_not_found", param="user") from None
+
+    def _item_job(self, req: Who, item: str, context, target, gen) -> Job:
+        twin = self.twin
+        room = gen.max_new_tokens if gen else 0
+        return Job(lambda: twin.prompt(req.user, item if target is None else None, context, target=target,
+                                       profile=req.profile, history=req.history, room=room), gen=gen)
+
+    async def _run(self, job: Job) -> Result:
+        try:
+            return await self.batcher.run(job)
+        except PromptTooLong as e:
+            raise ApiError(400, str(e), code="context_length_exceeded") from None
+        except UsertwinError as e:
+            raise ApiError(400, str(e)) from None
+
+    async def _stream(self, job: Job, chunks, stop, gen: GenerateSettings) -> StreamingResponse:
+        """Server-sent events as the tokens come. A request that fails before its generation starts (unknown
+        user, prompt too long) gets a plain 4xx response instead of a stream."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job.stream = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+        task = asyncio.ensure_future(self._run(job))
+        started = asyncio.ensure_future(events.get())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            started.cancel()
+            task.result()  # raises the request's ApiError
+        body = _stream_events(task, events, chunks, _stops(stop), gen)
+        return StreamingResponse(_sse(body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def _gather(self, jobs: list[Job]) -> list[Result]:
+        return list(await asyncio.gather(*(self._run(j) for j in jobs)))
+
+
+# ---------------------------------------------------------------- responses
+
+
+def _ids(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _finish(texts, stop, max_new: int) -> list[tuple[str, str]]:
+    """(text, finish_reason) per sample: cut at the first stop string; `length` when the budget ran out."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    out = []
+    for text, tokens in texts:
+        cuts = [text.index(s) for s in stops if s and s in text]
+        if cuts:
+            out.append((text[:min(cuts)], "stop"))
+        else:
+            out.append((text, "length" if tokens >= max_new else "stop"))
+    return out
+
+
+def _usage(result: Result, choices) -> dict:
+    return _usage_many([result], choices)
+
+
+def _usage_many(results: list[Result], choices) -> dict:
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(n for r in results for _, n in r.texts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _include_usage(options: dict | None) -> bool:
+    return bool((options or {}).get("include_usage"))
+
+
+def _stops(stop) -> list[str]:
+    return [x for x in ([stop] if isinstance(stop, str) else list(stop or [])) if x]
+
+
+async def _sse(events):
+    async for event in events:
+        yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+async def _stream_events(task: asyncio.Future, events: asyncio.Queue, chunks, stops: list[str],
+                         gen: GenerateSettings):
+    """The chunks of one streamed request: deltas while the batch generates, then each sample's finish."""
+    cuts = [_StopCut(stops) for _ in range(gen.num_samples)]
+    for i in range(gen.num_samples):
+        opening = chunks.open(i)
+        if opening:
+            yield opening
+    while True:
+        get = asyncio.ensure_future(events.get())
+        done, _ = await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+        if get not in done:
+            get.cancel()
+            break
+        for chunk in _delta(get.result(), cuts, chunks):
+            yield chunk
+    while not events.empty():
+        for chunk in _delta(events.get_nowait(), cuts, chunks):
+            yield chunk
+    try:
+        result = task.result()
+    except ApiError as e:  # failed after the stream began: OpenAI's in-stream error event
+        yield error_body(e.message, e.kind, e.code, e.param)
+        return
+    except Exception as e:
+        log.exception("a streamed request failed")
+        yield error_body(f"internal error ({type(e).__name__}); the server log has the details", "server_error")
+        return
+    choices = _finish(result.texts, stops, gen.max_new_tokens)
+    for i, (_, why) in enumerate(choices):
+        rest = cuts[i].flush()
+        if rest:
+            yield chunks.delta(i, rest)
+        yield chunks.close(i, why)
+    if chunks.with_usage:
+        yield chunks.usage(_usage(result, choices))
+
+
+def _delta(event: tuple, cuts: list, chunks):
+    if event[0] == "delta":
+        piece = cuts[event[1]].add(event[2])
+        if piece:
+            yield chunks.delta(event[1], piece)
+
+
+class _StopCut:
+    """One sample's deltas, cut at the first stop string; text that may be the start of one is held back."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.text, self.sent, self.stopped = stops, "", 0, False
+
+    def add(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += delta
+        hits = [self.text.find(s) for s in self.stops if s in self.text]
+        if hits:
+            self.stopped, end = True, min(hits)
+        else:
+            end = len(self.text) - self._held()
+        return self._take(end)
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._take(len(self.text))
+
+    def _held(self) -> int:
+        return max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+
+    def _take(self, end: int) -> str:
+        out = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return out
+
+
+class _ChatChunks:
+    """chat.completion.chunk objects of one response."""
+
+    kind = "chat.completion.chunk"
+
+    def __init__(self, cid: str, model: str, with_usage: bool):
+        self.cid, self.model, self.with_usage, self.created = cid, model, with_usage, int(time.time())
+
+    def _chunk(self, choices: list, **extra) -> dict:
+        c = {"id": self.cid, "object": self.kind, "created": self.created, "model": self.model,
+             "choices": choices}
+        if self.with_usage:
+            c["usage"] = None
+        return {**c, **extra}
+
+    def open(self, i: int) -> dict | None:
+        return self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}])
+
+    def delta(self, i: int, text: str) -> dict:
+        return self._chunk([{"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
+
+    def close(self, i: int, why: str) -> dict:
+        return self._chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": why}])
+
+    def usage(self, usage: dict) -> dict:
+        return self._chunk([], usage=usage)
+
+
+class _CompletionChunks(_ChatChunks):
+    """text_completion objects of one streamed response (a completion has no opening chunk)."""
+
+    kind = "text_completion"
+
+    def open(self, i: int) -> dict | None:
+        return None
+
+    def delta(self, i: int, text: str) -> dict:
+        return self._chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def close(self, i: int, why: str) -> dict:
+        return self._chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": why}])
+
+
+def model_name_of(run_dir) -> str:
+    return Path(run_dir).resolve().name

@@ -1,0 +1,250 @@
+"""Concurrent requests -> batched model calls. The model, its tokenizer and the renderer live in one worker
+thread (none of them is safe to share between threads); requests wait on asyncio futures. The worker takes the
+first waiting job, collects more for `wait_ms` (or until `max_batch`), builds every prompt, then runs one
+`generate` per distinct generation setting and one scoring forward for all scoring jobs. A streaming job hears
+("start",) once its prompt is accepted and ("delta", sample, text) as its tokens come out of the batch."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from usertwin.config import GenerateSettings
+from usertwin.errors import UsertwinError
+
+log = logging.getLogger("usertwin.serve")
+
+
+class PromptTooLong(UsertwinError):
+    """The prompt plus the room asked for does not fit the twin's max_length."""
+
+
+@dataclasses.dataclass
+class Job:
+    """What one request needs from the model. `prompt` and `candidates` run in the worker (they tokenize)."""
+
+    prompt: Callable[[], list[int]]
+    gen: GenerateSettings | None = None  # generate with these settings
+    candidates: Callable[[], list[list[int]]] | None = None  # score these continuations after the prompt
+    stream: Callable[[tuple], None] | None = None  # called from the worker thread; must not block
+
+
+@dataclasses.dataclass
+class Result:
+    prompt_tokens: int
+    texts: list[tuple[str, int]] | None = None  # (text, tokens) per generated sample
+    scores: list[tuple[float, int]] | None = None  # (log-probability, tokens) per candidate
+
+
+@dataclasses.dataclass
+class _Pending:
+    job: Job
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    ids: list[int] | None = None
+    cands: list[list[int]] | None = None
+    result: Result | None = None
+
+
+class Batcher:
+    def __init__(self, engine, wait_ms: float = 5.0, max_batch: int = 32):
+        self.engine, self.wait, self.max_batch = engine, wait_ms / 1000, max(1, max_batch)
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="usertwin-model", daemon=True)
+        self.requests = self.batches = self.largest = 0  # what batching achieved: GET /v1/twin shows it
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def stats(self) -> dict:
+        return {"requests": self.requests, "batches": self.batches, "largest": self.largest,
+                "wait_ms": self.wait * 1000, "max_batch": self.max_batch}
+
+    async def run(self, job: Job) -> Result:
+        loop = asyncio.get_running_loop()
+        pending = _Pending(job, loop, loop.create_future())
+        self.queue.put(pending)
+        return await pending.future
+
+    # -- the worker thread
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            self.requests, self.batches = self.requests + len(batch), self.batches + 1
+            self.largest = max(self.largest, len(batch))
+            try:
+                self._run(batch)
+            except Exception as e:  # a bug or out of memory: every waiting request hears of it, the worker lives
+                log.exception("batch of %d failed", len(batch))
+                for p in batch:
+                    _fail(p, e)
+
+    def _collect(self) -> list[_Pending] | None:
+        first = self.queue.get()
+        if first is None:
+            return None
+        batch, deadline = [first], time.monotonic() + self.wait
+        while len(batch) < self.max_batch:
+            try:
+                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self.queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self, batch: list[_Pending]) -> None:
+        ready = [p for p in batch if self._prepare(p)]
+        self._generate([p for p in ready if p.job.gen is not None])
+        self._score([p for p in ready if p.cands is not None])
+        for p in ready:
+            if not p.future.done():
+                _deliver(p, p.result)
+
+    def _prepare(self, p: _Pending) -> bool:
+        """Builds the prompt (and candidates); a request error goes back to its own request only."""
+        try:
+            p.ids = p.job.prompt()
+            p.cands = p.job.candidates() if p.job.candidates else None
+            room = p.job.gen.max_new_tokens if p.job.gen else max(len(c) for c in p.cands)
+            limit = self.engine.cfg.max_length
+            if len(p.ids) + room > limit:
+                what = "max_tokens" if p.job.gen else "the longest continuation"
+                raise PromptTooLong(f"the prompt has {len(p.ids)} tokens and {what} {room} more; the twin's "
+                                    f"max_length is {limit}: shorten the conversation, history or item")
+        except Exception as e:
+            _fail(p, e)
+            return False
+        p.result = Result(len(p.ids))
+        if p.job.stream:
+            p.job.stream(("start",))
+        return True
+
+    def _generate(self, pending: list[_Pending]) -> None:
+        groups: dict[tuple, list[_Pending]] = {}
+        for p in pending:  # one generate call per setting: a call decodes every row the same way
+            groups.setdefault(dataclasses.astuple(p.job.gen), []).append(p)
+        for group in groups.values():
+            gen = group[0].job.gen
+            rows = [_RowText(self.engine, p.job.stream, s) if p.job.stream else None
+                    for p in group for s in range(gen.num_samples)]
+            texts = self._generate_streaming(group, gen, rows) if any(rows) else \
+                self.engine.generate([p.ids for p in group], gen)
+            for p, samples in zip(group, texts):
+                p.result.texts = [(t, self._count(t)) for t in samples]
+            for row, text in zip(rows, [t for samples in texts for t in samples]):
+                if row:
+                    row.finish(text)
+
+    def _generate_streaming(self, group, gen, rows):
+        """Engine.generate takes no streamer: for this one call its model is wrapped to pass one on, so that
+        how a twin generates stays defined in Engine.generate alone (this thread is the model's only user)."""
+        engine, model = self.engine, self.engine.model
+        engine.model = _WithStreamer(model, _Tap(rows))
+        try:
+            return engine.generate([p.ids for p in group], gen)
+        finally:
+            engine.model = model
+
+    def _score(self, pending: list[_Pending]) -> None:
+        if not pending:
+            return
+        scores = self.engine.score_many([p.ids for p in pending], [p.cands for p in pending])
+        for p, s in zip(pending, scores):
+            p.result.scores = s
+
+    def _count(self, text: str) -> int:
+        return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class _WithStreamer:
+    def __init__(self, model, streamer):
+        self._model, self._streamer = model, streamer
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def generate(self, **kw):
+        return self._model.generate(**kw, streamer=self._streamer)
+
+
+class _Tap:
+    """A transformers streamer for a whole batch: each output row's new token goes to its _RowText."""
+
+    def __init__(self, rows: list):
+        self.rows, self.prompt_seen = rows, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call carries the prompts
+            self.prompt_seen = True
+            return
+        for row, tok in zip(self.rows, value.reshape(-1).tolist()):
+            if row:
+                row.add(tok)
+
+    def end(self) -> None:
+        pass
+
+
+class _RowText:
+    """One generated sample, decoded as it grows and cleaned as Engine.generate cleans the whole text, so that
+    the deltas sent add up to the final text."""
+
+    def __init__(self, engine, emit: Callable[[tuple], None], sample: int):
+        self.engine, self.emit, self.sample = engine, emit, sample
+        self.ids: list[int] = []
+        self.sent, self.done = "", False
+
+    def add(self, tok: int) -> None:
+        if self.done:
+            return
+        if tok == self.engine.eot_id:
+            self.done = True
+            return
+        self.ids.append(tok)
+        text = self.engine.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
+            return
+        eot, pad = self.engine.renderer.fmt.eot, self.engine.tokenizer.pad_token or "\0"
+        clean = (text.split(eot)[0] if eot else text).replace(pad, "").lstrip()
+        # trailing spaces are held back: the final text is stripped, and they may yet be followed by words
+        self._send(clean.rstrip())
+
+    def finish(self, final: str) -> None:
+        self._send(final)
+
+    def _send(self, text: str) -> None:
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.emit(("delta", self.sample, text[len(self.sent):]))
+            self.sent = text
+
+
+def _deliver(p: _Pending, value) -> None:
+    p.loop.call_soon_threadsafe(_set, p.future, value, None)
+
+
+def _fail(p: _Pending, error: BaseException) -> None:
+    p.loop.call_soon_threadsafe(_set, p.future, None, error)
+
+
+def _set(future: asyncio.Future, value, error) -> None:
+    if future.done():  # the client went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
