@@ -14,13 +14,13 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="records file whose users can be named by id (request field `user`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--api_key", "--api-key", default=os.environ.get(KEY_ENV),
+    p.add_argument("--api_key", default=os.environ.get(KEY_ENV),
                    help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${KEY_ENV}; unset: no key)")
-    p.add_argument("--model_name", "--model-name",
+    p.add_argument("--model_name",
                    help="the model id clients send (default: the run directory's name)")
-    p.add_argument("--batch_wait_ms", "--batch-wait-ms", type=float, default=5.0,
+    p.add_argument("--batch_wait_ms", type=float, default=5.0,
                    help="how long the model waits to collect concurrent requests into one batch")
-    p.add_argument("--max_batch", "--max-batch", type=int, default=32, help="most requests in one batch")
+    p.add_argument("--max_batch", type=int, default=32, help="most requests in one batch")
 
 
 def run(args) -> int:
