@@ -55,7 +55,8 @@ def made(tmp_path_factory, tiny_model_dir):
     data.write_text("".join(json.dumps(_raw(u, n)) + "\n" for u, n in USERS.items()))
     run = tmp / "twin-run"
     assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(run),
-                 "--max_length", "256", "--learning_rate", "0.01", "--max_steps", "2", "--eval_steps", "2", "--no-progress"]) == 0
+                 "--max_length", "512", "--learning_rate", "0.01", "--max_steps", "2", "--eval_steps", "2",
+                 "--no-progress"]) == 0
     return run, data
 
 
@@ -92,7 +93,10 @@ def test_chat_prompt_is_the_training_prompt_of_a_dialogue_item(twin):
     whole = twin.timeline("11")
     assert whole.items[-1].collection == "dialogue"
     text = twin.engine.tokenizer.decode(chat_prompt(twin, messages, user="11"))
-    assert text.endswith("BOB: And?\nWrite the next line this user says:<|im_end|>\n<|im_start|>assistant\n")
+    # the conversation renders as training renders a dialogue: opened once, the twin's turns as its own
+    assert text.endswith("[CONTEXT]\nBOB: Seen movie 3?\nWrite the next line this user says:<|im_end|>\n"
+                         "<|im_start|>assistant\nMaybe.<|im_end|>\n<|im_start|>user\nBOB: And?<|im_end|>\n"
+                         "<|im_start|>assistant\n")
     reply = twin.chat(messages, user="11", max_new_tokens=3)
     assert isinstance(reply, str)
 
@@ -215,7 +219,10 @@ def test_openai_chat_completion_and_its_stream(client, made):
     assert chunks[-1].usage.prompt_tokens == done.usage.prompt_tokens
     reply = choice.message.content
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(pieces) > 1 or len(reply) <= 1  # token by token, as the batch generates
+    # token by token, as the batch generates; a random tiny model may emit bytes that are no text yet (the
+    # streamer holds them until they decode), so the count is checked where the reply is plain text
+    if reply.isascii():
+        assert len(pieces) > 1 or len(reply) <= 1
     if reply:  # a stop string cuts the reply before it, streamed or not
         cut = client.chat.completions.create(model=made[0].name, messages=messages, user="11", max_tokens=5,
                                              stop=[reply[-1]])
@@ -274,6 +281,7 @@ def test_twin_predict_matches_the_python_twin(http, twin):
     items = _items("12", 3)
     r = http.post("/v1/twin/predict", json={"profile": {"age": 30}, "history": items, "item": ITEM,
                                             "generate": False})
+    assert r.status_code == 200, r.text
     assert r.json()["continuations"] is None
     expected = twin.rating_distribution(profile={"age": 30}, history=items, item=ITEM)
     assert r.json()["rating_distribution"]["probs"] == pytest.approx(expected["probs"], abs=1e-5)
@@ -338,9 +346,9 @@ def test_bad_requests_get_4xx_json(http, made):
     err = _error(http.post("/v1/chat/completions", json={**chat, "user": "nobody"}), 404, "user_not_found")
     assert "'nobody'" in err["message"] and err["param"] == "user"
     _error(http.post("/v1/twin/predict", json={"user": "nobody", "item": ITEM}), 404, "user_not_found")
-    long = {**chat, "messages": [{"role": "user", "content": "word " * 400}]}
+    long = {**chat, "messages": [{"role": "user", "content": "word " * 800}]}
     err = _error(http.post("/v1/chat/completions", json=long), 400, "context_length_exceeded")
-    assert "max_length is 256" in err["message"]
+    assert "max_length is 512" in err["message"]
     _error(http.post("/v1/chat/completions", json={**chat, "max_tokens": 10_000}), 400, "context_length_exceeded")
     err = _error(http.post("/v1/chat/completions", json={**chat, "logit_bias": {"1": 5}}), 400)
     assert err["message"] == "unsupported parameter: logit_bias"
@@ -379,8 +387,8 @@ def test_openai_client_sees_errors_as_its_own_exceptions(server, made):
     good = openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0)
     with pytest.raises(openai.NotFoundError, match="nobody"):
         good.chat.completions.create(model=made[0].name, messages=[{"role": "user", "content": "hi"}], user="nobody")
-    with pytest.raises(openai.BadRequestError, match="max_length is 256") as e:
-        good.chat.completions.create(model=made[0].name, messages=[{"role": "user", "content": "word " * 400}],
+    with pytest.raises(openai.BadRequestError, match="max_length is 512") as e:
+        good.chat.completions.create(model=made[0].name, messages=[{"role": "user", "content": "word " * 800}],
                                      user="11")
     assert e.value.code == "context_length_exceeded"
 

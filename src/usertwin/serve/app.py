@@ -345,9 +345,16 @@ class Served:
 
     def _item_job(self, req: Who, item: str, context, target, gen) -> Job:
         twin = self.twin
-        room = gen.max_new_tokens if gen else 0
-        return Job(lambda: twin.prompt(req.user, item if target is None else None, context, target=target,
-                                       profile=req.profile, history=req.history, room=room), gen=gen)
+
+        def prompt() -> list[int]:
+            # history is fitted to leave room for what follows the prompt: the generation, and the longest
+            # continuation scored after it
+            room = max([gen.max_new_tokens if gen else 0] + [len(c) for c in (job.candidates or list)()])
+            return twin.prompt(req.user, item if target is None else None, context, target=target,
+                               profile=req.profile, history=req.history, room=room)
+
+        job = Job(prompt, gen=gen)
+        return job
 
     async def _run(self, job: Job) -> Result:
         try:

@@ -120,7 +120,7 @@ class Batcher:
         try:
             p.ids = p.job.prompt()
             p.cands = p.job.candidates() if p.job.candidates else None
-            room = p.job.gen.max_new_tokens if p.job.gen else max(len(c) for c in p.cands)
+            room = max([p.job.gen.max_new_tokens if p.job.gen else 0] + [len(c) for c in p.cands or []])
             limit = self.engine.cfg.max_length
             if len(p.ids) + room > limit:
                 what = "max_tokens" if p.job.gen else "the longest continuation"
