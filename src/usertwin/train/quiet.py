@@ -30,22 +30,22 @@ def warning_hidden(category: type[Warning], message: str, show: bool = False):
         yield
 
 
-class _StartsWith(logging.Filter):
-    def __init__(self, prefix: str):
+class _Containing(logging.Filter):
+    def __init__(self, text: str):
         super().__init__()
-        self.prefix = prefix
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+        return self.text not in str(record.msg)  # accelerate puts "[RANK n] " in front
 
 
 @contextlib.contextmanager
-def log_hidden(logger_name: str, prefix: str, show: bool = False):
-    """Records of one library logger whose message starts with `prefix`, dropped inside the block."""
+def log_hidden(logger_name: str, text: str, show: bool = False):
+    """Records of one library logger whose message contains `text`, dropped inside the block."""
     if show:
         yield
         return
-    logger, drop = logging.getLogger(logger_name), _StartsWith(prefix)
+    logger, drop = logging.getLogger(logger_name), _Containing(text)
     logger.addFilter(drop)
     try:
         yield
