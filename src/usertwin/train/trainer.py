@@ -118,7 +118,7 @@ class _CtrlC:
     """The first Ctrl-C asks for a checkpoint at the end of the current step; a second one stops at once."""
 
     def __init__(self, acc, say):
-        self.acc, self.say, self.asked = acc, say, False
+        self.acc, self.say, self.asked, self.previous = acc, say, False, None
 
     def watch(self) -> None:
         import signal
@@ -133,7 +133,15 @@ class _CtrlC:
             self.asked = True
             self.say("interrupt: saving a checkpoint after this step (Ctrl-C again to stop now)")
 
-        signal.signal(signal.SIGINT, handler)
+        self.previous = signal.signal(signal.SIGINT, handler)
+
+    def release(self) -> None:
+        """Ctrl-C means "stop" again once the loop is over (the final evaluation, or a caller's own code)."""
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
     def asked_anywhere(self) -> bool:
         if self.acc.num_processes == 1:
@@ -274,7 +282,7 @@ class Trainer:
         the model; returns their validation loss (None without validation)."""
         st = self.state
         if self.selects and st.last_eval_step != st.global_step:
-            self._eval_and_maybe_stop()  # the last steps were never evaluated: they may be the best
+            self._eval_and_maybe_stop(last=True)  # the last steps were never evaluated: they may be the best
         if st.best_step is None:
             if self.selects:  # validation exists but no loss was finite (the run diverged)
                 self.say("warning: no evaluation gave a finite validation loss: best/ holds the last weights")
@@ -339,10 +347,16 @@ class Trainer:
             self.log({"event": "eval_start", "val_loss": ev["loss"]})
 
     def _loop(self, first_batches, total_steps) -> None:
-        st = self.state
         self.loss_model.train()
         self.ctrl_c = _CtrlC(self.acc, self.say)
         self.ctrl_c.watch()
+        try:
+            self._epochs(first_batches, total_steps)
+        finally:
+            self.ctrl_c.release()
+
+    def _epochs(self, first_batches, total_steps) -> None:
+        st = self.state
         epoch = st.epoch
         while epoch < self.cfg.max_epochs and st.global_step < total_steps and not st.stopped_early:
             batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
@@ -434,7 +448,9 @@ class Trainer:
                      " continue with --resume")
             raise KeyboardInterrupt
 
-    def _eval_and_maybe_stop(self) -> None:
+    def _eval_and_maybe_stop(self, last: bool = False) -> None:
+        """Validate; keep the weights in best/ when they improved; stop early after `patience` evaluations
+        without improvement (not after the run's `last` evaluation, which ends the run anyway)."""
         cfg, st = self.cfg, self.state
         ev = self.evaluate()
         # a nan loss (a diverged run) is never the best
@@ -445,7 +461,7 @@ class Trainer:
             self.checkpoints.save_best(self.loss_model, self.tokenizer)
         else:
             st.bad_evals += 1
-            if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience:
+            if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience and not last:
                 st.stopped_early = True
         st.last_eval_step = st.global_step
         self.log({"event": "eval", "val_loss": ev["loss"], "best_val_loss": st.best_val_loss})
