@@ -113,13 +113,15 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert abs(a["val_loss_after"] - b["val_loss_after"]) < 1e-5
 
 
-def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_dir):
+def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_dir, capsys):
     data = _records(tmp_path / "r.jsonl", sizes=(30, 30))
     out = tmp_path / "rs"
     assert main(_args(data, tiny_model_dir, out, "--unit", "sample", "--max_samples_per_user", "3",
                       "--resample_every_epoch", "--max_epochs", "2", "--gradient_checkpointing")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [e["targets"] for e in summary["per_epoch"]] == [6, 6]
+    # each re-sampled epoch packs into its own number of steps: the announced total counts them all
+    assert f"{summary['steps']} steps in all" in capsys.readouterr().out
     from usertwin.config import Config
     from usertwin.data.prepare import prepare
     from usertwin.text.render import Renderer
@@ -289,3 +291,21 @@ def test_adapter_of_a_base_without_config_json_saves_without_a_warning(tmp_path,
     assert not [w for w in recwarn if "Could not find a config file" in str(w.message)]
     model.save_pretrained(tmp_path / "plain")  # peft's default, for contrast: the warning the test is about
     assert [w for w in recwarn if "Could not find a config file" in str(w.message)]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_elsewhere(capsys):
+    from usertwin.train.progress import Progress
+
+    plain = Progress(total=4, done=1, terminal=False)
+    plain.step()
+    plain.logged(1.23456, 1234.5)
+    assert capsys.readouterr().out.startswith("step 2/4: loss 1.2346, 1,234 target tokens/s, elapsed 00:00, ETA ")
+    bar = Progress(total=4, terminal=True)
+    bar.step()
+    bar.logged(1.23456, 1234.5)
+    bar.write("step 1/4: validation loss 1.0000")
+    bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == "step 1/4: validation loss 1.0000\n"  # messages go to stdout, around the bar
+    assert "1/4" in captured.err and "loss 1.2346, 1,234 target tok/s" in captured.err
+    assert Progress(total=4, enabled=False, terminal=True).bar is None
