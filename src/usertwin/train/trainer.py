@@ -388,7 +388,8 @@ class Trainer:
             st.targets_seen += sum(b.n_targets for b in group)
             st.tokens_seen += sum(b.n_tokens for b in group)
             end_of_epoch = step == n_steps - 1
-            if st.global_step % self.cfg.logging_steps == 0 or end_of_epoch:
+            # the run's last step closes an interval too (a --max_steps run would lose its tail otherwise)
+            if st.global_step % self.cfg.logging_steps == 0 or end_of_epoch or st.global_step >= total_steps:
                 self._log_interval(interval)
             if end_of_epoch:
                 st.epoch, st.step_in_epoch = epoch + 1, 0
