@@ -309,3 +309,4 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_elsewhere(capsys):
     assert captured.out == "step 1/4: validation loss 1.0000\n"  # messages go to stdout, around the bar
     assert "1/4" in captured.err and "loss 1.2346, 1,234 target tok/s" in captured.err
     assert Progress(total=4, enabled=False, terminal=True).bar is None
+    assert ", 0.43 target tokens/s," in Progress(total=4, terminal=False).line(1.0, 0.4321)  # a slow CPU run

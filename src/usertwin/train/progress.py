@@ -14,6 +14,11 @@ def _clock(seconds: float) -> str:
     return tqdm.format_interval(max(seconds, 0))
 
 
+def _speed(tokens_per_second: float) -> str:
+    # a CPU run of a real model is below 10 tokens/s: whole numbers would read "0"
+    return f"{tokens_per_second:,.0f}" if tokens_per_second >= 10 else f"{tokens_per_second:.2g}"
+
+
 class Progress:
     """Global steps done out of `total`; `done` of them before this process started (a resumed run)."""
 
@@ -34,7 +39,7 @@ class Progress:
     def logged(self, loss: float, target_tokens_per_second: float) -> None:
         """The loss of the last logging interval and its speed: the bar's postfix, or a plain line."""
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.4f}, {target_tokens_per_second:,.0f} target tok/s")
+            self.bar.set_postfix_str(f"loss {loss:.4f}, {_speed(target_tokens_per_second)} target tok/s")
         elif self.enabled:
             print(self.line(loss, target_tokens_per_second), flush=True)
 
@@ -42,7 +47,7 @@ class Progress:
         elapsed = time.time() - self.start
         ran = self.done - self.first
         eta = elapsed / ran * (self.total - self.done) if ran else float("nan")
-        return (f"step {self.done}/{self.total}: loss {loss:.4f}, {target_tokens_per_second:,.0f} target tokens/s, "
+        return (f"step {self.done}/{self.total}: loss {loss:.4f}, {_speed(target_tokens_per_second)} target tokens/s, "
                 f"elapsed {_clock(elapsed)}, ETA {_clock(eta) if ran else '?'}")
 
     def write(self, text: str) -> None:
