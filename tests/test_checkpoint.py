@@ -114,3 +114,30 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir)
     subprocess.run(_cli(*_args(data, tiny_model_dir, out, *common), "--resume"), check=True, env=_env(),
                    capture_output=True)
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
+
+
+@pytest.mark.parametrize("interrupted_at", [2, 4])
+def test_run_interrupted_and_resumed_with_max_steps_ends_with_an_evaluated_best(tmp_path, tiny_model_dir,
+                                                                                monkeypatch, interrupted_at):
+    """No step of a --max_steps run inside one epoch is scheduled for validation; the run that finishes it (here
+    a resumed one, even one with no step left to run) evaluates the last step, so best/ holds weights."""
+    from usertwin.train import trainer
+
+    data = _records(tmp_path / "r.jsonl", sizes=(60, 60, 60))
+    common = ["--max_steps", "4", "--max_length", "128", "--batch_tokens", "128"]
+    out = tmp_path / "run"
+    steps = []
+
+    def ctrl_c(self):  # what a Ctrl-C during the step does
+        steps.append(1)
+        return len(steps) == interrupted_at
+
+    monkeypatch.setattr(trainer._CtrlC, "asked_anywhere", ctrl_c)
+    assert main(_args(data, tiny_model_dir, out, *common)) == 130
+    assert not (out / "best").exists() and RunDir(out).latest_checkpoint() == RunDir(out).checkpoint(interrupted_at)
+    monkeypatch.undo()
+    assert main(_args(data, tiny_model_dir, out, *common, "--resume")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["best_step"] == 4 and isinstance(summary["best_val_loss"], float)
+    assert summary["val_loss_after"] == summary["best_val_loss"]
+    assert (out / "best" / "adapter_model.safetensors").is_file()

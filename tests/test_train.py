@@ -113,13 +113,15 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert abs(a["val_loss_after"] - b["val_loss_after"]) < 1e-5
 
 
-def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_dir):
+def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_dir, capsys):
     data = _records(tmp_path / "r.jsonl", sizes=(30, 30))
     out = tmp_path / "rs"
     assert main(_args(data, tiny_model_dir, out, "--unit", "sample", "--max_samples_per_user", "3",
                       "--resample_every_epoch", "--max_epochs", "2", "--gradient_checkpointing")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [e["targets"] for e in summary["per_epoch"]] == [6, 6]
+    # each re-sampled epoch packs into its own number of steps: the announced total counts them all
+    assert f"{summary['steps']} steps in all" in capsys.readouterr().out
     from usertwin.config import Config
     from usertwin.data.prepare import prepare
     from usertwin.text.render import Renderer
@@ -175,3 +177,136 @@ def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir
     data = _records(tmp_path / "r.jsonl", sizes=(6,))
     code = main(_args(data, tiny_model_dir, tmp_path / "ds", "--deepspeed", str(ROOT / "configs/deepspeed/zero3.json")))
     assert code == 2 and "--deepspeed needs the deepspeed package" in capsys.readouterr().err
+
+
+def _summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_max_steps_within_an_epoch_evaluates_the_last_step_and_shows_progress(tmp_path, tiny_model_dir, capsys):
+    """No --eval_steps and --max_steps before the end of the epoch: the last step is evaluated at the end, so
+    best/ exists; the announced step count is what ran; off a terminal, progress is a plain line per log."""
+    data = _records(tmp_path / "r.jsonl", sizes=(60, 60, 60))
+    out = tmp_path / "short"
+    args = [a for a in _args(data, tiny_model_dir, out, "--max_steps", "3", "--logging_steps", "1",
+                             "--max_length", "128", "--batch_tokens", "128") if a != "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    summary = _summary(out)
+    assert summary["steps"] == 3 and "3 steps in all" in printed
+    assert isinstance(summary["best_val_loss"], float) and summary["best_step"] == 3
+    assert summary["best"] == "lowest validation loss"
+    assert (out / "best" / "adapter_model.safetensors").is_file()
+    assert "step 3/3: validation loss" in printed and "(best so far" in printed
+    lines = [x for x in printed.splitlines() if x.startswith("step ") and ": loss " in x]
+    assert [x.split(":")[0] for x in lines] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert all("target tokens/s" in x and "elapsed" in x and "ETA" in x for x in lines)
+
+
+def test_no_progress_prints_no_progress_lines_and_no_loading_bars(tmp_path, tiny_model_dir, capsys):
+    data = _records(tmp_path / "r.jsonl", sizes=(12,))
+    out = tmp_path / "quiet"
+    assert main(_args(data, tiny_model_dir, out, "--max_steps", "1", "--logging_steps", "1")) == 0
+    captured = capsys.readouterr()
+    assert not [x for x in captured.out.splitlines() if ": loss " in x]
+    assert "Loading weights" not in captured.err
+
+
+def test_printed_step_count_is_what_runs(tmp_path, tiny_model_dir, capsys):
+    """--max_steps beyond max_epochs' steps: the run stops with the epochs, and says so up front."""
+    data = _records(tmp_path / "r.jsonl", sizes=(12,))
+    out = tmp_path / "count"
+    assert main(_args(data, tiny_model_dir, out, "--max_steps", "50", "--gradient_accumulation_steps", "2")) == 0
+    printed = capsys.readouterr().out
+    steps = _summary(out)["steps"]
+    assert steps < 50 and f"{steps} steps in all" in printed
+
+
+def test_empty_validation_split_keeps_the_last_weights(tmp_path, tiny_model_dir, capsys):
+    data = _records(tmp_path / "r.jsonl", sizes=(12, 10))
+    out = tmp_path / "noval"
+    assert main(_args(data, tiny_model_dir, out, "--val_ratio", "0", "--test_ratio", "0.2",
+                      "--max_epochs", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "nan" not in printed and "(best" not in printed
+    assert "validation split has no targets" in printed and "no early stopping" in printed
+    summary = _summary(out)
+    assert summary["best"] == "last" and summary["best_step"] == summary["steps"]
+    assert summary["best_val_loss"] is None and summary["val_loss_before"] is None
+    assert not [r for r in map(json.loads, (out / "logs.jsonl").read_text().splitlines()) if "val_loss" in r]
+    from usertwin.rundir import RunDir
+    from usertwin.twin import load_twin_model
+
+    model = load_twin_model(RunDir(out).load_config(), out)  # what predict loads
+    assert hasattr(model, "peft_config")
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory, tokenizer):
+    """A tiny model whose output head shares the input embeddings (as SmolLM2's does)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    d = tmp_path_factory.mktemp("tiny-tied")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+NOISE = ("`is_gradient_checkpointing` is deprecated", "Removed shared tensor")
+
+
+def _noise(recwarn, caplog, captured) -> set:
+    said = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records] + [captured.err]
+    return {n for n in NOISE if any(n in s for s in said)}
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_third_party_noise_is_hidden_unless_debug(tmp_path, tied_model_dir, recwarn, caplog, capsys, debug):
+    data = _records(tmp_path / "r.jsonl", sizes=(12,))
+    out = tmp_path / "noise"
+    extra = ["--debug"] if debug else []
+    assert main(_args(data, tied_model_dir, out, "--max_steps", "1", "--gradient_checkpointing", *extra)) == 0
+    assert _noise(recwarn, caplog, capsys.readouterr()) == (set(NOISE) if debug else set())
+
+
+def test_adapter_of_a_base_without_config_json_saves_without_a_warning(tmp_path, tiny_model_dir, recwarn):
+    """A GGUF base has no config.json: peft's save_embedding_layers="auto" warns that it cannot find one."""
+    from types import SimpleNamespace
+
+    from usertwin.rundir import RunDir
+    from usertwin.text.tokens import load_tokenizer
+    from usertwin.train.checkpoint import Checkpoints
+    from usertwin.train.model import TargetLoss, add_lora, load_model
+
+    model = add_lora(load_model(str(tiny_model_dir), attention="sdpa"), r=2, alpha=4)
+    model.peft_config["default"].base_model_name_or_path = str(tmp_path / "gguf-folder")
+    loss_model = TargetLoss(model)
+    acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, unwrap_model=lambda m: m,
+                          get_state_dict=lambda m: m.state_dict())
+    ck = Checkpoints(acc, RunDir(tmp_path / "run"), SimpleNamespace(lora=True), print)
+    ck.save_best(loss_model, load_tokenizer(str(tiny_model_dir)))
+    assert (tmp_path / "run" / "best" / "adapter_model.safetensors").is_file()
+    assert not [w for w in recwarn if "Could not find a config file" in str(w.message)]
+    model.save_pretrained(tmp_path / "plain")  # peft's default, for contrast: the warning the test is about
+    assert [w for w in recwarn if "Could not find a config file" in str(w.message)]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_elsewhere(capsys):
+    from usertwin.train.progress import Progress
+
+    plain = Progress(total=4, done=1, terminal=False)
+    plain.step()
+    plain.logged(1.23456, 1234.5)
+    assert capsys.readouterr().out.startswith("step 2/4: loss 1.2346, 1,234 target tokens/s, elapsed 00:00, ETA ")
+    bar = Progress(total=4, terminal=True)
+    bar.step()
+    bar.logged(1.23456, 1234.5)
+    bar.write("step 1/4: validation loss 1.0000")
+    bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == "step 1/4: validation loss 1.0000\n"  # messages go to stdout, around the bar
+    assert "1/4" in captured.err and "loss 1.2346, 1,234 target tok/s" in captured.err
+    assert Progress(total=4, enabled=False, terminal=True).bar is None
+    assert ", 0.43 target tokens/s," in Progress(total=4, terminal=False).line(1.0, 0.4321)  # a slow CPU run

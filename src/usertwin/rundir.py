@@ -6,8 +6,9 @@
     RUN/training_samples_preview.txt the first training sequences, loss spans marked
     RUN/logs.jsonl, RUN/tensorboard/ training curves
     RUN/checkpoints/step-N/          resumable state (trainer_state.json inside)
-    RUN/best/                        the best weights (adapter or full model) and the tokenizer
-    RUN/summary.json                 the end of training: steps, losses, speed
+    RUN/best/                        the best weights (adapter or full model) and the tokenizer: those of the
+                                     lowest validation loss, or the last ones when validation has no targets
+    RUN/summary.json                 the end of training: steps, losses, speed, which weights best/ holds
     RUN/twin.json                    what a twin needs from its training data (rating scale, task, language)
     RUN/predictions-SPLIT.jsonl      `usertwin predict`
     RUN/metrics.json                 `usertwin evaluate`

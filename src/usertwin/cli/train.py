@@ -18,5 +18,5 @@ def run(args) -> int:
     from usertwin.config import resolve
     from usertwin.train.trainer import train
 
-    train(resolve(args), overwrite=args.overwrite, resume=args.resume, progress=args.progress)
+    train(resolve(args), overwrite=args.overwrite, resume=args.resume, progress=args.progress, debug=args.debug)
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from usertwin.atomic import recover_dir, replace_dir, write_json
 from usertwin.rundir import CHECKPOINT_STATE, RunDir
+from usertwin.train import quiet
 from usertwin.train.model import load_model
 
 
@@ -27,6 +28,7 @@ class TrainState:
     global_step: int = 0
     best_val_loss: float | None = None
     best_step: int | None = None
+    last_eval_step: int | None = None  # the step of the last validation: the end of the run evaluates if not last
     bad_evals: int = 0
     stopped_early: bool = False
     targets_seen: int = 0
@@ -53,8 +55,8 @@ _UNKNOWN_WEIGHTS = ("warning: best/ has {n} weight(s) the model does not know (e
 class Checkpoints:
     """Saves and loads one run's state and best weights; every rank calls every method (they synchronise)."""
 
-    def __init__(self, acc, run: RunDir, cfg, say):
-        self.acc, self.run, self.cfg, self.say = acc, run, cfg, say
+    def __init__(self, acc, run: RunDir, cfg, say, debug: bool = False):
+        self.acc, self.run, self.cfg, self.say, self.debug = acc, run, cfg, say, debug
         self.main = acc.is_main_process
 
     # -- resumable state
@@ -66,7 +68,8 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp), safe_serialization=True)
+        with quiet.log_hidden(quiet.ACCELERATE_SAVE_LOGGER, quiet.SHARED_TENSOR_REMOVED, show=self.debug):
+            self.acc.save_state(str(tmp), safe_serialization=True)
         self.acc.wait_for_everyone()  # every rank has written its files (random states, FSDP shards) into tmp
         if self.main:
             write_json(tmp / CHECKPOINT_STATE, vars(state) | {"log": state.log})
@@ -96,7 +99,10 @@ class Checkpoints:
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
             inner = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
-            unwrapped.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+            # usertwin never resizes the vocabulary, so an adapter needs no copy of the embeddings; peft's "auto"
+            # would look for the base model's config.json (absent for a GGUF base: a warning) or ask the Hub
+            extra = {"save_embedding_layers": False} if self.cfg.lora else {}
+            unwrapped.save_pretrained(tmp, state_dict=inner, safe_serialization=True, **extra)
             tokenizer.save_pretrained(tmp)
             replace_dir(tmp, best)  # the previous best/ stays until the new one is complete
         self.acc.wait_for_everyone()

@@ -105,10 +105,14 @@ def training_attention(cfg) -> str:
     return attention
 
 
-def build_model(cfg, attention: str):
-    """The model to train as the config asks: kernels, gradient checkpointing, then LoRA (or full weights)."""
-    model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
-                       disable_flash_attn=cfg.disable_flash_attn)
+def build_model(cfg, attention: str, progress: bool = True, debug: bool = False):
+    """The model to train as the config asks: kernels, gradient checkpointing, then LoRA (or full weights).
+    progress: transformers' loading bars; debug: its warnings that quiet.py hides."""
+    from usertwin.train import quiet
+
+    with quiet.loading_bars(progress):
+        model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
+                           disable_flash_attn=cfg.disable_flash_attn)
     if cfg.liger_kernel:
         apply_liger(model)
     if cfg.gradient_checkpointing:
@@ -118,7 +122,8 @@ def build_model(cfg, attention: str):
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     try:
-        return add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        with quiet.warning_hidden(FutureWarning, quiet.GRADIENT_CHECKPOINTING_DEPRECATED, show=debug):
+            return add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     except ValueError as e:
         if "ParamWrapper" not in str(e):
             raise

@@ -27,6 +27,7 @@ from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, load_tokenizer
 from usertwin.train.checkpoint import Checkpoints, TrainState
 from usertwin.train.model import TargetLoss, batch_tensors, build_model, causal_lm, training_attention
+from usertwin.train.progress import Progress
 from usertwin.train.run import open_run, write_run_start
 from usertwin.train.setup import make_accelerator
 
@@ -42,8 +43,13 @@ class EpochData:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad or 0
 
+    @property
+    def varies(self) -> bool:
+        """Whether each epoch draws its own training samples (and so its own number of micro-batches)."""
+        return self.cfg.unit == "sample" and self.cfg.resample_every_epoch
+
     def sequences(self, split: str, epoch: int):
-        if split == "train" and self.cfg.unit == "sample" and self.cfg.resample_every_epoch:
+        if split == "train" and self.varies:
             # the tokenizer measures block-layout samples against max_length as prepare did
             seqs, _ = build_split(self.cfg, self.renderer, self.prep.timelines, self.prep.splits,
                                   self.prep.lengths, "train", self.tokenizer, epoch=epoch)
@@ -112,7 +118,7 @@ class _CtrlC:
     """The first Ctrl-C asks for a checkpoint at the end of the current step; a second one stops at once."""
 
     def __init__(self, acc, say):
-        self.acc, self.say, self.asked = acc, say, False
+        self.acc, self.say, self.asked, self.previous = acc, say, False, None
 
     def watch(self) -> None:
         import signal
@@ -127,7 +133,15 @@ class _CtrlC:
             self.asked = True
             self.say("interrupt: saving a checkpoint after this step (Ctrl-C again to stop now)")
 
-        signal.signal(signal.SIGINT, handler)
+        self.previous = signal.signal(signal.SIGINT, handler)
+
+    def release(self) -> None:
+        """Ctrl-C means "stop" again once the loop is over (the final evaluation, or a caller's own code)."""
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
     def asked_anywhere(self) -> bool:
         if self.acc.num_processes == 1:
@@ -152,8 +166,8 @@ class _Interval:
 # ---------------------------------------------------------------- the loop
 
 
-def _loss_model(cfg: Config, attention: str) -> TargetLoss:
-    model = build_model(cfg, attention)
+def _loss_model(cfg: Config, attention: str, progress: bool, debug: bool) -> TargetLoss:
+    model = build_model(cfg, attention, progress=progress, debug=debug)
     loss_model = TargetLoss(model)
     if cfg.deepspeed:  # accelerate fills the config's "auto" bucket sizes from model.config.hidden_size
         loss_model.config = causal_lm(model).config
@@ -173,17 +187,26 @@ def _optimizer(cfg: Config, params: list, total_steps: int):
 class Trainer:
     """Trains on prepared data in a locked run directory; `run()` returns (and writes) the run's summary."""
 
-    def __init__(self, cfg: Config, acc, run: RunDir, prep: Prepared, renderer, tokenizer, resume_from=None):
+    def __init__(self, cfg: Config, acc, run: RunDir, prep: Prepared, renderer, tokenizer, resume_from=None,
+                 progress: bool = True, debug: bool = False):
         self.cfg, self.acc, self.run_dir, self.prep, self.tokenizer = cfg, acc, run, prep, tokenizer
         self.main = acc.is_main_process
         self.resume_from = resume_from
         self.renderer = renderer
+        self.show_progress, self.debug = progress and self.main, debug
+        self.progress = None
         self.data = EpochData(cfg, prep, self.renderer, tokenizer)
-        self.checkpoints = Checkpoints(acc, run, cfg, self.say)
+        self.checkpoints = Checkpoints(acc, run, cfg, self.say, debug=debug)
         self.state = TrainState()
+        # without validation targets there is nothing to select by: best/ gets the last weights
+        self.selects = prep.stats["val"].targets > 0
 
     def say(self, text: str) -> None:
-        if self.main:
+        if not self.main:
+            return
+        if self.progress is not None:
+            self.progress.write(text)
+        else:
             print(text, flush=True)
 
     def _steps_per_epoch(self, n_batches: int) -> int:
@@ -227,32 +250,61 @@ class Trainer:
             write_run_start(self.cfg, self.run_dir, self.prep, self.renderer)
         first, total_steps = self._set_up_training()
         self._begin()
-        self._loop(first, total_steps)
+        self.progress = Progress(total_steps, self.state.global_step, enabled=self.show_progress) if self.main \
+            else None
+        try:
+            self._loop(first, total_steps)
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            self.progress = None
+        final = self._finish_best()
         st = self.state
-        if st.best_step is not None and st.best_step == st.global_step:
-            final = {"loss": st.best_val_loss}  # the weights in hand are best/ and were just evaluated
-        else:
-            self.checkpoints.restore_best(self.loss_model)
-            final = self.evaluate()
-        result = _summary(self.cfg, self.acc, self.prep, st, time.time() - start, self.initial_val, final["loss"])
+        result = _summary(self.cfg, self.acc, self.prep, st, time.time() - start, self.initial_val, final)
+        result["best"] = "lowest validation loss" if self.selects and st.best_val_loss is not None else "last"
         if self.main:
             write_json(self.run_dir.summary, result)
             self.loggers.close()
-        before = "not measured" if self.initial_val is None else f"{self.initial_val:.4f}"
-        self.say(f"validation loss after training: {final['loss']:.4f} (before: {before}); "
-                 f"best model in {self.run_dir.best}; run in {self.run_dir.path}")
+        self._say_result(final)
         return result
+
+    def _say_result(self, final: float | None) -> None:
+        where = f"best model in {self.run_dir.best}; run in {self.run_dir.path}"
+        if final is None:
+            self.say(f"no validation loss to select by: best/ holds the weights of the last step "
+                     f"({self.state.global_step}); {where}")
+            return
+        before = "not measured" if self.initial_val is None else f"{self.initial_val:.4f}"
+        self.say(f"validation loss after training: {final:.4f} (before: {before}); {where}")
+
+    def _finish_best(self) -> float | None:
+        """Make best/ hold the best evaluated weights (the last ones when nothing can be evaluated) and put them in
+        the model; returns their validation loss (None without validation)."""
+        st = self.state
+        if self.selects and st.last_eval_step != st.global_step:
+            self._eval_and_maybe_stop(last=True)  # the last steps were never evaluated: they may be the best
+        if st.best_step is None:
+            if self.selects:  # validation exists but no loss was finite (the run diverged)
+                self.say("warning: no evaluation gave a finite validation loss: best/ holds the last weights")
+            self.checkpoints.save_best(self.loss_model, self.tokenizer)
+            st.best_step = st.global_step
+            return None
+        if st.best_step == st.global_step:
+            return st.best_val_loss  # the weights in hand are best/ and were just evaluated
+        self.checkpoints.restore_best(self.loss_model)
+        return self.evaluate()["loss"]
 
     def _set_up_training(self) -> tuple[list, int]:
         """Model, optimizer and schedule, prepared by accelerate; the first epoch's batches and the step count."""
         cfg, acc = self.cfg, self.acc
         self.attention = training_attention(cfg)
         self.boundaries = self.attention == "varlen"
-        self.loss_model = _loss_model(cfg, self.attention)
+        self.loss_model = _loss_model(cfg, self.attention, self.show_progress, self.debug)
         params = [p for p in self.loss_model.parameters() if p.requires_grad]
         first = self.data.batches("train", 0, shuffle=True)
         steps_per_epoch = self._steps_per_epoch(len(first))
-        total_steps = cfg.max_steps or steps_per_epoch * cfg.max_epochs
+        total_steps = self._planned_steps(steps_per_epoch)
+        self.total_steps = total_steps
         optimizer, scheduler = _optimizer(cfg, params, total_steps)
         # the scheduler stays outside accelerate.prepare: its wrapper would step it once per process
         self.loss_model, optimizer = acc.prepare(self.loss_model, optimizer)
@@ -260,28 +312,51 @@ class Trainer:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.loggers = Loggers(cfg, self.run_dir, self.main, self.say)
         trainable = sum(getattr(p, "ds_numel", p.numel()) for p in params)  # ZeRO-3: partitioned
+        cut = " (--max_steps)" if cfg.max_steps and total_steps == cfg.max_steps else ""
         self.say(f"model {cfg.model}: {trainable:,} trainable parameters ({'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full'}),"
-                 f" {acc.num_processes} process(es), {steps_per_epoch} steps per epoch, {total_steps} steps in all")
+                 f" {acc.num_processes} process(es), {steps_per_epoch} steps per epoch, {total_steps} steps in all{cut}")
         return first, total_steps
+
+    def _planned_steps(self, first_epoch_steps: int) -> int:
+        """The global steps the loop will run: max_epochs epochs, cut at max_steps. Re-sampled epochs pack into
+        different numbers of micro-batches, so each is counted (deterministic: it is built the same way later)."""
+        cfg = self.cfg
+        total = first_epoch_steps
+        for epoch in range(1, cfg.max_epochs):
+            if cfg.max_steps and total >= cfg.max_steps:
+                break
+            total += self._steps_per_epoch(len(self.data.batches("train", epoch, shuffle=True))) \
+                if self.data.varies else first_epoch_steps
+        return min(total, cfg.max_steps) if cfg.max_steps else total
 
     def _begin(self) -> None:
         """Resume from the checkpoint, or measure the validation loss before training (when asked)."""
+        if not self.selects:
+            early = ", and no early stopping" if self.cfg.early_stopping_patience else ""
+            self.say("the validation split has no targets: no evaluation, no model selection" + early +
+                     "; best/ will hold the weights of the last step")
         if self.resume_from is not None:
             self.state = self.checkpoints.load(self.resume_from)
             self.initial_val = next((r["val_loss"] for r in self.state.log if r.get("event") == "eval_start"), None)
-        elif not self.cfg.eval_at_start:
+        elif not (self.cfg.eval_at_start and self.selects):
             self.initial_val = None
         else:
             ev = self.evaluate()
             self.initial_val = ev["loss"]
-            self.say(f"validation loss before training: {ev['loss']:.4f} ({ev['target_tokens']} target tokens)")
+            self.say(f"validation loss before training: {ev['loss']:.4f} ({ev['target_tokens']:,} target tokens)")
             self.log({"event": "eval_start", "val_loss": ev["loss"]})
 
     def _loop(self, first_batches, total_steps) -> None:
-        st = self.state
         self.loss_model.train()
         self.ctrl_c = _CtrlC(self.acc, self.say)
         self.ctrl_c.watch()
+        try:
+            self._epochs(first_batches, total_steps)
+        finally:
+            self.ctrl_c.release()
+
+    def _epochs(self, first_batches, total_steps) -> None:
+        st = self.state
         epoch = st.epoch
         while epoch < self.cfg.max_epochs and st.global_step < total_steps and not st.stopped_early:
             batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
@@ -306,12 +381,15 @@ class Trainer:
             interval.sums[1] += global_target_tokens / world
             interval.target_tokens += global_target_tokens
             st.global_step += 1
+            if self.progress is not None:
+                self.progress.step()
             st.step_in_epoch = step + 1
             st.epoch = epoch
             st.targets_seen += sum(b.n_targets for b in group)
             st.tokens_seen += sum(b.n_tokens for b in group)
             end_of_epoch = step == n_steps - 1
-            if st.global_step % self.cfg.logging_steps == 0 or end_of_epoch:
+            # the run's last step closes an interval too (a --max_steps run would lose its tail otherwise)
+            if st.global_step % self.cfg.logging_steps == 0 or end_of_epoch or st.global_step >= total_steps:
                 self._log_interval(interval)
             if end_of_epoch:
                 st.epoch, st.step_in_epoch = epoch + 1, 0
@@ -347,19 +425,23 @@ class Trainer:
         st = self.state
         total = self.acc.reduce(interval.sums, reduction="sum").tolist()  # waits for the device
         dt = max(time.time() - interval.tick, 1e-9)
-        self.log({"loss": total[0] / max(total[1], 1), "lr": self.scheduler.get_last_lr()[0],
+        loss, target_speed = total[0] / max(total[1], 1), round(interval.target_tokens / dt, 1)
+        self.log({"loss": loss, "lr": self.scheduler.get_last_lr()[0],
                   "tokens_per_second": round((st.tokens_seen - interval.tokens_at_tick) / dt, 1),
-                  "target_tokens_per_second": round(interval.target_tokens / dt, 1),
+                  "target_tokens_per_second": target_speed,
                   "interval_tokens": st.tokens_seen - interval.tokens_at_tick,
                   "interval_target_tokens": interval.target_tokens})
+        if self.progress is not None:
+            self.progress.logged(loss, target_speed)
         interval.restart(st.tokens_seen)
 
     def _after_step(self, end_of_epoch: bool) -> None:
         """Evaluate or save as scheduled; on Ctrl-C save a checkpoint and stop."""
         cfg, st = self.cfg, self.state
-        if (cfg.eval_steps and st.global_step % cfg.eval_steps == 0) or (end_of_epoch and not cfg.eval_steps):
+        due = (cfg.eval_steps and st.global_step % cfg.eval_steps == 0) or (end_of_epoch and not cfg.eval_steps)
+        if due and self.selects:
             self._eval_and_maybe_stop()
-        elif cfg.save_steps and st.global_step % cfg.save_steps == 0:
+        elif due or (cfg.save_steps and st.global_step % cfg.save_steps == 0):
             self.checkpoints.save(st)
         if self.ctrl_c.asked_anywhere():
             self.checkpoints.save(st)
@@ -367,21 +449,35 @@ class Trainer:
                      " continue with --resume")
             raise KeyboardInterrupt
 
-    def _eval_and_maybe_stop(self) -> None:
+    def _eval_and_maybe_stop(self, last: bool = False) -> None:
+        """Validate; keep the weights in best/ when they improved; stop early after `patience` evaluations
+        without improvement (not after the run's `last` evaluation, which ends the run anyway)."""
         cfg, st = self.cfg, self.state
         ev = self.evaluate()
-        improved = st.best_val_loss is None or ev["loss"] < st.best_val_loss - cfg.early_stopping_threshold
+        # a nan loss (a diverged run) is never the best
+        improved = math.isfinite(ev["loss"]) and (st.best_val_loss is None or
+                                                  ev["loss"] < st.best_val_loss - cfg.early_stopping_threshold)
         if improved:
             st.best_val_loss, st.best_step, st.bad_evals = ev["loss"], st.global_step, 0
             self.checkpoints.save_best(self.loss_model, self.tokenizer)
         else:
             st.bad_evals += 1
-            if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience:
+            if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience and not last:
                 st.stopped_early = True
+        st.last_eval_step = st.global_step
         self.log({"event": "eval", "val_loss": ev["loss"], "best_val_loss": st.best_val_loss})
-        self.say(f"step {st.global_step}: validation loss {ev['loss']:.4f}"
-                 f"{' (best)' if improved else ''}{' - early stop' if st.stopped_early else ''}")
+        self.say(self._eval_line(ev["loss"], improved))
         self.checkpoints.save(st)
+
+    def _eval_line(self, loss: float, improved: bool) -> str:
+        cfg, st = self.cfg, self.state
+        head = f"step {st.global_step}/{self.total_steps}: validation loss {loss:.4f}"
+        if improved:
+            return f"{head} (best so far: saved to best/)"
+        best = "no best yet" if st.best_step is None else f"best {st.best_val_loss:.4f} at step {st.best_step}"
+        patience = f"; {st.bad_evals}/{cfg.early_stopping_patience} without improvement" \
+            if cfg.early_stopping_patience else ""
+        return f"{head} ({best}{patience}){': stopping early' if st.stopped_early else ''}"
 
 
 def _summary(cfg: Config, acc, prep: Prepared, st: TrainState, wall: float, before, after: float) -> dict:
@@ -404,8 +500,9 @@ def _summary(cfg: Config, acc, prep: Prepared, st: TrainState, wall: float, befo
 
 
 def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
-          tokenizer=None) -> dict:
-    """`usertwin train`: lock the run directory, prepare the data, train; the lock is held until the end."""
+          tokenizer=None, debug: bool = False) -> dict:
+    """`usertwin train`: lock the run directory, prepare the data, train; the lock is held until the end.
+    progress: bars (or plain progress lines off a terminal); debug: let third-party warnings through (quiet.py)."""
     from accelerate.utils import set_seed
 
     acc = make_accelerator(cfg)
@@ -420,7 +517,7 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: 
         tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
         renderer = Renderer(cfg, tokenizer)
         prep = prepare(cfg, tokenizer=tokenizer, progress=progress and main)
-        return Trainer(cfg, acc, run, prep, renderer, tokenizer, resume_from).run()
+        return Trainer(cfg, acc, run, prep, renderer, tokenizer, resume_from, progress=progress, debug=debug).run()
     finally:  # also on errors and Ctrl-C: the next run may take the directory
         if lock is not None:
             lock.release()
