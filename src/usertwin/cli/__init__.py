@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)
         command.add_arguments(p)
-        p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+        p.add_argument("--debug", action="store_true", help="show the full traceback on errors, and the third-party warnings usertwin hides")
         p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")
         p.set_defaults(handler=command.run)
     return parser
