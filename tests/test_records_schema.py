@@ -21,7 +21,7 @@ def test_missing_continuation(tmp_path):
         f"{tmp_path / 'data.json'}: 1 problem in 1 of 4 records:",
         f"  {tmp_path / 'data.json'}, record 3 (user 'u9'), field "
         "task.task_behavior_collections[0].data[5].continuation: missing",
-        "hint: use --on-error skip to skip bad records",
+        "hint: use --on_error skip to skip bad records",
     ])
 
 
@@ -82,9 +82,9 @@ def test_all_problems_of_all_records_are_reported_together(tmp_path):
         f'{other} task.language: must be a string such as "en" or "zh", got a number (1)',
         f"{other} task.task_behavior_collections: must be a list of collections, got an object",
         f"  {path}, record 2: a record must be a JSON object {{...}}, got a list",
-        "hint: use --on-error skip to skip bad records",
+        "hint: use --on_error skip to skip bad records",
     ]
-    assert message.endswith("use --on-error skip to skip bad records")
+    assert message.endswith("use --on_error skip to skip bad records")
 
 
 def test_problem_listing_is_capped(tmp_path):
@@ -94,7 +94,7 @@ def test_problem_listing_is_capped(tmp_path):
     assert len(lines) == 1 + 20 + 1 + 1
     assert lines[20].startswith(f"  {tmp_path / 'data.json'}, record 19 (user 'u19')")
     assert lines[21] == "  ... and 5 more"
-    assert lines[22] == "hint: use --on-error skip to skip bad records"
+    assert lines[22] == "hint: use --on_error skip to skip bad records"
 
 
 def test_raw_data_gets_a_convert_hint(tmp_path):
