@@ -7,11 +7,23 @@ import argparse
 import sys
 
 from usertwin import __version__
-from usertwin.cli import baselines, convert, evaluate, inspect, predict, prepare, report, train, validate
+from usertwin.cli import (
+    baselines,
+    convert,
+    evaluate,
+    export,
+    inspect,
+    predict,
+    prepare,
+    report,
+    simulate,
+    train,
+    validate,
+)
 from usertwin.errors import UsertwinError
 
 # the order of `usertwin --help`: the pipeline's order
-COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report)
+COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report, simulate, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
