@@ -82,13 +82,13 @@ def test_rollout_history_grows_with_the_generations(made, tmp_path):
                 "--max_new_tokens", "6", "--seed", "1")
     first, second = sorted(rows, key=lambda r: r["step"])
     assert first["collection"] == second["collection"] == "movie_review" and first["item"] == ""
-    assert second["history_len"] == first["history_len"] + 1
     twin = Twin.load(made[0], records=made[1])
     tl = twin.timeline(WRITER)
     grown = type(tl)(tl.user_id, tl.profile, tl.task, tl.language,
                      tl.items + [Item(first["continuation"], collection="movie_review")])
     ids = twin.prompt_at(twin.with_new_item(grown, ""), len(grown.items), room=6)
-    assert prompt_hash(ids) == second["prompt_hash"]
+    assert prompt_hash(ids) == second["prompt_hash"]  # the real items, the step-1 item, the new item
+    assert prompt_hash(twin.prompt(user=WRITER, item="", room=6)) == first["prompt_hash"] != second["prompt_hash"]
     if first["continuation"]:
         assert first["continuation"] in twin.engine.tokenizer.decode(ids)
 
@@ -130,3 +130,24 @@ def test_bad_items_file_names_the_line(made, tmp_path, capsys):
     assert main(["simulate", "--run", str(run), "--data", str(data), "-o", str(tmp_path / "x.jsonl"), "--all",
                  "--items", str(bad)]) == 2
     assert "items.jsonl:2: unknown field(s) continuation_prefx" in capsys.readouterr().err
+
+
+def test_speed_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path, tokenizer_dir):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("simulate_speed", root / "benchmarks" / "simulate_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "out"
+    results = bench.main(["--shapes", "tiny", "--batch_sizes", "1", "2", "--batches", "1", "--min_users", "2",
+                          "--max_new_tokens", "3", "--decode_steps", "3", "--max_length", "512",
+                          "--tokenizer", str(tokenizer_dir), "--records",
+                          str(root / "examples" / "movielens-mini" / "records.jsonl"), "--out", str(out)])
+    assert [r["batch_size"] for r in results] == [1, 2]
+    for r in results:
+        assert r["users"] == 2 and r["users_per_s"] > 0 and 0 < r["generated_tokens"] <= 2 * 3
+        assert r["weight_bytes"] > 0 and 0 < r["bandwidth_share_weights"] <= r["bandwidth_share_weights_kv"]
+    saved = json.loads((out / "simulate_speed.json").read_text())
+    assert saved["results"] == results and "| tiny (float32) | 2 |" in (out / "simulate_speed.md").read_text()

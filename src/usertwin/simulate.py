@@ -32,6 +32,7 @@ from usertwin.data import records
 from usertwin.errors import UsertwinError
 from usertwin.eval.metrics import parse_rating
 from usertwin.eval.predict import completed_rows, output_lock, progress_bar, prompt_hash
+from usertwin.text.tokens import measure_all
 from usertwin.twin import Twin
 
 KEY = ("user", "step")
@@ -209,9 +210,10 @@ class _Run:
         """One step of several users: ratings scored in one forward, every prompt generated together."""
         engine, room = self.twin.engine, self.gen.max_new_tokens if self.gen.generate else 0
         rows, prompts = [], []
-        for user, s in batch:
-            tl, kind = self.situation(user, self.todo[user][s])
-            prompt = self.twin.fitted_prompt(tl, len(tl.items) - 1, room)
+        situations = [(user, s, *self.situation(user, self.todo[user][s])) for user, s in batch]
+        lengths = measure_all(engine.renderer, engine.tokenizer, [tl for _, _, tl, _ in situations])
+        for user, s, tl, kind in situations:
+            prompt = self.twin.fitted_prompt(tl, len(tl.items) - 1, room, lengths[user])
             rows.append(self.row(user, s, tl, kind, prompt))
             prompts.append(prompt.ids)
         rated = [i for i, r in enumerate(rows) if "rating" in r]

@@ -443,8 +443,10 @@ class Twin:
         """The prompt of item `pos` of a timeline; refused when it cannot fit max_length even without history."""
         return self.fitted_prompt(tl, pos, room).ids
 
-    def fitted_prompt(self, tl: Timeline, pos: int, room: int = 0) -> Prompt:
-        prompt = self.engine.prompt(tl, pos, room)
+    def fitted_prompt(self, tl: Timeline, pos: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
+        """`lengths`: the timeline's measured item lengths when at hand (measure_all over a batch of users
+        tokenizes each distinct text once)."""
+        prompt = self.engine.prompt(tl, pos, room, lengths)
         if len(prompt.ids) + room > self.cfg.max_length:
             raise UsertwinError(
                 f"user {tl.user_id!r}: the prompt of this item needs {len(prompt.ids)} tokens even without "
