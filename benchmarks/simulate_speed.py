@@ -156,6 +156,11 @@ def bytes_per_step(model, batch: int, context: float) -> dict:
     return {"weight_bytes": weights, "kv_bytes": int(kv)}
 
 
+def _sig(x: float) -> float:
+    """4 significant digits: a share is 0.45 on a GPU and 1e-7 for the tiny CPU check."""
+    return float(f"{x:.4g}")
+
+
 def _sync():
     import torch
 
@@ -182,9 +187,9 @@ def measure(shape: str, args, tok, records: Path, work: Path) -> list[dict]:
         moved = bytes_per_step(model, b, step["context_mean"])
         row.update(step, **moved, params=sum(p.numel() for p in model.parameters()))
         row["decode_tokens_per_s"] = round(b / step["step_seconds"], 1)
-        row["bandwidth_share_weights"] = round(moved["weight_bytes"] / step["step_seconds"] / args.bandwidth, 4)
-        row["bandwidth_share_weights_kv"] = round((moved["weight_bytes"] + moved["kv_bytes"])
-                                                  / step["step_seconds"] / args.bandwidth, 4)
+        row["bandwidth_share_weights"] = _sig(moved["weight_bytes"] / step["step_seconds"] / args.bandwidth)
+        row["bandwidth_share_weights_kv"] = _sig((moved["weight_bytes"] + moved["kv_bytes"])
+                                                 / step["step_seconds"] / args.bandwidth)
         row["step_seconds"] = round(step["step_seconds"], 6)
         print(json.dumps(row), flush=True)
         out.append(row)
@@ -203,7 +208,7 @@ def markdown(results: list[dict], env: dict) -> str:
     for r in results:
         lines.append(f"| {r['shape']} ({r['dtype']}) | {r['batch_size']} | {r['users_per_s']} | "
                      f"{r['generated_tokens_per_s']} | {r['step_seconds'] * 1e3:.2f} | {r['decode_tokens_per_s']} | "
-                     f"{r['bandwidth_share_weights']:.1%} | {r['bandwidth_share_weights_kv']:.1%} |")
+                     f"{100 * r['bandwidth_share_weights']:.3g}% | {100 * r['bandwidth_share_weights_kv']:.3g}% |")
     return "\n".join(lines) + "\n"
 
 
