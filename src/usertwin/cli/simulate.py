@@ -39,7 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", required=True, help="output JSON Lines file (appended; resumable)")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling when --temperature > 0 (default 0)")
     p.add_argument("--engine", choices=("usertwin", "vllm"), default="usertwin",
-                   help="what generates: usertwin (transformers, batched with the KV cache) or vllm")
+                   help="what generates: usertwin (transformers, batched with the KV cache); vllm is not implemented "
+                        "yet and is refused with what to do instead")
     add_generate_flags(p)
 
 
