@@ -3,6 +3,8 @@ scores continuations and generates.
 
     twin = Twin.load("runs/quickstart", records="data/records.jsonl")   # records: to look users up by id
     twin.predict(user="12", item="Heat (1995) (Action, Crime, Thriller): ")
+    twin.generate(user="12", item="Heat (1995) (Action, Crime, Thriller): ", num_samples=4, temperature=0.8, seed=1)
+    twin.rating_distributions([{"user": "12", "item": "..."}, {"profile": {}, "history": [], "item": "..."}])
     twin.rating_distribution(profile={"age": 25}, history=[{"continuation_prefix": "...", "continuation": "4.0"}],
                              item="Heat (1995) (Action, Crime, Thriller): ")
 
@@ -309,7 +311,9 @@ class _SeededSampler:
             before = probs.cumsum(-1) - probs
             probs = probs.masked_fill(before >= self.top_p, 0.0)
         cdf = probs.double().cumsum(-1)
-        u = self.uniform[:, step].to(cdf.device)[:, None] * cdf[:, -1:]
+        if self.uniform.device != cdf.device:  # once: no host-to-device copy per step
+            self.uniform = self.uniform.to(cdf.device)
+        u = self.uniform[:, step, None] * cdf[:, -1:]
         pick = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)
         if order is not None:
             pick = order.gather(1, pick)
