@@ -53,7 +53,7 @@ def test_twin_facts_are_written_with_the_run(made):
     run, _ = made
     facts = json.loads((run / "twin.json").read_text())
     assert facts == {"rating_scale": ["1.0", "2.0", "3.0", "4.0", "5.0"], "task": "Predict ratings.",
-                     "language": "en", "collections": ["movie_rating"]}
+                     "language": "en", "role": "user", "collections": ["movie_rating"]}
 
 
 def test_loads_from_the_run_alone_after_the_data_is_gone(made, no_prepare):
@@ -137,3 +137,83 @@ def test_bad_history_names_the_field(made):
     assert "on-error" not in str(e.value) and "usertwin-twin-" not in str(e.value)  # no scratch file, no CLI flag
     with pytest.raises(UsertwinError, match="must be JSON data"):
         twin.prompt(profile={"born": object()}, history=[{"continuation": "4.0"}], item="Movie 2: ")
+
+
+# ---------------------------------------------------------------- lists of requests, generation, bad input
+
+REQUESTS = [dict(user="10", item="Movie 2 (2000) (Drama): "), dict(user=12, item="Movie 4 (2000) (Drama): "),
+            dict(profile={"name": "new"}, history=[{"continuation_prefix": "Movie 1 (2000) (Drama): ",
+                                                    "continuation": "5.0"}], item="Movie 3 (2000) (Drama): ")]
+
+
+def test_lists_equal_singles(made):
+    from usertwin import Twin
+
+    run, records = made
+    twin = Twin.load(run, records=records)
+    many = twin.rating_distributions(REQUESTS, batch_size=2)
+    for r, d in zip(REQUESTS, many):
+        assert d["probs"] == pytest.approx(twin.rating_distribution(**r)["probs"], abs=1e-5)
+    scored = twin.scores([dict(r, continuation="3.0") for r in REQUESTS], batch_size=3)
+    assert scored == pytest.approx([twin.score(continuation="3.0", **r) for r in REQUESTS], abs=1e-4)
+    greedy = twin.generate_many(REQUESTS, max_new_tokens=4, batch_size=2)
+    assert greedy == [twin.generate(**r, max_new_tokens=4) for r in REQUESTS]
+    # sampled: request j draws with seed + j * num_samples + i in a list, so a single call with that seed agrees
+    sampled = twin.generate_many(REQUESTS, seed=7, temperature=1.0, num_samples=3, max_new_tokens=5, batch_size=2)
+    assert [len(s) for s in sampled] == [3, 3, 3]
+    for j, r in enumerate(REQUESTS):
+        assert twin.generate(**r, seed=7 + 3 * j, temperature=1.0, num_samples=3, max_new_tokens=5) == sampled[j]
+    again = twin.generate_many(REQUESTS, seed=7, temperature=1.0, num_samples=3, max_new_tokens=5, batch_size=3)
+    assert again == sampled  # another batching, the same samples
+
+
+def test_sampling_is_seeded_per_sample(made):
+    from usertwin import Twin
+
+    twin = Twin.load(made[0], records=made[1])
+    kw = dict(user="11", item="Movie 1 (2000) (Drama): ", temperature=1.5, max_new_tokens=8)
+    four = twin.generate(**kw, num_samples=4, seed=3)
+    assert len(four) == 4 and len(set(four)) > 1  # distinct samples
+    assert twin.generate(**kw, num_samples=1, seed=5) == four[2:3]  # sample i is seed + i
+    assert twin.generate(user="11", item="Movie 1 (2000) (Drama): ", num_samples=3, max_new_tokens=4) == \
+        [twin.predict(user="11", item="Movie 1 (2000) (Drama): ", max_new_tokens=4)] * 3  # greedy: one text
+
+
+def test_lora_is_merged_at_load_and_scores_stay_equal(made):
+    from usertwin import Twin
+    from usertwin.twin import Engine, load_twin_model
+
+    run, records = made
+    twin = Twin.load(run, records=records)
+    assert not hasattr(twin.engine.model, "peft_config")  # merged: a plain transformers model
+    unmerged = load_twin_model(twin.cfg, run, merge=False)
+    assert hasattr(unmerged, "peft_config")
+    plain = Twin(Engine(twin.cfg, unmerged, twin.engine.tokenizer, twin.engine.scale), twin.facts,
+                 list(twin._by_user.values()), records)
+    for r in REQUESTS:
+        assert twin.score(continuation="4.0", **r) == pytest.approx(plain.score(continuation="4.0", **r), abs=1e-5)
+        assert twin.rating_distribution(**r)["probs"] == pytest.approx(plain.rating_distribution(**r)["probs"],
+                                                                      abs=1e-5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t: t.predict(user=["10"], item="x"), r"user= takes a user id"),
+    (lambda t: t.predict(user="10", item=5), r"item= takes a string, got int"),
+    (lambda t: t.predict(profile="old", history=[], item="x"), r"profile= takes a dict"),
+    (lambda t: t.predict(profile={}, history="4.0", item="x"), r"history= takes a list"),
+    (lambda t: t.predict(user="10", item="x", context="hi"), r"context= takes a list of turns"),
+    (lambda t: t.predict(user="10", item="x", context=[{"content": "hi"}]), r"context\[0\] must be a turn"),
+    (lambda t: t.generate_many([{"user": "10", "itme": "x"}]), r"request 0: unknown key\(s\) itme"),
+    (lambda t: t.generate_many({"user": "10"}), r"pass a list of requests"),
+    (lambda t: t.generate(user="10", item="x", temprature=1), r"unknown generation setting 'temprature'; did you mean 'temperature'"),
+    (lambda t: t.generate(user="10", item="x", num_samples=0), r"num_samples.*at least 1"),
+    (lambda t: t.scores([{"user": "10", "item": "x", "continuation": 4.0}]), r"continuation= takes a string"),
+    (lambda t: t.predict(user="10", item="Movie " * 200), r"user '10'.*needs \d+ tokens even without history.*"
+                                                          r"max_length 160.*shorter item"),
+])
+def test_bad_requests_say_what_to_pass(made, call, message):
+    from usertwin import Twin
+
+    twin = Twin.load(made[0], records=made[1])
+    with pytest.raises(UsertwinError, match=message):
+        call(twin)

@@ -466,6 +466,15 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
         _add_flag(group, f, GenerateSettings, "gen__")
 
 
+def generate_settings_from(values: dict, source: str) -> GenerateSettings:
+    """Generation settings given as keywords (the Python API, the server): each checked as its flag is."""
+    unknown = sorted(set(values) - {f.name for f in fields(GenerateSettings)})
+    if unknown:
+        raise UsertwinError(f"{source}: unknown generation setting {unknown[0]!r}{_suggest(GenerateSettings, unknown[0])};"
+                            f" the settings are {', '.join(f.name for f in fields(GenerateSettings))}")
+    return GenerateSettings(**{key: _coerce(GenerateSettings, key, value, source) for key, value in values.items()})
+
+
 def generate_settings(args: argparse.Namespace) -> GenerateSettings:
     """The defaults, then the generation flags given."""
     return GenerateSettings(**{key: _coerce(GenerateSettings, key, value, "command line")

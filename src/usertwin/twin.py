@@ -3,6 +3,8 @@ scores continuations and generates.
 
     twin = Twin.load("runs/quickstart", records="data/records.jsonl")   # records: to look users up by id
     twin.predict(user="12", item="Heat (1995) (Action, Crime, Thriller): ")
+    twin.generate(user="12", item="Heat (1995) (Action, Crime, Thriller): ", num_samples=4, temperature=0.8, seed=1)
+    twin.rating_distributions([{"user": "12", "item": "..."}, {"profile": {}, "history": [], "item": "..."}])
     twin.rating_distribution(profile={"age": 25}, history=[{"continuation_prefix": "...", "continuation": "4.0"}],
                              item="Heat (1995) (Action, Crime, Thriller): ")
 
@@ -16,14 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from usertwin.atomic import recover_dir, write_json
-from usertwin.config import Config, GenerateSettings, from_mapping
+from usertwin.config import Config, GenerateSettings, from_mapping, generate_settings_from
 from usertwin.data import records
 from usertwin.data.prepare import fit_sample, trim_long_contexts
 from usertwin.data.timeline import Sample, Timeline, build_timelines, select_history
@@ -32,6 +33,11 @@ from usertwin.rundir import RunDir
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, SequenceEncoder, load_tokenizer, measure
 from usertwin.train.model import causal_lm, load_model
+
+
+class PromptTooLong(UsertwinError):
+    """The prompt plus the room asked for does not fit the twin's max_length, even without history."""
+
 
 MAX_SCALE = 40  # more distinct numbers than this is free text that happens to be numeric, not a scale
 
@@ -65,6 +71,7 @@ def twin_facts(prep_or_timelines) -> dict:
     return {"rating_scale": rating_scale(timelines),
             "task": _the_one({tl.task for tl in timelines}),
             "language": _the_one({tl.language for tl in timelines}),
+            "role": _the_one({tl.role for tl in timelines}) or "user",
             "collections": sorted({it.collection for tl in timelines for it in tl.items})}
 
 
@@ -91,8 +98,10 @@ def read_twin_facts(run_dir) -> dict | None:
 # ---------------------------------------------------------------- loading
 
 
-def load_twin_model(cfg: Config, run_dir=None):
-    """The run's best weights (adapter on its base model, or full weights), else the base model."""
+def load_twin_model(cfg: Config, run_dir=None, merge: bool = True, device: str | None = None):
+    """The run's best weights (adapter on its base model, or full weights), else the base model. An adapter
+    is merged into the weights (`merge`): inference then runs the base model's own layers, with no LoRA
+    matmuls beside every projection. `device`: default the GPU when there is one."""
     best = recover_dir(RunDir(run_dir).best) if run_dir else None
     # sdpa: scoring passes its own block masks, which flash kernels do not take
     load = dict(attention="sdpa", trust_remote_code=cfg.trust_remote_code)
@@ -100,6 +109,8 @@ def load_twin_model(cfg: Config, run_dir=None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(load_model(cfg.model, cfg.dtype, **load), str(best))
+        if merge:
+            model = model.merge_and_unload()
     elif best is not None and (best / "config.json").is_file():
         model = load_model(str(best), cfg.dtype, **load)
     elif run_dir:
@@ -107,9 +118,8 @@ def load_twin_model(cfg: Config, run_dir=None):
     else:
         model = load_model(cfg.model, cfg.dtype, **load)
     model.eval()
-    if torch.cuda.is_available():
-        model.cuda()
-    return model
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device)
 
 
 def load_tokenizer_and_model(cfg: Config, run_dir=None):
@@ -221,24 +231,98 @@ class Engine:
                 "most_likely": values[max(range(len(probs)), key=probs.__getitem__)],
                 "expected": round(sum(v * p for v, p in zip(values, probs)), 6)}
 
+    def rating_distributions(self, prompts: list[list[int]]) -> list[dict]:
+        """The allowed ratings' probabilities after each prompt, all prompts in one forward."""
+        scale = [self.ids_of(t) for t in self.scale]
+        return [self.distribution([s for s, _ in row]) for row in self.score_many(prompts, [scale] * len(prompts))]
+
+    def generate(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None
+                 ) -> list[list[str]]:
+        """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn."""
+        return [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds)]
+
+    def decode(self, ids: list[int]) -> str:
+        ends = {self.eot_id, self.pad_id}
+        cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
+        return self.tokenizer.decode(ids[:cut], skip_special_tokens=False).strip()
+
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], gen: GenerateSettings) -> list[list[str]]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, device=self.device)
+    def generate_ids(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None
+                     ) -> list[list[list[int]]]:
+        """The generated tokens of `gen.num_samples` samples per prompt, all rows decoded together with the KV
+        cache (transformers' generate); each ends with the end-of-turn unless max_new_tokens cut it. Sample i of
+        prompt j draws its tokens from seed `seeds[j] + i` alone, so it is the same in any batch and after a
+        resume; without seeds they are drawn from torch's global generator (torch.manual_seed reproduces them).
+        Greedy decoding (temperature 0) generates each prompt once and repeats it."""
+        n = gen.num_samples if gen.temperature > 0 else 1
+        rows = [p for p in prompts for _ in range(n)]
+        processors = None
+        if gen.temperature > 0:
+            if seeds is None:
+                seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
+            row_seeds = [s + i for s in seeds for i in range(n)]
+            processors = [_SeededSampler(row_seeds, gen, len(max(prompts, key=len)))]
+        out = self._generate_rows(rows, gen.max_new_tokens, processors)
+        per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
+        return [row * (gen.num_samples // n) for row in per]
+
+    def _generate_rows(self, rows: list[list[int]], max_new_tokens: int, processors) -> list[list[int]]:
+        from transformers import LogitsProcessorList
+
+        width = max(len(p) for p in rows)
+        ids = torch.full((len(rows), width), self.pad_id, device=self.device)
         mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):  # left padding: generation continues every row at its end
+        for i, p in enumerate(rows):  # left padding: generation continues every row at its end
             ids[i, width - len(p):] = torch.tensor(p, device=self.device)
             mask[i, width - len(p):] = 1
-        sample = gen.temperature > 0
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen.max_new_tokens,
-                                  do_sample=sample, temperature=gen.temperature if sample else None,
-                                  top_p=gen.top_p if sample else None, num_return_sequences=gen.num_samples,
+        # greedy over the sampler's one allowed token: sampling is ours (seeded per row), the loop and the KV
+        # cache are transformers'; the model's own sampling defaults (top_k, ...) never apply
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, num_beams=1, use_cache=True, temperature=None, top_p=None,
+                                  top_k=None, logits_processor=LogitsProcessorList(processors or []),
                                   eos_token_id=self.eot_id, pad_token_id=self.pad_id)
-        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=False)
-        eot = self.renderer.fmt.eot
-        clean = [(t.split(eot)[0] if eot else t).replace(self.tokenizer.pad_token or "\0", "").strip()
-                 for t in texts]
-        return [clean[i * gen.num_samples:(i + 1) * gen.num_samples] for i in range(len(prompts))]
+        return [_until_end(row, self.eot_id, self.pad_id) for row in out[:, width:].tolist()]
+
+
+def _until_end(ids: list[int], eot: int, pad: int) -> list[int]:
+    """A row's generated tokens up to and with its end-of-turn (the padding after it dropped)."""
+    for i, t in enumerate(ids):
+        if t == eot:
+            return ids[:i + 1]
+        if t == pad:
+            return ids[:i]
+    return ids
+
+
+class _SeededSampler:
+    """A logits processor that draws each row's next token by inverse-CDF sampling from temperature- and
+    top-p-shaped probabilities, with one uniform number per row and step taken from the row's own generator,
+    and leaves only that token possible. Rows never share random numbers, so a row's text depends on its seed
+    and its prompt only, not on the batch it ran in."""
+
+    def __init__(self, seeds: list[int], gen: GenerateSettings, prompt_width: int):
+        self.temperature, self.top_p, self.width = gen.temperature, gen.top_p, prompt_width
+        # 1 - rand: in (0, 1], so a token of probability 0 at the start of the order is never drawn
+        draws = [1 - torch.rand(gen.max_new_tokens, generator=torch.Generator().manual_seed(int(s) % 2**63),
+                                dtype=torch.float64) for s in seeds]
+        self.uniform = torch.stack(draws)
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.width
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        order = None
+        if self.top_p < 1.0:  # the smallest set of likeliest tokens whose mass reaches top_p
+            probs, order = probs.sort(dim=-1, descending=True)
+            before = probs.cumsum(-1) - probs
+            probs = probs.masked_fill(before >= self.top_p, 0.0)
+        cdf = probs.double().cumsum(-1)
+        if self.uniform.device != cdf.device:  # once: no host-to-device copy per step
+            self.uniform = self.uniform.to(cdf.device)
+        u = self.uniform[:, step, None] * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)
+        if order is not None:
+            pick = order.gather(1, pick)
+        return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
 
 
 def _candidate_spans(width: int, cands: list) -> list[tuple[int, list]]:
@@ -293,11 +377,18 @@ def _sums_per_candidate(picked: list, spans: list) -> list[list[tuple[float, int
 # ---------------------------------------------------------------- the Python API
 
 
+REQUEST_KEYS = ("user", "item", "context", "profile", "history", "target", "continuation", "seed")
+
+
 class Twin:
     """A trained twin for code that embeds it. A user is looked up by id in the records file given to
     `load`, or described by `profile=` and `history=` (items in the records format; an item may name its
-    collection with "type"). `item` is the new situation (a continuation prefix), placed after the whole
-    history; `target=` instead names an existing item of a looked-up user (its earlier items are history)."""
+    collection with "type"). `item` is the new situation (a continuation prefix) and `context` the turns
+    before it (each {"role" or "source", "content"}), placed after the whole history; `target=` instead names
+    an existing item of a looked-up user (its earlier items are history).
+
+    Every single-request method has a list form that runs its requests in batches (`generate_many`,
+    `rating_distributions`, `scores`): a request is a dict of the single method's arguments."""
 
     def __init__(self, engine: Engine, facts: dict, timelines: list | None = None, records_path=None):
         self.engine, self.facts, self.records_path = engine, facts, records_path
@@ -325,12 +416,19 @@ class Twin:
     def cfg(self) -> Config:
         return self.engine.cfg
 
+    @property
+    def users(self) -> list[str]:
+        """The ids of the records given at load, in file order."""
+        return list(self._by_user or {})
+
     def timeline(self, user) -> Timeline:
         """A user of the records file given at load, by id (an int id is read as its text)."""
         if isinstance(user, Timeline):
             return user
         if user is None:
             raise UsertwinError("name the user (user=ID) or describe one with profile= and history=")
+        if not isinstance(user, (str, int)) or isinstance(user, bool):
+            raise UsertwinError(f"user= takes a user id (a string or an int), got {type(user).__name__}")
         if self._by_user is None:
             raise UsertwinError(f"user {user!r}: this twin was loaded without records; pass Twin.load(RUN, "
                                 "records=PATH) to look users up by id, or describe the user with profile= and "
@@ -342,38 +440,110 @@ class Twin:
                                 f"e.g. {some})")
         return found
 
+    # -- single requests
+
     def prompt(self, user=None, item: str | None = None, context=None, *, target: int | None = None,
                profile: dict | None = None, history: list | None = None, room: int = 0) -> list[int]:
         """The token ids the model sees before it writes; `room` tokens are kept free for generation."""
         tl, pos = self._situation(user, item, context, target, profile, history)
-        return self.engine.prompt(tl, pos, room).ids
+        return self.prompt_at(tl, pos, room)
 
-    def predict(self, user=None, item: str = "", context=None, *, profile=None, history=None, **gen) -> str:
-        g = GenerateSettings(**gen)
-        ids = self.prompt(user, item, context, profile=profile, history=history, room=g.max_new_tokens)
-        return self.engine.generate([ids], g)[0][0]
+    def prompt_at(self, tl: Timeline, pos: int, room: int = 0) -> list[int]:
+        """The prompt of item `pos` of a timeline; refused when it cannot fit max_length even without history."""
+        return self.fitted_prompt(tl, pos, room).ids
+
+    def fitted_prompt(self, tl: Timeline, pos: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
+        """`lengths`: the timeline's measured item lengths when at hand (measure_all over a batch of users
+        tokenizes each distinct text once)."""
+        prompt = self.engine.prompt(tl, pos, room, lengths)
+        if len(prompt.ids) + room > self.cfg.max_length:
+            raise PromptTooLong(
+                f"user {tl.user_id!r}: the prompt of this item needs {len(prompt.ids)} tokens even without "
+                f"history, and {room} more are kept for what follows it (the generation or a scored "
+                f"continuation): more than the run's max_length {self.cfg.max_length}. Pass a shorter item or "
+                "context, or fewer max_new_tokens")
+        return prompt
+
+    def predict(self, user=None, item: str = "", context=None, *, profile=None, history=None, seed=None,
+                **gen) -> str:
+        """The first generated text (greedy unless temperature > 0)."""
+        return self.generate(user, item, context, profile=profile, history=history, seed=seed, **gen)[0]
+
+    def generate(self, user=None, item: str = "", context=None, *, profile=None, history=None, seed=None,
+                 **gen) -> list[str]:
+        """`num_samples` texts (GenerateSettings: max_new_tokens, temperature, top_p, num_samples); with
+        temperature > 0 sample i draws with seed + i (unset: torch's global generator)."""
+        request = dict(user=user, item=item, context=context, profile=profile, history=history, seed=seed)
+        return self.generate_many([request], **gen)[0]
 
     def score(self, user=None, item: str = "", continuation: str = "", context=None, *, profile=None,
               history=None) -> float:
         """Log-likelihood of `continuation` (with its end-of-turn) as this user's next act."""
-        ids = self.prompt(user, item, context, profile=profile, history=history)
-        return self.engine.score(ids, [self.engine.ids_of(continuation)])[0][0]
+        request = dict(user=user, item=item, continuation=continuation, context=context, profile=profile,
+                       history=history)
+        return self.scores([request])[0]
 
     def rating_distribution(self, user=None, item: str = "", context=None, *, profile=None, history=None) -> dict:
+        """The probability of every allowed rating as this user's next act, with the most likely and expected."""
+        request = dict(user=user, item=item, context=context, profile=profile, history=history)
+        return self.rating_distributions([request])[0]
+
+    # -- lists of requests, in batches
+
+    def generate_many(self, requests: list[dict], *, seed: int | None = None, **gen) -> list[list[str]]:
+        """generate() for each request, `batch_size` prompts (x num_samples rows) decoding together. Sample i
+        of request j draws with seed + j * num_samples + i, or with the request's own "seed" + i."""
+        g = _settings(gen)
+        prompts = self._prompts(requests, g.max_new_tokens)
+        seeds = [_request_seed(r, seed, j * g.num_samples) for j, r in enumerate(requests)]
+        out = []
+        for start in range(0, len(prompts), g.batch_size):
+            chunk = seeds[start:start + g.batch_size]
+            out += self.engine.generate(prompts[start:start + g.batch_size], g,
+                                        None if None in chunk else chunk)
+        return out
+
+    def rating_distributions(self, requests: list[dict], batch_size: int = 8) -> list[dict]:
         if not self.engine.scale:
-            raise UsertwinError("this twin's data has no rating collection")
-        return self.engine.rating_distribution(self.prompt(user, item, context, profile=profile, history=history))
+            raise UsertwinError("this twin's data has no rating collection: there is no rating scale to score")
+        prompts = self._prompts(requests, max(len(self.engine.ids_of(s)) for s in self.engine.scale))
+        return [d for start in range(0, len(prompts), batch_size)
+                for d in self.engine.rating_distributions(prompts[start:start + batch_size])]
+
+    def scores(self, requests: list[dict], batch_size: int = 8) -> list[float]:
+        """score() for each request (each with its "continuation"), `batch_size` prompts per forward."""
+        conts = [[self.engine.ids_of(_text(r.get("continuation", ""), "continuation", j))]
+                 for j, r in enumerate(requests)]
+        prompts = self._prompts(requests, [len(c[0]) for c in conts])
+        return [row[0][0] for start in range(0, len(prompts), batch_size)
+                for row in self.engine.score_many(prompts[start:start + batch_size],
+                                                  conts[start:start + batch_size])]
+
+    def _prompts(self, requests, room: int | list = 0) -> list[list[int]]:
+        """`room`: tokens kept free after each prompt (one number, or one per request): the generation, or the
+        longest continuation scored after it, so that prompt and continuation fit max_length together."""
+        if not isinstance(requests, (list, tuple)):
+            raise UsertwinError(f"pass a list of requests (dicts of {', '.join(REQUEST_KEYS)}), "
+                                f"got {type(requests).__name__}")
+        out = []
+        for j, r in enumerate(requests):
+            r = _request(r, j)
+            tl, pos = self._situation(r.get("user"), r.get("item"), r.get("context"), r.get("target"),
+                                      r.get("profile"), r.get("history"))
+            out.append(self.prompt_at(tl, pos, room[j] if isinstance(room, list) else room))
+        return out
 
     # -- the timeline a prompt is rendered from
 
     def _situation(self, user, item, context, target, profile, history) -> tuple[Timeline, int]:
+        _check_situation(item, context, profile, history)
         explicit = profile is not None or history is not None
         tl = self._described(user, profile, history or []) if explicit else self.timeline(user)
         if target is None:
-            return self._with_new_item(tl, item or "", context), len(tl.items)
+            return self.with_new_item(tl, item or "", context), len(tl.items)
         if explicit or item is not None or context is not None:
             raise UsertwinError("target= names an item of a looked-up user: pass user= alone with it")
-        if not 0 <= target < len(tl.items):
+        if not isinstance(target, int) or not 0 <= target < len(tl.items):
             raise UsertwinError(f"user {tl.user_id!r} has items 0..{len(tl.items) - 1}, not target {target}")
         return tl, target
 
@@ -383,10 +553,11 @@ class Twin:
         task, language = self.facts.get("task") or "", self.facts.get("language")
         # the renderer caches a language per user id; a described user is anyone's, so detect afresh
         self.engine.renderer._lang_cache.pop(uid, None)
+        role = self.facts.get("role") or "user"
         if not history:
-            return Timeline(uid, dict(profile or {}), task, language, [])
+            return Timeline(uid, dict(profile or {}), task, language, [], role=role)
         raw = {"user_hash": uid, "user": {"profile": dict(profile or {})},
-               "task": {"description": task, "language": language,
+               "task": {"description": task, "language": language, "role": role,
                         "task_behavior_collections": [_collection(it, self._default_collection())
                                                       for it in history]}}
         (tl,), _ = build_timelines([_read_record(raw)])
@@ -397,12 +568,23 @@ class Twin:
         kinds = self.facts.get("collections") or []
         return kinds[0] if len(kinds) == 1 else ""
 
-    def _with_new_item(self, tl: Timeline, prefix: str, context) -> Timeline:
-        """The user's timeline plus the new item at its end (history: every item of the user)."""
-        kind = tl.items[-1].collection if tl.items else self._default_collection()
-        new = records.Item(continuation="", prefix=prefix, context=list(context or []), collection=kind,
-                           position=len(tl.items))
-        return Timeline(tl.user_id, tl.profile, tl.task, tl.language, tl.items + [new], tl.record_index)
+    def kind_after(self, tl: Timeline) -> str:
+        """The collection of a user's next item when the request does not name one: that of their last item."""
+        return tl.items[-1].collection if tl.items else self._default_collection()
+
+    def with_new_item(self, tl: Timeline, prefix: str, context=None, kind: str | None = None,
+                      continuation: str = "") -> Timeline:
+        """The user's timeline plus a new item at its end (history: every item of the user). Its context loses
+        its oldest turns when the item cannot fit max_length alone, as training trims its items."""
+        new = records.Item(continuation=continuation, prefix=prefix, context=list(context or []),
+                           collection=kind or self.kind_after(tl), position=len(tl.items))
+        if new.context:
+            alone = dataclasses.replace(tl, items=[new], context_cut={})
+            trim_long_contexts([alone], self.engine.renderer, self.engine.tokenizer, self.cfg.max_length)
+            if not new.context:  # the turn being answered is never dropped: a reply to nothing is no reply
+                raise PromptTooLong(f"user {tl.user_id!r}: the last turn of the context alone does not fit the "
+                                    f"run's max_length {self.cfg.max_length}: shorten it")
+        return dataclasses.replace(tl, items=tl.items + [new])
 
     def chat(self, messages: list, user=None, profile: dict | None = None, history: list | None = None,
              **generation) -> str:
@@ -415,6 +597,54 @@ class Twin:
         return self.engine.generate([ids], g)[0][0]
 
 
+def _settings(gen: dict) -> GenerateSettings:
+    return generate_settings_from(gen, "generation settings")
+
+
+def _request(r, j: int) -> dict:
+    if not isinstance(r, dict):
+        raise UsertwinError(f"request {j}: a request is a dict of {', '.join(REQUEST_KEYS)}, got {type(r).__name__}")
+    unknown = sorted(set(r) - set(REQUEST_KEYS))
+    if unknown:
+        raise UsertwinError(f"request {j}: unknown key(s) {', '.join(unknown)}; a request takes "
+                            f"{', '.join(REQUEST_KEYS)}")
+    return r
+
+
+def _request_seed(r: dict, seed: int | None, offset: int) -> int | None:
+    own = r.get("seed") if isinstance(r, dict) else None
+    if own is not None:
+        return own
+    return None if seed is None else seed + offset
+
+
+def _text(value, name: str, j: int | None = None) -> str:
+    if not isinstance(value, str):
+        at = f"request {j}: " if j is not None else ""
+        raise UsertwinError(f"{at}{name}= takes a string, got {type(value).__name__}")
+    return value
+
+
+def _check_situation(item, context, profile, history) -> None:
+    """Wrong types say which argument and what it takes (the renderer would fail far from the cause)."""
+    if item is not None:
+        _text(item, "item")
+    if profile is not None and not isinstance(profile, dict):
+        raise UsertwinError(f"profile= takes a dict (e.g. {{'age': 25}}), got {type(profile).__name__}")
+    if history is not None and not isinstance(history, (list, tuple)):
+        raise UsertwinError(f"history= takes a list of items in the records format, got {type(history).__name__}")
+    if context is None:
+        return
+    if not isinstance(context, (list, tuple)):
+        raise UsertwinError(f"context= takes a list of turns ({{'role' or 'source': ..., 'content': ...}}), "
+                            f"got {type(context).__name__}")
+    for k, turn in enumerate(context):
+        if not (isinstance(turn, dict) and isinstance(turn.get("content"), str)
+                and isinstance(turn.get("role", turn.get("source")), str)):
+            raise UsertwinError(f"context[{k}] must be a turn {{'role' or 'source': str, 'content': str}}, "
+                                f"got {turn!r}"[:300])
+
+
 def _collection(item, default: str) -> dict:
     if not isinstance(item, dict):
         raise UsertwinError(f"a history item must be an object in the records format, got {type(item).__name__}")
@@ -423,20 +653,12 @@ def _collection(item, default: str) -> dict:
 
 
 def _read_record(raw: dict) -> records.Record:
-    """One record read by records' own reader (it reads files only), so that described items are checked and
-    read exactly as a records file's items are; problems name the history, not the scratch file."""
-    with tempfile.TemporaryDirectory(prefix="usertwin-twin-") as tmp:
-        path = Path(tmp) / "history.jsonl"
-        try:
-            path.write_text(json.dumps(raw, ensure_ascii=False) + "\n", encoding="utf-8")
-        except TypeError as e:
-            raise UsertwinError(f"the profile and history passed to the twin must be JSON data: {e}") from None
-        try:
-            return records.load(path).records[0]
-        except UsertwinError as e:
-            lines = str(e).replace(str(path), "the history passed to the twin").splitlines()
-            # collection i holds history item i; skipping bad records is a file option, not the twin's
-            raise UsertwinError("\n".join(x for x in lines if records.SKIP_HINT not in x)) from None
+    """Described items are checked and read exactly as a records file's items are; problems name the history."""
+    try:
+        json.dumps(raw)
+    except (TypeError, ValueError) as e:
+        raise UsertwinError(f"the profile and history passed to the twin must be JSON data: {e}") from None
+    return records.from_raw(raw, "the history passed to the twin")
 
 
 def _timelines_of(path, engine: Engine) -> list[Timeline]:

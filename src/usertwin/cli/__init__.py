@@ -11,18 +11,21 @@ from usertwin.cli import (
     baselines,
     convert,
     evaluate,
+    export,
     inspect,
     predict,
     prepare,
     report,
     serve,
+    simulate,
     train,
     validate,
 )
 from usertwin.errors import UsertwinError
 
 # the order of `usertwin --help`: the pipeline's order
-COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report, serve)
+COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report, simulate, serve,
+            export)
 
 
 class Parser(argparse.ArgumentParser):

@@ -19,12 +19,15 @@ from usertwin.lock import acquire
 from usertwin.rundir import RunDir
 from usertwin.twin import Engine
 
+KEY = ("user", "target_index")
 
-def _done(path: Path) -> set:
-    """Targets already in a (possibly cut-off) output file. A torn last line (the process was killed while
-    writing it) and anything after it are dropped; the file is then rewritten atomically, so a second
+
+def completed_rows(path: Path, key: tuple = KEY) -> dict:
+    """The rows already in a (possibly cut-off) output file that is appended to per batch, by their `key`
+    fields (predict: user and target; simulate: user and step). A torn last line (the process was killed
+    while writing it) and anything after it are dropped; the file is then rewritten atomically, so a second
     crash here leaves either the old file or the repaired one."""
-    done = set()
+    done = {}
     if not path.is_file():
         return done
     good, torn = [], False
@@ -32,30 +35,43 @@ def _done(path: Path) -> set:
         for line in f:
             try:
                 row = json.loads(line)
-                key = (row["user"], row["target_index"])
+                k = tuple(row[name] for name in key)
             except (json.JSONDecodeError, TypeError, KeyError):
                 torn = True
                 break
             if not line.endswith("\n"):
                 torn, line = True, line + "\n"
-            if key in done:  # never twice
+            if k in done:  # never twice
                 torn = True
                 continue
-            done.add(key)
+            done[k] = row
             good.append(line)
     if torn:
         write_text(path, "".join(good))
     return done
 
 
-def _output_lock(output: Path):
+def _done(path: Path) -> set:
+    """The (user, target) pairs already predicted in `path` (see completed_rows)."""
+    return set(completed_rows(path))
+
+
+def output_lock(output: Path, what: str = "predictions file"):
     """One writer per output: a run directory is locked as a whole (training may write there too);
-    a predictions file elsewhere gets its own lock beside it."""
+    a file elsewhere gets its own lock beside it."""
     run = RunDir(output.parent)
     if run.is_run():
         return acquire(run.lock, f"run directory {run.path}", hint="write elsewhere with -o")
-    return acquire(output.with_name(f".{output.name}.lock"), f"predictions file {output}",
-                   hint="write elsewhere with -o")
+    return acquire(output.with_name(f".{output.name}.lock"), f"{what} {output}", hint="write elsewhere with -o")
+
+
+_output_lock = output_lock
+
+
+def progress_bar(total: int, desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 def distractors(prep, split: str, k: int, seed: int) -> dict:
@@ -88,7 +104,7 @@ def predict_split(engine: Engine, prep, split: str, output, gen: GenerateSetting
     """Append a row for every target of `split` (of the prepared data) not yet in `output`; returns how many."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _output_lock(output):
+    with output_lock(output):
         return _predict_split(engine, prep, split, output, gen, pick_k, generate, limit, progress)
 
 
@@ -99,10 +115,10 @@ def _todo(prep, split: str, done: set, limit: int | None) -> list:
 
 
 def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, limit, progress) -> int:
-    targets = _todo(prep, split, _done(output), limit)
+    targets = _todo(prep, split, completed_rows(output), limit)
     picks = distractors(prep, split, pick_k, engine.cfg.seed) if pick_k else {}
     room = gen.max_new_tokens if generate else 0
-    bar = _progress_bar(len(targets), split) if progress else None
+    bar = progress_bar(len(targets), f"predict {split}", "target") if progress else None
     written = 0
     # appended, not atomic, by design: every flushed batch survives a kill, and the next run resumes after
     # the last complete line (_done drops a torn one)
@@ -122,12 +138,6 @@ def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, lim
     if bar is not None:
         bar.close()
     return written
-
-
-def _progress_bar(total: int, split: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"predict {split}", unit="target")
 
 
 def _rows(engine: Engine, prep, chunk: list, split: str, room: int, picks: dict) -> list[dict]:

@@ -33,8 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from usertwin.config import GenerateSettings
 from usertwin.errors import UsertwinError
-from usertwin.serve.batching import Batcher, Job, PromptTooLong, Result
-from usertwin.twin import chat_prompt, known_users
+from usertwin.serve.batching import Batcher, Job, Result
+from usertwin.twin import PromptTooLong, chat_prompt, known_users
 
 log = logging.getLogger("usertwin.serve")
 MAX_N = 16  # samples per request: more is a batch job for `usertwin predict`, not a request

@@ -15,13 +15,9 @@ import time
 from collections.abc import Callable
 
 from usertwin.config import GenerateSettings
-from usertwin.errors import UsertwinError
+from usertwin.twin import PromptTooLong
 
 log = logging.getLogger("usertwin.serve")
-
-
-class PromptTooLong(UsertwinError):
-    """The prompt plus the room asked for does not fit the twin's max_length."""
 
 
 @dataclasses.dataclass

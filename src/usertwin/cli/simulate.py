@@ -1,0 +1,82 @@
+"""`usertwin simulate --run RUN --data RECORDS (--users ID,... | --all) (--items ITEMS.jsonl | --steps K) -o OUT`."""
+
+from __future__ import annotations
+
+NAME = "simulate"
+HELP = "the next behaviour of chosen users, for given items or as a rollout (resumable)"
+DESCRIPTION = """\
+The next behaviour of each chosen user, one JSON line per (user, step), from a trained twin.
+
+  --items ITEMS.jsonl         every item of the file (one a line: continuation_prefix and/or context; optional
+                              "type", "user" to give it to one user only, "continuation" kept as the reference),
+                              answered independently on the user's real history.
+  --steps K                   a rollout of K steps: each step's generation joins the user's history before the
+                              next step. Without --items a step's item has no prefix and no context (the user's
+                              unprompted next act: a review, a line); ratings need --items, used one per step in
+                              file order.
+
+Rating items get the probability of every allowed rating and the generated ratings; text items N generated
+continuations (--num_samples). In a rollout the first sample joins the history. Sample i of (user, step) is
+drawn with a seed made of (--seed, user, step) plus i: the same in any batch and after a resume. The output is
+appended per batch; run the same command again to continue after a kill.
+"""
+
+
+def add_arguments(p) -> None:
+    import argparse
+
+    from usertwin.config import add_generate_flags
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = DESCRIPTION
+    p.add_argument("--run", required=True, help="a train run directory: its config and best weights")
+    p.add_argument("--data", help="records file the users are read from (default: the records the run trained on)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="comma-separated user ids")
+    who.add_argument("--all", action="store_true", help="every user of the records file")
+    p.add_argument("--items", help="ITEMS.jsonl: the items to answer (with --steps: the rollout's items, in order)")
+    p.add_argument("--steps", type=int, help="rollout steps per user")
+    p.add_argument("-o", "--output", required=True, help="output JSON Lines file (appended; resumable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling when --temperature > 0 (default 0)")
+    p.add_argument("--engine", choices=("usertwin", "vllm"), default="usertwin",
+                   help="what generates: usertwin (transformers, batched with the KV cache); vllm is not implemented "
+                        "yet and is refused with what to do instead")
+    add_generate_flags(p)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from usertwin.config import generate_settings
+    from usertwin.errors import UsertwinError
+    from usertwin.rundir import RunDir
+    from usertwin.simulate import choose_users, read_items, simulate
+
+    _check_engine(args.engine)
+    if hasattr(args, "gen__pick"):  # generation flags are set only when given
+        raise UsertwinError("--pick is predict's pick-the-real-one test; simulate has no reference to pick")
+    data = args.data or RunDir(args.run).load_config().data
+    if not data or not Path(data).is_file():
+        raise UsertwinError(f"pass --data RECORDS.jsonl: the users' records (the run's own data {data!r} "
+                            "is not there)")
+    items = read_items(args.items) if args.items else None  # before loading the model: mistakes show at once
+    from usertwin.twin import Twin
+
+    twin = Twin.load(args.run, records=data)
+    users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
+    n = simulate(twin, users, items, args.steps, args.output, generate_settings(args), args.seed, args.progress)
+    print(f"wrote {n} new row(s) for {len(users)} user(s) to {args.output}")
+    return 0
+
+
+def _check_engine(engine: str) -> None:
+    import importlib.util
+
+    from usertwin.errors import UsertwinError
+
+    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise UsertwinError("vllm is not installed; the default engine is usertwin's (drop --engine vllm)")
+    if engine == "vllm":
+        raise UsertwinError("--engine vllm is not implemented yet: export the run (usertwin export RUN -o DIR), "
+                            "load DIR in vLLM and give it the prompts Twin.prompt renders; or use the default "
+                            "engine")

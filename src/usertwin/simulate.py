@@ -1,0 +1,270 @@
+"""`usertwin simulate`: a population's next behaviour, from a trained twin (usertwin.twin).
+
+Two modes, one output row per (user, step):
+
+* items (`--items ITEMS.jsonl` alone): every item of the file is answered by every chosen user on their real
+  history; the items are independent of one another (step k = line k of the items that apply to the user).
+* rollout (`--steps K`): K steps one after another; what the twin generates at a step joins the user's history
+  as an item before the next step. With `--items` the steps are the first K items that apply to the user, in
+  file order (the pool of next items: a rating needs the item it rates, so a rollout of ratings needs them).
+  Without `--items` each step's item has no prefix and no context: the user's unprompted next act of the kind
+  of their last item (a review without a title, a line with nobody speaking to them).
+
+For an item of a rating collection a row holds the probability of every allowed rating and the generated
+ratings; for text the generated continuations. In a rollout the first sample joins the history (a rating as
+the scale writes it when the text parses as one).
+
+The output is appended per batch and resumable as predict's is: rows already in it are skipped on a rerun
+and a torn last line is dropped; a rollout's later steps read the earlier steps' continuations back from it.
+Sample i of (user, step) draws with a seed made of (--seed, user, step) plus i, so it is the same in any
+batch and after a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from usertwin.config import GenerateSettings
+from usertwin.data import records
+from usertwin.errors import UsertwinError
+from usertwin.eval.metrics import parse_rating
+from usertwin.eval.predict import completed_rows, output_lock, progress_bar, prompt_hash
+from usertwin.text.tokens import measure_all
+from usertwin.twin import Twin
+
+KEY = ("user", "step")
+ITEM_KEYS = ("continuation_prefix", "context", "type", "user", "continuation", "timestamp", "metadata")
+
+
+@dataclass
+class StepItem:
+    """What a step is about: the new item's prefix and context (and its collection, when the file names it)."""
+
+    prefix: str = ""
+    context: list = field(default_factory=list)
+    kind: str | None = None
+    user: str | None = None  # only this user answers it; None: everyone
+    reference: str | None = None  # the real continuation, when the items file has one
+
+
+# ---------------------------------------------------------------- input
+
+
+def read_items(path) -> list[StepItem]:
+    """ITEMS.jsonl: one item a line in the records format (continuation_prefix and/or context; optional
+    "type": its collection, "user": only this user answers it, "continuation": kept as the row's reference)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsertwinError(f"items file {path} does not exist")
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                items.append(_item(line, f"{path}:{n}"))
+    if not items:
+        raise UsertwinError(f"{path} holds no items: write one JSON object a line, e.g. "
+                            '{"continuation_prefix": "Heat (1995) (Action, Crime, Thriller): "}')
+    return items
+
+
+def _item(line: str, at: str) -> StepItem:
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UsertwinError(f"{at}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(raw, dict):
+        raise UsertwinError(f"{at}: an item is a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(ITEM_KEYS))
+    if unknown:
+        raise UsertwinError(f"{at}: unknown field(s) {', '.join(unknown)}; an item has {', '.join(ITEM_KEYS)}")
+    for name in ("continuation_prefix", "type", "continuation"):
+        if name in raw and not isinstance(raw[name], str):
+            raise UsertwinError(f"{at}: field {name} must be a string, got {type(raw[name]).__name__}")
+    context = raw.get("context") or []
+    if not isinstance(context, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str)
+            and isinstance(t.get("role", t.get("source")), str) for t in context):
+        raise UsertwinError(f"{at}: field context must be a list of turns {{\"source\" or \"role\", \"content\"}}")
+    if not raw.get("continuation_prefix") and not context:
+        raise UsertwinError(f"{at}: an item needs a continuation_prefix or a context (what the user answers)")
+    user = raw.get("user")
+    return StepItem(raw.get("continuation_prefix", ""), context, raw.get("type"),
+                    None if user is None else str(user), raw.get("continuation"))
+
+
+def choose_users(twin: Twin, users: list[str] | None) -> list[str]:
+    """The users asked for (all of the records when None), each checked to be in them."""
+    if users is None:
+        return twin.users
+    for u in users:
+        twin.timeline(u)  # an unknown id stops here, naming the records file
+    return list(dict.fromkeys(users))
+
+
+def plan(twin: Twin, users: list[str], items: list[StepItem] | None, steps: int | None) -> dict[str, list]:
+    """Each user's step items, in order."""
+    if items is None and not steps:
+        raise UsertwinError("say what to simulate: --items ITEMS.jsonl (the next items), --steps K (a rollout), "
+                            "or both (a rollout over the items)")
+    if steps is not None and steps < 1:
+        raise UsertwinError(f"--steps must be at least 1, got {steps}")
+    out = {}
+    for u in users:
+        if items is None:
+            out[u] = [StepItem() for _ in range(steps)]
+            _refuse_ratings_without_items(twin, u)
+            continue
+        mine = [it for it in items if it.user in (None, u)]
+        if steps is not None and len(mine) < steps:
+            raise UsertwinError(f"user {u!r}: a rollout of {steps} steps needs {steps} items, the items file has "
+                                f"{len(mine)} for this user")
+        out[u] = mine[:steps] if steps is not None else mine
+    return out
+
+
+def _refuse_ratings_without_items(twin: Twin, user: str) -> None:
+    kind = twin.kind_after(twin.timeline(user))
+    if records.is_rating(kind):
+        raise UsertwinError(f"user {user!r}: the next item is a rating ({kind}), and a rating needs the item it "
+                            "rates: pass --items ITEMS.jsonl with one item per step (a rollout uses them in order)")
+
+
+def request_seed(seed: int, user: str, step: int) -> int:
+    """The seed of one (user, step): a stable hash, so users never share random numbers."""
+    return int(hashlib.sha256(f"{seed}:{user}:{step}".encode()).hexdigest()[:15], 16)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def simulate(twin: Twin, users: list[str], items: list[StepItem] | None, steps: int | None, output,
+             gen: GenerateSettings, seed: int = 0, progress: bool = True) -> int:
+    """Append the rows of every (user, step) not yet in `output`; returns how many were written."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    todo = plan(twin, users, items, steps)
+    rollout = steps is not None
+    if rollout and not gen.generate:
+        raise UsertwinError("--no-generate leaves a rollout nothing to add to the history: drop it, or simulate "
+                            "--items without --steps")
+    with output_lock(output, "simulation file"):
+        done = completed_rows(output, KEY)
+        run = _Run(twin, todo, rollout, gen, seed, _grown(done, rollout))
+        return run.all(output, done, progress)
+
+
+def _grown(done: dict, rollout: bool) -> dict[str, list]:
+    """The items a resumed rollout already added to each user's history, read back from its rows."""
+    grown = {}
+    for (user, step), row in sorted(done.items(), key=lambda kv: kv[0][1]):
+        if row.get("mode") != ("rollout" if rollout else "items"):
+            raise UsertwinError(f"the output already holds {row.get('mode')} rows (user {user!r}, step {step}); "
+                                "this command simulates another mode: write elsewhere with -o")
+        if not rollout:
+            continue
+        made = grown.setdefault(user, [])
+        if step != len(made) + 1:
+            raise UsertwinError(f"the output holds step {step} of user {user!r} without step {len(made) + 1}: it "
+                                "was not written by this rollout; write elsewhere with -o")
+        made.append(_as_item(row))
+    return grown
+
+
+def _as_item(row: dict) -> records.Item:
+    return records.Item(continuation=row["continuation"], prefix=row.get("item", ""),
+                        context=list(row.get("context") or []), collection=row.get("collection", ""))
+
+
+class _Run:
+    """One simulate call: step by step, each step's pending users in batches."""
+
+    def __init__(self, twin: Twin, todo: dict, rollout: bool, gen: GenerateSettings, seed: int, grown: dict):
+        self.twin, self.todo, self.rollout, self.gen, self.seed = twin, todo, rollout, gen, seed
+        self.grown = grown
+        self.scale = twin.engine.scale or []
+
+    def all(self, output: Path, done: dict, progress: bool) -> int:
+        pending = [(u, s) for s in range(max(map(len, self.todo.values()), default=0))
+                   for u in self.todo if s < len(self.todo[u]) and (u, s + 1) not in done]
+        if self.gen.limit is not None:
+            pending = pending[:max(0, self.gen.limit - len(done))]
+        bar = progress_bar(len(pending), "simulate", "step") if progress else None
+        written = 0
+        # appended per batch, not atomic: every flushed batch survives a kill (completed_rows drops a torn line)
+        with open(output, "a", encoding="utf-8") as f:
+            for batch in _batches(pending, self.gen.batch_size):
+                for row in self.batch(batch):
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                written += len(batch)
+                if bar is not None:
+                    bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        return written
+
+    def batch(self, batch: list) -> list[dict]:
+        """One step of several users: ratings scored in one forward, every prompt generated together."""
+        engine, room = self.twin.engine, self.gen.max_new_tokens if self.gen.generate else 0
+        rows, prompts = [], []
+        situations = [(user, s, *self.situation(user, self.todo[user][s])) for user, s in batch]
+        lengths = measure_all(engine.renderer, engine.tokenizer, [tl for _, _, tl, _ in situations])
+        for user, s, tl, kind in situations:
+            prompt = self.twin.fitted_prompt(tl, len(tl.items) - 1, room, lengths[user])
+            rows.append(self.row(user, s, tl, kind, prompt))
+            prompts.append(prompt.ids)
+        rated = [i for i, r in enumerate(rows) if "rating" in r]
+        for i, dist in zip(rated, engine.rating_distributions([prompts[i] for i in rated]) if rated else []):
+            rows[i]["rating"] = dist
+        if self.gen.generate:
+            seeds = [r["seed"] for r in rows]
+            for r, texts in zip(rows, engine.generate(prompts, self.gen, seeds)):
+                self.add_generations(r, texts)
+        return rows
+
+    def situation(self, user: str, it: StepItem):
+        """The user's real items, then (in a rollout) the items generated so far, then this step's item."""
+        base = self.twin.timeline(user)
+        tl = base
+        if self.grown.get(user):
+            tl = type(base)(base.user_id, base.profile, base.task, base.language,
+                            base.items + self.grown[user], base.record_index)
+        kind = it.kind or self.twin.kind_after(tl)
+        return self.twin.with_new_item(tl, it.prefix, it.context, kind), kind
+
+    def row(self, user: str, s: int, tl, kind: str, prompt) -> dict:
+        new = tl.items[-1]
+        row = {"user": user, "step": s + 1, "mode": "rollout" if self.rollout else "items", "collection": kind,
+               "item": new.prefix, "context": new.context, "seed": request_seed(self.seed, user, s + 1),
+               "history_len": len(prompt.sample.history), "user_items": len(self.twin.timeline(user).items),
+               "prompt_hash": prompt_hash(prompt.ids)}
+        ref = self.todo[user][s].reference
+        if ref is not None:
+            row["reference"] = ref
+        if self.scale and records.is_rating(kind):
+            row["rating"] = None  # filled by the batch's one scoring forward
+        return row
+
+    def add_generations(self, row: dict, texts: list[str]) -> None:
+        row["generations"] = texts
+        joined = texts[0]
+        if "rating" in row:
+            row["ratings"] = [parse_rating(t, self.scale) for t in texts]
+            by_value = {float(t): t for t in self.scale}
+            joined = by_value.get(row["ratings"][0], joined)  # the history shows ratings as the scale writes them
+        if self.rollout:
+            row["continuation"] = joined
+            self.grown.setdefault(row["user"], []).append(_as_item(row))
+
+
+def _batches(pending: list, size: int):
+    """Batches of one step each: in a rollout a user's next step needs this step's generation."""
+    by_step = {}
+    for user, s in pending:
+        by_step.setdefault(s, []).append((user, s))
+    for group in by_step.values():
+        for start in range(0, len(group), size):
+            yield group[start:start + size]

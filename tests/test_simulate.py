@@ -1,0 +1,153 @@
+"""usertwin simulate on a tiny trained run: items and rollouts, rows per (user, step), resume, seeds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import write_records
+
+from usertwin.cli import main
+
+RATED = ("r1", "r2")  # users whose last item is a rating
+WRITER = "w1"  # a user whose last item is a review
+
+
+def _record(uid: str, n: int, last_review: bool) -> dict:
+    ratings = [{"continuation_prefix": f"Movie {i % 5} (2000) (Drama): ", "continuation": f"{i % 5 + 1}.0",
+                "timestamp": 1_000_000 + 60 * i} for i in range(n)]
+    reviews = [{"continuation_prefix": f"Movie {i % 5} (2000) (Drama): ", "continuation": f"the review {i}",
+                "timestamp": 1_000_030 + 60 * i + (10_000 if last_review else -10_000)} for i in range(2)]
+    return {"user_hash": uid, "user": {"profile": {"name": uid}},
+            "task": {"description": "Rate and review movies.", "language": "en",
+                     "task_behavior_collections": [{"type": "movie_rating", "data": ratings},
+                                                   {"type": "movie_review", "data": reviews}]}}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("sim")
+    data = write_records(tmp / "r.jsonl", [_record(u, 8, u == WRITER) for u in (*RATED, WRITER)])
+    run = tmp / "run"
+    assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(run),
+                 "--max_length", "192", "--learning_rate", "0.01", "--no-progress"]) == 0
+    items = tmp / "items.jsonl"
+    items.write_text("".join(json.dumps({"continuation_prefix": f"Movie {k} (2001) (Comedy): ",
+                                         "type": "movie_rating"}) + "\n" for k in range(3)))
+    return run, data, items
+
+
+def _sim(made, out, *extra) -> list[dict]:
+    run, data, _ = made
+    assert main(["simulate", "--run", str(run), "--data", str(data), "-o", str(out), "--no-progress",
+                 "--max_new_tokens", "5", *extra]) == 0
+    return [json.loads(x) for x in out.read_text().splitlines()]
+
+
+def test_items_give_every_user_a_rating_distribution(made, tmp_path):
+    rows = _sim(made, tmp_path / "o.jsonl", "--all", "--items", str(made[2]), "--num_samples", "2")
+    assert len(rows) == 3 * 3 and {(r["user"], r["step"]) for r in rows} == {(u, s) for u in (*RATED, WRITER)
+                                                                          for s in (1, 2, 3)}
+    for r in rows:
+        assert r["mode"] == "items" and r["collection"] == "movie_rating" and r["item"].startswith("Movie ")
+        assert sum(r["rating"]["probs"]) == pytest.approx(1, abs=1e-5)
+        assert r["rating"]["scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+        assert len(r["generations"]) == 2 and len(r["ratings"]) == 2 and "continuation" not in r
+        assert r["history_len"] > 0 and r["user_items"] == 10
+
+
+def test_rollout_writes_users_x_steps_and_resumes_after_a_torn_line(made, tmp_path):
+    out = tmp_path / "roll.jsonl"
+    args = ["--users", ",".join(RATED), "--items", str(made[2]), "--steps", "3", "--batch_size", "1"]
+    whole = _sim(made, tmp_path / "whole.jsonl", *args)
+    assert len(whole) == 2 * 3
+    _sim(made, out, *args, "--limit", "3")
+    text = out.read_text()
+    out.write_text(text[:len(text) - 20])  # the third row torn by a kill
+    rows = _sim(made, out, *args)
+    assert len(rows) == 6 == len({(r["user"], r["step"]) for r in rows})
+    key = lambda r: (r["user"], r["step"])  # noqa: E731
+    assert sorted(rows, key=key) == sorted(whole, key=key)  # greedy: the resumed rollout is the same rollout
+    for r in rows:
+        assert r["mode"] == "rollout" and r["continuation"] in r["generations"] + ["1.0", "2.0", "3.0", "4.0", "5.0"]
+
+
+def test_rollout_history_grows_with_the_generations(made, tmp_path):
+    from usertwin.data.records import Item
+    from usertwin.eval.predict import prompt_hash
+    from usertwin.twin import Twin
+
+    rows = _sim(made, tmp_path / "w.jsonl", "--users", WRITER, "--steps", "2", "--temperature", "1.0",
+                "--max_new_tokens", "6", "--seed", "1")
+    first, second = sorted(rows, key=lambda r: r["step"])
+    assert first["collection"] == second["collection"] == "movie_review" and first["item"] == ""
+    twin = Twin.load(made[0], records=made[1])
+    tl = twin.timeline(WRITER)
+    grown = type(tl)(tl.user_id, tl.profile, tl.task, tl.language,
+                     tl.items + [Item(first["continuation"], collection="movie_review")])
+    ids = twin.prompt_at(twin.with_new_item(grown, ""), len(grown.items), room=6)
+    assert prompt_hash(ids) == second["prompt_hash"]  # the real items, the step-1 item, the new item
+    assert prompt_hash(twin.prompt(user=WRITER, item="", room=6)) == first["prompt_hash"] != second["prompt_hash"]
+    if first["continuation"]:
+        assert first["continuation"] in twin.engine.tokenizer.decode(ids)
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(made, tmp_path):
+    common = ["--all", "--items", str(made[2]), "--temperature", "1.0", "--num_samples", "3", "--seed", "5"]
+    one = _sim(made, tmp_path / "a.jsonl", *common, "--batch_size", "1")
+    many = _sim(made, tmp_path / "b.jsonl", *common, "--batch_size", "8")
+    assert [r["generations"] for r in one] == [r["generations"] for r in many]
+    other = _sim(made, tmp_path / "c.jsonl", *common[:-1], "6")
+    assert [r["generations"] for r in other] != [r["generations"] for r in one]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--users", "r1", "--steps", "2"], r"user 'r1'.*rating \(movie_rating\).*--items ITEMS.jsonl"),
+    (["--users", "nobody", "--steps", "2"], r"user 'nobody' is not in"),
+    (["--all"], r"--items ITEMS.jsonl.*--steps K"),
+    (["--all", "--steps", "2", "--engine", "vllm"], r"vllm is not installed; the default engine is usertwin's"),
+    (["--all", "--steps", "5", "--items", "ITEMS"], r"a rollout of 5 steps needs 5 items.*has 3"),
+    (["--all", "--items", "ITEMS", "--pick", "2"], r"--pick is predict's"),
+])
+def test_what_cannot_be_simulated_is_refused(made, tmp_path, capsys, extra, message):
+    extra = [str(made[2]) if x == "ITEMS" else x for x in extra]
+    if "vllm" in extra:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is not None:
+            pytest.skip("vllm is installed here")
+    run, data, _ = made
+    assert main(["simulate", "--run", str(run), "--data", str(data), "-o", str(tmp_path / "x.jsonl"),
+                 "--no-progress", *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_bad_items_file_names_the_line(made, tmp_path, capsys):
+    bad = tmp_path / "items.jsonl"
+    bad.write_text('{"continuation_prefix": "Movie 1: "}\n{"continuation_prefx": "Movie 2: "}\n')
+    run, data, _ = made
+    assert main(["simulate", "--run", str(run), "--data", str(data), "-o", str(tmp_path / "x.jsonl"), "--all",
+                 "--items", str(bad)]) == 2
+    assert "items.jsonl:2: unknown field(s) continuation_prefx" in capsys.readouterr().err
+
+
+def test_speed_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path, tokenizer_dir):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("simulate_speed", root / "benchmarks" / "simulate_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "out"
+    results = bench.main(["--shapes", "tiny", "--batch_sizes", "1", "2", "--batches", "1", "--min_users", "2",
+                          "--max_new_tokens", "3", "--decode_steps", "3", "--max_length", "512",
+                          "--tokenizer", str(tokenizer_dir), "--records",
+                          str(root / "examples" / "movielens-mini" / "records.jsonl"), "--out", str(out)])
+    assert [r["batch_size"] for r in results] == [1, 2]
+    for r in results:
+        assert r["users"] == 2 and r["users_per_s"] > 0 and 0 < r["generated_tokens"] <= 2 * 3
+        assert r["weight_bytes"] > 0 and 0 < r["bandwidth_share_weights"] <= r["bandwidth_share_weights_kv"]
+    saved = json.loads((out / "simulate_speed.json").read_text())
+    assert saved["results"] == results and "| tiny (float32) | 2 |" in (out / "simulate_speed.md").read_text()
