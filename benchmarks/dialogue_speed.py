@@ -79,7 +79,9 @@ def config(data: Path, model: Path, out: Path, args, unit: str, **over):
     values = {"data": str(data), "model": str(model), "output_dir": str(out), "unit": unit,
               "max_length": args.max_length, "batch_tokens": args.batch_tokens, "learning_rate": 1e-5,
               "warmup_ratio": 0.0, "lora": False, "logging_steps": 1, "eval_at_start": False,
-              "max_steps": args.warmup + args.steps, "cache_dir": str(args.work / "cache"),
+              # epochs enough for max_steps to bind: a timeline epoch of the seeds' sample is only a few rows
+              "max_steps": args.warmup + args.steps, "max_epochs": 1000, "eval_steps": 1_000_000,
+              "cache_dir": str(args.work / "cache"),
               "gradient_checkpointing": args.gradient_checkpointing, **over}
     return from_mapping(values, "benchmark", Config())
 

@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 LOG="$OUT/run.log"  # one log: the device returns few files
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)"
-  pip install -q --no-index --find-links .gpu/wheels fastapi uvicorn
+  python -m pip install -q --no-index --find-links .gpu/wheels fastapi uvicorn && python -c 'import uvicorn, fastapi'
   python -m usertwin.cli convert seed-samples .gpu/data/all_samples.json -o /tmp/seed.jsonl --no_progress
   echo "== dialogue_speed"
   timeout 240 python benchmarks/dialogue_speed.py --data /tmp/seed.jsonl --tokenizer .gpu/tok --out "$OUT/dialogue"

@@ -97,17 +97,18 @@ def counting_engine(cfg, model, tok):
     return Counting(cfg, model, tok)
 
 
-def run_simulate(twin, users: list, batch: int, max_new_tokens: int, work: Path) -> dict:
+def run_simulate(twin, users: list, batch: int, max_new_tokens: int, work: Path, shape: str) -> dict:
+    # one output file per (shape, batch): simulate resumes, so a shared file would skip every row already there
     from usertwin.config import GenerateSettings
     from usertwin.simulate import StepItem, simulate
 
     gen = GenerateSettings(max_new_tokens=max_new_tokens, batch_size=batch)
     item = [StepItem("Heat (1995) (Action, Crime, Thriller): ", kind="movie_rating")]
-    simulate(twin, users[:batch], item, None, work / f"warm-{batch}.jsonl", gen, progress=False)  # warm-up
+    simulate(twin, users[:batch], item, None, work / f"warm-{shape}-{batch}.jsonl", gen, progress=False)  # warm-up
     twin.engine.generated = 0
     _sync()
     t = time.perf_counter()
-    simulate(twin, users, item, None, work / f"sim-{batch}.jsonl", gen, progress=False)
+    simulate(twin, users, item, None, work / f"sim-{shape}-{batch}.jsonl", gen, progress=False)
     _sync()
     dt = time.perf_counter() - t
     return {"users": len(users), "seconds": round(dt, 3), "users_per_s": round(len(users) / dt, 2),
@@ -182,7 +183,7 @@ def measure(shape: str, args, tok, records: Path, work: Path) -> list[dict]:
             print(f"{shape} batch {b}: only {len(users)} users in the records; skipped", flush=True)
             continue
         row = {"shape": shape, "batch_size": b, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-               "max_new_tokens": args.max_new_tokens, **run_simulate(twin, users, b, args.max_new_tokens, work)}
+               "max_new_tokens": args.max_new_tokens, **run_simulate(twin, users, b, args.max_new_tokens, work, shape)}
         step = decode_step(twin, users, b, args.decode_steps)
         moved = bytes_per_step(model, b, step["context_mean"])
         row.update(step, **moved, params=sum(p.numel() for p in model.parameters()))
