@@ -237,7 +237,8 @@ def test_empty_validation_split_keeps_the_last_weights(tmp_path, tiny_model_dir,
     from usertwin.rundir import RunDir
     from usertwin.twin import load_twin_model
 
-    model = load_twin_model(RunDir(out).load_config(), out)  # what predict loads
+    assert (out / "best" / "adapter_config.json").is_file()  # the last weights: the LoRA adapter
+    model = load_twin_model(RunDir(out).load_config(), out, merge=False)  # what predict loads, unmerged
     assert hasattr(model, "peft_config")
 
 
