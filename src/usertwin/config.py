@@ -2,7 +2,7 @@
 
 Each setting is a dataclass field made by `setting()`, which carries what the other consumers need: its
 help (the `--help` line and docs/flags.md), choices or the range a number must be in (checked wherever a value
-comes in), the seeds' names for it (aliases, negations) and whether it shapes the prepared data (the prepare
+comes in), the names the research scripts usertwin replaces gave it (aliases, negations) and whether it shapes the prepared data (the prepare
 cache key). `Config` holds every section's fields flat, so a key is a YAML key, a CLI flag
 (`--history_strategy all_previous`) and an attribute (`cfg.history_strategy`), and since `Config` is a
 subclass of every section, code that needs one section takes the whole config.
@@ -43,7 +43,7 @@ ABLATIONS = {
 
 def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_data: bool = False,
             minimum=None, maximum=None, above=None, below=None, ratio: bool = False):
-    """A config field. `aliases`: other names of the key (the seeds' names); `negations`: names that set a
+    """A config field. `aliases`: other names of the key (those of the research scripts usertwin replaces); `negations`: names that set a
     bool key to the opposite; `shapes_data`: changing it changes what prepare builds (so it is in the cache
     key). The range a number must be in: `minimum` / `maximum` (inclusive), `above` / `below` (exclusive);
     `ratio`: a share, 0 to 1."""
@@ -445,7 +445,7 @@ def check_split_ratios(cfg: SplitSettings, where: str = "config") -> None:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config key (plus the seeds' names for it), in one group per section; only flags actually
+    """One flag per Config key (plus the research scripts' names for it), in one group per section; only flags actually
     given are applied."""
     group = parser.add_argument_group("config", "Every flag below is also a key of the YAML config. Precedence: "
                                                 "defaults < --config file < flags given here. A bool flag takes "

@@ -29,7 +29,7 @@ COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, basel
 
 
 class Parser(argparse.ArgumentParser):
-    """Flags are spelled with underscores (--no_progress, the seeds' style); the dashed spelling (--no-progress)
+    """Flags are spelled with underscores (--no_progress, as the research scripts usertwin replaces spell them); the dashed spelling (--no-progress)
     is still accepted but never shown, so --help and the docs show one spelling."""
 
     def parse_known_args(self, args=None, namespace=None):

@@ -209,14 +209,6 @@ def _item_len(renderer, tokenizer, tl, pos: int) -> tuple[int, int]:
     return sum(n[:-1]), n[-1]
 
 
-def _progress(it, on: bool, desc: str):
-    if not on:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, unit="user", leave=False, mininterval=1.0)
-
-
 def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None, epoch: int = 0):
     """Sequences (windows or samples) of one split, and their counts."""
     st = SplitStats()

@@ -122,7 +122,7 @@ def _some(users: list, n: int = 3) -> str:
 
 
 def is_own_turn(turn: dict, name: str | None) -> bool:
-    """The seeds' convention: a context turn is the twin's own when its source is `user` or the profile's
+    """The research scripts' convention (the scripts usertwin replaces): a context turn is the twin's own when its source is `user` or the profile's
     name; role/content turns use `assistant` for the twin."""
     source = turn.get("source")
     if source is not None:
@@ -132,7 +132,7 @@ def is_own_turn(turn: dict, name: str | None) -> bool:
 
 
 def own_turn_last(tl: Timeline) -> int:
-    """Items whose context ends with the twin's own turn. The seeds dropped them silently; we keep them
+    """Items whose context ends with the twin's own turn. The research scripts usertwin replaces dropped them silently; we keep them
     (the model then continues its own turn) and report how many there are."""
     name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
     return sum(1 for it in tl.items if it.context and is_own_turn(it.context[-1], name))
@@ -268,7 +268,7 @@ def history_limit(tl: Timeline, target: int) -> int:
 
 
 def select_history(tl: Timeline, target: int, cfg: Config, seed: int) -> list[int]:
-    """Positions shown as history for `target`, by the seeds' strategy names; all before its conversation."""
+    """Positions shown as history for `target`, by the research scripts' strategy names; all before its conversation."""
     limit = history_limit(tl, target)
     if not cfg.parts()[1] or cfg.history_strategy == "none" or limit == 0:
         return []
@@ -277,7 +277,7 @@ def select_history(tl: Timeline, target: int, cfg: Config, seed: int) -> list[in
     if s == "all_previous":
         hist = list(range(limit))
     elif s == "fixed_ratio":
-        # the seeds' meaning: the first history_ratio share of the user's items is the history
+        # as the research scripts meant it: the first history_ratio share of the user's items is the history
         count = int(n * cfg.history_ratio)
         hist = list(range(min(limit, count)))
     elif s == "fixed_count":
@@ -302,7 +302,7 @@ def target_positions(labels: list[str], split: str) -> list[int]:
 
 
 def choose_targets(tl: Timeline, candidates: list[int], cfg: Config, seed: int) -> list[int]:
-    """Which of a user's candidate targets become samples, by the seeds' sampling modes."""
+    """Which of a user's candidate targets become samples, by the research scripts' sampling modes."""
     if cfg.one_sample_per_user:
         return candidates[-1:]
     if cfg.temporal_augmentation:

@@ -91,13 +91,6 @@ def iso_from_unix(seconds) -> str:
     return f"{date}T{hours:02d}:{minutes:02d}:{secs:02d}Z"
 
 
-def unix_seconds(text: str) -> int:
-    """A unix-seconds field (`964982703`) as int, checked to be a representable date."""
-    value = int(text)
-    iso_from_unix(value)
-    return value
-
-
 # --------------------------------------------------------------------------------------------- files
 
 
