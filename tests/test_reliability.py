@@ -62,8 +62,7 @@ def _code_lines(path: Path):
 
 # every write that is not temp + rename, and why it may stay so
 NOT_RENAMED = {
-    ("predict.py", 'open(output, "a"'): "predictions: appended per batch; resume drops a torn last line",
-    ("simulate.py", 'open(output, "a"'): "simulations: appended per batch; resume drops a torn last line",
+    ("predict.py", 'open(output, "a"'): "predictions and simulations (append_batches): appended per batch; resume drops a torn last line",
     ("trainer.py", 'open(self.run.logs, "a"'): "the training log (logs.jsonl): append-only JSON lines",
     ("lock.py", 'os.fdopen(fd, "w"'): "the lock file: created with O_EXCL; a torn one is read as stale",
     ("lock.py", "json.dump(me, f)"): "(the same lock file)",

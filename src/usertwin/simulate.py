@@ -31,7 +31,7 @@ from usertwin.config import GenerateSettings
 from usertwin.data import records
 from usertwin.errors import UsertwinError
 from usertwin.eval.metrics import parse_rating
-from usertwin.eval.predict import completed_rows, output_lock, progress_bar, prompt_hash
+from usertwin.eval.predict import append_batches, completed_rows, output_lock, progress_bar, prompt_hash
 from usertwin.text.tokens import measure_all
 from usertwin.twin import Twin
 
@@ -192,19 +192,7 @@ class _Run:
         if self.gen.limit is not None:
             pending = pending[:max(0, self.gen.limit - len(done))]
         bar = progress_bar(len(pending), "simulate", "step") if progress else None
-        written = 0
-        # appended per batch, not atomic: every flushed batch survives a kill (completed_rows drops a torn line)
-        with open(output, "a", encoding="utf-8") as f:
-            for batch in _batches(pending, self.gen.batch_size):
-                for row in self.batch(batch):
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
-                written += len(batch)
-                if bar is not None:
-                    bar.update(len(batch))
-        if bar is not None:
-            bar.close()
-        return written
+        return append_batches(output, _batches(pending, self.gen.batch_size), self.batch, bar)
 
     def batch(self, batch: list) -> list[dict]:
         """One step of several users: ratings scored in one forward, every prompt generated together."""

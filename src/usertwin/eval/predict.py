@@ -119,18 +119,29 @@ def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, lim
     picks = distractors(prep, split, pick_k, engine.cfg.seed) if pick_k else {}
     room = gen.max_new_tokens if generate else 0
     bar = progress_bar(len(targets), f"predict {split}", "target") if progress else None
+
+    def rows_of(chunk: list) -> list[dict]:
+        rows = _rows(engine, prep, chunk, split, room, picks)
+        if generate:
+            for r, o in zip(rows, engine.generate([r["_prompt"] for r in rows], gen)):
+                r["predictions"] = o
+        for r in rows:
+            r.pop("_prompt")
+        return rows
+
+    chunks = (targets[start:start + gen.batch_size] for start in range(0, len(targets), gen.batch_size))
+    return append_batches(output, chunks, rows_of, bar)
+
+
+def append_batches(output: Path, batches, rows_of, bar=None) -> int:
+    """Appends the rows of each batch to `output` and flushes: appended, not atomic, by design — every flushed
+    batch survives a kill, and the next run resumes after the last complete line (completed_rows drops a torn
+    one). Returns the rows written."""
     written = 0
-    # appended, not atomic, by design: every flushed batch survives a kill, and the next run resumes after
-    # the last complete line (_done drops a torn one)
     with open(output, "a", encoding="utf-8") as f:
-        for start in range(0, len(targets), gen.batch_size):
-            rows = _rows(engine, prep, targets[start:start + gen.batch_size], split, room, picks)
-            if generate:
-                for r, o in zip(rows, engine.generate([r["_prompt"] for r in rows], gen)):
-                    r["predictions"] = o
-            for r in rows:
-                r.pop("_prompt")
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for batch in batches:
+            rows = rows_of(batch)
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             f.flush()
             written += len(rows)
             if bar is not None:

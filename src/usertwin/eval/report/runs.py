@@ -42,18 +42,22 @@ class Run:
 
 
 def _read_json(run: Run, path: Path, what: str) -> dict:
+    data = _read_mapping(run, path, what, json.loads, (json.JSONDecodeError,), lambda e: e)
+    if data is not None and not isinstance(data, dict):
+        run.problems.append(f"{path.name}: not a JSON object")
+    return data if isinstance(data, dict) else {}
+
+
+def _read_mapping(run: Run, path: Path, what: str, parse, errors: tuple, shown):
+    """The parsed file, or None with the reason noted on the run (missing, unreadable)."""
     if not path.is_file():
         run.note_missing(path, what)
-        return {}
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        run.problems.append(f"{path.name}: cannot read ({e})")
-        return {}
-    if not isinstance(data, dict):
-        run.problems.append(f"{path.name}: not a JSON object")
-        return {}
-    return data
+        return parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, *errors) as e:
+        run.problems.append(f"{path.name}: cannot read ({shown(e)})")
+        return None
 
 
 def _read_jsonl(run: Run, path: Path) -> list:
@@ -77,14 +81,7 @@ def _read_jsonl(run: Run, path: Path) -> list:
 def _read_config(run: Run, path: Path) -> dict:
     import yaml
 
-    if not path.is_file():
-        run.note_missing(path, "config")
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        run.problems.append(f"{path.name}: cannot read ({type(e).__name__})")
-        return {}
+    data = _read_mapping(run, path, "config", yaml.safe_load, (yaml.YAMLError,), lambda e: type(e).__name__)
     return data if isinstance(data, dict) else {}
 
 
