@@ -14,7 +14,8 @@ from helpers import conversation_timeline, write_records
 from usertwin.config import Config, RenderSettings
 from usertwin.data.records import Item, Record
 from usertwin.data.timeline import SPLITS, Sample, Timeline, WindowStats, build_windows, select_history
-from usertwin.text.render import OMITTED, Renderer
+from usertwin.text.render import Renderer
+from usertwin.text.styles import OMITTED
 from usertwin.text.tokens import SequenceEncoder, measure
 
 MARK = OMITTED["en"]

@@ -14,12 +14,12 @@ from usertwin.data.convert import convert_to_file
 from usertwin.data.records import ROLES, Item
 from usertwin.data.timeline import Sample, Timeline, Window, build_timelines
 from usertwin.errors import UsertwinError
-from usertwin.text.render import (
+from usertwin.text.render import Renderer
+from usertwin.text.styles import (
     LANGUAGES,
     PHRASES,
     ROLE_PHRASES,
     STYLES,
-    Renderer,
     SimpleStyle,
     register_style,
     style_names,
@@ -150,7 +150,7 @@ def test_template_without_system_role():
 
 def test_a_new_style_is_one_registered_class(tokenizer, monkeypatch):
     """A style registered by name is usable as prompt_style and changes only the part it overrides."""
-    monkeypatch.setattr("usertwin.text.render.STYLES", dict(STYLES))  # the registration ends with the test
+    monkeypatch.setattr("usertwin.text.styles.STYLES", dict(STYLES))  # the registration ends with the test
 
     @register_style
     class MissionStyle(SimpleStyle):

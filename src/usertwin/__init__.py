@@ -1,6 +1,6 @@
 """usertwin: fine-tune language models into twins of real users."""
 
-__version__ = "0.1.0"
+from usertwin.version import __version__  # noqa: F401  (usertwin.__version__)
 
 
 def __getattr__(name):

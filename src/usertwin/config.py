@@ -93,9 +93,9 @@ def choices_of(f) -> tuple:
 
 
 def _prompt_styles() -> tuple:
-    # prompt styles register themselves in the renderer (a new style is one class there): ask it at use
-    # time, since the renderer itself builds on these settings
-    from usertwin.text.render import style_names
+    # prompt styles register themselves in text/styles.py (a new style is one class there): ask it at use
+    # time, since a style registered after this module loaded is as valid as the shipped ones
+    from usertwin.text.styles import style_names
 
     return style_names()
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from usertwin import __version__
 from usertwin.atomic import replace_dir, write_text
 from usertwin.errors import UsertwinError
 from usertwin.hub import SMOLLM2_GGUF
 from usertwin.rundir import RunDir
+from usertwin.version import __version__
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GGUF_TYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from usertwin import __version__
 from usertwin.cli import (
     baselines,
     convert,
@@ -22,6 +21,7 @@ from usertwin.cli import (
     validate,
 )
 from usertwin.errors import UsertwinError
+from usertwin.version import __version__
 
 # the order of `usertwin --help`: the pipeline's order
 COMMANDS = (convert, validate, prepare, inspect, train, predict, evaluate, baselines, report, simulate, serve,

@@ -15,7 +15,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usertwin import __version__
 from usertwin.atomic import atomic_open
 from usertwin.config import Config
 from usertwin.data import records
@@ -34,6 +33,7 @@ from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, load_tokenizer, measure_all, tokenizer_id
+from usertwin.version import __version__
 
 CACHE_VERSION = 3  # bump when what prepare builds changes for the same inputs
 

@@ -18,8 +18,8 @@ conversation render each turn once; where a line opens its conversation in a seq
 heading, the last max_context_turns turns before it (a marker line when earlier ones are left out) and the
 instruction, once for the conversation. A line's rendering depends
 only on the item before it, never on which items carry loss, so the prefix property holds as for items.
-How the parts are written (headings, profile lines, the item's lines) is a prompt style: a PromptStyle
-subclass registered by name in STYLES; the Renderer decides which parts appear and looks the style up.
+How the parts are written (headings, profile lines, the item's lines) is a prompt style
+(`usertwin.text.styles`); the Renderer decides which parts appear and looks the style up by name.
 With a chat template the turns go through the tokenizer's own template; the template is taken apart once,
 with marker strings, into header / item / join pieces, and checked against a full rendering.
 """
@@ -32,107 +32,7 @@ from dataclasses import dataclass
 from usertwin.config import RenderSettings, SampleSettings
 from usertwin.data.timeline import is_dialogue_item, is_own_turn
 from usertwin.errors import UsertwinError
-
-STYLES: dict[str, PromptStyle] = {}  # name -> style, filled by @register_style below
-LANGUAGES = ("en", "zh", "ja")
-
-PHRASES = {
-    "en": {
-        "instruction": {
-            "movie_rating": "Predict the rating this user gives to this movie:",
-            "movie_review": "Write the review this user writes for this movie:",
-            "dialogue": "Write the next line this user says:",
-            "questionnaire": "Answer as this user:",
-            "": "Predict this user's response:",
-        },
-        "you": "You",
-        "other": "Other",
-        "profile": "User profile",
-        "task": "Task",
-        "history": "History",
-        "context": "Conversation so far",
-        "item": "Now",
-        "time": "Time",
-    },
-    "zh": {
-        "instruction": {
-            "movie_rating": "预测该用户给这部电影的评分：",
-            "movie_review": "写出该用户对这部电影的短评：",
-            "dialogue": "写出该用户接下来说的话：",
-            "questionnaire": "以该用户的身份回答：",
-            "": "预测该用户的回应：",
-        },
-        "you": "你",
-        "other": "对方",
-        "profile": "用户信息",
-        "task": "任务",
-        "history": "历史",
-        "context": "对话上下文",
-        "item": "当前",
-        "time": "时间",
-    },
-    "ja": {
-        "instruction": {
-            "movie_rating": "このユーザーがこの映画に付ける評価を予測してください：",
-            "movie_review": "このユーザーがこの映画に書くレビューを書いてください：",
-            "dialogue": "このユーザーの次の発話を書いてください：",
-            "questionnaire": "このユーザーとして回答してください：",
-            "": "このユーザーの応答を予測してください：",
-        },
-        "you": "あなた",
-        "other": "相手",
-        "profile": "ユーザープロフィール",
-        "task": "タスク",
-        "history": "履歴",
-        "context": "これまでの会話",
-        "item": "現在",
-        "time": "時刻",
-    },
-}
-
-# The phrases that name the twin, for a role other than "user" (a record's task.role): a movie character is
-# told to write "the next line this character says", not a user's. Each entry replaces its key of PHRASES.
-ROLE_PHRASES = {
-    "character": {
-        "en": {
-            "instruction": {
-                "movie_rating": "Predict the rating this character gives to this movie:",
-                "movie_review": "Write the review this character writes for this movie:",
-                "dialogue": "Write the next line this character says:",
-                "questionnaire": "Answer as this character:",
-                "": "Predict this character's response:",
-            },
-            "profile": "Character profile",
-        },
-        "zh": {
-            "instruction": {
-                "movie_rating": "预测该角色给这部电影的评分：",
-                "movie_review": "写出该角色对这部电影的短评：",
-                "dialogue": "写出该角色接下来说的台词：",
-                "questionnaire": "以该角色的身份回答：",
-                "": "预测该角色的回应：",
-            },
-            "profile": "角色信息",
-        },
-        "ja": {
-            "instruction": {
-                "movie_rating": "このキャラクターがこの映画に付ける評価を予測してください：",
-                "movie_review": "このキャラクターがこの映画に書くレビューを書いてください：",
-                "dialogue": "このキャラクターの次のセリフを書いてください：",
-                "questionnaire": "このキャラクターとして回答してください：",
-                "": "このキャラクターの応答を予測してください：",
-            },
-            "profile": "キャラクタープロフィール",
-        },
-    },
-}
-
-
-def phrases_for(language: str, role: str = "user") -> dict:
-    """The fixed phrases of a language, with those that name the twin following its role."""
-    named = ROLE_PHRASES.get(role)
-    return {**PHRASES[language], **named[language]} if named else PHRASES[language]
-
+from usertwin.text.styles import LANGUAGES, OMITTED, get_style, phrases_for
 
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -141,8 +41,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 def check(cfg: RenderSettings) -> None:
     """Refuses render settings this module cannot render (also when built directly, without the CLI)."""
     cfg.parts()
-    if cfg.prompt_style not in STYLES:
-        raise UsertwinError(f"unknown prompt_style {cfg.prompt_style!r}; choose one of {', '.join(STYLES)}")
+    get_style(cfg.prompt_style)  # refuses an unknown style, listing the registered ones
     if cfg.language not in ("auto", *LANGUAGES):
         raise UsertwinError(f"unknown language {cfg.language!r}; choose auto, {', '.join(LANGUAGES)}")
     if cfg.history_layout not in ("turns", "block"):
@@ -254,143 +153,6 @@ def detect_language(tl) -> str:
     if len(_CJK.findall(sample)) > 0.2 * max(1, len(sample)):
         return "zh"
     return "en"
-
-
-def _flatten(obj, prefix=""):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _flatten(v, f"{prefix}_{k}" if prefix else str(k))
-    elif isinstance(obj, list):
-        yield prefix, ", ".join(str(x) for x in obj)
-    else:
-        yield prefix, obj
-
-
-def _fmt_value(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.2f}".rstrip("0").rstrip(".")
-    return str(v)
-
-
-# ---------------------------------------------------------------- prompt styles
-
-
-def style_names() -> tuple[str, ...]:
-    """The registered prompt styles: the choices of the `prompt_style` setting."""
-    return tuple(STYLES)
-
-
-def register_style(cls):
-    """Class decorator: make a PromptStyle subclass available as `prompt_style=cls.name`."""
-    STYLES[cls.name] = cls()
-    return cls
-
-
-def get_style(name: str) -> PromptStyle:
-    if name not in STYLES:
-        raise UsertwinError(f"unknown prompt_style {name!r}; choose one of {', '.join(STYLES)}")
-    return STYLES[name]
-
-
-class PromptStyle:
-    """How the parts of a prompt are written out. The Renderer decides which parts appear (the ablation) and
-    who said each context turn; a style only writes them, so a new style overrides just what it changes.
-
-    `phrases` is the PHRASES entry of the timeline's language and role (`phrases_for`).
-    """
-
-    name = ""
-
-    def heading(self, part: str, phrases: dict) -> str:
-        """The line that opens a part: profile, task, history or context (a key of `phrases`)."""
-        raise NotImplementedError
-
-    def profile_line(self, key: str, value: str) -> str:
-        raise NotImplementedError
-
-    def profile(self, profile, phrases: dict) -> str:
-        """The profile block; '' when no field has a value."""
-        lines = [self.profile_line(key, _fmt_value(value)) for key, value in _flatten(profile)
-                 if value is not None and value != ""]
-        return "\n".join([self.heading("profile", phrases), *lines]) if lines else ""
-
-    def task(self, task: str, phrases: dict) -> str:
-        return self.heading("task", phrases) + "\n" + task
-
-    def history(self, items: list, phrases: dict) -> str:
-        """The block of earlier items (block layout only), oldest first."""
-        lines = [f"{n}. {it.prefix}{it.continuation}" for n, it in enumerate(items, 1)]
-        return "\n".join([self.heading("history", phrases), *lines])
-
-    def system(self, blocks: list[str]) -> str:
-        return "\n\n".join(blocks)
-
-    def context(self, turns: list[tuple[str, object]], phrases: dict) -> list[str]:
-        """Lines of the turns before the item, as (speaker, content) pairs."""
-        return [self.heading("context", phrases), *(f"{who}: {content}" for who, content in turns)]
-
-    def item(self, item, phrases: dict) -> list[str]:
-        """Lines of the item itself: what it is about, then the instruction."""
-        about = item.prefix.strip()
-        return ([about] if about else []) + [self.instruction(item, phrases)]
-
-    def instruction(self, item, phrases: dict) -> str:
-        return phrases["instruction"].get(item.collection, phrases["instruction"][""])
-
-    def user_turn(self, item, turns: list[tuple[str, object]], phrases: dict) -> str:
-        """An item's user turn; `turns` is empty when the context is not shown."""
-        lines = self.context(turns, phrases) if turns else []
-        return "\n".join(lines + self.item(item, phrases))
-
-    def conversation_turn(self, lines: list[tuple[str, object]], opening: bool, omitted: str, about: str, item,
-                          phrases: dict) -> str:
-        """The user turn before one of the twin's lines in a conversation: the other speakers' lines since the
-        twin's previous line, as (speaker, content), then `about` (the item's prefix, when it has one). The
-        first turn of a conversation opens with the context heading (then `omitted` when its earlier turns
-        are left out) and ends with the instruction: once per conversation, as the turns that follow are
-        plainly the same exchange."""
-        head = [self.heading("context", phrases)] + ([omitted] if omitted else []) if opening else []
-        tail = ([about] if about else []) + ([self.instruction(item, phrases)] if opening else [])
-        return "\n".join(head + [f"{who}: {c}" for who, c in lines] + tail)
-
-
-@register_style
-class SimpleStyle(PromptStyle):
-    """Bracketed tags, one profile field a line: [USER_PROFILE] / [USER_AGE=30]."""
-
-    name = "simple"
-    TAGS = {"profile": "[USER_PROFILE]", "task": "[TASK]", "history": "[HISTORY]", "context": "[CONTEXT]"}
-
-    def heading(self, part: str, phrases: dict) -> str:
-        return self.TAGS[part]
-
-    def profile_line(self, key: str, value: str) -> str:
-        tag = re.sub(r"\W+", "_", key).strip("_").upper()
-        return f"[USER_{tag}={value}]"
-
-
-@register_style
-class DetailedStyle(PromptStyle):
-    """Headings in the data's language, `key: value` profile lines, and the item's time."""
-
-    name = "detailed"
-
-    def heading(self, part: str, phrases: dict) -> str:
-        return f"=== {phrases[part]} ==="
-
-    def profile_line(self, key: str, value: str) -> str:
-        return f"{key.replace('_', ' ')}: {value}"
-
-    def item(self, item, phrases: dict) -> list[str]:
-        when = [f"{phrases['time']}: {item.time_text}"] if item.time_text else []
-        return [self.heading("item", phrases), *when, *super().item(item, phrases)]
-
-
-# ---------------------------------------------------------------- sequences
-
-
-# the line that stands for a conversation's turns left out (max_context_turns, or cut to fit max_length)
-OMITTED = {"en": "(earlier turns omitted)", "zh": "（更早的对话已省略）", "ja": "（これより前の会話は省略）"}
 
 
 class Renderer:
