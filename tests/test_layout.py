@@ -99,7 +99,7 @@ def test_only_rundir_spells_run_directory_file_names():
 def test_readme_module_table_names_modules_that_exist():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     table = text[text.index("| stage | command | module"):text.index("### Layout")]
-    named = re.findall(r"`((?:data|text|train|eval)/[\w/]*\.?\w*|twin\.py)`", table)
+    named = re.findall(r"`((?:data|text|train|eval|serve)/[\w/]*\.?\w*|\w+\.py)`", table)
     assert len(named) >= 10
     for rel in named:
         assert (SRC / "usertwin" / rel).exists(), f"README names src/usertwin/{rel}, which does not exist"

@@ -108,7 +108,10 @@ def load_twin_model(cfg: Config, run_dir=None, merge: bool = True, device: str |
     if best is not None and (best / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_model(cfg.model, cfg.dtype, **load), str(best))
+        from usertwin import quiet
+
+        with quiet.warning_hidden(FutureWarning, quiet.GRADIENT_CHECKPOINTING_DEPRECATED):
+            model = PeftModel.from_pretrained(load_model(cfg.model, cfg.dtype, **load), str(best))
         if merge:
             model = model.merge_and_unload()
     elif best is not None and (best / "config.json").is_file():

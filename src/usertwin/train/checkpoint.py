@@ -13,9 +13,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from usertwin import quiet
 from usertwin.atomic import recover_dir, replace_dir, write_json
 from usertwin.rundir import CHECKPOINT_STATE, RunDir
-from usertwin.train import quiet
 from usertwin.train.model import load_model
 
 

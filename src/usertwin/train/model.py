@@ -108,7 +108,7 @@ def training_attention(cfg) -> str:
 def build_model(cfg, attention: str, progress: bool = True, debug: bool = False):
     """The model to train as the config asks: kernels, gradient checkpointing, then LoRA (or full weights).
     progress: transformers' loading bars; debug: its warnings that quiet.py hides."""
-    from usertwin.train import quiet
+    from usertwin import quiet
 
     with quiet.loading_bars(progress):
         model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
