@@ -28,7 +28,10 @@ def _imported(name: str, node: ast.AST, modules: dict) -> set[str]:
     if isinstance(node, ast.Import):
         targets = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        # `from pkg import mod` loads mod (the package's own __init__ only runs first); `from mod import name`
+        # loads mod
+        subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+        targets = subs or [node.module]
     found = set()
     for t in targets:
         while t and t not in modules:
