@@ -21,13 +21,14 @@ RATINGS = {
     "u3": [("M2", "5.0"), ("M3", "5.0"), ("M1", "0.5"), ("M9", "3.0")],
     "u4": [("M1", "1.0"), ("M2", "2.0")],  # no train rating at all
 }
-# train ratings: u1 4 2, u2 2 3, u3 5 5 -> mu 3.5; users 3.0, 2.5, 5.0; items M1 3.0, M2 3.5, M3 4.0
+# the test baselines are fit on train + val: u1 4 2 5, u2 2 3 1, u3 5 5 0.5, u4 1 -> mu 28.5 / 10 = 2.85;
+# users 11/3, 2.0, 3.5, 1.0; items M1 (4 2 0.5 1) 1.875, M2 (2 5) 3.5, M3 (3 5) 4.0, M4 (5 1) 3.0
 TEST_ITEMS = {"u1": "M3", "u2": "M2", "u3": "M9", "u4": "M2"}
 REFS = {"u1": 1.0, "u2": 4.0, "u3": 3.0, "u4": 2.0}
 EXPECTED = {
-    "global_mean": {"u1": 3.5, "u2": 3.5, "u3": 3.5, "u4": 3.5},
-    "user_mean": {"u1": 3.0, "u2": 2.5, "u3": 5.0, "u4": 3.5},
-    "item_mean": {"u1": 4.0, "u2": 3.5, "u3": 3.5, "u4": 3.5},
+    "global_mean": {"u1": 2.85, "u2": 2.85, "u3": 2.85, "u4": 2.85},
+    "user_mean": {"u1": 11 / 3, "u2": 2.0, "u3": 3.5, "u4": 1.0},
+    "item_mean": {"u1": 4.0, "u2": 3.5, "u3": 2.85, "u4": 3.5},
 }
 
 
@@ -61,20 +62,24 @@ def test_rating_baselines_exact(tmp_path):
     for name, expected in EXPECTED.items():
         assert got[name] == pytest.approx(expected), name
     assert set(got) == set(B.RATING_BASELINES)  # no text baselines without text targets
-    model = B.fit_ratings(B.train_ratings(timelines, splits))
-    assert model.user_mean["u3"] == 5.0  # u3's only train ratings are 5 and 5
-    assert "u4" not in model.user_mean and got["user_item_bias"]["u4"] == pytest.approx(3.5 + model.item_bias[
-        ("movie_rating", "M2 (1999) (Drama): ")])
+    train_only = B.fit_ratings(B.train_ratings(timelines, splits))
+    assert train_only.user_mean["u3"] == 5.0 and "u4" not in train_only.user_mean  # u4 has no train rating
+    model = B.fit_ratings(B.train_ratings(timelines, splits, B.FIT_ON["test"]))
+    assert model.user_mean["u4"] == 1.0  # its validation rating
+    assert got["user_item_bias"]["u4"] == pytest.approx(model.predict("user_item_bias", "u4", (
+        "movie_rating", "M2 (1999) (Drama): ")))
+    val = _by_user(B.predictions(timelines, splits, "val"))  # validation targets: fit on train only
+    assert val["global_mean"]["u1"] == 3.5 and val["user_mean"]["u2"] == 2.5
 
 
 def test_rating_metrics_of_baselines(tmp_path):
     out = B.run_baselines(_rating_cfg(tmp_path))
-    # global mean 3.5 against refs 1, 4, 3, 2: errors 2.5, 0.5, 0.5, 1.5
+    # global mean 2.85 against refs 1, 4, 3, 2: errors 1.85, 1.15, 0.15, 0.85
     g = out["global_mean"]
-    assert g["n"] == 4 and g["rmse"] == pytest.approx(math.sqrt((6.25 + 0.25 + 0.25 + 2.25) / 4))
-    assert g["mae"] == pytest.approx(5 / 4) and g["within_0.5"] == pytest.approx(0.5)
-    u = out["user_mean"]  # 3.0, 2.5, 5.0, 3.5 against 1, 4, 3, 2: errors 2, 1.5, 2, 1.5
-    assert u["mae"] == pytest.approx(7 / 4) and u["accuracy"] == 0.0
+    assert g["n"] == 4 and g["rmse"] == pytest.approx(math.sqrt((1.85**2 + 1.15**2 + 0.15**2 + 0.85**2) / 4))
+    assert g["mae"] == pytest.approx(4.0 / 4) and g["within_0.5"] == pytest.approx(0.25)
+    u = out["user_mean"]  # 11/3, 2.0, 3.5, 1.0 against 1, 4, 3, 2: errors 8/3, 2, 0.5, 1
+    assert u["mae"] == pytest.approx((8 / 3 + 2 + 0.5 + 1) / 4) and u["accuracy"] == 0.0
     val = B.run_baselines(_rating_cfg(tmp_path), split="val")
     assert val["global_mean"]["n"] == 4  # the val targets: M4 5.0, M4 1.0, M1 0.5, M1 1.0
 
@@ -95,29 +100,33 @@ def test_bias_model_one_round_by_hand(tmp_path):
     assert m.predict("user_item_bias", "u3", key("M3")) == 5.0
 
 
-def _changed(ratings):
-    """Every val/test rating replaced (the split labels depend only on the number of items)."""
-    out = {}
-    for u, items in ratings.items():
-        n_train = 2 if len(items) == 4 else 0
-        out[u] = items[:n_train] + [(p, "0.5" if c != "0.5" else "5.0") for p, c in items[n_train:]]
-    return out
+def _changed(ratings, splits: tuple):
+    """The ratings of the given splits replaced (the split labels depend only on the number of items:
+    4 items -> train, train, val, test; 2 items -> val, test)."""
+    labels = {4: ("train", "train", "val", "test"), 2: ("val", "test")}
+    return {u: [(p, ("0.5" if c != "0.5" else "5.0") if lab in splits else c)
+                for (p, c), lab in zip(items, labels[len(items)])] for u, items in ratings.items()}
 
 
-def test_rating_baselines_never_see_val_or_test(tmp_path):
-    fits, preds = [], []
-    for name, ratings in (("a.json", RATINGS), ("b.json", _changed(RATINGS))):
-        timelines, splits = B.load_split(_rating_cfg(tmp_path, ratings, name))
-        fits.append(B.fit_ratings(B.train_ratings(timelines, splits)))
-        preds.append(_by_user(B.predictions(timelines, splits, "test")))
-    assert fits[0] == fits[1]
-    assert preds[0] == preds[1]
+def _predicted(tmp_path, ratings, name, split):
+    timelines, splits = B.load_split(_rating_cfg(tmp_path, ratings, name))
+    return _by_user(B.predictions(timelines, splits, split))
+
+
+def test_rating_baselines_see_what_the_twin_sees_and_never_the_targets(tmp_path):
+    """Test targets: fit on train + val (the twin's history there), never on test; validation targets: on
+    train only."""
+    base = _predicted(tmp_path, RATINGS, "a.json", "test")
+    assert _predicted(tmp_path, _changed(RATINGS, ("test",)), "b.json", "test") == base
+    assert _predicted(tmp_path, _changed(RATINGS, ("val",)), "c.json", "test") != base
+    val = _predicted(tmp_path, RATINGS, "d.json", "val")
+    assert _predicted(tmp_path, _changed(RATINGS, ("val", "test")), "e.json", "val") == val
 
 
 def test_no_train_ratings_is_a_clear_error(tmp_path):
-    cfg = _rating_cfg(tmp_path, {"u4": RATINGS["u4"]})
-    with pytest.raises(UsertwinError, match="no train ratings"):
-        B.run_baselines(cfg)
+    cfg = _rating_cfg(tmp_path, {"u4": RATINGS["u4"]})  # a validation and a test rating: nothing to fit val on
+    with pytest.raises(UsertwinError, match="no ratings to fit the rating baselines on"):
+        B.run_baselines(cfg, split="val")
 
 
 # ---------------------------------------------------------------- text
@@ -151,14 +160,19 @@ def test_text_baselines_exact(tmp_path):
     assert out["copy_last_item [en]"]["rouge_l"] == 0.0
 
 
-def test_text_baseline_ignores_val_test_continuations(tmp_path):
-    changed = {u: (items[:2] + [(p, c + " changed") for p, c in items[2:]], lang)
-               for u, (items, lang) in REVIEWS.items()}
+def test_text_baseline_ignores_the_scored_continuations(tmp_path):
     runs = []
-    for name, reviews in (("a.json", REVIEWS), ("b.json", changed)):
+    for name, first_changed in (("a.json", 4), ("b.json", 3), ("c.json", 2)):  # nothing / test / val and test
+        reviews = {u: (items[:first_changed] + [(p, c + " changed") for p, c in items[first_changed:]], lang)
+                   for u, (items, lang) in REVIEWS.items()}
         timelines, splits = B.load_split(_text_cfg(tmp_path, reviews, name))
         runs.append(_by_user(B.predictions(timelines, splits, "test"))["item_most_frequent"])
-    assert runs[0] == runs[1]
+    assert runs[0] == runs[1]  # test continuations are never seen
+    # validation continuations are (the twin's history holds them): r1's validation review of C
+    by_item, _ = B.most_frequent_continuations(timelines, splits, B.FIT_ON["test"])
+    train_only, _ = B.most_frequent_continuations(timelines, splits)
+    key_c = ("movie_review", "C (1999) (Drama): ")
+    assert by_item[key_c] == "loved it changed" and key_c not in train_only
 
 
 def test_copy_last_item_same_collection_and_first_item(tmp_path):
@@ -179,7 +193,7 @@ def test_baseline_rows(tmp_path):
     rows = list(B.baseline_rows(_rating_cfg(tmp_path)))
     assert len(rows) == 4 * len(B.RATING_BASELINES)
     r = next(r for r in rows if r["baseline"] == "user_mean" and r["user"] == "u2")
-    assert r["predictions"] == ["2.5000"] and r["reference"] == "4.0" and r["target_index"] == 3
+    assert r["predictions"] == ["2.0000"] and r["reference"] == "4.0" and r["target_index"] == 3  # u2: 2, 3, 1
     assert r["split"] == "test" and r["user_items"] == 4 and r["collection"] == "movie_rating"
     json.dumps(rows)
 
@@ -203,29 +217,29 @@ def test_movielens_baselines(movielens):
     assert {m["n"] for m in out.values()} == {15_125}
     rmse = {k: round(m["rmse"], 4) for k, m in out.items()}
     mae = {k: round(m["mae"], 4) for k, m in out.items()}
-    # the numbers recorded in usertwin/baselines.py
-    assert rmse == {"global_mean": 1.0680, "user_mean": 0.9799, "item_mean": 1.0291, "user_item_bias": 0.9141}
-    assert mae == {"global_mean": 0.8371, "user_mean": 0.7610, "item_mean": 0.7929, "user_item_bias": 0.7089}
+    # the numbers recorded in usertwin/eval/baselines.py (fit on train + val)
+    assert rmse == {"global_mean": 1.0673, "user_mean": 0.9614, "item_mean": 1.0187, "user_item_bias": 0.8956}
+    assert mae == {"global_mean": 0.8363, "user_mean": 0.7477, "item_mean": 0.7851, "user_item_bias": 0.6945}
     assert out["user_item_bias"]["rmse"] <= out["global_mean"]["rmse"]
 
 
 def test_movielens_no_leak(movielens):
     timelines, splits = movielens
-    before_fit = B.fit_ratings(B.train_ratings(timelines, splits))
+    before_fit = B.fit_ratings(B.train_ratings(timelines, splits, B.FIT_ON["test"]))
     before = B.predictions(timelines, splits, "test")
     before = {n: [p for _, p in pairs] for n, pairs in before.items()}
     saved = []
     try:
         for tl in timelines:
             for item, label in zip(tl.items, splits[tl.user_id]):
-                if label != "train":
+                if label == "test":
                     saved.append((item, item.continuation))
                     item.continuation = "5.0" if item.continuation != "5.0" else "0.5"
-        after_fit = B.fit_ratings(B.train_ratings(timelines, splits))
+        after_fit = B.fit_ratings(B.train_ratings(timelines, splits, B.FIT_ON["test"]))
         after = {n: [p for _, p in pairs] for n, pairs in B.predictions(timelines, splits, "test").items()}
     finally:
         for item, text in saved:
             item.continuation = text
-    assert len(saved) == 30_250
+    assert len(saved) == 15_125
     assert after_fit == before_fit
     assert after == before

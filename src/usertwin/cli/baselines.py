@@ -21,7 +21,7 @@ def run(args) -> int:
     from usertwin.atomic import write_json
     from usertwin.config import resolve
     from usertwin.errors import UsertwinError
-    from usertwin.eval.baselines import run_baselines
+    from usertwin.eval.baselines import FIT_ON, run_baselines
     from usertwin.eval.metrics import format_table
     from usertwin.rundir import RunDir
 
@@ -30,6 +30,7 @@ def run(args) -> int:
         raise UsertwinError("no data: pass --config CFG.yaml, --data RECORDS.jsonl or --run RUN_DIR")
     result = run_baselines(cfg, split=args.split)
     print(format_table(result))
+    print(f"fit on {' + '.join(FIT_ON[args.split])}: what the twin's prompts show as history for {args.split} targets")
     out = Path(args.output) if args.output else (RunDir(args.run).baselines if args.run else None)
     if out:
         write_json(out, result)
