@@ -299,16 +299,17 @@ class Config(*reversed(SECTIONS.values())):
 # not a Config section: these are flags of `predict` only, so `train --temperature` stays an unknown flag
 @dataclass
 class GenerateSettings:
-    """How `usertwin predict` generates and scores."""
+    """How `usertwin predict` and `usertwin simulate` (and the Python Twin) generate and score."""
 
-    max_new_tokens: int = setting(64, "tokens generated per prediction", minimum=1)
+    max_new_tokens: int = setting(64, "tokens generated per text (prediction, simulated step)", minimum=1)
     temperature: float = setting(0.0, "sampling temperature; 0: greedy decoding", minimum=0)
     top_p: float = setting(1.0, "nucleus sampling share when temperature > 0; 1.0: off", above=0, maximum=1)
-    num_samples: int = setting(1, "predictions generated per target", minimum=1)
-    batch_size: int = setting(8, "targets scored and generated together", minimum=1)
-    pick: int = setting(3, "distractors of the pick-the-real-one test; 0: off", minimum=0)
+    num_samples: int = setting(1, "texts generated per target or simulated step", minimum=1)
+    batch_size: int = setting(8, "targets (or users) scored and generated together", minimum=1)
+    pick: int = setting(3, "predict: distractors of the pick-the-real-one test; 0: off", minimum=0)
     generate: bool = setting(True, "generate predictions; off (--no_generate): likelihood scoring only")
-    limit: int | None = setting(None, "at most this many targets, for a quick look; unset: all", minimum=1)
+    limit: int | None = setting(None, "at most this many rows (targets, or user steps), for a quick look; unset: all",
+                                      minimum=1)
 
 
 def _base_type(tp):
