@@ -89,3 +89,16 @@ def load_error(path, **kw) -> str:
     with pytest.raises(UsertwinError) as err:
         records.load(path, **kw)
     return str(err.value)
+
+
+def write_rating_users(path, sizes, prefix, rating):
+    """A records file of users u0, u1, ... with sizes[u] movie ratings each, a minute apart: `prefix(u, i)` and
+    `rating(u, i)` (an int 1..5) give item i of user u."""
+    recs = []
+    for u, n in enumerate(sizes):
+        items = [{"continuation_prefix": prefix(u, i), "continuation": f"{rating(u, i)}.0",
+                  "timestamp": 1_000_000 + 60 * i} for i in range(n)]
+        recs.append({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
+                     "task": {"description": "Predict ratings.", "language": "en",
+                              "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
+    return write_records(path, recs)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import write_records
+from helpers import write_rating_users
 
 from usertwin.cli import main
 from usertwin.config import Config
@@ -25,15 +25,8 @@ SRC = ROOT / "src" / "usertwin"
 
 
 def _records(path, sizes=(14, 10, 8), seed: int = 0):
-    recs = []
-    for u, n in enumerate(sizes):
-        items = [{"continuation_prefix": f"Movie {(i + u) % 6} (2000) (Drama): ",
-                  "continuation": f"{(i * (u + 2) + seed) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i}
-                 for i in range(n)]
-        recs.append({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
-                     "task": {"description": "Predict ratings.", "language": "en",
-                              "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
-    return write_records(path, recs)
+    return write_rating_users(path, sizes, lambda u, i: f"Movie {(i + u) % 6} (2000) (Drama): ",
+                              lambda u, i: (i * (u + 2) + seed) % 5 + 1)
 
 
 def _env():

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_records
+from helpers import write_rating_users
 
 from usertwin.cli import main
 from usertwin.train.trainer import rank_batches
@@ -18,15 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _records(path, sizes=(24, 16, 12)):
-    recs = []
-    for u, n in enumerate(sizes):
-        items = [{"continuation_prefix": f"Movie {i % 7} (2000) (Drama): ",
-                  "continuation": f"{(i * (u + 1)) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i}
-                 for i in range(n)]
-        recs.append({"user_hash": f"u{u}", "user": {"profile": {"name": f"user {u}"}},
-                     "task": {"description": "Predict ratings.", "language": "en",
-                              "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
-    return write_records(path, recs)
+    return write_rating_users(path, sizes, lambda u, i: f"Movie {i % 7} (2000) (Drama): ",
+                              lambda u, i: (i * (u + 1)) % 5 + 1)
 
 
 def _args(data, model, out, *extra):
