@@ -168,7 +168,7 @@ def test_generation_flags_belong_to_predict_only(capsys):
         build_parser().parse_args(["train", "--temperature", "0.5"])
     assert "unrecognized arguments: --temperature" in capsys.readouterr().err
     assert generate_settings(build_parser().parse_args(["predict"])) == GenerateSettings(
-        max_new_tokens=64, temperature=0.0, top_p=1.0, num_samples=1, batch_size=8, pick=3, generate=True, limit=None)
+        max_new_tokens=64, temperature=0.0, top_p=1.0, num_samples=1, batch_size="auto", pick=3, generate=True, limit=None)
     args = build_parser().parse_args(["predict", "--no-generate", "--temperature", "0.7", "--pick", "0", "--limit", "5"])
     gen = generate_settings(args)
     assert (gen.generate, gen.temperature, gen.pick, gen.limit) == (False, 0.7, 0, 5)
@@ -219,7 +219,8 @@ RULES = {
     "window_history_fraction": "between 0 and 1", "lora_r": "at least 1", "lora_alpha": "at least 1",
     "lora_dropout": "at least 0 and less than 1", "learning_rate": "greater than 0", "weight_decay": "at least 0",
     "warmup_ratio": "between 0 and 1", "max_grad_norm": "at least 0", "gradient_accumulation_steps": "at least 1",
-    "max_epochs": "at least 1", "max_steps": "at least 1", "batch_tokens": "at least 1", "eval_steps": "at least 0",
+    "max_epochs": "at least 1", "max_steps": "at least 1", "batch_tokens": "at least 1", "step_tokens": "at least 1",
+    "eval_steps": "at least 0",
     "save_steps": "at least 0", "save_total_limit": "at least 1", "early_stopping_patience": "at least 0",
     "early_stopping_threshold": "at least 0", "logging_steps": "at least 1",
 }
@@ -333,6 +334,8 @@ def _value(action) -> list:
         return [str(list(action.choices)[-1])]
     if action.metavar == "on|off":
         return ["off"]
+    if action.metavar == "N|auto":
+        return ["auto"]
     return {int: ["3"], float: ["0.5"]}.get(action.type, ["x"])
 
 

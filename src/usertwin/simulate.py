@@ -192,6 +192,7 @@ class _Run:
         if self.gen.limit is not None:
             pending = pending[:max(0, self.gen.limit - len(done))]
         bar = progress_bar(len(pending), "simulate", "step") if progress else None
+        self.gen = self.twin.engine.sized(self.gen)
         return append_batches(output, _batches(pending, self.gen.batch_size), self.batch, bar)
 
     def batch(self, batch: list) -> list[dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from usertwin.atomic import recover_dir, write_json
-from usertwin.config import Config, GenerateSettings, from_mapping, generate_settings_from
+from usertwin.config import AUTO, Config, GenerateSettings, from_mapping, generate_settings_from
 from usertwin.data import records
 from usertwin.data.prepare import fit_sample, trim_long_contexts
 from usertwin.data.timeline import Sample, Timeline, build_timelines, select_history
@@ -165,6 +165,25 @@ def build_prompt(cfg: Config, encoder: SequenceEncoder, tl, target: int, room: i
 
 # ---------------------------------------------------------------- the engine
 
+CPU_BATCH = 8  # batch_size auto on a CPU
+MAX_AUTO_BATCH = 256  # past this, bigger batches no longer speed a GPU up (and one batch is lost to a kill)
+
+
+def bytes_per_token(config, width: int) -> int:
+    """Inference memory a token of a batch row takes: its key/value cache in every layer, a layer's
+    activations at once (hidden states, attention output, the MLP's widest part), and its row of the padding
+    mask (width bytes). Weights are already on the device."""
+    text = getattr(config, "text_config", None) or config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    mlp = getattr(text, "moe_intermediate_size", None) or getattr(text, "intermediate_size", None) or 4 * hidden
+    mlp *= getattr(text, "num_experts_per_tok", None) or 1
+    element = 2 if str(getattr(text, "dtype", "bfloat16")).endswith(("16", "bfloat16")) else 4
+    cache = text.num_hidden_layers * 2 * kv * head_dim * element
+    return cache + (8 * hidden + 3 * mlp) * element + width
+
 
 class Engine:
     """A model + the training renderer: prompts, likelihoods of continuations, generation."""
@@ -182,6 +201,18 @@ class Engine:
     def device(self):
         return next(self.model.parameters()).device
 
+    def sized(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
+        """`gen` with a number for batch_size: auto is 8 on a CPU; on a GPU, as many prompts (each with its
+        num_samples rows of `width` tokens, default max_length + max_new_tokens) as half its free memory holds."""
+        if gen.batch_size != AUTO:
+            return gen
+        if self.device.type != "cuda":
+            return dataclasses.replace(gen, batch_size=CPU_BATCH)
+        width = width or self.cfg.max_length + gen.max_new_tokens
+        free, _ = torch.cuda.mem_get_info(self.device)
+        rows = int(0.5 * free // (width * bytes_per_token(causal_lm(self.model).config, width)))
+        return dataclasses.replace(gen, batch_size=max(1, min(MAX_AUTO_BATCH, rows // gen.num_samples)))
+
     def prompt(self, tl, target: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
         return build_prompt(self.cfg, self.encoder, tl, target, room, lengths)
 
@@ -195,24 +226,30 @@ class Engine:
 
     @torch.no_grad()
     def score_many(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
-        """Score several prompts' candidate continuations in one forward. Each row holds one prompt (left
-        padded) followed by all its candidates one after another; a block mask lets every candidate see its
-        prompt and itself only, with positions continuing from the prompt's end -- as if each candidate ran
-        alone after its prompt, without copying the prompt or its cache."""
-        width = max(len(p) for p in prompts)
-        spans = [_candidate_spans(width, cands) for cands in candidates]
-        ids, pos, seg = _score_rows(prompts, spans, width, self.pad_id)
+        """Score several prompts' candidate continuations in two forwards, as if each candidate ran alone after
+        its prompt. First the prompts, right padded: plain causal attention needs no mask, so sdpa takes its
+        fast kernels and no rows x T x T tensor is built. Then every candidate's tokens at once against the
+        prompts' cache: a small (rows x candidate tokens x T) mask lets each see its own prompt and its own
+        earlier tokens, with positions continuing from its prompt's end."""
         lm = causal_lm(self.model)
-        mask = _block_mask(seg.to(self.device), lm.get_output_embeddings().weight.dtype)
-        dev = self.device
-        hidden = getattr(lm, lm.base_model_prefix)(input_ids=ids.to(dev), position_ids=pos.to(dev),
-                                                   attention_mask=mask[:, None], use_cache=False).last_hidden_state
-        # candidate token t is predicted at the position before it (the prompt's last token for the first one);
-        # the output head runs on those positions only
-        where = [(i, width - 1 if j == 0 else start + j - 1, tok)
+        backbone, dev = getattr(lm, lm.base_model_prefix), self.device
+        lens = [len(p) for p in prompts]
+        ids = torch.full((len(prompts), max(lens)), self.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = torch.tensor(p)
+        first = backbone(input_ids=ids.to(dev), use_cache=True)
+        spans = [_candidate_spans(cands) for cands in candidates]
+        cids, cpos, mask = _candidate_rows(spans, lens, self.pad_id, lm.get_output_embeddings().weight.dtype)
+        second = backbone(input_ids=cids.to(dev), position_ids=cpos.to(dev), attention_mask=mask.to(dev),
+                          use_cache=True, **_cache_arg(backbone, first))
+        # candidate token t is predicted at the position before it: the prompt's last token for the first one
+        last = first.last_hidden_state[torch.arange(len(prompts)), torch.tensor(lens) - 1]
+        hidden = torch.cat([last, second.last_hidden_state.reshape(-1, last.shape[-1])])
+        width = cids.shape[1]
+        where = [(i if j == 0 else len(prompts) + i * width + start + j - 1, tok)
                  for i, row in enumerate(spans) for start, c in row for j, tok in enumerate(c)]
-        rows_, cols, toks = (torch.tensor(x, device=dev) for x in zip(*where))
-        logits = lm.get_output_embeddings()(hidden[rows_, cols]).float()
+        at, toks = (torch.tensor(x, device=dev) for x in zip(*where))
+        logits = lm.get_output_embeddings()(hidden[at]).float()
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -328,42 +365,44 @@ class _SeededSampler:
         return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
 
 
-def _candidate_spans(width: int, cands: list) -> list[tuple[int, list]]:
-    """(start, tokens) of each candidate, one after another after the prompt block."""
-    at, row = width, []
+def _candidate_spans(cands: list) -> list[tuple[int, list]]:
+    """(start, tokens) of each candidate, one after another in the candidate block."""
+    at, row = 0, []
     for c in cands:
         row.append((at, c))
         at += len(c)
     return row
 
 
-def _score_rows(prompts: list, spans: list, width: int, pad_id: int):
-    """input ids, position ids and segment of every token (-1: prompt, j: candidate j, -2: padding)."""
-    n, total = len(prompts), max(row[-1][0] + len(row[-1][1]) for row in spans)
-    ids = torch.full((n, total), pad_id, dtype=torch.long)
-    pos = torch.zeros((n, total), dtype=torch.long)
-    seg = torch.full((n, total), -2, dtype=torch.long)
-    for i, (p, row) in enumerate(zip(prompts, spans)):
-        pad = width - len(p)
-        ids[i, pad:width] = torch.tensor(p)
-        pos[i, pad:width] = torch.arange(len(p))
-        seg[i, pad:width] = -1
-        for j, (start, c) in enumerate(row):
-            ids[i, start:start + len(c)] = torch.tensor(c)
-            pos[i, start:start + len(c)] = torch.arange(len(p), len(p) + len(c))
-            seg[i, start:start + len(c)] = j
-    return ids, pos, seg
+def _cache_arg(backbone, out) -> dict:
+    """The first forward's key/value cache as the next forward's argument: transformers renamed
+    past_key_values to cache (5.2x); both spellings are in use on our machines."""
+    import inspect
+
+    if "cache" in inspect.signature(backbone.forward).parameters:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
 
 
-def _block_mask(seg, dtype):
-    """Additive (rows x total x total) mask -- sdpa and eager attention both take it -- built on seg's device."""
-    total, dev = seg.shape[1], seg.device
-    q, k = seg[:, :, None], seg[:, None, :]
-    causal = torch.ones(total, total, dtype=torch.bool, device=dev).tril()
-    # a token sees earlier prompt tokens, and earlier tokens of its own candidate; padding sees itself
-    allowed = (causal & (k == -1) & (q != -2) | causal & (q == k) & (q >= 0)
-               | torch.eye(total, dtype=torch.bool, device=dev))
-    return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+def _candidate_rows(spans: list, lens: list, pad_id: int, dtype):
+    """The second forward's input ids, position ids and additive mask (rows x 1 x C x (prompt width + C)): a
+    candidate token sees its row's prompt (not the padding after it) and the earlier tokens of its candidate;
+    padding sees the first prompt token only (a row of -inf would give NaN)."""
+    n, width = len(spans), max(lens)
+    c = max(1, max((row[-1][0] + len(row[-1][1]) for row in spans if row), default=1))
+    ids = torch.full((n, c), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, c), dtype=torch.long)
+    allowed = torch.zeros((n, c, width + c), dtype=torch.bool)
+    allowed[:, :, 0] = True
+    for i, row in enumerate(spans):
+        allowed[i, :, :lens[i]] = True
+        for start, cand in row:
+            k = len(cand)
+            ids[i, start:start + k] = torch.tensor(cand)
+            pos[i, start:start + k] = torch.arange(lens[i], lens[i] + k)
+            allowed[i, start:start + k, width + start:width + start + k] = torch.ones(k, k, dtype=torch.bool).tril()
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return ids, pos, mask[:, None]
 
 
 def _sums_per_candidate(picked: list, spans: list) -> list[list[tuple[float, int]]]:
@@ -500,6 +539,7 @@ class Twin:
         prompts = self._prompts(requests, g.max_new_tokens)
         seeds = [_request_seed(r, seed, j * g.num_samples) for j, r in enumerate(requests)]
         out = []
+        g = self.engine.sized(g)
         for start in range(0, len(prompts), g.batch_size):
             chunk = seeds[start:start + g.batch_size]
             out += self.engine.generate(prompts[start:start + g.batch_size], g,

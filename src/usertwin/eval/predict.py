@@ -115,6 +115,7 @@ def _todo(prep, split: str, done: set, limit: int | None) -> list:
 
 
 def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, limit, progress) -> int:
+    gen = engine.sized(gen)
     targets = _todo(prep, split, completed_rows(output), limit)
     picks = distractors(prep, split, pick_k, engine.cfg.seed) if pick_k else {}
     room = gen.max_new_tokens if generate else 0

@@ -33,6 +33,8 @@ class TrainState:
     stopped_early: bool = False
     targets_seen: int = 0
     tokens_seen: int = 0
+    batch_tokens: int | None = None  # the micro-batch plan (batch_tokens auto may probe): a resume keeps it
+    accumulation: int | None = None
     epochs: list = field(default_factory=list)  # per epoch: targets and tokens it covered
     log: list = field(default_factory=list)
 
@@ -81,6 +83,11 @@ class Checkpoints:
     def _prune(self) -> None:
         for old in self.run.checkpoint_dirs()[:-max(1, self.cfg.save_total_limit)]:
             shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def peek(path: Path) -> TrainState:
+        """A checkpoint's train state, without loading its weights."""
+        return TrainState(**json.loads((path / CHECKPOINT_STATE).read_text()))
 
     def load(self, path: Path) -> TrainState:
         self.acc.load_state(str(path))

@@ -25,6 +25,7 @@ from usertwin.rundir import RunDir
 from usertwin.text.batching import pack, packed_batch, padded_batch, padded_groups
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, load_tokenizer
+from usertwin.train.autobatch import BatchPlan, fixed_plan, plan_batches
 from usertwin.train.checkpoint import Checkpoints, TrainState
 from usertwin.train.model import TargetLoss, batch_tensors, build_model, causal_lm, training_attention
 from usertwin.train.progress import Progress
@@ -42,6 +43,7 @@ class EpochData:
         self.encoder = SequenceEncoder(renderer, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad or 0
+        self.budget = fixed_plan(cfg).batch_tokens  # tokens per micro-batch; the trainer may plan another
 
     @property
     def varies(self) -> bool:
@@ -57,11 +59,17 @@ class EpochData:
         return self.prep.sequences[split]
 
     def batches(self, split: str, epoch: int, shuffle: bool) -> list:
+        return self.group(self.encoded(split, epoch, shuffle))
+
+    def encoded(self, split: str, epoch: int, shuffle: bool) -> list:
         seqs = list(self.sequences(split, epoch))
         if shuffle:
             random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(seqs)
-        encoded = [self.encoder.encode(self.prep.timeline(s.user_id), *s.items_and_targets()) for s in seqs]
-        budget = self.cfg.batch_tokens or self.cfg.max_length
+        return [self.encoder.encode(self.prep.timeline(s.user_id), *s.items_and_targets()) for s in seqs]
+
+    def group(self, encoded: list) -> list:
+        """Micro-batches of `budget` tokens (set by the trainer's BatchPlan)."""
+        budget = self.budget
         if self.cfg.packing:
             # pad_packed_rows: every row exactly `budget` long (static shapes for compiled attention kernels)
             pad_to = budget if self.cfg.pad_packed_rows else None
@@ -210,7 +218,7 @@ class Trainer:
             print(text, flush=True)
 
     def _steps_per_epoch(self, n_batches: int) -> int:
-        return math.ceil(n_batches / (self.acc.num_processes * self.cfg.gradient_accumulation_steps))
+        return math.ceil(n_batches / (self.acc.num_processes * self.accumulation))
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict:
@@ -301,7 +309,9 @@ class Trainer:
         self.boundaries = self.attention == "varlen"
         self.loss_model = _loss_model(cfg, self.attention, self.show_progress, self.debug)
         params = [p for p in self.loss_model.parameters() if p.requires_grad]
-        first = self.data.batches("train", 0, shuffle=True)
+        encoded = self.data.encoded("train", 0, shuffle=True)
+        self._use_plan(self._plan(encoded))
+        first = self.data.group(encoded)
         steps_per_epoch = self._steps_per_epoch(len(first))
         total_steps = self._planned_steps(steps_per_epoch)
         self.total_steps = total_steps
@@ -316,6 +326,24 @@ class Trainer:
         self.say(f"model {cfg.model}: {trainable:,} trainable parameters ({'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full'}),"
                  f" {acc.num_processes} process(es), {steps_per_epoch} steps per epoch, {total_steps} steps in all{cut}")
         return first, total_steps
+
+    def _plan(self, encoded: list) -> BatchPlan:
+        """The micro-batch size and accumulation: a resumed run keeps its checkpoint's (its batches must be the
+        same), otherwise fixed or probed (--batch_tokens auto)."""
+        if self.resume_from is not None:
+            saved = self.checkpoints.peek(self.resume_from)
+            if saved.batch_tokens is not None:
+                return BatchPlan(saved.batch_tokens, saved.accumulation, "")
+        tokens = sum(len(e) for e in encoded)
+        share = sum(e.n_target_tokens for e in encoded) / tokens if tokens else 1.0
+        return plan_batches(self.cfg, self.acc, self.loss_model, share, self.boundaries)
+
+    def _use_plan(self, plan: BatchPlan) -> None:
+        self.data.budget, self.accumulation = plan.batch_tokens, plan.accumulation
+        self.acc.gradient_accumulation_steps = plan.accumulation
+        self.state.batch_tokens, self.state.accumulation = plan.batch_tokens, plan.accumulation
+        if plan.note:
+            self.say(plan.note)
 
     def _planned_steps(self, first_epoch_steps: int) -> int:
         """The global steps the loop will run: max_epochs epochs, cut at max_steps. Re-sampled epochs pack into
@@ -372,7 +400,7 @@ class Trainer:
     def _epoch(self, epoch: int, batches: list, total_steps: int) -> None:
         st = self.state
         world = self.acc.num_processes
-        per_step = world * self.cfg.gradient_accumulation_steps
+        per_step = world * self.accumulation
         n_steps = self._steps_per_epoch(len(batches))
         interval = _Interval(self.acc.device, st.tokens_seen)
         for step in range(st.step_in_epoch if epoch == st.epoch else 0, n_steps):
@@ -400,7 +428,7 @@ class Trainer:
     def _step(self, group: list, loss_sums) -> int:
         """One optimizer step on the group's micro-batches; adds this rank's weighted loss to loss_sums[0]."""
         cfg, acc = self.cfg, self.acc
-        world, accum = acc.num_processes, cfg.gradient_accumulation_steps
+        world, accum = acc.num_processes, self.accumulation
         global_target_tokens = sum(b.n_target_tokens for b in group)
         mine = rank_batches(group, acc.process_index, world)
         for m in range(accum):

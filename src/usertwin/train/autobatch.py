@@ -1,0 +1,128 @@
+"""`--batch_tokens auto`: the tokens per micro-batch that fill the GPU, and the accumulation that keeps the
+optimizer step at `step_tokens`.
+
+Why a probe rather than a formula: the memory a token takes depends on the attention kernel, gradient
+checkpointing, LoRA or full weights, the vocabulary and how many tokens carry loss; two short training steps
+(forward and backward on a synthetic packed row shaped like the run's data) measure it on the real model.
+Memory grows linearly with the tokens of a row for the varlen kernel, so two sizes give the slope.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from usertwin.config import AUTO, Config
+
+USABLE = 0.88  # share of the GPU's memory the run may plan for (the allocator fragments; kernels need room)
+ADAM_STATES = 3  # optimizer memory per trainable weight, in weights: AdamW's two moments and foreach scratch
+
+
+@dataclass
+class BatchPlan:
+    batch_tokens: int  # tokens per micro-batch row
+    accumulation: int  # micro-batches per optimizer step
+    note: str  # one line for the log: what was chosen and why
+
+
+def fixed_plan(cfg: Config, why: str = "") -> BatchPlan:
+    """batch_tokens as set (unset, or auto where no probe runs: max_length) and the accumulation as set."""
+    tokens = cfg.batch_tokens if isinstance(cfg.batch_tokens, int) else cfg.max_length
+    return BatchPlan(tokens, cfg.gradient_accumulation_steps, why)
+
+
+def plan_batches(cfg: Config, acc, loss_model, target_share: float, boundaries: bool) -> BatchPlan:
+    """The run's micro-batch size and accumulation. A probe runs only for `auto` on a GPU with the model
+    whole on each process (one GPU or DDP); FSDP and DeepSpeed shard the weights only once prepared."""
+    if cfg.batch_tokens != AUTO:
+        return fixed_plan(cfg)
+    from accelerate.utils import DistributedType
+
+    if not torch.cuda.is_available():
+        return fixed_plan(cfg, f"batch_tokens auto: {cfg.max_length} (max_length) on a CPU")
+    if acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU):
+        return fixed_plan(cfg, f"batch_tokens auto: {cfg.max_length} (max_length) under {acc.distributed_type.value}: "
+                               "the probe needs the whole model on each GPU; set --batch_tokens to go bigger")
+    fixed, per_token = probe(loss_model, acc.device, cfg, target_share, boundaries)
+    trainable = sum(p.numel() * p.element_size() for p in loss_model.parameters() if p.requires_grad)
+    total = torch.cuda.get_device_properties(acc.device).total_memory
+    room = USABLE * total - torch.cuda.memory_allocated(acc.device) - ADAM_STATES * trainable - fixed
+    fits = int(room // per_token) if per_token > 0 else cfg.step_tokens
+    # the smallest fit over the processes: every rank packs the same rows
+    fits = int(acc.reduce(torch.tensor(fits, device=acc.device), reduction="min").item()) \
+        if acc.num_processes > 1 else fits
+    return choose(cfg, fits, per_token)
+
+
+def choose(cfg: Config, fits: int, per_token: float) -> BatchPlan:
+    """Whole max_length rows, as many as fit and the step needs; accumulation covers the rest of the step."""
+    step = max(cfg.step_tokens, cfg.max_length)
+    rows = max(1, min(fits, step) // cfg.max_length)
+    tokens = rows * cfg.max_length
+    accumulation = max(cfg.gradient_accumulation_steps, math.ceil(step / tokens))
+    gib = per_token * tokens / 2**30
+    note = (f"batch_tokens auto: {tokens:,} tokens per micro-batch ({rows} x max_length {cfg.max_length}; about "
+            f"{gib:.1f} GiB of activations at {per_token / 2**20:.2f} MiB a token; {max(fits, 0):,} would fit), "
+            f"{accumulation} micro-batch(es) per optimizer step of about {tokens * accumulation:,} tokens")
+    if fits < cfg.max_length:
+        note += "; warning: not even one max_length row seems to fit: lower --max_length or use " \
+                "--gradient_checkpointing"
+    return BatchPlan(tokens, accumulation, note)
+
+
+def probe(loss_model, device, cfg: Config, target_share: float, boundaries: bool) -> tuple[float, float]:
+    """(fixed bytes, bytes per token) of a training step's peak memory above the weights, from two steps on
+    synthetic rows of 1 and 2 max_length sequences. Gradients are dropped and the random state restored after,
+    so the run trains exactly as it would have without the probe."""
+    from usertwin.train.model import batch_tensors
+
+    cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(device)
+    loss_model.to(device)
+    loss_model.train()
+    peaks = {}
+    try:
+        for n_seqs in (1, 1, 2):  # the first run pays one-time allocations (cuBLAS workspace, kernels)
+            loss_model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            batch = synthetic_batch(cfg, n_seqs, target_share, vocab=_vocab(loss_model))
+            losses = loss_model(**batch_tensors(batch, device, boundaries))
+            losses.sum().backward()
+            torch.cuda.synchronize(device)
+            peaks[n_seqs] = torch.cuda.max_memory_allocated(device) - base
+    finally:
+        loss_model.zero_grad(set_to_none=True)
+        torch.set_rng_state(cpu_rng)
+        torch.cuda.set_rng_state(cuda_rng, device)
+        torch.cuda.empty_cache()
+    per_token = max(peaks[2] - peaks[1], 1) / cfg.max_length
+    return max(peaks[1] - per_token * cfg.max_length, 0.0), per_token
+
+
+def synthetic_batch(cfg: Config, n_seqs: int, target_share: float, vocab: int):
+    """A training micro-batch of `n_seqs` max_length sequences (packed into one row, or padded rows), with
+    `target_share` of the tokens carrying loss, evenly spread (the output layer's memory scales with them)."""
+    from usertwin.text.batching import Batch
+    from usertwin.text.tokens import IGNORE
+
+    rng = random.Random(0)
+    n = cfg.max_length
+    every = max(1, round(1 / max(target_share, 1e-6)))
+    seq = [rng.randrange(vocab) for _ in range(n)]
+    labels = [t if i % every == 0 else IGNORE for i, t in enumerate(seq)]
+    targets = sum(1 for x in labels if x != IGNORE)
+    if cfg.packing:
+        return Batch([seq * n_seqs], [labels * n_seqs], [list(range(n)) * n_seqs], None, targets * n_seqs,
+                     n * n_seqs, n_seqs, seq_lens=[n] * n_seqs)
+    return Batch([seq] * n_seqs, [labels] * n_seqs, [list(range(n))] * n_seqs, [[1] * n] * n_seqs,
+                 targets * n_seqs, n * n_seqs, n_seqs)
+
+
+def _vocab(loss_model) -> int:
+    from usertwin.train.model import causal_lm
+
+    return causal_lm(loss_model.model).get_output_embeddings().weight.shape[0]
