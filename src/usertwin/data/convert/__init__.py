@@ -17,7 +17,17 @@ import json
 from pathlib import Path
 
 from usertwin.atomic import atomic_open
-from usertwin.data.convert import cornell, dmsc, douban_dmr, movielens, passthrough, seed_samples
+from usertwin.data.convert import (
+    cornell,
+    dmsc,
+    douban_dmr,
+    movielens,
+    passthrough,
+    persona_bench,
+    realpersonachat,
+    realtalk,
+    seed_samples,
+)
 from usertwin.data.convert._common import ConvertSummary, Skips, iso_from_unix
 from usertwin.data.records import parse_timestamp
 from usertwin.errors import UsertwinError
@@ -30,6 +40,9 @@ DATASETS = {
     "douban-dmr": douban_dmr,
     "cornell": cornell,
     "seed-samples": seed_samples,
+    "realpersonachat": realpersonachat,
+    "persona-bench": persona_bench,
+    "realtalk": realtalk,
     "records": passthrough,
 }
 
