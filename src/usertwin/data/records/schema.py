@@ -155,11 +155,7 @@ def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record |
             continue
         for di, it in enumerate(data):
             found: list = []
-
-            def bad_item(fld, message):  # called only within this iteration
-                found.append(Problem(path, message, record=index, user=declared, field=fld, item=position,
-                                     slot=(ci, di)))
-
+            bad_item = _item_reporter(found, path, index, declared, position, (ci, di))
             item = _build_item(it, ctype, position, ci, di, bad_item)
             if item is not None and scale and is_rating(ctype) and _off_scale(item.continuation, scale):
                 bad_item(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
@@ -176,6 +172,13 @@ def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record |
         return (None, problems) if problems else (Record(index, uid, profile, description, language, items, role), [])
     dropped.extend(_merge_problems(found) for found in item_problems)
     return Record(index, uid, profile, description, language, items, role), []
+
+
+def _item_reporter(found: list, path, index: int, user, position: int, slot: tuple):
+    """The `bad` of one item: its problems go to `found`, naming the item's position and slot."""
+    def bad(fld, message):
+        found.append(Problem(path, message, record=index, user=user, field=fld, item=position, slot=slot))
+    return bad
 
 
 def _role(value, bad) -> str:
