@@ -103,10 +103,12 @@ CASES = [
         "rating_out_of_scale.json", "0 (user 'u1')", f"{F}[0].data[1].continuation",
         '"7.0" is not on the rating scale (task.rating_scale: 0.5 .. 5)')),
     ("rating-off-scale-skip", "validate {d}/rating_out_of_scale.json --on-error skip", 0, "\n".join([
-        "OK: 0 records, 0 users, 0 items",
-        "skipped 1 bad record:",
-        "  {d}/rating_out_of_scale.json, record 0 (user 'u1'), field " + F + "[0].data[1].continuation: \"7.0\" "
-        "is not on the rating scale (task.rating_scale: 0.5 .. 5)"])),
+        "OK: 1 records, 1 users, 1 items",  # the bad item is left out, not its user
+        "warning: 1 user(s) have a single item ('u1'): kept, with no history; in the time split it is a train "
+        "target",
+        "skipped 1 bad item of 1 kept user:",
+        "  {d}/rating_out_of_scale.json:2, record 0 (user 'u1'), item 1, field " + F + "[0].data[1].continuation: "
+        "\"7.0\" is not on the rating scale (task.rating_scale: 0.5 .. 5)"])),
     # --- acceptable, with a warning
     ("one-item-user", "validate {d}/one_item_user.json", 0, "\n".join([
         "OK: 2 records, 2 users, 8 items",

@@ -168,7 +168,8 @@ def test_generation_flags_belong_to_predict_only(capsys):
         build_parser().parse_args(["train", "--temperature", "0.5"])
     assert "unrecognized arguments: --temperature" in capsys.readouterr().err
     assert generate_settings(build_parser().parse_args(["predict"])) == GenerateSettings(
-        max_new_tokens=64, temperature=0.0, top_p=1.0, num_samples=1, batch_size="auto", pick=3, generate=True, limit=None)
+        max_new_tokens=64, temperature=None, top_p=1.0, top_k=0, repetition_penalty=1.0, num_samples=1, seed=None,
+        batch_size="auto", pick=3, generate=True, limit=None)
     args = build_parser().parse_args(["predict", "--no-generate", "--temperature", "0.7", "--pick", "0", "--limit", "5"])
     gen = generate_settings(args)
     assert (gen.generate, gen.temperature, gen.pick, gen.limit) == (False, 0.7, 0, 5)
@@ -225,7 +226,9 @@ RULES = {
     "early_stopping_threshold": "at least 0", "logging_steps": "at least 1",
 }
 GENERATE_RULES = {"max_new_tokens": "at least 1", "temperature": "at least 0", "top_p": "greater than 0 and at most 1",
-                  "num_samples": "at least 1", "batch_size": "at least 1", "pick": "at least 0", "limit": "at least 1"}
+                  "num_samples": "between 1 and 1000000", "batch_size": "at least 1", "pick": "at least 0",
+                  "limit": "at least 1", "top_k": "at least 0", "repetition_penalty": "greater than 0",
+                  "seed": "between 0 and 4611686018427387904"}
 
 
 def _outside(cls, f) -> list:

@@ -394,7 +394,12 @@ def test_records_pass_through_unchanged(tmp_path):
     with pytest.raises(UsertwinError, match="empty continuation"):
         convert_to_file("records", src, again, progress=False)
     summary = convert_to_file("records", src, again, on_error="skip", progress=False)
-    assert (summary.users, summary.skip_reasons) == (2, {"invalid record": 1})
+    # the bad item is left out, not its user: the user's other items are written as they stood
+    assert (summary.users, summary.items, summary.skip_reasons) == (3, 6, {"invalid item": 1})
+    written = again.read_text(encoding="utf-8").splitlines()
+    kept = json.loads(written[1])["task"]["task_behavior_collections"][0]["data"]
+    assert kept == broken["task"]["task_behavior_collections"][0]["data"][1:]
+    assert [written[0], written[2]] == [lines[0], lines[2]]
 
 
 def test_unknown_dataset_missing_input_and_cli(tmp_path, capsys):

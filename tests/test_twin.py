@@ -158,11 +158,14 @@ def test_lists_equal_singles(made):
     assert scored == pytest.approx([twin.score(continuation="3.0", **r) for r in REQUESTS], abs=1e-4)
     greedy = twin.generate_many(REQUESTS, max_new_tokens=4, batch_size=2)
     assert greedy == [twin.generate(**r, max_new_tokens=4) for r in REQUESTS]
-    # sampled: request j draws with seed + j * num_samples + i in a list, so a single call with that seed agrees
+    # sampled: request j draws with seed + j * MAX_SAMPLES + i in a list, so a single call with that seed agrees
+    from usertwin.config import MAX_SAMPLES
+
     sampled = twin.generate_many(REQUESTS, seed=7, temperature=1.0, num_samples=3, max_new_tokens=5, batch_size=2)
     assert [len(s) for s in sampled] == [3, 3, 3]
     for j, r in enumerate(REQUESTS):
-        assert twin.generate(**r, seed=7 + 3 * j, temperature=1.0, num_samples=3, max_new_tokens=5) == sampled[j]
+        assert twin.generate(**r, seed=7 + MAX_SAMPLES * j, temperature=1.0, num_samples=3, max_new_tokens=5) == \
+            sampled[j]
     again = twin.generate_many(REQUESTS, seed=7, temperature=1.0, num_samples=3, max_new_tokens=5, batch_size=3)
     assert again == sampled  # another batching, the same samples
 
@@ -175,8 +178,13 @@ def test_sampling_is_seeded_per_sample(made):
     four = twin.generate(**kw, num_samples=4, seed=3)
     assert len(four) == 4 and len(set(four)) > 1  # distinct samples
     assert twin.generate(**kw, num_samples=1, seed=5) == four[2:3]  # sample i is seed + i
-    assert twin.generate(user="11", item="Movie 1 (2000) (Drama): ", num_samples=3, max_new_tokens=4) == \
+    assert twin.generate(user="11", item="Movie 1 (2000) (Drama): ", num_samples=3, max_new_tokens=4,
+                         temperature=0) == \
         [twin.predict(user="11", item="Movie 1 (2000) (Drama): ", max_new_tokens=4)] * 3  # greedy: one text
+    # several samples without a temperature are sampled at the default one
+    assert twin.generate(user="11", item="Movie 1 (2000) (Drama): ", num_samples=3, max_new_tokens=8, seed=3) == \
+        twin.generate(user="11", item="Movie 1 (2000) (Drama): ", num_samples=3, max_new_tokens=8, seed=3,
+                      temperature=0.7)
 
 
 def test_lora_is_merged_at_load_and_scores_stay_equal(made):
@@ -206,7 +214,7 @@ def test_lora_is_merged_at_load_and_scores_stay_equal(made):
     (lambda t: t.generate_many([{"user": "10", "itme": "x"}]), r"request 0: unknown key\(s\) itme"),
     (lambda t: t.generate_many({"user": "10"}), r"pass a list of requests"),
     (lambda t: t.generate(user="10", item="x", temprature=1), r"unknown generation setting 'temprature'; did you mean 'temperature'"),
-    (lambda t: t.generate(user="10", item="x", num_samples=0), r"num_samples.*at least 1"),
+    (lambda t: t.generate(user="10", item="x", num_samples=0), r"num_samples.*between 1 and 1000000"),
     (lambda t: t.scores([{"user": "10", "item": "x", "continuation": 4.0}]), r"continuation= takes a string"),
     (lambda t: t.predict(user="10", item="Movie " * 200), r"user '10'.*needs \d+ tokens even without history.*"
                                                           r"max_length 160.*shorter item"),

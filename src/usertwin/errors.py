@@ -7,8 +7,9 @@ class UsertwinError(Exception):
     """A problem with the user's input or setup, with a message that says where and what to do."""
 
 
-def where(path=None, *, line=None, column=None, record=None, user=None, field=None) -> str:
-    """Format a location as `file:line:column, record 3 (user 'u1'), field task...data[2].continuation`."""
+def where(path=None, *, line=None, column=None, record=None, user=None, field=None, item=None) -> str:
+    """Format a location as `file:line:column, record 3 (user 'u1'), item 2, field task...data[2].continuation`
+    (`item`: the item's index among all items of its record, in file order)."""
     parts = []
     if path is not None:
         loc = str(path)
@@ -24,6 +25,8 @@ def where(path=None, *, line=None, column=None, record=None, user=None, field=No
         parts.append(rec)
     elif user is not None:
         parts.append(f"user {user!r}")
+    if item is not None:
+        parts.append(f"item {item}")
     if field:
         parts.append(f"field {field}")
     return ", ".join(parts)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from usertwin.atomic import recover_dir, write_json
-from usertwin.config import AUTO, Config, GenerateSettings, from_mapping, generate_settings_from
+from usertwin.config import AUTO, MAX_SAMPLES, Config, GenerateSettings, from_mapping, generate_settings_from
 from usertwin.data import records
 from usertwin.data.prepare import fit_sample, trim_long_contexts
 from usertwin.data.timeline import Sample, Timeline, build_timelines, select_history
@@ -292,16 +292,23 @@ class Engine:
         """The generated tokens of `gen.num_samples` samples per prompt, all rows decoded together with the KV
         cache (transformers' generate); each ends with the end-of-turn unless max_new_tokens cut it. Sample i of
         prompt j draws its tokens from seed `seeds[j] + i` alone, so it is the same in any batch and after a
-        resume; without seeds they are drawn from torch's global generator (torch.manual_seed reproduces them).
-        Greedy decoding (temperature 0) generates each prompt once and repeats it."""
+        resume; without seeds, every prompt's from `gen.seed`, else from torch's global generator
+        (torch.manual_seed reproduces them).
+        Greedy decoding (temperature 0) generates each prompt once and repeats it; an unset temperature is
+        greedy for one sample and samples for several (GenerateSettings.resolved)."""
+        gen = gen.resolved()
         n = gen.num_samples if gen.temperature > 0 else 1
         rows = [p for p in prompts for _ in range(n)]
-        processors = None
+        width = len(max(prompts, key=len))
+        processors = []
+        if gen.repetition_penalty != 1.0:
+            processors.append(_RepetitionPenalty(gen.repetition_penalty, [len(p) for p in rows], width))
         if gen.temperature > 0:
             if seeds is None:
-                seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
+                seeds = ([gen.seed] * len(prompts) if gen.seed is not None
+                         else torch.randint(0, 2**62, (len(prompts),)).tolist())
             row_seeds = [s + i for s in seeds for i in range(n)]
-            processors = [_SeededSampler(row_seeds, gen, len(max(prompts, key=len)))]
+            processors.append(_SeededSampler(row_seeds, gen, width))
         out = self._generate_rows(rows, gen.max_new_tokens, processors)
         per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
         return [row * (gen.num_samples // n) for row in per]
@@ -334,14 +341,36 @@ def _until_end(ids: list[int], eot: int, pad: int) -> list[int]:
     return ids
 
 
+class _RepetitionPenalty:
+    """A logits processor with vLLM's (and the seeds' scripts') repetition penalty: the logit of every token that
+    occurs in the row's own prompt or generation is divided by `penalty` when positive, multiplied when negative.
+    The left padding of a row is not its prompt: it is never counted, so a row is penalised the same in any
+    batch (transformers' own processor counts the padding, which may be the end-of-turn token)."""
+
+    def __init__(self, penalty: float, prompt_lengths: list[int], prompt_width: int):
+        self.penalty = penalty
+        self.pad = torch.tensor([prompt_width - n for n in prompt_lengths])[:, None]
+
+    def __call__(self, input_ids, scores):
+        if self.pad.device != input_ids.device:
+            self.pad = self.pad.to(input_ids.device)
+        at = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+        # padding positions repeat the row's last token, which is counted anyway
+        ids = torch.where(at >= self.pad, input_ids, input_ids[:, -1:])
+        seen = scores.gather(1, ids)
+        seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        return scores.scatter(1, ids, seen)
+
+
 class _SeededSampler:
-    """A logits processor that draws each row's next token by inverse-CDF sampling from temperature- and
-    top-p-shaped probabilities, with one uniform number per row and step taken from the row's own generator,
-    and leaves only that token possible. Rows never share random numbers, so a row's text depends on its seed
-    and its prompt only, not on the batch it ran in."""
+    """A logits processor that draws each row's next token by inverse-CDF sampling from temperature-, top-k-
+    and top-p-shaped probabilities (top-k first, then top-p on what it keeps, as vLLM and transformers do),
+    with one uniform number per row and step taken from the row's own generator, and leaves only that token
+    possible. Rows never share random numbers, so a row's text depends on its seed and its prompt only, not on
+    the batch it ran in."""
 
     def __init__(self, seeds: list[int], gen: GenerateSettings, prompt_width: int):
-        self.temperature, self.top_p, self.width = gen.temperature, gen.top_p, prompt_width
+        self.temperature, self.top_p, self.top_k, self.width = gen.temperature, gen.top_p, gen.top_k, prompt_width
         # 1 - rand: in (0, 1], so a token of probability 0 at the start of the order is never drawn
         draws = [1 - torch.rand(gen.max_new_tokens, generator=torch.Generator().manual_seed(int(s) % 2**63),
                                 dtype=torch.float64) for s in seeds]
@@ -349,7 +378,11 @@ class _SeededSampler:
 
     def __call__(self, input_ids, scores):
         step = input_ids.shape[1] - self.width
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        scores = scores.float()
+        if 0 < self.top_k < scores.shape[-1]:  # the k likeliest tokens; ties at the k-th all stay, as in vLLM
+            kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = torch.softmax(scores / self.temperature, dim=-1)
         order = None
         if self.top_p < 1.0:  # the smallest set of likeliest tokens whose mass reaches top_p
             probs, order = probs.sort(dim=-1, descending=True)
@@ -513,8 +546,9 @@ class Twin:
 
     def generate(self, user=None, item: str = "", context=None, *, profile=None, history=None, seed=None,
                  **gen) -> list[str]:
-        """`num_samples` texts (GenerateSettings: max_new_tokens, temperature, top_p, num_samples); with
-        temperature > 0 sample i draws with seed + i (unset: torch's global generator)."""
+        """`num_samples` texts (GenerateSettings: max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+        num_samples); when sampling, sample i draws with seed + i (unset: torch's global generator), so it is
+        the same whether 1 or N samples are drawn."""
         request = dict(user=user, item=item, context=context, profile=profile, history=history, seed=seed)
         return self.generate_many([request], **gen)[0]
 
@@ -534,10 +568,11 @@ class Twin:
 
     def generate_many(self, requests: list[dict], *, seed: int | None = None, **gen) -> list[list[str]]:
         """generate() for each request, `batch_size` prompts (x num_samples rows) decoding together. Sample i
-        of request j draws with seed + j * num_samples + i, or with the request's own "seed" + i."""
+        of request j draws with seed + j * MAX_SAMPLES + i, or with the request's own "seed" + i: the same
+        whether 1 or N samples are drawn."""
         g = _settings(gen)
         prompts = self._prompts(requests, g.max_new_tokens)
-        seeds = [_request_seed(r, seed, j * g.num_samples) for j, r in enumerate(requests)]
+        seeds = [_request_seed(r, seed, j * MAX_SAMPLES) for j, r in enumerate(requests)]
         out = []
         g = self.engine.sized(g)
         for start in range(0, len(prompts), g.batch_size):

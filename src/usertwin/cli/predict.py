@@ -7,9 +7,9 @@ HELP = "generate and score every target of a split (resumable)"
 
 
 def add_arguments(p) -> None:
-    from usertwin.config import add_config_flags, add_generate_flags
+    from usertwin.config import add_config_flags, add_generate_flags, generate_flag_names
 
-    add_config_flags(p)
+    add_config_flags(p, leave=generate_flag_names())
     p.add_argument("--run", help="a train run directory: its config and best weights")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="the split to predict")
     p.add_argument("-o", "--output", help="predictions file (default RUN/predictions-SPLIT.jsonl)")
@@ -17,6 +17,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import sys
     from pathlib import Path
 
     from usertwin.config import generate_settings, resolve
@@ -35,6 +36,8 @@ def run(args) -> int:
     prep = prepare(cfg, tokenizer=tok, progress=False)
     engine = Engine(cfg, model, tok, scale=rating_scale(prep.timelines))
     gen = generate_settings(args)
+    if gen.generate and gen.sampling_notice():
+        print(gen.sampling_notice(), file=sys.stderr)
     n = predict_split(engine, prep, args.split, output, gen, pick_k=gen.pick, generate=gen.generate,
                       limit=gen.limit, progress=args.progress)
     print(f"wrote {n} new prediction(s) to {output}")

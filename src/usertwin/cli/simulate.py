@@ -17,7 +17,7 @@ The next behaviour of each chosen user, one JSON line per (user, step), from a t
 
 Rating items get the probability of every allowed rating and the generated ratings; text items N generated
 continuations (--num_samples). In a rollout the first sample joins the history. Sample i of (user, step) is
-drawn with a seed made of (--seed, user, step) plus i: the same in any batch and after a resume. The output is
+drawn with a seed made of (--seed, default 0; user; step) plus i: the same in any batch and after a resume. The output is
 appended per batch; run the same command again to continue after a kill.
 """
 
@@ -37,7 +37,6 @@ def add_arguments(p) -> None:
     p.add_argument("--items", help="ITEMS.jsonl: the items to answer (with --steps: the rollout's items, in order)")
     p.add_argument("--steps", type=int, help="rollout steps per user")
     p.add_argument("-o", "--output", required=True, help="output JSON Lines file (appended; resumable)")
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling when --temperature > 0 (default 0)")
     p.add_argument("--engine", choices=("usertwin", "vllm"), default="usertwin",
                    help="what generates: usertwin (transformers, batched with the KV cache); vllm is not implemented "
                         "yet and is refused with what to do instead")
@@ -45,6 +44,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import sys
     from pathlib import Path
 
     from usertwin.config import generate_settings
@@ -64,7 +64,11 @@ def run(args) -> int:
 
     twin = Twin.load(args.run, records=data)
     users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
-    n = simulate(twin, users, items, args.steps, args.output, generate_settings(args), args.seed, args.progress)
+    gen = generate_settings(args)
+    if gen.generate and gen.sampling_notice():
+        print(gen.sampling_notice(), file=sys.stderr)
+    seed = gen.seed if gen.seed is not None else 0
+    n = simulate(twin, users, items, args.steps, args.output, gen, seed, args.progress)
     print(f"wrote {n} new row(s) for {len(users)} user(s) to {args.output}")
     return 0
 

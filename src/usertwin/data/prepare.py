@@ -60,6 +60,7 @@ class Prepared:
     stats: dict  # split -> SplitStats
     warnings: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # records skipped with --on-error skip
+    skipped_items: list = field(default_factory=list)  # items left out of kept records with --on-error skip
     seconds: float = 0.0
     from_cache: bool = False
 
@@ -129,6 +130,7 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
         prep = _from_cache(cache_file, cfg, timelines, key)
         if prep is not None:
             prep.warnings, prep.skipped = warnings, list(loaded.skipped)
+            prep.skipped_items = list(loaded.skipped_items)
             prep.seconds = time.perf_counter() - start
             return prep
         warnings.append(f"the prepare cache {cache_file} was unreadable or did not match the data; rebuilt it")
@@ -137,7 +139,8 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
     sequences, stats = {}, {}
     for split in SPLITS:
         sequences[split], stats[split] = build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer)
-    prep = Prepared(cfg, timelines, splits, lengths, sequences, stats, warnings, list(loaded.skipped))
+    prep = Prepared(cfg, timelines, splits, lengths, sequences, stats, warnings, list(loaded.skipped),
+                    list(loaded.skipped_items))
     if use_cache and _stamp(cfg.data) == stamp:  # the file changed while we read it: do not cache
         _to_cache(cache_file, prep, key)
     prep.seconds = time.perf_counter() - start
@@ -349,11 +352,19 @@ def _from_cache(path: Path, cfg: Config, timelines, key: str) -> Prepared | None
     return prep
 
 
+def skipped_item(problem) -> dict:
+    """One item left out with --on_error skip, as the run's data summary lists it."""
+    return {"file": str(problem.path), "line": problem.line, "record": problem.record, "user": problem.user,
+            "item": problem.item, "field": problem.field, "reason": problem.message}
+
+
 def summary(prep: Prepared) -> dict:
     """Counts for the run summary / `inspect`: per split and in total."""
     out = {"unit": prep.config.unit, "users": len(prep.timelines),
            "items": sum(len(tl.items) for tl in prep.timelines),
-           "skipped_records": len(prep.skipped), "warnings": prep.warnings,
+           "skipped_records": len(prep.skipped), "skipped_items": len(prep.skipped_items),
+           "skipped_items_listed": [skipped_item(p) for p in prep.skipped_items[:records.MAX_LISTED]],
+           "warnings": prep.warnings,
            "splits": {sp: dataclasses.asdict(st) for sp, st in prep.stats.items()},
            "items_per_split": dict(Counter(lab for labels in prep.splits.values() for lab in labels)),
            "context_ends_with_own_turn": sum(own_turn_last(tl) for tl in prep.timelines)}

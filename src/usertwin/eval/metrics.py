@@ -258,6 +258,37 @@ def _text_group(rows, language: str) -> dict:
     gen = [r for r in rows if r.get("predictions")]
     out = text_metrics([r.get("reference", "") for r in gen], [r["predictions"][0] for r in gen], language)
     out.update(n=len(rows), n_generated=len(gen), perplexity=_row_perplexity(rows))
+    if any(len(r["predictions"]) > 1 for r in gen):
+        out.update(samples_metrics([r.get("reference", "") for r in gen], [r["predictions"] for r in gen], language))
+    return out
+
+
+SAMPLED = ("bleu", "chrf", "rouge_l")  # the text metrics scored on every sample of a target
+
+
+def sentence_scores(ref: str, hyp: str, language: str) -> dict:
+    """Sentence-level BLEU, chrF and ROUGE-L F1 (0-100) of one hypothesis: sacrebleu's sentence scores, with
+    the tokenizer corpus BLEU uses for the language."""
+    import sacrebleu
+
+    ref, hyp = str(ref), str(hyp)
+    return {"bleu": sacrebleu.sentence_bleu(hyp, [ref], tokenize=BLEU_TOKENIZE.get(language, "13a")).score,
+            "chrf": sacrebleu.sentence_chrf(hyp, [ref]).score, "rouge_l": 100 * rouge_l(ref, hyp, language)}
+
+
+def samples_metrics(refs, samples, language: str = "en") -> dict:
+    """Every sample of every target scored (predict --num_samples N): for BLEU, chrF and ROUGE-L, KEY_mean is the
+    mean over targets of the mean sentence score of a target's samples, KEY_best that of its best sample (the
+    best-of-N oracle); `samples` is the mean number of samples per target. Sentence-level, so they differ from
+    the corpus BLEU and chrF of the first samples."""
+    if len(refs) != len(samples):
+        raise ValueError(f"samples_metrics: {len(refs)} references but {len(samples)} lists of samples")
+    out = {"samples": sum(map(len, samples)) / len(samples) if samples else None}
+    per_target = [[sentence_scores(ref, h, language) for h in hyps] for ref, hyps in zip(refs, samples) if hyps]
+    for key in SAMPLED:
+        rows = [[s[key] for s in scored] for scored in per_target]
+        out[f"{key}_mean"] = sum(sum(r) / len(r) for r in rows) / len(rows) if rows else None
+        out[f"{key}_best"] = sum(max(r) for r in rows) / len(rows) if rows else None
     return out
 
 
@@ -301,7 +332,8 @@ def evaluate_rows(rows, scale=DEFAULT_SCALE, edges=ACTIVITY_EDGES) -> dict:
          "overall": SECTION, "by_activity": {"1-20": SECTION, ..., "201+": SECTION}}
         SECTION = {"all": {"n", "perplexity", "pick"?},
                    "rating"?: {"n", "perplexity", "generated"?, "most_likely"?, "expected"?},   # rating_metrics
-                   "text"?: {language: text_metrics + n_generated + perplexity}}
+                   "text"?: {language: text_metrics + n_generated + perplexity
+                                       + samples_metrics when a target has several predictions}}
 
     Generated ratings are parsed from predictions[0] with the row's `rating.scale`, else `scale`. Rows
     without predictions (--no-generate) count for perplexity and likelihood ratings only. Only buckets that
@@ -408,6 +440,13 @@ METRICS = [
     MetricSpec("text", "length_ratio"),
     MetricSpec("text", "distinct_1", better="higher"),
     MetricSpec("text", "distinct_2", better="higher"),
+    MetricSpec("text", "samples", count=True),
+    MetricSpec("text", "bleu_mean", label="BLEU mean", better="higher", digits=2),
+    MetricSpec("text", "bleu_best", label="BLEU best", better="higher", digits=2),
+    MetricSpec("text", "chrf_mean", label="chrF mean", better="higher", digits=2),
+    MetricSpec("text", "chrf_best", label="chrF best", better="higher", digits=2),
+    MetricSpec("text", "rouge_l_mean", label="ROUGE-L mean", better="higher", digits=2),
+    MetricSpec("text", "rouge_l_best", label="ROUGE-L best", better="higher", digits=2),
     MetricSpec("pick", "n", count=True),
     MetricSpec("pick", "accuracy", better="higher", headline=True, versus="chance"),
     MetricSpec("pick", "chance"),

@@ -121,10 +121,14 @@ def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, lim
     room = gen.max_new_tokens if generate else 0
     bar = progress_bar(len(targets), f"predict {split}", "target") if progress else None
 
+    # like the seeds' vLLM scripts, sample i of every target draws with seed + i: a row is the same in any batch,
+    # after a resume, and whether 1 or N samples are drawn
+    seed = gen.seed if gen.seed is not None else engine.cfg.seed
+
     def rows_of(chunk: list) -> list[dict]:
         rows = _rows(engine, prep, chunk, split, room, picks)
         if generate:
-            for r, o in zip(rows, engine.generate([r["_prompt"] for r in rows], gen)):
+            for r, o in zip(rows, engine.generate([r["_prompt"] for r in rows], gen, [seed] * len(rows))):
                 r["predictions"] = o
         for r in rows:
             r.pop("_prompt")

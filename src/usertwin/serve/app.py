@@ -322,11 +322,10 @@ class Served:
             raise ApiError(400, f"max_tokens {max_new} is more than the twin's max_length allows ({limit})",
                            code="context_length_exceeded", param="max_tokens")
         base = GenerateSettings()
-        if n > 1 and not (temperature if temperature is not None else base.temperature):
+        if n > 1 and temperature == 0:  # unset: several samples are drawn at the default temperature
             raise ApiError(400, f"{n} samples need sampling: set temperature above 0 (greedy decoding has one "
                                 "answer)", param="temperature")
-        return GenerateSettings(max_new_tokens=max_new or base.max_new_tokens,
-                                temperature=base.temperature if temperature is None else temperature,
+        return GenerateSettings(max_new_tokens=max_new or base.max_new_tokens, temperature=temperature,
                                 top_p=base.top_p if top_p is None else top_p, num_samples=n)
 
     def _check_user(self, req: Who) -> None:

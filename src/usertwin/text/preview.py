@@ -99,4 +99,20 @@ def _notes(prep) -> list[str]:
                      "(the seeds dropped them silently)")
     if prep.skipped:
         notes.append(f"{len(prep.skipped)} record(s) skipped (--on_error skip)")
+    notes += skipped_items_lines(prep.skipped_items)
     return notes
+
+
+def skipped_items_lines(skipped: list) -> list[str]:
+    """The items left out of kept records (--on_error skip): a count by users, then each one (file:line, record,
+    user, item, field, reason), at most MAX_LISTED."""
+    if not skipped:
+        return []
+    from usertwin.data.records import MAX_LISTED
+
+    users = len({(p.record, p.user) for p in skipped})
+    lines = [f"{len(skipped)} item(s) of {users} kept user(s) skipped (--on_error skip):"]
+    lines += [f"  {p}" for p in skipped[:MAX_LISTED]]
+    if len(skipped) > MAX_LISTED:
+        lines.append(f"  ... and {len(skipped) - MAX_LISTED} more")
+    return lines

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from usertwin.data.records.format import MAX_LISTED, SKIP_HINT, _kind
@@ -27,6 +28,7 @@ class LoadResult:
     skipped: list  # list[Problem], one per skipped record (on_error="skip")
     warnings: list  # list[str]
     path: Path
+    skipped_items: list = field(default_factory=list)  # list[Problem], one per item left out of a kept record
 
     @property
     def n_items(self) -> int:
@@ -190,26 +192,32 @@ def load(path, on_error: str = "stop") -> LoadResult:
     """Read and validate a records file (JSON list, one record object, or JSON Lines).
 
     on_error="stop": any problem raises UsertwinError listing every problem (file, record, user, field).
-    on_error="skip": bad records are left out, one Problem each in `skipped`; the rest are returned.
+    on_error="skip": a bad item is left out of its record, one Problem each in `skipped_items` (record, line,
+    user, item, field); a record that is bad as a whole (no user id, not an object, a bad task or collection,
+    no good item) is left out, one Problem each in `skipped`; the rest are returned.
     """
     _check_on_error(on_error)
     warnings: list = []
     records: list = []
     skipped: list = []
+    skipped_items: list = []
     problems: list = []
     bad_records = 0
     total = 0
     no_task = 0
-    for index, raw, _line, syntax in _entries(path, warnings):
+    for index, raw, line, syntax in _entries(path, warnings):
         total += 1
         if syntax is not None:
             if on_error == "stop":
                 raise UsertwinError(_jsonl_stop_message(syntax))
             skipped.append(syntax)
             continue
-        record, found = _build(raw, index, path)
+        dropped = [] if on_error == "skip" else None
+        record, found = _build(raw, index, path, dropped)
         if record is not None:
             records.append(record)
+            # a left-out item is named by the line its record starts on, as well as record, user, item and field
+            skipped_items += [dataclasses.replace(p, line=line) for p in dropped or ()]
             continue
         bad_records += 1
         no_task += isinstance(raw, dict) and "task" not in raw
@@ -230,7 +238,7 @@ def load(path, on_error: str = "stop") -> LoadResult:
             )
         lines.append(f"hint: {SKIP_HINT}")
         raise UsertwinError("\n".join(lines))
-    return LoadResult(records, skipped, warnings, Path(path))
+    return LoadResult(records, skipped, warnings, Path(path), skipped_items)
 
 
 def from_raw(raw, source: str, index: int = 0):

@@ -54,16 +54,22 @@ class Problem:
     field: str | None = None
     all_problems: list = dataclasses.field(default_factory=list)  # every problem of a skipped record (list[Problem])
     explanation: str = ""  # longer text: for a syntax error the offending line, a caret and the likely cause
+    item: int | None = None  # a skipped item: its index among all items of the record, in file order
+    slot: tuple | None = None  # a skipped item: (collection index, index in that collection's data)
 
     def __str__(self) -> str:
         loc = where(
-            self.path, line=self.line, column=self.column, record=self.record, user=self.user, field=self.field
+            self.path, line=self.line, column=self.column, record=self.record, user=self.user, field=self.field,
+            item=self.item,
         )
         return f"{loc}: {self.message}" if loc else self.message
 
 
-def _build(raw, index: int, path) -> tuple[Record | None, list]:
-    """The Record of one raw record, or (None, every problem found in it)."""
+def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record | None, list]:
+    """The Record of one raw record, or (None, every problem found in it). With `dropped` (on_error skip), a bad
+    item is left out of the record instead of rejecting it: one Problem per left-out item goes to `dropped`
+    (its `item` and `slot` say which). The record is still rejected for a problem outside its items (no user
+    id, not an object, a bad task or collection) or when no item is left."""
     uid = user_id_of(raw, index)
     declared = _declared_id(raw)
     problems: list = []
@@ -126,6 +132,7 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
         role = _role(task.get("role"), bad)
 
     items: list = []
+    item_problems: list = []  # the problems of each bad item (a list each)
     position = 0
     for ci, coll in enumerate(colls or ()):
         if not isinstance(coll, dict):
@@ -147,17 +154,31 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
             bad(f"{_COLLECTIONS}[{ci}].data", "empty collection: a collection needs at least one item")
             continue
         for di, it in enumerate(data):
-            item = _build_item(it, ctype, position, ci, di, bad)
-            if item is not None:
-                if scale and is_rating(ctype) and _off_scale(item.continuation, scale):
-                    bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
-                        f"{_shown(item.continuation)} is not on the rating scale "
-                        f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
+            found: list = []
+            bad_item = _item_reporter(found, path, index, declared, position, (ci, di))
+            item = _build_item(it, ctype, position, ci, di, bad_item)
+            if item is not None and scale and is_rating(ctype) and _off_scale(item.continuation, scale):
+                bad_item(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
+                         f"{_shown(item.continuation)} is not on the rating scale "
+                         f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
+            if found:
+                item_problems.append(found)
+            elif item is not None:
                 items.append(item)
             position += 1
-    if problems:
-        return None, problems
-    return Record(index, uid, profile, description, language, items, role), problems
+    if dropped is None or problems or not items:
+        # the record is rejected: every problem of its items is one of its problems
+        problems += [dataclasses.replace(p, item=None, slot=None) for found in item_problems for p in found]
+        return (None, problems) if problems else (Record(index, uid, profile, description, language, items, role), [])
+    dropped.extend(_merge_problems(found) for found in item_problems)
+    return Record(index, uid, profile, description, language, items, role), []
+
+
+def _item_reporter(found: list, path, index: int, user, position: int, slot: tuple):
+    """The `bad` of one item: its problems go to `found`, naming the item's position and slot."""
+    def bad(fld, message):
+        found.append(Problem(path, message, record=index, user=user, field=fld, item=position, slot=slot))
+    return bad
 
 
 def _role(value, bad) -> str:
@@ -298,5 +319,5 @@ def _merge_problems(problems: list) -> Problem:
         message += f" (+{len(problems) - 1} more: {rest}{more})"
     return Problem(
         first.path, message, line=first.line, column=first.column, record=first.record, user=first.user,
-        field=first.field, all_problems=list(problems),
+        field=first.field, all_problems=list(problems), item=first.item, slot=first.slot,
     )

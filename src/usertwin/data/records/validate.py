@@ -20,6 +20,7 @@ class ValidationReport:
     users: int
     items: int
     skipped: list = field(default_factory=list)  # list[Problem]
+    skipped_items: list = field(default_factory=list)  # list[Problem]: items left out of kept records
     warnings: list = field(default_factory=list)  # list[str]
     repairs: list = field(default_factory=list)  # list[str], the changes made by --repair
     path: str | None = None
@@ -39,6 +40,12 @@ class ValidationReport:
             n = len(self.skipped)
             lines.append(f"skipped {n} bad record{'s' * (n != 1)}:")
             lines += [f"  {p}" for p in self.skipped[:MAX_LISTED]]
+            if n > MAX_LISTED:
+                lines.append(f"  ... and {n - MAX_LISTED} more")
+        if self.skipped_items:
+            n, users = len(self.skipped_items), len({(p.record, p.user) for p in self.skipped_items})
+            lines.append(f"skipped {n} bad item{'s' * (n != 1)} of {users} kept user{'s' * (users != 1)}:")
+            lines += [f"  {p}" for p in self.skipped_items[:MAX_LISTED]]
             if n > MAX_LISTED:
                 lines.append(f"  ... and {n - MAX_LISTED} more")
         return lines
@@ -88,6 +95,7 @@ def validate_file(path, repair_out=None, on_error: str = "stop") -> ValidationRe
         users=len({r.user_id for r in result.records}),
         items=result.n_items,
         skipped=result.skipped,
+        skipped_items=result.skipped_items,
         warnings=result.warnings + notes,
         repairs=repairs,
         path=str(path),
