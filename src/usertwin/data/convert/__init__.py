@@ -4,7 +4,8 @@
     summary = convert_to_file("movielens", "ml-latest-small", "records.jsonl", on_error="skip")
     print(summary.line())  # movielens: 610 users, 100836 items, 1996-03-29 .. 2018-09-24 -> records.jsonl
 
-`DATASETS` maps each dataset name to its module. Every module exposes
+`DATASETS` maps each dataset name to its module; a module's `NOTE`, when it has one, is printed after the
+summary (what the user should know about the converted data). Every module exposes
 `convert(raw_path, on_error="stop", *, progress=False) -> Iterator[dict]`, yielding raw record dicts (see
 `usertwin.data.records`) one user at a time, users in a deterministic order (numeric ids numerically). on_error
 is "stop" (a bad row raises UsertwinError naming file, line and field), "skip" (bad rows are left out and
@@ -17,7 +18,15 @@ import json
 from pathlib import Path
 
 from usertwin.atomic import atomic_open
-from usertwin.data.convert import cornell, dmsc, douban_dmr, movielens, passthrough, seed_samples
+from usertwin.data.convert import (
+    cornell,
+    dmsc,
+    douban_dmr,
+    lovink_questionnaire,
+    movielens,
+    passthrough,
+    seed_samples,
+)
 from usertwin.data.convert._common import ConvertSummary, Skips, iso_from_unix
 from usertwin.data.records import parse_timestamp
 from usertwin.errors import UsertwinError
@@ -30,6 +39,7 @@ DATASETS = {
     "douban-dmr": douban_dmr,
     "cornell": cornell,
     "seed-samples": seed_samples,
+    "lovink-questionnaire": lovink_questionnaire,
     "records": passthrough,
 }
 
