@@ -58,7 +58,7 @@ def test_likert_order_inferred_from_the_answers():
 
 
 def test_choice_of_each_kind_and_free_text_stays_text():
-    race = "你会怎么安排？\n" + "\n".join(f"{l}. {t}" for l, t in zip("ABCD", RACE))
+    race = "你会怎么安排？\n" + "\n".join(f"{k}. {t}" for k, t in zip("ABCD", RACE))
     assert choice_of(_q(race, RACE[1])) == Choice(tuple(RACE), 1)
     assert choice_of(_q(race, "C")) == Choice(("A", "B", "C", "D"), 2)
     assert choice_of(_q(race, "(D)")) == Choice(("A", "B", "C", "D"), 3)

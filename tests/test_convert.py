@@ -42,7 +42,8 @@ def _numeric_user_order(recs):
 
 
 def test_registry():
-    assert list(DATASETS) == ["movielens", "dmsc", "douban-dmr", "cornell", "seed-samples", "records"]
+    assert list(DATASETS) == ["movielens", "dmsc", "douban-dmr", "cornell", "seed-samples",
+                             "lovink-questionnaire", "records"]
     assert all(callable(module.convert) for module in DATASETS.values())
 
 
@@ -398,7 +399,7 @@ def test_records_pass_through_unchanged(tmp_path):
 
 def test_unknown_dataset_missing_input_and_cli(tmp_path, capsys):
     with pytest.raises(UsertwinError, match="unknown dataset 'imdb'; choose one of movielens, dmsc, douban-dmr, "
-                                            "cornell, seed-samples, records"):
+                                            "cornell, seed-samples, lovink-questionnaire, records"):
         convert_to_file("imdb", tmp_path, tmp_path / "o.jsonl")
     with pytest.raises(UsertwinError, match="on_error must be 'stop' or 'skip'"):
         convert_to_file("movielens", FIX / "ml-100k", tmp_path / "o.jsonl", on_error="ignore")

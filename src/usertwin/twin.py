@@ -72,8 +72,7 @@ def twin_facts(prep_or_timelines) -> dict:
             "task": _the_one({tl.task for tl in timelines}),
             "language": _the_one({tl.language for tl in timelines}),
             "role": _the_one({tl.role for tl in timelines}) or "user",
-            "collections": sorted({it.collection for tl in timelines for it in tl.items}),
-            "likert": choices.likert_scales(timelines)}
+            "collections": sorted({it.collection for tl in timelines for it in tl.items})}
 
 
 def write_twin_facts(run_dir, prep) -> Path:
