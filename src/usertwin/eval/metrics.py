@@ -334,6 +334,7 @@ def evaluate_rows(rows, scale=DEFAULT_SCALE, edges=ACTIVITY_EDGES) -> dict:
          "overall": SECTION, "by_activity": {"1-20": SECTION, ..., "201+": SECTION}}
         SECTION = {"all": {"n", "perplexity", "pick"?},
                    "rating"?: {"n", "perplexity", "generated"?, "most_likely"?, "expected"?},   # rating_metrics
+                   "choice"?: choice_metrics (rows with a `choice` entry; they are not text rows),
                    "text"?: {language: text_metrics + n_generated + perplexity}}
 
     Generated ratings are parsed from predictions[0] with the row's `rating.scale`, else `scale`. Rows
