@@ -43,7 +43,7 @@ def _numeric_user_order(recs):
 
 def test_registry():
     assert list(DATASETS) == ["movielens", "dmsc", "douban-dmr", "cornell", "seed-samples", "realpersonachat",
-                             "persona-bench", "realtalk", "records"]
+                             "persona-bench", "realtalk", "lovink-questionnaire", "records"]
     assert all(callable(module.convert) for module in DATASETS.values())
 
 
@@ -404,7 +404,8 @@ def test_records_pass_through_unchanged(tmp_path):
 
 def test_unknown_dataset_missing_input_and_cli(tmp_path, capsys):
     with pytest.raises(UsertwinError, match="unknown dataset 'imdb'; choose one of movielens, dmsc, douban-dmr, "
-                                            "cornell, seed-samples, realpersonachat, persona-bench, realtalk, records"):
+                                            "cornell, seed-samples, realpersonachat, persona-bench, realtalk, "
+                                            "lovink-questionnaire, records"):
         convert_to_file("imdb", tmp_path, tmp_path / "o.jsonl")
     with pytest.raises(UsertwinError, match="on_error must be 'stop' or 'skip'"):
         convert_to_file("movielens", FIX / "ml-100k", tmp_path / "o.jsonl", on_error="ignore")

@@ -287,5 +287,5 @@ def test_rating_metrics_of_means_leave_out_exact_accuracy():
     # the headline metrics the report's verdict leads with, and their arrows
     assert [(s.group, s.key) for s in M.METRICS if s.headline] == [
         ("rating", "rmse"), ("rating", "mae"), ("text", "bleu"), ("text", "chrf"), ("text", "perplexity"),
-        ("pick", "accuracy")]
+        ("pick", "accuracy"), ("choice", "accuracy"), ("choice", "likert_mae")]
     assert M.spec_of("rmse").arrow == "↓" and M.spec_of("chrf").arrow == "↑" and M.spec_of("n").arrow == ""

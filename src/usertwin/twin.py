@@ -25,7 +25,7 @@ import torch
 
 from usertwin.atomic import recover_dir, write_json
 from usertwin.config import AUTO, MAX_SAMPLES, Config, GenerateSettings, from_mapping, generate_settings_from
-from usertwin.data import records
+from usertwin.data import choices, records
 from usertwin.data.prepare import fit_sample, trim_long_contexts
 from usertwin.data.timeline import Sample, Timeline, build_timelines, select_history
 from usertwin.errors import UsertwinError
@@ -275,6 +275,12 @@ class Engine:
         """The allowed ratings' probabilities after each prompt, all prompts in one forward."""
         scale = [self.ids_of(t) for t in self.scale]
         return [self.distribution([s for s, _ in row]) for row in self.score_many(prompts, [scale] * len(prompts))]
+
+    def choice_distributions(self, prompts: list[list[int]], items: list) -> list[dict]:
+        """Each prompt's choice item (`choices.Choice`): every option's continuation log-likelihood, all
+        prompts and options in one forward, normalised to probabilities summing to 1 (`choices.distribution`)."""
+        scored = self.score_many(prompts, [[self.ids_of(o) for o in c.options] for c in items])
+        return [choices.distribution(c, [s for s, _ in row]) for c, row in zip(items, scored)]
 
     def generate(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None
                  ) -> list[list[str]]:

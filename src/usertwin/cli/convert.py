@@ -18,8 +18,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from usertwin.data.convert import convert_to_file
+    from usertwin.data.convert import DATASETS, convert_to_file
 
     summary = convert_to_file(args.dataset, args.raw, args.output, on_error=args.on_error, progress=args.progress)
     print(summary.line())
+    note = getattr(DATASETS.get(args.dataset.strip().lower().replace("_", "-")), "NOTE", None)
+    if note:
+        print(f"note: {note}")
     return 0

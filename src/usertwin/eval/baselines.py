@@ -20,6 +20,14 @@ Text (every other target):
 * `item_most_frequent`: the most frequent fit continuation of the same item (for dialogue, whose items
   have no prefix, the most frequent line), else of the collection; ties go to the first seen.
 
+Choice items (a Likert level or one of a question's listed options, `usertwin.data.choices`; `choice_baselines`):
+
+* `question_most_frequent`: the option answered most often to the same question (collection, question text,
+  prefix) in the fit splits, else the collection's most answered option among the item's, else the first
+  option; ties go to the earlier option.
+* `user_most_frequent_level` (Likert items only): the user's most frequent fit level, else the collection's,
+  else the first level.
+
 Measured on ml-latest-small (610 users, 100,836 ratings), default time split 70/15/15, seed 42, test split
 (15,125 targets; fit on the 85,711 train + validation ratings), lambda_item 10, lambda_user 15, 10 ALS rounds
 (tests/test_baselines.py checks these):
@@ -42,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from usertwin.config import Config
-from usertwin.data import records
+from usertwin.data import choices, records
 from usertwin.data.timeline import assign_splits, build_timelines
 from usertwin.errors import UsertwinError
 from usertwin.eval import metrics
@@ -195,7 +203,8 @@ def predictions(timelines, splits, split: str = "test", **fit_kwargs) -> dict:
     """{baseline name: [(target, prediction)]}: floats for rating targets, texts for text targets."""
     targets = targets_of(timelines, splits, split)
     rating_t = [t for t in targets if t.rating is not None]
-    text_t = [t for t in targets if t.rating is None]
+    likert = choices.likert_scales(timelines)  # choice targets have their own baselines (choice_baselines)
+    text_t = [t for t in targets if t.rating is None and not _is_choice(t, likert)]
     out = {}
     if rating_t:
         model = fit_ratings(train_ratings(timelines, splits, FIT_ON[split]), **fit_kwargs)
@@ -228,7 +237,61 @@ def run_baselines(cfg: Config, split: str = "test", **fit_kwargs) -> dict:
     """{baseline name: metrics} on exactly the targets of `split` (what the twin is evaluated on).
     `fit_kwargs` go to `fit_ratings` (lambda_item, lambda_user, rounds)."""
     timelines, splits = load_split(cfg)
-    return score(predictions(timelines, splits, split, **fit_kwargs))
+    return {**score(predictions(timelines, splits, split, **fit_kwargs)),
+            **choice_baselines(timelines, splits, split)}
+
+
+# ---------------------------------------------------------------- choice baselines
+
+
+CHOICE_BASELINES = ("question_most_frequent", "user_most_frequent_level")
+
+
+def _question_key(item) -> tuple:
+    return item.collection, choices.question_of(item), item.prefix
+
+
+def choice_predictions(timelines, splits, split: str = "test") -> dict:
+    """{baseline name: [(Target, Choice, chosen option index)]} for the choice targets of `split` whose answer
+    is one of their options; fit on the FIT_ON splits' choice items."""
+    likert = choices.likert_scales(timelines)
+    by_question, by_collection, by_user = defaultdict(Counter), defaultdict(Counter), defaultdict(Counter)
+    for tl in timelines:
+        for item, label in zip(tl.items, splits[tl.user_id]):
+            c = choices.choice_of(item, likert, tl.choice_sets) if label in FIT_ON[split] else None
+            if c is None or c.answer is None:
+                continue
+            answer = choices.norm(item.continuation)
+            by_question[_question_key(item)][answer] += 1
+            by_collection[item.collection][answer] += 1
+            if c.likert:
+                by_user[tl.user_id][answer] += 1
+    out: dict = {name: [] for name in CHOICE_BASELINES}
+    for t in targets_of(timelines, splits, split):
+        c = choices.choice_of(t.item, likert, t.tl.choice_sets)
+        if c is None or c.answer is None:
+            continue
+        fallback = choices.most_frequent(by_collection[t.item.collection], c.options)
+        fallback = 0 if fallback is None else fallback
+        top = choices.most_frequent(by_question[_question_key(t.item)], c.options)
+        out["question_most_frequent"].append((t, c, fallback if top is None else top))
+        if c.likert:
+            own = choices.most_frequent(by_user[t.tl.user_id], c.options)
+            out["user_most_frequent_level"].append((t, c, fallback if own is None else own))
+    return {name: preds for name, preds in out.items() if preds}
+
+
+def _is_choice(t: Target, likert: dict) -> bool:
+    c = choices.choice_of(t.item, likert, t.tl.choice_sets)
+    return c is not None and c.answer is not None
+
+
+def choice_baselines(timelines, splits, split: str = "test") -> dict:
+    """{baseline name: metrics.choice_metrics} of the choice baselines on the choice targets of `split`."""
+    return {name: metrics.choice_metrics([{"choice": {"options": list(c.options), "chosen": k,
+                                                      "answer": c.answer, "likert": c.likert}}
+                                          for _, c, k in preds])
+            for name, preds in choice_predictions(timelines, splits, split).items()}
 
 
 def baseline_rows(cfg: Config, split: str = "test", **fit_kwargs):

@@ -8,6 +8,10 @@
   Chinese and Japanese as well as English: characters for zh/ja, lowercased whitespace words for en.
   BLEU, chrF and ROUGE-L are reported on a 0-100 scale.
 * Target perplexity: exp of the per-token loss averaged over all target tokens (rows weighted by n_tokens).
+* Choice items (questionnaire answers: a Likert level or one of listed options, `usertwin.data.choices`;
+  rows with a `choice` entry): accuracy of the most likely option, which is pick-the-real-one among the item's
+  own options (against chance, the mean 1/K), and for Likert items the MAE in levels (1..K) of the most likely
+  and of the expected level. They are not text rows.
 * Everything again per user-activity bucket (the user's total number of items, `ACTIVITY_EDGES`).
 
 How the metrics are shown is declared once, in `METRICS` (one `MetricSpec` each): the `usertwin evaluate` table
@@ -308,6 +312,33 @@ def pick_metrics(rows) -> dict | None:
             "chance": sum(chance) / len(chance)}
 
 
+def is_choice_row(row: dict) -> bool:
+    """A row of a choice item whose answer is one of its options (predict's `choice` entry)."""
+    choice = row.get("choice")
+    return isinstance(choice, dict) and choice.get("answer") is not None
+
+
+def choice_metrics(rows) -> dict | None:
+    """Choice items: `accuracy` of the most likely option (`choice.chosen == choice.answer`), `chance` (mean of
+    1/K), and over the Likert rows (`choice.likert`) the mean absolute error in levels of the most likely
+    level (`likert_mae`) and of the expected level (`likert_mae_expected`, when rows carry `expected_level`).
+    None when no row is a choice row."""
+    picks = [r["choice"] for r in rows if is_choice_row(r)]
+    if not picks:
+        return None
+    likert = [c for c in picks if c.get("likert")]
+    out = {"n": len(picks), "accuracy": sum(c["chosen"] == c["answer"] for c in picks) / len(picks),
+           "chance": sum(1 / len(c["options"]) for c in picks) / len(picks),
+           "likert_n": len(likert), "likert_mae": None, "likert_mae_expected": None}
+    if likert:
+        out["likert_mae"] = sum(abs(c["chosen"] - c["answer"]) for c in likert) / len(likert)
+        expected = [c for c in likert if c.get("expected_level") is not None]
+        if expected:
+            out["likert_mae_expected"] = sum(abs(float(c["expected_level"]) - (c["answer"] + 1))
+                                             for c in expected) / len(expected)
+    return out
+
+
 def _section(rows, scale) -> dict:
     """Metrics of one slice of rows: all rows together, rating rows, text rows per language."""
     out = {"all": {"n": len(rows), "perplexity": _row_perplexity(rows)}}
@@ -316,9 +347,11 @@ def _section(rows, scale) -> dict:
     ratings = [r for r in rows if is_rating_row(r)]
     if ratings:
         out["rating"] = _rating_group(ratings, scale)
+    if (choice := choice_metrics(rows)) is not None:
+        out["choice"] = choice
     by_lang = defaultdict(list)
     for r in rows:
-        if not is_rating_row(r):
+        if not is_rating_row(r) and not is_choice_row(r):
             by_lang[r.get("language") or "en"].append(r)
     if by_lang:
         out["text"] = {lang: _text_group(group, lang) for lang, group in sorted(by_lang.items())}
@@ -332,6 +365,7 @@ def evaluate_rows(rows, scale=DEFAULT_SCALE, edges=ACTIVITY_EDGES) -> dict:
          "overall": SECTION, "by_activity": {"1-20": SECTION, ..., "201+": SECTION}}
         SECTION = {"all": {"n", "perplexity", "pick"?},
                    "rating"?: {"n", "perplexity", "generated"?, "most_likely"?, "expected"?},   # rating_metrics
+                   "choice"?: choice_metrics (rows with a `choice` entry; they are not text rows),
                    "text"?: {language: text_metrics + n_generated + perplexity
                                        + samples_metrics when a target has several predictions}}
 
@@ -419,7 +453,7 @@ class MetricSpec:
         return {"lower": "↓", "higher": "↑", "": ""}[self.better]
 
 
-GROUPS = ("rating", "text", "pick")
+GROUPS = ("rating", "text", "pick", "choice")
 
 # Both tables take their column order from here. The evaluate table shows a group's counts first, then its
 # teacher-forced metric (it exists without generation), then the rest in this order. The report leads each group
@@ -450,6 +484,12 @@ METRICS = [
     MetricSpec("pick", "n", count=True),
     MetricSpec("pick", "accuracy", better="higher", headline=True, versus="chance"),
     MetricSpec("pick", "chance"),
+    MetricSpec("choice", "n", count=True),
+    MetricSpec("choice", "accuracy", better="higher", headline=True, versus="chance"),
+    MetricSpec("choice", "chance"),
+    MetricSpec("choice", "likert_n", count=True),
+    MetricSpec("choice", "likert_mae", label="Likert MAE", better="lower", headline=True),
+    MetricSpec("choice", "likert_mae_expected", label="Likert MAE (expected)", better="lower"),
 ]
 
 
@@ -566,16 +606,25 @@ def _named_lines(metrics: dict, rating_lines, text_lines) -> None:
             text_lines.append(_text_line(f"{name} [{m.get('language', '?')}]", m))
 
 
+def _choice_lines(metrics: dict) -> list:
+    """Lines of the choice block: each section's `choice` entry, or each named choice_metrics (baselines)."""
+    if "overall" in metrics:
+        sections = [("all", metrics["overall"])] + list((metrics.get("by_activity") or {}).items())
+        return [_line(name, sec["choice"], _columns("choice")) for name, sec in sections if sec.get("choice")]
+    return [_line(name, m, _columns("choice")) for name, m in metrics.items() if "likert_mae" in m]
+
+
 def format_table(metrics: dict) -> str:
     """A plain-text table of `evaluate_rows` output, or of `{name: rating_metrics or text_metrics}` (what
     `baselines.run_baselines` returns): one block for ratings, one for text, one for pick-the-real-one."""
     rating_lines, text_lines, pick_lines = [], [], []
+    choice_lines = _choice_lines(metrics)
     if "overall" in metrics:
         sections = [("all", metrics["overall"])] + list((metrics.get("by_activity") or {}).items())
         for name, sec in sections:
             _section_lines(name, sec, rating_lines, text_lines, pick_lines)
     else:
-        _named_lines(metrics, rating_lines, text_lines)
+        _named_lines({k: m for k, m in metrics.items() if "likert_mae" not in m}, rating_lines, text_lines)
     blocks = []
     headers = lambda columns: ["", *(s.header for s in columns)]  # noqa: E731
     if rating_lines:
@@ -584,4 +633,7 @@ def format_table(metrics: dict) -> str:
         blocks.append("text\n" + _grid(headers(_columns("text")), text_lines))
     if pick_lines:
         blocks.append("pick the real one\n" + _grid(headers(_columns("pick")), pick_lines))
+    if choice_lines:
+        blocks.append("choice items (Likert levels, listed options)\n"
+                      + _grid(headers(_columns("choice")), choice_lines))
     return "\n\n".join(blocks) if blocks else "(no rows)"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from usertwin.atomic import write_text
 from usertwin.config import GenerateSettings
+from usertwin.data import choices
 from usertwin.lock import acquire
 from usertwin.rundir import RunDir
 from usertwin.twin import Engine
@@ -118,6 +119,7 @@ def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, lim
     gen = engine.sized(gen)
     targets = _todo(prep, split, completed_rows(output), limit)
     picks = distractors(prep, split, pick_k, engine.cfg.seed) if pick_k else {}
+    likert = choices.likert_scales(prep.timelines)
     room = gen.max_new_tokens if generate else 0
     bar = progress_bar(len(targets), f"predict {split}", "target") if progress else None
 
@@ -126,7 +128,7 @@ def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, lim
     seed = gen.seed if gen.seed is not None else engine.cfg.seed
 
     def rows_of(chunk: list) -> list[dict]:
-        rows = _rows(engine, prep, chunk, split, room, picks)
+        rows = _rows(engine, prep, chunk, split, room, picks, likert)
         if generate:
             for r, o in zip(rows, engine.generate([r["_prompt"] for r in rows], gen, [seed] * len(rows))):
                 r["predictions"] = o
@@ -156,9 +158,11 @@ def append_batches(output: Path, batches, rows_of, bar=None) -> int:
     return written
 
 
-def _rows(engine: Engine, prep, chunk: list, split: str, room: int, picks: dict) -> list[dict]:
+def _rows(engine: Engine, prep, chunk: list, split: str, room: int, picks: dict,
+          likert: dict | None = None) -> list[dict]:
     """Every likelihood of a batch of targets from one forward: for each target the reference (its
-    teacher-forced loss), the allowed ratings and the pick-the-real-one candidates, after its prompt."""
+    teacher-forced loss), the allowed ratings, a choice item's options (usertwin.data.choices) and the
+    pick-the-real-one candidates, after its prompt."""
     todo = []
     for tl, pos in chunk:
         prompt = engine.prompt(tl, pos, room, prep.lengths[tl.user_id])
@@ -166,10 +170,19 @@ def _rows(engine: Engine, prep, chunk: list, split: str, room: int, picks: dict)
         texts = [item.continuation] + list(picks.get((tl.user_id, pos), []))
         if engine.scale and item.is_rating:
             texts += [t for t in engine.scale if t not in texts]
-        todo.append((tl, pos, prompt, texts))
+        choice = None if item.is_rating else choices.choice_of(item, likert, tl.choice_sets)
+        if choice is not None:
+            texts += [t for t in choice.options if t not in texts]
+        todo.append((tl, pos, prompt, texts, choice))
     scores = engine.score_many([t[2].ids for t in todo], [[engine.ids_of(x) for x in t[3]] for t in todo])
-    return [_row(engine, tl, pos, split, prompt, dict(zip(texts, sc)), picks)
-            for (tl, pos, prompt, texts), sc in zip(todo, scores)]
+    rows = []
+    for (tl, pos, prompt, texts, choice), sc in zip(todo, scores):
+        scored = dict(zip(texts, sc))
+        row = _row(engine, tl, pos, split, prompt, scored, picks)
+        if choice is not None:
+            row["choice"] = choices.distribution(choice, [scored[o][0] for o in choice.options])
+        rows.append(row)
+    return rows
 
 
 def _row(engine: Engine, tl, pos: int, split: str, prompt, scored: dict, picks: dict) -> dict:

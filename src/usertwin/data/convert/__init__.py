@@ -4,7 +4,8 @@
     summary = convert_to_file("movielens", "ml-latest-small", "records.jsonl", on_error="skip")
     print(summary.line())  # movielens: 610 users, 100836 items, 1996-03-29 .. 2018-09-24 -> records.jsonl
 
-`DATASETS` maps each dataset name to its module. Every module exposes
+`DATASETS` maps each dataset name to its module; a module's `NOTE`, when it has one, is printed after the
+summary (what the user should know about the converted data). Every module exposes
 `convert(raw_path, on_error="stop", *, progress=False) -> Iterator[dict]`, yielding raw record dicts (see
 `usertwin.data.records`) one user at a time, users in a deterministic order (numeric ids numerically). on_error
 is "stop" (a bad row raises UsertwinError naming file, line and field), "skip" (bad rows are left out and
@@ -21,6 +22,7 @@ from usertwin.data.convert import (
     cornell,
     dmsc,
     douban_dmr,
+    lovink_questionnaire,
     movielens,
     passthrough,
     persona_bench,
@@ -43,6 +45,7 @@ DATASETS = {
     "realpersonachat": realpersonachat,
     "persona-bench": persona_bench,
     "realtalk": realtalk,
+    "lovink-questionnaire": lovink_questionnaire,
     "records": passthrough,
 }
 

@@ -6,6 +6,8 @@ A record is one user's whole file:
      "user": {"id": "u1", "profile": {"name": "...", ...}},
      "task": {"description": "...", "language": "en",  # language optional: en | zh | ja
               "role": "user",                          # optional: user (default) | character
+              "likert": ["非常不同意", "不同意", "中立", "同意", "非常同意"],  # optional: ordered answer levels
+              "choices": ["是", "否"],                  # optional: options of questions listing none
               "task_behavior_collections": [
                   {"type": "movie_rating",
                    "data": [{"continuation_prefix": "Toy Story (1995) (Animation, Comedy): ",
@@ -57,6 +59,8 @@ class Record:
     language: str | None
     items: list  # list[Item] in file order
     role: str = "user"  # who the twin is, which the prompt's fixed phrases name: one of ROLES
+    # task.likert (levels, lowest first) and task.choices (options) when the record declares them (data/choices.py)
+    choice_sets: dict = field(default_factory=dict)
 
 
 # The prompt names the twin by its role ("this user", "this character"); a record declares it in task.role.
@@ -147,6 +151,7 @@ def record_to_raw(record: Record) -> dict:
         task["language"] = record.language
     if record.role != "user":
         task["role"] = record.role
+    task.update(record.choice_sets)
     task["task_behavior_collections"] = collections
     return {"user_hash": record.user_id, "user": {"id": record.user_id, "profile": record.profile}, "task": task}
 

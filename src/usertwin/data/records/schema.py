@@ -105,7 +105,7 @@ def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record |
                     profile = {**profile, "dimensions": merged}
 
     task = raw.get("task", _MISSING)
-    description, language, colls, scale, role = "", None, None, None, "user"
+    description, language, colls, scale, role, choice_sets = "", None, None, None, "user", {}
     if task is _MISSING:
         bad("task", "missing")
     elif not isinstance(task, dict):
@@ -130,6 +130,9 @@ def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record |
             bad(_COLLECTIONS, "empty: a record needs at least one collection")
         scale = _rating_scale(task.get("rating_scale"), bad)
         role = _role(task.get("role"), bad)
+        for key in ("likert", "choices"):
+            if (listed := _choice_list(task.get(key), f"task.{key}", bad)) is not None:
+                choice_sets[key] = listed
 
     items: list = []
     item_problems: list = []  # the problems of each bad item (a list each)
@@ -169,9 +172,11 @@ def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record |
     if dropped is None or problems or not items:
         # the record is rejected: every problem of its items is one of its problems
         problems += [dataclasses.replace(p, item=None, slot=None) for found in item_problems for p in found]
-        return (None, problems) if problems else (Record(index, uid, profile, description, language, items, role), [])
+        if problems:
+            return None, problems
+        return Record(index, uid, profile, description, language, items, role, choice_sets), []
     dropped.extend(_merge_problems(found) for found in item_problems)
-    return Record(index, uid, profile, description, language, items, role), []
+    return Record(index, uid, profile, description, language, items, role, choice_sets), []
 
 
 def _item_reporter(found: list, path, index: int, user, position: int, slot: tuple):
@@ -193,6 +198,20 @@ def _role(value, bad) -> str:
         bad("task.role", f"unknown role {_shown(value)}; choose one of {choices}")
         return "user"
     return value
+
+
+def _choice_list(value, fld: str, bad):
+    """task.likert / task.choices / an item's choices: two or more distinct non-empty strings, or None."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) < 2
+            or any(not isinstance(x, str) or not x.strip() for x in value)):
+        bad(fld, f"must be a list of two or more non-empty strings such as [\"不同意\", \"同意\"], got {_got(value)}")
+        return None
+    if len({x.strip() for x in value}) < len(value):
+        bad(fld, f"lists an answer twice: {_shown(value)}")
+        return None
+    return [x.strip() for x in value]
 
 
 def _rating_scale(value, bad):
@@ -276,6 +295,8 @@ def _build_item(it, ctype, position, ci, di, bad):
         extras = {k: v for k, v in it.items() if k not in ITEM_KEYS}
         if type(meta) is dict:
             meta = {**extras, **meta}
+    if "choices" in it and _choice_list(it["choices"], f"{_COLLECTIONS}[{ci}].data[{di}].choices", bad) is None:
+        ok = False
     if not ok:
         return None
     return Item(cont, prefix, context, seconds, text, ctype, meta, position)
