@@ -186,8 +186,11 @@ def _check_on_error(on_error: str) -> None:
         raise UsertwinError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
 
 
-def load(path, on_error: str = "stop") -> LoadResult:
+def load(path, on_error: str = "stop", targets: bool = False) -> LoadResult:
     """Read and validate a records file (JSON list, one record object, or JSON Lines).
+
+    targets=True: the file holds targets (a scenario's test_leaderboard.json): an item may have no
+    continuation (missing or null; its Item's continuation is ""). Anywhere else a continuation is required.
 
     on_error="stop": any problem raises UsertwinError listing every problem (file, record, user, field).
     on_error="skip": bad records are left out, one Problem each in `skipped`; the rest are returned.
@@ -207,7 +210,7 @@ def load(path, on_error: str = "stop") -> LoadResult:
                 raise UsertwinError(_jsonl_stop_message(syntax))
             skipped.append(syntax)
             continue
-        record, found = _build(raw, index, path)
+        record, found = _build(raw, index, path, targets)
         if record is not None:
             records.append(record)
             continue

@@ -62,8 +62,9 @@ class Problem:
         return f"{loc}: {self.message}" if loc else self.message
 
 
-def _build(raw, index: int, path) -> tuple[Record | None, list]:
-    """The Record of one raw record, or (None, every problem found in it)."""
+def _build(raw, index: int, path, targets: bool = False) -> tuple[Record | None, list]:
+    """The Record of one raw record, or (None, every problem found in it). `targets`: the record is a
+    scenario's test record, whose items may have no continuation (read as "")."""
     uid = user_id_of(raw, index)
     declared = _declared_id(raw)
     problems: list = []
@@ -147,9 +148,9 @@ def _build(raw, index: int, path) -> tuple[Record | None, list]:
             bad(f"{_COLLECTIONS}[{ci}].data", "empty collection: a collection needs at least one item")
             continue
         for di, it in enumerate(data):
-            item = _build_item(it, ctype, position, ci, di, bad)
+            item = _build_item(it, ctype, position, ci, di, bad, targets)
             if item is not None:
-                if scale and is_rating(ctype) and _off_scale(item.continuation, scale):
+                if scale and is_rating(ctype) and item.continuation and _off_scale(item.continuation, scale):
                     bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
                         f"{_shown(item.continuation)} is not on the rating scale "
                         f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
@@ -192,14 +193,17 @@ def _off_scale(text: str, scale: set) -> bool:
         return True
 
 
-def _build_item(it, ctype, position, ci, di, bad):
-    """The Item of one raw item, or None after reporting its problems through `bad`."""
+def _build_item(it, ctype, position, ci, di, bad, targets: bool = False):
+    """The Item of one raw item, or None after reporting its problems through `bad`. With `targets` a
+    continuation may be missing or null (a target to predict): the Item's continuation is then ""."""
     if type(it) is not dict and not isinstance(it, dict):
         bad(f"{_COLLECTIONS}[{ci}].data[{di}]", f"an item must be an object, got {_got(it)}")
         return None
     ok = True
     cont = it.get("continuation", _MISSING)
-    if type(cont) is not str:
+    if targets and (cont is _MISSING or cont is None):
+        cont = ""
+    elif type(cont) is not str:
         ok = False
         if cont is _MISSING:
             bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", "missing")
