@@ -4,8 +4,8 @@
 
 DIR/train.json: the first N users' records without their last K items (time order when every item has a
 timestamp, else file order); DIR/test_leaderboard.json: the same users with only those K items, their
-continuations removed (the targets), then C more users whose every item is a target (cold-start users: absent
-from train.json); DIR/answers.json: the test file with the continuations kept, to score against.
+continuations removed (the targets), then C more users with their last K items as targets (cold-start users:
+absent from train.json); DIR/answers.json: the test file with the continuations kept, to score against.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def make_scenario(records_path, out_dir, users: int, targets: int, cold: int) ->
         a, b = _split(rec, targets)
         train.append(a)
         answers.append(b)
-    answers += copy.deepcopy(recs[users:users + cold])
+    answers += [_split(rec, targets)[1] for rec in recs[users:users + cold]]
     test = copy.deepcopy(answers)
     for rec in test:
         for c in rec["task"]["task_behavior_collections"]:
@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("-o", "--output", required=True, help="the scenario folder to write")
     p.add_argument("--users", type=int, default=5, help="users with history in train.json (default 5)")
     p.add_argument("--targets", type=int, default=2, help="each such user's last items held out (default 2)")
-    p.add_argument("--cold", type=int, default=1, help="cold-start users, every item a target (default 1)")
+    p.add_argument("--cold", type=int, default=1, help="cold-start users after them: no train.json record, their last items targets (default 1)")
     a = p.parse_args()
     print(make_scenario(a.records, a.output, a.users, a.targets, a.cold))
 

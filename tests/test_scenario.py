@@ -27,7 +27,7 @@ def _make_scenario():
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    """3 users with 8, 7, 6 train items and their last 2 as targets; 1 cold-start user with 3 targets."""
+    """3 users with 8, 7, 6 train items and their last 2 as targets; 1 cold-start user with 2 targets."""
     tmp = tmp_path_factory.mktemp("scenario")
     assert main(["convert", "movielens", str(shared("movielens", "ml-latest-small")), "-o", str(tmp / "ml.jsonl")]) == 0
     recs = [json.loads(line) for line in (tmp / "ml.jsonl").read_text().splitlines()[:len(SIZES)]]
@@ -36,7 +36,7 @@ def scenario(tmp_path_factory):
         data[:] = sorted(data, key=lambda it: it["timestamp"])[:n]
     write_records(tmp / "few.jsonl", recs)
     assert _make_scenario()(tmp / "few.jsonl", tmp / "scen", users=3, targets=2, cold=1) == {
-        "train_users": 3, "test_users": 4, "targets": 9}
+        "train_users": 3, "test_users": 4, "targets": 8}
     return tmp / "scen"
 
 
@@ -64,18 +64,18 @@ def test_filled_file_is_the_input_plus_continuations(scenario, filled):
     got = json.loads((filled / "test_leaderboard.json").read_text())
     conts = [it.pop("continuations") for it in _items(got)]
     assert json.dumps(got) == json.dumps(given)  # same keys, same order, same values
-    assert len(conts) == 9 and all(len(c) == 3 and all(isinstance(x, str) for x in c) for c in conts)
+    assert len(conts) == 8 and all(len(c) == 3 and all(isinstance(x, str) for x in c) for c in conts)
     summary = json.loads((filled / "summary.json").read_text())
     assert {k: summary[k] for k in ("complete", "users", "targets", "cold_start_users", "train_users",
                                     "generated_now", "resumed")} == {
-        "complete": True, "users": 4, "targets": 9, "cold_start_users": 1, "train_users": 3, "generated_now": 9,
+        "complete": True, "users": 4, "targets": 8, "cold_start_users": 1, "train_users": 3, "generated_now": 8,
         "resumed": 0}
     # what is still empty after the retries is what the summary counts (retries are tested on their own below)
     assert summary["empty_after_retries"] == sum(not x.strip() for c in conts for x in c)
     assert summary["settings"]["generation"]["num_samples"] == 3 and summary["settings"]["seed"] == 42
     rows = _rows(filled)
-    assert [r["cold_start"] for r in rows] == [False] * 6 + [True] * 3
-    assert [r["history_len"] for r in rows] == [8, 8, 7, 7, 6, 6, 0, 0, 0]  # train items only, all earlier
+    assert [r["cold_start"] for r in rows] == [False] * 6 + [True] * 2
+    assert [r["history_len"] for r in rows] == [8, 8, 7, 7, 6, 6, 0, 0]  # train items only, all earlier
     assert [r["continuations"] for r in rows] == conts
 
 
@@ -142,9 +142,9 @@ def test_a_killed_run_resumes_to_the_same_file(scenario, filled, tiny_model_dir,
         f.write('{"record": 2, "posit')  # a row torn by a kill
     assert _predict(scenario, out, tiny_model_dir) == 0
     rows = _rows(out)
-    assert len(rows) == 9 == len({(r["record"], r["position"]) for r in rows})
+    assert len(rows) == 8 == len({(r["record"], r["position"]) for r in rows})
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["generated_now"], summary["resumed"], summary["complete"]) == (5, 4, True)
+    assert (summary["generated_now"], summary["resumed"], summary["complete"]) == (4, 4, True)
     # seeds per (user, target): the resumed run wrote what one uninterrupted run wrote
     assert (out / "test_leaderboard.json").read_text() == (filled / "test_leaderboard.json").read_text()
 
@@ -188,12 +188,12 @@ def test_validate_accepts_missing_continuations_only_with_targets(scenario, caps
     test = str(scenario / "test_leaderboard.json")
     assert main(["validate", test]) == 2
     err = capsys.readouterr().err
-    assert "9 problems in 4 of 4 records" in err
+    assert "8 problems in 4 of 4 records" in err
     assert "record 0 (user '1'), field task.task_behavior_collections[0].data[0].continuation: missing" in err
     assert err.rstrip().endswith("hint: a scenario's test file (test_leaderboard.json: items without a continuation, "
                                  "the targets) is checked with --targets")
     assert main(["validate", test, "--targets"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "OK: 4 records, 4 users, 9 items, 9 of them targets (no continuation)"
+    assert capsys.readouterr().out.splitlines()[0] == "OK: 4 records, 4 users, 8 items, 8 of them targets (no continuation)"
     assert main(["validate", str(scenario / "train.json")]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "OK: 3 records, 3 users, 21 items"
 
@@ -225,6 +225,6 @@ def test_a_trained_run_fills_the_scenario(scenario, tiny_model_dir, tmp_path):
     assert main(["predict", "--scenario", str(scenario), "--run", str(run), "-o", str(out), *FLAGS[2:]]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["run"] == str(run) and summary["settings"]["prompt"]["max_length"] == 512
-    assert (summary["targets"], summary["cold_start_users"]) == (9, 1)
+    assert (summary["targets"], summary["cold_start_users"]) == (8, 1)
     assert all(len(it["continuations"]) == 3
                for it in _items(json.loads((out / "test_leaderboard.json").read_text())))
