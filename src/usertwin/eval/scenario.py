@@ -15,7 +15,8 @@ An empty generation is drawn again with another seed at a higher temperature (+0
 at most 1.5), as the research scripts did; the retries and the texts still empty after them are counted. Sample
 i of a target draws with a seed made of (seed, user, target) plus i: the same in any batch and after a resume.
 Rows are appended to OUT/generations.jsonl per batch (a killed run resumes after the last whole row); the
-filled test file and summary.json are written, atomically, once every target has its row.
+filled test file and summary.json are written, atomically, once every target has its row (summary.json's
+wall_time_s: this invocation, from reading the scenario to the last write; model loading not included).
 """
 
 from __future__ import annotations
