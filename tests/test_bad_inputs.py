@@ -85,7 +85,11 @@ CASES = [
     ("no-collections", "validate {d}/no_collections.json", 2, one(
         "no_collections.json", "0 (user 'u1')", F, "missing")),
     ("no-continuation", "validate {d}/no_continuation.json", 2, one(
-        "no_continuation.json", "0 (user 'u1')", f"{F}[0].data[1].continuation", "missing")),
+        "no_continuation.json", "0 (user 'u1')", f"{F}[0].data[1].continuation", "missing")
+     + "\nhint: a scenario's test file (test_leaderboard.json: items without a continuation, the targets) is "
+       "checked with --targets"),
+    ("no-continuation-targets", "validate {d}/no_continuation.json --targets", 0,
+     "OK: 1 records, 1 users, 2 items, 1 of them targets (no continuation)"),
     ("continuation-not-string", "validate {d}/continuation_number.json", 2, one(
         "continuation_number.json", "0 (user 'u7')", f"{F}[0].data[0].continuation",
         'must be a string, got a number (4.5) (write it in quotes: "4.5")')),

@@ -100,3 +100,23 @@ class RunDir:
     def tokenizer_source(self, model: str) -> str:
         """best/ holds the tokenizer the run trained with; before best/ exists, the base model's."""
         return str(self.best) if (self.best / "tokenizer_config.json").is_file() else model
+
+
+class ScenarioDir:
+    """The files of a leaderboard scenario (the research scripts' layout) and of what `usertwin predict
+    --scenario` writes for it.
+
+        DIR/train.json                 the users' records: profiles and history
+        DIR/test_leaderboard.json      records whose items have no continuation: the targets
+        OUT/test_leaderboard.json      the same, each target item with its generated `continuations`
+        OUT/summary.json               counts, settings, wall time
+        OUT/generations.jsonl          one row per target, appended per batch (what a killed run resumes from)
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    train = property(lambda self: self.path / "train.json")
+    test = property(lambda self: self.path / "test_leaderboard.json")
+    summary = property(lambda self: self.path / "summary.json")
+    generations = property(lambda self: self.path / "generations.jsonl")

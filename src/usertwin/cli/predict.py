@@ -1,4 +1,5 @@
-"""`usertwin predict --run RUN [--split test]`: generate and score every target of a split (resumable)."""
+"""`usertwin predict --run RUN [--split test]`: generate and score every target of a split (resumable);
+`usertwin predict --scenario DIR -o OUT_DIR`: fill a scenario's test_leaderboard.json (usertwin.eval.scenario)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ def add_arguments(p) -> None:
 
     add_config_flags(p, leave=generate_flag_names())
     p.add_argument("--run", help="a train run directory: its config and best weights")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="the split to predict")
-    p.add_argument("-o", "--output", help="predictions file (default RUN/predictions-SPLIT.jsonl)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="the split to predict (default test)")
+    p.add_argument("-o", "--output", help="predictions file (default RUN/predictions-SPLIT.jsonl); with --scenario "
+                                          "the output folder")
+    p.add_argument("--scenario", metavar="DIR",
+                   help="a scenario folder: train.json (the users' records) and test_leaderboard.json (records whose "
+                        "items have no continuation: the targets). Writes OUT_DIR/test_leaderboard.json, the same "
+                        "with --num_samples generated `continuations` per target item, and OUT_DIR/summary.json; "
+                        "history: the user's train.json items (only earlier ones when timestamps exist); empty "
+                        "generations are retried hotter (3 times, +0.2); resumable from OUT_DIR/generations.jsonl. "
+                        "Model: --run RUN, else --model M (zero-shot); sampling seed: --seed")
     add_generate_flags(p)
 
 
@@ -27,6 +36,9 @@ def run(args) -> int:
     from usertwin.rundir import RunDir
     from usertwin.twin import Engine, load_tokenizer_and_model, rating_scale
 
+    if args.scenario:
+        return _scenario(args)
+    args.split = args.split or "test"
     if not args.output and not args.run:
         raise UsertwinError("pass -o PREDICTIONS.jsonl (or --run RUN_DIR to write there)")
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
@@ -41,4 +53,36 @@ def run(args) -> int:
     n = predict_split(engine, prep, args.split, output, gen, pick_k=gen.pick, generate=gen.generate,
                       limit=gen.limit, progress=args.progress)
     print(f"wrote {n} new prediction(s) to {output}")
+    return 0
+
+
+def _scenario(args) -> int:
+    from usertwin.config import generate_settings, resolve
+    from usertwin.errors import UsertwinError
+    from usertwin.eval.scenario import check_folders, predict_scenario, summary_lines
+    from usertwin.rundir import RunDir
+    from usertwin.twin import Engine, load_tokenizer_and_model
+
+    for flag, given in (("--split", args.split is not None), ("--pick", hasattr(args, "gen__pick")),
+                        ("--no_generate", hasattr(args, "gen__generate"))):
+        if given:
+            raise UsertwinError(f"{flag} does not apply to --scenario: its targets are the test file's items, "
+                                "and they are generated")
+    if not args.output:
+        raise UsertwinError("pass -o OUT_DIR: the folder the filled test_leaderboard.json and summary.json go to")
+    check_folders(args.scenario, args.output)  # before the model loads: mistakes show at once
+    cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
+    gen = generate_settings(args)
+    if gen.sampling_notice():
+        print(gen.sampling_notice())
+    if gen.num_samples > 1 and gen.temperature == 0:
+        print(f"note: --temperature 0 (greedy) gives {gen.num_samples} identical continuations per target; pass "
+              "--temperature (the research scripts used 0.7) for different ones")
+    tok, model = load_tokenizer_and_model(cfg, args.run)
+    source = {"run": str(args.run)} if args.run else {"model": cfg.model}
+    summary = predict_scenario(Engine(cfg, model, tok), args.scenario, args.output, gen,
+                               seed=cfg.seed if gen.seed is None else gen.seed,
+                               source=source, progress=args.progress)
+    for line in summary_lines(summary, args.output):
+        print(line)
     return 0

@@ -188,8 +188,11 @@ def _check_on_error(on_error: str) -> None:
         raise UsertwinError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
 
 
-def load(path, on_error: str = "stop") -> LoadResult:
+def load(path, on_error: str = "stop", targets: bool = False) -> LoadResult:
     """Read and validate a records file (JSON list, one record object, or JSON Lines).
+
+    targets=True: the file holds targets (a scenario's test_leaderboard.json): an item may have no
+    continuation (missing or null; its Item's continuation is ""). Anywhere else a continuation is required.
 
     on_error="stop": any problem raises UsertwinError listing every problem (file, record, user, field).
     on_error="skip": a bad item is left out of its record, one Problem each in `skipped_items` (record, line,
@@ -213,7 +216,7 @@ def load(path, on_error: str = "stop") -> LoadResult:
             skipped.append(syntax)
             continue
         dropped = [] if on_error == "skip" else None
-        record, found = _build(raw, index, path, dropped)
+        record, found = _build(raw, index, path, dropped, targets)
         if record is not None:
             records.append(record)
             # a left-out item is named by the line its record starts on, as well as record, user, item and field

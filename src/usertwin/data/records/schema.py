@@ -65,11 +65,12 @@ class Problem:
         return f"{loc}: {self.message}" if loc else self.message
 
 
-def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record | None, list]:
+def _build(raw, index: int, path, dropped: list | None = None, targets: bool = False) -> tuple[Record | None, list]:
     """The Record of one raw record, or (None, every problem found in it). With `dropped` (on_error skip), a bad
     item is left out of the record instead of rejecting it: one Problem per left-out item goes to `dropped`
     (its `item` and `slot` say which). The record is still rejected for a problem outside its items (no user
-    id, not an object, a bad task or collection) or when no item is left."""
+    id, not an object, a bad task or collection) or when no item is left. `targets`: the record is a scenario's
+    test record, whose items may have no continuation (read as "")."""
     uid = user_id_of(raw, index)
     declared = _declared_id(raw)
     problems: list = []
@@ -159,8 +160,8 @@ def _build(raw, index: int, path, dropped: list | None = None) -> tuple[Record |
         for di, it in enumerate(data):
             found: list = []
             bad_item = _item_reporter(found, path, index, declared, position, (ci, di))
-            item = _build_item(it, ctype, position, ci, di, bad_item)
-            if item is not None and scale and is_rating(ctype) and _off_scale(item.continuation, scale):
+            item = _build_item(it, ctype, position, ci, di, bad_item, targets)
+            if item is not None and scale and is_rating(ctype) and item.continuation and _off_scale(item.continuation, scale):
                 bad_item(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
                          f"{_shown(item.continuation)} is not on the rating scale "
                          f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
@@ -232,14 +233,17 @@ def _off_scale(text: str, scale: set) -> bool:
         return True
 
 
-def _build_item(it, ctype, position, ci, di, bad):
-    """The Item of one raw item, or None after reporting its problems through `bad`."""
+def _build_item(it, ctype, position, ci, di, bad, targets: bool = False):
+    """The Item of one raw item, or None after reporting its problems through `bad`. With `targets` a
+    continuation may be missing or null (a target to predict): the Item's continuation is then ""."""
     if type(it) is not dict and not isinstance(it, dict):
         bad(f"{_COLLECTIONS}[{ci}].data[{di}]", f"an item must be an object, got {_got(it)}")
         return None
     ok = True
     cont = it.get("continuation", _MISSING)
-    if type(cont) is not str:
+    if targets and (cont is _MISSING or cont is None):
+        cont = ""
+    elif type(cont) is not str:
         ok = False
         if cont is _MISSING:
             bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", "missing")

@@ -25,9 +25,12 @@ class ValidationReport:
     repairs: list = field(default_factory=list)  # list[str], the changes made by --repair
     path: str | None = None
     repaired_to: str | None = None
+    targets: int | None = None  # validated as a test file (targets=True): items without a continuation
 
     def summary_lines(self) -> list:
         lines = [f"OK: {self.records} records, {self.users} users, {self.items} items"]
+        if self.targets is not None:
+            lines[0] += f", {self.targets} of them targets (no continuation)"
         if self.repaired_to is not None:
             if self.repairs:
                 n = len(self.repairs)
@@ -60,8 +63,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def validate_file(path, repair_out=None, on_error: str = "stop") -> ValidationReport:
-    """Check a records file; with `repair_out`, first write a repaired copy there and check that copy."""
+def validate_file(path, repair_out=None, on_error: str = "stop", targets: bool = False) -> ValidationReport:
+    """Check a records file; with `repair_out`, first write a repaired copy there and check that copy.
+    `targets`: a test file, whose items may have no continuation (see records.load)."""
     _check_on_error(on_error)
     repairs: list = []
     target = path
@@ -84,7 +88,7 @@ def validate_file(path, repair_out=None, on_error: str = "stop") -> ValidationRe
         with atomic_open(out) as f:
             f.write(fixed)
         target = repair_out
-    result = load(target, on_error=on_error)
+    result = load(target, on_error=on_error, targets=targets)
     from usertwin.data.timeline import (
         build_timelines,  # the same notes as prepare: merged users, sorted items
     )
@@ -100,4 +104,5 @@ def validate_file(path, repair_out=None, on_error: str = "stop") -> ValidationRe
         repairs=repairs,
         path=str(path),
         repaired_to=None if repair_out is None else str(repair_out),
+        targets=sum(not it.continuation for r in result.records for it in r.items) if targets else None,
     )

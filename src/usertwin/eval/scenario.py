@@ -1,0 +1,273 @@
+"""`usertwin predict --scenario DIR`: fill a leaderboard scenario's test file with generated continuations.
+
+A scenario folder (the research scripts' layout; rundir.ScenarioDir names its files) holds `train.json`, the
+users' records, and `test_leaderboard.json`, records in the same format whose items have no continuation: the
+targets. Every target gets `num_samples` generated texts, written into a copy of the test file as the item's
+`continuations`; nothing else of the file changes.
+
+A target's prompt is the one training renders for an item (Engine.prompt, i.e. twin.build_prompt): the profile
+(the test record's, else the train record's), and as history the user's train.json items -- only those strictly
+earlier than the target when it and all of them carry a timestamp, else all of them (file order is then time
+order, as build_timelines reads it) -- chosen and cut to fit by the run's history strategy, as in training. A
+user absent from train.json is a cold-start user: profile only.
+
+An empty generation is drawn again with another seed at a higher temperature (+0.2 a retry, at most 3 retries,
+at most 1.5), as the research scripts did; the retries and the texts still empty after them are counted. Sample
+i of a target draws with a seed made of (seed, user, target) plus i: the same in any batch and after a resume.
+Rows are appended to OUT/generations.jsonl per batch (a killed run resumes after the last whole row); the
+filled test file and summary.json are written, atomically, once every target has its row (summary.json's
+wall_time_s: this invocation, from reading the scenario to the last write; model loading not included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from usertwin.atomic import write_json
+from usertwin.config import GenerateSettings
+from usertwin.data import records
+from usertwin.data.prepare import trim_long_contexts
+from usertwin.data.timeline import Timeline
+from usertwin.errors import UsertwinError
+from usertwin.eval.predict import append_batches, completed_rows, output_lock, progress_bar, prompt_hash
+from usertwin.rundir import ScenarioDir
+from usertwin.twin import Engine, Prompt, _timelines_of
+
+KEY = ("record", "position")
+RETRIES, RETRY_STEP, RETRY_CAP = 3, 0.2, 1.5  # the research scripts' empty-output retries
+
+
+@dataclass
+class Target:
+    """One item of the test file to fill."""
+
+    record: records.Record  # its test record
+    item: records.Item
+    raw: dict  # the item as the file holds it: where its continuations go
+    train: Timeline | None  # the user's train.json timeline; None: a cold-start user
+
+    @property
+    def key(self) -> tuple:
+        return self.record.index, self.item.position
+
+
+@dataclass
+class Scenario:
+    folder: Path
+    document: object  # the test file as parsed JSON (a list of records, or one record): written back filled
+    targets: list  # list[Target], file order
+    users: list  # test users, file order
+    cold_users: list  # test users absent from train.json
+    train_users: int
+
+
+def check_folders(folder, out_dir) -> None:
+    """Before a model is loaded: the scenario's files are there and the output cannot overwrite them."""
+    files = ScenarioDir(folder)
+    for path in (files.train, files.test):
+        if not path.is_file():
+            raise UsertwinError(f"{folder} is not a scenario folder: {path} is missing (a scenario holds "
+                                "train.json, the users' records, and test_leaderboard.json, the targets)")
+    if Path(out_dir).resolve() == files.path.resolve():
+        raise UsertwinError(f"-o {out_dir} is the scenario folder itself: its test_leaderboard.json would be "
+                            "overwritten; write to another folder")
+
+
+def read_scenario(folder, engine: Engine) -> Scenario:
+    """The test file's targets, each with its user's train.json timeline (read and trimmed as training reads
+    records)."""
+    files = ScenarioDir(folder)
+    tests = records.load(files.test, targets=True).records
+    raws, document = _raw_records(files.test)
+    train = {tl.user_id: tl for tl in _timelines_of(files.train, engine)}
+    targets = []
+    for rec, raw in zip(tests, raws):
+        items = [it for coll in raw["task"]["task_behavior_collections"] for it in coll["data"]]
+        targets += [Target(rec, item, raw_item, train.get(rec.user_id)) for item, raw_item in zip(rec.items, items)]
+    users = list(dict.fromkeys(rec.user_id for rec in tests))
+    _pin_languages(engine, tests, train)
+    return Scenario(Path(folder), document, targets, users, [u for u in users if u not in train], len(train))
+
+
+def _raw_records(path: Path) -> tuple[list, object]:
+    """The test file's records as parsed JSON, and the document holding them (records.load checked them)."""
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:  # JSON Lines: written back as a list
+        document = [raw for _, raw, _ in records.iter_raw(path)]
+    return (document if isinstance(document, list) else [document]), document
+
+
+def _pin_languages(engine: Engine, tests: list, train: dict) -> None:
+    """The prompt language of a user is detected once (renderer caches it by user id), from what training
+    would see: the user's train timeline, or for a cold-start user the test record -- never from whichever
+    target happens to come first, so a resumed run renders as the first one did."""
+    for rec in tests:
+        engine.renderer.language(train.get(rec.user_id)
+                                 or Timeline(rec.user_id, rec.profile, rec.task, rec.language, rec.items))
+
+
+# ---------------------------------------------------------------- one target's prompt
+
+
+def earlier(items: list, target: records.Item) -> list:
+    """A target's history: the items strictly before its time when it and all of them carry a timestamp, else
+    all of them."""
+    if target.timestamp is None or any(it.timestamp is None for it in items):
+        return list(items)
+    return [it for it in items if it.timestamp < target.timestamp]
+
+
+def target_timeline(t: Target, engine: Engine) -> Timeline:
+    """The user's history for this target, then the target as its last item (a fresh copy: trimming its
+    context to fit max_length, as training trims items, changes only this copy)."""
+    base = t.train
+    history = earlier(base.items, t.item) if base else []  # a prefix of the time-ordered train timeline
+    rec = t.record
+    tl = Timeline(rec.user_id, rec.profile or (base.profile if base else {}), rec.task or (base.task if base else ""),
+                  rec.language or (base.language if base else None),
+                  history + [dataclasses.replace(t.item, position=len(history))], rec.index, rec.role,
+                  context_cut={p: n for p, n in (base.context_cut if base else {}).items() if p < len(history)})
+    if t.item.context:
+        trim_long_contexts([tl], engine.renderer, engine.tokenizer, engine.cfg.max_length)
+    return tl
+
+
+def target_prompt(t: Target, engine: Engine, room: int) -> Prompt:
+    tl = target_timeline(t, engine)
+    return engine.prompt(tl, len(tl.items) - 1, room)
+
+
+def target_seed(seed: int, t: Target) -> int:
+    """A stable hash of (seed, user, target), so targets never share random numbers."""
+    return int(hashlib.sha256(f"{seed}:{t.record.user_id}:{t.record.index}:{t.item.position}".encode())
+               .hexdigest()[:15], 16)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def retry_temperature(temperature: float, k: int) -> float:
+    """The temperature of retry k: higher by RETRY_STEP each time, up to RETRY_CAP (or the asked one above it)."""
+    return max(temperature, min(temperature + RETRY_STEP * k, RETRY_CAP))
+
+
+def generate_nonempty(engine: Engine, prompts: list, gen: GenerateSettings, seeds: list) -> tuple[list, list]:
+    """`gen.num_samples` texts per prompt, empty ones drawn again (see the module's doc); and the retries each
+    prompt took. Retry k of sample i draws with seed + k * num_samples + i: never a seed of a first draw."""
+    texts = engine.generate(prompts, gen, seeds)
+    retries = [0] * len(prompts)
+    for k in range(1, RETRIES + 1):
+        empty = [(j, i) for j, row in enumerate(texts) for i, text in enumerate(row) if not text.strip()]
+        if not empty:
+            break
+        again = dataclasses.replace(gen, num_samples=1, temperature=retry_temperature(gen.temperature, k))
+        redo = engine.generate([prompts[j] for j, _ in empty], again,
+                               [seeds[j] + k * gen.num_samples + i for j, i in empty])
+        for (j, i), row in zip(empty, redo):
+            texts[j][i] = row[0]
+            retries[j] += 1
+    return texts, retries
+
+
+def _rows(engine: Engine, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str) -> list[dict]:
+    prompts = [target_prompt(t, engine, gen.max_new_tokens) for t in chunk]
+    seeds = [target_seed(seed, t) for t in chunk]
+    texts, retries = generate_nonempty(engine, [p.ids for p in prompts], gen, seeds)
+    return [{"record": t.record.index, "position": t.item.position, "user": t.record.user_id,
+             "collection": t.item.collection, "item": t.item.prefix, "cold_start": t.train is None,
+             "history_len": len(p.sample.history), "prompt_hash": prompt_hash(p.ids), "seed": s,
+             "settings": fingerprint, "continuations": out, "retries": r,
+             "empty": sum(not x.strip() for x in out)}
+            for t, p, s, out, r in zip(chunk, prompts, seeds, texts, retries)]
+
+
+# ---------------------------------------------------------------- the run
+
+
+def settings_of(engine: Engine, gen: GenerateSettings, seed: int, source: dict) -> dict:
+    """What the generations depend on (summary.json's "settings"; a resumed run must match them)."""
+    cfg = engine.cfg
+    generation = {k: v for k, v in dataclasses.asdict(gen).items() if k not in ("batch_size", "limit", "pick")}
+    return {**source, "seed": seed, "generation": generation,
+            "retry": {"max_retries": RETRIES, "temperature_step": RETRY_STEP, "temperature_cap": RETRY_CAP},
+            "prompt": {k: getattr(cfg, k) for k in ("ablation", "prompt_style", "history_strategy", "max_length",
+                                                      "language")}}
+
+
+def _fingerprint(engine: Engine, settings: dict) -> str:
+    blob = json.dumps([settings, engine.cfg.to_dict()], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def predict_scenario(engine: Engine, folder, out_dir, gen: GenerateSettings, *, seed: int, source: dict,
+                     progress: bool = True) -> dict:
+    """Fill every target of the scenario in `folder` not yet in OUT/generations.jsonl; once all are there, write
+    OUT/test_leaderboard.json and OUT/summary.json. Returns the summary (`complete`: whether they were written)."""
+    start = time.monotonic()
+    check_folders(folder, out_dir)
+    gen = engine.sized(gen.resolved())  # the temperature and batch size decided once: the fingerprint holds them
+    scen = read_scenario(folder, engine)
+    out = ScenarioDir(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(engine, gen, seed, source)
+    fingerprint = _fingerprint(engine, settings)
+    with output_lock(out.generations, "scenario output"):
+        done = completed_rows(out.generations, KEY)
+        _check_resumable(done, scen, fingerprint, out.generations)
+        todo = [t for t in scen.targets if t.key not in done]
+        if gen.limit is not None:
+            todo = todo[:max(0, gen.limit - len(done))]
+        bar = progress_bar(len(todo), "scenario", "target") if progress else None
+        chunks = (todo[i:i + gen.batch_size] for i in range(0, len(todo), gen.batch_size))
+        written = append_batches(out.generations, chunks, lambda c: _rows(engine, c, gen, seed, fingerprint), bar)
+        rows = completed_rows(out.generations, KEY)
+        summary = _summary(scen, rows, settings, written, len(done), time.monotonic() - start)
+        if summary["complete"]:
+            write_json(out.test, _filled(scen, rows))
+            write_json(out.summary, summary)
+    return summary
+
+
+def _check_resumable(done: dict, scen: Scenario, fingerprint: str, path: Path) -> None:
+    targets = {t.key: t for t in scen.targets}
+    for key, row in done.items():
+        t = targets.get(key)
+        if t is None or row.get("user") != t.record.user_id or row.get("settings") != fingerprint:
+            what = "another scenario" if t is None or row.get("user") != t.record.user_id else "other settings"
+            raise UsertwinError(f"{path} holds rows of {what} (record {key[0]}, user {row.get('user')!r}): "
+                                "write to another folder with -o, or delete that file to start over")
+
+
+def _filled(scen: Scenario, rows: dict):
+    for t in scen.targets:
+        t.raw["continuations"] = rows[t.key]["continuations"]
+    return scen.document
+
+
+def _summary(scen: Scenario, rows: dict, settings: dict, written: int, resumed: int, seconds: float) -> dict:
+    mine = [rows[t.key] for t in scen.targets if t.key in rows]
+    return {"scenario": str(scen.folder), "complete": len(mine) == len(scen.targets),
+            "users": len(scen.users), "targets": len(scen.targets), "targets_done": len(mine),
+            "cold_start_users": len(scen.cold_users), "train_users": scen.train_users,
+            "generated_now": written, "resumed": resumed,
+            "retries": sum(r["retries"] for r in mine), "empty_after_retries": sum(r["empty"] for r in mine),
+            "settings": settings, "wall_time_s": round(seconds, 3)}
+
+
+def summary_lines(summary: dict, out_dir) -> list[str]:
+    """What the command prints."""
+    s, out = summary, ScenarioDir(out_dir)
+    counts = (f"{s['targets']} targets of {s['users']} users ({s['cold_start_users']} cold-start); "
+              f"{s['generated_now']} generated now, {s['resumed']} from an earlier run; {s['retries']} empty "
+              f"generation(s) retried, {s['empty_after_retries']} still empty")
+    if not s["complete"]:
+        return [counts, f"{s['targets_done']} of {s['targets']} targets done (rows in {out.generations}); run "
+                        "the command again (without --limit) to finish and write the filled test file"]
+    return [counts, f"wrote {out.test} and {out.summary}"]

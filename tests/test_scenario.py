@@ -1,0 +1,230 @@
+"""usertwin predict --scenario: a scenario folder of real MovieLens users filled by a tiny random model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import shared
+from helpers import write_records
+
+from usertwin.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = (10, 9, 8, 3)  # items of the 4 MovieLens users taken; the last one is the cold-start user
+FLAGS = ["--max_length", "1024", "--max_new_tokens", "4", "--num_samples", "3", "--temperature", "0.9",
+         "--batch_size", "4", "--no-progress"]
+
+
+def _make_scenario():
+    spec = importlib.util.spec_from_file_location("make_scenario", ROOT / "scripts" / "make_scenario.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_scenario
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    """3 users with 8, 7, 6 train items and their last 2 as targets; 1 cold-start user with 2 targets."""
+    tmp = tmp_path_factory.mktemp("scenario")
+    assert main(["convert", "movielens", str(shared("movielens", "ml-latest-small")), "-o", str(tmp / "ml.jsonl")]) == 0
+    recs = [json.loads(line) for line in (tmp / "ml.jsonl").read_text().splitlines()[:len(SIZES)]]
+    for rec, n in zip(recs, SIZES):
+        data = rec["task"]["task_behavior_collections"][0]["data"]
+        data[:] = sorted(data, key=lambda it: it["timestamp"])[:n]
+    write_records(tmp / "few.jsonl", recs)
+    assert _make_scenario()(tmp / "few.jsonl", tmp / "scen", users=3, targets=2, cold=1) == {
+        "train_users": 3, "test_users": 4, "targets": 8}
+    return tmp / "scen"
+
+
+def _predict(scen, out, model, *extra) -> int:
+    return main(["predict", "--scenario", str(scen), "--model", str(model), "-o", str(out), *FLAGS, *extra])
+
+
+def _items(doc):
+    return [it for rec in doc for c in rec["task"]["task_behavior_collections"] for it in c["data"]]
+
+
+def _rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def filled(scenario, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("filled") / "out"
+    assert _predict(scenario, out, tiny_model_dir) == 0
+    return out
+
+
+def test_filled_file_is_the_input_plus_continuations(scenario, filled):
+    given = json.loads((scenario / "test_leaderboard.json").read_text())
+    got = json.loads((filled / "test_leaderboard.json").read_text())
+    conts = [it.pop("continuations") for it in _items(got)]
+    assert json.dumps(got) == json.dumps(given)  # same keys, same order, same values
+    assert len(conts) == 8 and all(len(c) == 3 and all(isinstance(x, str) for x in c) for c in conts)
+    summary = json.loads((filled / "summary.json").read_text())
+    assert {k: summary[k] for k in ("complete", "users", "targets", "cold_start_users", "train_users",
+                                    "generated_now", "resumed")} == {
+        "complete": True, "users": 4, "targets": 8, "cold_start_users": 1, "train_users": 3, "generated_now": 8,
+        "resumed": 0}
+    # what is still empty after the retries is what the summary counts (retries are tested on their own below)
+    assert summary["empty_after_retries"] == sum(not x.strip() for c in conts for x in c)
+    assert summary["settings"]["generation"]["num_samples"] == 3 and summary["settings"]["seed"] == 42
+    rows = _rows(filled)
+    assert [r["cold_start"] for r in rows] == [False] * 6 + [True] * 2
+    assert [r["history_len"] for r in rows] == [8, 8, 7, 7, 6, 6, 0, 0]  # train items only, all earlier
+    assert [r["continuations"] for r in rows] == conts
+
+
+def test_a_target_prompt_is_the_one_training_renders(scenario, filled, tiny_model_dir, tmp_path):
+    """The scenario's prompt of a target equals the prompt of the same item in a records file holding the
+    user's train items and that item (read, ordered and trimmed as training reads records)."""
+    from usertwin.config import Config, from_mapping
+    from usertwin.eval.predict import prompt_hash
+    from usertwin.eval.scenario import read_scenario, target_prompt
+    from usertwin.twin import Engine, _timelines_of, load_tokenizer_and_model
+
+    cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024}, "test", Config())
+    tok, model = load_tokenizer_and_model(cfg)
+    engine = Engine(cfg, model, tok)
+    scen = read_scenario(scenario, engine)
+    train = {r["user_hash"]: r for r in json.loads((scenario / "train.json").read_text())}
+    answers = json.loads((scenario / "answers.json").read_text())
+    rows = {(r["record"], r["position"]): r for r in _rows(filled)}
+    for t in scen.targets:
+        rec = json.loads(json.dumps(train.get(t.record.user_id) or {**answers[t.record.index], "task": {
+            **answers[t.record.index]["task"], "task_behavior_collections": [{"type": "movie_rating", "data": []}]}}))
+        answer = _items([answers[t.record.index]])[t.item.position]
+        rec["task"]["task_behavior_collections"][0]["data"].append(answer)
+        (tl,) = _timelines_of(write_records(tmp_path / f"{t.key}.jsonl", [rec]), engine)
+        expected = engine.prompt(tl, len(tl.items) - 1, 4).ids
+        assert target_prompt(t, engine, 4).ids == expected
+        assert rows[t.key]["prompt_hash"] == prompt_hash(expected)
+        text = tok.decode(expected)
+        assert answer["continuation_prefix"].strip() in text and t.record.profile["name"] in text
+    held = _items([answers[0]])
+    assert held[0]["continuation_prefix"].strip() not in tok.decode(target_prompt(scen.targets[1], engine, 4).ids)
+
+
+def test_history_holds_only_earlier_train_items(scenario, tiny_model_dir, tmp_path):
+    """A target dated between train items sees only those strictly before it (an item at the same second is
+    not earlier); a target without a timestamp sees every train item."""
+    import shutil
+
+    from usertwin.config import Config, from_mapping
+    from usertwin.eval.scenario import read_scenario, target_prompt
+    from usertwin.twin import Engine, load_tokenizer_and_model
+
+    scen_dir = tmp_path / "scen"
+    shutil.copytree(scenario, scen_dir)
+    train = json.loads((scen_dir / "train.json").read_text())
+    stamps = [it["timestamp"] for it in _items(train[0:1])]
+    test = json.loads((scen_dir / "test_leaderboard.json").read_text())
+    first, second = _items(test[0:1])
+    first["timestamp"] = stamps[3]  # the second of train items 2, 3 and 4 (real ties): items 0 and 1 are earlier
+    del second["timestamp"]
+    (scen_dir / "test_leaderboard.json").write_text(json.dumps(test))
+    cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024}, "test", Config())
+    engine = Engine(cfg, *reversed(load_tokenizer_and_model(cfg)))
+    scen = read_scenario(scen_dir, engine)
+    assert stamps[0] == stamps[1] < stamps[2] == stamps[3] == stamps[4] < stamps[5] and len(stamps) == 8
+    assert [len(target_prompt(t, engine, 4).sample.history) for t in scen.targets[:2]] == [2, 8]
+
+
+def test_a_killed_run_resumes_to_the_same_file(scenario, filled, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(scenario, out, tiny_model_dir, "--limit", "4") == 0
+    assert len(_rows(out)) == 4 and not (out / "test_leaderboard.json").exists() and not (out / "summary.json").exists()
+    with open(out / "generations.jsonl", "a") as f:
+        f.write('{"record": 2, "posit')  # a row torn by a kill
+    assert _predict(scenario, out, tiny_model_dir) == 0
+    rows = _rows(out)
+    assert len(rows) == 8 == len({(r["record"], r["position"]) for r in rows})
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["generated_now"], summary["resumed"], summary["complete"]) == (4, 4, True)
+    # seeds per (user, target): the resumed run wrote what one uninterrupted run wrote
+    assert (out / "test_leaderboard.json").read_text() == (filled / "test_leaderboard.json").read_text()
+
+
+def test_resuming_with_other_settings_is_refused(scenario, filled, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(filled, out)
+    assert _predict(scenario, out, tiny_model_dir, "--num_samples", "2") == 2
+    assert (f"{out / 'generations.jsonl'} holds rows of other settings (record 0, user '1'): write to another "
+            "folder with -o, or delete that file to start over") in capsys.readouterr().err
+
+
+class _Engine:
+    """Generates "" until the temperature reaches `warm` (never, for prompts listed in `mute`)."""
+
+    def __init__(self, warm: float, mute=()):
+        self.warm, self.mute, self.calls = warm, set(mute), []
+
+    def generate(self, prompts, gen, seeds):
+        self.calls.append((round(gen.temperature, 6), gen.num_samples, list(seeds)))
+        return [["" if p[0] in self.mute or gen.temperature < self.warm else f"t{gen.temperature:.1f}"]
+                * gen.num_samples for p in prompts]
+
+
+def test_empty_generations_are_retried_hotter_and_counted():
+    from usertwin.config import GenerateSettings
+    from usertwin.eval.scenario import generate_nonempty
+
+    engine = _Engine(warm=0.5, mute=[2])
+    gen = GenerateSettings(temperature=0.1, num_samples=2)
+    texts, retries = generate_nonempty(engine, [[1], [2]], gen, [100, 200])
+    assert texts == [["t0.5", "t0.5"], ["", ""]]
+    assert retries == [4, 6]  # prompt 1: 2 samples x 2 retries; prompt 2: 2 x 3, still empty
+    assert engine.calls == [(0.1, 2, [100, 200]), (0.3, 1, [102, 103, 202, 203]), (0.5, 1, [104, 105, 204, 205]),
+                            (0.7, 1, [206, 207])]
+
+
+def test_validate_accepts_missing_continuations_only_with_targets(scenario, capsys):
+    test = str(scenario / "test_leaderboard.json")
+    assert main(["validate", test]) == 2
+    err = capsys.readouterr().err
+    assert "8 problems in 4 of 4 records" in err
+    assert "record 0 (user '1'), field task.task_behavior_collections[0].data[0].continuation: missing" in err
+    assert err.rstrip().endswith("hint: a scenario's test file (test_leaderboard.json: items without a continuation, "
+                                 "the targets) is checked with --targets")
+    assert main(["validate", test, "--targets"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "OK: 4 records, 4 users, 8 items, 8 of them targets (no continuation)"
+    assert main(["validate", str(scenario / "train.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "OK: 3 records, 3 users, 21 items"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--split", "val"], "--split does not apply to --scenario"),
+    (["--pick", "2"], "--pick does not apply to --scenario"),
+    (["-o", "SCEN"], "is the scenario folder itself: its test_leaderboard.json would be overwritten"),
+])
+def test_what_does_not_apply_is_refused(scenario, tiny_model_dir, tmp_path, capsys, extra, message):
+    extra = [str(scenario) if x == "SCEN" else x for x in extra]
+    assert main(["predict", "--scenario", str(scenario), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"),
+                 *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_without_train_json_is_refused(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "test_leaderboard.json").write_text("[]")
+    assert main(["predict", "--scenario", str(tmp_path), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o")]) == 2
+    assert (f"{tmp_path} is not a scenario folder: {tmp_path / 'train.json'} is missing"
+            in capsys.readouterr().err)
+
+
+def test_a_trained_run_fills_the_scenario(scenario, tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(scenario / "train.json"), "--model", str(tiny_model_dir), "--output_dir",
+                 str(run), "--max_length", "512", "--no-progress"]) == 0
+    out = tmp_path / "out"
+    assert main(["predict", "--scenario", str(scenario), "--run", str(run), "-o", str(out), *FLAGS[2:]]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["run"] == str(run) and summary["settings"]["prompt"]["max_length"] == 512
+    assert (summary["targets"], summary["cold_start_users"]) == (8, 1)
+    assert all(len(it["continuations"]) == 3
+               for it in _items(json.loads((out / "test_leaderboard.json").read_text())))
