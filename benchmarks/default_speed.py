@@ -55,7 +55,7 @@ def train(label: str, records: Path, args, extra: list[str]) -> dict:
     run = args.out / "runs" / label
     common = ["--data", str(records), "--model", args.model, "--max_length", str(args.max_length),
               "--max_epochs", "2", "--cache_dir", str(args.out / "cache"), "--no-progress"]
-    wall = usertwin(["train", *common, "-o", str(run), "--overwrite", *extra], args.out / f"{label}.log")
+    wall = usertwin(["train", *common, "--output_dir", str(run), "--overwrite", *extra], args.out / f"{label}.log")
     summary = json.loads((run / "summary.json").read_text())
     plan = [ln for ln in (args.out / f"{label}.log").read_text().splitlines() if "batch_tokens auto" in ln]
     return {"label": label, "flags": extra, "wall_s": round(wall, 1), "plan": plan[0] if plan else None,
