@@ -230,7 +230,7 @@ def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None
                 st.users += 1
             for w in ws:
                 st.history_items += len(w.items) - len(w.targets)
-                if w.items[0] > 0:
+                if use_history and w.items[0] > 0:  # (without history nothing earlier was cut)
                     st.truncated_sequences += 1
         st.targets, st.sequences, st.tokens = wst.targets, wst.windows, wst.tokens
         st.history_dropped, st.too_long = wst.history_dropped, wst.too_long
