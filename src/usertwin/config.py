@@ -150,34 +150,47 @@ class SampleSettings:
     """Which targets become training sequences and which earlier items are their history."""
 
     history_strategy: str = setting(
-        "all_previous", "sample unit: the earlier items shown as history: all_previous, random (a history_ratio "
+        "all_previous", "the earlier items shown as history before a target: all_previous (timeline unit: every "
+                        "earlier item of its window), none (timeline unit: windows without history), and, sample "
+                        "unit only (under timeline the run switches to it, with a notice): random (a history_ratio "
                         "share at random), fixed_ratio (the user's first history_ratio share), fixed_count (the "
-                        "fixed_history_count latest), none",
+                        "fixed_history_count latest)",
         choices=("all_previous", "random", "fixed_ratio", "fixed_count", "none"), shapes_data=True)
     history_ratio: float = setting(0.5, "share used by the random (of the earlier items) and fixed_ratio (of all "
-                                        "the user's items) history strategies", shapes_data=True, ratio=True)
-    fixed_history_count: int | None = setting(None, "history items of the fixed_count strategy; unset: half the "
-                                                    "user's items, at most 5", shapes_data=True, minimum=0)
-    max_history_items: int | None = setting(None, "sample unit: at most this many history items, the most "
-                                                  "recent kept; unset: no cap", aliases=("history_max_items",),
+                                        "the user's items) history strategies; refused with any other strategy",
+                                   shapes_data=True, ratio=True)
+    fixed_history_count: int | None = setting(None, "history items of the fixed_count strategy (refused with any "
+                                                    "other); unset: half the user's items, at most 5",
+                                              shapes_data=True, minimum=0)
+    max_history_items: int | None = setting(None, "at most this many history items before a target, the most "
+                                                  "recent kept; sample unit only (under timeline the run switches "
+                                                  "to it, with a notice); unset: no cap",
+                                            aliases=("history_max_items",),
                                             shapes_data=True, minimum=0)
     max_context_turns: int = setting(15, "dialogue: turns of the current conversation shown before a line where "
                                          "it opens a sequence (the last ones, after a line saying earlier turns "
                                          "were left out); later lines of it in a timeline window also see the "
                                          "turns between. History items: max_history_items", shapes_data=True,
                                          minimum=0)
-    max_samples_per_user: int | None = setting(None, "sample unit: at most this many training targets per user, "
-                                                     "drawn at random; unset: all", shapes_data=True, minimum=1)
-    one_sample_per_user: bool = setting(False, "sample unit: only each user's latest training target, with every "
-                                               "earlier item as history", shapes_data=True)
-    temporal_augmentation: bool = setting(False, "sample unit: only training targets with at least "
-                                                 "min_history_length earlier items", shapes_data=True)
-    min_history_length: int = setting(1, "earlier items a training target needs under temporal_augmentation",
-                                      shapes_data=True, minimum=0)
-    sample_seed: int = setting(42, "seed of the random history and target draws (epoch E draws with "
-                                   "sample_seed + E)", shapes_data=True)
+    max_samples_per_user: int | None = setting(None, "at most this many training targets per user, drawn at "
+                                                     "random (sample_seed): a sample each (sample unit), or the "
+                                                     "only ones that carry loss in the windows, the other items "
+                                                     "staying as history (timeline unit); unset: all",
+                                               shapes_data=True, minimum=1)
+    one_sample_per_user: bool = setting(False, "only each user's latest training target carries loss, with the "
+                                               "earlier items that fit as history (the same sequence in both "
+                                               "units); max_samples_per_user is refused with it", shapes_data=True)
+    temporal_augmentation: bool = setting(False, "only training targets with at least min_history_length earlier "
+                                                 "items carry loss (both units)", shapes_data=True)
+    min_history_length: int = setting(1, "earlier items a training target needs under temporal_augmentation "
+                                         "(refused without it)", shapes_data=True, minimum=0)
+    sample_seed: int = setting(42, "seed of the random target draw (max_samples_per_user) and of the random "
+                                   "history strategy; epoch E draws with sample_seed + E; a notice says when "
+                                   "nothing is drawn", shapes_data=True)
     window_history_fraction: float = setting(0.5, "timeline unit: share of a window kept for history before the "
-                                                  "window's first target", shapes_data=True, ratio=True)
+                                                  "window's first target (one_sample_per_user: all of max_length); "
+                                                  "dialogue, either unit: the share of room a line's context may "
+                                                  "take; refused otherwise", shapes_data=True, ratio=True)
 
 
 @dataclass
@@ -199,7 +212,8 @@ class RenderSettings:
     language: str = setting("auto", "language of the prompt's own words; auto: the record's task.language, else "
                                     "detected from the text", choices=("auto", "en", "zh", "ja"), shapes_data=True)
     history_layout: str = setting("turns", "turns: earlier items as earlier chat turns; block: the seeds' "
-                                           "[HISTORY] block in the prompt (needs unit sample)",
+                                           "[HISTORY] block in the prompt (needs unit sample: refused under "
+                                           "timeline)",
                                   choices=("turns", "block"), shapes_data=True)
     chat_template: str = setting("auto", "auto: the tokenizer's chat template when it has one; none: plain text",
                                  choices=("auto", "none"), shapes_data=True)
@@ -255,14 +269,17 @@ class TrainSettings:
         AUTO, "tokens per micro-batch row; auto: on one GPU (or DDP), as many as fit its memory (a probe step "
         "measures the memory a token takes), in whole max_length rows, at most step_tokens; on a CPU, FSDP or "
         "DeepSpeed: max_length; unset: max_length", minimum=1, auto=True)
-    step_tokens: int = setting(65536, "with batch_tokens auto on a GPU: tokens per optimizer step; the accumulation "
-                               "steps are raised when one micro-batch cannot hold them", minimum=1)
+    step_tokens: int | None = setting(None, "with batch_tokens auto: tokens per optimizer step; the accumulation "
+                                      "steps are raised when one micro-batch cannot hold them; unset: 65,536 on "
+                                      "a GPU the probe sized, else one micro-batch", minimum=1)
     packing: bool = setting(True, "pack sequences into rows without padding (position ids restart per "
                                   "sequence); off: dynamic padding")
     pad_packed_rows: bool = setting(False, "pad every packed row to batch_tokens, so GPU kernels see fixed "
-                                           "shapes")
-    resample_every_epoch: bool = setting(False, "sample unit: draw fresh training samples every epoch (with "
-                                                "sample_seed + epoch)")
+                                           "shapes (needs packing: refused without it)")
+    resample_every_epoch: bool = setting(False, "draw fresh training targets (and random histories) every epoch "
+                                                "with sample_seed + epoch, in either unit; needs a random draw "
+                                                "(max_samples_per_user, or history_strategy random): refused "
+                                                "without one")
     eval_steps: int | None = setting(None, "validate every this many steps; unset or 0: at the end of each "
                                            "epoch", minimum=0)
     save_steps: int | None = setting(None, "save a checkpoint every this many steps; unset or 0: with "

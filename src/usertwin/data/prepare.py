@@ -18,6 +18,7 @@ from pathlib import Path
 from usertwin.atomic import atomic_open
 from usertwin.config import Config
 from usertwin.data import records
+from usertwin.data.applies import facts_of, settle
 from usertwin.data.timeline import (
     SPLITS,
     Sample,
@@ -27,6 +28,7 @@ from usertwin.data.timeline import (
     build_timelines,
     build_windows,
     iter_samples,
+    loss_targets,
     own_turn_last,
 )
 from usertwin.errors import UsertwinError
@@ -35,7 +37,7 @@ from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, load_tokenizer, measure_all, tokenizer_id
 from usertwin.version import __version__
 
-CACHE_VERSION = 3  # bump when what prepare builds changes for the same inputs
+CACHE_VERSION = 4  # bump when what prepare builds changes for the same inputs
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Prepared:
     warnings: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # records skipped with --on-error skip
     skipped_items: list = field(default_factory=list)  # items left out of kept records with --on-error skip
+    notices: list = field(default_factory=list)  # how settings were settled (data/applies.py); also in warnings
     seconds: float = 0.0
     from_cache: bool = False
 
@@ -106,16 +109,14 @@ def _cache_dir(cfg: Config) -> Path:
 def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool = True) -> Prepared:
     if not cfg.data:
         raise UsertwinError("no data: pass --data RECORDS.jsonl or set `data:` in the config")
-    if cfg.unit == "timeline" and cfg.history_layout == "block":
-        raise UsertwinError("--unit timeline renders earlier items as turns; the block history layout "
-                            "needs --unit sample")
     start = time.perf_counter()
     use_cache = use_cache and Path(cfg.data).is_file()  # (anything else: records.load says what is wrong)
     stamp = _stamp(cfg.data)
     data_hash = file_hash(cfg.data) if use_cache else ""  # hashed before reading: the key never outruns the data
     loaded = records.load(cfg.data, on_error=cfg.on_error)
     timelines, warnings = build_timelines(loaded.records)
-    warnings = list(loaded.warnings) + warnings
+    cfg, notices = settle(cfg, facts_of(timelines))  # a setting that would be ignored: switch unit, or stop
+    warnings = notices + list(loaded.warnings) + warnings
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     renderer = Renderer(cfg, tokenizer)
@@ -129,7 +130,7 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
     if use_cache and cache_file.is_file():
         prep = _from_cache(cache_file, cfg, timelines, key)
         if prep is not None:
-            prep.warnings, prep.skipped = warnings, list(loaded.skipped)
+            prep.warnings, prep.skipped, prep.notices = warnings, list(loaded.skipped), notices
             prep.skipped_items = list(loaded.skipped_items)
             prep.seconds = time.perf_counter() - start
             return prep
@@ -140,7 +141,7 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
     for split in SPLITS:
         sequences[split], stats[split] = build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer)
     prep = Prepared(cfg, timelines, splits, lengths, sequences, stats, warnings, list(loaded.skipped),
-                    list(loaded.skipped_items))
+                    list(loaded.skipped_items), notices)
     if use_cache and _stamp(cfg.data) == stamp:  # the file changed while we read it: do not cache
         _to_cache(cache_file, prep, key)
     prep.seconds = time.perf_counter() - start
@@ -218,17 +219,21 @@ def build_split(cfg, renderer, timelines, splits, lengths, split, tokenizer=None
     out = []
     if cfg.unit == "timeline":
         wst = WindowStats()
+        # one target per user gets all the history that fits, as the research scripts' one sample did
+        fraction = 1.0 if cfg.one_sample_per_user and split == "train" else cfg.window_history_fraction
+        use_history = renderer.use_history and cfg.history_strategy != "none"
         for tl in timelines:
             ln = lengths[tl.user_id]
             ws = build_windows(tl, splits[tl.user_id], split, ln.blocks(), ln.header, ln.join, cfg.max_length,
-                               cfg.window_history_fraction, renderer.use_history, wst, ln.follow_blocks(),
-                               share_of_room=renderer.use_context and tl.is_dialogue)
+                               fraction, use_history, wst, ln.follow_blocks(),
+                               share_of_room=renderer.use_context and tl.is_dialogue,
+                               targets=loss_targets(tl, splits[tl.user_id], split, cfg, epoch))
             out.extend(ws)
             if ws:
                 st.users += 1
             for w in ws:
                 st.history_items += len(w.items) - len(w.targets)
-                if w.items[0] > 0:
+                if use_history and w.items[0] > 0:  # (without history nothing earlier was cut)
                     st.truncated_sequences += 1
         st.targets, st.sequences, st.tokens = wst.targets, wst.windows, wst.tokens
         st.history_dropped, st.too_long = wst.history_dropped, wst.too_long

@@ -303,15 +303,25 @@ def target_positions(labels: list[str], split: str) -> list[int]:
 
 
 def choose_targets(tl: Timeline, candidates: list[int], cfg: Config, seed: int) -> list[int]:
-    """Which of a user's candidate targets become samples, by the research scripts' sampling modes."""
-    if cfg.one_sample_per_user:
-        return candidates[-1:]
+    """Which of a user's candidate training targets carry loss, by the research scripts' sampling modes (both
+    units: a sample per chosen target, or windows in which only the chosen targets carry loss)."""
     if cfg.temporal_augmentation:
         candidates = [t for t in candidates if t >= cfg.min_history_length]
+    if cfg.one_sample_per_user:
+        return candidates[-1:]
     if cfg.max_samples_per_user is not None and len(candidates) > cfg.max_samples_per_user:
         picked = _rng(seed, tl.user_id, "targets").sample(candidates, cfg.max_samples_per_user)
         return sorted(picked)
     return candidates
+
+
+def loss_targets(tl: Timeline, labels: list[str], split: str, cfg: Config, epoch: int = 0) -> list[int]:
+    """The positions of `split` that carry loss: training targets as the sampling modes choose them (drawn
+    with sample_seed + epoch), every validation and test target."""
+    cands = target_positions(labels, split)
+    if split != "train" or not cands:
+        return cands
+    return choose_targets(tl, cands, cfg, cfg.sample_seed + epoch)
 
 
 def build_samples(timelines, splits, split: str, cfg: Config, epoch: int = 0) -> list[Sample]:
@@ -325,19 +335,8 @@ def iter_samples(timelines, splits, split: str, cfg: Config, epoch: int = 0):
     holds every uncut history of a long timeline (one user with 20,000 items: ~10^8 positions)."""
     seed = cfg.sample_seed + epoch
     for tl in timelines:
-        cands = target_positions(splits[tl.user_id], split)
-        if not cands:
-            continue
-        if split == "train":
-            targets = choose_targets(tl, cands, cfg, seed)
-        else:
-            targets = cands
-        for t in targets:
-            if cfg.one_sample_per_user and split == "train":
-                hist = list(range(history_limit(tl, t))) if cfg.parts()[1] else []
-            else:
-                hist = select_history(tl, t, cfg, seed)
-            yield Sample(tl.user_id, t, hist, split)
+        for t in loss_targets(tl, splits[tl.user_id], split, cfg, epoch):
+            yield Sample(tl.user_id, t, select_history(tl, t, cfg, seed), split)
 
 
 def resample(timelines, splits, cfg: Config, epoch: int) -> list[Sample]:
@@ -360,7 +359,8 @@ class WindowStats:
 
 def build_windows(tl: Timeline, labels: list[str], split: str, lengths, header_len: int, join_len: int,
                   max_length: int, history_fraction: float = 0.5, use_history: bool = True,
-                  stats: WindowStats | None = None, follow=None, share_of_room: bool = False) -> list[Window]:
+                  stats: WindowStats | None = None, follow=None, share_of_room: bool = False,
+                  targets: list[int] | None = None) -> list[Window]:
     """Cut one timeline into windows that fit `max_length` tokens.
 
     `lengths[i]` is the token length of item i rendered as a block (prompt + target) where it opens a
@@ -372,6 +372,8 @@ def build_windows(tl: Timeline, labels: list[str], split: str, lengths, header_l
     whose lines' context is cut to the same share), then takes targets in order while they fit; so every
     target sees at least that much earlier history (or all of it), and the window's later targets see more. Without history
     a window still holds the later lines of its first target's conversation: they are that line's context.
+    `targets`: the positions of `split` that carry loss (default: all of them); the items between two of them
+    stay in the window as history.
     """
     stats = stats if stats is not None else WindowStats()
     follow = follow if follow is not None else [None] * len(lengths)
@@ -379,7 +381,7 @@ def build_windows(tl: Timeline, labels: list[str], split: str, lengths, header_l
     def step(i: int) -> int:  # item i right after item i-1
         return (lengths[i] if follow[i] is None else follow[i]) + join_len
 
-    targets = target_positions(labels, split)
+    targets = target_positions(labels, split) if targets is None else targets
     windows: list[Window] = []
     k = 0
     while k < len(targets):

@@ -28,10 +28,18 @@ class BatchPlan:
     note: str  # one line for the log: what was chosen and why
 
 
+GPU_STEP_TOKENS = 65536  # step_tokens unset on a GPU the probe sized: 32 rows of 2,048 tokens
+
+
 def fixed_plan(cfg: Config, why: str = "") -> BatchPlan:
-    """batch_tokens as set (unset, or auto where no probe runs: max_length) and the accumulation as set."""
+    """batch_tokens as set (unset, or auto where no probe runs: max_length) and the accumulation as set; under
+    auto an explicit step_tokens still sets the accumulation."""
     tokens = cfg.batch_tokens if isinstance(cfg.batch_tokens, int) else cfg.max_length
-    return BatchPlan(tokens, cfg.gradient_accumulation_steps, why)
+    accumulation = cfg.gradient_accumulation_steps
+    if cfg.batch_tokens == AUTO and cfg.step_tokens:
+        accumulation = max(accumulation, math.ceil(cfg.step_tokens / tokens))
+        why += f", {accumulation} micro-batch(es) per optimizer step (step_tokens {cfg.step_tokens:,})"
+    return BatchPlan(tokens, accumulation, why)
 
 
 def plan_batches(cfg: Config, acc, loss_model, target_share: float, boundaries: bool) -> BatchPlan:
@@ -50,7 +58,7 @@ def plan_batches(cfg: Config, acc, loss_model, target_share: float, boundaries: 
     trainable = sum(p.numel() * p.element_size() for p in loss_model.parameters() if p.requires_grad)
     total = torch.cuda.get_device_properties(acc.device).total_memory
     room = USABLE * total - torch.cuda.memory_allocated(acc.device) - ADAM_STATES * trainable - fixed
-    fits = int(room // per_token) if per_token > 0 else cfg.step_tokens
+    fits = int(room // per_token) if per_token > 0 else cfg.step_tokens or GPU_STEP_TOKENS
     # the smallest fit over the processes: every rank packs the same rows
     fits = int(acc.reduce(torch.tensor(fits, device=acc.device), reduction="min").item()) \
         if acc.num_processes > 1 else fits
@@ -59,7 +67,7 @@ def plan_batches(cfg: Config, acc, loss_model, target_share: float, boundaries: 
 
 def choose(cfg: Config, fits: int, per_token: float) -> BatchPlan:
     """Whole max_length rows, as many as fit and the step needs; accumulation covers the rest of the step."""
-    step = max(cfg.step_tokens, cfg.max_length)
+    step = max(cfg.step_tokens or GPU_STEP_TOKENS, cfg.max_length)
     rows = max(1, min(fits, step) // cfg.max_length)
     tokens = rows * cfg.max_length
     accumulation = max(cfg.gradient_accumulation_steps, math.ceil(step / tokens))

@@ -47,8 +47,9 @@ class EpochData:
 
     @property
     def varies(self) -> bool:
-        """Whether each epoch draws its own training samples (and so its own number of micro-batches)."""
-        return self.cfg.unit == "sample" and self.cfg.resample_every_epoch
+        """Whether each epoch draws its own training targets (and so its own number of micro-batches); prepare
+        refuses resample_every_epoch where nothing is drawn (data/applies.py)."""
+        return self.cfg.resample_every_epoch
 
     def sequences(self, split: str, epoch: int):
         if split == "train" and self.varies:
@@ -543,8 +544,11 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: 
             print(f"--resume: no checkpoint in {run.checkpoints}; starting from the beginning", flush=True)
         set_seed(cfg.seed)
         tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
-        renderer = Renderer(cfg, tokenizer)
         prep = prepare(cfg, tokenizer=tokenizer, progress=progress and main)
+        cfg = prep.config  # settled: what takes effect (a unit switched for a history strategy), saved as such
+        for notice in prep.notices if main else ():
+            print(notice, flush=True)
+        renderer = Renderer(cfg, tokenizer)
         return Trainer(cfg, acc, run, prep, renderer, tokenizer, resume_from, progress=progress, debug=debug).run()
     finally:  # also on errors and Ctrl-C: the next run may take the directory
         if lock is not None:

@@ -1,0 +1,86 @@
+"""--batch_tokens auto and --batch_size auto: the arithmetic of the plan, the CPU fallbacks, and that an explicit
+step_tokens sets the accumulation (the probe itself needs a GPU: benchmarks/default_speed.py runs it there)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import write_rating_users
+
+from usertwin.cli import main
+from usertwin.config import Config, GenerateSettings
+from usertwin.text.tokens import IGNORE
+from usertwin.train.autobatch import GPU_STEP_TOKENS, choose, fixed_plan, synthetic_batch
+from usertwin.twin import CPU_BATCH, bytes_per_token
+
+
+def test_a_roomy_gpu_gets_whole_rows_up_to_the_step():
+    plan = choose(Config(max_length=2048), fits=1_000_000, per_token=2**20)
+    assert (plan.batch_tokens, plan.accumulation) == (GPU_STEP_TOKENS, 1)
+    assert "65,536 tokens per micro-batch (32 x max_length 2048" in plan.note
+
+
+def test_a_small_gpu_accumulates_to_keep_the_step():
+    plan = choose(Config(max_length=2048), fits=10_000, per_token=2**20)  # 4 rows fit
+    assert (plan.batch_tokens, plan.accumulation) == (8192, 8)
+    plan = choose(Config(max_length=2048, step_tokens=20_000), fits=10_000, per_token=2**20)
+    assert (plan.batch_tokens, plan.accumulation) == (8192, 3)  # ceil(20,000 / 8,192)
+    plan = choose(Config(max_length=2048), fits=100, per_token=2**20)
+    assert plan.batch_tokens == 2048 and "not even one max_length row seems to fit" in plan.note
+
+
+def test_without_a_probe_auto_is_max_length_and_step_tokens_still_counts():
+    assert (fixed_plan(Config(max_length=256)).batch_tokens, fixed_plan(Config(max_length=256)).accumulation) \
+        == (256, 1)
+    plan = fixed_plan(Config(max_length=256, step_tokens=1000))
+    assert (plan.batch_tokens, plan.accumulation) == (256, 4)
+    assert fixed_plan(Config(max_length=256, batch_tokens=512, gradient_accumulation_steps=3)).accumulation == 3
+
+
+def test_the_probe_batch_is_shaped_like_the_run():
+    b = synthetic_batch(Config(max_length=100), 2, target_share=0.25, vocab=50)
+    assert len(b.input_ids) == 1 and len(b.input_ids[0]) == 200 and b.seq_lens == [100, 100]
+    assert b.position_ids[0][:3] == [0, 1, 2] and b.position_ids[0][100] == 0
+    assert sum(x != IGNORE for x in b.labels[0]) == b.n_target_tokens == 50
+    padded = synthetic_batch(Config(max_length=100, packing=False), 3, target_share=1.0, vocab=50)
+    assert len(padded.input_ids) == 3 and padded.attention_mask == [[1] * 100] * 3
+
+
+def test_step_tokens_sets_the_accumulation_on_a_cpu(tmp_path, tiny_model_dir, capsys):
+    data = write_rating_users(tmp_path / "r.jsonl", (24, 16, 12), lambda u, i: f"Movie {i % 7} (2000): ",
+                              lambda u, i: (i * (u + 1)) % 5 + 1)
+    steps = {}
+    for label, extra in (("one", []), ("four", ["--step_tokens", "1024"])):
+        out = tmp_path / label
+        assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(out),
+                     "--max_length", "256", "--no-progress", *extra]) == 0
+        steps[label] = json.loads((out / "summary.json").read_text())["steps"]
+    assert "4 micro-batch(es) per optimizer step (step_tokens 1,024)" in capsys.readouterr().out
+    assert steps["four"] == -(-steps["one"] // 4)
+
+
+def test_step_tokens_needs_batch_tokens_auto(tmp_path, capsys):
+    data = write_rating_users(tmp_path / "r.jsonl", (8,), lambda u, i: f"Movie {i}: ", lambda u, i: 3)
+    assert main(["prepare", "--data", str(data), "--batch_tokens", "512", "--step_tokens", "1024",
+                 "--no-progress"]) == 2
+    assert "--step_tokens 1024 would be ignored: it needs --batch_tokens auto" in capsys.readouterr().err
+
+
+def test_batch_size_auto_is_8_on_a_cpu_and_the_gpu_estimate_counts_cache_and_activations():
+    assert CPU_BATCH == 8 and GenerateSettings().batch_size == "auto"
+
+    class Cfg:
+        hidden_size, num_attention_heads, num_key_value_heads, num_hidden_layers = 64, 4, 2, 3
+        intermediate_size, dtype = 128, "bfloat16"
+
+    # cache: 3 layers x 2 (k, v) x 2 heads x 16 dims x 2 bytes; activations (8 x 64 + 3 x 128) x 2; mask row
+    assert bytes_per_token(Cfg, 100) == 3 * 2 * 2 * 16 * 2 + (8 * 64 + 3 * 128) * 2 + 100
+
+
+@pytest.mark.parametrize("value", ["auto", "512"])
+def test_batch_tokens_takes_a_number_or_auto(value, tmp_path):
+    from usertwin.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--batch_tokens", value])
+    assert args.cfg__batch_tokens == (value if value == "auto" else int(value))
