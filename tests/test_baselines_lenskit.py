@@ -144,3 +144,14 @@ def test_distractors_come_from_the_same_film_not_the_same_title(tmp_path):
         assert picks[("a", 0)] == ["2.0"] and picks[("c", 0)] == ["4.0"], seed
         # b0's film has four other ratings: its distractor is one of them, never a rating of Emma 838
         assert picks[("b0", 0)][0] in {"1.0", "1.5", "3.0", "3.5"}, seed
+
+
+def test_a_repeated_rating_counts_once_with_its_latest_value_in_lenskit():
+    """LensKit refuses repeated (user, item) interactions; the triples are in timeline order."""
+    key = ("movie_rating", "A: ")
+    train = [("u", key, 1.0), ("v", key, 3.0), ("u", key, 5.0)]
+    model = B.fit_ratings(train, damping=0)
+    assert model.item_mean[key] == 3.0  # the means count every rating
+    # LensKit sees u 5.0 and v 3.0: mu 4, b_item 0, b_u 1
+    assert model.predict("user_item_bias", "u", key) == 5.0
+    assert model.predict("biased_mf", "v", key) == pytest.approx(3.0, abs=0.05)

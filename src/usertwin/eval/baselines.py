@@ -214,7 +214,10 @@ def _lenskit_pipelines(users, items, ratings, damping, features, regularization,
     from lenskit.pipeline import predict_pipeline
     from lenskit.training import TrainingOptions
 
-    data = from_interactions_df(pd.DataFrame({"user_id": users, "item_id": items, "rating": ratings}))
+    df = pd.DataFrame({"user_id": users, "item_id": items, "rating": ratings})
+    # LensKit takes one rating per (user, item): a user who rated an item again counts with the latest rating
+    # (the triples are in timeline order); the means above count every rating
+    data = from_interactions_df(df.drop_duplicates(["user_id", "item_id"], keep="last"))
     scorers = {"user_item_bias": (BiasScorer(damping=damping), False),
                "biased_mf": (BiasedMFScorer(features=features, regularization=regularization, epochs=epochs,
                                             damping=damping), True),
