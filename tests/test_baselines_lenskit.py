@@ -155,3 +155,13 @@ def test_a_repeated_rating_counts_once_with_its_latest_value_in_lenskit():
     # LensKit sees u 5.0 and v 3.0: mu 4, b_item 0, b_u 1
     assert model.predict("user_item_bias", "u", key) == 5.0
     assert model.predict("biased_mf", "v", key) == pytest.approx(3.0, abs=0.05)
+
+
+def test_report_rows_name_what_a_baseline_was_fit_on():
+    from usertwin.eval.report.tables import metrics_table
+
+    table = metrics_table([], {"item_knn": {"n": 4, "rmse": 1.0, "mae": 0.5, "fit_on": "train + val"},
+                               "older_file": {"n": 4, "rmse": 1.2, "mae": 0.9}})
+    assert [(r["name"], r["label"]) for r in table.rows] == [("item_knn", "item_knn (fit on train + val)"),
+                                                            ("older_file", "older_file")]
+    assert table.columns == ["rmse", "mae"]  # fit_on is a label, not a column
