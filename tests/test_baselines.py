@@ -84,20 +84,24 @@ def test_rating_metrics_of_baselines(tmp_path):
     assert val["global_mean"]["n"] == 4  # the val targets: M4 5.0, M4 1.0, M1 0.5, M1 1.0
 
 
-def test_bias_model_one_round_by_hand(tmp_path):
+def test_damped_bias_is_lenskits_formula(tmp_path):
+    """user_item_bias is LensKit's BiasScorer fit on our (user, item key, rating) triples: b_i = sum(r - mu) /
+    (n_i + d), then b_u = sum(r - mu - b_i) / (n_u + d); an unseen user or item has bias 0."""
     timelines, splits = B.load_split(_rating_cfg(tmp_path))
-    m = B.fit_ratings(B.train_ratings(timelines, splits), lambda_item=1, lambda_user=1, rounds=1)
+    m = B.fit_ratings(B.train_ratings(timelines, splits), damping=1)
     key = lambda p: ("movie_rating", f"{p} (1999) (Drama): ")  # noqa: E731
-    # b_i = sum(r - mu) / (1 + n_i) with b_u = 0: M1 (0.5 - 1.5) / 3, M2 (-1.5 + 1.5) / 3, M3 (-0.5 + 1.5) / 3
-    assert m.mu == 3.5
-    assert [m.item_bias[key(p)] for p in ("M1", "M2", "M3")] == pytest.approx([-1 / 3, 0, 1 / 3])
+    # train: u1 M1 4, M2 2; u2 M1 2, M3 3; u3 M2 5, M3 5 -> mu 3.5
+    # b_i with d = 1: M1 (0.5 - 1.5) / 3 = -1/3, M2 (-1.5 + 1.5) / 3 = 0, M3 (-0.5 + 1.5) / 3 = 1/3
     # b_u1 = ((4 - 3.5 + 1/3) + (2 - 3.5 - 0)) / 3 = -2/9
-    assert m.user_bias["u1"] == pytest.approx(-2 / 9)
-    assert m.predict("user_item_bias", "u1", key("M3")) == pytest.approx(3.5 - 2 / 9 + 1 / 3)
+    assert m.mu == 3.5
+    assert m.predict("user_item_bias", "u1", key("M3")) == pytest.approx(3.5 - 2 / 9 + 1 / 3, abs=1e-6)
+    assert m.predict("user_item_bias", "u1", key("M1")) == pytest.approx(3.5 - 2 / 9 - 1 / 3, abs=1e-6)
+    assert m.predict("user_item_bias", "nobody", key("M3")) == pytest.approx(3.5 + 1 / 3, abs=1e-6)
     assert m.predict("user_item_bias", "nobody", ("movie_rating", "new")) == 3.5
-    # clipped to the range of train ratings (2 .. 5)
-    m.user_bias["u3"] = 10.0
-    assert m.predict("user_item_bias", "u3", key("M3")) == 5.0
+    # u3 rated M2 5, M3 5: b_u3 = ((5 - 3.5 - 0) + (5 - 3.5 - 1/3)) / 3 = 8/9
+    assert m.predict("user_item_bias", "u3", key("M3")) == pytest.approx(3.5 + 8 / 9 + 1 / 3, abs=1e-6)
+    assert B.fit_ratings([("u", ("c", "a"), 5.0), ("v", ("c", "b"), 2.0)], damping=0).predict(
+        "user_item_bias", "u", ("c", "a")) == 5.0  # 3.5 + 1.5 + 1.5 = 6.5, clipped to 5
 
 
 def _changed(ratings, splits: tuple):
@@ -218,14 +222,16 @@ def test_movielens_baselines(movielens):
     rmse = {k: round(m["rmse"], 4) for k, m in out.items()}
     mae = {k: round(m["mae"], 4) for k, m in out.items()}
     # the numbers recorded in usertwin/eval/baselines.py (fit on train + val)
-    assert rmse == {"global_mean": 1.0673, "user_mean": 0.9614, "item_mean": 1.0187, "user_item_bias": 0.8956}
-    assert mae == {"global_mean": 0.8363, "user_mean": 0.7477, "item_mean": 0.7851, "user_item_bias": 0.6945}
-    assert out["user_item_bias"]["rmse"] <= out["global_mean"]["rmse"]
+    assert rmse == {"global_mean": 1.0673, "user_mean": 0.9614, "item_mean": 1.0187, "user_item_bias": 0.892,
+                    "biased_mf": 0.8779, "item_knn": 0.889}
+    assert mae == {"global_mean": 0.8363, "user_mean": 0.7477, "item_mean": 0.7851, "user_item_bias": 0.6888,
+                   "biased_mf": 0.6739, "item_knn": 0.6795}
 
 
 def test_movielens_no_leak(movielens):
     timelines, splits = movielens
-    before_fit = B.fit_ratings(B.train_ratings(timelines, splits, B.FIT_ON["test"]))
+    means = lambda m: (m.mu, m.user_mean, m.item_mean, m.item_ids)  # noqa: E731
+    before_fit = means(B.fit_ratings(B.train_ratings(timelines, splits, B.FIT_ON["test"])))
     before = B.predictions(timelines, splits, "test")
     before = {n: [p for _, p in pairs] for n, pairs in before.items()}
     saved = []
@@ -235,7 +241,7 @@ def test_movielens_no_leak(movielens):
                 if label == "test":
                     saved.append((item, item.continuation))
                     item.continuation = "5.0" if item.continuation != "5.0" else "0.5"
-        after_fit = B.fit_ratings(B.train_ratings(timelines, splits, B.FIT_ON["test"]))
+        after_fit = means(B.fit_ratings(B.train_ratings(timelines, splits, B.FIT_ON["test"])))
         after = {n: [p for _, p in pairs] for n, pairs in B.predictions(timelines, splits, "test").items()}
     finally:
         for item, text in saved:

@@ -136,7 +136,8 @@ class SplitSettings:
                                 ratio=True)
     # accelerate's set_seed seeds numpy, which takes 0 .. 2**32 - 1 only
     seed: int = setting(42, "random seed of the user split (split_mode user), of training (initialisation, "
-                            "batch order) and of predict's distractors", aliases=("random_seed",),
+                            "batch order), of predict's distractors and of the LensKit baselines",
+                        aliases=("random_seed",),
                         shapes_data=True, minimum=0, maximum=2**32 - 1)
 
     def train_share(self) -> float:

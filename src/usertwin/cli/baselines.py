@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 NAME = "baselines"
-HELP = "global / user / item mean, user+item bias, copy-last on the same split"
+HELP = ("global / user / item mean, LensKit damped bias, biased MF (ALS) and item kNN, copy-last on the same "
+        "split")
 
 
 def add_arguments(p) -> None:
@@ -13,6 +14,17 @@ def add_arguments(p) -> None:
     p.add_argument("--run", help="use this run directory's config (and write RUN/baselines.json)")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="the split to score")
     p.add_argument("-o", "--output", help="baselines JSON file")
+
+
+def fit_table(result: dict, split: str, seed: int) -> str:
+    """One line per baseline of `result`: what it was fit on and the model with its settings."""
+    from usertwin.eval.baselines import describe
+
+    about = describe(split, {"seed": seed})
+    names = list(dict.fromkeys(name.split(" [")[0] for name in result))  # text baselines: once, not per language
+    rows = [("baseline", "fit on", "model")] + [(n, *about[n]) for n in names if n in about]
+    widths = [max(len(r[j]) for r in rows) for j in range(2)]
+    return "\n".join(f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c}" for a, b, c in rows)
 
 
 def run(args) -> int:
@@ -30,7 +42,9 @@ def run(args) -> int:
         raise UsertwinError("no data: pass --config CFG.yaml, --data RECORDS.jsonl or --run RUN_DIR")
     result = run_baselines(cfg, split=args.split)
     print(format_table(result))
-    print(f"fit on {' + '.join(FIT_ON[args.split])}: what the twin's prompts show as history for {args.split} targets")
+    print()
+    print(fit_table(result, args.split, cfg.seed))
+    print(f"({' + '.join(FIT_ON[args.split])}: what the twin's prompts show as history for {args.split} targets)")
     out = Path(args.output) if args.output else (RunDir(args.run).baselines if args.run else None)
     if out:
         write_json(out, result)

@@ -4,14 +4,24 @@ Every baseline is fit on what the twin's prompts show for the scored split (`FIT
 train and validation items (a test target's history holds both), for validation targets the train items; the
 scored split's own continuations are never seen.
 
-Ratings (items of a rating collection, `records.is_rating`, whose continuation is a number):
+Ratings (items of a rating collection, `records.is_rating`, whose continuation is a number). An item is
+`item_key(item)`: its collection and `metadata.movie_id` where the data has one, else its prefix.
 
 * `global_mean`: the mean fit rating mu.
 * `user_mean`: the user's mean fit rating, else mu.
-* `item_mean`: the item's mean fit rating, else mu (an item is its collection + continuation_prefix).
-* `user_item_bias`: r = mu + b_u + b_i, fit by alternating least squares with L2 regularisation
-  (b_i = sum(r - mu - b_u) / (lambda_item + n_i), then b_u likewise with lambda_user), clipped to the range
-  of the fit ratings.
+* `item_mean`: the item's mean fit rating, else mu.
+* `user_item_bias`: LensKit's damped bias model (`lenskit.basic.BiasScorer`): mu + b_i + b_u with
+  b_i = sum(r - mu) / (n_i + damping), b_u = sum(r - mu - b_i) / (n_u + damping); an unseen user or item has
+  bias 0.
+* `biased_mf`: LensKit's biased matrix factorisation trained by alternating least squares
+  (`lenskit.als.BiasedMFScorer`) on the ratings less the damped bias; its initial embeddings come from the
+  seed (the config's `seed`), so a run reproduces.
+* `item_knn`: LensKit's item-item kNN in explicit mode (`lenskit.knn.ItemKNNScorer`): the user's fit ratings
+  of the item's most similar items (mean-centred cosine), weighted by similarity.
+
+MF and kNN cannot score an unseen user or item (nor kNN an item with no rated neighbour): LensKit's fallback
+(`predict_pipeline`'s FallbackScorer) gives those targets the damped bias prediction, so every target has a
+finite prediction. Each LensKit prediction is clipped to the range of the fit ratings.
 
 Text (every other target):
 
@@ -28,22 +38,26 @@ Choice items (a Likert level or one of a question's listed options, `usertwin.da
 * `user_most_frequent_level` (Likert items only): the user's most frequent fit level, else the collection's,
   else the first level.
 
-Measured on ml-latest-small (610 users, 100,836 ratings), default time split 70/15/15, seed 42, test split
-(15,125 targets; fit on the 85,711 train + validation ratings), lambda_item 10, lambda_user 15, 10 ALS rounds
-(tests/test_baselines.py checks these):
+Settings (DAMPING, FEATURES, REGULARIZATION, EPOCHS, NEIGHBOURS below) were tuned on ml-latest-small's
+validation split, fit on train (benchmarks/tune_baselines.py, benchmarks/results/tune_baselines.md); the
+test split was never used to choose them. Measured on ml-latest-small (610 users, 100,836 ratings), default
+time split 70/15/15, seed 42, test split (15,125 targets, 1,236 of them of a movie not in the fit data;
+fit on the 85,711 train + validation ratings; tests/test_baselines.py checks these):
 
-    baseline        RMSE    MAE     exact  within 0.5
-    global_mean     1.0673  0.8363  0.000  0.400
-    user_mean       0.9614  0.7477  0.002  0.426
-    item_mean       1.0187  0.7851  0.031  0.429
-    user_item_bias  0.8956  0.6945  0.000  0.450
+    baseline        RMSE    MAE     within 0.5
+    global_mean     1.0673  0.8363  0.400
+    user_mean       0.9614  0.7477  0.426
+    item_mean       1.0187  0.7851  0.429
+    user_item_bias  0.8920  0.6888  0.456   (LensKit BiasScorer, damping 5)
+    biased_mf       0.8779  0.6739  0.469   (LensKit BiasedMFScorer, 50 features, regularization 0.1)
+    item_knn        0.8890  0.6795  0.468   (LensKit ItemKNNScorer, 40 neighbours)
 
-(Fit on the 70,586 train ratings only, as before, they were 1.0680, 0.9799, 1.0291, 0.9141: seeing less than the
-twin made them look worse than they are.)
+(The hand-written bias model this replaced, 10 alternating rounds with lambda 10 / 15: 0.8956, 0.6945.)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -51,16 +65,24 @@ import numpy as np
 
 from usertwin.config import Config
 from usertwin.data import choices, records
+from usertwin.data.records.format import item_key  # noqa: F401  (public here too: baselines.item_key)
 from usertwin.data.timeline import assign_splits, build_timelines
 from usertwin.errors import UsertwinError
 from usertwin.eval import metrics
 from usertwin.text.render import detect_language
 
-RATING_BASELINES = ("global_mean", "user_mean", "item_mean", "user_item_bias")
+RATING_BASELINES = ("global_mean", "user_mean", "item_mean", "user_item_bias", "biased_mf", "item_knn")
 TEXT_BASELINES = ("copy_last_item", "item_most_frequent")
 # what the baselines of a split are fit on: everything before that split's period, which is what the twin's
 # prompts show as history there (a test target's history holds train and validation items)
 FIT_ON = {"train": ("train",), "val": ("train",), "test": ("train", "val")}
+# the LensKit models' settings, tuned on ml-latest-small's VALIDATION split (fit on train; see
+# benchmarks/tune_baselines.py), never on test
+DAMPING = 5.0  # BiasScorer / BiasedMFScorer: a priori mean ratings per user and per item
+FEATURES = 50  # BiasedMFScorer embedding size
+REGULARIZATION = 0.1  # BiasedMFScorer L2
+EPOCHS = 10  # BiasedMFScorer ALS epochs
+NEIGHBOURS = 40  # ItemKNNScorer max neighbours
 
 
 @dataclass
@@ -75,10 +97,6 @@ class Target:
     @property
     def item(self):
         return self.tl.items[self.position]
-
-
-def item_key(item) -> tuple[str, str]:
-    return item.collection, item.prefix
 
 
 def rating_value(item) -> float | None:
@@ -122,34 +140,58 @@ def train_ratings(timelines, splits, fit_on=("train",)) -> list[tuple[str, tuple
 
 @dataclass
 class RatingModel:
-    """Fitted parameters of the four rating baselines."""
+    """Fitted rating baselines: the three means here, the LensKit models as trained LensKit pipelines."""
 
     mu: float
     user_mean: dict = field(default_factory=dict)
     item_mean: dict = field(default_factory=dict)
-    user_bias: dict = field(default_factory=dict)
-    item_bias: dict = field(default_factory=dict)
+    pipelines: dict = field(default_factory=dict)  # {baseline name: trained lenskit Pipeline}
+    item_ids: dict = field(default_factory=dict)  # {item key: LensKit item id (int)}
     low: float = -np.inf
     high: float = np.inf
 
     def predict(self, name: str, user: str, key) -> float:
+        return self.predict_many(name, [(user, key)])[0]
+
+    def predict_many(self, name: str, pairs) -> list[float]:
+        """Predictions of baseline `name` for (user, item key) pairs, in order."""
         if name == "global_mean":
-            return self.mu
+            return [self.mu] * len(pairs)
         if name == "user_mean":
-            return self.user_mean.get(user, self.mu)
+            return [self.user_mean.get(u, self.mu) for u, _ in pairs]
         if name == "item_mean":
-            return self.item_mean.get(key, self.mu)
-        if name == "user_item_bias":
-            r = self.mu + self.user_bias.get(user, 0.0) + self.item_bias.get(key, 0.0)
-            return float(min(max(r, self.low), self.high))
+            return [self.item_mean.get(k, self.mu) for _, k in pairs]
+        if name in self.pipelines:
+            return self._lenskit(self.pipelines[name], pairs)
         raise ValueError(f"unknown rating baseline {name!r}; choose one of {', '.join(RATING_BASELINES)}")
+
+    def _lenskit(self, pipe, pairs) -> list[float]:
+        from lenskit import batch
+        from lenskit.data import ItemList, RecQuery
+        from lenskit.diagnostics import DataWarning
+
+        # an item the fit data never saw gets an id of its own that LensKit does not know (it falls back)
+        unseen = {}
+        ids = [self.item_ids.get(k) if k in self.item_ids else
+               unseen.setdefault(k, len(self.item_ids) + len(unseen)) for _, k in pairs]
+        by_user = defaultdict(dict)
+        for (u, _), i in zip(pairs, ids):
+            by_user[u][i] = None  # each item once per query (LensKit's fallback reindexes by item id)
+        queries = [(RecQuery(user_id=u), ItemList(item_ids=list(items))) for u, items in by_user.items()]
+        with warnings.catch_warnings():  # kNN on a user without fit ratings: expected, the fallback answers
+            warnings.filterwarnings("ignore", "no query items", DataWarning)
+            scores = batch.predict(pipe, queries, n_jobs=1).to_df()  # n_jobs=1: in this process, reproducible
+        got = dict(zip(zip(scores["user_id"].astype(str), scores["item_id"].astype(int)),
+                       scores["score"].astype(float)))
+        return [float(min(max(got[(str(u), i)], self.low), self.high)) for (u, _), i in zip(pairs, ids)]
 
 
 def _means(keys, r, n):
     return np.bincount(keys, weights=r, minlength=n) / np.maximum(np.bincount(keys, minlength=n), 1)
 
 
-def fit_ratings(train, lambda_item: float = 10.0, lambda_user: float = 15.0, rounds: int = 10) -> RatingModel:
+def fit_ratings(train, damping: float = DAMPING, features: int = FEATURES, regularization: float = REGULARIZATION,
+                epochs: int = EPOCHS, neighbours: int = NEIGHBOURS, seed: int = 42) -> RatingModel:
     """Fit every rating baseline on (user, item key, rating) triples (the splits before the scored one)."""
     if not train:
         raise UsertwinError("no ratings to fit the rating baselines on: the splits before the scored one (train; "
@@ -161,15 +203,57 @@ def fit_ratings(train, lambda_item: float = 10.0, lambda_user: float = 15.0, rou
     i = np.array([i_ix[k] for _, k, _ in train])
     r = np.array([x for _, _, x in train], dtype=np.float64)
     mu = float(r.mean())
-    n_u, n_i = np.bincount(u, minlength=len(users)), np.bincount(i, minlength=len(items))
-    b_u, b_i = np.zeros(len(users)), np.zeros(len(items))
-    for _ in range(rounds):
-        b_i = np.bincount(i, weights=r - mu - b_u[u], minlength=len(items)) / (lambda_item + n_i)
-        b_u = np.bincount(u, weights=r - mu - b_i[i], minlength=len(users)) / (lambda_user + n_u)
     return RatingModel(mu=mu, user_mean=dict(zip(users, _means(u, r, len(users)).tolist())),
                        item_mean=dict(zip(items, _means(i, r, len(items)).tolist())),
-                       user_bias=dict(zip(users, b_u.tolist())), item_bias=dict(zip(items, b_i.tolist())),
-                       low=float(r.min()), high=float(r.max()))
+                       pipelines=_lenskit_pipelines([users[j] for j in u], i, r, damping, features, regularization,
+                                                    epochs, neighbours, seed),
+                       item_ids=i_ix, low=float(r.min()), high=float(r.max()))
+
+
+def _lenskit_pipelines(users, items, ratings, damping, features, regularization, epochs, neighbours, seed) -> dict:
+    """LensKit's damped bias, biased MF (ALS) and item kNN, each a rating-prediction pipeline trained on the
+    ratings. MF and kNN cannot score a user or item the data never saw (nor kNN an item without rated
+    neighbours): LensKit's fallback fills those in from the same damped bias model."""
+    import pandas as pd
+    from lenskit.als import BiasedMFScorer
+    from lenskit.basic import BiasScorer
+    from lenskit.data import from_interactions_df
+    from lenskit.knn import ItemKNNScorer
+    from lenskit.pipeline import predict_pipeline
+    from lenskit.training import TrainingOptions
+
+    df = pd.DataFrame({"user_id": users, "item_id": items, "rating": ratings})
+    # LensKit takes one rating per (user, item): a user who rated an item again counts with the latest rating
+    # (the triples are in timeline order); the means above count every rating
+    data = from_interactions_df(df.drop_duplicates(["user_id", "item_id"], keep="last"))
+    scorers = {"user_item_bias": (BiasScorer(damping=damping), False),
+               "biased_mf": (BiasedMFScorer(features=features, regularization=regularization, epochs=epochs,
+                                            damping=damping), True),
+               "item_knn": (ItemKNNScorer(k=neighbours), True)}
+    out = {}
+    for name, (scorer, fallback) in scorers.items():
+        pipe = predict_pipeline(scorer, fallback=BiasScorer(damping=damping) if fallback else False, name=name)
+        pipe.train(data, TrainingOptions(rng=seed))  # the seed of ALS's initial embeddings
+        out[name] = pipe
+    return out
+
+
+def describe(split: str, fit_kwargs: dict | None = None) -> dict:
+    """{baseline name: (what it was fit on, the model and its settings)}, which the command prints."""
+    kw = {"damping": DAMPING, "features": FEATURES, "regularization": REGULARIZATION, "epochs": EPOCHS,
+          "neighbours": NEIGHBOURS, "seed": 42, **(fit_kwargs or {})}
+    fit = " + ".join(FIT_ON[split])
+    return {"global_mean": (fit, "mean of the fit ratings"),
+            "user_mean": (fit, "the user's mean rating, else the global mean"),
+            "item_mean": (fit, "the item's mean rating, else the global mean"),
+            "user_item_bias": (fit, f"LensKit BiasScorer, damping {kw['damping']:g}"),
+            "biased_mf": (fit, f"LensKit BiasedMFScorer (ALS), {kw['features']} features, regularization "
+                               f"{kw['regularization']:g}, {kw['epochs']} epochs, damping {kw['damping']:g}, "
+                               f"seed {kw['seed']}; unseen user/item: the damped bias"),
+            "item_knn": (fit, f"LensKit ItemKNNScorer, {kw['neighbours']} neighbours (explicit); no neighbour, "
+                              "unseen user/item: the damped bias"),
+            "copy_last_item": ("the user's own earlier items", "the latest earlier continuation, same collection"),
+            "item_most_frequent": (fit, "the item's most frequent continuation, else the collection's")}
 
 
 # ---------------------------------------------------------------- text baselines
@@ -208,8 +292,9 @@ def predictions(timelines, splits, split: str = "test", **fit_kwargs) -> dict:
     out = {}
     if rating_t:
         model = fit_ratings(train_ratings(timelines, splits, FIT_ON[split]), **fit_kwargs)
+        pairs = [(t.tl.user_id, item_key(t.item)) for t in rating_t]
         for name in RATING_BASELINES:
-            out[name] = [(t, model.predict(name, t.tl.user_id, item_key(t.item))) for t in rating_t]
+            out[name] = list(zip(rating_t, model.predict_many(name, pairs)))
     if text_t:
         by_item, by_collection = most_frequent_continuations(timelines, splits, FIT_ON[split])
         out["copy_last_item"] = [(t, copy_last_item(t)) for t in text_t]
@@ -234,11 +319,16 @@ def score(preds: dict) -> dict:
 
 
 def run_baselines(cfg: Config, split: str = "test", **fit_kwargs) -> dict:
-    """{baseline name: metrics} on exactly the targets of `split` (what the twin is evaluated on).
-    `fit_kwargs` go to `fit_ratings` (lambda_item, lambda_user, rounds)."""
+    """{baseline name: metrics} on exactly the targets of `split` (what the twin is evaluated on), each with
+    `fit_on` (the splits it was fit on, or the user's own history). `fit_kwargs` go to `fit_ratings` (damping,
+    features, regularization, epochs, neighbours; seed defaults to the config's)."""
     timelines, splits = load_split(cfg)
-    return {**score(predictions(timelines, splits, split, **fit_kwargs)),
-            **choice_baselines(timelines, splits, split)}
+    fit_kwargs.setdefault("seed", cfg.seed)
+    out = score(predictions(timelines, splits, split, **fit_kwargs))
+    fit = describe(split, fit_kwargs)
+    out = {name: {**m, "fit_on": fit[name.split(" [")[0]][0]} for name, m in out.items()}
+    return {**out, **{name: {**m, "fit_on": " + ".join(FIT_ON[split])}
+                      for name, m in choice_baselines(timelines, splits, split).items()}}
 
 
 # ---------------------------------------------------------------- choice baselines
@@ -298,6 +388,7 @@ def baseline_rows(cfg: Config, split: str = "test", **fit_kwargs):
     """Rows shaped like a predictions file's, one per (baseline, target), with a `baseline` key; rating predictions
     are written with 4 decimals (evaluate_rows would snap them to the scale: use run_baselines for RMSE)."""
     timelines, splits = load_split(cfg)
+    fit_kwargs.setdefault("seed", cfg.seed)
     for name, pairs in predictions(timelines, splits, split, **fit_kwargs).items():
         for t, p in pairs:
             yield {"baseline": name, "user": t.tl.user_id, "target_index": t.position, "split": split,

@@ -16,6 +16,7 @@ from pathlib import Path
 from usertwin.atomic import write_text
 from usertwin.config import GenerateSettings
 from usertwin.data import choices
+from usertwin.data.records.format import item_key
 from usertwin.lock import acquire
 from usertwin.rundir import RunDir
 from usertwin.twin import Engine
@@ -76,14 +77,15 @@ def progress_bar(total: int, desc: str, unit: str):
 
 
 def distractors(prep, split: str, k: int, seed: int) -> dict:
-    """For each target: k other continuations, preferably other users' for the same item, else random ones
-    from the split; never the reference text itself."""
+    """For each target: k other continuations, preferably other users' for the same item (`item_key`: the
+    movie id where the data has one, so two films with one title are two items), else random ones from the
+    split; never the reference text itself."""
     by_item, pool = {}, []
     for tl in prep.timelines:
         for pos, lab in enumerate(prep.splits[tl.user_id]):
             if lab == split:
                 it = tl.items[pos]
-                by_item.setdefault(it.prefix, []).append((tl.user_id, it.continuation))
+                by_item.setdefault(item_key(it), []).append((tl.user_id, it.continuation))
                 pool.append(it.continuation)
     out = {}
     for tl in prep.timelines:
@@ -92,7 +94,7 @@ def distractors(prep, split: str, k: int, seed: int) -> dict:
                 continue
             ref = tl.items[pos].continuation
             rng = random.Random(f"{seed}:{tl.user_id}:{pos}")
-            same = sorted({c for u, c in by_item.get(tl.items[pos].prefix, []) if u != tl.user_id and c != ref})
+            same = sorted({c for u, c in by_item.get(item_key(tl.items[pos]), []) if u != tl.user_id and c != ref})
             picks = rng.sample(same, min(k, len(same)))
             others = sorted(set(pool) - {ref} - set(picks))
             picks += rng.sample(others, min(k - len(picks), len(others)))

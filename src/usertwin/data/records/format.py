@@ -44,6 +44,23 @@ class Item:
         return is_rating(self.collection)
 
 
+# the metadata key that names what an item is about where a converter knows it (movielens, douban-dmr)
+ITEM_ID = "movie_id"
+
+
+def item_key(item) -> tuple:
+    """What an item is about, the one key by which the baselines (item mean, the LensKit models, the most
+    frequent continuation) and predict's pick-the-real-one distractors group items: its collection and
+    `metadata.movie_id` where the data has one, else its collection and prefix. Titles are not ids: in
+    MovieLens 100K, 307 (user, title) pairs are two different movies with the same title. An item without a
+    prefix is about nothing of its own (a Cornell line's movie_id names the film it is said in), so it keeps
+    the prefix key."""
+    movie = item.metadata.get(ITEM_ID) if item.prefix and isinstance(item.metadata, dict) else None
+    if movie is None:
+        return item.collection, item.prefix
+    return item.collection, ITEM_ID, str(movie)
+
+
 def is_rating(collection: str) -> bool:
     """A collection of ratings (movie_rating, rating, ...): its continuations are numbers on a scale. The one
     place that decides it: likelihood scoring of the scale, rating metrics and rating baselines all ask here."""

@@ -167,7 +167,9 @@ def _baseline_row(name, values, paths: dict) -> dict:
         paths.setdefault(c, p)
     cells = {c: val for c, (_, val) in aligned.items()}
     cells["targets"] = values.get("n") if is_number(values.get("n")) else None
-    return {"name": str(name), "label": str(name), "baseline": True, "cells": cells}
+    fit = values.get("fit_on")  # `usertwin baselines` records what each baseline was fit on
+    label = f"{name} (fit on {fit})" if isinstance(fit, str) else str(name)
+    return {"name": str(name), "label": label, "baseline": True, "cells": cells}
 
 
 def _scored_only_zero(path: tuple) -> bool:
