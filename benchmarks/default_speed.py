@@ -37,7 +37,8 @@ def first_users(records: Path, n: int, out: Path) -> Path:
 
 def usertwin(argv: list[str], log: Path) -> float:
     cmd = [sys.executable, "-m", "usertwin.cli", *argv]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     t = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
