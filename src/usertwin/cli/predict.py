@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="the split to predict")
     p.add_argument("-o", "--output", help="predictions file (default RUN/predictions-SPLIT.jsonl)")
     add_generate_flags(p)
+    from usertwin.cli.train import add_device_flags
+
+    add_device_flags(p, launched=False)
 
 
 def run(args) -> int:
@@ -28,6 +31,9 @@ def run(args) -> int:
 
     if not args.output and not args.run:
         raise UsertwinError("pass -o PREDICTIONS.jsonl (or --run RUN_DIR to write there)")
+    from usertwin.train.setup import select_devices
+
+    select_devices(args.gpu, None)
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
     tok, model = load_tokenizer_and_model(cfg, args.run)
