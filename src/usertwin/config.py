@@ -551,6 +551,7 @@ def flag_help(f: dataclasses.Field, listed: bool = False) -> str:
     notes = [f"default {shown(f.default)}"] if f.default is not None else []
     notes += [str(range_of(f))] if range_of(f) else []
     notes += [f"one of {', '.join(choices_of(f))}"] if listed else []
+    notes += [f"the seeds' {alias} is {ours}" for alias, (ours, _) in (f.metadata.get("value_aliases") or {}).items()]
     return f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
 
 
