@@ -224,7 +224,7 @@ def test_the_seeds_deepspeed_zero3_config_is_filled_from_the_settings(tmp_path):
     ds = read_deepspeed_config(DATA / "seed_ds_config_zero3.json")
     filled = fill_deepspeed_auto(ds, Config(gradient_accumulation_steps=4, max_grad_norm=0.5), world_size=2)
     assert filled == {
-        "train_batch_size": 8, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 4,
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 4,
         "gradient_clipping": 0.5, "bf16": {"enabled": True},
         "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
                               "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
@@ -234,8 +234,14 @@ def test_the_seeds_deepspeed_zero3_config_is_filled_from_the_settings(tmp_path):
     assert ds["train_batch_size"] == "auto"  # a copy: the file's dict is unchanged
     ours = read_deepspeed_config(ROOT / "configs/deepspeed/zero3.json")
     filled = fill_deepspeed_auto(ours, Config(gradient_accumulation_steps=3), world_size=4)
-    assert [filled[k] for k in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
-                                "gradient_clipping")] == [1, 12, 3, 1.0]
+    assert [filled.get(k) for k in ("train_micro_batch_size_per_gpu", "train_batch_size",
+                                    "gradient_accumulation_steps", "gradient_clipping")] == [1, None, 3, 1.0]
+    # a number must be what the settings give: micro-batch x accumulation x processes
+    assert fill_deepspeed_auto({**ours, "train_batch_size": 12}, Config(gradient_accumulation_steps=3), 4) == filled | {
+        "train_batch_size": 12}
+    with pytest.raises(UsertwinError, match="train_batch_size is 8, but usertwin's train_micro_batch_size_per_gpu x "
+                                            "gradient_accumulation_steps x processes gives 12"):
+        fill_deepspeed_auto({**ours, "train_batch_size": 8}, Config(gradient_accumulation_steps=3), 4)
     with pytest.raises(UsertwinError, match="ds.json: gradient_accumulation_steps is 8, but usertwin's "
                                             "gradient_accumulation_steps gives 2"):
         fill_deepspeed_auto({**ds, "gradient_accumulation_steps": 8}, Config(gradient_accumulation_steps=2), 1,
@@ -271,3 +277,28 @@ def test_a_seed_config_trains_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert {k: saved[k] for k in ("ablation", "batch_tokens", "prompt_style", "warmup_steps", "lora_r", "save_steps")} == {
         "ablation": "history_only", "batch_tokens": 256, "prompt_style": "lovink", "warmup_steps": 1, "lora_r": 32,
         "save_steps": 200}
+
+
+def test_the_seeds_deepspeed_config_with_auto_batch_entries_trains_on_two_processes(tmp_path, tiny_model_dir):
+    """The seeds' ds_config_zero3.json ("auto" micro-batch, train batch, accumulation and clipping) through
+    accelerate, which cannot fill the micro-batch without a dataloader: usertwin fills them. ZeRO-3 on gloo
+    (DeepSpeed's CPU accelerator); DeepSpeed is not a dependency (see benchmarks/multi_gpu.md)."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (pip install --no-deps .whl-ds/*.whl, see benchmarks/multi_gpu.md)")
+    data = write_rating_users(tmp_path / "r.jsonl", (20, 16), lambda u, i: f"Movie {i} (2000) (Drama): ",
+                              lambda u, i: (u + i) % 5 + 1)
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
+                          "-m", "usertwin.cli", "train", "--data", str(data), "--model", str(tiny_model_dir),
+                          "--output_dir", str(out), "--max_length", "128", "--batch_size", "1", "--no_lora",
+                          "--max_steps", "3", "--gradient_accumulation_steps", "2", "--dtype", "float32",
+                          "--deepspeed", str(DATA / "seed_ds_config_zero3.json"), "--no-progress"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(RunDir(out).summary.read_text())
+    assert summary["steps"] == 3

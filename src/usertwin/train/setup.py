@@ -41,9 +41,10 @@ def fill_deepspeed_auto(ds: dict, cfg: Config, world_size: int, source: str = "D
     """A copy of a DeepSpeed config whose batch entries are filled from our settings where they say "auto".
 
     A micro-batch here is one row of up to batch_tokens tokens (packed), so DeepSpeed's micro-batch size is 1;
-    the step is gradient_accumulation_steps micro-batches on each of world_size processes. Entries given as
-    numbers must agree with the settings (DeepSpeed would otherwise count a different step than the trainer
-    takes). The bucket sizes' "auto" stay for accelerate, which fills them from the model's hidden size."""
+    the step is gradient_accumulation_steps micro-batches on each of world_size processes (train_batch_size,
+    which DeepSpeed derives when it is left out). Entries given as numbers must agree with the settings
+    (DeepSpeed would otherwise count a different step than the trainer takes). The bucket sizes' "auto" stay for
+    accelerate, which fills them from the model's hidden size."""
     out = dict(ds)
     wanted = {"train_micro_batch_size_per_gpu": out.get("train_micro_batch_size_per_gpu", "auto"),
               "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
@@ -54,7 +55,11 @@ def fill_deepspeed_auto(ds: dict, cfg: Config, world_size: int, source: str = "D
                                   * world_size)
     for key in BATCH_KEYS:
         given = out.get(key, "auto")
-        if given == "auto":
+        if given == "auto" and key == "train_batch_size":
+            # left to DeepSpeed, which derives it from the other two and the world size it sees: ZeRO-3's
+            # zero.Init reads the config while loading the model, before its own process group, and counts 1
+            out.pop(key, None)
+        elif given == "auto":
             out[key] = wanted[key]
         elif given != wanted[key] and key != "train_micro_batch_size_per_gpu":
             setting = {"gradient_accumulation_steps": "gradient_accumulation_steps",
