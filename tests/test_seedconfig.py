@@ -42,7 +42,8 @@ def test_a_seed_config_maps_each_key_and_says_so(capsys):
     assert _changed(cfg) == {
         "data": "/mnt/parallel/GIDigitalTwinBench/RealSelf/Chameleons/train.json",
         "model": "/mnt/parallel/models/Qwen3-8B", "max_length": 1024, "weight_decay": 0.1, "warmup_steps": 100,
-        "gradient_accumulation_steps": 2, "batch_tokens": 1024, "save_steps": 500, "save_total_limit": 3}
+        "gradient_accumulation_steps": 2, "batch_tokens": 1024, "save_steps": 500, "save_total_limit": 3,
+        "lora": False, "learning_rate": 1e-05}
     src = str(CHAMELEONS)
     assert capsys.readouterr().err.splitlines() == [f"{src}: {line}" for line in [
         "model.name ignored: a display name; model.path is what the seeds loaded",
@@ -62,8 +63,8 @@ def test_a_seed_config_maps_each_key_and_says_so(capsys):
         "training.logging_steps -> logging_steps = 10",
         "training.save_steps -> save_steps = 500",
         "training.save_total_limit -> save_total_limit = 3",
-        "training.learning_rate absent: usertwin's default learning_rate 0.0002 applies (the seeds' scripts used "
-        "1e-05)",
+        "model.use_lora absent -> lora = False (the seeds' scripts' default)",
+        "training.learning_rate absent -> learning_rate = 1e-05 (the seeds' scripts' default)",
         "ablation_configs ignored: no --ablation_config NAME chose one of its entries (profile_and_history_and_"
         "context, profile_and_history, profile_and_context, history_and_context, profile_only, history_only, "
         "context_only); the ablation setting applies",
@@ -92,6 +93,15 @@ def test_lora_keys_the_chosen_ablation_and_flags_over_the_file(capsys):
     assert cfg.batch_tokens == 2048
     assert ("command line: --batch_size 2 -> batch_tokens = 2 x max_length 1024 = 2048"
             in capsys.readouterr().err)
+
+
+def test_keys_a_seed_config_leaves_out_take_the_seeds_defaults(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": {"path": "m"}, "training": {"max_length": 100}}))
+    cfg = _resolve("--config", str(path), "--lora")  # a flag still wins
+    assert _changed(cfg) == {"model": "m", "max_length": 100, "learning_rate": 1e-05, "weight_decay": 0.01,
+                             "warmup_steps": 100, "gradient_accumulation_steps": 8, "batch_tokens": 200}
+    assert f"{path}: training.batch_size absent: the seeds' scripts' default 2 applies\n" in capsys.readouterr().err
 
 
 def test_a_test_path_and_a_list_of_target_modules(tmp_path, capsys):
@@ -151,7 +161,8 @@ def test_every_seed_config_of_the_seed_repository_resolves(capsys):
         assert cfg.batch_tokens == training["batch_size"] * training["max_length"], name
         assert (cfg.gradient_accumulation_steps, cfg.warmup_steps, cfg.max_length) == (
             training["gradient_accumulation_steps"], training["warmup_steps"], training["max_length"]), name
-        assert cfg.lora == seed["model"].get("use_lora", True) and cfg.ablation == "history_only", name
+        assert cfg.learning_rate == training.get("learning_rate", 1e-5), name
+        assert cfg.lora == seed["model"].get("use_lora", False) and cfg.ablation == "history_only", name
     capsys.readouterr()
 
 

@@ -618,7 +618,7 @@ def _seed_config(path, values: dict, ablation):
 
     if not seedconfig.is_seed_config(values):
         return None
-    return seedconfig.translate(seedconfig.read(path), str(path), ablation, ABLATIONS, Config().to_dict())
+    return seedconfig.translate(seedconfig.read(path), str(path), ablation, ABLATIONS)
 
 
 def _rows_to_tokens(cfg: Config, args, seed, given: dict) -> list[str]:

@@ -50,9 +50,10 @@ IGNORED = {
     "training.dataloader_num_workers": "batches are built in the training process; there are no loader workers",
 }
 
-# what the seeds' scripts used for a training key the file leaves out, where usertwin's default differs
-SEED_DEFAULTS = {"training.learning_rate": 1e-5, "training.weight_decay": 0.01, "training.warmup_steps": 100,
-                 "training.gradient_accumulation_steps": 8, "training.batch_size": 2}
+# what the seeds' scripts used for a key the file leaves out (train_config.get(KEY, DEFAULT), use_lora False):
+# a seed config means the run the seeds made of it, so these apply, and say so
+SEED_DEFAULTS = {"model.use_lora": False, "training.learning_rate": 1e-5, "training.weight_decay": 0.01,
+                 "training.warmup_steps": 100, "training.gradient_accumulation_steps": 8, "training.batch_size": 2}
 
 
 @dataclass
@@ -79,10 +80,10 @@ def read(path) -> dict:
         raise UsertwinError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
 
 
-def translate(data: dict, source: str, ablation: str | None, ablations: dict, defaults: dict | None = None) -> SeedConfig:
+def translate(data: dict, source: str, ablation: str | None, ablations: dict) -> SeedConfig:
     """The seed config `data` (from `source`) as our settings. `ablation`: the name given by --ablation_config
     (or --ablation), which picks an entry of `ablation_configs`; `ablations`: our ablation name -> (profile,
-    history, context) shown; `defaults`: our settings' defaults, named where a key is absent."""
+    history, context) shown."""
     out = SeedConfig()
     for key in data:
         if key not in SECTIONS:
@@ -90,7 +91,7 @@ def translate(data: dict, source: str, ablation: str | None, ablations: dict, de
                                 f"{', '.join(SECTIONS)}")
     for key, value in _leaves(data, source):
         _one(out, key, value, source)
-    _absent(out, data, source, defaults or {})
+    _absent(out, data, source)
     if "ablation_configs" in data:
         _ablation(out, data["ablation_configs"], ablation, source, ablations)
     return out
@@ -136,16 +137,18 @@ def _one(out: SeedConfig, key: str, value, source: str) -> None:
                             f"{', '.join(sorted([*DIRECT, *IGNORED, 'training.batch_size']))}")
 
 
-def _absent(out: SeedConfig, data: dict, source: str, defaults: dict) -> None:
-    """A training key the file leaves out: the seeds' scripts filled in their own default; usertwin keeps its own."""
-    training = data.get("training") or {}
+def _absent(out: SeedConfig, data: dict, source: str) -> None:
+    """A key the file leaves out: the seeds' scripts' default applies (usertwin's own defaults differ)."""
     for key, seeds in SEED_DEFAULTS.items():
-        name = key.split(".", 1)[1]
-        if name not in training:
-            ours = "batch_tokens" if name == "batch_size" else DIRECT[key]
-            value = f" {defaults[ours]}" if defaults.get(ours) is not None else ""
-            out.lines.append(f"{source}: {key} absent: usertwin's default {ours}{value} applies (the seeds' "
-                             f"scripts used {seeds})")
+        section, name = key.split(".", 1)
+        if name in (data.get(section) or {}):
+            continue
+        if key == "training.batch_size":
+            out.batch_size = seeds
+            out.lines.append(f"{source}: {key} absent: the seeds' scripts' default {seeds} applies")
+        else:
+            out.values[DIRECT[key]] = seeds
+            out.lines.append(f"{source}: {key} absent -> {DIRECT[key]} = {seeds} (the seeds' scripts' default)")
 
 
 def _ablation(out: SeedConfig, entries, chosen: str | None, source: str, ablations: dict) -> None:
