@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_ALIASES = {"ablation_config": "ablation", "data_path": "data", "train_data": "data", "model_name_or_path": "model",
                 "model_path": "model", "max_seq_length": "max_length", "random_seed": "seed",
                 "history_max_items": "max_history_items", "num_train_epochs": "max_epochs", "lr": "learning_rate",
-                "gradient_accumulation": "gradient_accumulation_steps", "lora_rank": "lora_r"}
+                "gradient_accumulation": "gradient_accumulation_steps", "lora_rank": "lora_r",
+                "data_file": "data"}
 SEED_NEGATIONS = {"no_profile": "use_profile", "no_history": "use_history", "no_context": "use_context",
                   "no_lora": "lora"}
 CHOICES = {
@@ -45,7 +46,7 @@ CHOICES = {
     "unit": ("timeline", "sample"),
     "split_mode": ("time", "user"),
     "history_strategy": ("all_previous", "random", "fixed_ratio", "fixed_count", "none"),
-    "prompt_style": ("simple", "detailed"),
+    "prompt_style": ("simple", "detailed", "lovink"),
     "language": ("auto", "en", "zh", "ja"),
     "history_layout": ("turns", "block"),
     "chat_template": ("auto", "none"),
@@ -219,7 +220,8 @@ RULES = {
     "max_samples_per_user": "at least 1", "min_history_length": "at least 0",
     "window_history_fraction": "between 0 and 1", "lora_r": "at least 1", "lora_alpha": "at least 1",
     "lora_dropout": "at least 0 and less than 1", "learning_rate": "greater than 0", "weight_decay": "at least 0",
-    "warmup_ratio": "between 0 and 1", "max_grad_norm": "at least 0", "gradient_accumulation_steps": "at least 1",
+    "warmup_ratio": "between 0 and 1", "warmup_steps": "at least 0",
+    "max_grad_norm": "at least 0", "gradient_accumulation_steps": "at least 1",
     "max_epochs": "at least 1", "max_steps": "at least 1", "batch_tokens": "at least 1", "step_tokens": "at least 1",
     "eval_steps": "at least 0",
     "save_steps": "at least 0", "save_total_limit": "at least 1", "early_stopping_patience": "at least 0",

@@ -159,14 +159,14 @@ def test_a_new_style_is_one_registered_class(tokenizer, monkeypatch):
         def task(self, task, phrases):
             return "[MISSION]\n" + task.upper()
 
-    assert style_names() == ("simple", "detailed", "mission")
+    assert style_names() == ("simple", "detailed", "lovink", "mission")
     tl = dialogue_timeline(5)
     simple = Renderer(RenderSettings(), tokenizer).render(tl, [0, 1, 2], [1, 2])
     mission = Renderer(RenderSettings(prompt_style="mission"), tokenizer).render(tl, [0, 1, 2], [1, 2])
     assert "[TASK]\nSpeak as this character." in simple.text
     assert mission.text == simple.text.replace("[TASK]\nSpeak as this character.", "[MISSION]\nSPEAK AS THIS CHARACTER.")
     assert [s.text for s in mission.segments[1:]] == [s.text for s in simple.segments[1:]]  # only the header
-    with pytest.raises(UsertwinError, match="unknown prompt_style 'loud'; choose one of simple, detailed, mission"):
+    with pytest.raises(UsertwinError, match="unknown prompt_style 'loud'; choose one of simple, detailed, lovink, mission"):
         Renderer(RenderSettings(prompt_style="loud"), tokenizer)
     # the settings ask the registry: the new style is a valid YAML value and flag choice with no other edit
     from usertwin.cli import build_parser
@@ -181,7 +181,7 @@ def test_registered_styles_are_the_prompt_style_choices():
 
     from usertwin.config import Config, choices_of
 
-    assert style_names() == ("simple", "detailed")
+    assert style_names() == ("simple", "detailed", "lovink")
     assert choices_of(next(f for f in fields(Config) if f.name == "prompt_style")) == style_names()
 
 

@@ -43,11 +43,13 @@ ABLATIONS = {
 
 
 def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_data: bool = False,
-            minimum=None, maximum=None, above=None, below=None, ratio: bool = False, auto: bool = False):
+            minimum=None, maximum=None, above=None, below=None, ratio: bool = False, auto: bool = False,
+            value_aliases=None):
     """A config field. `aliases`: other names of the key (those of the research scripts usertwin replaces); `negations`: names that set a
     bool key to the opposite; `shapes_data`: changing it changes what prepare builds (so it is in the cache
     key). The range a number must be in: `minimum` / `maximum` (inclusive), `above` / `below` (exclusive);
-    `ratio`: a share, 0 to 1. `auto`: a number that may also be the word "auto" (worked out at run time)."""
+    `ratio`: a share, 0 to 1. `auto`: a number that may also be the word "auto" (worked out at run time).
+    `value_aliases`: {the seeds' value: (ours, why)}, taken wherever a value comes in and said on stderr."""
     if ratio:
         minimum = 0 if minimum is None and above is None else minimum
         maximum = 1 if maximum is None and below is None else maximum
@@ -55,7 +57,7 @@ def setting(default, help: str, *, choices=(), aliases=(), negations=(), shapes_
     return field(default=default, metadata={"help": help, "choices": choices if callable(choices) else tuple(choices),
                                             "aliases": tuple(aliases), "negations": tuple(negations),
                                             "shapes_data": shapes_data, "range": bounds if bounds.bounded() else None,
-                                            "auto": auto})
+                                            "auto": auto, "value_aliases": dict(value_aliases or {})})
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class DataSettings:
     """The records, the model whose tokenizer measures them, and what one sequence holds."""
 
     data: str | None = setting(None, "records file to train on: JSON or JSON Lines in the unified format "
-                                     "(prepare and train need it)", aliases=("data_path", "train_data"))
+                                     "(prepare and train need it)", aliases=("data_path", "train_data", "data_file"))
     on_error: str = setting("stop", "bad input: stop names it and exits; skip leaves out the bad item (or a record "
                                     "bad as a whole) and lists it in the summary", choices=("stop", "skip"))
     model: str = setting(DEFAULT_MODEL, "base model: a hub id, a local directory, a GGUF file, or smollm2 (the "
@@ -156,7 +158,10 @@ class SampleSettings:
                         "unit only (under timeline the run switches to it, with a notice): random (a history_ratio "
                         "share at random), fixed_ratio (the user's first history_ratio share), fixed_count (the "
                         "fixed_history_count latest)",
-        choices=("all_previous", "random", "fixed_ratio", "fixed_count", "none"), shapes_data=True)
+        choices=("all_previous", "random", "fixed_ratio", "fixed_count", "none"), shapes_data=True,
+        value_aliases={"random_targets": ("all_previous", "the seeds' random_targets drew max_samples_per_user random "
+                                                          "targets per user, each with every earlier item as history: "
+                                                          "all_previous with max_samples_per_user")})
     history_ratio: float = setting(0.5, "share used by the random (of the earlier items) and fixed_ratio (of all "
                                         "the user's items) history strategies; refused with any other strategy",
                                    shapes_data=True, ratio=True)
@@ -200,7 +205,10 @@ class RenderSettings:
 
     ablation: str = setting("profile_and_history_and_context",
                             "which parts the prompt shows (profile, history, context)", choices=tuple(ABLATIONS),
-                            aliases=("ablation_config",), shapes_data=True)
+                            aliases=("ablation_config",), shapes_data=True,
+                            value_aliases={"baseline": ("context_only", "the seeds' baseline (MovieReview) showed "
+                                                                        "neither profile nor history, only the item "
+                                                                        "(and its context)")})
     use_profile: bool | None = setting(None, "show the user's profile (--no_profile: hide it); unset: as the "
                                              "ablation says", negations=("no_profile",), shapes_data=True)
     use_history: bool | None = setting(None, "show the user's earlier items (--no_history: hide them); unset: as "
@@ -258,6 +266,8 @@ class TrainSettings:
     learning_rate: float = setting(2e-4, "peak learning rate of AdamW", aliases=("lr",), above=0)
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
     warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up", ratio=True)
+    warmup_steps: int | None = setting(None, "optimizer steps that warm the learning rate up; overrides "
+                                             "warmup_ratio; unset: warmup_ratio decides", minimum=0)
     lr_scheduler: str = setting("cosine", "learning-rate schedule after the warm-up",
                                 choices=("cosine", "linear", "constant", "constant_with_warmup"))
     max_grad_norm: float = setting(1.0, "clip gradients to this norm (0: no clipping)", minimum=0)
@@ -346,7 +356,7 @@ class GenerateSettings:
                                      "simulate 0", minimum=0, maximum=2**62)
     batch_size: int | str = setting(AUTO, "targets (or users) scored and generated together; auto: on a GPU, as "
                                     "many as its free memory holds (from the model's size per token), else 8",
-                                    minimum=1, auto=True)
+                                    aliases=("eval_batch_size",), minimum=1, auto=True)
     pick: int = setting(3, "predict: distractors of the pick-the-real-one test; 0: off", minimum=0)
     generate: bool = setting(True, "generate predictions; off (--no_generate): likelihood scoring only")
     limit: int | None = setting(None, "at most this many rows (targets, or user steps), for a quick look; unset: all",
@@ -400,6 +410,7 @@ def _coerce(cls, key: str, value, source: str):
         if optional:
             return None
         raise UsertwinError(f"{source}: key {key!r} cannot be empty (expected {tp.__name__})")
+    value = _unaliased(cls.__dataclass_fields__[key], value)
     ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -417,6 +428,24 @@ def _coerce(cls, key: str, value, source: str):
     if bounds and not bounds.allows(value):
         raise UsertwinError(f"{source}: key {key!r} must be {bounds}, got {value!r}")
     return value
+
+
+def _unaliased(f: dataclasses.Field, value):
+    """A value by the seeds' name (history_strategy random_targets) -> ours."""
+    aliases = f.metadata.get("value_aliases") or {}
+    return aliases[value][0] if isinstance(value, str) and value in aliases else value
+
+
+def value_alias_notes(values: dict, source: str, cls=None) -> list[str]:
+    """One line for each value given by the seeds' name: what it is here and why."""
+    names, notes = _keys(cls or Config), []
+    for raw, value in values.items():
+        if raw in names and isinstance(value, str):
+            f = (cls or Config).__dataclass_fields__[names[raw][0]]
+            if value in (f.metadata.get("value_aliases") or {}):
+                ours, why = f.metadata["value_aliases"][value]
+                notes.append(f"{source}: {f.name} {value} -> {ours} ({why})")
+    return notes
 
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -562,6 +591,8 @@ def _add_flag(group, f: dataclasses.Field, cls, prefix: str, leave: frozenset = 
     if not names:
         return
     dest, choices = prefix + f.name, choices_of(f) or None
+    if choices and f.metadata.get("value_aliases"):
+        choices = (*choices, *f.metadata["value_aliases"])  # the seeds' names of values: mapped in _coerce
     help_ = flag_help(f, listed=_lists_choices(f)).replace("%", "%%")  # argparse %-formats help
     if tp is bool:
         # --packing, --packing off / on / true / false, and --no_packing
@@ -587,6 +618,7 @@ def flag_help(f: dataclasses.Field, listed: bool = False) -> str:
     notes = [f"default {shown(f.default)}"] if f.default is not None else []
     notes += [str(range_of(f))] if range_of(f) else []
     notes += [f"one of {', '.join(choices_of(f))}"] if listed else []
+    notes += [f"the seeds' {alias} is {ours}" for alias, (ours, _) in (f.metadata.get("value_aliases") or {}).items()]
     return f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -638,14 +670,73 @@ def _given(args: argparse.Namespace, prefix: str) -> dict:
 
 
 def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """Defaults (or `base`, e.g. a run's saved config), then the YAML file, then the flags given."""
+    """Defaults (or `base`, e.g. a run's saved config), then the YAML file (or a seed JSON config), then the flags
+    given. What a seed config's keys became, and values given by the seeds' names, are said on stderr."""
     cfg = base if base is not None else Config()
-    layers = [(load_yaml(args.config), str(args.config))] if getattr(args, "config", None) else []
-    layers.append((_given(args, "cfg__"), "command line"))
+    given, seed, layers = _given(args, "cfg__"), None, []
+    if getattr(args, "config", None):
+        values = load_yaml(args.config)
+        seed = _seed_config(args.config, values, given.get("ablation"))
+        if seed is not None:
+            values = seed.values
+            if seed.chose_ablation:  # the flag named the file's entry, whose parts are now the ablation
+                given.pop("ablation")
+        layers.append((values, str(args.config)))
+    layers.append((given, "command line"))
     for values, source in layers:
         cfg = from_mapping(values, source, cfg)
+    lines = (seed.lines if seed else []) + _rows_to_tokens(cfg, args, seed, given)
+    lines += [note for values, source in layers for note in value_alias_notes(values, source, type(cfg))]
+    _say(lines)
     check_split_ratios(cfg, _sources(layers, SPLIT_RATIOS, type(cfg)) or "config")
     return cfg
+
+
+def _seed_config(path, values: dict, ablation):
+    """The research scripts' nested JSON config translated (usertwin.seedconfig), or None for one of ours."""
+    from usertwin import seedconfig
+
+    if not seedconfig.is_seed_config(values):
+        return None
+    return seedconfig.translate(seedconfig.read(path), str(path), ablation, ABLATIONS)
+
+
+def _rows_to_tokens(cfg: Config, args, seed, given: dict) -> list[str]:
+    """The seeds' batch_size (sequences of at most max_length tokens per device and micro-batch; train's
+    --batch_size, else the seed file's training.batch_size) -> batch_tokens = batch_size x max_length, the
+    same most tokens per micro-batch, packed. An explicit batch_tokens wins."""
+    rows = getattr(args, "batch_size_rows", None)
+    where = "command line: --batch_size"
+    if rows is None and seed is not None and seed.batch_size is not None:
+        rows, where = seed.batch_size, f"{args.config}: training.batch_size"
+    if rows is None:
+        return []
+    if "batch_tokens" in given:
+        return [f"{where} {rows} ignored: --batch_tokens {cfg.batch_tokens} given"]
+    cfg.batch_tokens = rows * cfg.max_length
+    return [f"{where} {rows} -> batch_tokens = {rows} x max_length {cfg.max_length} = {cfg.batch_tokens} "
+            f"(the seeds' micro-batch: {rows} sequence(s) of at most max_length tokens; here up to that many "
+            f"tokens per micro-batch)"]
+
+
+def _say(lines: list[str]) -> None:
+    """On stderr (stdout stays the command's output, e.g. --print_config's YAML), once: by the main process."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0":
+        for line in lines:
+            print(line, file=sys.stderr)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved settings as YAML, in the settings' order: what --print_config shows, a valid --config."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def add_print_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the resolved settings (defaults < --config < flags) as YAML and exit")
 
 
 def _sources(layers, keys, cls) -> str:

@@ -23,6 +23,9 @@ def add_arguments(p) -> None:
                         "generations are retried hotter (3 times, +0.2); resumable from OUT_DIR/generations.jsonl. "
                         "Model: --run RUN, else --model M (zero-shot); sampling seed: --seed")
     add_generate_flags(p)
+    from usertwin.cli.train import add_device_flags
+
+    add_device_flags(p, launched=False)
 
 
 def run(args) -> int:
@@ -41,6 +44,9 @@ def run(args) -> int:
     args.split = args.split or "test"
     if not args.output and not args.run:
         raise UsertwinError("pass -o PREDICTIONS.jsonl (or --run RUN_DIR to write there)")
+    from usertwin.train.setup import select_devices
+
+    select_devices(args.gpu, None)
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
     tok, model = load_tokenizer_and_model(cfg, args.run)

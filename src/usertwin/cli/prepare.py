@@ -7,19 +7,23 @@ HELP = "records -> splits + samples/windows (cached), with counts"
 
 
 def add_arguments(p) -> None:
-    from usertwin.config import add_config_flags
+    from usertwin.config import add_config_flags, add_print_config_flag
 
     add_config_flags(p)
+    add_print_config_flag(p)
 
 
 def run(args) -> int:
     from usertwin.atomic import write_json
-    from usertwin.config import resolve
+    from usertwin.config import resolve, to_yaml
     from usertwin.data.prepare import prepare, summary
     from usertwin.rundir import RunDir
     from usertwin.text.preview import counts_table
 
     cfg = resolve(args)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     prep = prepare(cfg, progress=args.progress)
     print(counts_table(prep))
     print(f"prepared in {prep.seconds:.1f} s")

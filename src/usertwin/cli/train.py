@@ -7,16 +7,44 @@ HELP = "fine-tune a model into user twins (LoRA or full); resumable"
 
 
 def add_arguments(p) -> None:
-    from usertwin.config import add_config_flags
+    from usertwin.config import add_config_flags, add_print_config_flag
 
     add_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    p.add_argument("--batch_size", dest="batch_size_rows", type=int, metavar="N",
+                   help="the research scripts' per-device batch size (N sequences of at most max_length tokens per "
+                        "micro-batch): sets batch_tokens = N x max_length, so a micro-batch holds up to that many "
+                        "tokens, packed; an explicit --batch_tokens wins")
+    add_print_config_flag(p)
+    add_device_flags(p)
+
+
+def add_device_flags(p, launched: bool = True) -> None:
+    """--gpu (the research scripts' device choice) and, for a command that launchers start, --local_rank."""
+    p.add_argument("--gpu", metavar="IDS", help="GPUs this command may use, as CUDA_VISIBLE_DEVICES (e.g. 1 or 0,1); "
+                                                "set before CUDA starts, so cuda:0 is the first of them")
+    if not launched:
+        return
+    p.add_argument("--local_rank", type=int, metavar="N",
+                   help="passed by torch.distributed.launch / deepspeed launchers: this process's GPU on its node; "
+                        "becomes LOCAL_RANK (which accelerate reads) when the launcher did not set it")
 
 
 def run(args) -> int:
-    from usertwin.config import resolve
+    if args.batch_size_rows is not None and args.batch_size_rows < 1:
+        from usertwin.errors import UsertwinError
+
+        raise UsertwinError(f"command line: --batch_size must be at least 1, got {args.batch_size_rows}")
+    from usertwin.config import resolve, to_yaml
+    from usertwin.train.setup import select_devices
+
+    cfg = resolve(args)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    select_devices(args.gpu, args.local_rank)
     from usertwin.train.trainer import train
 
-    train(resolve(args), overwrite=args.overwrite, resume=args.resume, progress=args.progress, debug=args.debug)
+    train(cfg, overwrite=args.overwrite, resume=args.resume, progress=args.progress, debug=args.debug)
     return 0

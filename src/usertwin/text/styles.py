@@ -8,6 +8,7 @@ settings can ask it without importing the renderer.
 
 from __future__ import annotations
 
+import json
 import re
 
 from usertwin.errors import UsertwinError
@@ -244,6 +245,32 @@ class DetailedStyle(PromptStyle):
     def item(self, item, phrases: dict) -> list[str]:
         when = [f"{phrases['time']}: {item.time_text}"] if item.time_text else []
         return [self.heading("item", phrases), *when, *super().item(item, phrases)]
+
+
+@register_style
+class LovinkStyle(PromptStyle):
+    """The research scripts' Lovink prompt: `### ` headings, the profile as JSON inside <user_profile>, earlier
+    items as <sample> lines inside <speaking_style_examples> (the block layout), context turns as `speaker: line`."""
+
+    name = "lovink"
+
+    def heading(self, part: str, phrases: dict) -> str:
+        return f"### {phrases[part]}"
+
+    def profile_line(self, key: str, value: str) -> str:
+        return f"{key}: {value}"
+
+    def profile(self, profile, phrases: dict) -> str:
+        kept = {k: v for k, v in profile.items() if v not in (None, "", [], {})} if isinstance(profile, dict) else {}
+        if not kept:
+            return ""
+        body = json.dumps(kept, ensure_ascii=False, indent=2)
+        return f"{self.heading('profile', phrases)}\n<user_profile>\n{body}\n</user_profile>"
+
+    def history(self, items: list, phrases: dict) -> str:
+        samples = [f"  <sample>{it.prefix}{it.continuation}</sample>" for it in items]
+        return "\n".join([self.heading("history", phrases), "<speaking_style_examples>", *samples,
+                          "</speaking_style_examples>"])
 
 
 # ---------------------------------------------------------------- sequences

@@ -1,0 +1,315 @@
+"""The research scripts' configs and flags: nested JSON configs, --print_config, their flag names and values,
+the Lovink prompt style and DeepSpeed configs with "auto" batch entries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import rating_timeline, write_rating_users
+
+from usertwin.cli import build_parser, main
+from usertwin.config import Config, RenderSettings, resolve
+from usertwin.errors import UsertwinError
+from usertwin.rundir import RunDir
+from usertwin.text.render import Renderer
+from usertwin.train.setup import fill_deepspeed_auto, read_deepspeed_config, select_devices
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests/data"
+CHAMELEONS = DATA / "seed_config_Chameleons.json"
+DI3 = DATA / "seed_config_Chameleons_30B_lora_di3.json"
+RPC = DATA / "seed_config_RealPersonaChat_Qwen30B.json"
+MIRROR = Path("/work/.mirror/Ricky513125+CompactSubset_experiements/repo")
+
+
+def _resolve(*argv, command="train"):
+    return resolve(build_parser().parse_args([command, *argv]))
+
+
+def _changed(cfg: Config) -> dict:
+    """The settings that differ from the defaults."""
+    default = Config().to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if v != default[k]}
+
+
+def test_a_seed_config_maps_each_key_and_says_so(capsys):
+    cfg = _resolve("--config", str(CHAMELEONS))
+    assert _changed(cfg) == {
+        "data": "/mnt/parallel/GIDigitalTwinBench/RealSelf/Chameleons/train.json",
+        "model": "/mnt/parallel/models/Qwen3-8B", "max_length": 1024, "weight_decay": 0.1, "warmup_steps": 100,
+        "gradient_accumulation_steps": 2, "batch_tokens": 1024, "save_steps": 500, "save_total_limit": 3,
+        "lora": False, "learning_rate": 1e-05}
+    src = str(CHAMELEONS)
+    assert capsys.readouterr().err.splitlines() == [f"{src}: {line}" for line in [
+        "model.name ignored: a display name; model.path is what the seeds loaded",
+        "model.path -> model = /mnt/parallel/models/Qwen3-8B",
+        "model.hf_model_name ignored: the hub id of the model at model.path; pass --model ID to load it from the "
+        "hub instead",
+        "model.checkpoint_dir ignored: where the seeds put a run when --output_dir was not given; usertwin writes "
+        "to --output_dir",
+        "data.train_path -> data = /mnt/parallel/GIDigitalTwinBench/RealSelf/Chameleons/train.json",
+        "training.eval_batch_size ignored: validation in train uses the training micro-batches (batch_tokens); "
+        "predict's batch is predict --eval_batch_size (= --batch_size)",
+        "training.gradient_accumulation_steps -> gradient_accumulation_steps = 2",
+        "training.weight_decay -> weight_decay = 0.1",
+        "training.warmup_steps -> warmup_steps = 100",
+        "training.max_length -> max_length = 1024",
+        "training.max_context_turns -> max_context_turns = 15",
+        "training.logging_steps -> logging_steps = 10",
+        "training.save_steps -> save_steps = 500",
+        "training.save_total_limit -> save_total_limit = 3",
+        "model.use_lora absent -> lora = False (the seeds' scripts' default)",
+        "training.learning_rate absent -> learning_rate = 1e-05 (the seeds' scripts' default)",
+        "ablation_configs ignored: no --ablation_config NAME chose one of its entries (profile_and_history_and_"
+        "context, profile_and_history, profile_and_context, history_and_context, profile_only, history_only, "
+        "context_only); the ablation setting applies",
+        "training.batch_size 1 -> batch_tokens = 1 x max_length 1024 = 1024 (the seeds' micro-batch: 1 "
+        "sequence(s) of at most max_length tokens; here up to that many tokens per micro-batch)"]]
+
+
+def test_lora_keys_the_chosen_ablation_and_flags_over_the_file(capsys):
+    cfg = _resolve("--config", str(DI3), "--ablation_config", "history_only")
+    assert _changed(cfg) == {
+        "data": "/mnt/parallel/GIDigitalTwinBench/RealSelf/Chameleons/train_di3.json",
+        "model": "/mnt/parallel/models/Qwen3-30B-A3B-Instruct-2507", "max_length": 1024, "ablation": "history_only",
+        "lora_r": 32, "lora_alpha": 64, "weight_decay": 0.01, "warmup_steps": 100, "gradient_accumulation_steps": 8,
+        "batch_tokens": 4096, "save_steps": 200, "save_total_limit": 5}
+    err = capsys.readouterr().err
+    assert (f"{DI3}: ablation_configs.history_only (chosen by --ablation_config) -> ablation = history_only "
+            "(profile off, history on, context off)\n") in err
+    assert f"{DI3}: model.lora_config.target_modules -> lora_target_modules = all-linear\n" in err
+    # flags win; batch_tokens follows the final max_length; an explicit batch_tokens wins over batch_size
+    cfg = _resolve("--config", str(DI3), "--max_length", "512", "--lr", "1e-4", "--model", "smollm2")
+    assert (cfg.max_length, cfg.batch_tokens, cfg.learning_rate, cfg.model) == (512, 2048, 1e-4, "smollm2")
+    cfg = _resolve("--config", str(DI3), "--batch_tokens", "3000")
+    assert cfg.batch_tokens == 3000
+    assert f"{DI3}: training.batch_size 4 ignored: --batch_tokens 3000 given\n" in capsys.readouterr().err
+    cfg = _resolve("--config", str(DI3), "--batch_size", "2")  # the flag over the file's batch_size
+    assert cfg.batch_tokens == 2048
+    assert ("command line: --batch_size 2 -> batch_tokens = 2 x max_length 1024 = 2048"
+            in capsys.readouterr().err)
+
+
+def test_keys_a_seed_config_leaves_out_take_the_seeds_defaults(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": {"path": "m"}, "training": {"max_length": 100}}))
+    cfg = _resolve("--config", str(path), "--lora")  # a flag still wins
+    assert _changed(cfg) == {"model": "m", "max_length": 100, "learning_rate": 1e-05, "weight_decay": 0.01,
+                             "warmup_steps": 100, "gradient_accumulation_steps": 8, "batch_tokens": 200}
+    assert f"{path}: training.batch_size absent: the seeds' scripts' default 2 applies\n" in capsys.readouterr().err
+
+
+def test_a_test_path_and_a_list_of_target_modules(tmp_path, capsys):
+    cfg = _resolve("--config", str(RPC), "--ablation_config", "profile_and_context")
+    assert (cfg.ablation, cfg.learning_rate, cfg.max_length, cfg.batch_tokens, cfg.gradient_accumulation_steps) == (
+        "profile_and_context", 5e-06, 8192, 8192, 64)
+    assert (f"{RPC}: data.test_path ignored: the seeds' separate test file for their inference scripts; usertwin's "
+            "test targets are the latest test_ratio of each user's timeline in data\n") in capsys.readouterr().err
+    seed = json.loads(DI3.read_text())
+    seed["model"]["lora_config"]["target_modules"] = ["q_proj", "v_proj"]
+    # an entry's parts decide, whatever its name; a part it leaves out is shown, as the seeds read it
+    seed["ablation_configs"] = {"history_only": {"use_profile": False, "use_history": True}}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(seed))
+    cfg = _resolve("--config", str(path), "--ablation_config", "history_only")
+    assert (cfg.lora_target_modules, cfg.ablation) == ("q_proj,v_proj", "history_and_context")
+    # a name the file has no entry for is usertwin's ablation of that name
+    assert _resolve("--config", str(path), "--ablation_config", "profile_only").ablation == "profile_only"
+    assert (f"{path}: ablation_configs has no entry 'profile_only' (history_only): --ablation_config profile_only "
+            "applies as usertwin defines it\n") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["training"].update(fp16=True), "unknown key 'training.fp16' of a seed config"),
+    (lambda s: s["model"]["lora_config"].update(bias="all"), "model.lora_config.bias 'all' cannot be honoured"),
+    (lambda s: s.update(extra={}), "unknown top-level key 'extra' of a seed config"),
+    (lambda s: s["training"].update(batch_size=0), "training.batch_size must be a whole number at least 1, got 0"),
+    (lambda s: s["training"].update(max_length="long"), "key 'max_length' must be int, got str 'long'"),
+])
+def test_a_bad_seed_config_names_the_file_and_key(tmp_path, capsys, change, message):
+    seed = json.loads(DI3.read_text())
+    change(seed)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(seed))
+    assert main(["train", "--config", str(path), "--print_config"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"usertwin train: error: {path}") and message in err
+
+
+@pytest.mark.skipif(not MIRROR.is_dir(), reason="the seed repository mirror is not on this machine")
+def test_every_seed_config_of_the_seed_repository_resolves(capsys):
+    names = subprocess.run(["git", "-C", str(MIRROR), "ls-tree", "-r", "--name-only", "HEAD"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    configs = [n for n in names if n.startswith("config_") and n.endswith(".json")]
+    assert len(configs) == 38
+    for name in configs:
+        seed = json.loads(subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:{name}"], capture_output=True,
+                                         text=True, check=True).stdout)
+        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"seedcfg-{os.getpid()}.json"
+        path.write_text(json.dumps(seed))
+        try:
+            cfg = _resolve("--config", str(path), "--ablation_config", "history_only")
+        finally:
+            path.unlink()
+        training = seed["training"]
+        assert cfg.model == seed["model"]["path"] and cfg.data == seed["data"]["train_path"], name
+        assert cfg.batch_tokens == training["batch_size"] * training["max_length"], name
+        assert (cfg.gradient_accumulation_steps, cfg.warmup_steps, cfg.max_length) == (
+            training["gradient_accumulation_steps"], training["warmup_steps"], training["max_length"]), name
+        assert cfg.learning_rate == training.get("learning_rate", 1e-5), name
+        assert cfg.lora == seed["model"].get("use_lora", False) and cfg.ablation == "history_only", name
+    capsys.readouterr()
+
+
+def test_print_config_is_yaml_that_resolves_to_the_same_settings(tmp_path, capsys):
+    for command in ("train", "prepare"):
+        assert main([command, "--config", str(DI3), "--ablation_config", "history_only", "--lr", "1e-4",
+                     "--print_config"]) == 0
+        out = capsys.readouterr().out
+        values = yaml.safe_load(out)
+        cfg = _resolve("--config", str(DI3), "--ablation_config", "history_only", "--lr", "1e-4")
+        assert values == cfg.to_dict() and list(values) == list(Config().to_dict())
+        ours = tmp_path / f"{command}.yaml"
+        ours.write_text(out)
+        assert _resolve("--config", str(ours), command=command) == cfg  # ours too, read back
+    assert main(["train", "--config", str(ours), "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == cfg.to_dict()
+
+
+def test_the_seeds_flag_names_and_values(capsys):
+    cfg = _resolve("--data_file", "r.json", "--warmup_steps", "7", "--history_strategy", "random_targets",
+                   "--max_samples_per_user", "2", "--ablation_config", "baseline", "--prompt_style", "lovink")
+    assert (cfg.data, cfg.warmup_steps, cfg.history_strategy, cfg.max_samples_per_user, cfg.ablation,
+            cfg.prompt_style) == ("r.json", 7, "all_previous", 2, "context_only", "lovink")
+    assert capsys.readouterr().err.splitlines() == [
+        "command line: history_strategy random_targets -> all_previous (the seeds' random_targets drew "
+        "max_samples_per_user random targets per user, each with every earlier item as history: all_previous with "
+        "max_samples_per_user)",
+        "command line: ablation baseline -> context_only (the seeds' baseline (MovieReview) showed neither profile "
+        "nor history, only the item (and its context))"]
+    from usertwin.config import from_mapping
+
+    assert from_mapping({"history_strategy": "random_targets"}, "c.yaml").history_strategy == "all_previous"
+    assert _resolve("--batch_size", "3", "--max_length", "100").batch_tokens == 300
+    assert main(["train", "--batch_size", "0", "--print_config"]) == 2
+    assert "--batch_size must be at least 1, got 0" in capsys.readouterr().err
+    predict = build_parser().parse_args(["predict", "--run", "r", "--eval_batch_size", "5"])
+    assert predict.gen__batch_size == 5
+
+
+def test_warmup_steps_overrides_warmup_ratio():
+    import torch
+
+    from usertwin.train.trainer import _optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    for cfg, first in ((Config(learning_rate=1.0, warmup_steps=4, lr_scheduler="constant_with_warmup"), 0.25),
+                       (Config(learning_rate=1.0, warmup_ratio=0.5, lr_scheduler="constant_with_warmup"), 0.5)):
+        optimizer, scheduler = _optimizer(cfg, params, total_steps=4)
+        optimizer.step()
+        scheduler.step()
+        assert scheduler.get_last_lr() == [first]  # after one step: 1/4 of the way, or 1/2 (warm-up of 2 steps)
+
+
+def test_gpu_and_local_rank_set_what_cuda_and_accelerate_read(monkeypatch, capsys):
+    for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK"):  # set, then removed: monkeypatch restores either way
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    select_devices("1, 3", 2)
+    assert (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["LOCAL_RANK"]) == ("1,3", "2")
+    with pytest.raises(UsertwinError, match="--local_rank 1 disagrees with LOCAL_RANK=2 set by the launcher"):
+        select_devices(None, 1)
+    select_devices(None, -1)  # the launchers' "not launched"
+    assert os.environ["LOCAL_RANK"] == "2"
+    assert main(["train", "--gpu", "cuda:1", "--local-rank=0"]) == 2
+    assert capsys.readouterr().err == ("usertwin train: error: command line: --gpu takes GPU numbers separated by "
+                                       "commas (e.g. 1 or 0,1), got 'cuda:1'\n")
+
+
+def test_the_seeds_deepspeed_zero3_config_is_filled_from_the_settings(tmp_path):
+    ds = read_deepspeed_config(DATA / "seed_ds_config_zero3.json")
+    filled = fill_deepspeed_auto(ds, Config(gradient_accumulation_steps=4, max_grad_norm=0.5), world_size=2)
+    assert filled == {
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 4,
+        "gradient_clipping": 0.5, "bf16": {"enabled": True},
+        "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+                              "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                              "stage3_param_persistence_threshold": 1e5, "stage3_max_live_parameters": 1e9,
+                              "stage3_max_reuse_distance": 1e9, "stage3_gather_16bit_weights_on_model_save": True},
+        "steps_per_print": 10}
+    assert ds["train_batch_size"] == "auto"  # a copy: the file's dict is unchanged
+    ours = read_deepspeed_config(ROOT / "configs/deepspeed/zero3.json")
+    filled = fill_deepspeed_auto(ours, Config(gradient_accumulation_steps=3), world_size=4)
+    assert [filled.get(k) for k in ("train_micro_batch_size_per_gpu", "train_batch_size",
+                                    "gradient_accumulation_steps", "gradient_clipping")] == [1, None, 3, 1.0]
+    # a number must be what the settings give: micro-batch x accumulation x processes
+    assert fill_deepspeed_auto({**ours, "train_batch_size": 12}, Config(gradient_accumulation_steps=3), 4) == filled | {
+        "train_batch_size": 12}
+    with pytest.raises(UsertwinError, match="train_batch_size is 8, but usertwin's train_micro_batch_size_per_gpu x "
+                                            "gradient_accumulation_steps x processes gives 12"):
+        fill_deepspeed_auto({**ours, "train_batch_size": 8}, Config(gradient_accumulation_steps=3), 4)
+    with pytest.raises(UsertwinError, match="ds.json: gradient_accumulation_steps is 8, but usertwin's "
+                                            "gradient_accumulation_steps gives 2"):
+        fill_deepspeed_auto({**ds, "gradient_accumulation_steps": 8}, Config(gradient_accumulation_steps=2), 1,
+                            "ds.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n  \"train_batch_size\": auto\n}")
+    with pytest.raises(UsertwinError, match=f"{bad}:2:23: not valid JSON"):
+        read_deepspeed_config(bad)
+
+
+def test_lovink_style_writes_the_seeds_lovink_prompt():
+    tl = rating_timeline(4)
+    text = Renderer(RenderSettings(prompt_style="lovink", history_layout="block"), None).render(tl, [0, 1, 2], [2]).text
+    assert text == ("### User profile\n<user_profile>\n{\n  \"name\": \"u1\",\n  \"age\": 30\n}\n</user_profile>\n\n"
+                    "### Task\nPredict ratings.\n\n### History\n<speaking_style_examples>\n"
+                    "  <sample>Movie 0 (1990) (Drama): 1.0</sample>\n  <sample>Movie 1 (1991) (Drama): 1.5</sample>\n"
+                    "</speaking_style_examples>\n\nMovie 2 (1992) (Drama):\n"
+                    "Predict the rating this user gives to this movie:\n2.0")
+
+
+def test_a_seed_config_trains_end_to_end(tmp_path, tiny_model_dir, capsys):
+    """A seed config with its model and data given as the seeds' flags, --batch_size and the lovink style: the
+    run's config.yaml holds what they became, and training runs."""
+    data = write_rating_users(tmp_path / "r.jsonl", (12, 9), lambda u, i: f"Movie {i} (2000) (Drama): ",
+                              lambda u, i: (u + i) % 5 + 1)
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(DI3), "--ablation_config", "history_only", "--data_file", str(data),
+                 "--model_path", str(tiny_model_dir), "--output_dir", str(out), "--max_length", "128",
+                 "--batch_size", "2", "--prompt_style", "lovink", "--max_steps", "2", "--warmup_steps", "1",
+                 "--gradient_accumulation_steps", "1", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    saved = yaml.safe_load(RunDir(out).config.read_text())
+    assert {k: saved[k] for k in ("ablation", "batch_tokens", "prompt_style", "warmup_steps", "lora_r", "save_steps")} == {
+        "ablation": "history_only", "batch_tokens": 256, "prompt_style": "lovink", "warmup_steps": 1, "lora_r": 32,
+        "save_steps": 200}
+
+
+def test_the_seeds_deepspeed_config_with_auto_batch_entries_trains_on_two_processes(tmp_path, tiny_model_dir):
+    """The seeds' ds_config_zero3.json ("auto" micro-batch, train batch, accumulation and clipping) through
+    accelerate, which cannot fill the micro-batch without a dataloader: usertwin fills them. ZeRO-3 on gloo
+    (DeepSpeed's CPU accelerator); DeepSpeed is not a dependency (see benchmarks/multi_gpu.md)."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (pip install --no-deps .whl-ds/*.whl, see benchmarks/multi_gpu.md)")
+    data = write_rating_users(tmp_path / "r.jsonl", (20, 16), lambda u, i: f"Movie {i} (2000) (Drama): ",
+                              lambda u, i: (u + i) % 5 + 1)
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
+                          "-m", "usertwin.cli", "train", "--data", str(data), "--model", str(tiny_model_dir),
+                          "--output_dir", str(out), "--max_length", "128", "--batch_size", "1", "--no_lora",
+                          "--max_steps", "3", "--gradient_accumulation_steps", "2", "--dtype", "float32",
+                          "--deepspeed", str(DATA / "seed_ds_config_zero3.json"), "--no-progress"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(RunDir(out).summary.read_text())
+    assert summary["steps"] == 3
