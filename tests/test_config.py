@@ -54,6 +54,7 @@ CHOICES = {
                  "profile_only", "history_only", "context_only", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "attention": ("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"),
+    "experts": ("auto", "eager", "grouped_mm", "batched_mm"),
     "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
 }
 SHAPING = {"model", "max_length", "unit", "split_mode", "train_ratio", "val_ratio", "test_ratio", "seed",

