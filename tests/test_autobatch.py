@@ -56,7 +56,9 @@ def test_step_tokens_sets_the_accumulation_on_a_cpu(tmp_path, tiny_model_dir, ca
         assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(out),
                      "--max_length", "256", "--no-progress", *extra]) == 0
         steps[label] = json.loads((out / "summary.json").read_text())["steps"]
-    assert "4 micro-batch(es) per optimizer step (step_tokens 1,024)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 micro-batch(es) per optimizer step (step_tokens 1,024)" in printed
+    assert "learning rate 0.0004: 0.0002 x sqrt(4 max_length rows per optimizer step)" in printed
     assert steps["four"] == -(-steps["one"] // 4)
 
 
@@ -84,3 +86,12 @@ def test_batch_tokens_takes_a_number_or_auto(value, tmp_path):
 
     args = build_parser().parse_args(["train", "--batch_tokens", value])
     assert args.cfg__batch_tokens == (value if value == "auto" else int(value))
+
+
+def test_an_unset_learning_rate_follows_the_square_root_rule():
+    from usertwin.train.autobatch import learning_rate
+
+    assert learning_rate(Config(max_length=2048), 2048) == (2e-4, "")
+    lr, why = learning_rate(Config(max_length=2048), 65536)
+    assert lr == pytest.approx(2e-4 * 32 ** 0.5) and "sqrt(32 max_length rows" in why
+    assert learning_rate(Config(max_length=2048, learning_rate=1e-3), 65536) == (1e-3, "")

@@ -78,7 +78,7 @@ def test_lora_keys_the_chosen_ablation_and_flags_over_the_file(capsys):
         "data": "/mnt/parallel/GIDigitalTwinBench/RealSelf/Chameleons/train_di3.json",
         "model": "/mnt/parallel/models/Qwen3-30B-A3B-Instruct-2507", "max_length": 1024, "ablation": "history_only",
         "lora_r": 32, "lora_alpha": 64, "weight_decay": 0.01, "warmup_steps": 100, "gradient_accumulation_steps": 8,
-        "batch_tokens": 4096, "save_steps": 200, "save_total_limit": 5}
+        "batch_tokens": 4096, "save_steps": 200, "save_total_limit": 5, "learning_rate": 0.0002}
     err = capsys.readouterr().err
     assert (f"{DI3}: ablation_configs.history_only (chosen by --ablation_config) -> ablation = history_only "
             "(profile off, history on, context off)\n") in err
@@ -210,7 +210,7 @@ def test_warmup_steps_overrides_warmup_ratio():
     params = [torch.nn.Parameter(torch.zeros(1))]
     for cfg, first in ((Config(learning_rate=1.0, warmup_steps=4, lr_scheduler="constant_with_warmup"), 0.25),
                        (Config(learning_rate=1.0, warmup_ratio=0.5, lr_scheduler="constant_with_warmup"), 0.5)):
-        optimizer, scheduler = _optimizer(cfg, params, total_steps=4)
+        optimizer, scheduler = _optimizer(cfg, params, total_steps=4, lr=cfg.learning_rate)
         optimizer.step()
         scheduler.step()
         assert scheduler.get_last_lr() == [first]  # after one step: 1/4 of the way, or 1/2 (warm-up of 2 steps)

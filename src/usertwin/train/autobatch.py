@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from usertwin.config import AUTO, Config
+from usertwin.config import AUTO, BASE_LEARNING_RATE, Config
 
 USABLE = 0.88  # share of the GPU's memory the run may plan for (the allocator fragments; kernels need room)
 ADAM_STATES = 3  # optimizer memory per trainable weight, in weights: AdamW's two moments and foreach scratch
@@ -134,3 +134,18 @@ def _vocab(loss_model) -> int:
     from usertwin.train.model import causal_lm
 
     return causal_lm(loss_model.model).get_output_embeddings().weight.shape[0]
+
+
+def learning_rate(cfg: Config, step_tokens: int) -> tuple[float, str]:
+    """The peak learning rate and, when it was worked out, the line that says how: an unset learning_rate is
+    the base rate (tuned for one max_length row per optimizer step) times the square root of the rows a step
+    holds -- Adam's square-root scaling rule (Malladi et al., 2022, "On the SDEs and Scaling Rules for Adaptive
+    Gradient Algorithms"), so a bigger step does not mean fewer, equally small updates."""
+    if cfg.learning_rate is not None:
+        return cfg.learning_rate, ""
+    rows = max(step_tokens / cfg.max_length, 1.0)
+    lr = BASE_LEARNING_RATE * math.sqrt(rows)
+    if rows == 1:
+        return lr, ""
+    return lr, (f"learning rate {lr:.3g}: {BASE_LEARNING_RATE:g} x sqrt({rows:g} max_length rows per optimizer step) "
+                "(set --learning_rate to choose)")

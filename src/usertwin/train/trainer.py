@@ -25,7 +25,7 @@ from usertwin.rundir import RunDir
 from usertwin.text.batching import pack, packed_batch, padded_batch, padded_groups
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, load_tokenizer
-from usertwin.train.autobatch import BatchPlan, fixed_plan, plan_batches
+from usertwin.train.autobatch import BatchPlan, fixed_plan, learning_rate, plan_batches
 from usertwin.train.checkpoint import Checkpoints, TrainState
 from usertwin.train.model import TargetLoss, batch_tensors, build_model, causal_lm, training_attention
 from usertwin.train.progress import Progress
@@ -183,11 +183,11 @@ def _loss_model(cfg: Config, attention: str, progress: bool, debug: bool) -> Tar
     return loss_model
 
 
-def _optimizer(cfg: Config, params: list, total_steps: int):
+def _optimizer(cfg: Config, params: list, total_steps: int, lr: float):
     """AdamW and the learning-rate schedule (warm-up, then cfg.lr_scheduler) over the run's steps."""
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps)
@@ -272,6 +272,7 @@ class Trainer:
         st = self.state
         result = _summary(self.cfg, self.acc, self.prep, st, time.time() - start, self.initial_val, final)
         result["best"] = "lowest validation loss" if self.selects and st.best_val_loss is not None else "last"
+        result.update(learning_rate=self.learning_rate, batch_tokens=self.data.budget, accumulation=self.accumulation)
         if self.main:
             write_json(self.run_dir.summary, result)
             self.loggers.close()
@@ -317,7 +318,10 @@ class Trainer:
         steps_per_epoch = self._steps_per_epoch(len(first))
         total_steps = self._planned_steps(steps_per_epoch)
         self.total_steps = total_steps
-        optimizer, scheduler = _optimizer(cfg, params, total_steps)
+        self.learning_rate, why = learning_rate(cfg, self.data.budget * self.accumulation * acc.num_processes)
+        if why:
+            self.say(why)
+        optimizer, scheduler = _optimizer(cfg, params, total_steps, self.learning_rate)
         # the scheduler stays outside accelerate.prepare: its wrapper would step it once per process
         self.loss_model, optimizer = acc.prepare(self.loss_model, optimizer)
         acc.register_for_checkpointing(scheduler)
