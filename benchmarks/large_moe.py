@@ -311,7 +311,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--long_lengths", type=int, nargs="*", default=[16384, 32768, 65536, 131072])
     ap.add_argument("--budget", type=float, default=520, help="seconds; a variant starts only with time left")
-    ap.add_argument("--only", nargs="*", default=["b", "f", "c", "d", "e"], help="variants to run")
+    ap.add_argument("--only", nargs="*", default=["b", "f", "e", "c", "d"], help="variants to run (in the order b, f, e, c, d)")
     args = ap.parse_args()
     args.shape = TINY if args.tiny else QWEN3_30B_A3B
     if args.tiny:
@@ -378,6 +378,11 @@ def main() -> None:
     sub = args.work / "ml-latest-small-subset.jsonl"
     if not sub.is_file():
         gt.subset_records(args.records, args.users, 0, sub)
+    if "e" in args.only:
+        for name in datasets:
+            run(f"seeds-{name}", partial(seeds_recipe, sub if name == "ml-latest-small" else datasets[name],
+                                         directory, args, tokenizer),
+                {"dataset": name, "recipe": "seeds"}, needs=75)
     if "c" in args.only:
         for experts in ("grouped_mm", "eager"):
             run(f"experts-{experts}", partial(train_variant, sub, directory, args, f"experts-{experts}", tokenizer,
@@ -393,11 +398,6 @@ def main() -> None:
                     {"dataset": "ml-latest-small", "recipe": "timeline", "row_tokens": length}, needs=60)
             if r is None or r["status"] != "ok":
                 break
-    if "e" in args.only:
-        for name in datasets:
-            run(f"seeds-{name}", partial(seeds_recipe, sub if name == "ml-latest-small" else datasets[name],
-                                         directory, args, tokenizer),
-                {"dataset": name, "recipe": "seeds"}, needs=75)
     save()
     log((args.out / "large_moe.md").read_text())
 

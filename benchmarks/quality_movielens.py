@@ -209,7 +209,7 @@ def markdown(res: dict) -> str:
              f"(commit {m['git_commit']}).", "",
              f"Data: {s['data']}; {s['subset']}. Split: time 70/15/15 per user, seed 42 (config defaults); "
              f"{s['records_users']} users, {s['records_items']} ratings. Model `{s['model']}`, max_length "
-             f"{s['max_length']}, timeline unit, {s['max_epochs']} epoch(s), LoRA lr {s['lora_lr']} (r 16, "
+             f"{s['max_length']}, timeline unit, {s['max_epochs']} epoch(s), LoRA lr {s['lora_lr'] or 'default (2e-4 x sqrt rows per step)'} (r 16, "
              f"alpha 32), full lr {s['full_lr']}; predict with likelihood scoring (`--no-generate`), "
              f"pick-the-real-one with 3 distractors.", "",
              "| variant | test targets | RMSE (expected) | MAE (expected) | RMSE (most likely) | pick acc | chance "
@@ -276,10 +276,13 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2", help="smollm2 (embedded GGUF), a .gguf path, hub id or folder")
     ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--max_epochs", type=int, default=1)
-    ap.add_argument("--lora_lr", type=float, default=1e-3)
+    ap.add_argument("--lora_lr", type=float, help="LoRA learning rate; unset: usertwin's default (2e-4 x sqrt of the "
+                    "max_length rows per optimizer step)")
     ap.add_argument("--full_lr", type=float, default=5e-5)
     ap.add_argument("--warmup_ratio", type=float, default=0.1)
-    ap.add_argument("--batch_size", type=int, default=8, help="usertwin predict --batch_size")
+    ap.add_argument("--batch_size", default="auto", help="usertwin predict --batch_size (a number or auto)")
+    ap.add_argument("--results_dir", type=Path, default=RESULTS, help="where the json and md results go")
+    ap.add_argument("--batch_tokens", default="auto", help="usertwin train --batch_tokens (a number or auto)")
     ap.add_argument("--generate", action="store_true", help="also generate (slow); default --no-generate")
     ap.add_argument("--skip", default="", help=f"comma-separated variants to skip, of: {','.join(VARIANTS)}")
     ap.add_argument("--note", action="append", default=[], help="a note for the results (repeatable)")
@@ -375,6 +378,7 @@ def main(argv=None) -> int:
         cfg = write_config(work / "configs" / f"{name}.yaml", dict(
             common, ablation=ABLATION[name], lora=lora, lora_r=16, lora_alpha=32,
             learning_rate=args.lora_lr if lora else args.full_lr, warmup_ratio=args.warmup_ratio,
+            batch_tokens=args.batch_tokens if args.batch_tokens == "auto" else int(args.batch_tokens),
             max_epochs=args.max_epochs, output_dir=str(run)))
         marker = run / "summary.json"  # written when training has finished
         train_argv = ["train", "--config", str(cfg), "--no-progress"]
@@ -402,12 +406,13 @@ def main(argv=None) -> int:
 
     from usertwin.atomic import write_json, write_text
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"quality_movielens{suffix}.json", res)
+    out_dir = args.results_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / f"quality_movielens{suffix}.json", res)
     md = markdown(res)
-    write_text(RESULTS / f"quality_movielens{suffix}.md", md)
+    write_text(out_dir / f"quality_movielens{suffix}.md", md)
     print(md)
-    print(f"wrote {RESULTS / f'quality_movielens{suffix}.json'} and .md")
+    print(f"wrote {out_dir / f'quality_movielens{suffix}.json'} and .md")
     print("\n".join(res["comparison"]))
     return 0
 
