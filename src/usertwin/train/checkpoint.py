@@ -50,6 +50,22 @@ def _gathered_for_write(acc, model):
     return contextlib.nullcontext()
 
 
+def _whole_model_per_process(acc) -> bool:
+    """One process or DDP: each holds the whole model, and accelerate writes its state dict as one file."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+
+
+def _keep_trainable(models, weights, output_dir) -> None:
+    """accelerate's save-state hook: keep only the trainable weights (LoRA adapters) of each model. The frozen base
+    is rebuilt from the base model on resume; writing it would make a checkpoint of a 30 B model 61 GB."""
+    for model, state in zip(models, weights):
+        keep = {name for name, p in model.named_parameters() if p.requires_grad}
+        for name in [k for k in state if k not in keep]:
+            del state[name]
+
+
 _UNKNOWN_WEIGHTS = ("warning: best/ has {n} weight(s) the model does not know (e.g. {first}): "
                     "the final evaluation is not of the best model")
 
@@ -60,6 +76,9 @@ class Checkpoints:
     def __init__(self, acc, run: RunDir, cfg, say, debug: bool = False):
         self.acc, self.run, self.cfg, self.say, self.debug = acc, run, cfg, say, debug
         self.main = acc.is_main_process
+        self.trainable_only = getattr(cfg, "lora", False) and _whole_model_per_process(acc)
+        if self.trainable_only:
+            acc.register_save_state_pre_hook(_keep_trainable)
 
     # -- resumable state
 
@@ -90,7 +109,8 @@ class Checkpoints:
         return TrainState(**json.loads((path / CHECKPOINT_STATE).read_text()))
 
     def load(self, path: Path) -> TrainState:
-        self.acc.load_state(str(path))
+        # a LoRA checkpoint holds the adapters only: the frozen base comes from the model as built
+        self.acc.load_state(str(path), **({"strict": False} if self.trainable_only else {}))
         state = TrainState(**json.loads((path / CHECKPOINT_STATE).read_text()))
         self.say(f"resumed from {path} (epoch {state.epoch + 1}, step {state.global_step})")
         return state
