@@ -98,10 +98,19 @@ def read_twin_facts(run_dir) -> dict | None:
 # ---------------------------------------------------------------- loading
 
 
-def load_twin_model(cfg: Config, run_dir=None, merge: bool = True, device: str | None = None):
+def load_twin_model(cfg: Config, run_dir=None, merge: bool = True, device: str | None = None,
+                    progress: bool = True):
     """The run's best weights (adapter on its base model, or full weights), else the base model. An adapter
     is merged into the weights (`merge`): inference then runs the base model's own layers, with no LoRA
-    matmuls beside every projection. `device`: default the GPU when there is one."""
+    matmuls beside every projection. `device`: default the GPU when there is one. `progress`: transformers'
+    loading bars."""
+    from usertwin import quiet
+
+    with quiet.loading_bars(progress):
+        return _load_twin_model(cfg, run_dir, merge, device)
+
+
+def _load_twin_model(cfg: Config, run_dir, merge: bool, device: str | None):
     best = recover_dir(RunDir(run_dir).best) if run_dir else None
     # sdpa: scoring passes its own block masks, which flash kernels do not take
     load = dict(attention="sdpa", trust_remote_code=cfg.trust_remote_code)
@@ -125,10 +134,10 @@ def load_twin_model(cfg: Config, run_dir=None, merge: bool = True, device: str |
     return model.to(device)
 
 
-def load_tokenizer_and_model(cfg: Config, run_dir=None):
+def load_tokenizer_and_model(cfg: Config, run_dir=None, progress: bool = True):
     """The tokenizer the run trained with (best/ keeps it) and its weights; without a run, the base model's."""
     source = RunDir(run_dir).tokenizer_source(cfg.model) if run_dir else cfg.model
-    return load_tokenizer(source, cfg.trust_remote_code), load_twin_model(cfg, run_dir)
+    return load_tokenizer(source, cfg.trust_remote_code), load_twin_model(cfg, run_dir, progress=progress)
 
 
 # ---------------------------------------------------------------- the prompt of a target

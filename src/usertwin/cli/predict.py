@@ -49,7 +49,7 @@ def run(args) -> int:
     select_devices(args.gpu, None)
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
-    tok, model = load_tokenizer_and_model(cfg, args.run)
+    tok, model = load_tokenizer_and_model(cfg, args.run, progress=args.progress)
     # the split's targets come from the prepared data, so its rating scale is read there too
     prep = prepare(cfg, tokenizer=tok, progress=False)
     engine = Engine(cfg, model, tok, scale=rating_scale(prep.timelines))
@@ -84,7 +84,7 @@ def _scenario(args) -> int:
     if gen.num_samples > 1 and gen.temperature == 0:
         print(f"note: --temperature 0 (greedy) gives {gen.num_samples} identical continuations per target; pass "
               "--temperature (the research scripts used 0.7) for different ones")
-    tok, model = load_tokenizer_and_model(cfg, args.run)
+    tok, model = load_tokenizer_and_model(cfg, args.run, progress=args.progress)
     source = {"run": str(args.run)} if args.run else {"model": cfg.model}
     summary = predict_scenario(Engine(cfg, model, tok), args.scenario, args.output, gen,
                                seed=cfg.seed if gen.seed is None else gen.seed,

@@ -78,7 +78,8 @@ def random_model(folder, kwargs: dict):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=kwargs["trust_remote_code"])
+        trust_remote_code = kwargs["trust_remote_code"]  # the user's setting, passed through
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UsertwinError(f"cannot read {folder / 'config.json'}: {str(e).splitlines()[0]}") from None
     cuda = torch.cuda.is_available()
