@@ -181,7 +181,7 @@ CASES = [
      "usertwin prepare: error: {d}/config_unknown_key.yaml:2: unknown key 'histroy_strategy'; did you mean "
      "'history_strategy'?"),
     ("config-wrong-type", "prepare --config {d}/config_wrong_type.yaml", 2,
-     "usertwin prepare: error: {d}/config_wrong_type.yaml:2: key 'learning_rate' must be float, got str 'fast'"),
+     "usertwin prepare: error: {d}/config_wrong_type.yaml:2: key 'learning_rate' must be float or null, got str 'fast'"),
     # --- settings out of range: before, max_length 0 prepared nothing and val_ratio 1.5 left 0 train targets
     ("flag-max-length-zero", "prepare --max_length 0", 2,
      "usertwin prepare: error: command line: key 'max_length' must be at least 1, got 0"),
