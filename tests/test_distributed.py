@@ -144,8 +144,8 @@ MOE_EXPERT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 def test_moe_lora_targets_and_full_fine_tuning_in_one_process(tmp_path, tokenizer):
     """On transformers 5 the experts are fused 3-D parameters (gate_up_proj, down_proj), not nn.Linear; peft
-    reaches them through target_parameters. 'all-linear' also puts LoRA on the router; the v4 projection names
-    give attention + experts without the router."""
+    reaches them through target_parameters. 'all-linear' is attention + experts, never the router; so are the v4
+    projection names."""
     from transformers import AutoModelForCausalLM
 
     from usertwin.train.model import add_lora
@@ -158,7 +158,7 @@ def test_moe_lora_targets_and_full_fine_tuning_in_one_process(tmp_path, tokenize
                               if p.requires_grad and "layers.0." in n}
     attention = {f"self_attn.{x}_proj" for x in "qkvo"}
     experts = {"mlp.experts", "mlp.experts.base_layer"}  # down_proj's wrapper around gate_up_proj's
-    assert trainable["all-linear"] == attention | experts | {"mlp.gate"}  # router included
+    assert trainable["all-linear"] == attention | experts  # never the router
     assert trainable[MOE_EXPERT_TARGETS] == attention | experts
     assert trainable["q_proj,k_proj,v_proj,o_proj"] == attention
 

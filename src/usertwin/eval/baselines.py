@@ -233,7 +233,9 @@ def _lenskit_pipelines(users, items, ratings, damping, features, regularization,
     out = {}
     for name, (scorer, fallback) in scorers.items():
         pipe = predict_pipeline(scorer, fallback=BiasScorer(damping=damping) if fallback else False, name=name)
-        pipe.train(data, TrainingOptions(rng=seed))  # the seed of ALS's initial embeddings
+        with warnings.catch_warnings():  # kNN on ratings of one value (tiny data) says centering is moot
+            warnings.filterwarnings("ignore", "Ratings seem to have the same value")
+            pipe.train(data, TrainingOptions(rng=seed))  # the seed of ALS's initial embeddings
         out[name] = pipe
     return out
 

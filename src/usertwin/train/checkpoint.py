@@ -54,7 +54,8 @@ def _whole_model_per_process(acc) -> bool:
     """One process or DDP: each holds the whole model, and accelerate writes its state dict as one file."""
     from accelerate.utils import DistributedType
 
-    return acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+    return getattr(acc, "distributed_type", None) in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                      DistributedType.MULTI_CPU)
 
 
 def _keep_trainable(models, weights, output_dir) -> None:

@@ -136,7 +136,11 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_
         return _moe_lora(model, r, alpha, dropout, experts)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    import warnings
+
+    with warnings.catch_warnings():  # peft's own MoE patterns for v4 expert names it did not need
+        warnings.filterwarnings("ignore", "The following (rank|alpha)_pattern keys did not match", RuntimeWarning)
+        return get_peft_model(model, config)
 
 
 def expert_parameters(model) -> list[str]:
