@@ -222,7 +222,7 @@ RULES = {
     "window_history_fraction": "between 0 and 1", "lora_r": "at least 1", "lora_alpha": "at least 1",
     "lora_dropout": "at least 0 and less than 1", "learning_rate": "greater than 0", "weight_decay": "at least 0",
     "warmup_ratio": "between 0 and 1", "warmup_steps": "at least 0",
-    "max_grad_norm": "at least 0", "gradient_accumulation_steps": "at least 1",
+    "max_grad_norm": "at least 0", "rating_loss_weight": "at least 0", "gradient_accumulation_steps": "at least 1",
     "max_epochs": "at least 1", "max_steps": "at least 1", "batch_tokens": "at least 1", "step_tokens": "at least 1",
     "eval_steps": "at least 0",
     "save_steps": "at least 0", "save_total_limit": "at least 1", "early_stopping_patience": "at least 0",

@@ -283,6 +283,11 @@ class TrainSettings:
     lr_scheduler: str = setting("cosine", "learning-rate schedule after the warm-up",
                                 choices=("cosine", "linear", "constant", "constant_with_warmup"))
     max_grad_norm: float = setting(1.0, "clip gradients to this norm (0: no clipping)", minimum=0)
+    rating_loss_weight: float = setting(
+        0.0, "add this weight x the mean squared error of the expected rating (over the rating scale's "
+             "distribution at the token where the values differ) to the language-model loss, for every rating "
+             "target; needs ratings whose scale values differ at one shared token position (whole numbers 1 ... 5: "
+             "yes; half stars under SmolLM2's one-digit tokens: refused); 0: off", minimum=0)
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step",
                                                aliases=("gradient_accumulation",), minimum=1)
     max_epochs: int = setting(1, "passes over the training data", aliases=("num_train_epochs",), minimum=1)

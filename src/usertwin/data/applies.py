@@ -28,6 +28,7 @@ class Facts:
 
     has_context: bool = False  # some item has context turns
     dialogue: bool = False  # some timeline holds dialogue lines
+    ratings: bool = False  # some item is a rating (records.is_rating)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ RULES = (
     Rule("early_stopping_threshold", lambda c, f: bool(c.early_stopping_patience), "--early_stopping_patience"),
     Rule("wandb_run_name", lambda c, f: bool(c.wandb_project), "--wandb_project"),
     Rule("disable_flash_attn", lambda c, f: c.attention == "auto", "--attention auto"),
+    Rule("rating_loss_weight", lambda c, f: f.ratings,
+         "rating targets (items of a rating collection, e.g. movie_rating); this data has none"),
 )
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -97,7 +100,8 @@ def _flag(cfg: Config, key: str) -> str:
 
 def facts_of(timelines) -> Facts:
     return Facts(has_context=any(it.context for tl in timelines for it in tl.items),
-                 dialogue=any(tl.is_dialogue for tl in timelines))
+                 dialogue=any(tl.is_dialogue for tl in timelines),
+                 ratings=any(it.is_rating for tl in timelines for it in tl.items))
 
 
 def settle(cfg: Config, facts: Facts = Facts()) -> tuple[Config, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 from usertwin.text.tokens import IGNORE, Encoded
 
@@ -20,6 +21,8 @@ class Batch:
     n_tokens: int  # real (non-padding) tokens
     n_targets: int
     seq_lens: list | None = None  # packed row: the lengths of its sequences (padding counts as one more)
+    # --rating_loss_weight: [(row, column of a rating's decision token, true rating)]; None: the loss is off
+    ratings: list | None = None
 
 
 def pack(encoded: list[Encoded], budget: int) -> list[list[int]]:
@@ -54,7 +57,8 @@ def packed_batch(seqs: list[Encoded], pad_to: int | None = None, pad_id: int = 0
         pos.extend(range(extra))
         seq_lens.append(extra)
     return Batch([ids], [labels], [pos], None, sum(e.n_target_tokens for e in seqs), n_tokens,
-                 sum(len(e.targets) for e in seqs), seq_lens)
+                 sum(len(e.targets) for e in seqs), seq_lens,
+                 _ratings(seqs, [0] * len(seqs), [0, *accumulate(seq_lens)]))
 
 
 def padded_batch(seqs: list[Encoded], pad_id: int = 0) -> Batch:
@@ -67,7 +71,14 @@ def padded_batch(seqs: list[Encoded], pad_id: int = 0) -> Batch:
         pos.append(list(range(len(e))) + [0] * extra)
         mask.append([1] * len(e) + [0] * extra)
     return Batch(ids, labels, pos, mask, sum(e.n_target_tokens for e in seqs), sum(len(e) for e in seqs),
-                 sum(len(e.targets) for e in seqs))
+                 sum(len(e.targets) for e in seqs), ratings=_ratings(seqs, range(len(seqs)), [0] * len(seqs)))
+
+
+def _ratings(seqs: list, rows, starts) -> list | None:
+    """The batch's rating marks, from sequences that carry them (train/ratingloss.Rated), else None."""
+    if not seqs or getattr(seqs[0], "ratings", None) is None:
+        return None
+    return [(r, start + col, value) for e, r, start in zip(seqs, rows, starts) for col, value in e.ratings]
 
 
 def padded_groups(encoded: list[Encoded], budget: int) -> list[list[int]]:

@@ -247,14 +247,18 @@ class TargetLoss(nn.Module):
     """Wraps a causal LM so that forward() returns per-token losses on target positions only.
 
     Wrapping (rather than calling the backbone from outside) keeps DDP / FSDP / DeepSpeed hooks in the path.
+    With `rating_scale` (train/ratingloss.ScaleTokens) and a batch's rating marks (rating_rows: which target rows
+    are ratings' decision tokens, rating_values: their true values), it returns (per-token losses, squared
+    errors of the expected ratings).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, rating_scale=None):
         super().__init__()
         self.model = model
+        self.rating_scale = rating_scale
 
     def forward(self, input_ids, labels, position_ids=None, attention_mask=None, target_index=None,
-                target_labels=None, cu_seq_lens=None, max_length=None):
+                target_labels=None, cu_seq_lens=None, max_length=None, rating_rows=None, rating_values=None):
         lm = causal_lm(self.model)
         backbone = getattr(lm, lm.base_model_prefix)
         extra = {}
@@ -274,7 +278,12 @@ class TargetLoss(nn.Module):
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        return F.cross_entropy(logits.float(), target_labels, reduction="none")
+        losses = F.cross_entropy(logits.float(), target_labels, reduction="none")
+        if rating_rows is None:
+            return losses
+        from usertwin.train.ratingloss import squared_errors
+
+        return losses, squared_errors(logits.index_select(0, rating_rows), rating_values, self.rating_scale)
 
 
 def batch_tensors(batch, device, boundaries: bool = False) -> dict:
@@ -294,8 +303,20 @@ def batch_tensors(batch, device, boundaries: bool = False) -> dict:
          "target_labels": torch.tensor(targets, dtype=torch.long)}
     if batch.attention_mask is not None:
         t["attention_mask"] = torch.tensor(batch.attention_mask)
+    if batch.ratings is not None:
+        t.update(_rating_tensors(batch, index))
     if boundaries and batch.seq_lens is not None:
         cu, longest = boundaries_of(batch.seq_lens)
         t["cu_seq_lens"] = torch.tensor(cu, dtype=torch.int32)
         t["max_length"] = longest
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+
+
+def _rating_tensors(batch, index: list) -> dict:
+    """The target rows (positions in `index`, the flattened shifted positions) where the batch's ratings'
+    decision tokens are predicted, and the true ratings."""
+    width = len(batch.labels[0]) - 1
+    row_of = {flat: n for n, flat in enumerate(index)}
+    rows = [row_of[r * width + col - 1] for r, col, _ in batch.ratings]
+    return {"rating_rows": torch.tensor(rows, dtype=torch.long),
+            "rating_values": torch.tensor([v for _, _, v in batch.ratings], dtype=torch.float32)}

@@ -29,6 +29,7 @@ from usertwin.train.autobatch import BatchPlan, fixed_plan, learning_rate, plan_
 from usertwin.train.checkpoint import Checkpoints, TrainState
 from usertwin.train.model import TargetLoss, batch_tensors, build_model, causal_lm, training_attention
 from usertwin.train.progress import Progress
+from usertwin.train.ratingloss import rated, scale_tokens
 from usertwin.train.run import open_run, write_run_start
 from usertwin.train.setup import make_accelerator
 
@@ -44,6 +45,11 @@ class EpochData:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad or 0
         self.budget = fixed_plan(cfg).batch_tokens  # tokens per micro-batch; the trainer may plan another
+        self.scale = None  # --rating_loss_weight: the scale's decision tokens (train/ratingloss.py)
+        if cfg.rating_loss_weight > 0:
+            from usertwin.twin import rating_scale
+
+            self.scale = scale_tokens(rating_scale(prep.timelines), tokenizer, renderer.fmt.eot)
 
     @property
     def varies(self) -> bool:
@@ -66,7 +72,10 @@ class EpochData:
         seqs = list(self.sequences(split, epoch))
         if shuffle:
             random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(seqs)
-        return [self.encoder.encode(self.prep.timeline(s.user_id), *s.items_and_targets()) for s in seqs]
+        encoded = [self.encoder.encode(self.prep.timeline(s.user_id), *s.items_and_targets()) for s in seqs]
+        if self.scale is None:
+            return encoded
+        return [rated(e, self.prep.timeline(s.user_id), self.scale) for e, s in zip(encoded, seqs)]
 
     def group(self, encoded: list) -> list:
         """Micro-batches of `budget` tokens (set by the trainer's BatchPlan)."""
@@ -165,19 +174,21 @@ class _Interval:
 
     def __init__(self, device, tokens_seen: int):
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # weighted loss, target tokens per rank
+        self.ratings = torch.zeros(2, dtype=torch.float64, device=device)  # squared errors, ratings (this rank)
         self.restart(tokens_seen)
 
     def restart(self, tokens_seen: int) -> None:
         self.tick, self.tokens_at_tick, self.target_tokens = time.time(), tokens_seen, 0
         self.sums.zero_()
+        self.ratings.zero_()
 
 
 # ---------------------------------------------------------------- the loop
 
 
-def _loss_model(cfg: Config, attention: str, progress: bool, debug: bool) -> TargetLoss:
+def _loss_model(cfg: Config, attention: str, progress: bool, debug: bool, scale=None) -> TargetLoss:
     model = build_model(cfg, attention, progress=progress, debug=debug)
-    loss_model = TargetLoss(model)
+    loss_model = TargetLoss(model, rating_scale=scale)
     if cfg.deepspeed:  # accelerate fills the config's "auto" bucket sizes from model.config.hidden_size
         loss_model.config = causal_lm(model).config
     return loss_model
@@ -226,19 +237,25 @@ class Trainer:
     def evaluate(self, split: str = "val") -> dict:
         batches = self.data.batches(split, 0, shuffle=False)
         self.loss_model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.acc.device)
+        total = torch.zeros(4, dtype=torch.float64, device=self.acc.device)  # losses, tokens, squared errors, ratings
         world, rank = self.acc.num_processes, self.acc.process_index
         for i in range(math.ceil(len(batches) / world)):
             # every rank runs the same number of forwards (FSDP gathers weights in each); extras weigh 0
             k = i * world + rank
             b, weight = (batches[k], 1.0) if k < len(batches) else (batches[0], 0.0)
-            losses = self.loss_model(**batch_tensors(b, self.acc.device, self.boundaries)).double()
-            total[0] += losses.sum() * weight
+            losses, errors = _split(self.loss_model(**batch_tensors(b, self.acc.device, self.boundaries)))
+            total[0] += losses.double().sum() * weight
             total[1] += len(losses) * weight
+            if errors is not None:
+                total[2] += errors.double().sum() * weight
+                total[3] += len(errors) * weight
         total = self.acc.reduce(total, reduction="sum")
         self.loss_model.train()
         loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-        return {"loss": loss, "target_tokens": int(total[1].item()), "batches": len(batches)}
+        result = {"loss": loss, "target_tokens": int(total[1].item()), "batches": len(batches)}
+        if self.data.scale is not None:  # the squared error of the expected rating, for the log (not for selection)
+            result["rating_mse"] = (total[2] / total[3]).item() if total[3] > 0 else float("nan")
+        return result
 
     def log(self, row: dict) -> None:
         row = {"step": self.state.global_step, "epoch": self.state.epoch + 1, **row, "time": round(time.time(), 3)}
@@ -310,7 +327,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.attention = training_attention(cfg)
         self.boundaries = self.attention == "varlen"
-        self.loss_model = _loss_model(cfg, self.attention, self.show_progress, self.debug)
+        self.loss_model = _loss_model(cfg, self.attention, self.show_progress, self.debug, self.data.scale)
         params = [p for p in self.loss_model.parameters() if p.requires_grad]
         encoded = self.data.encoded("train", 0, shuffle=True)
         self._use_plan(self._plan(encoded))
@@ -411,7 +428,7 @@ class Trainer:
         interval = _Interval(self.acc.device, st.tokens_seen)
         for step in range(st.step_in_epoch if epoch == st.epoch else 0, n_steps):
             group = batches[step * per_step:(step + 1) * per_step]
-            global_target_tokens = self._step(group, interval.sums)
+            global_target_tokens = self._step(group, interval.sums, interval.ratings)
             interval.sums[1] += global_target_tokens / world
             interval.target_tokens += global_target_tokens
             st.global_step += 1
@@ -431,20 +448,24 @@ class Trainer:
             if st.stopped_early or st.global_step >= total_steps:
                 break
 
-    def _step(self, group: list, loss_sums) -> int:
-        """One optimizer step on the group's micro-batches; adds this rank's weighted loss to loss_sums[0]."""
+    def _step(self, group: list, loss_sums, rating_sums=None) -> int:
+        """One optimizer step on the group's micro-batches; adds this rank's weighted loss to loss_sums[0] (and,
+        with --rating_loss_weight, its squared rating errors and ratings to rating_sums)."""
         cfg, acc = self.cfg, self.acc
         world, accum = acc.num_processes, self.accumulation
         global_target_tokens = sum(b.n_target_tokens for b in group)
+        global_ratings = sum(len(b.ratings) for b in group) if self.data.scale is not None else 0
         mine = rank_batches(group, acc.process_index, world)
         for m in range(accum):
             # ranks without a batch left in the last step run a zero-weight one (keeps DDP in step)
             b, weight = (mine[m], 1.0) if m < len(mine) else (group[0], 0.0)
             with acc.accumulate(self.loss_model):
-                losses = self.loss_model(**batch_tensors(b, acc.device, self.boundaries))
+                losses, errors = _split(self.loss_model(**batch_tensors(b, acc.device, self.boundaries)))
                 # normalised by the target tokens of the whole global step; accelerate divides by
                 # accum and DDP averages over ranks, so scale back by both
                 loss = losses.sum() * weight * world * accum / max(global_target_tokens, 1)
+                if errors is not None:  # the mean over the global step's ratings, normalised the same way
+                    loss = loss + cfg.rating_loss_weight * errors.sum() * weight * world * accum / max(global_ratings, 1)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(self.loss_model.parameters(), cfg.max_grad_norm)
@@ -453,6 +474,9 @@ class Trainer:
                     self.scheduler.step()
                 self.optimizer.zero_grad()
             loss_sums[0] += losses.detach().double().sum() * weight
+            if errors is not None and rating_sums is not None:
+                rating_sums[0] += errors.detach().double().sum() * weight
+                rating_sums[1] += len(errors) * weight
         return global_target_tokens
 
     def _log_interval(self, interval: _Interval) -> None:
@@ -464,10 +488,18 @@ class Trainer:
                   "tokens_per_second": round((st.tokens_seen - interval.tokens_at_tick) / dt, 1),
                   "target_tokens_per_second": target_speed,
                   "interval_tokens": st.tokens_seen - interval.tokens_at_tick,
-                  "interval_target_tokens": interval.target_tokens})
+                  "interval_target_tokens": interval.target_tokens, **self._rating_row(interval)})
         if self.progress is not None:
             self.progress.logged(loss, target_speed)
         interval.restart(st.tokens_seen)
+
+    def _rating_row(self, interval: _Interval) -> dict:
+        """With --rating_loss_weight: the interval's mean squared error of the expected rating (the loss term
+        before its weight); else nothing, so that the log rows stay as they were."""
+        if self.data.scale is None:
+            return {}
+        errors, n = self.acc.reduce(interval.ratings, reduction="sum").tolist()
+        return {"rating_loss": errors / n if n else float("nan"), "interval_ratings": int(n)}
 
     def _after_step(self, end_of_epoch: bool) -> None:
         """Evaluate or save as scheduled; on Ctrl-C save a checkpoint and stop."""
@@ -499,7 +531,8 @@ class Trainer:
             if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience and not last:
                 st.stopped_early = True
         st.last_eval_step = st.global_step
-        self.log({"event": "eval", "val_loss": ev["loss"], "best_val_loss": st.best_val_loss})
+        self.log({"event": "eval", "val_loss": ev["loss"], "best_val_loss": st.best_val_loss,
+                  **({"val_rating_mse": ev["rating_mse"]} if "rating_mse" in ev else {})})
         self.say(self._eval_line(ev["loss"], improved))
         self.checkpoints.save(st)
 
@@ -512,6 +545,11 @@ class Trainer:
         patience = f"; {st.bad_evals}/{cfg.early_stopping_patience} without improvement" \
             if cfg.early_stopping_patience else ""
         return f"{head} ({best}{patience}){': stopping early' if st.stopped_early else ''}"
+
+
+def _split(out) -> tuple:
+    """(per-token losses, squared rating errors or None) from TargetLoss's output."""
+    return out if isinstance(out, tuple) else (out, None)
 
 
 def _summary(cfg: Config, acc, prep: Prepared, st: TrainState, wall: float, before, after: float) -> dict:
