@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "usertwin needs Python >= 3.11 (LensKit 2025); $PY is $("$PY" -V 2>&1): run PYTHON=python3.11 bash scripts/setup.sh" >&2
+  exit 1
+}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
