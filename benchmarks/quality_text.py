@@ -16,9 +16,10 @@ Variants (a variant hides exactly one thing so the comparison isolates it):
   continuation) and item_most_frequent (the most frequent train continuation of the same item, else of the
   collection), chrF / BLEU / ROUGE-L on the test targets.
 * `zero_shot`: the base model (`--model`, default `smollm2`, the embedded SmolLM2-135M-Instruct GGUF), no
-  training, the default ablation (profile, history and context shown).
-* `zero_shot_no_history`: the same without the user's earlier items (`--ablation profile_and_context`; the
-  dialogue keeps its conversation context, so only the history is taken away).
+  training, history and context shown (`--ablation history_and_context`; with `--with_profile` the profile
+  too: `profile_and_history_and_context`, the config default).
+* `zero_shot_no_history`: the same without the user's earlier items (`--ablation context_only`, or
+  `profile_and_context`; the dialogue keeps its conversation context, so only the history is taken away).
 * `lora_history` / `lora_no_history`: LoRA twins (r 16, alpha 32) trained on the train split with each of
   those two ablations, timeline unit, `--max_epochs` epochs, best weights by validation loss.
 
@@ -38,7 +39,7 @@ Commands (results in benchmarks/results/quality_text[_SUFFIX].{json,md}):
 
     # GPU machine: every user of both sets, long prompts, full-length reviews
     python benchmarks/quality_text.py --model /path/to/smollm2.gguf --max_length 2048 \\
-        --max_new_tokens 160 --max_epochs 2 --results_suffix h200
+        --max_new_tokens 160 --max_epochs 2 --with_profile --results_suffix h200
 """
 
 from __future__ import annotations
@@ -59,9 +60,15 @@ DATASETS = {  # name: (converter, raw input)
     "douban_dmr": ("douban-dmr", DATA / "douban_dmr"),
     "seed_dialogue": ("seed-samples", DATA / "seed_examples" / "all_samples.json"),
 }
-DEFAULT_ABLATION = "profile_and_history_and_context"
-ABLATION = {"zero_shot": DEFAULT_ABLATION, "zero_shot_no_history": "profile_and_context",
-            "lora_history": DEFAULT_ABLATION, "lora_no_history": "profile_and_context"}
+# (with history, without): context (the dialogue so far) is always shown; the profile only with --with_profile:
+# douban-dmr's profile is account counts, and the seeds' is ~250 tokens of traits, which at a CPU's short
+# max_length leave no room for history (SmolLM2 spends ~3 tokens on a Chinese or Japanese character)
+SHOWN = {False: ("history_and_context", "context_only"), True: ("profile_and_history_and_context", "profile_and_context")}
+WITH_HISTORY = {"zero_shot": True, "zero_shot_no_history": False, "lora_history": True, "lora_no_history": False}
+
+
+def ablation(variant: str, with_profile: bool) -> str:
+    return SHOWN[with_profile][0 if WITH_HISTORY[variant] else 1]
 ZERO = ("zero_shot", "zero_shot_no_history")
 TWINS = ("lora_history", "lora_no_history")
 VARIANTS = ("baselines",) + ZERO + TWINS
@@ -150,19 +157,19 @@ def run_dataset(name: str, args, skip: set, work: Path, notes: list) -> dict:
         if v in skip:
             continue
         d = work / v
-        cfg = write_config(work / "configs" / f"{v}.yaml", dict(common, ablation=ABLATION[v]))
+        cfg = write_config(work / "configs" / f"{v}.yaml", dict(common, ablation=ablation(v, args.with_profile)))
         pred = d / "predictions-test.jsonl"
         t_pred = steps.run(f"{v}_predict", ["predict", "--config", str(cfg), "-o", str(pred)] + predict_flags, pred)
         steps.run(f"{v}_evaluate", ["evaluate", str(pred), "-o", str(d / "metrics.json"), "--no-progress"],
                   d / "metrics.json")
-        out["variants"][v] = dict(text_summary(json.loads((d / "metrics.json").read_text())), ablation=ABLATION[v],
+        out["variants"][v] = dict(text_summary(json.loads((d / "metrics.json").read_text())), ablation=ablation(v, args.with_profile),
                                   train_wall_s=None, predict_wall_s=t_pred)
     for v in TWINS:
         if v in skip:
             continue
         run = work / v
         cfg = write_config(work / "configs" / f"{v}.yaml", dict(
-            common, ablation=ABLATION[v], lora=True, lora_r=16, lora_alpha=32, learning_rate=args.lora_lr,
+            common, ablation=ablation(v, args.with_profile), lora=True, lora_r=16, lora_alpha=32, learning_rate=args.lora_lr,
             warmup_ratio=0.1, batch_tokens=args.batch_tokens if args.batch_tokens == "auto" else int(args.batch_tokens),
             max_epochs=args.max_epochs, output_dir=str(run)))
         marker = run / "summary.json"  # written when training has finished
@@ -174,7 +181,7 @@ def run_dataset(name: str, args, skip: set, work: Path, notes: list) -> dict:
         t_pred = steps.run(f"{v}_predict", ["predict", "--run", str(run)] + predict_flags, pred)
         steps.run(f"{v}_evaluate", ["evaluate", "--run", str(run), "--split", "test", "--no-progress"],
                   run / "metrics.json")
-        out["variants"][v] = dict(text_summary(json.loads((run / "metrics.json").read_text())), ablation=ABLATION[v],
+        out["variants"][v] = dict(text_summary(json.loads((run / "metrics.json").read_text())), ablation=ablation(v, args.with_profile),
                                   train_wall_s=t_train, predict_wall_s=t_pred, summary=train_summary(run))
     n_base = next((b.get("n") for b in out["baselines"].values()), None)
     for v, m in out["variants"].items():
@@ -217,8 +224,8 @@ def markdown(res: dict) -> str:
              f"Model `{s['model']}`, max_length {s['max_length']}, timeline unit; predict: greedy generation, "
              f"max_new_tokens {s['max_new_tokens']}, pick-the-real-one with {s['pick']} distractors; LoRA r 16, "
              f"alpha 32, lr {s['lora_lr'] or 'default (2e-4 x sqrt rows per step)'}, {s['max_epochs']} epoch(s). "
-             "Split: time, 70/15/15 of each user's items, seed 42 (config defaults). zero-shot / twin: the default "
-             "ablation (profile, history, context); no history: `profile_and_context`.", ""]
+             "Split: time, 70/15/15 of each user's items, seed 42 (config defaults). Ablations (with history / "
+             f"without): `{s['ablations']['zero_shot']}` / `{s['ablations']['zero_shot_no_history']}`.", ""]
     for name, ds in res["datasets"].items():
         sp = ds["split"]
         lines += [f"## {name}", "",
@@ -267,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2", help="smollm2 (embedded GGUF), a .gguf path, hub id or folder")
     ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--max_new_tokens", type=int, default=128, help="tokens generated per target")
+    ap.add_argument("--with_profile", action="store_true", help="show the user's profile too (default: history and "
+                    "context only)")
     ap.add_argument("--pick", type=int, default=3, help="distractors of pick-the-real-one")
     ap.add_argument("--max_epochs", type=int, default=1)
     ap.add_argument("--lora_lr", type=float, help="LoRA learning rate; unset: usertwin's default")
@@ -295,7 +304,7 @@ def main(argv=None) -> int:
            "setup": {"model": args.model, "max_length": args.max_length, "max_new_tokens": args.max_new_tokens,
                      "pick": args.pick, "max_epochs": args.max_epochs, "lora_lr": args.lora_lr,
                      "users": args.users, "user_seed": args.user_seed, "workdir": str(work),
-                     "ablations": ABLATION},
+                     "ablations": {v: ablation(v, args.with_profile) for v in WITH_HISTORY}},
            "datasets": {}}
     for name in names:
         res["datasets"][name] = run_dataset(name, args, skip, work / name, notes)
