@@ -196,6 +196,14 @@ def machine() -> dict:
     return info
 
 
+def val_span(summary: dict | None) -> str:
+    """"before -> best" validation loss of a training summary, or "" when it has none."""
+    sm = summary or {}
+    if sm.get("val_loss_before") is None or sm.get("best_val_loss") is None:
+        return ""
+    return f"{sm['val_loss_before']:.3f} -> {sm['best_val_loss']:.3f}"
+
+
 def fmt(x, d=4):
     return "-" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
 
@@ -222,9 +230,7 @@ def markdown(res: dict) -> str:
         lines.append(f"| baseline {name} (fit on all users) | {b.get('n_scored') or b.get('n')} | "
                      f"{fmt(b.get('rmse'))} | {fmt(b.get('mae'))} | | | | | | |")
     for name, v in res["variants"].items():
-        sm = v.get("summary") or {}
-        vls = (f"{sm['val_loss_before']:.3f} -> {sm['best_val_loss']:.3f}"
-               if sm.get("val_loss_before") is not None and sm.get("best_val_loss") is not None else "")
+        vls = val_span(v.get("summary"))
         lines.append(f"| {name} | {v['n']} | {fmt(v['rmse'])} | {fmt(v['mae'])} | {fmt(v['rmse_most_likely'])} | "
                      f"{fmt(v['pick_accuracy'], 3)} | {fmt(v['pick_chance'], 3)} | {vls} | "
                      f"{fmt(v.get('train_wall_s'), 1)} | {fmt(v.get('predict_wall_s'), 1)} |")

@@ -53,7 +53,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_movielens import RESULTS, ROOT, Steps, machine, subset, train_summary, write_config  # noqa: E402
+from quality_movielens import RESULTS, ROOT, Steps, machine, subset, train_summary, val_span, write_config  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {  # name: (converter, raw input)
@@ -248,9 +248,7 @@ def markdown(res: dict) -> str:
             lines.append(f"| baseline {b} | {v.get('n')} | {fmt(v.get('chrf'))} | {fmt(v.get('bleu'))} | "
                          f"{fmt(v.get('rouge_l'))} | {fmt(v.get('length_ratio'))} | | | | | |")
         for v, x in ds["variants"].items():
-            sm = x.get("summary") or {}
-            vls = (f"{sm['val_loss_before']:.3f} -> {sm['best_val_loss']:.3f}"
-                   if sm.get("val_loss_before") is not None and sm.get("best_val_loss") is not None else "")
+            vls = val_span(x.get("summary"))
             lines.append(f"| {v} | {x['n']} | {fmt(x['chrf'])} | {fmt(x['bleu'])} | {fmt(x['rouge_l'])} | "
                          f"{fmt(x['length_ratio'])} | {fmt(x['pick_accuracy'], 3)} | {fmt(x['pick_chance'], 3)} | "
                          f"{vls} | {fmt(x.get('train_wall_s'), 1)} | {fmt(x.get('predict_wall_s'), 1)} |")
