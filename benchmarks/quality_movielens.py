@@ -50,7 +50,9 @@ import random
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,6 +64,7 @@ BIN = Path(sys.executable).parent
 TWINS = ("lora_history", "lora_none", "full_history", "full_none")
 ZERO = ("zero_shot", "zero_shot_none")
 VARIANTS = ("baselines",) + ZERO + TWINS
+SAVE_LOCK = threading.Lock()
 ABLATION = {"zero_shot": "history_only", "zero_shot_none": "none", "lora_history": "history_only",
             "lora_none": "none", "full_history": "history_only", "full_none": "none"}
 
@@ -84,7 +87,8 @@ class Steps:
     def save(self):
         from usertwin.atomic import write_json
 
-        write_json(self.path, self.done)
+        with SAVE_LOCK:  # variants may run side by side (--parallel)
+            write_json(self.path, dict(self.done))
 
     def run(self, name: str, argv: list[str], output: Path) -> float:
         """Runs `usertwin ARGV` unless `name` finished before and `output` exists; returns its wall time."""
@@ -126,7 +130,7 @@ def subset(records: Path, out: Path, n: int, seed: int) -> list[str]:
 
 
 def baselines_all_users(full: Path, users: list[str]) -> dict:
-    """Rating baselines fit on every user's train ratings, scored on the subset's test targets."""
+    """Rating baselines fit on every user's train+val ratings, scored on the subset's test targets."""
     from usertwin.config import from_mapping
     from usertwin.eval import baselines
 
@@ -236,10 +240,57 @@ def markdown(res: dict) -> str:
                      f"{fmt(v.get('train_wall_s'), 1)} | {fmt(v.get('predict_wall_s'), 1)} |")
     lines += ["", f"Wall time of all steps: {s['steps_wall_s_sum']:.0f} s (sum of the CLI steps, each timed "
                   "when it ran; a resumed invocation skips the finished ones)."]
+    lines += activity_table(res)
+    for part in res.get("parts") or []:
+        pm = part["machine"]
+        lines += ["", f"Variants from `{part['file']}` ({part['date']}): `{part['command']}` on {pm['host']}, "
+                      f"{pm['cpu']}, GPU {pm['gpu'] or 'none'}; torch {pm['torch']}, transformers {pm['transformers']}, "
+                      f"peft {pm['peft']} (commit {pm['git_commit']}); max_length {part['setup']['max_length']}, "
+                      f"{part['setup']['max_epochs']} epoch(s)."]
     lines += ["", "Comparison:", ""] + [f"* {c}" for c in res["comparison"]]
     if res.get("notes"):
         lines += ["", "Notes:", ""] + [f"* {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def activity_table(res: dict) -> list[str]:
+    """Expected-rating RMSE per user-activity bucket (the user's total ratings), baselines and variants."""
+    rows = [(f"baseline {n}", b) for n, b in (res.get("baselines_by_activity") or {}).items()]
+    rows += [(n, v.get("by_activity") or {}) for n, v in res["variants"].items()]
+    buckets = [b for b in ("1-20", "21-50", "51-200", "201+") if any(b in r for _, r in rows)]
+    if not buckets:
+        return []
+    out = ["", "Expected-rating RMSE by user activity (the user's ratings in all; test targets in brackets):", "",
+           "| variant | " + " | ".join(buckets) + " |", "| --- |" + " --- |" * len(buckets)]
+    for name, r in rows:
+        out.append(f"| {name} | " + " | ".join(
+            f"{fmt(r[b]['rmse'])} ({r[b]['n']})" if b in r else "" for b in buckets) + " |")
+    return out
+
+
+GOALS = {"rmse": 0.78, "pick": 0.62}  # issue 15's aims on the whole test split
+
+
+def goals(res: dict) -> list[str]:
+    """Issue 15's aims, checked for each fine-tuned variant: RMSE <= 0.78, pick >= 0.62, and users with <= 50
+    ratings no worse than the user+item bias baseline."""
+    bias = (res.get("baselines_by_activity") or {}).get("user_item_bias") or {}
+    out = []
+    for name, v in res["variants"].items():
+        if v.get("train_wall_s") is None or v.get("rmse") is None:
+            continue
+        line = (f"{name}: RMSE {v['rmse']:.4f} ({'meets' if v['rmse'] <= GOALS['rmse'] else 'misses'} <= "
+                f"{GOALS['rmse']})")
+        if v.get("pick_accuracy") is not None:
+            line += (f", pick {v['pick_accuracy']:.3f} ({'meets' if v['pick_accuracy'] >= GOALS['pick'] else 'misses'}"
+                     f" >= {GOALS['pick']})")
+        for b in ("1-20", "21-50"):
+            mine, base = (v.get("by_activity") or {}).get(b), bias.get(b)
+            if mine and base and mine.get("rmse") is not None:
+                line += (f", {b} ratings {mine['rmse']:.4f} vs bias {base['rmse']:.4f} "
+                         f"({'no worse' if mine['rmse'] <= base['rmse'] else 'WORSE'})")
+        out.append(line)
+    return out
 
 
 def comparison(res: dict) -> list[str]:
@@ -270,6 +321,108 @@ def comparison(res: dict) -> list[str]:
     return out
 
 
+def parse_variant(spec: str) -> tuple[str, str, dict]:
+    """NAME=BASE:key=value,key=value -> (NAME, BASE, overrides); values are read as YAML (numbers, on/off)."""
+    import yaml
+
+    try:
+        name, rest = spec.split("=", 1)
+        base, _, kv = rest.partition(":")
+        overrides = {k.strip(): yaml.safe_load(v) for k, v in (x.split("=", 1) for x in kv.split(",") if x.strip())}
+    except ValueError:
+        raise SystemExit(f"--variant {spec!r}: expected NAME=BASE:key=value,... (e.g. lora_r64=lora_history:lora_r=64)")
+    if base not in TWINS:
+        raise SystemExit(f"--variant {spec!r}: BASE must be one of {', '.join(TWINS)}")
+    return name.strip(), base, overrides
+
+
+def twin_variants(args, skip: set) -> list[tuple[str, str, dict]]:
+    """(name, base variant, config overrides) of every fine-tuned variant this invocation runs."""
+    out = [(name, name, {}) for name in TWINS if name not in skip]
+    return out + [parse_variant(v) for v in args.variant]
+
+
+def run_zero_shot(name: str, work: Path, common: dict, steps: Steps, predict_flags: list) -> dict:
+    d = work / name
+    cfg = write_config(work / "configs" / f"{name}.yaml", dict(common, ablation=ABLATION[name]))
+    pred = d / "predictions-test.jsonl"
+    t_pred = steps.run(f"{name}_predict", ["predict", "--config", str(cfg), "-o", str(pred)] + predict_flags, pred)
+    steps.run(f"{name}_evaluate", ["evaluate", str(pred), "-o", str(d / "metrics.json"), "--no-progress"],
+              d / "metrics.json")
+    metrics = json.loads((d / "metrics.json").read_text())
+    return dict(rating_summary(metrics), ablation=ABLATION[name], train_wall_s=None, predict_wall_s=t_pred,
+                by_activity=by_activity(metrics))
+
+
+def run_twin(name: str, base: str, overrides: dict, work: Path, common: dict, steps: Steps, predict_flags: list,
+             args) -> dict:
+    run = work / name
+    lora = overrides.get("lora", base.startswith("lora"))
+    values = dict(common, ablation=ABLATION[base], lora=lora, lora_r=16, lora_alpha=32,
+                  learning_rate=args.lora_lr if lora else args.full_lr, warmup_ratio=args.warmup_ratio,
+                  batch_tokens=args.batch_tokens if args.batch_tokens == "auto" else int(args.batch_tokens),
+                  max_epochs=args.max_epochs, output_dir=str(run))
+    if args.accumulation:
+        values["gradient_accumulation_steps"] = args.accumulation
+    values.update(overrides)
+    cfg = write_config(work / "configs" / f"{name}.yaml", values)
+    marker = run / "summary.json"  # written when training has finished
+    train_argv = ["train", "--config", str(cfg), "--no-progress"]
+    if run.exists() and any(run.iterdir()) and not ("train_" + name in steps.done and marker.exists()):
+        # an unfinished run: continue from its last checkpoint, or start again when it saved none
+        train_argv.append("--resume" if any(run.glob("checkpoint*")) else "--overwrite")
+    t_train = steps.run(f"train_{name}", train_argv, marker)
+    pred = run / "predictions-test.jsonl"
+    t_pred = steps.run(f"{name}_predict", ["predict", "--run", str(run)] + predict_flags, pred)
+    steps.run(f"{name}_evaluate", ["evaluate", "--run", str(run), "--split", "test", "--no-progress"],
+              run / "metrics.json")
+    metrics = json.loads((run / "metrics.json").read_text())
+    return dict(rating_summary(metrics), ablation=ABLATION[base], lora=lora, base=base, overrides=overrides,
+                train_wall_s=t_train, predict_wall_s=t_pred, summary=train_summary(run), by_activity=by_activity(metrics))
+
+
+def by_activity(metrics: dict) -> dict:
+    """{activity bucket: {n, rmse, mae, pick_accuracy}} from evaluate's per-bucket sections."""
+    out = {}
+    for bucket, sec in (metrics.get("by_activity") or {}).items():
+        exp = ((sec.get("rating") or {}).get("expected") or {})
+        out[bucket] = {"n": (sec.get("rating") or {}).get("n"), "rmse": exp.get("rmse"), "mae": exp.get("mae"),
+                       "pick_accuracy": ((sec.get("all") or {}).get("pick") or {}).get("accuracy")}
+    return out
+
+
+def baselines_by_activity(records: Path) -> dict:
+    """{baseline: {activity bucket: {n, rmse, mae}}}: the rating baselines of `usertwin baselines` (fit on
+    train+val for the test split), scored per user-activity bucket (the user's total items, as evaluate does)."""
+    from usertwin.config import from_mapping
+    from usertwin.eval import baselines, metrics
+
+    cfg = from_mapping({"data": str(records)}, "quality_movielens")
+    timelines, splits = baselines.load_split(cfg)
+    out = {}
+    for name, pairs in baselines.predictions(timelines, splits, "test", seed=cfg.seed).items():
+        if name not in baselines.RATING_BASELINES:
+            continue
+        groups: dict = {}
+        for t, p in pairs:
+            groups.setdefault(metrics.activity_bucket(len(t.tl.items)), []).append((t.rating, p))
+        out[name] = {b: {k: m.get(k) for k in ("n", "rmse", "mae")}
+                     for b in metrics.activity_labels() if b in groups
+                     for m in [metrics.rating_metrics([r for r, _ in groups[b]], [p for _, p in groups[b]])]}
+    return out
+
+
+def merge_parts(res: dict, parts: list, notes: list) -> None:
+    """Adds the variants of earlier results files to `res`, with where each came from."""
+    for path in parts:
+        part = json.loads(Path(path).read_text(encoding="utf-8"))
+        for name, v in part["variants"].items():
+            res["variants"][name] = dict(v, part=str(path))
+        res.setdefault("parts", []).append({"file": str(path), "command": part["command"], "date": part["date"],
+                                            "machine": part["machine"], "setup": part["setup"]})
+        notes.extend(f"{Path(path).name}: {n}" for n in part.get("notes") or [])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -292,6 +445,17 @@ def main(argv=None) -> int:
     ap.add_argument("--generate", action="store_true", help="also generate (slow); default --no-generate")
     ap.add_argument("--skip", default="", help=f"comma-separated variants to skip, of: {','.join(VARIANTS)}")
     ap.add_argument("--note", action="append", default=[], help="a note for the results (repeatable)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=value,...",
+                    help="an extra fine-tuned variant: BASE (one of %s) with these config settings changed, e.g. "
+                         "lora_r64=lora_history:lora_r=64,lora_alpha=128 or lora_sample=lora_history:unit=sample "
+                         "(repeatable)" % ", ".join(TWINS))
+    ap.add_argument("--parallel", type=int, default=1, help="run this many variants side by side (one GPU holds "
+                    "several SmolLM2 runs; set --batch_tokens and --batch_size to numbers so they share it)")
+    ap.add_argument("--accumulation", type=int, help="train --gradient_accumulation_steps (with a numeric "
+                    "--batch_tokens: 16384 with 4 makes the optimizer step that batch_tokens auto takes alone)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="RESULTS.json",
+                    help="add the variants of these earlier results files (e.g. from a GPU machine without "
+                         "LensKit, run with --skip baselines) to this invocation's baselines")
     args = ap.parse_args(argv)
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -352,52 +516,33 @@ def main(argv=None) -> int:
                                 "--no-progress"], out)
         res["baselines"] = {k: v for k, v in json.loads(out.read_text()).items() if "rmse" in v}
         res["setup"]["baselines_wall_s"] = steps.done["baselines"]["wall_s"]
+        res["baselines_by_activity"] = baselines_by_activity(records)
         if users:
             res["baselines_all_users"] = baselines_all_users(full, users)
-            notes.append("baselines_all_users: the rating baselines fit on every user's train ratings of the full "
-                         "records, scored on the subset's test targets (the twins see only the subset).")
+            notes.append("baselines_all_users: the rating baselines fit on every user's train+val ratings of the "
+                         "full records, scored on the subset's test targets (the twins see only the subset).")
 
     predict_flags = ["--split", "test", "--batch_size", str(args.batch_size), "--no-progress"]
     if not args.generate:
         predict_flags.append("--no-generate")
-
-    # 3. zero-shot
-    for name in ZERO:
-        if name in skip:
-            continue
-        d = work / name
-        cfg = write_config(work / "configs" / f"{name}.yaml", dict(common, ablation=ABLATION[name]))
-        pred = d / "predictions-test.jsonl"
-        t_pred = steps.run(f"{name}_predict", ["predict", "--config", str(cfg), "-o", str(pred)] + predict_flags,
-                           pred)
-        steps.run(f"{name}_evaluate", ["evaluate", str(pred), "-o", str(d / "metrics.json"), "--no-progress"],
-                  d / "metrics.json")
-        v = rating_summary(json.loads((d / "metrics.json").read_text()))
-        res["variants"][name] = dict(v, ablation=ABLATION[name], train_wall_s=None, predict_wall_s=t_pred)
-
-    # 4. fine-tuned
-    for name in TWINS:
-        if name in skip:
-            continue
-        run = work / name
-        lora = name.startswith("lora")
-        cfg = write_config(work / "configs" / f"{name}.yaml", dict(
-            common, ablation=ABLATION[name], lora=lora, lora_r=16, lora_alpha=32,
-            learning_rate=args.lora_lr if lora else args.full_lr, warmup_ratio=args.warmup_ratio,
-            batch_tokens=args.batch_tokens if args.batch_tokens == "auto" else int(args.batch_tokens),
-            max_epochs=args.max_epochs, output_dir=str(run)))
-        marker = run / "summary.json"  # written when training has finished
-        train_argv = ["train", "--config", str(cfg), "--no-progress"]
-        if run.exists() and any(run.iterdir()) and not ("train_" + name in steps.done and marker.exists()):
-            train_argv.append("--overwrite")  # an unfinished run: start it again
-        t_train = steps.run(f"train_{name}", train_argv, marker)
-        pred = run / "predictions-test.jsonl"
-        t_pred = steps.run(f"{name}_predict", ["predict", "--run", str(run)] + predict_flags, pred)
-        steps.run(f"{name}_evaluate", ["evaluate", "--run", str(run), "--split", "test", "--no-progress"],
-                  run / "metrics.json")
-        v = rating_summary(json.loads((run / "metrics.json").read_text()))
-        res["variants"][name] = dict(v, ablation=ABLATION[name], lora=lora, train_wall_s=t_train,
-                                     predict_wall_s=t_pred, summary=train_summary(run))
+    jobs = [(name, run_zero_shot, (name, work, common, steps, predict_flags)) for name in ZERO if name not in skip]
+    for name, base, overrides in twin_variants(args, skip):
+        jobs.append((name, run_twin, (name, base, overrides, work, common, steps, predict_flags, args)))
+    # 3-4. zero-shot and fine-tuned variants, --parallel of them side by side on the one GPU
+    failed = []
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        futures = [(name, pool.submit(fn, *fn_args)) for name, fn, fn_args in jobs]
+        for name, fut in futures:
+            try:
+                res["variants"][name] = fut.result()
+            except (SystemExit, Exception) as e:  # keep the other variants' results
+                print(f"[{name}] {e}", file=sys.stderr, flush=True)
+                failed.append(name)
+                notes.append(f"{name}: FAILED ({str(e).splitlines()[0]}); its log is in the work directory")
+    merge_parts(res, args.merge, notes)
+    if args.parallel > 1:
+        notes.append(f"--parallel {args.parallel}: that many variants ran side by side on the one GPU, so each "
+                     "variant's train and predict wall times include waiting for the others")
 
     # 5. same targets?
     n_base = (res["baselines"].get("user_item_bias") or {}).get("n")
@@ -407,7 +552,7 @@ def main(argv=None) -> int:
     res["setup"]["this_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
     res["setup"]["steps_wall_s_sum"] = round(sum(v["wall_s"] for v in steps.done.values()), 1)
     res["setup"]["steps"] = steps.done
-    res["comparison"] = comparison(res)
+    res["comparison"] = comparison(res) + goals(res)
     res["notes"] = notes
 
     from usertwin.atomic import write_json, write_text
@@ -420,7 +565,7 @@ def main(argv=None) -> int:
     print(md)
     print(f"wrote {out_dir / f'quality_movielens{suffix}.json'} and .md")
     print("\n".join(res["comparison"]))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
