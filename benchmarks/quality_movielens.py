@@ -52,7 +52,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -423,6 +423,27 @@ def merge_parts(res: dict, parts: list, notes: list) -> None:
         notes.extend(f"{Path(path).name}: {n}" for n in part.get("notes") or [])
 
 
+def write_results(res: dict, notes: list, steps: Steps, out_dir: Path, suffix: str, t_start: float) -> str:
+    """Writes RESULTS/quality_movielens[SUFFIX].{json,md} from what has finished so far; returns the markdown."""
+    from usertwin.atomic import write_json, write_text
+
+    notes = list(notes)
+    n_base = (res["baselines"].get("user_item_bias") or {}).get("n")
+    for name, v in res["variants"].items():
+        if n_base is not None and v["n"] != n_base:
+            notes.append(f"{name}: {v['n']} rating targets, the baselines {n_base}: NOT the same targets")
+    res["setup"]["this_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
+    res["setup"]["steps_wall_s_sum"] = round(sum(v["wall_s"] for v in steps.done.values()), 1)
+    res["setup"]["steps"] = dict(steps.done)
+    res["comparison"] = comparison(res) + goals(res)
+    res["notes"] = notes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / f"quality_movielens{suffix}.json", res)
+    md = markdown(res)
+    write_text(out_dir / f"quality_movielens{suffix}.md", md)
+    return md
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -530,40 +551,27 @@ def main(argv=None) -> int:
         jobs.append((name, run_twin, (name, base, overrides, work, common, steps, predict_flags, args)))
     # 3-4. zero-shot and fine-tuned variants, --parallel of them side by side on the one GPU
     failed = []
+    order = [name for name, _, _ in jobs]
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        futures = [(name, pool.submit(fn, *fn_args)) for name, fn, fn_args in jobs]
-        for name, fut in futures:
+        futures = {pool.submit(fn, *fn_args): name for name, fn, fn_args in jobs}
+        for fut in as_completed(futures):
+            name = futures[fut]
             try:
                 res["variants"][name] = fut.result()
             except (SystemExit, Exception) as e:  # keep the other variants' results
                 print(f"[{name}] {e}", file=sys.stderr, flush=True)
                 failed.append(name)
                 notes.append(f"{name}: FAILED ({str(e).splitlines()[0]}); its log is in the work directory")
+            res["variants"] = {n: res["variants"][n] for n in order if n in res["variants"]}
+            write_results(res, notes, steps, args.results_dir, suffix, t_start)  # a cut-off run keeps what finished
     merge_parts(res, args.merge, notes)
     if args.parallel > 1:
         notes.append(f"--parallel {args.parallel}: that many variants ran side by side on the one GPU, so each "
                      "variant's train and predict wall times include waiting for the others")
 
-    # 5. same targets?
-    n_base = (res["baselines"].get("user_item_bias") or {}).get("n")
-    for name, v in res["variants"].items():
-        if n_base is not None and v["n"] != n_base:
-            notes.append(f"{name}: {v['n']} rating targets, the baselines {n_base}: NOT the same targets")
-    res["setup"]["this_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
-    res["setup"]["steps_wall_s_sum"] = round(sum(v["wall_s"] for v in steps.done.values()), 1)
-    res["setup"]["steps"] = steps.done
-    res["comparison"] = comparison(res) + goals(res)
-    res["notes"] = notes
-
-    from usertwin.atomic import write_json, write_text
-
-    out_dir = args.results_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / f"quality_movielens{suffix}.json", res)
-    md = markdown(res)
-    write_text(out_dir / f"quality_movielens{suffix}.md", md)
+    md = write_results(res, notes, steps, args.results_dir, suffix, t_start)
     print(md)
-    print(f"wrote {out_dir / f'quality_movielens{suffix}.json'} and .md")
+    print(f"wrote {args.results_dir / f'quality_movielens{suffix}.json'} and .md")
     print("\n".join(res["comparison"]))
     return 1 if failed else 0
 

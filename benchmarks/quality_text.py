@@ -56,9 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_movielens import RESULTS, ROOT, Steps, machine, subset, train_summary, val_span, write_config  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-DATASETS = {  # name: (converter, raw input)
-    "douban_dmr": ("douban-dmr", DATA / "douban_dmr"),
-    "seed_dialogue": ("seed-samples", DATA / "seed_examples" / "all_samples.json"),
+DATASETS = {  # name: (converter, raw input under --data_dir)
+    "douban_dmr": ("douban-dmr", "douban_dmr"),
+    "seed_dialogue": ("seed-samples", "seed_examples/all_samples.json"),
 }
 # (with history, without): context (the dialogue so far) is always shown; the profile only with --with_profile:
 # douban-dmr's profile is account counts, and the seeds' is ~250 tokens of traits, which at a CPU's short
@@ -125,6 +125,7 @@ def fmt(x, d=2):
 
 def run_dataset(name: str, args, skip: set, work: Path, notes: list) -> dict:
     converter, raw = DATASETS[name]
+    raw = (args.data_dir / raw).resolve()
     work.mkdir(parents=True, exist_ok=True)
     steps = Steps(work)
     full = work / "records.jsonl"
@@ -263,6 +264,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated, of: %(default)s")
+    ap.add_argument("--data_dir", type=Path, default=DATA, help="the folder holding douban_dmr/ and "
+                    "seed_examples/ (default: %(default)s)")
     ap.add_argument("--out", help="work directory (default runs/quality_text[_SUFFIX])")
     ap.add_argument("--results_suffix", default="", help="results file name suffix, e.g. cpu, h200")
     ap.add_argument("--results_dir", type=Path, default=RESULTS, help="where the json and md results go")
