@@ -126,6 +126,60 @@ def test_predict_cli_writes_every_test_target_once_and_resumes(run_dir, tmp_path
         assert 0 < r["history_len"] <= r["target_index"]  # the most recent earlier items that fit
 
 
+def test_window_scoring_equals_brute_force(run_dir):
+    """score_windows reads windows of different lengths once (right padded) and scores candidates at several
+    points inside each: every score equals a plain forward of the window's first `start` tokens + the candidate,
+    so a candidate never sees the true continuation after its start."""
+    twin = _twin(run_dir)
+    p = twin.engine
+    windows = [p.encoder.encode(twin.timeline(u), list(range(n)), list(range(1, n))) for u, n in (("u0", 5), ("u1", 3))]
+    assert len(windows[0].input_ids) != len(windows[1].input_ids)
+    groups = [[(first, [p.ids_of(t) for t in ("1.0", "4.0", "a longer one")[:k % 3 + 1]])
+               for k, (_, first, _) in enumerate(w.targets)] for w in windows]
+    got = p.score_windows([w.input_ids for w in windows], groups)
+    for w, g, scores in zip(windows, groups, got):
+        assert len(scores) == len(g) == len(w.targets)
+        for (start, cands), per in zip(g, scores):
+            for (total, n), cand in zip(per, cands):
+                brute = _brute_logp(p.model, w.input_ids[:start], cand)
+                assert n == len(cand) and abs(total - brute) < 1e-4, (total, brute)
+
+
+def test_predict_scoring_window_from_the_cli(run_dir, tmp_path):
+    """--scoring window writes the same targets as --scoring target, each once, resumes, and where a target's
+    window holds the same history as its own prompt the two agree (same prompt, same probabilities)."""
+    target, window = tmp_path / "t.jsonl", tmp_path / "w.jsonl"
+    # at 1024 tokens, with all of a window open to history, a whole timeline fits one window: every target
+    # sees all its history both ways
+    base = ["predict", "--run", str(run_dir), "--no-progress", "--no-generate", "--max_length", "1024",
+            "--window_history_fraction", "1.0"]
+    assert main([*base, "-o", str(target)]) == 0
+    assert main([*base, "-o", str(window), "--scoring", "window", "--limit", "2"]) == 0
+    assert len(window.read_text().splitlines()) == 2
+    assert main([*base, "-o", str(window), "--scoring", "window", "--batch_size", "2"]) == 0
+    t = {(r["user"], r["target_index"]): r for r in map(json.loads, target.read_text().splitlines())}
+    w = [json.loads(x) for x in window.read_text().splitlines()]
+    assert len(w) == len(t) == 5 and {(r["user"], r["target_index"]) for r in w} == set(t)
+    same = [r for r in w if r["history_len"] == t[(r["user"], r["target_index"])]["history_len"]]
+    assert len(same) == 5
+    for r in same:
+        o = t[(r["user"], r["target_index"])]
+        assert r["prompt_hash"] == o["prompt_hash"]
+        assert r["rating"]["probs"] == pytest.approx(o["rating"]["probs"], abs=1e-5)
+        assert r["loss"] == pytest.approx(o["loss"], abs=1e-4) and r["pick"]["chosen"] == o["pick"]["chosen"]
+    for r in w:
+        assert 0 <= r["history_len"] <= t[(r["user"], r["target_index"])]["history_len"]
+
+
+def test_scoring_window_needs_the_timeline_unit(tmp_path, tiny_model_dir, capsys):
+    data = _records(tmp_path / "r.jsonl")
+    assert main(["predict", "--data", str(data), "--model", str(tiny_model_dir), "--unit", "sample",
+                 "--max_length", "256", "-o", str(tmp_path / "p.jsonl"), "--no-progress", "--no-generate",
+                 "--scoring", "window"]) == 2
+    assert "--scoring window reads the timeline unit's windows; this config has --unit sample: use --scoring " \
+           "target" in capsys.readouterr().err
+
+
 def test_twin_api(run_dir):
     from usertwin import Twin
 

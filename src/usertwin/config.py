@@ -376,6 +376,11 @@ class GenerateSettings:
                                     aliases=("eval_batch_size",), minimum=1, auto=True)
     pick: int = setting(3, "predict: distractors of the pick-the-real-one test; 0: off", minimum=0)
     generate: bool = setting(True, "generate predictions; off (--no_generate): likelihood scoring only")
+    scoring: str = setting("target", "predict: how targets are read: target: one prompt per target with all the "
+                                     "history that fits max_length; window: the timeline unit's windows, each read "
+                                     "once for all its targets, as training and validation read them (each target "
+                                     "sees the history before it in its window; several times fewer tokens)",
+                           choices=("target", "window"))
     limit: int | None = setting(None, "at most this many rows (targets, or user steps), for a quick look; unset: all",
                                       minimum=1)
 

@@ -257,13 +257,59 @@ class Engine:
         width = cids.shape[1]
         where = [(i if j == 0 else len(prompts) + i * width + start + j - 1, tok)
                  for i, row in enumerate(spans) for start, c in row for j, tok in enumerate(c)]
+        return _sums_per_candidate(self._log_probs(lm, hidden, where), spans)
+
+    @torch.no_grad()
+    def score_windows(self, windows: list[list[int]], groups: list[list[tuple[int, list[list[int]]]]]
+                      ) -> list[list[list[tuple]]]:
+        """Score candidates at several points of each window in two forwards, as if each candidate ran alone
+        after its window's first `start` tokens: `groups[i]` holds (start, candidates) pairs of window i. The
+        windows run once, right padded; the candidates then attend to their window's cache up to their start
+        (not the true continuation after it) and to their own earlier tokens."""
+        lm = causal_lm(self.model)
+        backbone, dev = getattr(lm, lm.base_model_prefix), self.device
+        lens = [len(w) for w in windows]
+        ids = torch.full((len(windows), max(lens)), self.pad_id, dtype=torch.long)
+        for i, w in enumerate(windows):
+            ids[i, :len(w)] = torch.tensor(w)
+        first = backbone(input_ids=ids.to(dev), use_cache=True)
+        spans, starts = [], []
+        for g in groups:  # one flat candidate block per window; each candidate keeps its own start
+            flat = [(s, c) for s, cands in g for c in cands]
+            spans.append(_candidate_spans([c for _, c in flat]))
+            starts.append([s for s, _ in flat])
+        cids, cpos, mask = _candidate_rows(spans, lens, self.pad_id, lm.get_output_embeddings().weight.dtype,
+                                           starts)
+        second = backbone(input_ids=cids.to(dev), position_ids=cpos.to(dev), attention_mask=mask.to(dev),
+                          use_cache=True, **_cache_arg(backbone, first))
+        width = cids.shape[1]
+        hidden = torch.cat([first.last_hidden_state.reshape(-1, first.last_hidden_state.shape[-1]),
+                            second.last_hidden_state.reshape(-1, first.last_hidden_state.shape[-1])])
+        base, t = len(windows) * ids.shape[1], ids.shape[1]
+        # a candidate's first token is predicted at the window token before its start, the rest inside the block
+        where = [(i * t + s - 1 if j == 0 else base + i * width + at + j - 1, tok)
+                 for i, (row, st) in enumerate(zip(spans, starts)) for (at, c), s in zip(row, st)
+                 for j, tok in enumerate(c)]
+        picked = self._log_probs(lm, hidden, where)
+        flat = _sums_per_candidate(picked, spans)
+        out = []
+        for g, scores in zip(groups, flat):
+            k, per = 0, []
+            for _, cands in g:
+                per.append(scores[k:k + len(cands)])
+                k += len(cands)
+            out.append(per)
+        return out
+
+    def _log_probs(self, lm, hidden, where: list) -> list[float]:
+        """log p(token) at each (hidden-state row, token) of `where`."""
+        dev = hidden.device
         at, toks = (torch.tensor(x, device=dev) for x in zip(*where))
         logits = lm.get_output_embeddings()(hidden[at]).float()
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        picked = torch.log_softmax(logits, dim=-1).gather(1, toks[:, None])[:, 0].double().cpu().tolist()
-        return _sums_per_candidate(picked, spans)
+        return torch.log_softmax(logits, dim=-1).gather(1, toks[:, None])[:, 0].double().cpu().tolist()
 
     def rating_distribution(self, prompt_ids: list[int]) -> dict:
         scores = [s for s, _ in self.score(prompt_ids, [self.ids_of(t) for t in self.scale])]
@@ -432,10 +478,13 @@ def _cache_arg(backbone, out) -> dict:
     return {"past_key_values": out.past_key_values}
 
 
-def _candidate_rows(spans: list, lens: list, pad_id: int, dtype):
+def _candidate_rows(spans: list, lens: list, pad_id: int, dtype, starts: list | None = None):
     """The second forward's input ids, position ids and additive mask (rows x 1 x C x (prompt width + C)): a
     candidate token sees its row's prompt (not the padding after it) and the earlier tokens of its candidate;
-    padding sees the first prompt token only (a row of -inf would give NaN)."""
+    padding sees the first prompt token only (a row of -inf would give NaN). `starts[i][k]`: candidate k of row
+    i follows only the first starts[i][k] prompt tokens (a point inside a window); unset: the whole prompt."""
+    if starts is None:
+        starts = [[n] * len(row) for n, row in zip(lens, spans)]
     n, width = len(spans), max(lens)
     c = max(1, max((row[-1][0] + len(row[-1][1]) for row in spans if row), default=1))
     ids = torch.full((n, c), pad_id, dtype=torch.long)
@@ -443,11 +492,11 @@ def _candidate_rows(spans: list, lens: list, pad_id: int, dtype):
     allowed = torch.zeros((n, c, width + c), dtype=torch.bool)
     allowed[:, :, 0] = True
     for i, row in enumerate(spans):
-        allowed[i, :, :lens[i]] = True
-        for start, cand in row:
+        for (start, cand), seen in zip(row, starts[i]):
             k = len(cand)
             ids[i, start:start + k] = torch.tensor(cand)
-            pos[i, start:start + k] = torch.arange(lens[i], lens[i] + k)
+            pos[i, start:start + k] = torch.arange(seen, seen + k)
+            allowed[i, start:start + k, :seen] = True
             allowed[i, start:start + k, width + start:width + start + k] = torch.ones(k, k, dtype=torch.bool).tril()
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return ids, pos, mask[:, None]

@@ -70,7 +70,8 @@ def _scenario(args) -> int:
     from usertwin.twin import Engine, load_tokenizer_and_model
 
     for flag, given in (("--split", args.split is not None), ("--pick", hasattr(args, "gen__pick")),
-                        ("--no_generate", hasattr(args, "gen__generate"))):
+                        ("--no_generate", hasattr(args, "gen__generate")),
+                        ("--scoring", hasattr(args, "gen__scoring"))):
         if given:
             raise UsertwinError(f"{flag} does not apply to --scenario: its targets are the test file's items, "
                                 "and they are generated")

@@ -55,6 +55,8 @@ def run(args) -> int:
     _check_engine(args.engine)
     if hasattr(args, "gen__pick"):  # generation flags are set only when given
         raise UsertwinError("--pick is predict's pick-the-real-one test; simulate has no reference to pick")
+    if hasattr(args, "gen__scoring"):
+        raise UsertwinError("--scoring is how predict reads a split's targets; simulate has no split")
     data = args.data or RunDir(args.run).load_config().data
     if not data or not Path(data).is_file():
         raise UsertwinError(f"pass --data RECORDS.jsonl: the users' records (the run's own data {data!r} "

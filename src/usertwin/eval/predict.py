@@ -2,7 +2,9 @@
 
 For every target of a split the prompt is rendered exactly as in training (same ablation, style and
 history strategy), with the user's strictly earlier items -- train and validation included -- as history,
-cut to fit `max_length`. Each output line holds the reference, the generated prediction(s), the
+cut to fit `max_length` (`--scoring target`). With `--scoring window` the timeline unit's windows of the
+split are read instead, each once for all its targets, as validation reads them: a target's history is what
+comes before it in its window. Each output line holds the reference, the generated prediction(s), the
 teacher-forced loss of the reference, and for ratings the probability of every allowed rating.
 """
 
@@ -17,9 +19,11 @@ from usertwin.atomic import write_text
 from usertwin.config import GenerateSettings
 from usertwin.data import choices
 from usertwin.data.records.format import item_key
+from usertwin.data.timeline import Sample
 from usertwin.lock import acquire
 from usertwin.rundir import RunDir
-from usertwin.twin import Engine
+from usertwin.errors import UsertwinError
+from usertwin.twin import Engine, Prompt
 
 KEY = ("user", "target_index")
 
@@ -129,15 +133,20 @@ def _predict_split(engine, prep, split, output: Path, gen, pick_k, generate, lim
     # after a resume, and whether 1 or N samples are drawn
     seed = gen.seed if gen.seed is not None else engine.cfg.seed
 
-    def rows_of(chunk: list) -> list[dict]:
-        rows = _rows(engine, prep, chunk, split, room, picks, likert)
-        if generate:
+    def _generated(rows: list[dict]) -> list[dict]:
+        if generate and rows:
             for r, o in zip(rows, engine.generate([r["_prompt"] for r in rows], gen, [seed] * len(rows))):
                 r["predictions"] = o
         for r in rows:
             r.pop("_prompt")
         return rows
 
+    def rows_of(chunk: list) -> list[dict]:
+        return _generated(_rows(engine, prep, chunk, split, room, picks, likert))
+
+    if gen.scoring == "window":
+        return append_batches(output, _window_chunks(engine, prep, split, targets, gen.batch_size, room, picks,
+                                                     likert), lambda rows: _generated(rows), bar)
     chunks = (targets[start:start + gen.batch_size] for start in range(0, len(targets), gen.batch_size))
     return append_batches(output, chunks, rows_of, bar)
 
@@ -160,6 +169,65 @@ def append_batches(output: Path, batches, rows_of, bar=None) -> int:
     return written
 
 
+def _window_chunks(engine: Engine, prep, split: str, targets: list, batch: int, room: int, picks: dict,
+                   likert: dict):
+    """Batches of rows under --scoring window: `batch` windows per forward, then (one prompt each) the targets
+    no window of the split holds (those left out as too long, or outside the timeline unit's choice)."""
+    if prep.config.unit != "timeline":
+        raise UsertwinError("--scoring window reads the timeline unit's windows; this config has --unit "
+                            f"{prep.config.unit}: use --scoring target")
+    todo = {(tl.user_id, pos) for tl, pos in targets}
+    windows = [w for w in prep.sequences.get(split, []) if any((w.user_id, t) in todo for t in w.targets)]
+    covered = {(w.user_id, t) for w in windows for t in w.targets}
+    for start in range(0, len(windows), batch):
+        yield _window_rows(engine, prep, windows[start:start + batch], split, todo, picks, likert)
+    rest = [(tl, pos) for tl, pos in targets if (tl.user_id, pos) not in covered]
+    for start in range(0, len(rest), batch):
+        yield _rows(engine, prep, rest[start:start + batch], split, room, picks, likert)
+
+
+def _candidates(engine: Engine, tl, pos: int, picks: dict, likert: dict) -> tuple[list[str], object]:
+    """The texts scored after a target's prompt: the reference, the pick distractors, the allowed ratings or a
+    choice item's options; and the choice item (or None)."""
+    item = tl.items[pos]
+    texts = [item.continuation] + list(picks.get((tl.user_id, pos), []))
+    if engine.scale and item.is_rating:
+        texts += [t for t in engine.scale if t not in texts]
+    choice = None if item.is_rating else choices.choice_of(item, likert, tl.choice_sets)
+    if choice is not None:
+        texts += [t for t in choice.options if t not in texts]
+    return texts, choice
+
+
+def _window_rows(engine: Engine, prep, windows: list, split: str, todo: set, picks: dict, likert: dict) -> list:
+    """Rows of the to-do targets of a batch of windows, from one read of each window (Engine.score_windows)."""
+    ids, groups, meta = [], [], []
+    for w in windows:
+        tl = prep.timeline(w.user_id)
+        enc = engine.encoder.encode(tl, w.items, w.targets)
+        group = []
+        for pos, first, _ in enc.targets:
+            if (w.user_id, pos) not in todo:
+                continue
+            texts, choice = _candidates(engine, tl, pos, picks, likert)
+            group.append((first, [engine.ids_of(x) for x in texts]))
+            history = [p for p in w.items if p < pos]
+            meta.append((tl, pos, Prompt(Sample(w.user_id, pos, history, split), enc.input_ids[:first]), texts, choice))
+        ids.append(enc.input_ids)
+        groups.append(group)
+    scores = [sc for per_window in engine.score_windows(ids, groups) for sc in per_window]
+    return [_scored_row(engine, tl, pos, split, prompt, texts, choice, sc, picks)
+            for (tl, pos, prompt, texts, choice), sc in zip(meta, scores)]
+
+
+def _scored_row(engine: Engine, tl, pos: int, split: str, prompt, texts: list, choice, sc: list, picks: dict):
+    scored = dict(zip(texts, sc))
+    row = _row(engine, tl, pos, split, prompt, scored, picks)
+    if choice is not None:
+        row["choice"] = choices.distribution(choice, [scored[o][0] for o in choice.options])
+    return row
+
+
 def _rows(engine: Engine, prep, chunk: list, split: str, room: int, picks: dict,
           likert: dict | None = None) -> list[dict]:
     """Every likelihood of a batch of targets from one forward: for each target the reference (its
@@ -168,23 +236,10 @@ def _rows(engine: Engine, prep, chunk: list, split: str, room: int, picks: dict,
     todo = []
     for tl, pos in chunk:
         prompt = engine.prompt(tl, pos, room, prep.lengths[tl.user_id])
-        item = tl.items[pos]
-        texts = [item.continuation] + list(picks.get((tl.user_id, pos), []))
-        if engine.scale and item.is_rating:
-            texts += [t for t in engine.scale if t not in texts]
-        choice = None if item.is_rating else choices.choice_of(item, likert, tl.choice_sets)
-        if choice is not None:
-            texts += [t for t in choice.options if t not in texts]
-        todo.append((tl, pos, prompt, texts, choice))
+        todo.append((tl, pos, prompt) + _candidates(engine, tl, pos, picks, likert))
     scores = engine.score_many([t[2].ids for t in todo], [[engine.ids_of(x) for x in t[3]] for t in todo])
-    rows = []
-    for (tl, pos, prompt, texts, choice), sc in zip(todo, scores):
-        scored = dict(zip(texts, sc))
-        row = _row(engine, tl, pos, split, prompt, scored, picks)
-        if choice is not None:
-            row["choice"] = choices.distribution(choice, [scored[o][0] for o in choice.options])
-        rows.append(row)
-    return rows
+    return [_scored_row(engine, tl, pos, split, prompt, texts, choice, sc, picks)
+            for (tl, pos, prompt, texts, choice), sc in zip(todo, scores)]
 
 
 def _row(engine: Engine, tl, pos: int, split: str, prompt, scored: dict, picks: dict) -> dict:
