@@ -222,7 +222,7 @@ def markdown(res: dict) -> str:
              f"Data: {s['data']}; {s['subset']}. Split: time 70/15/15 per user, seed 42 (config defaults); "
              f"{s['records_users']} users, {s['records_items']} ratings. Model `{s['model']}`, max_length "
              f"{s['max_length']}, timeline unit, {s['max_epochs']} epoch(s), LoRA lr {s['lora_lr'] or 'default (2e-4 x sqrt rows per step)'} (r 16, "
-             f"alpha 32), full lr {s['full_lr']}; predict with likelihood scoring (`--no-generate`), "
+             f"alpha 32), full lr {s['full_lr']}; predict with likelihood scoring (`{s['predict']}`), "
              f"pick-the-real-one with 3 distractors.", "",
              "| variant | test targets | RMSE (expected) | MAE (expected) | RMSE (most likely) | pick acc | chance "
              "| val loss before -> best | train s | predict s |",
@@ -330,7 +330,8 @@ def parse_variant(spec: str) -> tuple[str, str, dict]:
         base, _, kv = rest.partition(":")
         overrides = {k.strip(): yaml.safe_load(v) for k, v in (x.split("=", 1) for x in kv.split(",") if x.strip())}
     except ValueError:
-        raise SystemExit(f"--variant {spec!r}: expected NAME=BASE:key=value,... (e.g. lora_r64=lora_history:lora_r=64)")
+        raise SystemExit(f"--variant {spec!r}: expected NAME=BASE:key=value,... (e.g. "
+                         "lora_r64=lora_history:lora_r=64)") from None
     if base not in TWINS:
         raise SystemExit(f"--variant {spec!r}: BASE must be one of {', '.join(TWINS)}")
     return name.strip(), base, overrides
@@ -464,6 +465,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results_dir", type=Path, default=RESULTS, help="where the json and md results go")
     ap.add_argument("--batch_tokens", default="auto", help="usertwin train --batch_tokens (a number or auto)")
     ap.add_argument("--generate", action="store_true", help="also generate (slow); default --no-generate")
+    ap.add_argument("--scoring", choices=("target", "window"), default="target",
+                    help="usertwin predict --scoring: one prompt per target (default) or the timeline windows")
     ap.add_argument("--skip", default="", help=f"comma-separated variants to skip, of: {','.join(VARIANTS)}")
     ap.add_argument("--note", action="append", default=[], help="a note for the results (repeatable)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=value,...",
@@ -526,7 +529,8 @@ def main(argv=None) -> int:
                      "records_items": n_items, "model": args.model, "max_length": args.max_length,
                      "max_epochs": args.max_epochs, "lora_lr": args.lora_lr, "full_lr": args.full_lr,
                      "warmup_ratio": args.warmup_ratio, "split": "time 70/15/15 per user, seed 42 (defaults)",
-                     "predict": "--no-generate --pick 3" if not args.generate else "--pick 3 (with generation)",
+                     "predict": ("--no-generate --pick 3" if not args.generate else "--pick 3 (with generation)")
+                     + f" --scoring {args.scoring}",
                      "workdir": str(work)},
            "baselines": {}, "variants": {}}
 
@@ -543,7 +547,8 @@ def main(argv=None) -> int:
             notes.append("baselines_all_users: the rating baselines fit on every user's train+val ratings of the "
                          "full records, scored on the subset's test targets (the twins see only the subset).")
 
-    predict_flags = ["--split", "test", "--batch_size", str(args.batch_size), "--no-progress"]
+    predict_flags = ["--split", "test", "--batch_size", str(args.batch_size), "--no-progress",
+                     "--scoring", args.scoring]
     if not args.generate:
         predict_flags.append("--no-generate")
     jobs = [(name, run_zero_shot, (name, work, common, steps, predict_flags)) for name in ZERO if name not in skip]

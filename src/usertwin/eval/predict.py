@@ -20,9 +20,9 @@ from usertwin.config import GenerateSettings
 from usertwin.data import choices
 from usertwin.data.records.format import item_key
 from usertwin.data.timeline import Sample
+from usertwin.errors import UsertwinError
 from usertwin.lock import acquire
 from usertwin.rundir import RunDir
-from usertwin.errors import UsertwinError
 from usertwin.twin import Engine, Prompt
 
 KEY = ("user", "target_index")
