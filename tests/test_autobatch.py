@@ -11,7 +11,14 @@ from helpers import write_rating_users
 from usertwin.cli import main
 from usertwin.config import Config, GenerateSettings
 from usertwin.text.tokens import IGNORE
-from usertwin.train.autobatch import GPU_STEP_TOKENS, choose, fixed_plan, synthetic_batch
+from usertwin.train.autobatch import (
+    GPU_STEP_TOKENS,
+    MIN_STEPS_PER_EPOCH,
+    choose,
+    fixed_plan,
+    learning_rate,
+    synthetic_batch,
+)
 from usertwin.twin import CPU_BATCH, bytes_per_token
 
 
@@ -95,3 +102,90 @@ def test_an_unset_learning_rate_follows_the_square_root_rule():
     lr, why = learning_rate(Config(max_length=2048), 65536)
     assert lr == pytest.approx(2e-4 * 32 ** 0.5) and "sqrt(32 max_length rows" in why
     assert learning_rate(Config(max_length=2048, learning_rate=1e-3), 65536) == (1e-3, "")
+
+
+CAP = "(set --step_tokens to choose)"
+
+
+def test_a_small_epoch_caps_an_unset_step_at_32_steps():
+    assert MIN_STEPS_PER_EPOCH == 32
+    cfg = Config(max_length=2048)
+    plan = choose(cfg, fits=200_000, per_token=2**20, epoch_tokens=216_211)  # douban-dmr: 216,211 // 32 = 6,756
+    assert (plan.batch_tokens, plan.accumulation) == (6144, 1)
+    assert plan.note.endswith("1 micro-batch(es) per optimizer step of about 6,144 tokens; capped at 3 rows per "
+                              "step so an epoch of 216,211 tokens has at least 32 optimizer steps " + CAP)
+    assert learning_rate(cfg, 6144) == (pytest.approx(2e-4 * 3 ** 0.5), "learning rate 0.000346: 0.0002 x "
+                                        "sqrt(3 max_length rows per optimizer step) (set --learning_rate to choose)")
+    plan = choose(cfg, fits=200_000, per_token=2**20, epoch_tokens=531_871)  # 60 MovieLens users
+    assert (plan.batch_tokens, plan.accumulation) == (16384, 1) and "capped at 8 rows per step" in plan.note
+
+
+def test_an_epoch_under_32_rows_gets_one_row_per_step():
+    plan = choose(Config(max_length=2048), fits=200_000, per_token=2**20, epoch_tokens=46_757)  # 1,461 < 2,048
+    assert (plan.batch_tokens, plan.accumulation) == (2048, 1)
+    assert plan.note.endswith("capped at 1 row per step, the fewest, so an epoch of 46,757 tokens has as many "
+                              "optimizer steps as whole rows allow (32 wanted; lower --max_length for more, or "
+                              "set --step_tokens to choose)")
+
+
+def test_a_large_epoch_or_an_explicit_step_is_not_capped():
+    for epoch in (5_742_796, 2_870_000, 32 * GPU_STEP_TOKENS, None):  # 610 and 300 MovieLens users; the edge
+        plan = choose(Config(max_length=2048), fits=200_000, per_token=2**20, epoch_tokens=epoch)
+        assert (plan.batch_tokens, plan.accumulation) == (GPU_STEP_TOKENS, 1) and "capped" not in plan.note
+    plan = choose(Config(max_length=2048), fits=200_000, per_token=2**20, epoch_tokens=32 * GPU_STEP_TOKENS - 1)
+    assert plan.batch_tokens == 63488 and "capped at 31 rows" in plan.note
+    plan = choose(Config(max_length=2048, step_tokens=65536), fits=200_000, per_token=2**20, epoch_tokens=46_757)
+    assert (plan.batch_tokens, plan.accumulation) == (65536, 1) and "capped" not in plan.note
+
+
+def test_the_cap_counts_processes_memory_and_an_explicit_accumulation():
+    cfg = Config(max_length=2048)
+    # DDP: every process takes a step at once, so each one's step is 531,871 // (32 x 2) = 8,310 -> 4 rows
+    plan = choose(cfg, fits=200_000, per_token=2**20, epoch_tokens=531_871, processes=2)
+    assert (plan.batch_tokens, plan.accumulation) == (8192, 1)
+    assert "capped at 4 rows per step so an epoch of 531,871 tokens over 2 processes has at least 32" in plan.note
+    # 2 rows fit, the cap is 3: whole micro-batches below the cap (rounding up would make 26 steps)
+    plan = choose(cfg, fits=5000, per_token=2**20, epoch_tokens=216_211)
+    assert (plan.batch_tokens, plan.accumulation) == (4096, 1) and "capped at 3 rows" in plan.note
+    # 8 rows allowed, 2 micro-batches asked for: 4 rows each
+    plan = choose(Config(max_length=2048, gradient_accumulation_steps=2), fits=200_000, per_token=2**20,
+                  epoch_tokens=531_871)
+    assert (plan.batch_tokens, plan.accumulation) == (8192, 2) and "at least 32 optimizer steps" in plan.note
+    # 3 rows allowed, 4 micro-batches asked for: the accumulation wins and the note does not promise 32 steps
+    plan = choose(Config(max_length=2048, gradient_accumulation_steps=4), fits=200_000, per_token=2**20,
+                  epoch_tokens=216_211)
+    assert (plan.batch_tokens, plan.accumulation) == (2048, 4) and "as many optimizer steps as whole" in plan.note
+
+
+def test_the_step_tokens_help_names_the_cap():
+    import dataclasses
+
+    help_of = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
+    assert f"an epoch has at least {MIN_STEPS_PER_EPOCH} optimizer steps" in help_of["step_tokens"]
+
+
+def test_the_trainer_plans_with_the_epochs_tokens(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """The probe needs a GPU: here plan_batches is choose() with a roomy GPU's figures, fed what the trainer
+    passes; the run then trains with the capped plan."""
+    import usertwin.train.trainer as trainer
+
+    seen = []
+
+    def roomy_gpu(cfg, acc, loss_model, target_share, boundaries, epoch_tokens=None):
+        seen.append(epoch_tokens)
+        return choose(cfg, fits=10**6, per_token=1.0, epoch_tokens=epoch_tokens)
+
+    monkeypatch.setattr(trainer, "plan_batches", roomy_gpu)
+    data = write_rating_users(tmp_path / "r.jsonl", (40, 40, 40, 40), lambda u, i: f"Movie {i % 7} (2000): ",
+                              lambda u, i: (i * (u + 1)) % 5 + 1)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(out),
+                 "--max_length", "128", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    printed = capsys.readouterr().out
+    epoch = summary["tokens_per_epoch"]
+    assert seen == [epoch] == [11524]  # 11,524 // 32 = 360 tokens: 2 rows of 128
+    assert f"capped at 2 rows per step so an epoch of {epoch:,} tokens has at least 32 optimizer steps" in printed
+    assert "learning rate 0.000283: 0.0002 x sqrt(2 max_length rows per optimizer step)" in printed
+    assert (summary["batch_tokens"], summary["accumulation"]) == (256, 1)
+    assert summary["steps"] == summary["per_epoch"][0]["micro_batches"] == 54  # uncapped: 1 step of 11,520

@@ -295,11 +295,14 @@ class TrainSettings:
                                     minimum=1)
     batch_tokens: int | str | None = setting(
         AUTO, "tokens per micro-batch row; auto: on one GPU (or DDP), as many as fit its memory (a probe step "
-        "measures the memory a token takes), in whole max_length rows, at most step_tokens; on a CPU, FSDP or "
-        "DeepSpeed: max_length; unset: max_length", minimum=1, auto=True)
+        "measures the memory a token takes), in whole max_length rows, at most step_tokens (so fewer on a "
+        "small data set, see step_tokens); on a CPU, FSDP or DeepSpeed: max_length; unset: max_length",
+        minimum=1, auto=True)
     step_tokens: int | None = setting(None, "with batch_tokens auto: tokens per optimizer step; the accumulation "
                                       "steps are raised when one micro-batch cannot hold them; unset: 65,536 on "
-                                      "a GPU the probe sized, else one micro-batch", minimum=1)
+                                      "a GPU the probe sized, capped (in whole max_length rows, at least one) so "
+                                      "that an epoch has at least 32 optimizer steps, else one micro-batch; "
+                                      "set: used as given", minimum=1)
     packing: bool = setting(True, "pack sequences into rows without padding (position ids restart per "
                                   "sequence); off: dynamic padding")
     pad_packed_rows: bool = setting(False, "pad every packed row to batch_tokens, so GPU kernels see fixed "

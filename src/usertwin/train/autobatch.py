@@ -29,6 +29,10 @@ class BatchPlan:
 
 
 GPU_STEP_TOKENS = 65536  # step_tokens unset on a GPU the probe sized: 32 rows of 2,048 tokens
+# ... but never so big that an epoch has fewer optimizer steps than this: a few large steps undertrain a small
+# data set (douban-dmr's 216,211 tokens would be 3 updates an epoch), and the square-root learning rate rule
+# does not make up for 1-3 updates; an explicit step_tokens is kept as given
+MIN_STEPS_PER_EPOCH = 32
 
 
 def fixed_plan(cfg: Config, why: str = "") -> BatchPlan:
@@ -42,9 +46,11 @@ def fixed_plan(cfg: Config, why: str = "") -> BatchPlan:
     return BatchPlan(tokens, accumulation, why)
 
 
-def plan_batches(cfg: Config, acc, loss_model, target_share: float, boundaries: bool) -> BatchPlan:
+def plan_batches(cfg: Config, acc, loss_model, target_share: float, boundaries: bool,
+                 epoch_tokens: int | None = None) -> BatchPlan:
     """The run's micro-batch size and accumulation. A probe runs only for `auto` on a GPU with the model
-    whole on each process (one GPU or DDP); FSDP and DeepSpeed shard the weights only once prepared."""
+    whole on each process (one GPU or DDP); FSDP and DeepSpeed shard the weights only once prepared.
+    `epoch_tokens` (the training tokens of an epoch, all processes together) caps an unset step_tokens."""
     if cfg.batch_tokens != AUTO:
         return fixed_plan(cfg)
     from accelerate.utils import DistributedType
@@ -62,23 +68,57 @@ def plan_batches(cfg: Config, acc, loss_model, target_share: float, boundaries: 
     # the smallest fit over the processes: every rank packs the same rows
     fits = int(acc.reduce(torch.tensor(fits, device=acc.device), reduction="min").item()) \
         if acc.num_processes > 1 else fits
-    return choose(cfg, fits, per_token)
+    return choose(cfg, fits, per_token, epoch_tokens, acc.num_processes)
 
 
-def choose(cfg: Config, fits: int, per_token: float) -> BatchPlan:
-    """Whole max_length rows, as many as fit and the step needs; accumulation covers the rest of the step."""
+def choose(cfg: Config, fits: int, per_token: float, epoch_tokens: int | None = None,
+           processes: int = 1) -> BatchPlan:
+    """Whole max_length rows, as many as fit and the step needs; accumulation covers the rest of the step.
+    An unset step_tokens is capped so that `epoch_tokens` (None: no cap) make MIN_STEPS_PER_EPOCH steps."""
     step = max(cfg.step_tokens or GPU_STEP_TOKENS, cfg.max_length)
+    cap = step_cap(cfg, epoch_tokens, processes)
+    capped = cap is not None and cap < step
+    step = cap if capped else step
     rows = max(1, min(fits, step) // cfg.max_length)
+    if capped:  # an explicit gradient_accumulation_steps multiplies the step: the micro-batch shrinks instead
+        rows = max(1, rows // cfg.gradient_accumulation_steps)
     tokens = rows * cfg.max_length
-    accumulation = max(cfg.gradient_accumulation_steps, math.ceil(step / tokens))
+    # a capped step rounds down to whole micro-batches: rounding up would undo the cap
+    whole = step // tokens if capped else math.ceil(step / tokens)
+    accumulation = max(cfg.gradient_accumulation_steps, whole)
     gib = per_token * tokens / 2**30
     note = (f"batch_tokens auto: {tokens:,} tokens per micro-batch ({rows} x max_length {cfg.max_length}; about "
             f"{gib:.1f} GiB of activations at {per_token / 2**20:.2f} MiB a token; {max(fits, 0):,} would fit), "
             f"{accumulation} micro-batch(es) per optimizer step of about {tokens * accumulation:,} tokens")
+    if capped:
+        note += cap_note(cfg, step, tokens * accumulation, epoch_tokens, processes)
     if fits < cfg.max_length:
         note += "; warning: not even one max_length row seems to fit: lower --max_length or use " \
                 "--gradient_checkpointing"
     return BatchPlan(tokens, accumulation, note)
+
+
+def step_cap(cfg: Config, epoch_tokens: int | None, processes: int) -> int | None:
+    """The largest step (tokens per process, whole max_length rows, at least one) that gives an epoch of
+    `epoch_tokens` MIN_STEPS_PER_EPOCH optimizer steps; None where step_tokens is set or the epoch unknown."""
+    if cfg.step_tokens or epoch_tokens is None:
+        return None
+    rows = epoch_tokens // (MIN_STEPS_PER_EPOCH * processes) // cfg.max_length
+    return max(1, rows) * cfg.max_length
+
+
+def cap_note(cfg: Config, cap: int, step: int, epoch_tokens: int, processes: int) -> str:
+    """Why the step is smaller than GPU_STEP_TOKENS: the epoch is small. `cap` and `step` (the planned one,
+    smaller where memory or larger where gradient_accumulation_steps says so) are tokens per process."""
+    rows = cap // cfg.max_length
+    over = f" over {processes} processes" if processes > 1 else ""
+    epoch = f"an epoch of {epoch_tokens:,} tokens{over}"
+    if step * processes * MIN_STEPS_PER_EPOCH <= epoch_tokens:
+        return (f"; capped at {rows} row{'s' if rows > 1 else ''} per step so {epoch} has at least "
+                f"{MIN_STEPS_PER_EPOCH} optimizer steps (set --step_tokens to choose)")
+    return (f"; capped at {rows} row{'s' if rows > 1 else ''} per step, the fewest, so {epoch} has as many "
+            f"optimizer steps as whole rows allow ({MIN_STEPS_PER_EPOCH} wanted; lower --max_length for more, or "
+            "set --step_tokens to choose)")
 
 
 def probe(loss_model, device, cfg: Config, target_share: float, boundaries: bool) -> tuple[float, float]:

@@ -359,7 +359,7 @@ class Trainer:
                 return BatchPlan(saved.batch_tokens, saved.accumulation, "")
         tokens = sum(len(e) for e in encoded)
         share = sum(e.n_target_tokens for e in encoded) / tokens if tokens else 1.0
-        return plan_batches(self.cfg, self.acc, self.loss_model, share, self.boundaries)
+        return plan_batches(self.cfg, self.acc, self.loss_model, share, self.boundaries, epoch_tokens=tokens)
 
     def _use_plan(self, plan: BatchPlan) -> None:
         self.data.budget, self.accumulation = plan.batch_tokens, plan.accumulation
