@@ -77,8 +77,11 @@ def usertwin_cmd() -> list[str]:
 class Steps:
     """Runs CLI steps as logged subprocesses and remembers the finished ones (WORKDIR/steps.json)."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, parallel: int = 1):
         self.work = work
+        # steps side by side share the cores: each torch would start one thread per core and spin
+        self.threads = {} if parallel <= 1 or "OMP_NUM_THREADS" in os.environ else \
+            {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.path = work / "steps.json"
@@ -98,7 +101,7 @@ class Steps:
         cmd = usertwin_cmd() + argv
         log = self.logs / f"{name}.log"
         print(f"[{name}] {shlex.join(cmd)}\n[{name}] log: {log}", flush=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.threads)
         t0 = time.perf_counter()
         with open(log, "w", encoding="utf-8") as f:
             f.write(f"$ {shlex.join(cmd)}\n")
@@ -489,7 +492,7 @@ def main(argv=None) -> int:
     work = Path(args.out) if args.out else ROOT / "runs" / f"quality_movielens{suffix}"
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    steps = Steps(work)
+    steps = Steps(work, args.parallel)
     t_start = time.perf_counter()
     notes = list(args.note)
     if skip:
