@@ -232,3 +232,18 @@ def test_zero_shot_predict_with_any_model(tmp_path, tiny_model_dir):
                  "-o", str(out), "--no-generate", "--no-progress", "--cache_dir", str(tmp_path / "c")]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 5 and all(r["predictions"] == [] and "rating" in r for r in rows)
+
+
+def test_window_batches_count_targets():
+    """--scoring window groups consecutive windows by their to-do targets (batch_size counts targets in both
+    scorings); a window bigger than the batch still goes alone."""
+    from usertwin.data.timeline import Window
+    from usertwin.eval.predict import _by_targets
+
+    ws = [Window("a", [0, 1, 2], [1, 2]), Window("a", [3, 4, 5, 6], [3, 4, 5, 6]), Window("b", [0, 1], [1]),
+          Window("b", [2, 3], [2, 3])]
+    todo = {("a", 1), ("a", 2), ("a", 4), ("a", 5), ("a", 6), ("b", 1), ("b", 2), ("b", 3)}  # ("a", 3) done
+    assert [[(w.user_id, w.items[0]) for w in g] for g in _by_targets(ws, todo, 3)] == \
+        [[("a", 0)], [("a", 3)], [("b", 0), ("b", 2)]]
+    assert [len(g) for g in _by_targets(ws, todo, 1)] == [1, 1, 1, 1]
+    assert [len(g) for g in _by_targets(ws, todo, 100)] == [4]

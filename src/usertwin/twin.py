@@ -233,39 +233,21 @@ class Engine:
         """(sum of log-probabilities, token count) of each candidate continuation after one prompt."""
         return self.score_many([prompt_ids], [candidates])[0]
 
-    @torch.no_grad()
     def score_many(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
-        """Score several prompts' candidate continuations in two forwards, as if each candidate ran alone after
-        its prompt. First the prompts, right padded: plain causal attention needs no mask, so sdpa takes its
-        fast kernels and no rows x T x T tensor is built. Then every candidate's tokens at once against the
-        prompts' cache: a small (rows x candidate tokens x T) mask lets each see its own prompt and its own
-        earlier tokens, with positions continuing from its prompt's end."""
-        lm = causal_lm(self.model)
-        backbone, dev = getattr(lm, lm.base_model_prefix), self.device
-        lens = [len(p) for p in prompts]
-        ids = torch.full((len(prompts), max(lens)), self.pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, :len(p)] = torch.tensor(p)
-        first = backbone(input_ids=ids.to(dev), use_cache=True)
-        spans = [_candidate_spans(cands) for cands in candidates]
-        cids, cpos, mask = _candidate_rows(spans, lens, self.pad_id, lm.get_output_embeddings().weight.dtype)
-        second = backbone(input_ids=cids.to(dev), position_ids=cpos.to(dev), attention_mask=mask.to(dev),
-                          use_cache=True, **_cache_arg(backbone, first))
-        # candidate token t is predicted at the position before it: the prompt's last token for the first one
-        last = first.last_hidden_state[torch.arange(len(prompts)), torch.tensor(lens) - 1]
-        hidden = torch.cat([last, second.last_hidden_state.reshape(-1, last.shape[-1])])
-        width = cids.shape[1]
-        where = [(i if j == 0 else len(prompts) + i * width + start + j - 1, tok)
-                 for i, row in enumerate(spans) for start, c in row for j, tok in enumerate(c)]
-        return _sums_per_candidate(self._log_probs(lm, hidden, where), spans)
+        """Score several prompts' candidate continuations, as if each candidate ran alone after its prompt: a
+        prompt is a window whose candidates all start at its end (score_windows)."""
+        groups = [[(len(p), cands)] for p, cands in zip(prompts, candidates)]
+        return [per[0] for per in self.score_windows(prompts, groups)]
 
     @torch.no_grad()
     def score_windows(self, windows: list[list[int]], groups: list[list[tuple[int, list[list[int]]]]]
                       ) -> list[list[list[tuple]]]:
-        """Score candidates at several points of each window in two forwards, as if each candidate ran alone
-        after its window's first `start` tokens: `groups[i]` holds (start, candidates) pairs of window i. The
-        windows run once, right padded; the candidates then attend to their window's cache up to their start
-        (not the true continuation after it) and to their own earlier tokens."""
+        """Score candidates at points of each window in two forwards, as if each candidate ran alone after its
+        window's first `start` tokens: `groups[i]` holds (start, candidates) pairs of window i. First the
+        windows, right padded: plain causal attention needs no mask, so sdpa takes its fast kernels and no
+        rows x T x T tensor is built. Then every candidate's tokens at once against the windows' cache: a small
+        (rows x candidate tokens x T) mask lets each see its window up to its start (never the true continuation
+        after it) and its own earlier tokens, with positions continuing from its start."""
         lm = causal_lm(self.model)
         backbone, dev = getattr(lm, lm.base_model_prefix), self.device
         lens = [len(w) for w in windows]
@@ -274,26 +256,23 @@ class Engine:
             ids[i, :len(w)] = torch.tensor(w)
         first = backbone(input_ids=ids.to(dev), use_cache=True)
         spans, starts = [], []
-        for g in groups:  # one flat candidate block per window; each candidate keeps its own start
-            flat = [(s, c) for s, cands in g for c in cands]
+        for g in groups:  # one candidate block per window; each candidate keeps its own start
+            flat = [(start, c) for start, cands in g for c in cands]
             spans.append(_candidate_spans([c for _, c in flat]))
-            starts.append([s for s, _ in flat])
+            starts.append([start for start, _ in flat])
         cids, cpos, mask = _candidate_rows(spans, lens, self.pad_id, lm.get_output_embeddings().weight.dtype,
                                            starts)
         second = backbone(input_ids=cids.to(dev), position_ids=cpos.to(dev), attention_mask=mask.to(dev),
                           use_cache=True, **_cache_arg(backbone, first))
-        width = cids.shape[1]
-        hidden = torch.cat([first.last_hidden_state.reshape(-1, first.last_hidden_state.shape[-1]),
-                            second.last_hidden_state.reshape(-1, first.last_hidden_state.shape[-1])])
-        base, t = len(windows) * ids.shape[1], ids.shape[1]
-        # a candidate's first token is predicted at the window token before its start, the rest inside the block
-        where = [(i * t + s - 1 if j == 0 else base + i * width + at + j - 1, tok)
-                 for i, (row, st) in enumerate(zip(spans, starts)) for (at, c), s in zip(row, st)
+        t, width = ids.shape[1], cids.shape[1]
+        # token j of a candidate is predicted one position before it: its window's token before the start for
+        # j = 0 (first forward), else the candidate's own previous token (second forward)
+        where = [(0, i * t + start - 1, tok) if j == 0 else (1, i * width + at + j - 1, tok)
+                 for i, (row, st) in enumerate(zip(spans, starts)) for (at, c), start in zip(row, st)
                  for j, tok in enumerate(c)]
-        picked = self._log_probs(lm, hidden, where)
-        flat = _sums_per_candidate(picked, spans)
+        picked = self._log_probs(lm, (first.last_hidden_state, second.last_hidden_state), where)
         out = []
-        for g, scores in zip(groups, flat):
+        for g, scores in zip(groups, _sums_per_candidate(picked, spans)):
             k, per = 0, []
             for _, cands in g:
                 per.append(scores[k:k + len(cands)])
@@ -301,15 +280,25 @@ class Engine:
             out.append(per)
         return out
 
-    def _log_probs(self, lm, hidden, where: list) -> list[float]:
-        """log p(token) at each (hidden-state row, token) of `where`."""
-        dev = hidden.device
-        at, toks = (torch.tensor(x, device=dev) for x in zip(*where))
-        logits = lm.get_output_embeddings()(hidden[at]).float()
+    @staticmethod
+    def _log_probs(lm, states: tuple, where: list) -> list[float]:
+        """log p(token) for each (forward, flat position, token) of `where`: only those hidden states go through
+        the output head."""
+        flat = [h.reshape(-1, h.shape[-1]) for h in states]
+        dev = flat[0].device
+        order = sorted(range(len(where)), key=lambda k: where[k][0])
+        hidden = torch.cat([flat[src][torch.tensor([where[k][1] for k in order if where[k][0] == src],
+                                                   dtype=torch.long, device=dev)] for src in range(len(flat))])
+        toks = torch.tensor([where[k][2] for k in order], device=dev)
+        logits = lm.get_output_embeddings()(hidden).float()
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        return torch.log_softmax(logits, dim=-1).gather(1, toks[:, None])[:, 0].double().cpu().tolist()
+        got = torch.log_softmax(logits, dim=-1).gather(1, toks[:, None])[:, 0].double().cpu().tolist()
+        picked = [0.0] * len(where)
+        for k, value in zip(order, got):
+            picked[k] = value
+        return picked
 
     def rating_distribution(self, prompt_ids: list[int]) -> dict:
         scores = [s for s, _ in self.score(prompt_ids, [self.ids_of(t) for t in self.scale])]
@@ -478,13 +467,10 @@ def _cache_arg(backbone, out) -> dict:
     return {"past_key_values": out.past_key_values}
 
 
-def _candidate_rows(spans: list, lens: list, pad_id: int, dtype, starts: list | None = None):
-    """The second forward's input ids, position ids and additive mask (rows x 1 x C x (prompt width + C)): a
-    candidate token sees its row's prompt (not the padding after it) and the earlier tokens of its candidate;
-    padding sees the first prompt token only (a row of -inf would give NaN). `starts[i][k]`: candidate k of row
-    i follows only the first starts[i][k] prompt tokens (a point inside a window); unset: the whole prompt."""
-    if starts is None:
-        starts = [[n] * len(row) for n, row in zip(lens, spans)]
+def _candidate_rows(spans: list, lens: list, pad_id: int, dtype, starts: list):
+    """The second forward's input ids, position ids and additive mask (rows x 1 x C x (window width + C)):
+    candidate k of row i sees the first starts[i][k] tokens of its row's window and its own earlier tokens;
+    padding sees the first window token only (a row of -inf would give NaN)."""
     n, width = len(spans), max(lens)
     c = max(1, max((row[-1][0] + len(row[-1][1]) for row in spans if row), default=1))
     ids = torch.full((n, c), pad_id, dtype=torch.long)

@@ -171,19 +171,34 @@ def append_batches(output: Path, batches, rows_of, bar=None) -> int:
 
 def _window_chunks(engine: Engine, prep, split: str, targets: list, batch: int, room: int, picks: dict,
                    likert: dict):
-    """Batches of rows under --scoring window: `batch` windows per forward, then (one prompt each) the targets
-    no window of the split holds (those left out as too long, or outside the timeline unit's choice)."""
+    """Batches of rows under --scoring window: windows of about `batch` targets per forward, then (one prompt
+    each) the targets no window of the split holds (left out as too long, or outside the timeline unit's choice)."""
     if prep.config.unit != "timeline":
         raise UsertwinError("--scoring window reads the timeline unit's windows; this config has --unit "
                             f"{prep.config.unit}: use --scoring target")
     todo = {(tl.user_id, pos) for tl, pos in targets}
     windows = [w for w in prep.sequences.get(split, []) if any((w.user_id, t) in todo for t in w.targets)]
     covered = {(w.user_id, t) for w in windows for t in w.targets}
-    for start in range(0, len(windows), batch):
-        yield _window_rows(engine, prep, windows[start:start + batch], split, todo, picks, likert)
+    for group in _by_targets(windows, todo, batch):
+        yield _window_rows(engine, prep, group, split, todo, picks, likert)
     rest = [(tl, pos) for tl, pos in targets if (tl.user_id, pos) not in covered]
     for start in range(0, len(rest), batch):
         yield _rows(engine, prep, rest[start:start + batch], split, room, picks, likert)
+
+
+def _by_targets(windows: list, todo: set, batch: int):
+    """Consecutive windows holding about `batch` to-do targets together (at least one window): batch_size
+    counts targets in both scorings, and a window's candidate block grows with its targets."""
+    group, n = [], 0
+    for w in windows:
+        k = sum((w.user_id, t) in todo for t in w.targets)
+        if group and n + k > batch:
+            yield group
+            group, n = [], 0
+        group.append(w)
+        n += k
+    if group:
+        yield group
 
 
 def _candidates(engine: Engine, tl, pos: int, picks: dict, likert: dict) -> tuple[list[str], object]:
