@@ -38,15 +38,16 @@ fi
 GGUF=$1; [ -e "$GGUF" ] && GGUF=$(realpath "$GGUF")  # a file, or any --model value
 ML=$(realpath "$2"); DATA=$(realpath "$3"); OUT=$(mkdir -p "$4" && realpath "$4")
 mkdir -p "$OUT/work"
+PY=${PYTHON:-python}  # the interpreter with torch and usertwin (PYTHON=.venv/bin/python here)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4
 cd "$ROOT"
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # COMMIT=...: a copy without .git
 common=(--model "$GGUF" --records "$ML" --skip baselines --batch_size 128 --scoring window --results_dir "$OUT"
         --note "usertwin commit $COMMIT; baselines: merge on a machine with LensKit (--merge)")
 
 # 1. all 610 users: the six variants, then the improvements, two at a time (32,768-token micro-batches x 2 =
 #    the 65,536-token step batch_tokens auto takes alone; two probes at once would each claim the whole GPU)
-setsid nohup python benchmarks/quality_movielens.py "${common[@]}" --max_length 2048 --max_epochs 2 \
+setsid nohup "$PY" benchmarks/quality_movielens.py "${common[@]}" --max_length 2048 --max_epochs 2 \
     --parallel 2 --batch_tokens 32768 --accumulation 2 \
     --variant lora_lr2x=lora_history:learning_rate=0.00226 \
     --variant full_lr1e-4=full_history:learning_rate=0.0001 \
@@ -55,13 +56,13 @@ setsid nohup python benchmarks/quality_movielens.py "${common[@]}" --max_length 
     --out "$OUT/work/main" --results_suffix h200 > "$OUT/work/main.log" 2>&1 < /dev/null &
 
 # 2. timeline vs sample unit on the same 30 users' targets (the sample unit reads ~20x the tokens)
-setsid nohup python benchmarks/quality_movielens.py "${common[@]}" --users 30 --max_length 1024 --max_epochs 2 \
+setsid nohup "$PY" benchmarks/quality_movielens.py "${common[@]}" --users 30 --max_length 1024 --max_epochs 2 \
     --skip baselines,zero_shot,zero_shot_none,lora_none,full_history,full_none --batch_tokens 8192 \
     --accumulation 8 --variant lora_sample=lora_history:unit=sample \
     --out "$OUT/work/units" --results_suffix h200_units > "$OUT/work/units.log" 2>&1 < /dev/null &
 
 # 3. the seeds' dialogue (douban-dmr's half ran on 2026-12-01: benchmarks/results/quality_text_h200_douban.md)
-setsid nohup python benchmarks/quality_text.py --datasets seed_dialogue --data_dir "$DATA" --model "$GGUF" \
+setsid nohup "$PY" benchmarks/quality_text.py --datasets seed_dialogue --data_dir "$DATA" --model "$GGUF" \
     --max_length 2048 --max_new_tokens 160 --max_epochs 2 --with_profile --batch_tokens 2048 --batch_size 32 \
     --out "$OUT/work/text" --results_dir "$OUT" --results_suffix h200_dialogue \
     --note "usertwin commit $COMMIT" > "$OUT/work/text.log" 2>&1 < /dev/null &
