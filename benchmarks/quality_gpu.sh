@@ -22,10 +22,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 watch() {  # OUT SECONDS
     local end=$(( $(date +%s) + ${2:-540} ))
     while [ "$(date +%s)" -lt "$end" ]; do
-        echo "== $(date +%T) running: $(pgrep -fc 'benchmarks/quality_' || true)  gpu: $(nvidia-smi \
+        echo "== $(date +%T) running: $(pgrep -fc 'benchmarks/quality_(movielens|text)[.]py' || true)  gpu: $(nvidia-smi \
             --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || echo '-')"
         grep -h "ok in\|FAILED" "$1"/work/*.log 2>/dev/null | tail -6 || true
-        [ "$(pgrep -fc 'benchmarks/quality_' || true)" = 0 ] && break
+        [ "$(pgrep -fc 'benchmarks/quality_(movielens|text)[.]py' || true)" = 0 ] && break
         sleep 30
     done
     ls -la "$1"
