@@ -15,7 +15,7 @@
 # side by side on one GPU and 16 cores ran every step several times slower (per-target scoring of 1,405
 # targets took 420-510 s), so: at most four processes, OMP_NUM_THREADS set per process, the cheap
 # window scoring (predict --scoring window: 1.8 M tokens for the 15,125 test targets instead of 30 M), the
-# variants in priority order, and the 20x dearer sample unit only on 30 users.
+# variants in priority order, and the ~10x dearer sample unit only on 30 users.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -55,10 +55,13 @@ setsid nohup "$PY" benchmarks/quality_movielens.py "${common[@]}" --max_length 2
     --variant lora_r64=lora_history:lora_r=64,lora_alpha=128 \
     --out "$OUT/work/main" --results_suffix h200 > "$OUT/work/main.log" 2>&1 < /dev/null &
 
-# 2. timeline vs sample unit on the same 30 users' targets (the sample unit reads ~20x the tokens)
+# 2. timeline vs sample unit on the same 30 users' targets (the sample unit reads ~10x the tokens at 1024), each
+#    with the step batch_tokens auto gives it alone: at max_length 1024 the timeline's 295,755 tokens an epoch
+#    make 9-row steps (the 32-steps cap), the sample unit's 3,063,696 the full 65,536 (lr by the sqrt rule)
 setsid nohup "$PY" benchmarks/quality_movielens.py "${common[@]}" --users 30 --max_length 1024 --max_epochs 2 \
-    --skip baselines,zero_shot,zero_shot_none,lora_none,full_history,full_none --batch_tokens 8192 \
-    --accumulation 8 --variant lora_sample=lora_history:unit=sample \
+    --skip baselines,zero_shot,zero_shot_none,lora_history,lora_none,full_history,full_none \
+    --variant lora_timeline=lora_history:batch_tokens=9216,gradient_accumulation_steps=1 \
+    --variant lora_sample=lora_history:unit=sample,batch_tokens=16384,gradient_accumulation_steps=4 \
     --out "$OUT/work/units" --results_suffix h200_units > "$OUT/work/units.log" 2>&1 < /dev/null &
 
 # 3. the seeds' dialogue (douban-dmr's half ran on 2026-12-01: benchmarks/results/quality_text_h200_douban.md)
