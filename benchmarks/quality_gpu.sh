@@ -57,8 +57,10 @@ setsid nohup "$PY" benchmarks/quality_movielens.py "${common[@]}" --max_length 2
 
 # 2. timeline vs sample unit on the same 30 users' targets (the sample unit reads ~10x the tokens at 1024), each
 #    with the step batch_tokens auto gives it alone: at max_length 1024 the timeline's 295,755 tokens an epoch
-#    make 9-row steps (the 32-steps cap), the sample unit's 3,063,696 the full 65,536 (lr by the sqrt rule)
+#    make 9-row steps (the 32-steps cap), the sample unit's 3,063,696 the full 65,536 (lr by the sqrt rule);
+#    both scored one prompt per target (a sample-unit run has no windows to score in)
 setsid nohup "$PY" benchmarks/quality_movielens.py "${common[@]}" --users 30 --max_length 1024 --max_epochs 2 \
+    --scoring target \
     --skip baselines,zero_shot,zero_shot_none,lora_history,lora_none,full_history,full_none \
     --variant lora_timeline=lora_history:batch_tokens=9216,gradient_accumulation_steps=1 \
     --variant lora_sample=lora_history:unit=sample,batch_tokens=16384,gradient_accumulation_steps=4 \
