@@ -21,12 +21,12 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from quality_movielens import run_logged  # noqa: E402
 
 
 def first_users(records: Path, n: int, out: Path) -> Path:
@@ -37,14 +37,8 @@ def first_users(records: Path, n: int, out: Path) -> Path:
 
 def usertwin(argv: list[str], log: Path) -> float:
     cmd = [sys.executable, "-m", "usertwin.cli", *argv]
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    t = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as f:
-        f.write(f"$ {shlex.join(cmd)}\n")
-        f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
-    wall = time.perf_counter() - t
+    rc, wall = run_logged(cmd, log, {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
+                                                                              os.environ.get("PYTHONPATH")]))})
     print(f"{log.name}: exit {rc} in {wall:.1f} s", flush=True)
     if rc != 0:
         print(log.read_text(encoding="utf-8", errors="replace")[-3000:], flush=True)

@@ -74,6 +74,18 @@ def usertwin_cmd() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "usertwin.cli"]
 
 
+def run_logged(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, float]:
+    """Runs `cmd` from the repository root, its command line and all its output into `log` (unbuffered, so a
+    cut-off run leaves its last lines); returns (exit code, wall seconds). `env`: variables added."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    return rc, time.perf_counter() - t0
+
+
 class Steps:
     """Runs CLI steps as logged subprocesses and remembers the finished ones (WORKDIR/steps.json)."""
 
@@ -101,13 +113,7 @@ class Steps:
         cmd = usertwin_cmd() + argv
         log = self.logs / f"{name}.log"
         print(f"[{name}] {shlex.join(cmd)}\n[{name}] log: {log}", flush=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.threads)
-        t0 = time.perf_counter()
-        with open(log, "w", encoding="utf-8") as f:
-            f.write(f"$ {shlex.join(cmd)}\n")
-            f.flush()
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
-        wall = time.perf_counter() - t0
+        rc, wall = run_logged(cmd, log, self.threads)
         if rc != 0 or not output.exists():
             tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
             sys.exit(f"[{name}] FAILED (exit {rc}{'' if output.exists() else f', no {output}'}) after "
