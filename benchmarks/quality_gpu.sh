@@ -45,14 +45,16 @@ COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # C
 common=(--model "$GGUF" --records "$ML" --skip baselines --batch_size 128 --scoring window --results_dir "$OUT"
         --note "usertwin commit $COMMIT; baselines: merge on a machine with LensKit (--merge)")
 
-# 1. all 610 users: the six variants, then the improvements, two at a time (32,768-token micro-batches x 2 =
-#    the 65,536-token step batch_tokens auto takes alone; two probes at once would each claim the whole GPU)
+# 1. all 610 users: the six variants, then the improvements (the cheap full fine-tuning ones before the dearer
+#    LoRA ones), two at a time (32,768-token micro-batches x 2 = the 65,536-token step batch_tokens auto takes
+#    alone; two probes at once would each claim the whole GPU)
 setsid nohup "$PY" benchmarks/quality_movielens.py "${common[@]}" --max_length 2048 --max_epochs 2 \
     --parallel 2 --batch_tokens 32768 --accumulation 2 \
     --variant lora_lr2x=lora_history:learning_rate=0.00226 \
     --variant full_lr1e-4=full_history:learning_rate=0.0001 \
-    --variant lora_4ep=lora_history:max_epochs=4 \
+    --variant full_4ep=full_history:max_epochs=4 \
     --variant lora_r64=lora_history:lora_r=64,lora_alpha=128 \
+    --variant lora_4ep=lora_history:max_epochs=4 \
     --out "$OUT/work/main" --results_suffix h200 > "$OUT/work/main.log" 2>&1 < /dev/null &
 
 # 2. timeline vs sample unit on the same 30 users' targets (the sample unit reads ~10x the tokens at 1024), each
