@@ -15,7 +15,9 @@
 # side by side on one GPU and 16 cores ran every step several times slower (per-target scoring of 1,405
 # targets took 420-510 s), so: at most four processes, OMP_NUM_THREADS set per process, the cheap
 # window scoring (predict --scoring window: 1.8 M tokens for the 15,125 test targets instead of 30 M), the
-# variants in priority order, and the ~10x dearer sample unit only on 30 users.
+# variants in priority order, and the ~10x dearer sample unit only on 30 users. The second run (2026-12-01, this
+# plan; benchmarks/results/quality_movielens_h200.md, _units.md, quality_text_h200_dialogue.md) finished all but
+# the last variant (lora_4ep) in 29 minutes of device time, setup and transfers included.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
