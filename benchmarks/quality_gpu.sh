@@ -43,7 +43,7 @@ mkdir -p "$OUT/work"
 PY=${PYTHON:-python}  # the interpreter with torch and usertwin (PYTHON=.venv/bin/python here)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4
 cd "$ROOT"
-COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # COMMIT=...: a copy without .git
+export COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # COMMIT=...: a copy without .git
 common=(--model "$GGUF" --records "$ML" --skip baselines --batch_size 128 --scoring window --results_dir "$OUT"
         --note "usertwin commit $COMMIT; baselines: merge on a machine with LensKit (--merge)")
 

@@ -201,11 +201,16 @@ def machine() -> dict:
             info[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             info[pkg] = None
+    if info["usertwin"] is None:  # run from a source copy (PYTHONPATH=src), as on the GPU machine
+        from usertwin.version import __version__
+        info["usertwin"] = __version__
     try:
         info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                             text=True).stdout.strip() or None
     except OSError:
         info["git_commit"] = None
+    # a copy without .git (the GPU machine's): the commit the launcher names (benchmarks/quality_gpu.sh exports it)
+    info["git_commit"] = info["git_commit"] or os.environ.get("COMMIT") or None
     return info
 
 
