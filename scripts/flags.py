@@ -68,7 +68,7 @@ def _flag_row(action: argparse.Action) -> list:
     default = "" if action.default in (None, False, True, argparse.SUPPRESS) or not action.option_strings \
         else f"`{action.default}`"
     allowed = ", ".join(f"`{c}`" for c in action.choices or ())
-    return [names, default, allowed, action.help]
+    return [names, default, allowed, action.help.replace("%%", "%")]  # argparse's escape, as --help prints it
 
 
 def commands() -> str:

@@ -25,6 +25,8 @@ SUMMARY_COLUMNS = ("val_loss_before", "val_loss_after", "best_val_loss", "steps"
 LOWER_BETTER_TRAINING = {"val_loss_before", "val_loss_after", "best_val_loss"}
 # levels of the metrics file that are containers, not names: left out of column names when that stays unique
 TRANSPARENT_KEYS = {"overall", "all"}
+# evaluate's 95% intervals and its comparison with another file (usertwin.eval.intervals): not metric columns
+NOT_COLUMNS = {"intervals", "against"}
 _BUCKET_KEY = re.compile(r"^(\d+(-\d+|\+)?|unknown)$")
 
 
@@ -37,7 +39,7 @@ def _leaves(obj, path=()):
     for key, val in obj.items():
         key = str(key)
         if isinstance(val, dict):
-            if key.startswith("by_") or key == "buckets" or _BUCKET_KEY.match(key):
+            if key.startswith("by_") or key == "buckets" or key in NOT_COLUMNS or _BUCKET_KEY.match(key):
                 continue
             yield from _leaves(val, path + (key,))
         elif is_number(val) or val is None:
