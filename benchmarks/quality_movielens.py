@@ -170,7 +170,53 @@ def rating_summary(metrics: dict) -> dict:
             "rmse_most_likely": ml.get("rmse"), "mae_most_likely": ml.get("mae"),
             "exact_most_likely": ml.get("accuracy"), "pick_accuracy": pick.get("accuracy"),
             "pick_chance": pick.get("chance"), "pick_n": pick.get("n"),
-            "perplexity": rating.get("perplexity")}
+            "perplexity": rating.get("perplexity"),
+            # evaluate's 95% intervals from resampling users (usertwin.eval.intervals)
+            "rmse_ci95": ((metrics.get("intervals") or {}).get("rating_expected_rmse") or {}).get("ci95"),
+            "pick_ci95": ((metrics.get("intervals") or {}).get("pick_accuracy") or {}).get("ci95")}
+
+
+def pairs_to_compare(variants: dict) -> list[tuple[str, str]]:
+    """(A, B) pairs of variants whose paired difference the results give: history vs none, the twin vs zero-shot
+    and vs full fine-tuning, each changed variant vs its base (or, when the base did not run, vs the first
+    variant changed from the same base: the unit comparison's lora_sample vs lora_timeline)."""
+    out = [("zero_shot", "zero_shot_none"), ("lora_history", "lora_none"), ("full_history", "full_none"),
+           ("lora_history", "zero_shot"), ("lora_history", "full_history")]
+    for name, v in variants.items():
+        if v.get("overrides"):
+            ref = v["base"] if v["base"] in variants else next(
+                n for n, w in variants.items() if w.get("overrides") and w.get("base") == v["base"])
+            out.append((name, ref))
+    return [(a, b) for a, b in out if a != b and a in variants and b in variants]
+
+
+def paired_differences(res: dict) -> None:
+    """Fills res["paired"]["A - B"] with usertwin.eval.intervals.paired for every pair whose two predictions
+    files are on this machine (a merged part keeps the pairs its own run computed)."""
+    from usertwin.eval.intervals import paired
+    from usertwin.eval.metrics import read_rows
+
+    done = res.setdefault("paired", {})
+    for a, b in pairs_to_compare(res["variants"]):
+        key = f"{a} - {b}"
+        files = [Path(res["variants"][n].get("predictions") or "") for n in (a, b)]
+        if key in done or not all(f.is_file() for f in files):
+            continue
+        done[key] = paired(read_rows(files[0]), read_rows(files[1]))
+
+
+def paired_lines(res: dict) -> list[str]:
+    from usertwin.eval.intervals import LABELS, verdict
+
+    out = []
+    for key, cmp in (res.get("paired") or {}).items():
+        parts = [f"{LABELS[m].replace('expected-rating ', '').replace('pick-the-real-one ', 'pick ')} "
+                 f"{cmp[m]['difference']:+.4f} [{cmp[m]['ci95'][0]:+.4f}, {cmp[m]['ci95'][1]:+.4f}] {verdict(m, cmp[m])}"
+                 for m in ("rating_expected_rmse", "pick_accuracy") if cmp and (cmp.get(m) or {}).get("ci95")]
+        if parts:
+            few = ", too few for more than a coarse guide" if cmp["few_users"] else ""
+            out.append(f"{key} ({cmp['targets']:,} targets, {cmp['users']} users{few}): " + "; ".join(parts))
+    return out
 
 
 def train_summary(run: Path) -> dict:
@@ -238,6 +284,26 @@ def run_settings(res: dict) -> str:
             f"predict with likelihood scoring (`{s['predict']}`), pick-the-real-one with 3 distractors.")
 
 
+def results_table(res: dict) -> list[str]:
+    """The main table: baselines, then variants; the RMSE's 95% interval (evaluate's, by resampling users) has a
+    column when any variant has one (results from before the intervals have none)."""
+    with_ci = any(v.get("rmse_ci95") for v in res["variants"].values())
+    head = ["variant", "test targets", "RMSE (expected)"] + ["95% interval"] * with_ci + [
+        "MAE (expected)", "RMSE (most likely)", "pick acc", "chance", "val loss before -> best", "train s",
+        "predict s"]
+    rows = []
+    for label, b in [(f"baseline {n}", b) for n, b in res["baselines"].items()] + [
+            (f"baseline {n} (fit on all users)", b) for n, b in (res.get("baselines_all_users") or {}).items()]:
+        rows.append([label, b.get("n_scored") or b.get("n"), fmt(b.get("rmse"))] + [""] * with_ci
+                    + [fmt(b.get("mae"))] + [""] * 6)
+    for name, v in res["variants"].items():
+        ci = v.get("rmse_ci95")
+        rows.append([name, v["n"], fmt(v["rmse"])] + [f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else ""] * with_ci + [
+            fmt(v["mae"]), fmt(v["rmse_most_likely"]), fmt(v["pick_accuracy"], 3), fmt(v["pick_chance"], 3),
+            val_span(v.get("summary")), fmt(v.get("train_wall_s"), 1), fmt(v.get("predict_wall_s"), 1)])
+    return ["| " + " | ".join(map(str, r)) + " |" for r in [head, ["---"] * len(head)] + rows]
+
+
 def markdown(res: dict) -> str:
     m, s = res["machine"], res["setup"]
     lines = [f"# Simulation quality on MovieLens ({res['date']})", "",
@@ -246,21 +312,7 @@ def markdown(res: dict) -> str:
              f"torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, usertwin {m['usertwin']} "
              f"(commit {m['git_commit']}).", "",
              f"Data: {s['data']}; {s['subset']}. Split: time 70/15/15 per user, seed 42 (config defaults); "
-             f"{s['records_users']} users, {s['records_items']} ratings. " + run_settings(res), "",
-             "| variant | test targets | RMSE (expected) | MAE (expected) | RMSE (most likely) | pick acc | chance "
-             "| val loss before -> best | train s | predict s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, b in res["baselines"].items():
-        lines.append(f"| baseline {name} | {b.get('n_scored') or b.get('n')} | {fmt(b.get('rmse'))} | "
-                     f"{fmt(b.get('mae'))} | | | | | | |")
-    for name, b in (res.get("baselines_all_users") or {}).items():
-        lines.append(f"| baseline {name} (fit on all users) | {b.get('n_scored') or b.get('n')} | "
-                     f"{fmt(b.get('rmse'))} | {fmt(b.get('mae'))} | | | | | | |")
-    for name, v in res["variants"].items():
-        vls = val_span(v.get("summary"))
-        lines.append(f"| {name} | {v['n']} | {fmt(v['rmse'])} | {fmt(v['mae'])} | {fmt(v['rmse_most_likely'])} | "
-                     f"{fmt(v['pick_accuracy'], 3)} | {fmt(v['pick_chance'], 3)} | {vls} | "
-                     f"{fmt(v.get('train_wall_s'), 1)} | {fmt(v.get('predict_wall_s'), 1)} |")
+             f"{s['records_users']} users, {s['records_items']} ratings. " + run_settings(res), ""] + results_table(res)
     changed = [f"{name} = {v['base']} with {', '.join(f'{k}={x}' for k, x in v['overrides'].items())}"
                for name, v in res["variants"].items() if v.get("overrides")]
     if changed:
@@ -277,6 +329,9 @@ def markdown(res: dict) -> str:
                       f"otherwise, LoRA r 16 / alpha 32, lr {part['setup']['lora_lr'] or '2e-4 x sqrt rows per step'}, "
                       f"full lr {part['setup']['full_lr']}; predict `{part['setup']['predict']}`."]
     lines += ["", "Comparison:", ""] + [f"* {c}" for c in res["comparison"]]
+    if paired := paired_lines(res):
+        lines += ["", "Paired differences, A - B on the same targets (95% interval from 1,000 resamples of the "
+                  "users; usertwin evaluate --against):", ""] + [f"* {c}" for c in paired]
     if res.get("notes"):
         lines += ["", "Notes:", ""] + [f"* {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -329,8 +384,9 @@ def best_vs_baseline(res: dict) -> list[str]:
     if not rated or not base:
         return []
     v, b = min(rated, key=rated.get), min(base, key=base.get)
+    change = 100 * (1 - rated[v] / base[b])
     return [f"best variant {v} RMSE {rated[v]:.4f} vs best baseline {b} {base[b]:.4f}: "
-            f"{100 * (1 - rated[v] / base[b]):.1f}% lower (aim: 12%)"]
+            f"{abs(change):.1f}% {'lower' if change >= 0 else 'HIGHER'} (aim: 12% lower)"]
 
 
 def comparison(res: dict) -> list[str]:
@@ -392,6 +448,7 @@ def run_zero_shot(name: str, work: Path, common: dict, steps: Steps, predict_fla
               d / "metrics.json")
     metrics = json.loads((d / "metrics.json").read_text())
     return dict(rating_summary(metrics), ablation=ABLATION[name], train_wall_s=None, predict_wall_s=t_pred,
+                predictions=str(pred),
                 by_activity=by_activity(metrics))
 
 
@@ -419,6 +476,7 @@ def run_twin(name: str, base: str, overrides: dict, work: Path, common: dict, st
               run / "metrics.json")
     metrics = json.loads((run / "metrics.json").read_text())
     return dict(rating_summary(metrics), ablation=ABLATION[base], lora=lora, base=base, overrides=overrides,
+                predictions=str(pred),
                 train_wall_s=t_train, predict_wall_s=t_pred, summary=train_summary(run), by_activity=by_activity(metrics))
 
 
@@ -459,6 +517,7 @@ def merge_parts(res: dict, parts: list, notes: list) -> None:
         part = json.loads(Path(path).read_text(encoding="utf-8"))
         for name, v in part["variants"].items():
             res["variants"][name] = dict(v, part=str(path))
+        res.setdefault("paired", {}).update(part.get("paired") or {})
         res.setdefault("parts", []).append({"file": str(path), "command": part["command"], "date": part["date"],
                                             "machine": part["machine"], "setup": part["setup"]})
         notes.extend(f"{Path(path).name}: {n}" for n in part.get("notes") or [])
@@ -476,6 +535,7 @@ def write_results(res: dict, notes: list, steps: Steps, out_dir: Path, suffix: s
     res["setup"]["this_invocation_wall_s"] = round(time.perf_counter() - t_start, 1)
     res["setup"]["steps_wall_s_sum"] = round(sum(v["wall_s"] for v in steps.done.values()), 1)
     res["setup"]["steps"] = dict(steps.done)
+    paired_differences(res)
     res["comparison"] = comparison(res) + goals(res)
     res["notes"] = notes
     out_dir.mkdir(parents=True, exist_ok=True)
