@@ -207,6 +207,18 @@ def test_predict_evaluate_baselines_from_the_cli(run_dir, capsys):
     assert {"global_mean", "user_mean", "item_mean", "user_item_bias"} <= set(base)
     assert base["global_mean"]["n"] == 5  # the same test targets as the twin
     assert "user_item_bias" in capsys.readouterr().out
+    # per-target baseline rows: evaluate compares the twin with a baseline target by target
+    out_dir = run_dir.parent / "baseline-rows"
+    assert main(["baselines", "--run", str(run_dir), "--predictions", str(out_dir), "-o",
+                 str(out_dir / "b.json")]) == 0
+    mean_rows = [json.loads(x) for x in (out_dir / "global_mean.jsonl").read_text().splitlines()]
+    assert [(r["user"], r["target_index"]) for r in mean_rows] == [(r["user"], r["target_index"]) for r in rows]
+    assert len({r["rating"]["expected"] for r in mean_rows}) == 1  # one global mean
+    assert main(["evaluate", "--run", str(run_dir), "-o", str(out_dir / "m.json"),
+                 "--against", str(out_dir / "global_mean.jsonl")]) == 0
+    assert "on the 5 targets both hold (0 only in the first, 0 only in the second" in capsys.readouterr().out
+    against = json.loads((out_dir / "m.json").read_text())["against"]["rating_expected_rmse"]
+    assert (against["a"], against["b"]) == (pytest.approx(rmse), pytest.approx(base["global_mean"]["rmse"]))
     assert main(["evaluate", "--run", str(run_dir), "--split", "val"]) == 2
     assert "usertwin predict --run" in capsys.readouterr().err
 

@@ -14,6 +14,10 @@ def add_arguments(p) -> None:
     p.add_argument("--run", help="use this run directory's config (and write RUN/baselines.json)")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="the split to score")
     p.add_argument("-o", "--output", help="baselines JSON file")
+    p.add_argument("--predictions", metavar="DIR",
+                   help="also write each rating and text baseline's per-target predictions to DIR/NAME.jsonl, in "
+                        "predict's row format: `usertwin evaluate --run RUN --against DIR/biased_mf.jsonl` then says "
+                        "whether the twin's lead over it is beyond noise")
 
 
 def fit_table(result: dict, split: str, seed: int) -> str:
@@ -28,9 +32,10 @@ def fit_table(result: dict, split: str, seed: int) -> str:
 
 
 def run(args) -> int:
+    import json
     from pathlib import Path
 
-    from usertwin.atomic import write_json
+    from usertwin.atomic import write_json, write_text
     from usertwin.config import resolve
     from usertwin.errors import UsertwinError
     from usertwin.eval.baselines import FIT_ON, run_baselines
@@ -40,7 +45,8 @@ def run(args) -> int:
     cfg = resolve(args, RunDir(args.run).load_config() if args.run else None)
     if not cfg.data:
         raise UsertwinError("no data: pass --config CFG.yaml, --data RECORDS.jsonl or --run RUN_DIR")
-    result = run_baselines(cfg, split=args.split)
+    rows = {} if args.predictions else None
+    result = run_baselines(cfg, split=args.split, rows=rows)
     print(format_table(result))
     print()
     print(fit_table(result, args.split, cfg.seed))
@@ -49,4 +55,8 @@ def run(args) -> int:
     if out:
         write_json(out, result)
         print(f"wrote {out}")
+    for name, baseline_rows in (rows or {}).items():
+        path = Path(args.predictions) / f"{name}.jsonl"
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in baseline_rows))
+        print(f"wrote {path}")
     return 0

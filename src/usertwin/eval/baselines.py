@@ -320,13 +320,34 @@ def score(preds: dict) -> dict:
     return out
 
 
-def run_baselines(cfg: Config, split: str = "test", **fit_kwargs) -> dict:
+def prediction_rows(preds: dict, split: str) -> dict:
+    """{baseline name: rows shaped like `usertwin predict`'s (user, split, target_index, item, reference; a rating
+    baseline's number as `rating.expected`, a text baseline's text as `predictions`)}, so that `usertwin evaluate
+    TWIN --against BASELINE.jsonl` compares the two target by target."""
+    out = {}
+    for name, pairs in preds.items():
+        rows = []
+        for t, p in pairs:
+            row = {"user": t.tl.user_id, "target_index": t.position, "split": split,
+                   "collection": t.item.collection, "item": t.item.prefix, "language": t.language,
+                   "reference": t.item.continuation, "user_items": len(t.tl.items), "baseline": name}
+            row.update({"rating": {"expected": p}} if name in RATING_BASELINES else {"predictions": [p]})
+            rows.append(row)
+        out[name] = rows
+    return out
+
+
+def run_baselines(cfg: Config, split: str = "test", rows: dict | None = None, **fit_kwargs) -> dict:
     """{baseline name: metrics} on exactly the targets of `split` (what the twin is evaluated on), each with
     `fit_on` (the splits it was fit on, or the user's own history). `fit_kwargs` go to `fit_ratings` (damping,
-    features, regularization, epochs, neighbours; seed defaults to the config's)."""
+    features, regularization, epochs, neighbours; seed defaults to the config's). `rows`, when given, is filled
+    with `prediction_rows` of the rating and text baselines."""
     timelines, splits = load_split(cfg)
     fit_kwargs.setdefault("seed", cfg.seed)
-    out = score(predictions(timelines, splits, split, **fit_kwargs))
+    preds = predictions(timelines, splits, split, **fit_kwargs)
+    if rows is not None:
+        rows.update(prediction_rows(preds, split))
+    out = score(preds)
     fit = describe(split, fit_kwargs)
     out = {name: {**m, "fit_on": fit[name.split(" [")[0]][0]} for name, m in out.items()}
     return {**out, **{name: {**m, "fit_on": " + ".join(FIT_ON[split])}
