@@ -197,12 +197,15 @@ def paired_differences(res: dict) -> None:
     from usertwin.eval.metrics import read_rows
 
     done = res.setdefault("paired", {})
-    for a, b in pairs_to_compare(res["variants"]):
-        key = f"{a} - {b}"
-        files = [Path(res["variants"][n].get("predictions") or "") for n in (a, b)]
-        if key in done or not all(f.is_file() for f in files):
-            continue
-        done[key] = paired(read_rows(files[0]), read_rows(files[1]))
+    files = {n: v.get("predictions") for n, v in res["variants"].items()}
+    pairs = [(f"{a} - {b}", files[a], files[b]) for a, b in pairs_to_compare(res["variants"])]
+    base = {k: b["rmse"] for k, b in res["baselines"].items() if b.get("rmse") is not None}
+    if base and res.get("baseline_predictions"):  # every variant against the best baseline, target by target
+        best = min(base, key=base.get)
+        pairs += [(f"{n} - baseline {best}", files[n], res["baseline_predictions"][best]) for n in files]
+    for key, fa, fb in pairs:
+        if key not in done and fa and fb and Path(fa).is_file() and Path(fb).is_file():
+            done[key] = paired(read_rows(fa), read_rows(fb))
 
 
 def paired_lines(res: dict) -> list[str]:
@@ -637,9 +640,11 @@ def main(argv=None) -> int:
     # 2. baselines on the same targets
     if "baselines" not in skip:
         out = work / "baselines.json"
+        rows_dir = work / "baseline_rows"  # per-target rows: the variants' paired differences with the best one
         steps.run("baselines", ["baselines", "--data", str(records), "--split", "test", "-o", str(out),
-                                "--no-progress"], out)
+                                "--predictions", str(rows_dir), "--no-progress"], out)
         res["baselines"] = {k: v for k, v in json.loads(out.read_text()).items() if "rmse" in v}
+        res["baseline_predictions"] = {k: str(rows_dir / f"{k}.jsonl") for k in res["baselines"]}
         res["setup"]["baselines_wall_s"] = steps.done["baselines"]["wall_s"]
         res["baselines_by_activity"] = baselines_by_activity(records)
         if users:
