@@ -627,3 +627,42 @@ def test_markdown_has_no_html_entities(tmp_path):
     assert page._md("user_item_bias | *5*") == "user_item_bias \\| \\*5\\*"  # inside a word `_` stays plain
     assert page._md("_emphasis_") == "\\_emphasis\\_"
     assert page._md("run `usertwin evaluate`") == "run `usertwin evaluate`"  # the report's code spans stay
+
+
+def _rating_rows(users: int, error: float, **extra) -> list:
+    return [{"user": f"u{u}", "split": "test", "target_index": i, "item": f"Movie {i}: ", "reference": "3.0",
+             "collection": "movie_rating", "rating": {"expected": 3.0 + error * (1 + u % 2)}, **extra}
+            for u in range(users) for i in range(2)]
+
+
+def test_verdict_intervals_from_per_target_rows(tmp_path):
+    run = _metrics_run(tmp_path, "run", rmse=0.2, mae=0.15, n=50)
+    _jsonl(RunDir(run).predictions("test"), _rating_rows(25, 0.1))
+    rows_dir = RunDir(run).baseline_rows("test")
+    rows_dir.mkdir()
+    _jsonl(rows_dir / "user_mean.jsonl", _rating_rows(25, 1.0, baseline="user_mean"))
+    base = {"user_mean": {"n": 50, "rmse": 1.6, "mae": 1.5}, "item_mean": {"n": 50, "rmse": 1.7, "mae": 1.4}}
+    result = R.build_report([run], tmp_path / "r.html", baselines=base)
+    v = result["verdict"]
+    rmse = _by(v, "run", "expected-rating RMSE")
+    assert rmse.versus == "user_mean" and rmse.noise == "beyond noise"
+    lo, hi = rmse.interval
+    assert lo < hi < 0  # the twin's errors are a tenth of the baseline's on every target
+    # item_mean has no rows here: its comparison has no interval, and pick-the-real-one is against chance
+    assert _by(v, "run", "expected-rating MAE").interval is None
+    assert _by(v, "run", "pick-the-real-one accuracy").interval is None
+    assert ", beyond noise (95% interval of the difference " in v.sentence
+    rows = verdict_rows(result["html"].read_text(encoding="utf-8"), 'id="verdict"')
+    assert rows[0][-2].endswith(": beyond noise") and rows[1][-2] == "–" and len(rows[0]) == 10
+    assert "| 95% interval of the difference | better or worse |" in result["markdown"].read_text(encoding="utf-8")
+
+
+def test_ablation_intervals_from_the_two_runs_rows(tmp_path):
+    with_h = _metrics_run(tmp_path, "hist", rmse=0.9, mae=0.7)
+    without = _metrics_run(tmp_path, "nohist", rmse=1.0, mae=0.65, ablation="profile_and_context")
+    same = _rating_rows(4, 0.5)
+    _jsonl(RunDir(with_h).predictions("test"), same)
+    _jsonl(RunDir(without).predictions("test"), same)
+    (_, _, comps), = R.build_report([with_h, without], tmp_path / "r.html")["verdict"].ablations
+    rmse = next(c for c in comps if c.metric == "expected-rating RMSE")
+    assert rmse.interval == [0.0, 0.0] and rmse.noise == "within noise"  # the same rows: no difference at all

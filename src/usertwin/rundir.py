@@ -59,6 +59,10 @@ class RunDir:
     def predictions(self, split: str = "test") -> Path:
         return self.path / f"predictions-{split}.jsonl"
 
+    def baseline_rows(self, split: str = "test") -> Path:
+        """The folder of each baseline's per-target rows (NAME.jsonl): the report's paired intervals read them."""
+        return self.path / f"baselines-{split}"
+
     @staticmethod
     def metrics_beside(predictions: Path) -> Path:
         """`evaluate FILE.jsonl` writes its metrics next to the file it read."""

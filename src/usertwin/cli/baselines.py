@@ -15,9 +15,10 @@ def add_arguments(p) -> None:
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="the split to score")
     p.add_argument("-o", "--output", help="baselines JSON file")
     p.add_argument("--predictions", metavar="DIR",
-                   help="also write each rating and text baseline's per-target predictions to DIR/NAME.jsonl, in "
-                        "predict's row format: `usertwin evaluate --run RUN --against DIR/biased_mf.jsonl` then says "
-                        "whether the twin's lead over it is beyond noise")
+                   help="write each rating and text baseline's per-target predictions to DIR/NAME.jsonl, in "
+                        "predict's row format (with --run, by default RUN/baselines-SPLIT/): `usertwin evaluate --run "
+                        "RUN --against DIR/biased_mf.jsonl` and the report then say whether the twin's lead over a "
+                        "baseline is beyond noise")
 
 
 def fit_table(result: dict, split: str, seed: int) -> str:
@@ -45,7 +46,9 @@ def run(args) -> int:
     cfg = resolve(args, RunDir(args.run).load_config() if args.run else None)
     if not cfg.data:
         raise UsertwinError("no data: pass --config CFG.yaml, --data RECORDS.jsonl or --run RUN_DIR")
-    rows = {} if args.predictions else None
+    rows_dir = Path(args.predictions) if args.predictions else (RunDir(args.run).baseline_rows(args.split)
+                                                                 if args.run else None)
+    rows = {} if rows_dir else None
     result = run_baselines(cfg, split=args.split, rows=rows)
     print(format_table(result))
     print()
@@ -56,7 +59,7 @@ def run(args) -> int:
         write_json(out, result)
         print(f"wrote {out}")
     for name, baseline_rows in (rows or {}).items():
-        path = Path(args.predictions) / f"{name}.jsonl"
-        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in baseline_rows))
-        print(f"wrote {path}")
+        write_text(rows_dir / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in baseline_rows))
+    if rows:
+        print(f"wrote each baseline's per-target rows: {rows_dir}/{{{','.join(rows)}}}.jsonl")
     return 0

@@ -26,6 +26,7 @@ from usertwin.eval.report.verdict import (
     Verdict,
     ablation_sentence,
     difference_text,
+    interval_text,
     relative_text,
     value_text,
 )
@@ -165,15 +166,35 @@ VERDICT_HEAD = ("run", "history", "metric", "value", "against", "its value", "di
 ABLATION_HEAD = ("metric", "with history", "no history", "difference", "relative", "history is")
 
 
-def _verdict_cells(c, history: dict) -> list[str]:
+INTERVAL_HEAD = "95% interval of the difference"
+
+
+def _with_interval(head_or_cells, interval) -> list:
+    """The interval's column goes just before the last (the coloured word), and only into tables where some
+    comparison has one (`interval` is None for the others' cells: shown as '–')."""
+    items = list(head_or_cells)
+    return items[:-1] + [interval] + items[-1:]
+
+
+def _sure(comps) -> bool:
+    return any(c.interval for c in comps)
+
+
+def _verdict_cells(c, history: dict, sure: bool = False) -> list[str]:
     against = c.versus or "no baseline has it"
-    return [c.run, history.get(c.run, "–"), c.metric, value_text(c.value), against, value_text(c.versus_value),
-            difference_text(c.difference), relative_text(c.relative), c.word + (f" ({c.note})" if c.note else "")]
+    cells = [c.run, history.get(c.run, "–"), c.metric, value_text(c.value), against, value_text(c.versus_value),
+             difference_text(c.difference), relative_text(c.relative), c.word + (f" ({c.note})" if c.note else "")]
+    return _with_interval(cells, interval_text(c)) if sure else cells
 
 
-def _ablation_cells(c) -> list[str]:
-    return [c.metric + (f" ({c.note})" if c.note else ""), value_text(c.value), value_text(c.versus_value),
-            difference_text(c.difference), relative_text(c.relative), c.word]
+def _ablation_cells(c, sure: bool = False) -> list[str]:
+    cells = [c.metric + (f" ({c.note})" if c.note else ""), value_text(c.value), value_text(c.versus_value),
+             difference_text(c.difference), relative_text(c.relative), c.word]
+    return _with_interval(cells, interval_text(c)) if sure else cells
+
+
+def _heads(head: tuple, comps) -> list:
+    return _with_interval(head, INTERVAL_HEAD) if _sure(comps) else list(head)
 
 
 def _html_rows(head, lines, numeric: set, attrs: str) -> str:
@@ -190,13 +211,13 @@ def _html_rows(head, lines, numeric: set, attrs: str) -> str:
 def _html_verdict(verdict: Verdict, history: dict) -> list[str]:
     parts = ['<h2>Verdict</h2>', f'<p class="verdict">{E(verdict.sentence)}</p>']
     if verdict.rows:
-        lines = [_verdict_cells(c, history) for c in verdict.rows]
-        parts.append(_html_rows(VERDICT_HEAD, lines, {3, 5, 6, 7}, 'id="verdict"'))
+        lines = [_verdict_cells(c, history, _sure(verdict.rows)) for c in verdict.rows]
+        parts.append(_html_rows(_heads(VERDICT_HEAD, verdict.rows), lines, {3, 5, 6, 7}, 'id="verdict"'))
     for with_name, without_name, comps in verdict.ablations:
         parts.append(f"<p><b>{E(ablation_sentence(with_name, without_name, comps))}</b></p>")
         if comps:
-            lines = [_ablation_cells(c) for c in comps]
-            parts.append(_html_rows(ABLATION_HEAD, lines, {1, 2, 3, 4}, 'class="ablation"'))
+            lines = [_ablation_cells(c, _sure(comps)) for c in comps]
+            parts.append(_html_rows(_heads(ABLATION_HEAD, comps), lines, {1, 2, 3, 4}, 'class="ablation"'))
     parts.append('<p class="muted small">difference = value − its reference; relative = difference / |reference|; '
                  "better or worse by the metric's direction (↓ lower is better, ↑ higher is better).</p>")
     return parts
@@ -395,12 +416,14 @@ def _md_metrics(table: Table) -> str:
 def _md_verdict(verdict: Verdict, history: dict) -> list[str]:
     out = ["## Verdict", "", _md(verdict.sentence)]
     if verdict.rows:
-        out += ["", _md_table(list(VERDICT_HEAD),
-                              [[_md(x) for x in _verdict_cells(c, history)] for c in verdict.rows])]
+        sure = _sure(verdict.rows)
+        out += ["", _md_table(_heads(VERDICT_HEAD, verdict.rows),
+                              [[_md(x) for x in _verdict_cells(c, history, sure)] for c in verdict.rows])]
     for with_name, without_name, comps in verdict.ablations:
         out += ["", f"**{_md(ablation_sentence(with_name, without_name, comps))}**"]
         if comps:
-            out += ["", _md_table(list(ABLATION_HEAD), [[_md(x) for x in _ablation_cells(c)] for c in comps])]
+            out += ["", _md_table(_heads(ABLATION_HEAD, comps),
+                                  [[_md(x) for x in _ablation_cells(c, _sure(comps))] for c in comps])]
     return out
 
 

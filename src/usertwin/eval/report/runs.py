@@ -32,6 +32,7 @@ class Run:
     metrics: dict = field(default_factory=dict)
     predictions: list = field(default_factory=list)
     predictions_file: str = ""
+    split: str = "test"  # the split whose predictions were read
     missing: list = field(default_factory=list)  # file names that are not there
     hints: dict = field(default_factory=dict)  # {missing file name: what to do about it}
     problems: list = field(default_factory=list)  # files (or lines) that could not be read
@@ -98,7 +99,7 @@ def load_run(path, split: str = "test") -> Run:
     if not path.is_dir():
         raise UsertwinError(f"{path}: not a run directory ({'a file' if path.exists() else 'does not exist'})")
     files = RunDir(path)
-    run = Run(path=path)
+    run = Run(path=path, split=split)
     run.config = _read_config(run, files.config)
     run.summary = _read_json(run, files.summary, "summary")
     run.logs = _read_rows(run, files.logs, "logs")
@@ -108,6 +109,15 @@ def load_run(path, split: str = "test") -> Run:
         run.predictions_file = predictions.name
     run.predictions = _read_rows(run, predictions, "predictions")
     return run
+
+
+def read_baseline_rows(run: Run, baseline: str) -> list:
+    """A baseline's per-target rows for this run's split (`usertwin baselines --run RUN` writes them), or [] when
+    they are not there -- the verdict then gives no interval for that comparison, and says nothing more."""
+    path = RunDir(run.path).baseline_rows(run.split) / f"{baseline}.jsonl"
+    if not path.is_file():
+        return []
+    return _read_jsonl(run, path)
 
 
 def name_runs(runs: list[Run]) -> None:

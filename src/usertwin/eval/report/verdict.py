@@ -3,6 +3,10 @@
 so (`versus`), then the ablations: runs that differ only in whether history reached the prompt.
 
 Everything is read from the metrics table (`tables.Table`), so the verdict and the full table cannot disagree.
+Where both sides' per-target rows are at hand (a run's predictions; a baseline's rows from `usertwin baselines
+--run RUN`, RUN/baselines-SPLIT/NAME.jsonl; the other run of an ablation pair), a comparison also carries the
+95% interval of its difference from resampling users (`usertwin.eval.intervals`), and says whether the
+difference is beyond noise.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from usertwin.eval import intervals as paired_intervals
 from usertwin.eval import metrics as metric_specs
-from usertwin.eval.report.runs import Run, parts_seen
+from usertwin.eval.report.runs import Run, parts_seen, read_baseline_rows
 from usertwin.eval.report.tables import Table, fmt, is_number
 
 # config keys that name where or how a run was started, not what it learned from
@@ -31,6 +36,8 @@ class Comparison:
     versus_value: float | None
     direction: int  # -1 lower is better, 1 higher is better
     note: str = ""  # why the two numbers are not quite comparable (different targets)
+    path: tuple = ()  # the metric's path in the metrics file: ("rating", "expected", "rmse")
+    interval: list | None = None  # 95% interval of the difference, from resampling users (paired rows)
 
     @property
     def difference(self) -> float | None:
@@ -48,6 +55,13 @@ class Comparison:
         if d is None or not self.direction:
             return ""
         return "same" if d == 0 else "better" if d * self.direction > 0 else "worse"
+
+    @property
+    def noise(self) -> str:
+        """'beyond noise' when the difference's interval leaves out 0, 'within noise' when it holds it."""
+        if not self.interval:
+            return ""
+        return "within noise" if self.interval[0] <= 0 <= self.interval[1] else "beyond noise"
 
     @property
     def side(self) -> str:
@@ -106,11 +120,11 @@ def _against_baselines(table: Table, row: dict, column: str, path: tuple, spec) 
         pick = min if spec.direction < 0 else max
         best = pick(bases, key=lambda b: b["cells"][column])
         return Comparison(row["name"], name, value, best["name"], best["cells"][column], spec.direction,
-                          _targets_note(table, path, row["cells"], best["cells"], best["name"]))
+                          _targets_note(table, path, row["cells"], best["cells"], best["name"]), path)
     versus = _sibling(table, path, spec.versus) if spec.versus else None
     if versus and _finite(row["cells"].get(versus)):
-        return Comparison(row["name"], name, value, spec.versus, row["cells"][versus], spec.direction)
-    return Comparison(row["name"], name, value, "", None, spec.direction)
+        return Comparison(row["name"], name, value, spec.versus, row["cells"][versus], spec.direction, path=path)
+    return Comparison(row["name"], name, value, "", None, spec.direction, path=path)
 
 
 def _finite(x) -> bool:
@@ -141,8 +155,9 @@ def _clause(c: Comparison) -> str:
     rel = f", {_pct(c.relative)} {c.side}" if c.relative is not None and c.side else ""
     note = f" ({c.note})" if c.note else ""
     verb = "is level with" if c.word == "same" else f"is {c.word} than"
+    sure = f", {c.noise} (95% interval of the difference {interval_text(c).split(':')[0]})" if c.interval else ""
     return (f"{c.run} {verb} {what} on {c.metric}: {value_text(c.value)} vs "
-            f"{value_text(c.versus_value)}{rel}{note}")
+            f"{value_text(c.versus_value)}{rel}{sure}{note}")
 
 
 def _sentence(runs: list[Run], rows: list, has_baselines: bool) -> str:
@@ -190,7 +205,7 @@ def _ablation(table: Table, with_h: Run, without: Run) -> list:
     for column, path, spec in _headline_columns(table):
         if _finite(a.get(column)) and _finite(b.get(column)):
             out.append(Comparison(with_h.name, metric_name(path, spec), a[column], without.name, b[column],
-                                  spec.direction, _targets_note(table, path, a, b, without.name)))
+                                  spec.direction, _targets_note(table, path, a, b, without.name), path))
     return out
 
 
@@ -204,7 +219,37 @@ def build_verdict(runs: list[Run], table: Table, has_baselines: bool) -> Verdict
             if c is not None:
                 rows.append(c)
     ablations = [(a.name, b.name, _ablation(table, a, b)) for a, b in _ablation_pairs(runs)]
+    _add_intervals(runs, rows, ablations)
     return Verdict(_sentence(runs, rows, has_baselines), rows, ablations)
+
+
+def _add_intervals(runs: list[Run], rows: list, ablations: list) -> None:
+    """Each comparison's 95% interval of the difference, where both sides' per-target rows are at hand."""
+    by_name = {r.name: r for r in runs}
+    done: dict = {}
+
+    def attach(c: Comparison, side_a: str, rows_a: list, side_b: str, rows_b: list) -> None:
+        key = "_".join(c.path)
+        if key not in paired_intervals.METRICS or not rows_a or not rows_b:
+            return
+        if (side_a, side_b) not in done:
+            done[side_a, side_b] = paired_intervals.paired(rows_a, rows_b) or {}
+        c.interval = (done[side_a, side_b].get(key) or {}).get("ci95")
+
+    for c in rows:
+        run = by_name[c.run]
+        if c.versus and c.versus != "chance":
+            attach(c, run.name, run.predictions, f"baseline {c.versus}", read_baseline_rows(run, c.versus))
+    for a, b, comps in ablations:
+        for c in comps:
+            attach(c, a, by_name[a].predictions, b, by_name[b].predictions)
+
+
+def interval_text(c: Comparison) -> str:
+    """'-0.167 to +0.052: within noise', or '–' without an interval."""
+    if not c.interval:
+        return "–"
+    return f"{difference_text(c.interval[0])} to {difference_text(c.interval[1])}: {c.noise}"
 
 
 def ablation_sentence(with_name: str, without_name: str, comparisons: list) -> str:
