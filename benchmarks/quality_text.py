@@ -148,9 +148,11 @@ def run_dataset(name: str, args, skip: set, work: Path, notes: list) -> dict:
 
     if "baselines" not in skip:
         b = work / "baselines.json"
+        rows_dir = work / "baseline_rows"  # per-target rows: the paired differences with the best baseline
         steps.run("baselines", ["baselines", "--data", str(records), "--split", "test", "-o", str(b),
-                                "--no-progress"], b)
+                                "--predictions", str(rows_dir), "--no-progress"], b)
         out["baselines"] = {k: v for k, v in json.loads(b.read_text()).items() if "chrf" in v}
+        out["baseline_predictions"] = {k: str(rows_dir / f"{k}.jsonl") for k in out["baselines"]}
 
     predict_flags = ["--split", "test", "--max_new_tokens", str(args.max_new_tokens), "--pick", str(args.pick),
                      "--batch_size", str(args.batch_size), "--no-progress"]
@@ -164,7 +166,7 @@ def run_dataset(name: str, args, skip: set, work: Path, notes: list) -> dict:
         steps.run(f"{v}_evaluate", ["evaluate", str(pred), "-o", str(d / "metrics.json"), "--no-progress"],
                   d / "metrics.json")
         out["variants"][v] = dict(text_summary(json.loads((d / "metrics.json").read_text())), ablation=ablation(v, args.with_profile),
-                                  train_wall_s=None, predict_wall_s=t_pred)
+                                  train_wall_s=None, predict_wall_s=t_pred, predictions=str(pred))
     for v in TWINS:
         if v in skip:
             continue
@@ -183,14 +185,48 @@ def run_dataset(name: str, args, skip: set, work: Path, notes: list) -> dict:
         steps.run(f"{v}_evaluate", ["evaluate", "--run", str(run), "--split", "test", "--no-progress"],
                   run / "metrics.json")
         out["variants"][v] = dict(text_summary(json.loads((run / "metrics.json").read_text())), ablation=ablation(v, args.with_profile),
-                                  train_wall_s=t_train, predict_wall_s=t_pred, summary=train_summary(run))
+                                  train_wall_s=t_train, predict_wall_s=t_pred, summary=train_summary(run),
+                                  predictions=str(pred))
     n_base = next((b.get("n") for b in out["baselines"].values()), None)
     for v, m in out["variants"].items():
         if n_base is not None and m["n"] != n_base:
             notes.append(f"{name} {v}: {m['n']} text targets, the baselines {n_base}: NOT the same targets")
     out["steps"] = steps.done
     out["steps_wall_s_sum"] = round(sum(s["wall_s"] for s in steps.done.values()), 1)
+    out["paired"] = paired_differences(out)
     out["comparison"] = comparison(out)
+    return out
+
+
+def paired_differences(ds: dict) -> dict:
+    """{"A - B": usertwin.eval.intervals.paired} for history vs none, the twin vs zero-shot, and every variant vs
+    the best baseline by chrF, where both predictions files exist."""
+    from usertwin.eval.intervals import paired
+    from usertwin.eval.metrics import read_rows
+
+    files = {n: v.get("predictions") for n, v in ds["variants"].items()}
+    pairs = [(a, b, files.get(a), files.get(b)) for a, b in (
+        ("zero_shot", "zero_shot_no_history"), ("lora_history", "lora_no_history"), ("lora_history", "zero_shot"))]
+    best = max(ds["baselines"].items(), key=lambda kv: kv[1].get("chrf") or 0, default=(None, None))[0]
+    if best and ds.get("baseline_predictions"):
+        pairs += [(n, f"baseline {best}", f, ds["baseline_predictions"][best]) for n, f in files.items()]
+    return {f"{a} - {b}": paired(read_rows(fa), read_rows(fb)) for a, b, fa, fb in pairs
+            if fa and fb and Path(fa).is_file() and Path(fb).is_file()}
+
+
+def paired_lines(ds: dict) -> list[str]:
+    from usertwin.eval.intervals import verdict
+
+    out = []
+    for key, cmp in (ds.get("paired") or {}).items():
+        if not cmp:
+            continue
+        parts = [f"{cmp['labels'][m]} {cmp[m]['difference']:+.2f} [{cmp[m]['ci95'][0]:+.2f}, "
+                 f"{cmp[m]['ci95'][1]:+.2f}] {verdict(m, cmp[m])}"
+                 for m in cmp["labels"] if (m.endswith("_chrf") or m == "pick_accuracy") and cmp[m].get("ci95")]
+        few = ", too few for more than a coarse guide" if cmp["few_users"] else ""
+        if parts:
+            out.append(f"{key} ({cmp['targets']} targets, {cmp['users']} users{few}): " + "; ".join(parts))
     return out
 
 
@@ -255,6 +291,9 @@ def markdown(res: dict) -> str:
                          f"{vls} | {fmt(x.get('train_wall_s'), 1)} | {fmt(x.get('predict_wall_s'), 1)} |")
         lines += ["", f"Wall time of its steps: {ds['steps_wall_s_sum']:.0f} s.", ""]
         lines += [f"* {c}" for c in ds["comparison"]] + [""]
+        if paired := paired_lines(ds):
+            lines += ["Paired differences, A - B on the same targets (95% interval from 1,000 resamples of the "
+                      "users; usertwin evaluate --against):", ""] + [f"* {c}" for c in paired] + [""]
     if res.get("notes"):
         lines += ["Notes:", ""] + [f"* {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"

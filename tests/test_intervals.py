@@ -119,3 +119,36 @@ def test_the_report_keeps_intervals_out_of_its_metric_columns():
                             "intervals": {"users": 3, "rating_expected_rmse": {"value": 0.8, "ci95": [0.7, 0.9]}},
                             "against": {"targets": 4}})
     assert flat == {"rating.expected.rmse": 0.8}
+
+
+def text_row(user, index, reference, hypothesis, language="en"):
+    return {"user": user, "target_index": index, "split": "test", "item": f"movie {index}", "collection": "review",
+            "language": language, "reference": reference, "predictions": [hypothesis]}
+
+
+REVIEWS = ["the plot was thin but the actors carried it", "a slow start and a wonderful ending",
+           "too long, and the music was too loud", "I laughed all the way through"]
+
+
+def test_text_intervals_are_corpus_scores_of_the_resampled_users():
+    from usertwin.eval.metrics import evaluate_rows
+
+    rows = [text_row(f"u{u}", i, REVIEWS[(u + i) % 4], REVIEWS[(u * i) % 4]) for u in range(6) for i in range(4)]
+    iv = I.intervals(rows)
+    corpus = evaluate_rows(rows)["overall"]["text"]["en"]
+    # the point value is evaluate's corpus chrF / BLEU of the whole file, and the interval holds it
+    for name in ("chrf", "bleu"):
+        entry = iv[f"text_en_{name}"]
+        assert entry["value"] == pytest.approx(corpus[name])
+        assert entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
+    assert iv["labels"]["text_en_chrf"] == "chrF [en]" and "rating_expected_rmse" not in iv
+
+
+def test_paired_chrf_between_a_perfect_and_a_wrong_writer():
+    perfect = [text_row(f"u{u}", i, REVIEWS[i], REVIEWS[i], "zh") for u in range(5) for i in range(4)]
+    wrong = [text_row(f"u{u}", i, REVIEWS[i], "zzz qqq", "zh") for u in range(5) for i in range(4)]
+    cmp = I.paired(perfect, wrong)
+    chrf = cmp["text_zh_chrf"]
+    assert chrf["a"] == pytest.approx(100.0) and chrf["ci95"][0] > 0
+    assert I.verdict("text_zh_chrf", chrf) == "higher"
+    assert "chrF [zh]: 100.000 vs" in I.format_paired(cmp, "perfect", "wrong")

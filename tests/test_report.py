@@ -666,3 +666,22 @@ def test_ablation_intervals_from_the_two_runs_rows(tmp_path):
     (_, _, comps), = R.build_report([with_h, without], tmp_path / "r.html")["verdict"].ablations
     rmse = next(c for c in comps if c.metric == "expected-rating RMSE")
     assert rmse.interval == [0.0, 0.0] and rmse.noise == "within noise"  # the same rows: no difference at all
+
+
+def test_verdict_text_interval_against_a_text_baseline(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    _config(run.path)
+    refs = ["电影很好看", "剧情一般", "演员不错", "太长了"]
+    twin = [{"user": f"u{u}", "split": "test", "target_index": i, "item": f"m{i}", "language": "zh",
+             "collection": "review", "reference": refs[i], "predictions": [refs[i]]} for u in range(4) for i in range(4)]
+    _jsonl(run.predictions("test"), twin)
+    run.metrics.write_text(json.dumps(M.evaluate_rows(twin)), encoding="utf-8")
+    copy = [dict(r, predictions=["不知道"], baseline="copy_last_item") for r in twin]
+    run.baseline_rows("test").mkdir()
+    _jsonl(run.baseline_rows("test") / "copy_last_item.jsonl", copy)
+    base = {"copy_last_item": dict(M.text_metrics(refs * 4, ["不知道"] * 16, "zh"), fit_on="the user's history")}
+    v = R.build_report([run.path], tmp_path / "r.html", baselines=base)["verdict"]
+    chrf = _by(v, "run", "chrF [zh]")
+    assert chrf.versus == "copy_last_item" and chrf.word == "better"
+    assert chrf.noise == "beyond noise" and chrf.interval[0] > 0

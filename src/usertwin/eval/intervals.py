@@ -7,61 +7,114 @@ draws as many users as the file has, with replacement, and recomputes the metric
 the interval is the 2.5th to 97.5th percentile of the resampled values. The seed is fixed, so a file always
 gets the same interval.
 
-Metrics: the expected rating's RMSE and MAE (the likelihood-scored rating, `rating.expected`) and the
-pick-the-real-one accuracy. A difference is "A - B" on the same targets (matched by user, split, target index
-and item); its interval excluding 0 says the two differ beyond what the choice of users explains.
+Metrics: the expected rating's RMSE and MAE (the likelihood-scored rating, `rating.expected`), pick-the-real-one
+accuracy, and for generated text corpus chrF and BLEU per language (sacrebleu's own sufficient statistics,
+summed over the resampled users' targets, so each resample's score is the corpus score of that resample). A
+difference is "A - B" on the same targets (matched by user, split, target index and item); its interval
+excluding 0 says the two differ beyond what the choice of users explains.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
+
+from usertwin.eval import metrics as M
 
 RESAMPLES = 1000
 SEED = 0
 FEW_USERS = 20  # below this, a resample of users is a coarse picture of the population: said in the output
 
-METRICS = ("rating_expected_rmse", "rating_expected_mae", "pick_accuracy")
+METRICS = ("rating_expected_rmse", "rating_expected_mae", "pick_accuracy")  # and text_<language>_<chrf|bleu>
 LABELS = {"rating_expected_rmse": "expected-rating RMSE", "rating_expected_mae": "expected-rating MAE",
           "pick_accuracy": "pick-the-real-one accuracy"}
+
+
+@dataclass
+class Metric:
+    """One metric as the bootstrap reads it: a row's additive statistics (None when the row has none), and the
+    metric's value from statistics summed over any set of rows."""
+
+    key: str
+    label: str
+    stats: Callable  # rows -> [np.ndarray | None], one per row
+    finish: Callable  # summed statistics -> float
 
 
 def target_key(row: dict) -> tuple:
     return (str(row.get("user")), row.get("split"), row.get("target_index"), row.get("item"))
 
 
-def _contributions(row: dict) -> dict:
-    """{metric: (value, count)} this row adds to its user's sums."""
-    out = {}
-    expected = (row.get("rating") or {}).get("expected")
-    try:
-        ref = float(row.get("reference"))
-    except (TypeError, ValueError):
-        ref = None
-    if expected is not None and ref is not None:
-        err = float(expected) - ref
-        out["rating_expected_rmse"] = (err * err, 1)
-        out["rating_expected_mae"] = (abs(err), 1)
-    if row.get("pick"):
-        out["pick_accuracy"] = (float(bool(row["pick"].get("correct"))), 1)
-    return out
+def _reference(row: dict) -> float | None:
+    return M.as_number(row.get("reference"))
 
 
-def _user_sums(rows, users: list) -> dict:
-    """{metric: (sums per user, counts per user)} as arrays in the order of `users`."""
+def _rating_stats(kind: str):
+    def stats(rows):
+        out = []
+        for r in rows:
+            expected, ref = (r.get("rating") or {}).get("expected"), _reference(r)
+            err = None if expected is None or ref is None else float(expected) - ref
+            out.append(None if err is None else np.array([err * err if kind == "rmse" else abs(err), 1.0]))
+        return out
+    return stats
+
+
+def _pick_stats(rows):
+    return [np.array([float(bool(r["pick"].get("correct"))), 1.0]) if r.get("pick") else None for r in rows]
+
+
+def _mean(total) -> float:
+    return float(total[0] / total[1]) if total[1] else float("nan")
+
+
+def _text_rows(rows, language: str) -> list[bool]:
+    """The rows evaluate scores as `language` text: not rating or choice rows, with a generated prediction."""
+    return [not M.is_rating_row(r) and not M.is_choice_row(r) and bool(r.get("predictions"))
+            and (r.get("language") or "en") == language for r in rows]
+
+
+def _text_metric(language: str, name: str) -> Metric:
+    from sacrebleu.metrics import BLEU, CHRF
+
+    scorer = CHRF() if name == "chrf" else BLEU(tokenize=M.BLEU_TOKENIZE.get(language, "13a"))
+
+    def stats(rows):
+        keep = _text_rows(rows, language)
+        chosen = [r for r, k in zip(rows, keep) if k]
+        per_row = iter(scorer._extract_corpus_statistics([str(r["predictions"][0]) for r in chosen],
+                                                         [[str(r.get("reference", "")) for r in chosen]])
+                       if chosen else [])
+        return [np.array(next(per_row), dtype=float) if k else None for k in keep]
+
+    label = f"{'chrF' if name == 'chrf' else 'BLEU'} [{language}]"
+    return Metric(f"text_{language}_{name}", label, stats,
+                  lambda total: float(scorer._compute_score_from_stats(list(total)).score))
+
+
+def metrics_for(rows) -> list[Metric]:
+    """The metrics the rows can have: the rating and pick ones, and chrF/BLEU for each language of text rows."""
+    out = [Metric("rating_expected_rmse", LABELS["rating_expected_rmse"], _rating_stats("rmse"),
+                  lambda t: float(np.sqrt(_mean(t)))),
+           Metric("rating_expected_mae", LABELS["rating_expected_mae"], _rating_stats("mae"), _mean),
+           Metric("pick_accuracy", LABELS["pick_accuracy"], _pick_stats, _mean)]
+    languages = sorted({r.get("language") or "en" for r in rows
+                        if not M.is_rating_row(r) and not M.is_choice_row(r) and r.get("predictions")})
+    return out + [_text_metric(lang, name) for lang in languages for name in ("chrf", "bleu")]
+
+
+def _user_sums(stats: list, users_of_rows: list, users: list) -> np.ndarray | None:
+    """(users, statistics) sums of the rows that have the metric; None when none has it."""
     where = {u: i for i, u in enumerate(users)}
-    sums = {m: (np.zeros(len(users)), np.zeros(len(users))) for m in METRICS}
-    for row in rows:
-        i = where[str(row.get("user"))]
-        for m, (v, c) in _contributions(row).items():
-            sums[m][0][i] += v
-            sums[m][1][i] += c
-    return {m: s for m, s in sums.items() if s[1].sum() > 0}
-
-
-def _finish(metric: str, total, count):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / count
-    return np.sqrt(mean) if metric.endswith("rmse") else mean
+    present = [(where[u], s) for u, s in zip(users_of_rows, stats) if s is not None]
+    if not present:
+        return None
+    sums = np.zeros((len(users), len(present[0][1])))
+    for i, s in present:
+        sums[i] += s
+    return sums
 
 
 def _weights(n_users: int, resamples: int, seed: int) -> np.ndarray:
@@ -71,6 +124,10 @@ def _weights(n_users: int, resamples: int, seed: int) -> np.ndarray:
     weights = np.zeros((resamples, n_users))
     np.add.at(weights, (np.arange(resamples)[:, None], draws), 1)
     return weights
+
+
+def _resampled(metric: Metric, sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return np.array([metric.finish(total) for total in weights @ sums])
 
 
 def _percentiles(values: np.ndarray) -> list | None:
@@ -87,47 +144,49 @@ def _header(users: int, resamples: int) -> dict:
 
 
 def intervals(rows, resamples: int = RESAMPLES, seed: int = SEED) -> dict | None:
-    """{"method", "users", "resamples", "few_users", METRIC: {"value", "ci95": [lo, hi]}} for the metrics the rows
-    have; None with fewer than two users (one user resampled is always the same user)."""
+    """{"method", "users", "resamples", "few_users", "labels": {metric: label}, METRIC: {"value", "ci95": [lo, hi]}}
+    for the metrics the rows have; None with fewer than two users (one user resampled is always that user)."""
     rows = list(rows)
-    users = sorted({str(r.get("user")) for r in rows})
+    row_users = [str(r.get("user")) for r in rows]
+    users = sorted(set(row_users))
     if len(users) < 2:
         return None
-    sums = _user_sums(rows, users)
-    if not sums:
-        return None
     w = _weights(len(users), resamples, seed)
-    out = _header(len(users), resamples)
-    for m, (total, count) in sums.items():
-        value = float(_finish(m, total.sum(), count.sum()))
-        out[m] = {"value": value, "ci95": _percentiles(_finish(m, w @ total, w @ count))}
-    return out
+    out = dict(_header(len(users), resamples), labels={})
+    for metric in metrics_for(rows):
+        sums = _user_sums(metric.stats(rows), row_users, users)
+        if sums is None:
+            continue
+        out[metric.key] = {"value": metric.finish(sums.sum(0)), "ci95": _percentiles(_resampled(metric, sums, w))}
+        out["labels"][metric.key] = metric.label
+    return out if out["labels"] else None
 
 
 def paired(rows_a, rows_b, resamples: int = RESAMPLES, seed: int = SEED) -> dict | None:
-    """A - B on the targets both files hold: {"method", "users", "resamples", "few_users", "targets",
-    "only_a", "only_b", METRIC: {"a", "b", "difference", "ci95"}}; a metric is compared on the targets where
-    both rows have it. None when they share targets of fewer than two users."""
+    """A - B on the targets both files hold: {"method", "users", "resamples", "few_users", "targets", "only_a",
+    "only_b", "labels", METRIC: {"a", "b", "difference", "ci95"}}; a metric is compared on the targets where both
+    rows have it. None when they share targets of fewer than two users."""
     a = {target_key(r): r for r in rows_a}
     b = {target_key(r): r for r in rows_b}
     both = [k for k in a if k in b]
     users = sorted({k[0] for k in both})
     if len(users) < 2:
         return None
-    pairs = [(a[k], b[k]) for k in both]
+    ra, rb, row_users = [a[k] for k in both], [b[k] for k in both], [k[0] for k in both]
     w = _weights(len(users), resamples, seed)
     out = dict(_header(len(users), resamples), targets=len(both), only_a=len(a) - len(both),
-               only_b=len(b) - len(both))
-    for m in METRICS:
-        # a metric is compared only on the targets where both rows carry it
-        keep = [(ra, rb) for ra, rb in pairs if m in _contributions(ra) and m in _contributions(rb)]
-        if not keep:
+               only_b=len(b) - len(both), labels={})
+    for metric in metrics_for(ra):
+        sa, sb = metric.stats(ra), metric.stats(rb)
+        keep = [x is not None and y is not None for x, y in zip(sa, sb)]
+        if not any(keep):
             continue
-        ta, ca = _user_sums([ra for ra, _ in keep], users)[m]
-        tb, cb = _user_sums([rb for _, rb in keep], users)[m]
-        va, vb = float(_finish(m, ta.sum(), ca.sum())), float(_finish(m, tb.sum(), cb.sum()))
-        diffs = _finish(m, w @ ta, w @ ca) - _finish(m, w @ tb, w @ cb)
-        out[m] = {"a": va, "b": vb, "difference": va - vb, "ci95": _percentiles(diffs)}
+        sums_a = _user_sums([x if k else None for x, k in zip(sa, keep)], row_users, users)
+        sums_b = _user_sums([y if k else None for y, k in zip(sb, keep)], row_users, users)
+        va, vb = metric.finish(sums_a.sum(0)), metric.finish(sums_b.sum(0))
+        diffs = _resampled(metric, sums_a, w) - _resampled(metric, sums_b, w)
+        out[metric.key] = {"a": va, "b": vb, "difference": va - vb, "ci95": _percentiles(diffs)}
+        out["labels"][metric.key] = metric.label
     return out
 
 
@@ -141,16 +200,19 @@ def verdict(metric: str, entry: dict) -> str:
     return "lower" if ci[1] < 0 else "higher"
 
 
+def _metric_keys(result: dict) -> list:
+    return [k for k in (result.get("labels") or {}) if (result.get(k) or {}).get("ci95")]
+
+
 def format_intervals(iv: dict | None) -> str:
     """The lines `usertwin evaluate` prints under its table."""
     if not iv:
         return "95% intervals: need targets of at least two users"
     lines = [f"95% intervals ({iv['resamples']:,} resamples of the {iv['users']:,} users; a user's targets move "
              f"together){' -- fewer than %d users: a coarse guide' % FEW_USERS if iv['few_users'] else ''}"]
-    for m in METRICS:
-        if m in iv and iv[m]["ci95"]:
-            lo, hi = iv[m]["ci95"]
-            lines.append(f"  {LABELS[m]}: {iv[m]['value']:.3f} [{lo:.3f}, {hi:.3f}]")
+    for m in _metric_keys(iv):
+        lo, hi = iv[m]["ci95"]
+        lines.append(f"  {iv['labels'][m]}: {iv[m]['value']:.3f} [{lo:.3f}, {hi:.3f}]")
     return "\n".join(lines)
 
 
@@ -161,10 +223,9 @@ def format_paired(cmp: dict | None, name_a: str, name_b: str) -> str:
     lines = [f"{name_a} minus {name_b} on the {cmp['targets']:,} targets both hold ({cmp['only_a']:,} only in the "
              f"first, {cmp['only_b']:,} only in the second; {cmp['resamples']:,} resamples of {cmp['users']:,} users"
              f"{', fewer than %d: a coarse guide' % FEW_USERS if cmp['few_users'] else ''}):"]
-    for m in METRICS:
-        if m in cmp and cmp[m]["ci95"]:
-            e = cmp[m]
-            lo, hi = e["ci95"]
-            lines.append(f"  {LABELS[m]}: {e['a']:.3f} vs {e['b']:.3f}, difference {e['difference']:+.3f} "
-                         f"[{lo:+.3f}, {hi:+.3f}]: {verdict(m, e)}")
+    for m in _metric_keys(cmp):
+        e = cmp[m]
+        lo, hi = e["ci95"]
+        lines.append(f"  {cmp['labels'][m]}: {e['a']:.3f} vs {e['b']:.3f}, difference {e['difference']:+.3f} "
+                     f"[{lo:+.3f}, {hi:+.3f}]: {verdict(m, e)}")
     return "\n".join(lines)
