@@ -155,7 +155,7 @@ def _clause(c: Comparison) -> str:
     rel = f", {_pct(c.relative)} {c.side}" if c.relative is not None and c.side else ""
     note = f" ({c.note})" if c.note else ""
     verb = "is level with" if c.word == "same" else f"is {c.word} than"
-    sure = f", {c.noise} (95% interval of the difference {interval_text(c).split(':')[0]})" if c.interval else ""
+    sure = f", {c.noise} (95% interval of the difference {_interval_range(c)})" if c.interval else ""
     return (f"{c.run} {verb} {what} on {c.metric}: {value_text(c.value)} vs "
             f"{value_text(c.versus_value)}{rel}{sure}{note}")
 
@@ -226,30 +226,30 @@ def build_verdict(runs: list[Run], table: Table, has_baselines: bool) -> Verdict
 def _add_intervals(runs: list[Run], rows: list, ablations: list) -> None:
     """Each comparison's 95% interval of the difference, where both sides' per-target rows are at hand."""
     by_name = {r.name: r for r in runs}
-    done: dict = {}
+    done: dict = {}  # (run, other side) -> paired(...): one resampling per pair, whatever the metrics
 
-    def attach(c: Comparison, side_a: str, rows_a: list, side_b: str, rows_b: list) -> None:
+    def attach(c: Comparison, other: str, other_rows) -> None:
+        if (c.run, other) not in done:
+            rows_a, rows_b = by_name[c.run].predictions, other_rows()
+            done[c.run, other] = (paired_intervals.paired(rows_a, rows_b) if rows_a and rows_b else None) or {}
         key = "_".join(c.path)  # ("text", "zh", "chrf") -> the intervals' "text_zh_chrf"
-        if not rows_a or not rows_b:
-            return
-        if (side_a, side_b) not in done:
-            done[side_a, side_b] = paired_intervals.paired(rows_a, rows_b) or {}
-        c.interval = (done[side_a, side_b].get(key) or {}).get("ci95")
+        c.interval = (done[c.run, other].get(key) or {}).get("ci95")
 
     for c in rows:
-        run = by_name[c.run]
         if c.versus and c.versus != "chance":
-            attach(c, run.name, run.predictions, f"baseline {c.versus}", read_baseline_rows(run, c.versus))
-    for a, b, comps in ablations:
+            attach(c, f"baseline {c.versus}", lambda c=c: read_baseline_rows(by_name[c.run], c.versus))
+    for _, b, comps in ablations:
         for c in comps:
-            attach(c, a, by_name[a].predictions, b, by_name[b].predictions)
+            attach(c, b, lambda b=b: by_name[b].predictions)
+
+
+def _interval_range(c: Comparison) -> str:
+    return f"{difference_text(c.interval[0])} to {difference_text(c.interval[1])}"
 
 
 def interval_text(c: Comparison) -> str:
     """'-0.167 to +0.052: within noise', or '–' without an interval."""
-    if not c.interval:
-        return "–"
-    return f"{difference_text(c.interval[0])} to {difference_text(c.interval[1])}: {c.noise}"
+    return f"{_interval_range(c)}: {c.noise}" if c.interval else "–"
 
 
 def ablation_sentence(with_name: str, without_name: str, comparisons: list) -> str:
