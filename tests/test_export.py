@@ -69,6 +69,24 @@ def test_model_card_names_the_base_model_data_and_settings(run_dir, tmp_path, ti
     assert (out / "usertwin_config.yaml").is_file() and (out / "twin.json").is_file()
 
 
+def test_model_card_says_how_sure_the_metrics_are(run_dir, tmp_path):
+    from usertwin.eval.intervals import intervals
+    from usertwin.eval.metrics import evaluate_rows
+
+    rows = [{"user": f"u{u}", "split": "test", "target_index": i, "item": f"Movie {i}", "reference": "4.0",
+             "collection": "movie_rating", "rating": {"expected": 3.5 + 0.2 * u}} for u in range(3) for i in range(6, 8)]
+    metrics = dict(evaluate_rows(rows), intervals=intervals(rows))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    try:
+        assert main(["export", str(run_dir), "-o", str(tmp_path / "model")]) == 0
+    finally:
+        (run_dir / "metrics.json").unlink()
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "95% intervals (1,000 resamples of the 3 users" in card
+    lo, hi = metrics["intervals"]["rating_expected_rmse"]["ci95"]
+    assert f"expected-rating RMSE: {metrics['intervals']['rating_expected_rmse']['value']:.3f} [{lo:.3f}, {hi:.3f}]" in card
+
+
 def test_refusals(run_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "model"
     out.mkdir()

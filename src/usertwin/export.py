@@ -187,6 +187,10 @@ def _results_section(run: RunDir) -> str:
     for label, data in found:
         shown = data.get("overall", data) if label == run.metrics.name and isinstance(data, dict) else data
         out.append(f"{label}:\n\n```json\n{json.dumps(shown, indent=1, ensure_ascii=False)}\n```\n")
+        if label == run.metrics.name and isinstance(data, dict) and data.get("intervals"):
+            from usertwin.eval.intervals import format_intervals  # how sure the numbers above are
+
+            out.append(f"```\n{format_intervals(data['intervals'])}\n```\n")
     return "\n".join(out)
 
 
