@@ -209,17 +209,12 @@ def paired_differences(res: dict) -> None:
 
 
 def paired_lines(res: dict) -> list[str]:
-    from usertwin.eval.intervals import LABELS, verdict
+    from usertwin.eval.intervals import LABELS, pair_line
 
-    out = []
-    for key, cmp in (res.get("paired") or {}).items():
-        parts = [f"{LABELS[m].replace('expected-rating ', '').replace('pick-the-real-one ', 'pick ')} "
-                 f"{cmp[m]['difference']:+.4f} [{cmp[m]['ci95'][0]:+.4f}, {cmp[m]['ci95'][1]:+.4f}] {verdict(m, cmp[m])}"
-                 for m in ("rating_expected_rmse", "pick_accuracy") if cmp and (cmp.get(m) or {}).get("ci95")]
-        if parts:
-            few = ", too few for more than a coarse guide" if cmp["few_users"] else ""
-            out.append(f"{key} ({cmp['targets']:,} targets, {cmp['users']} users{few}): " + "; ".join(parts))
-    return out
+    short = lambda m: LABELS[m].replace("expected-rating ", "").replace("pick-the-real-one ", "pick ")  # noqa: E731
+    lines = [pair_line(key, cmp, ("rating_expected_rmse", "pick_accuracy"), 4, short)
+             for key, cmp in (res.get("paired") or {}).items()]
+    return [x for x in lines if x]
 
 
 def train_summary(run: Path) -> dict:

@@ -215,19 +215,12 @@ def paired_differences(ds: dict) -> dict:
 
 
 def paired_lines(ds: dict) -> list[str]:
-    from usertwin.eval.intervals import verdict
+    from usertwin.eval.intervals import pair_line
 
-    out = []
-    for key, cmp in (ds.get("paired") or {}).items():
-        if not cmp:
-            continue
-        parts = [f"{cmp['labels'][m]} {cmp[m]['difference']:+.2f} [{cmp[m]['ci95'][0]:+.2f}, "
-                 f"{cmp[m]['ci95'][1]:+.2f}] {verdict(m, cmp[m])}"
-                 for m in cmp["labels"] if (m.endswith("_chrf") or m == "pick_accuracy") and cmp[m].get("ci95")]
-        few = ", too few for more than a coarse guide" if cmp["few_users"] else ""
-        if parts:
-            out.append(f"{key} ({cmp['targets']} targets, {cmp['users']} users{few}): " + "; ".join(parts))
-    return out
+    lines = [pair_line(key, cmp, [m for m in (cmp or {}).get("labels", {})
+                                  if m.endswith("_chrf") or m == "pick_accuracy"], 2)
+             for key, cmp in (ds.get("paired") or {}).items()]
+    return [x for x in lines if x]
 
 
 def comparison(ds: dict) -> list[str]:

@@ -229,3 +229,17 @@ def format_paired(cmp: dict | None, name_a: str, name_b: str) -> str:
         lines.append(f"  {cmp['labels'][m]}: {e['a']:.3f} vs {e['b']:.3f}, difference {e['difference']:+.3f} "
                      f"[{lo:+.3f}, {hi:+.3f}]: {verdict(m, e)}")
     return "\n".join(lines)
+
+
+def pair_line(key: str, cmp: dict | None, metrics, digits: int, name=None) -> str | None:
+    """One line of a benchmark's paired differences, "A - B (N targets, U users): LABEL +d [lo, hi] verdict; ...",
+    for `metrics` (keys) that have an interval; `name(key)` shortens a label. None when none has one."""
+    if not cmp:
+        return None
+    name = name or cmp["labels"].get
+    parts = [f"{name(m)} {cmp[m]['difference']:+.{digits}f} [{cmp[m]['ci95'][0]:+.{digits}f}, "
+             f"{cmp[m]['ci95'][1]:+.{digits}f}] {verdict(m, cmp[m])}" for m in metrics if (cmp.get(m) or {}).get("ci95")]
+    if not parts:
+        return None
+    few = ", too few for more than a coarse guide" if cmp["few_users"] else ""
+    return f"{key} ({cmp['targets']:,} targets, {cmp['users']} users{few}): " + "; ".join(parts)
