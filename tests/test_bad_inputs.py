@@ -145,7 +145,8 @@ CASES = [
      "usertwin prepare: error: config {d}/a_directory is a directory, expected a YAML file"),
     ("directory-as-movielens", "convert movielens {d}/a_directory -o {tmp}/o.jsonl", 2,
      "usertwin convert: error: {d}/a_directory: not a MovieLens folder: expected ratings.csv + movies.csv "
-     "(ml-latest, ml-latest-small) or u.data + u.item + u.user (ml-100k)"),
+     "(ml-latest, ml-latest-small), u.data + u.item + u.user (ml-100k) or ratings.dat + movies.dat + users.dat "
+     "(ml-1m)"),
     # --- converters: a missing column / field in each
     ("movielens-missing-column", "convert movielens {d}/movielens_missing_column -o {tmp}/o.jsonl", 2,
      "usertwin convert: error: {d}/movielens_missing_column/ratings.csv: missing column(s) timestamp; found "

@@ -144,6 +144,108 @@ def test_movielens_100k_bad_row(tmp_path):
         convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
 
 
+ML1M_MOVIES = ("1::Toy Story (1995)::Animation|Children's|Comedy\n582::Metisse (Café au Lait) (1993)::Comedy\n"
+               "3::Grumpier Old Men (1995)::Comedy|Romance\n")
+ML1M_USERS = "1::F::1::10::48067\n2::M::56::16::70072\n"
+ML1M_RATINGS = ("1::1::5::978300760\n1::582::3::978302109\n2::3::4::978298814\n2::1::2::978298814\n"
+                "1::3::1::978300000\n3::1::4::978244177\n")
+
+
+def _ml1m_folder(tmp_path, users: str = ML1M_USERS, ratings: str = ML1M_RATINGS) -> Path:
+    raw = tmp_path / "ml-1m"
+    raw.mkdir(exist_ok=True)
+    for name, text in (("movies.dat", ML1M_MOVIES), ("users.dat", users), ("ratings.dat", ratings)):
+        (raw / name).write_text(text, encoding="latin-1")
+    return raw
+
+
+def test_movielens_1m_layout(tmp_path):
+    summary, recs = _convert("movielens", _ml1m_folder(tmp_path), tmp_path)
+    assert (summary.users, summary.items, summary.skipped) == (3, 6, 0)
+    assert summary.line().startswith("movielens: 3 users, 6 items, 2000-12-31 .. 2000-12-31 -> ")
+    assert [r["user"]["profile"] for r in recs] == [
+        {"name": "user_1", "age_group": "Under 18", "gender": "F", "occupation": "K-12 student", "zip_code": "48067"},
+        {"name": "user_2", "age_group": "56+", "gender": "M", "occupation": "self-employed", "zip_code": "70072"},
+        {"name": "user_3"}]  # no row in users.dat
+    task = recs[0]["task"]
+    assert task["rating_scale"] == [1.0, 2.0, 3.0, 4.0, 5.0] and "(1-5 stars)" in task["description"]
+    assert [(it["continuation_prefix"], it["continuation"], it["timestamp"]) for it in _items(recs[0])] == [
+        ("Grumpier Old Men (1995) (Comedy, Romance): ", "1.0", "2000-12-31T22:00:00Z"),
+        ("Toy Story (1995) (Animation, Children's, Comedy): ", "5.0", "2000-12-31T22:12:40Z"),
+        ("Metisse (Café au Lait) (1993) (Comedy): ", "3.0", "2000-12-31T22:35:09Z")]  # latin-1 title
+    assert _items(recs[0])[2]["metadata"] == {"movie_id": 582, "rating": 3.0}
+    assert [it["metadata"]["movie_id"] for it in _items(recs[1])] == [3, 1]  # a tie in time keeps file order
+    _numeric_user_order(recs)
+    _assert_time_order(recs)
+
+
+def test_movielens_1m_bad_rows_stop_and_skip(tmp_path):
+    raw = _ml1m_folder(tmp_path, users=ML1M_USERS + "3::M::30::12::55117\n4::F::25::21::02139\n",
+                       ratings=ML1M_RATINGS + "3::1::4\n4::9::3::978244178\n")
+    with pytest.raises(UsertwinError, match=r"users.dat:3: age is not an age code of the README \(age='30', "
+                                            r"allowed 1, 18, 25, 35, 45, 50, 56\)"):
+        convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
+    summary = convert_to_file("movielens", raw, tmp_path / "o.jsonl", on_error="skip", progress=False)
+    assert (summary.users, summary.items, summary.skipped) == (3, 6, 4)
+    assert summary.skip_reasons == {"age is not an age code of the README": 1,
+                                    "occupation is not an occupation code of the README": 1,
+                                    "expected 4 fields separated by '::', got 3": 1,
+                                    "movie id not in the movie list": 1}
+    assert summary.skip_examples["occupation is not an occupation code of the README"].endswith(
+        "users.dat:4: occupation is not an occupation code of the README (occupation='21', allowed 0..20)")
+    assert summary.skip_examples["expected 4 fields separated by '::', got 3"].endswith(
+        "ratings.dat:7: expected 4 fields separated by '::', got 3")
+    (raw / "users.dat").write_text(ML1M_USERS, encoding="latin-1")
+    with pytest.raises(UsertwinError, match=r"ratings.dat:7: expected 4 fields separated by '::', got 3"):
+        convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
+    (raw / "ratings.dat").unlink()
+    with pytest.raises(UsertwinError, match=r"ratings.dat: missing \(the ratings ratings.dat\)"):
+        convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)
+
+
+def _ml1m_real() -> Path:
+    """The real ml-1m folder; its ratings.dat from ml-1m-partial (its first 487,650 lines) while the whole
+    file is absent."""
+    raw = shared("movielens", "ml-1m")
+    return raw if (raw / "ratings.dat").exists() else shared("movielens", "ml-1m-partial")
+
+
+def test_movielens_1m_real_first_users(tmp_path):
+    real, raw = _ml1m_real(), tmp_path / "ml-1m"
+    raw.mkdir()
+    for name in ("movies.dat", "users.dat"):
+        shutil.copy(real / name, raw / name)
+    with open(real / "ratings.dat", "rb") as f:  # sorted by user: users 1..50 are the first 7,260 lines
+        (raw / "ratings.dat").write_bytes(b"".join(line for _, line in zip(range(7_260), f)))
+    summary, recs = _convert("movielens", raw, tmp_path)
+    assert (summary.users, summary.items, summary.skipped) == (50, 7_260, 0)
+    assert [r["user_hash"] for r in recs] == [str(n) for n in range(1, 51)]
+    assert [len(_items(r)) for r in recs[:3]] == [53, 129, 51]
+    assert recs[0]["user"]["profile"] == {"name": "user_1", "age_group": "Under 18", "gender": "F",
+                                          "occupation": "K-12 student", "zip_code": "48067"}
+    assert recs[1]["user"]["profile"]["occupation"] == "self-employed"
+    cuckoo = [it for it in _items(recs[0]) if it["metadata"]["movie_id"] == 1193]
+    assert cuckoo == [{"continuation_prefix": "One Flew Over the Cuckoo's Nest (1975) (Drama): ",
+                       "continuation": "5.0", "timestamp": "2000-12-31T22:12:40Z",
+                       "metadata": {"movie_id": 1193, "rating": 5.0}}]
+    _assert_time_order(recs)
+
+
+@pytest.mark.parametrize("folder, users, ratings, movies", [
+    ("ml-1m", 6_040, 1_000_209, 3_706),  # as its README says
+    ("ml-1m-partial", 2_999, 487_650, 3_615)])  # ml-1m's first 487,650 ratings (users 1..2999)
+def test_movielens_1m_real_totals(tmp_path, folder, users, ratings, movies):
+    raw = shared("movielens", folder)
+    if not (raw / "ratings.dat").exists():
+        pytest.skip(f"{raw}/ratings.dat not present: no stored copy of the 24 MB file could be fetched "
+                    "(SOURCE.md in its parent folder says why)")
+    summary = convert_to_file("movielens", raw, tmp_path / "o.jsonl", progress=False)  # counts only: fast
+    assert (summary.users, summary.items, summary.skipped) == (users, ratings, 0)
+    with open(tmp_path / "o.jsonl", encoding="utf-8") as f:
+        rated = {it["metadata"]["movie_id"] for line in f for it in _items(json.loads(line))}
+    assert len(rated) == movies
+
+
 # --------------------------------------------------------------------------------------------- dmsc
 
 

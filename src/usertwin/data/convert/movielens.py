@@ -11,6 +11,13 @@
   id|title|release date|video release date|IMDb URL|19 genre flags: unknown, Action, ..., Western),
   u.user (id|age|gender|occupation|zip code) -> profile age (int), gender, occupation, zip_code.
   The "unknown" genre flag is not a genre: such a movie gets no genre in its prefix.
+* ml-1m: ratings.dat (UserID::MovieID::Rating::Timestamp), movies.dat (MovieID::Title::Genres, genres
+  with `|`), users.dat (UserID::Gender::Age::Occupation::Zip-code); `::`-separated, latin-1. users.dat ->
+  profile gender, age_group (the README's bucket for the age code: 25 -> "25-34"), occupation (the README's
+  name for the code 0-20: 12 -> "programmer"), zip_code. An age or occupation code not in the README is a
+  bad row of users.dat.
+
+ml-100k and ml-1m rate in whole stars (1-5) and share a task description; ml-latest rates in half stars.
 
 Item: continuation_prefix "Title (Year) (Genre1, Genre2): " (the title already carries the year; with no
 genres "Title (Year): "), continuation the rating with one decimal ("4.0", "3.5"), timestamp the unix time
@@ -47,6 +54,14 @@ DESCRIPTION_LATEST = ("Predict the rating (0.5-5.0 stars, in half stars) this Mo
                       "movie, from their rating history.")
 DESCRIPTION_100K = ("Predict the rating (1-5 stars) this MovieLens user gives to each movie, from their rating "
                     "history.")
+DESCRIPTION_1M = DESCRIPTION_100K  # the same task, in the same whole stars
+ML1M_AGES = {"1": "Under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55",
+             "56": "56+"}
+ML1M_OCCUPATIONS = {str(code): name for code, name in enumerate([
+    "other or not specified", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student",
+    "lawyer", "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
+    "tradesman/craftsman", "unemployed", "writer"])}
 
 
 def prefix(title: str, genres: list) -> str:
@@ -61,8 +76,11 @@ def convert(raw_path, on_error="stop", *, progress: bool = False):
         return _latest(raw, skips, progress)
     if (raw / "u.data").exists():
         return _ml100k(raw, skips, progress)
+    if (raw / "ratings.dat").exists() or (raw / "movies.dat").exists():
+        return _ml1m(raw, skips, progress)
     raise UsertwinError(f"{raw}: not a MovieLens folder: expected ratings.csv + movies.csv (ml-latest, "
-                        "ml-latest-small) or u.data + u.item + u.user (ml-100k)")
+                        "ml-latest-small), u.data + u.item + u.user (ml-100k) or ratings.dat + movies.dat + "
+                        "users.dat (ml-1m)")
 
 
 def _movie_key(movie: str):
@@ -166,24 +184,69 @@ def _latest(raw: Path, skips: Skips, progress: bool):
     yield from _records(ratings, tags, {}, DESCRIPTION_LATEST, HALF_STARS, skips)
 
 
+class _BadField(ValueError):
+    """A users file field that is not what the README allows: (reason, detail) for Skips.bad."""
+
+
+def _profiles(path: Path, sep: str, fields: int, skips: Skips, parse) -> dict:
+    """user id -> profile from an optional users file; parse(*fields after the id) -> dict or _BadField."""
+    profiles = {}
+    if not path.exists():
+        return profiles
+    for n, parts in split_lines(path, sep, fields, "latin-1", skips):
+        uid, *rest = (p.strip() for p in parts)
+        try:
+            profiles[uid] = parse(*rest)
+        except _BadField as bad:
+            reason, detail = bad.args
+            skips.bad(reason, f"{path}:{n}", detail)
+    return profiles
+
+
+def _whole_stars(path: Path, rows, movies: dict, profiles: dict, skips: Skips, progress: bool, description: str):
+    """Records from (line, [user, movie, rating, timestamp]) rows rated in whole stars (ml-100k, ml-1m)."""
+    ratings = _Ratings(path, movies, WHOLE_STARS, skips)
+    add = ratings.add
+    for n, p in progress_bar(rows, progress, "ratings"):
+        add(n, *p)
+    yield from _records(ratings, {}, profiles, description, WHOLE_STARS, skips)
+
+
+def _profile_100k(age: str, gender: str, occupation: str, zip_code: str) -> dict:
+    if not (age.isascii() and age.isdigit()):
+        raise _BadField("age is not a whole number", f"age={age!r}")
+    return {"age": int(age), "gender": gender, "occupation": occupation, "zip_code": zip_code}
+
+
+def _profile_1m(gender: str, age: str, occupation: str, zip_code: str) -> dict:
+    age_group, job = ML1M_AGES.get(age), ML1M_OCCUPATIONS.get(occupation)
+    if age_group is None:
+        raise _BadField("age is not an age code of the README", f"age={age!r}, allowed {', '.join(ML1M_AGES)}")
+    if job is None:
+        raise _BadField("occupation is not an occupation code of the README", f"occupation={occupation!r}, "
+                        "allowed 0..20")
+    return {"age_group": age_group, "gender": gender, "occupation": job, "zip_code": zip_code}
+
+
 def _ml100k(raw: Path, skips: Skips, progress: bool):
     item_path = require_file(raw / "u.item", "the movie list u.item")
     data_path = require_file(raw / "u.data", "the ratings u.data")
-    user_path = raw / "u.user"
     movies = {}
     for _n, parts in split_lines(item_path, "|", 24, "latin-1", skips):
         flags = parts[5:24]
         genres = [g for g, flag in zip(ML100K_GENRES, flags) if flag.strip() == "1" and g != "unknown"]
         movies[parts[0].strip()] = (parts[1].strip(), genres)
-    profiles = {}
-    if user_path.exists():
-        for n, parts in split_lines(user_path, "|", 5, "latin-1", skips):
-            uid, age, gender, occupation, zip_code = (p.strip() for p in parts)
-            if not (age.isascii() and age.isdigit()):
-                skips.bad("age is not a whole number", f"{user_path}:{n}", f"age={age!r}")
-                continue
-            profiles[uid] = {"age": int(age), "gender": gender, "occupation": occupation, "zip_code": zip_code}
-    ratings = _Ratings(data_path, movies, WHOLE_STARS, skips)
-    for n, p in progress_bar(split_lines(data_path, None, 4, "latin-1", skips), progress, "ratings"):
-        ratings.add(n, *p)
-    yield from _records(ratings, {}, profiles, DESCRIPTION_100K, WHOLE_STARS, skips)
+    profiles = _profiles(raw / "u.user", "|", 5, skips, _profile_100k)
+    rows = split_lines(data_path, None, 4, "latin-1", skips)
+    yield from _whole_stars(data_path, rows, movies, profiles, skips, progress, DESCRIPTION_100K)
+
+
+def _ml1m(raw: Path, skips: Skips, progress: bool):
+    movies_path = require_file(raw / "movies.dat", "the movie list movies.dat")
+    data_path = require_file(raw / "ratings.dat", "the ratings ratings.dat")
+    movies = {}
+    for _n, (movie, title, genres) in split_lines(movies_path, "::", 3, "latin-1", skips):
+        movies[movie.strip()] = (title.strip(), [g.strip() for g in genres.split("|") if g.strip()])
+    profiles = _profiles(raw / "users.dat", "::", 5, skips, _profile_1m)
+    rows = split_lines(data_path, "::", 4, "latin-1", skips)
+    yield from _whole_stars(data_path, rows, movies, profiles, skips, progress, DESCRIPTION_1M)
