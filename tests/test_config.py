@@ -49,7 +49,7 @@ CHOICES = {
     "prompt_style": ("simple", "detailed", "lovink"),
     "language": ("auto", "en", "zh", "ja"),
     "history_layout": ("turns", "block"),
-    "chat_template": ("auto", "none"),
+    "chat_template": ("auto", "none"), "crowd_context": ("none", "item", "item_and_user"),
     "ablation": ("profile_and_history_and_context", "profile_and_history", "profile_and_context", "history_and_context",
                  "profile_only", "history_only", "context_only", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -61,7 +61,7 @@ SHAPING = {"model", "max_length", "unit", "split_mode", "train_ratio", "val_rati
            "history_strategy", "history_ratio", "fixed_history_count", "max_history_items", "max_context_turns",
            "max_samples_per_user", "one_sample_per_user", "temporal_augmentation", "min_history_length",
            "sample_seed", "window_history_fraction", "ablation", "use_profile", "use_history", "use_context",
-           "prompt_style", "language", "history_layout", "chat_template"}
+           "prompt_style", "language", "history_layout", "chat_template", "crowd_context"}
 
 
 @dataclass

@@ -229,6 +229,11 @@ class RenderSettings:
                                   choices=("turns", "block"), shapes_data=True)
     chat_template: str = setting("auto", "auto: the tokenizer's chat template when it has one; none: plain text",
                                  choices=("auto", "none"), shapes_data=True)
+    crowd_context: str = setting("none", "crowd statistics in each rated item's line: item = the count (bucketed) and "
+                                         "mean of other users' ratings of it, from what the split's baselines "
+                                         "see (test: train + val; val and train: train; never the user's own); "
+                                         "item_and_user adds the user's own count and mean before the item",
+                                 choices=("none", "item", "item_and_user"), shapes_data=True)
 
     def parts(self) -> tuple[bool, bool, bool]:
         """(profile, history, context) shown: the ablation's, unless use_* says otherwise."""

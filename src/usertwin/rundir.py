@@ -50,6 +50,7 @@ class RunDir:
     best = property(lambda self: self.path / "best")
     summary = property(lambda self: self.path / "summary.json")
     twin_facts = property(lambda self: self.path / "twin.json")
+    crowd = property(lambda self: self.path / "crowd.json")  # other users' ratings (crowd context), train + val
     cache = property(lambda self: self.path / CACHE_NAME)
     lock = property(lambda self: self.path / LOCK_NAME)
     # what the evaluation commands write

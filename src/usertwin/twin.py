@@ -25,7 +25,7 @@ import torch
 
 from usertwin.atomic import recover_dir, write_json
 from usertwin.config import AUTO, MAX_SAMPLES, Config, GenerateSettings, from_mapping, generate_settings_from
-from usertwin.data import choices, records
+from usertwin.data import choices, crowd, records
 from usertwin.data.prepare import fit_sample, trim_long_contexts
 from usertwin.data.timeline import Sample, Timeline, build_timelines, select_history
 from usertwin.errors import UsertwinError
@@ -76,10 +76,25 @@ def twin_facts(prep_or_timelines) -> dict:
 
 
 def write_twin_facts(run_dir, prep) -> Path:
-    """RUN/twin.json, written by training so that the run alone is a usable twin."""
-    path = RunDir(run_dir).twin_facts
-    write_json(path, twin_facts(prep))
-    return path
+    """RUN/twin.json, written by training so that the run alone is a usable twin; with crowd context also
+    RUN/crowd.json: the other users' ratings a twin loaded without records counts (train + val: what the test
+    split's baselines are fit on)."""
+    run = RunDir(run_dir)
+    write_json(run.twin_facts, twin_facts(prep))
+    if prep.config.crowd_context != "none":
+        write_json(run.crowd, crowd.split_pools(prep.timelines, prep.splits)[1].to_json())
+    return run.twin_facts
+
+
+def read_crowd_pool(run_dir) -> crowd.Pool:
+    path = RunDir(run_dir).crowd
+    if not path.is_file():
+        raise UsertwinError(f"{path} is missing: this twin shows crowd context; pass Twin.load(RUN, records=PATH) "
+                            "to count other users' ratings from a records file")
+    try:
+        return crowd.Pool.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UsertwinError(f"{path} is unreadable ({e}); pass Twin.load(RUN, records=PATH) instead") from None
 
 
 def read_twin_facts(run_dir) -> dict | None:
@@ -201,6 +216,7 @@ class Engine:
         self.cfg, self.model, self.tokenizer, self.scale = cfg, model, tokenizer, scale
         self.renderer = Renderer(cfg, tokenizer)
         self.encoder = SequenceEncoder(self.renderer, tokenizer)
+        self.crowd_pool = None  # other users' ratings for new items' crowd context (data/crowd.py's use rule)
         eot = self.renderer.fmt.eot
         ids = tokenizer(eot, add_special_tokens=False)["input_ids"] if eot else []
         self.eot_id = ids[0] if len(ids) == 1 else tokenizer.eos_token_id
@@ -533,6 +549,8 @@ class Twin:
         tok, model = load_tokenizer_and_model(cfg, run.path)
         engine = Engine(cfg, model, tok)
         timelines = _timelines_of(records, engine) if records is not None else None
+        if records is None and cfg.crowd_context != "none":
+            engine.crowd_pool = read_crowd_pool(run.path)
         facts = facts if facts is not None else twin_facts(timelines)
         engine.scale = facts.get("rating_scale")
         return cls(engine, facts, timelines, records)
@@ -689,6 +707,8 @@ class Twin:
                         "task_behavior_collections": [_collection(it, self._default_collection())
                                                       for it in history]}}
         (tl,), _ = build_timelines([_read_record(raw)])
+        if self.engine.crowd_pool is not None:
+            crowd.annotate([tl], self.engine.crowd_pool, self.cfg.crowd_context)
         trim_long_contexts([tl], self.engine.renderer, self.engine.tokenizer, self.cfg.max_length)
         return tl
 
@@ -712,7 +732,8 @@ class Twin:
             if not new.context:  # the turn being answered is never dropped: a reply to nothing is no reply
                 raise PromptTooLong(f"user {tl.user_id!r}: the last turn of the context alone does not fit the "
                                     f"run's max_length {self.cfg.max_length}: shorten it")
-        return dataclasses.replace(tl, items=tl.items + [new])
+        stats = crowd.with_new(tl, new, self.engine.crowd_pool, self.cfg.crowd_context)
+        return dataclasses.replace(tl, items=tl.items + [new], crowd=stats)
 
     def chat(self, messages: list, user=None, profile: dict | None = None, history: list | None = None,
              **generation) -> str:
@@ -790,9 +811,13 @@ def _read_record(raw: dict) -> records.Record:
 
 
 def _timelines_of(path, engine: Engine) -> list[Timeline]:
-    """The records file's timelines, trimmed to max_length as prepare trims them."""
+    """The records file's timelines, trimmed to max_length as prepare trims them; with crowd context, every
+    item's statistics from the file's other users (the use rule), which also serve the new items asked about."""
     loaded = records.load(path, on_error=engine.cfg.on_error)
     timelines, _ = build_timelines(loaded.records)
+    if engine.cfg.crowd_context != "none":
+        engine.crowd_pool = crowd.pool_of(timelines)
+        crowd.annotate(timelines, engine.crowd_pool, engine.cfg.crowd_context)
     trim_long_contexts(timelines, engine.renderer, engine.tokenizer, engine.cfg.max_length)
     return timelines
 

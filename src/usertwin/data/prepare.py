@@ -17,7 +17,7 @@ from pathlib import Path
 
 from usertwin.atomic import atomic_open
 from usertwin.config import Config
-from usertwin.data import records
+from usertwin.data import crowd, records
 from usertwin.data.applies import facts_of, settle
 from usertwin.data.timeline import (
     SPLITS,
@@ -120,6 +120,8 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     renderer = Renderer(cfg, tokenizer)
+    splits = assign_splits(timelines, cfg)
+    crowd.annotate_split(timelines, splits, cfg.crowd_context)  # before measuring: it is part of each item's line
     cut = trim_long_contexts(timelines, renderer, tokenizer, cfg.max_length)
     if cut:
         warnings.append(f"{cut['items']} item(s) longer than max_length {cfg.max_length} with their whole context (a "
@@ -135,7 +137,6 @@ def prepare(cfg: Config, tokenizer=None, use_cache: bool = True, progress: bool 
             prep.seconds = time.perf_counter() - start
             return prep
         warnings.append(f"the prepare cache {cache_file} was unreadable or did not match the data; rebuilt it")
-    splits = assign_splits(timelines, cfg)
     lengths = measure_all(renderer, tokenizer, timelines, progress)
     sequences, stats = {}, {}
     for split in SPLITS:

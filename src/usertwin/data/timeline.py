@@ -40,6 +40,8 @@ class Timeline:
 
     # position -> oldest context turns dropped to fit max_length (the rendering marks the cut); the last field
     context_cut: dict = field(default_factory=dict)
+    # position -> crowd.Crowd: other users' ratings of the item (the crowd_context setting; data/crowd.py)
+    crowd: dict = field(default_factory=dict)
 
     @functools.cached_property
     def conversations(self) -> Conversations:

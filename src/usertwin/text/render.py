@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 
 from usertwin.config import RenderSettings, SampleSettings
+from usertwin.data.crowd import count_bucket
 from usertwin.data.timeline import is_dialogue_item, is_own_turn
 from usertwin.errors import UsertwinError
 from usertwin.text.styles import LANGUAGES, OMITTED, get_style, phrases_for
@@ -46,6 +47,8 @@ def check(cfg: RenderSettings) -> None:
         raise UsertwinError(f"unknown language {cfg.language!r}; choose auto, {', '.join(LANGUAGES)}")
     if cfg.history_layout not in ("turns", "block"):
         raise UsertwinError(f"unknown history_layout {cfg.history_layout!r}; choose turns or block")
+    if getattr(cfg, "crowd_context", "none") not in ("none", "item", "item_and_user"):
+        raise UsertwinError(f"crowd_context must be none, item or item_and_user, not {cfg.crowd_context!r}")
     if cfg.chat_template not in ("auto", "none"):
         raise UsertwinError(f"chat_template must be auto or none, not {cfg.chat_template!r}")
 
@@ -164,6 +167,7 @@ class Renderer:
         # a sample setting, read here because it shapes the rendering; RenderSettings alone: the default
         self.max_context_turns = getattr(cfg, "max_context_turns", SampleSettings.max_context_turns)
         self.use_profile, self.use_history, self.use_context = cfg.parts()
+        self.cfg_crowd = getattr(cfg, "crowd_context", "none")
         self.style = get_style(cfg.prompt_style)
         eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
         has_template = tokenizer is not None and getattr(tokenizer, "chat_template", None)
@@ -199,7 +203,21 @@ class Renderer:
         item = tl.items[pos]
         ph = phrases_for(self.language(tl), tl.role)
         turns = self._speakers(tl, item, ph) if self.use_context and item.context else []
-        return self.style.user_turn(item, turns, ph)
+        return self.style.user_turn(item, turns, ph, self.crowd_lines(tl, pos, ph))
+
+    def crowd_lines(self, tl, pos: int, ph: dict) -> list[str]:
+        """The item's crowd statistics (data/crowd.py annotates the timeline), as the style writes them."""
+        crowd = tl.crowd.get(pos) if self.cfg_crowd != "none" else None
+        if crowd is None:
+            return []
+        lines = [self._stat(crowd.mean, crowd.count, "crowd", ph)]
+        if crowd.user_count is not None:
+            lines.append(self._stat(crowd.user_mean, crowd.user_count, "own", ph))
+        return lines
+
+    def _stat(self, mean, count: int, which: str, ph: dict) -> str:
+        shown = None if mean is None or not count else f"{mean:.1f}"
+        return self.style.crowd_line(which, shown, count_bucket(count) if count else "0", ph)
 
     def _speakers(self, tl, item, ph: dict) -> list[tuple[str, object]]:
         """(speaker, content) of each context turn: the user's own turns are "you", anonymous role-tagged

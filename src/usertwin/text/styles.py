@@ -33,6 +33,10 @@ PHRASES = {
         "context": "Conversation so far",
         "item": "Now",
         "time": "Time",
+        "crowd": "Others rated it: mean {mean} ({count} ratings)",
+        "crowd_none": "Others rated it: no ratings yet",
+        "own": "Your ratings so far: mean {mean} ({count} ratings)",
+        "own_none": "Your ratings so far: none yet",
     },
     "zh": {
         "instruction": {
@@ -50,6 +54,10 @@ PHRASES = {
         "context": "对话上下文",
         "item": "当前",
         "time": "时间",
+        "crowd": "其他用户的评分：平均 {mean}（{count} 个评分）",
+        "crowd_none": "其他用户的评分：暂无",
+        "own": "你此前的评分：平均 {mean}（{count} 个评分）",
+        "own_none": "你此前的评分：暂无",
     },
     "ja": {
         "instruction": {
@@ -67,6 +75,10 @@ PHRASES = {
         "context": "これまでの会話",
         "item": "現在",
         "time": "時刻",
+        "crowd": "他のユーザーの評価：平均 {mean}（{count} 件）",
+        "crowd_none": "他のユーザーの評価：まだなし",
+        "own": "あなたのこれまでの評価：平均 {mean}（{count} 件）",
+        "own_none": "あなたのこれまでの評価：まだなし",
     },
 }
 
@@ -198,10 +210,19 @@ class PromptStyle:
     def instruction(self, item, phrases: dict) -> str:
         return phrases["instruction"].get(item.collection, phrases["instruction"][""])
 
-    def user_turn(self, item, turns: list[tuple[str, object]], phrases: dict) -> str:
-        """An item's user turn; `turns` is empty when the context is not shown."""
+    def user_turn(self, item, turns: list[tuple[str, object]], phrases: dict, crowd: list[str] = ()) -> str:
+        """An item's user turn; `turns` is empty when the context is not shown; `crowd`: the item's crowd lines
+        (`crowd_line`), written after what the item is about, before the instruction."""
         lines = self.context(turns, phrases) if turns else []
-        return "\n".join(lines + self.item(item, phrases))
+        item_lines = self.item(item, phrases)
+        return "\n".join(lines + item_lines[:-1] + list(crowd) + item_lines[-1:])
+
+    def crowd_line(self, which: str, mean: str | None, count: str, phrases: dict) -> str:
+        """One line of crowd statistics: `which` is crowd (other users) or own (the user's earlier items);
+        `mean` the mean to one decimal (None: no ratings), `count` the count's bucket."""
+        if mean is None:
+            return phrases[which + "_none"]
+        return phrases[which].format(mean=mean, count=count)
 
     def conversation_turn(self, lines: list[tuple[str, object]], opening: bool, omitted: str, about: str, item,
                           phrases: dict) -> str:

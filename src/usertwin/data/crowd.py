@@ -1,0 +1,189 @@
+"""Crowd context: what other users did with the same item, written into the item's line.
+
+A 135M model knows little about how a community rates its items; the recommender-systems field's models
+(item bias, matrix factorisation, kNN) live on exactly that signal. LLaRA and CoLLM inject it as learned
+embeddings from a trained CF model, A-LLMRec as aligned CF item embeddings; all need a CF model of their own
+and a projector trained with the LLM. usertwin writes it as text instead -- the count and mean of other users'
+ratings of the item -- so it goes through any tokenizer, any prompt style, the chat template, export and vLLM
+unchanged, and the same rule serves training and every place a twin is used.
+
+Which ratings an item's statistics may hold (DESIGN invariant 9, the baselines' rule of invariant 7):
+
+* split rule (prepare: train, predict, inspect): an item labelled test counts the other users' train + val
+  ratings; an item labelled val or train counts the other users' train ratings. A user's own ratings of the
+  item are never counted, so a target's own rating is never in its statistics.
+* use rule (Twin, simulate, serve, scenario): every rated item of the records given is known; an item counts
+  the other users' ratings of it. A new item gets the same.
+
+The user's own running statistics (`crowd_context: item_and_user`) hold only the user's items before the
+item in time order, so they never hold the item's own rating either.
+
+Form: the mean to one decimal and the count in a bucket (1, 2-4, 5-9, 10-19, 20-49, 50-99, 100-199, 200+).
+A bucket is a few tokens in every dataset, and the model learns how much a mean of "2-4 ratings" is worth
+against one of "200+" (the damping the bias baseline does by formula) without memorising raw counts that
+differ from one dataset's size to the next.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from usertwin.data.records.format import item_key
+
+BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200)
+RATING_KEYS = ("rating", "stars")  # metadata fields that hold an item's rating where the target is text
+
+
+@dataclass(frozen=True)
+class Crowd:
+    """One item's crowd statistics: other users' ratings of it, and (optional) the user's own before it."""
+
+    count: int = 0
+    mean: float | None = None
+    user_count: int | None = None  # None: the user's statistics are not shown
+    user_mean: float | None = None
+
+
+def rating_value(item) -> float | None:
+    """The rating an item carries: its continuation for a rating item, else metadata.rating / stars."""
+    if item.is_rating:
+        raw = item.continuation
+    else:
+        meta = item.metadata if isinstance(item.metadata, dict) else {}
+        raw = next((meta[k] for k in RATING_KEYS if k in meta), None)
+    if isinstance(raw, bool) or raw is None:
+        return None
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def count_bucket(n: int) -> str:
+    """1, 2-4, 5-9, ..., 200+: the bucket of a count (n >= 1)."""
+    for low, high in zip(BUCKETS, BUCKETS[1:]):
+        if n < high:
+            return str(low) if high - low == 1 else f"{low}-{high - 1}"
+    return f"{BUCKETS[-1]}+"
+
+
+class Pool:
+    """Ratings by item key: their count and sum in all, and per user (to leave the asking user's own out)."""
+
+    def __init__(self):
+        self.total: dict = defaultdict(lambda: [0, 0.0])
+        self.own: dict = defaultdict(lambda: [0, 0.0])
+        self.kinds: set = set()  # collections with a rating anywhere: the items that show crowd context
+
+    def add(self, user: str, item) -> None:
+        value = rating_value(item)
+        if value is None:
+            return
+        self.kinds.add(item.collection)
+        key = item_key(item)
+        for acc in (self.total[key], self.own[(user, key)]):
+            acc[0] += 1
+            acc[1] += value
+
+    def others(self, user: str, item) -> tuple[int, float | None]:
+        """(count, mean) of the ratings of `item`'s key by users other than `user`."""
+        key = item_key(item)
+        n, s = self.total.get(key, (0, 0.0))
+        own_n, own_s = self.own.get((user, key), (0, 0.0))
+        n, s = n - own_n, s - own_s
+        return n, (s / n if n else None)
+
+    def shows(self, item) -> bool:
+        """Crowd context goes on items about something (a prefix) of a kind that carries ratings."""
+        return bool(item.prefix.strip()) and item.collection in self.kinds
+
+    def to_json(self) -> dict:
+        """The per-item totals (no user's own ratings): what a run keeps for a twin used without records."""
+        return {"kinds": sorted(self.kinds), "items": [[list(k), n, s] for k, (n, s) in self.total.items()]}
+
+    @classmethod
+    def from_json(cls, blob: dict) -> Pool:
+        pool = cls()
+        pool.kinds = set(blob.get("kinds", []))
+        for key, n, s in blob.get("items", []):
+            pool.total[tuple(key)] = [int(n), float(s)]
+        return pool
+
+
+def _running(tl) -> list[tuple[int, float | None]]:
+    """(count, mean) of the user's ratings before each position, and after the last one (a new item's)."""
+    out, n, total = [], 0, 0.0
+    for item in tl.items:
+        out.append((n, total / n if n else None))
+        value = rating_value(item)
+        if value is not None:
+            n, total = n + 1, total + value
+    return out + [(n, total / n if n else None)]
+
+
+def _timeline_crowd(tl, pool_at, shows, mode: str) -> dict:
+    """position -> Crowd for the items that `shows`; `pool_at(pos)`: the pool that item's rule counts."""
+    running = _running(tl) if mode == "item_and_user" else None
+    out = {}
+    for pos, item in enumerate(tl.items):
+        if shows(item):
+            out[pos] = _crowd(pool_at(pos), tl.user_id, item, running[pos] if running else None)
+    return out
+
+
+def _crowd(pool: Pool, user: str, item, running) -> Crowd:
+    count, mean = pool.others(user, item)
+    return Crowd(count, mean) if running is None else Crowd(count, mean, *running)
+
+
+def annotate_split(timelines, splits: dict, mode: str) -> None:
+    """The split rule: test items count train + val, train and val items count train (others' ratings only)."""
+    for tl in timelines:
+        tl.crowd = {}
+    if mode == "none":
+        return
+    train, train_val = split_pools(timelines, splits)
+    # which kinds show crowd context is a fact of the data's format, the same for every split
+    train.kinds = train_val.kinds = {it.collection for tl in timelines for it in tl.items
+                                     if rating_value(it) is not None}
+    for tl in timelines:
+        pools = [train_val if label == "test" else train for label in splits[tl.user_id]]
+        tl.crowd = _timeline_crowd(tl, pools.__getitem__, train.shows, mode)
+
+
+def split_pools(timelines, splits: dict) -> tuple[Pool, Pool]:
+    """(train, train + val): the pools of the val and train items, and of the test items."""
+    train, train_val = Pool(), Pool()
+    for tl in timelines:
+        for item, label in zip(tl.items, splits[tl.user_id]):
+            if label == "train":
+                train.add(tl.user_id, item)
+            if label in ("train", "val"):
+                train_val.add(tl.user_id, item)
+    return train, train_val
+
+
+def pool_of(timelines) -> Pool:
+    """Every rated item of the timelines: the use rule's pool."""
+    pool = Pool()
+    for tl in timelines:
+        for item in tl.items:
+            pool.add(tl.user_id, item)
+    return pool
+
+
+def annotate(timelines, pool: Pool, mode: str) -> None:
+    """The use rule: every item's statistics from `pool` (others' ratings only)."""
+    for tl in timelines:
+        tl.crowd = {} if mode == "none" else _timeline_crowd(tl, lambda pos: pool, pool.shows, mode)
+
+
+def with_new(tl, item, pool: Pool | None, mode: str) -> dict:
+    """`tl.crowd` plus the statistics of `item`, a new item at the end of the timeline (the use rule)."""
+    if mode == "none" or pool is None or not pool.shows(item):
+        return dict(tl.crowd)
+    running = _running(tl)[-1] if mode == "item_and_user" else None
+    return {**tl.crowd, len(tl.items): _crowd(pool, tl.user_id, item, running)}

@@ -1,0 +1,191 @@
+"""Crowd context (data/crowd.py): other users' ratings in each item's line, never the target's own, never
+anything the split's baselines are not fit on; the same rule at training and wherever the twin is used."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import pytest
+from conftest import shared
+
+from usertwin.config import Config
+from usertwin.data import crowd, records
+from usertwin.data.records import Item
+from usertwin.data.records.format import item_key
+from usertwin.data.timeline import Timeline, assign_splits, build_timelines
+from usertwin.errors import UsertwinError
+from usertwin.text.render import Renderer
+
+
+def _item(movie: int, rating: float, t: int) -> Item:
+    return Item(continuation=f"{rating:.1f}", prefix=f"Movie {movie} (2000) (Drama): ", timestamp=t,
+                collection="movie_rating", metadata={"movie_id": movie, "rating": rating}, position=t)
+
+
+def _timelines(table: dict) -> list[Timeline]:
+    """{user: [(movie, rating), ...] in time order} -> timelines."""
+    return [Timeline(u, {}, "Predict ratings.", "en", [_item(m, r, t) for t, (m, r) in enumerate(rows)])
+            for u, rows in table.items()]
+
+
+def _cfg(**kw) -> Config:
+    return Config(**{"test_ratio": 0.25, "val_ratio": 0.25, **kw})
+
+
+# 4 items a user: positions 0, 1 train, 2 val, 3 test (time split 50/25/25)
+TABLE = {"a": [(1, 4.0), (2, 3.0), (3, 5.0), (4, 2.0)],
+         "b": [(1, 2.0), (3, 1.0), (4, 5.0), (2, 4.0)],
+         "c": [(4, 3.0), (1, 5.0), (2, 1.0), (3, 4.0)]}
+
+
+def test_split_rule_counts_exactly_what_the_baselines_see():
+    tls = _timelines(TABLE)
+    splits = assign_splits(tls, _cfg())
+    assert splits["a"] == ["train", "train", "val", "test"]
+    crowd.annotate_split(tls, splits, "item")
+    a, b, c = tls
+    # a's train item movie 1: others' train ratings of movie 1 = b (2.0, train) and c (5.0, train)
+    assert a.crowd[0] == crowd.Crowd(2, 3.5)
+    # a's val item movie 3: others' *train* ratings of movie 3 = b's 1.0 (c's 4.0 is test)
+    assert a.crowd[2] == crowd.Crowd(1, 1.0)
+    # a's test item movie 4: others' train + val = b's 5.0 (val) and c's 3.0 (train)
+    assert a.crowd[3] == crowd.Crowd(2, 4.0)
+    # b's test item movie 2: a's 3.0 (train) and c's 1.0 (val); never b's own
+    assert b.crowd[3] == crowd.Crowd(2, 2.0)
+    # c's test item movie 3: a's 5.0 (val) and b's 1.0 (train)
+    assert c.crowd[3] == crowd.Crowd(2, 3.0)
+
+
+def test_user_running_statistics_hold_only_earlier_items():
+    tls = _timelines(TABLE)
+    crowd.annotate_split(tls, assign_splits(tls, _cfg()), "item_and_user")
+    a = tls[0]
+    assert a.crowd[0].user_count == 0 and a.crowd[0].user_mean is None
+    assert (a.crowd[3].user_count, a.crowd[3].user_mean) == (3, 4.0)  # 4, 3, 5: never the target's 2
+
+
+def test_rendered_line_and_buckets(tokenizer):
+    tls = _timelines(TABLE)
+    crowd.annotate_split(tls, assign_splits(tls, _cfg()), "item_and_user")
+    r = Renderer(_cfg(crowd_context="item_and_user"), tokenizer)
+    text = r.user_text(tls[0], 3)
+    assert text == ("Movie 4 (2000) (Drama):\nOthers rated it: mean 4.0 (2-4 ratings)\n"
+                    "Your ratings so far: mean 4.0 (2-4 ratings)\nPredict the rating this user gives to this movie:")
+    assert r.user_text(tls[0], 0).splitlines()[1:3] == ["Others rated it: mean 3.5 (2-4 ratings)",
+                                                        "Your ratings so far: none yet"]
+    plain = Renderer(_cfg(), tokenizer)
+    assert "Others" not in plain.user_text(tls[0], 3)  # crowd_context none (the default) shows nothing
+    assert [crowd.count_bucket(n) for n in (1, 2, 4, 5, 19, 20, 99, 100, 199, 200, 5000)] == \
+           ["1", "2-4", "2-4", "5-9", "10-19", "20-49", "50-99", "100-199", "100-199", "200+", "200+"]
+
+
+def test_unknown_crowd_setting_is_refused(tokenizer):
+    with pytest.raises(UsertwinError, match="crowd_context"):
+        Renderer(_cfg(crowd_context="everything"), tokenizer)
+
+
+# ---------------------------------------------------------------- leakage on real data
+
+
+@pytest.fixture(scope="module")
+def ml_timelines(tmp_path_factory):
+    from usertwin.cli import main
+
+    out = tmp_path_factory.mktemp("crowd") / "ml.jsonl"
+    assert main(["convert", "movielens", str(shared("movielens", "ml-latest-small")), "-o", str(out),
+                 "--no-progress"]) == 0
+    tls, _ = build_timelines(records.load(out).records)
+    return tls
+
+
+def _annotated(tls, mutate=None):
+    tls = [dataclasses.replace(tl, items=list(tl.items)) for tl in tls]
+    splits = assign_splits(tls, Config())
+    if mutate:
+        for tl in tls:
+            tl.items = [mutate(it, label) for it, label in zip(tl.items, splits[tl.user_id])]
+    crowd.annotate_split(tls, splits, "item_and_user")
+    return tls, splits
+
+
+def _rerate(which: str, seed: int):
+    rng = random.Random(seed)
+
+    def mutate(item, label):
+        if label != which:
+            return item
+        return dataclasses.replace(item, continuation=f"{rng.choice([0.5, 1.0, 2.5, 5.0]):.1f}")
+    return mutate
+
+
+def test_real_movielens_test_ratings_never_reach_any_statistics(ml_timelines):
+    """Re-rating every test target at random changes no item's crowd statistics: a test rating is in no pool."""
+    base, splits = _annotated(ml_timelines)
+    moved, _ = _annotated(ml_timelines, _rerate("test", 1))
+    assert sum(len(tl.crowd) for tl in base) == 100_836
+    changed = [(tl.user_id, p) for tl, m in zip(base, moved) for p in tl.crowd
+               if (tl.crowd[p].count, tl.crowd[p].mean) != (m.crowd[p].count, m.crowd[p].mean)]
+    assert changed == []
+
+
+def test_real_movielens_val_ratings_reach_only_test_items(ml_timelines):
+    """Re-rating the validation items changes train and val items' statistics nowhere (they count train
+    only, as the validation baselines are fit on train), and test items' only through other users."""
+    base, splits = _annotated(ml_timelines)
+    moved, _ = _annotated(ml_timelines, _rerate("val", 2))
+    touched = {"train": 0, "val": 0, "test": 0}
+    for tl, m in zip(base, moved):
+        for p, stats in tl.crowd.items():
+            if (stats.count, stats.mean) != (m.crowd[p].count, m.crowd[p].mean):
+                touched[splits[tl.user_id][p]] += 1
+    assert touched["train"] == touched["val"] == 0 and touched["test"] > 1000
+
+
+def test_real_movielens_test_statistics_equal_the_baselines_fit_data(ml_timelines):
+    """A test target's statistics are the count and mean of the ratings the test baselines are fit on
+    (every user's train + val items), less the target user's own: recomputed here from scratch."""
+    base, splits = _annotated(ml_timelines)
+    fit = {}
+    for tl in base:
+        for it, label in zip(tl.items, splits[tl.user_id]):
+            if label != "test":
+                fit.setdefault(item_key(it), []).append((tl.user_id, float(it.continuation)))
+    checked = 0
+    for tl in base[:60]:
+        for p, label in enumerate(splits[tl.user_id]):
+            if label != "test":
+                continue
+            others = [r for u, r in fit.get(item_key(tl.items[p]), []) if u != tl.user_id]
+            stats = tl.crowd[p]
+            assert stats.count == len(others)
+            assert stats.mean == pytest.approx(sum(others) / len(others)) if others else stats.mean is None
+            checked += 1
+    assert checked == 1_313
+
+
+def test_own_rating_is_never_counted_even_when_others_share_the_item():
+    table = {"a": [(1, 1.0), (1, 1.0), (1, 1.0), (1, 5.0)], "b": [(1, 3.0)] * 4}
+    tls = _timelines(table)
+    crowd.annotate_split(tls, assign_splits(tls, _cfg()), "item")
+    # a's test item counts b's train + val ratings of movie 1 (3 of them), none of a's own
+    assert tls[0].crowd[3] == crowd.Crowd(3, 3.0)
+
+
+# ---------------------------------------------------------------- the use rule
+
+
+def test_use_rule_and_new_items():
+    tls = _timelines(TABLE)
+    pool = crowd.pool_of(tls)
+    crowd.annotate(tls, pool, "item")
+    a = tls[0]
+    assert a.crowd[3] == crowd.Crowd(2, 4.0)  # movie 4: b's 5.0 and c's 3.0
+    new = _item(3, 0.0, 9)
+    stats = crowd.with_new(a, dataclasses.replace(new, continuation=""), pool, "item")
+    assert stats[4] == crowd.Crowd(2, 2.5)  # movie 3: b's 1.0, c's 4.0 -- never a's own 5.0
+    saved = crowd.Pool.from_json(json.loads(json.dumps(pool.to_json())))
+    stranger = Timeline("z", {}, "", "en", [])
+    assert crowd.with_new(stranger, new, saved, "item")[0] == crowd.Crowd(3, 10 / 3)  # all three, no one's own
+    assert crowd.with_new(a, new, saved, "none") == a.crowd
