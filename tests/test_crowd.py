@@ -71,10 +71,9 @@ def test_rendered_line_and_buckets(tokenizer):
     crowd.annotate_split(tls, assign_splits(tls, _cfg()), "item_and_user")
     r = Renderer(_cfg(crowd_context="item_and_user"), tokenizer)
     text = r.user_text(tls[0], 3)
-    assert text == ("Movie 4 (2000) (Drama):\nOthers rated it: mean 4.0 (2-4 ratings)\n"
-                    "Your ratings so far: mean 4.0 (2-4 ratings)\nPredict the rating this user gives to this movie:")
-    assert r.user_text(tls[0], 0).splitlines()[1:3] == ["Others rated it: mean 3.5 (2-4 ratings)",
-                                                        "Your ratings so far: none yet"]
+    assert text == ("Movie 4 (2000) (Drama):\nOthers: 4.0 avg, 2-4 ratings\n"
+                    "You so far: 4.0 avg, 2-4 ratings\nPredict the rating this user gives to this movie:")
+    assert r.user_text(tls[0], 0).splitlines()[1:3] == ["Others: 3.5 avg, 2-4 ratings", "You so far: no ratings"]
     plain = Renderer(_cfg(), tokenizer)
     assert "Others" not in plain.user_text(tls[0], 3)  # crowd_context none (the default) shows nothing
     assert [crowd.count_bucket(n) for n in (1, 2, 4, 5, 19, 20, 99, 100, 199, 200, 5000)] == \
@@ -173,19 +172,74 @@ def test_own_rating_is_never_counted_even_when_others_share_the_item():
     assert tls[0].crowd[3] == crowd.Crowd(3, 3.0)
 
 
-# ---------------------------------------------------------------- the use rule
+# ---------------------------------------------------------------- new items at use
 
 
-def test_use_rule_and_new_items():
+def test_new_items_count_every_rating_of_the_others():
     tls = _timelines(TABLE)
-    pool = crowd.pool_of(tls)
-    crowd.annotate(tls, pool, "item")
+    pools = crowd.annotate_split(tls, assign_splits(tls, _cfg()), "item")
     a = tls[0]
-    assert a.crowd[3] == crowd.Crowd(2, 4.0)  # movie 4: b's 5.0 and c's 3.0
-    new = _item(3, 0.0, 9)
-    stats = crowd.with_new(a, dataclasses.replace(new, continuation=""), pool, "item")
-    assert stats[4] == crowd.Crowd(2, 2.5)  # movie 3: b's 1.0, c's 4.0 -- never a's own 5.0
-    saved = crowd.Pool.from_json(json.loads(json.dumps(pool.to_json())))
+    new = dataclasses.replace(_item(3, 0.0, 9), continuation="")
+    stats = pools.with_new(a, new, "item")
+    assert stats[4] == crowd.Crowd(2, 2.5)  # movie 3: b's 1.0 (train), c's 4.0 (test) -- never a's own 5.0
+    assert {p: stats[p] for p in a.crowd} == a.crowd  # the existing items keep the split rule's statistics
+    saved = crowd.Pools.saved(crowd.Pool.from_json(json.loads(json.dumps(pools.train_val.to_json()))))
     stranger = Timeline("z", {}, "", "en", [])
-    assert crowd.with_new(stranger, new, saved, "item")[0] == crowd.Crowd(3, 10 / 3)  # all three, no one's own
-    assert crowd.with_new(a, new, saved, "none") == a.crowd
+    assert saved.with_new(stranger, new, "item")[0] == crowd.Crowd(2, 3.0)  # train + val only: a's 5.0, b's 1.0
+    assert saved.with_new(a, new, "none") == a.crowd
+
+
+# ---------------------------------------------------------------- end to end: train, predict, Twin, inspect
+
+
+def _user_raw(uid: str, n: int) -> dict:
+    items = [{"continuation_prefix": f"Movie {(i + int(uid)) % 5} (2000) (Drama): ",
+              "continuation": f"{(i * int(uid)) % 5 + 1}.0", "timestamp": 1_000_000 + 60 * i,
+              "metadata": {"movie_id": (i + int(uid)) % 5}} for i in range(n)]
+    return {"user_hash": uid, "user": {"profile": {"name": f"user {uid}"}},
+            "task": {"description": "Predict ratings.", "language": "en",
+                     "task_behavior_collections": [{"type": "movie_rating", "data": items}]}}
+
+
+@pytest.fixture(scope="module")
+def crowd_run(tmp_path_factory, tiny_model_dir):
+    from usertwin.cli import main
+
+    tmp = tmp_path_factory.mktemp("crowd_run")
+    data = tmp / "r.jsonl"
+    data.write_text("".join(json.dumps(_user_raw(u, n)) + "\n" for u, n in {"1": 12, "2": 10, "3": 8}.items()))
+    run = tmp / "run"
+    assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(run),
+                 "--max_length", "400", "--crowd_context", "item", "--no-progress"]) == 0
+    assert main(["predict", "--run", str(run), "--no-progress", "--max_new_tokens", "2", "--pick", "0"]) == 0
+    return run, data
+
+
+def test_twin_prompts_equal_predicts_and_new_items_count_the_others(crowd_run, capsys):
+    from usertwin import Twin
+    from usertwin.eval.predict import prompt_hash
+
+    run, data = crowd_run
+    saved = json.loads((run / "crowd.json").read_text())
+    assert sum(n for _, n, _ in saved["items"]) == 25  # train + val of 30 ratings: 10 + 8 + 7 (5 test)
+    twin = Twin.load(run, records=data)
+    rows = [json.loads(x) for x in (run / "predictions-test.jsonl").read_text().splitlines()]
+    assert len(rows) == 5
+    for r in rows:
+        assert prompt_hash(twin.prompt(r["user"], target=r["target_index"], room=2)) == r["prompt_hash"]
+    text = twin.engine.tokenizer.decode(twin.prompt("1", item="Movie 3 (2000) (Drama): "))
+    # movie 3, new for user 1: user 2 rated it 3.0 and 3.0, user 3 1.0 and 1.0 (every rating of the others)
+    assert "Movie 3 (2000) (Drama):\nOthers: 2.0 avg, 2-4 ratings\nPredict" in text
+    alone = Twin.load(run)  # no records: the run's crowd.json (train + val only)
+    described = alone.engine.tokenizer.decode(alone.prompt(profile={}, history=[], item="Movie 3 (2000) (Drama): "))
+    # crowd.json holds train + val of all three users, and knows no one's own: user 1's 3.0, 3.0 count too
+    assert "Movie 3 (2000) (Drama):\nOthers: 2.3 avg, 5-9 ratings\nPredict" in described
+
+
+def test_inspect_shows_the_crowd_lines(crowd_run, tiny_model_dir, capsys):
+    from usertwin.cli import main
+
+    _, data = crowd_run
+    assert main(["inspect", "--data", str(data), "--model", str(tiny_model_dir), "--crowd_context", "item",
+                 "--split", "test", "-n", "1", "--no-progress"]) == 0
+    assert "Others: " in capsys.readouterr().out

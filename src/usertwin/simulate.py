@@ -218,9 +218,8 @@ class _Run:
         """The user's real items, then (in a rollout) the items generated so far, then this step's item."""
         base = self.twin.timeline(user)
         tl = base
-        if self.grown.get(user):
-            tl = type(base)(base.user_id, base.profile, base.task, base.language,
-                            base.items + self.grown[user], base.record_index)
+        for grown in self.grown.get(user, ()):
+            tl = self.twin.with_item(tl, grown)
         kind = it.kind or self.twin.kind_after(tl)
         return self.twin.with_new_item(tl, it.prefix, it.context, kind), kind
 

@@ -27,7 +27,14 @@ from usertwin.atomic import recover_dir, write_json
 from usertwin.config import AUTO, MAX_SAMPLES, Config, GenerateSettings, from_mapping, generate_settings_from
 from usertwin.data import choices, crowd, records
 from usertwin.data.prepare import fit_sample, trim_long_contexts
-from usertwin.data.timeline import Sample, Timeline, build_timelines, select_history
+from usertwin.data.timeline import (
+    Sample,
+    Timeline,
+    assign_splits,
+    build_timelines,
+    select_history,
+    split_labels,
+)
 from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
 from usertwin.text.render import Renderer
@@ -82,17 +89,17 @@ def write_twin_facts(run_dir, prep) -> Path:
     run = RunDir(run_dir)
     write_json(run.twin_facts, twin_facts(prep))
     if prep.config.crowd_context != "none":
-        write_json(run.crowd, crowd.split_pools(prep.timelines, prep.splits)[1].to_json())
+        write_json(run.crowd, crowd.Pools.of(prep.timelines, prep.splits).train_val.to_json())
     return run.twin_facts
 
 
-def read_crowd_pool(run_dir) -> crowd.Pool:
+def read_crowd_pools(run_dir) -> crowd.Pools:
     path = RunDir(run_dir).crowd
     if not path.is_file():
         raise UsertwinError(f"{path} is missing: this twin shows crowd context; pass Twin.load(RUN, records=PATH) "
                             "to count other users' ratings from a records file")
     try:
-        return crowd.Pool.from_json(json.loads(path.read_text(encoding="utf-8")))
+        return crowd.Pools.saved(crowd.Pool.from_json(json.loads(path.read_text(encoding="utf-8"))))
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise UsertwinError(f"{path} is unreadable ({e}); pass Twin.load(RUN, records=PATH) instead") from None
 
@@ -216,7 +223,7 @@ class Engine:
         self.cfg, self.model, self.tokenizer, self.scale = cfg, model, tokenizer, scale
         self.renderer = Renderer(cfg, tokenizer)
         self.encoder = SequenceEncoder(self.renderer, tokenizer)
-        self.crowd_pool = None  # other users' ratings for new items' crowd context (data/crowd.py's use rule)
+        self.crowd = None  # crowd.Pools: other users' ratings, for crowd context (data/crowd.py)
         eot = self.renderer.fmt.eot
         ids = tokenizer(eot, add_special_tokens=False)["input_ids"] if eot else []
         self.eot_id = ids[0] if len(ids) == 1 else tokenizer.eos_token_id
@@ -550,7 +557,7 @@ class Twin:
         engine = Engine(cfg, model, tok)
         timelines = _timelines_of(records, engine) if records is not None else None
         if records is None and cfg.crowd_context != "none":
-            engine.crowd_pool = read_crowd_pool(run.path)
+            engine.crowd = read_crowd_pools(run.path)
         facts = facts if facts is not None else twin_facts(timelines)
         engine.scale = facts.get("rating_scale")
         return cls(engine, facts, timelines, records)
@@ -707,8 +714,9 @@ class Twin:
                         "task_behavior_collections": [_collection(it, self._default_collection())
                                                       for it in history]}}
         (tl,), _ = build_timelines([_read_record(raw)])
-        if self.engine.crowd_pool is not None:
-            crowd.annotate([tl], self.engine.crowd_pool, self.cfg.crowd_context)
+        if self.engine.crowd is not None:
+            # the split rule by the user's own positions, as a looked-up user's items get it
+            self.engine.crowd.annotate([tl], {tl.user_id: split_labels(len(tl.items), self.cfg)}, self.cfg.crowd_context)
         trim_long_contexts([tl], self.engine.renderer, self.engine.tokenizer, self.cfg.max_length)
         return tl
 
@@ -732,8 +740,12 @@ class Twin:
             if not new.context:  # the turn being answered is never dropped: a reply to nothing is no reply
                 raise PromptTooLong(f"user {tl.user_id!r}: the last turn of the context alone does not fit the "
                                     f"run's max_length {self.cfg.max_length}: shorten it")
-        stats = crowd.with_new(tl, new, self.engine.crowd_pool, self.cfg.crowd_context)
-        return dataclasses.replace(tl, items=tl.items + [new], crowd=stats)
+        return self.with_item(tl, new)
+
+    def with_item(self, tl: Timeline, item) -> Timeline:
+        """The timeline plus `item` at its end, with its crowd statistics (every other user's rating counts)."""
+        stats = self.engine.crowd.with_new(tl, item, self.cfg.crowd_context) if self.engine.crowd else dict(tl.crowd)
+        return dataclasses.replace(tl, items=tl.items + [item], crowd=stats)
 
     def chat(self, messages: list, user=None, profile: dict | None = None, history: list | None = None,
              **generation) -> str:
@@ -811,13 +823,13 @@ def _read_record(raw: dict) -> records.Record:
 
 
 def _timelines_of(path, engine: Engine) -> list[Timeline]:
-    """The records file's timelines, trimmed to max_length as prepare trims them; with crowd context, every
-    item's statistics from the file's other users (the use rule), which also serve the new items asked about."""
+    """The records file's timelines, trimmed to max_length as prepare trims them. With crowd context, its items
+    get their statistics by the split rule (so a target's prompt is the one predict used), and a new item asked
+    about counts every rating of the file's other users (data/crowd.py)."""
     loaded = records.load(path, on_error=engine.cfg.on_error)
     timelines, _ = build_timelines(loaded.records)
     if engine.cfg.crowd_context != "none":
-        engine.crowd_pool = crowd.pool_of(timelines)
-        crowd.annotate(timelines, engine.crowd_pool, engine.cfg.crowd_context)
+        engine.crowd = crowd.annotate_split(timelines, assign_splits(timelines, engine.cfg), engine.cfg.crowd_context)
     trim_long_contexts(timelines, engine.renderer, engine.tokenizer, engine.cfg.max_length)
     return timelines
 

@@ -12,8 +12,10 @@ Which ratings an item's statistics may hold (DESIGN invariant 9, the baselines' 
 * split rule (prepare: train, predict, inspect): an item labelled test counts the other users' train + val
   ratings; an item labelled val or train counts the other users' train ratings. A user's own ratings of the
   item are never counted, so a target's own rating is never in its statistics.
-* use rule (Twin, simulate, serve, scenario): every rated item of the records given is known; an item counts
-  the other users' ratings of it. A new item gets the same.
+* wherever a twin is used (Twin, simulate, serve, scenario predict), on the records it is given: their items
+  by the same split rule (so a target's prompt is exactly the one predict scored), and a *new* item asked about
+  counts every rating of the other users in those records (all of it lies before the new item). A twin loaded
+  without records counts its run's RUN/crowd.json: the training data's train + val ratings.
 
 The user's own running statistics (`crowd_context: item_and_user`) hold only the user's items before the
 item in time order, so they never hold the item's own rating either.
@@ -77,6 +79,9 @@ class Pool:
         self.total: dict = defaultdict(lambda: [0, 0.0])
         self.own: dict = defaultdict(lambda: [0, 0.0])
         self.kinds: set = set()  # collections with a rating anywhere: the items that show crowd context
+        # (collection, prefix) -> the item keys rated under it: a new item asked about by its prefix alone
+        # (Twin, simulate, serve) finds the movie id its ratings are kept under
+        self.titles: dict = defaultdict(set)
 
     def add(self, user: str, item) -> None:
         value = rating_value(item)
@@ -84,16 +89,25 @@ class Pool:
             return
         self.kinds.add(item.collection)
         key = item_key(item)
+        self.titles[(item.collection, item.prefix)].add(key)
         for acc in (self.total[key], self.own[(user, key)]):
             acc[0] += 1
             acc[1] += value
 
+    def keys_of(self, item) -> list:
+        """The keys whose ratings `item` counts: its own; for an item known only by its prefix, every key rated
+        under that prefix (several where a title names several movies: the title is all the twin was told)."""
+        key = item_key(item)
+        if key in self.total or len(key) != 2:
+            return [key]
+        return sorted(self.titles.get((item.collection, item.prefix), ())) or [key]
+
     def others(self, user: str, item) -> tuple[int, float | None]:
         """(count, mean) of the ratings of `item`'s key by users other than `user`."""
-        key = item_key(item)
-        n, s = self.total.get(key, (0, 0.0))
-        own_n, own_s = self.own.get((user, key), (0, 0.0))
-        n, s = n - own_n, s - own_s
+        n, s = 0, 0.0
+        for key in self.keys_of(item):
+            total, own = self.total.get(key, (0, 0.0)), self.own.get((user, key), (0, 0.0))
+            n, s = n + total[0] - own[0], s + total[1] - own[1]
         return n, (s / n if n else None)
 
     def shows(self, item) -> bool:
@@ -102,7 +116,8 @@ class Pool:
 
     def to_json(self) -> dict:
         """The per-item totals (no user's own ratings): what a run keeps for a twin used without records."""
-        return {"kinds": sorted(self.kinds), "items": [[list(k), n, s] for k, (n, s) in self.total.items()]}
+        return {"kinds": sorted(self.kinds), "items": [[list(k), n, s] for k, (n, s) in self.total.items()],
+                "titles": [[c, p, sorted(list(k) for k in keys)] for (c, p), keys in self.titles.items()]}
 
     @classmethod
     def from_json(cls, blob: dict) -> Pool:
@@ -110,6 +125,8 @@ class Pool:
         pool.kinds = set(blob.get("kinds", []))
         for key, n, s in blob.get("items", []):
             pool.total[tuple(key)] = [int(n), float(s)]
+        for collection, prefix, keys in blob.get("titles", []):
+            pool.titles[(collection, prefix)] = {tuple(k) for k in keys}
         return pool
 
 
@@ -139,51 +156,54 @@ def _crowd(pool: Pool, user: str, item, running) -> Crowd:
     return Crowd(count, mean) if running is None else Crowd(count, mean, *running)
 
 
-def annotate_split(timelines, splits: dict, mode: str) -> None:
-    """The split rule: test items count train + val, train and val items count train (others' ratings only)."""
-    for tl in timelines:
-        tl.crowd = {}
+@dataclass
+class Pools:
+    """The pools one set of records gives: train (what train and val items count), train + val (what test
+    items count) and every rating (what a new item asked about at use counts)."""
+
+    train: Pool
+    train_val: Pool
+    every: Pool
+
+    @classmethod
+    def of(cls, timelines, splits: dict) -> Pools:
+        pools = cls(Pool(), Pool(), Pool())
+        for tl in timelines:
+            for item, label in zip(tl.items, splits[tl.user_id]):
+                for pool, counts in ((pools.train, label == "train"), (pools.train_val, label != "test"),
+                                     (pools.every, True)):
+                    if counts:
+                        pool.add(tl.user_id, item)
+        # which kinds show crowd context is a fact of the data's format, the same in every pool
+        pools.train.kinds = pools.train_val.kinds = set(pools.every.kinds)
+        return pools
+
+    @classmethod
+    def saved(cls, pool: Pool) -> Pools:
+        """A run's saved train + val pool (RUN/crowd.json) for every rule: all a twin without records knows."""
+        return cls(pool, pool, pool)
+
+    def annotate(self, timelines, splits: dict, mode: str) -> None:
+        """The split rule: test items count train + val, train and val items count train (others' only)."""
+        for tl in timelines:
+            pools = [self.train_val if label == "test" else self.train for label in splits[tl.user_id]]
+            tl.crowd = {} if mode == "none" else _timeline_crowd(tl, pools.__getitem__, self.every.shows, mode)
+
+    def with_new(self, tl, item, mode: str) -> dict:
+        """`tl.crowd` plus the statistics of `item`, a new item at the end of the timeline: every rating of
+        the other users counts (all of it lies before the new item)."""
+        if mode == "none" or not self.every.shows(item):
+            return dict(tl.crowd)
+        running = _running(tl)[-1] if mode == "item_and_user" else None
+        return {**tl.crowd, len(tl.items): _crowd(self.every, tl.user_id, item, running)}
+
+
+def annotate_split(timelines, splits: dict, mode: str) -> Pools | None:
+    """Annotate every item by the split rule; the pools (None with mode none)."""
     if mode == "none":
-        return
-    train, train_val = split_pools(timelines, splits)
-    # which kinds show crowd context is a fact of the data's format, the same for every split
-    train.kinds = train_val.kinds = {it.collection for tl in timelines for it in tl.items
-                                     if rating_value(it) is not None}
-    for tl in timelines:
-        pools = [train_val if label == "test" else train for label in splits[tl.user_id]]
-        tl.crowd = _timeline_crowd(tl, pools.__getitem__, train.shows, mode)
-
-
-def split_pools(timelines, splits: dict) -> tuple[Pool, Pool]:
-    """(train, train + val): the pools of the val and train items, and of the test items."""
-    train, train_val = Pool(), Pool()
-    for tl in timelines:
-        for item, label in zip(tl.items, splits[tl.user_id]):
-            if label == "train":
-                train.add(tl.user_id, item)
-            if label in ("train", "val"):
-                train_val.add(tl.user_id, item)
-    return train, train_val
-
-
-def pool_of(timelines) -> Pool:
-    """Every rated item of the timelines: the use rule's pool."""
-    pool = Pool()
-    for tl in timelines:
-        for item in tl.items:
-            pool.add(tl.user_id, item)
-    return pool
-
-
-def annotate(timelines, pool: Pool, mode: str) -> None:
-    """The use rule: every item's statistics from `pool` (others' ratings only)."""
-    for tl in timelines:
-        tl.crowd = {} if mode == "none" else _timeline_crowd(tl, lambda pos: pool, pool.shows, mode)
-
-
-def with_new(tl, item, pool: Pool | None, mode: str) -> dict:
-    """`tl.crowd` plus the statistics of `item`, a new item at the end of the timeline (the use rule)."""
-    if mode == "none" or pool is None or not pool.shows(item):
-        return dict(tl.crowd)
-    running = _running(tl)[-1] if mode == "item_and_user" else None
-    return {**tl.crowd, len(tl.items): _crowd(pool, tl.user_id, item, running)}
+        for tl in timelines:
+            tl.crowd = {}
+        return None
+    pools = Pools.of(timelines, splits)
+    pools.annotate(timelines, splits, mode)
+    return pools

@@ -33,10 +33,10 @@ PHRASES = {
         "context": "Conversation so far",
         "item": "Now",
         "time": "Time",
-        "crowd": "Others rated it: mean {mean} ({count} ratings)",
-        "crowd_none": "Others rated it: no ratings yet",
-        "own": "Your ratings so far: mean {mean} ({count} ratings)",
-        "own_none": "Your ratings so far: none yet",
+        "crowd": "Others: {mean} avg, {count} ratings",
+        "crowd_none": "Others: no ratings",
+        "own": "You so far: {mean} avg, {count} ratings",
+        "own_none": "You so far: no ratings",
     },
     "zh": {
         "instruction": {
@@ -54,10 +54,10 @@ PHRASES = {
         "context": "对话上下文",
         "item": "当前",
         "time": "时间",
-        "crowd": "其他用户的评分：平均 {mean}（{count} 个评分）",
-        "crowd_none": "其他用户的评分：暂无",
-        "own": "你此前的评分：平均 {mean}（{count} 个评分）",
-        "own_none": "你此前的评分：暂无",
+        "crowd": "其他用户：平均 {mean}，{count} 个评分",
+        "crowd_none": "其他用户：暂无评分",
+        "own": "你此前：平均 {mean}，{count} 个评分",
+        "own_none": "你此前：暂无评分",
     },
     "ja": {
         "instruction": {
@@ -75,10 +75,10 @@ PHRASES = {
         "context": "これまでの会話",
         "item": "現在",
         "time": "時刻",
-        "crowd": "他のユーザーの評価：平均 {mean}（{count} 件）",
-        "crowd_none": "他のユーザーの評価：まだなし",
-        "own": "あなたのこれまでの評価：平均 {mean}（{count} 件）",
-        "own_none": "あなたのこれまでの評価：まだなし",
+        "crowd": "他のユーザー：平均 {mean}、{count} 件",
+        "crowd_none": "他のユーザー：評価なし",
+        "own": "あなたのこれまで：平均 {mean}、{count} 件",
+        "own_none": "あなたのこれまで：評価なし",
     },
 }
 
