@@ -74,8 +74,8 @@ def test_rendered_line_and_buckets(tokenizer):
     assert text == ("Movie 4 (2000) (Drama):\nOthers: 4.0 avg, 2-4 ratings\n"
                     "You so far: 4.0 avg, 2-4 ratings\nPredict the rating this user gives to this movie:")
     assert r.user_text(tls[0], 0).splitlines()[1:3] == ["Others: 3.5 avg, 2-4 ratings", "You so far: no ratings"]
-    plain = Renderer(_cfg(), tokenizer)
-    assert "Others" not in plain.user_text(tls[0], 3)  # crowd_context none (the default) shows nothing
+    plain = Renderer(_cfg(crowd_context="none"), tokenizer)
+    assert "Others" not in plain.user_text(tls[0], 3)  # crowd_context none shows nothing
     assert [crowd.count_bucket(n) for n in (1, 2, 4, 5, 19, 20, 99, 100, 199, 200, 5000)] == \
            ["1", "2-4", "2-4", "5-9", "10-19", "20-49", "50-99", "100-199", "100-199", "200+", "200+"]
 
@@ -243,3 +243,29 @@ def test_inspect_shows_the_crowd_lines(crowd_run, tiny_model_dir, capsys):
     assert main(["inspect", "--data", str(data), "--model", str(tiny_model_dir), "--crowd_context", "item",
                  "--split", "test", "-n", "1", "--no-progress"]) == 0
     assert "Others: " in capsys.readouterr().out
+
+
+def test_user_statistics_on_data_without_ratings_are_refused():
+    from usertwin.data.applies import Facts, settle
+
+    with pytest.raises(UsertwinError, match="--crowd_context item_and_user would be ignored: it needs items that "
+                                            "carry a rating"):
+        settle(Config(crowd_context="item_and_user"), Facts(dialogue=True))
+    assert settle(Config(crowd_context="item_and_user"), Facts(rated=True))[1] == []
+    assert settle(Config(), Facts(dialogue=True))[1] == []  # the default shows nothing there, and says nothing
+
+
+def test_a_run_from_before_crowd_context_keeps_its_prompts(crowd_run, tmp_path):
+    """config.yaml of an older run has no crowd_context: it rendered without it, whatever today's default."""
+    import shutil
+
+    from usertwin.rundir import RunDir
+
+    run, _ = crowd_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    text = (old / "config.yaml").read_text()
+    assert "crowd_context: item" in text
+    (old / "config.yaml").write_text("\n".join(x for x in text.splitlines() if not x.startswith("crowd_context")))
+    assert RunDir(old).load_config().crowd_context == "none"
+    assert RunDir(run).load_config().crowd_context == "item"

@@ -119,7 +119,7 @@ class DataSettings:
                                         "and DIR's tokenizer: to measure a shape with no checkpoint); its "
                                         "tokenizer measures the data", aliases=("model_name_or_path", "model_path"),
                          shapes_data=True)
-    max_length: int = setting(4096, "tokens per sequence (a window or a sample); the oldest history is cut first "
+    max_length: int = setting(2048, "tokens per sequence (a window or a sample); the oldest history is cut first "
                                     "to fit", aliases=("max_seq_length",), shapes_data=True, minimum=1)
     unit: str = setting("timeline", "what one sequence holds: timeline = a window of a user's timeline in which "
                                     "every item is a target; sample = one target and its history",
@@ -229,7 +229,7 @@ class RenderSettings:
                                   choices=("turns", "block"), shapes_data=True)
     chat_template: str = setting("auto", "auto: the tokenizer's chat template when it has one; none: plain text",
                                  choices=("auto", "none"), shapes_data=True)
-    crowd_context: str = setting("none", "crowd statistics in each rated item's line: item = the count (bucketed) and "
+    crowd_context: str = setting("item", "crowd statistics in each rated item's line: item = the count (bucketed) and "
                                          "mean of other users' ratings of it, from what the split's baselines "
                                          "see (test: train + val; val and train: train; never the user's own); "
                                          "item_and_user adds the user's own count and mean before the item",
@@ -295,7 +295,8 @@ class TrainSettings:
              "yes; half stars under SmolLM2's one-digit tokens: refused); 0: off", minimum=0)
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step",
                                                aliases=("gradient_accumulation",), minimum=1)
-    max_epochs: int = setting(1, "passes over the training data", aliases=("num_train_epochs",), minimum=1)
+    max_epochs: int = setting(2, "passes over the training data (best/ keeps the epoch with the lowest validation "
+                                 "loss, and early stopping may end sooner)", aliases=("num_train_epochs",), minimum=1)
     max_steps: int | None = setting(None, "stop after this many optimizer steps; unset: max_epochs decides",
                                     minimum=1)
     batch_tokens: int | str | None = setting(

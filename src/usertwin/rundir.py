@@ -100,7 +100,11 @@ class RunDir:
         if not self.is_run():
             raise UsertwinError(f"{self.path} is not a run directory (no config.yaml): "
                                 "pass the --output_dir of a train run")
-        return from_mapping(load_yaml(self.config), str(self.config))
+        mapping = load_yaml(self.config)
+        if isinstance(mapping, dict):
+            # a run trained before crowd context existed rendered its prompts without it (today's default: item)
+            mapping.setdefault("crowd_context", "none")
+        return from_mapping(mapping, str(self.config))
 
     def tokenizer_source(self, model: str) -> str:
         """best/ holds the tokenizer the run trained with; before best/ exists, the base model's."""

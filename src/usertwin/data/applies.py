@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from usertwin.config import Config
+from usertwin.data.crowd import rating_value
 from usertwin.errors import UsertwinError
 
 SWITCH, STOP, NOTE = "switch to unit sample", "stop", "notice"
@@ -29,6 +30,7 @@ class Facts:
     has_context: bool = False  # some item has context turns
     dialogue: bool = False  # some timeline holds dialogue lines
     ratings: bool = False  # some item is a rating (records.is_rating)
+    rated: bool = False  # some item carries a rating (a rating item, or metadata rating / stars): crowd context
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ RULES = (
     Rule("disable_flash_attn", lambda c, f: c.attention == "auto", "--attention auto"),
     Rule("rating_loss_weight", lambda c, f: f.ratings,
          "rating targets (items of a rating collection, e.g. movie_rating); this data has none"),
+    # the default (item) shows nothing on data without ratings; asking for the user's statistics there is refused
+    Rule("crowd_context", lambda c, f: f.rated, "items that carry a rating (a rating collection, or metadata "
+         "rating / stars); this data has none", given=lambda c: c.crowd_context == "item_and_user"),
 )
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -101,7 +106,8 @@ def _flag(cfg: Config, key: str) -> str:
 def facts_of(timelines) -> Facts:
     return Facts(has_context=any(it.context for tl in timelines for it in tl.items),
                  dialogue=any(tl.is_dialogue for tl in timelines),
-                 ratings=any(it.is_rating for tl in timelines for it in tl.items))
+                 ratings=any(it.is_rating for tl in timelines for it in tl.items),
+                 rated=any(rating_value(it) is not None for tl in timelines for it in tl.items))
 
 
 def settle(cfg: Config, facts: Facts = Facts()) -> tuple[Config, list[str]]:

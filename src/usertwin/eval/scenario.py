@@ -130,10 +130,14 @@ def target_timeline(t: Target, engine: Engine) -> Timeline:
     base = t.train
     history = earlier(base.items, t.item) if base else []  # a prefix of the time-ordered train timeline
     rec = t.record
+    target = dataclasses.replace(t.item, position=len(history))
     tl = Timeline(rec.user_id, rec.profile or (base.profile if base else {}), rec.task or (base.task if base else ""),
-                  rec.language or (base.language if base else None),
-                  history + [dataclasses.replace(t.item, position=len(history))], rec.index, rec.role,
-                  context_cut={p: n for p, n in (base.context_cut if base else {}).items() if p < len(history)})
+                  rec.language or (base.language if base else None), history, rec.index, rec.role,
+                  context_cut={p: n for p, n in (base.context_cut if base else {}).items() if p < len(history)},
+                  crowd={p: c for p, c in (base.crowd if base else {}).items() if p < len(history)})
+    # crowd context: the target counts every rating of the train file's other users (data/crowd.py)
+    crowd = engine.crowd.with_new(tl, target, engine.cfg.crowd_context) if engine.crowd else tl.crowd
+    tl = dataclasses.replace(tl, items=history + [target], crowd=crowd)
     if t.item.context:
         trim_long_contexts([tl], engine.renderer, engine.tokenizer, engine.cfg.max_length)
     return tl
