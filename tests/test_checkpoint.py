@@ -89,7 +89,7 @@ def test_early_stopping_keeps_and_restores_the_best(tmp_path, tiny_model_dir):
     summary = json.loads((out / "summary.json").read_text())
     evals = [r for r in map(json.loads, (out / "logs.jsonl").read_text().splitlines()) if r.get("event") == "eval"]
     assert summary["stopped_early"] and len(evals) == 3
-    assert summary["best_val_loss"] == evals[0]["val_loss"] and summary["best_step"] == 8
+    assert summary["best_val_loss"] == evals[0]["val_loss"] and summary["best_step"] == 14  # one epoch
     assert evals[2]["val_loss"] != pytest.approx(evals[0]["val_loss"], rel=1e-6)
     assert summary["val_loss_after"] == pytest.approx(evals[0]["val_loss"], rel=1e-6)  # best restored
 

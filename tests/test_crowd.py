@@ -230,6 +230,12 @@ def test_twin_prompts_equal_predicts_and_new_items_count_the_others(crowd_run, c
     text = twin.engine.tokenizer.decode(twin.prompt("1", item="Movie 3 (2000) (Drama): "))
     # movie 3, new for user 1: user 2 rated it 3.0 and 3.0, user 3 1.0 and 1.0 (every rating of the others)
     assert "Movie 3 (2000) (Drama):\nOthers: 2.0 avg, 2-4 ratings\nPredict" in text
+    # a described history is all past: movie 0 counts every rating of the others (5, 5 by user 1; 2, 2 by
+    # users 2 and 3), less the described user's own when the id is a known user's
+    history = [{"continuation_prefix": "Movie 0 (2000) (Drama): ", "continuation": "4.0"}]
+    for user, line in ((None, "Others: 3.0 avg, 5-9 ratings"), ("2", "Others: 3.5 avg, 2-4 ratings")):
+        ids = twin.prompt(user=user, profile={}, history=history, item="Movie 9 (2000) (Drama): ")
+        assert f"Movie 0 (2000) (Drama):\n{line}\nPredict" in twin.engine.tokenizer.decode(ids)
     alone = Twin.load(run)  # no records: the run's crowd.json (train + val only)
     described = alone.engine.tokenizer.decode(alone.prompt(profile={}, history=[], item="Movie 3 (2000) (Drama): "))
     # crowd.json holds train + val of all three users, and knows no one's own: user 1's 3.0, 3.0 count too
@@ -269,3 +275,26 @@ def test_a_run_from_before_crowd_context_keeps_its_prompts(crowd_run, tmp_path):
     (old / "config.yaml").write_text("\n".join(x for x in text.splitlines() if not x.startswith("crowd_context")))
     assert RunDir(old).load_config().crowd_context == "none"
     assert RunDir(run).load_config().crowd_context == "item"
+
+
+def test_a_scenario_target_counts_the_train_files_other_users(tmp_path, tiny_model_dir):
+    """predict --scenario: the target (not in train.json) counts every rating of the other users there; the
+    user's train items keep their statistics by the split rule."""
+    from usertwin.config import Config, from_mapping
+    from usertwin.eval.scenario import read_scenario, target_prompt, target_timeline
+    from usertwin.twin import Engine, load_tokenizer_and_model
+
+    train = [_user_raw(u, n) for u, n in {"1": 12, "2": 10, "3": 8}.items()]
+    test = _user_raw("1", 1)
+    test["task"]["task_behavior_collections"][0]["data"] = [
+        {"continuation_prefix": "Movie 0 (2000) (Drama): ", "timestamp": 2_000_000, "metadata": {"movie_id": 0}}]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "test_leaderboard.json").write_text(json.dumps([test]))
+    cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024, "crowd_context": "item"}, "test", Config())
+    engine = Engine(cfg, *reversed(load_tokenizer_and_model(cfg)))
+    (t,) = read_scenario(tmp_path, engine).targets
+    tl = target_timeline(t, engine)
+    assert tl.crowd[12] == crowd.Crowd(4, 2.0)  # movie 0: users 2 and 3 rated it 2.0 twice each, all of it
+    assert {p: tl.crowd[p] for p in range(12)} == t.train.crowd  # the train items: the split rule's
+    assert "Movie 0 (2000) (Drama):\nOthers: 2.0 avg, 2-4 ratings\nPredict" in \
+        engine.tokenizer.decode(target_prompt(t, engine, 4).ids)

@@ -71,9 +71,9 @@ def test_batched_scoring_equals_one_prompt_at_a_time(run_dir):
     twin = _twin(run_dir)
     p = twin.engine
     prompts, cands = [], []
-    for u, pos in ((0, 12), (1, 3), (2, 7)):
-        prompts.append(p.prompt(twin.timeline(f"u{u}"), pos).ids)
-        cands.append([p.ids_of(t) for t in ("1.0", "4.0", "a longer continuation", "2.5")[:2 + u]])
+    for k, pos in enumerate((12, 13, 1)):  # full windows of two lengths, and the first item's short prompt
+        prompts.append(p.prompt(twin.timeline("u0"), pos).ids)
+        cands.append([p.ids_of(t) for t in ("1.0", "4.0", "a longer continuation", "2.5")[:2 + k]])
     assert len({len(x) for x in prompts}) == 3  # really different lengths: padding is exercised
     batched = p.score_many(prompts, cands)
     for prompt, cs, got in zip(prompts, cands, batched):

@@ -14,8 +14,10 @@ from usertwin.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (10, 9, 8, 3)  # items of the 4 MovieLens users taken; the last one is the cold-start user
+# crowd context off: these tests compare with prompts rendered from one user's records alone (a scenario target
+# counts the train file's other users: tests/test_crowd.py)
 FLAGS = ["--max_length", "1024", "--max_new_tokens", "4", "--num_samples", "3", "--temperature", "0.9",
-         "--batch_size", "4", "--no-progress"]
+         "--batch_size", "4", "--crowd_context", "none", "--no-progress"]
 
 
 def _make_scenario():
@@ -87,7 +89,7 @@ def test_a_target_prompt_is_the_one_training_renders(scenario, filled, tiny_mode
     from usertwin.eval.scenario import read_scenario, target_prompt
     from usertwin.twin import Engine, _timelines_of, load_tokenizer_and_model
 
-    cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024}, "test", Config())
+    cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024, "crowd_context": "none"}, "test", Config())
     tok, model = load_tokenizer_and_model(cfg)
     engine = Engine(cfg, model, tok)
     scen = read_scenario(scenario, engine)
@@ -127,7 +129,7 @@ def test_history_holds_only_earlier_train_items(scenario, tiny_model_dir, tmp_pa
     first["timestamp"] = stamps[3]  # the second of train items 2, 3 and 4 (real ties): items 0 and 1 are earlier
     del second["timestamp"]
     (scen_dir / "test_leaderboard.json").write_text(json.dumps(test))
-    cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024}, "test", Config())
+    cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024, "crowd_context": "none"}, "test", Config())
     engine = Engine(cfg, *reversed(load_tokenizer_and_model(cfg)))
     scen = read_scenario(scen_dir, engine)
     assert stamps[0] == stamps[1] < stamps[2] == stamps[3] == stamps[4] < stamps[5] and len(stamps) == 8

@@ -198,6 +198,7 @@ def test_lora_is_merged_at_load_and_scores_stay_equal(made):
     assert hasattr(unmerged, "peft_config")
     plain = Twin(Engine(twin.cfg, unmerged, twin.engine.tokenizer, twin.engine.scale), twin.facts,
                  list(twin._by_user.values()), records)
+    plain.engine.crowd = twin.engine.crowd  # the other users' ratings, for new items' crowd context
     for r in REQUESTS:
         assert twin.score(continuation="4.0", **r) == pytest.approx(plain.score(continuation="4.0", **r), abs=1e-5)
         assert twin.rating_distribution(**r)["probs"] == pytest.approx(plain.rating_distribution(**r)["probs"],

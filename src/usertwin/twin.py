@@ -33,7 +33,6 @@ from usertwin.data.timeline import (
     assign_splits,
     build_timelines,
     select_history,
-    split_labels,
 )
 from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
@@ -715,8 +714,8 @@ class Twin:
                                                       for it in history]}}
         (tl,), _ = build_timelines([_read_record(raw)])
         if self.engine.crowd is not None:
-            # the split rule by the user's own positions, as a looked-up user's items get it
-            self.engine.crowd.annotate([tl], {tl.user_id: split_labels(len(tl.items), self.cfg)}, self.cfg.crowd_context)
+            # a described history is all past: each item counts every rating of the others, as a new item does
+            self.engine.crowd.annotate_known([tl], self.cfg.crowd_context)
         trim_long_contexts([tl], self.engine.renderer, self.engine.tokenizer, self.cfg.max_length)
         return tl
 

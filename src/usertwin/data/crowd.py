@@ -14,7 +14,8 @@ Which ratings an item's statistics may hold (DESIGN invariant 9, the baselines' 
   item are never counted, so a target's own rating is never in its statistics.
 * wherever a twin is used (Twin, simulate, serve, scenario predict), on the records it is given: their items
   by the same split rule (so a target's prompt is exactly the one predict scored), and a *new* item asked about
-  counts every rating of the other users in those records (all of it lies before the new item). A twin loaded
+  counts every rating of the other users in those records (all of it lies before the new item), and so does
+  each item of a history described in the request (profile= and history=, serve's messages). A twin loaded
   without records counts its run's RUN/crowd.json: the training data's train + val ratings.
 
 The user's own running statistics (`crowd_context: item_and_user`) hold only the user's items before the
@@ -188,6 +189,11 @@ class Pools:
         for tl in timelines:
             pools = [self.train_val if label == "test" else self.train for label in splits[tl.user_id]]
             tl.crowd = {} if mode == "none" else _timeline_crowd(tl, pools.__getitem__, self.every.shows, mode)
+
+    def annotate_known(self, timelines, mode: str) -> None:
+        """Every item counts every rating of the others: a history described at use (Twin, serve) is all past."""
+        for tl in timelines:
+            tl.crowd = {} if mode == "none" else _timeline_crowd(tl, lambda pos: self.every, self.every.shows, mode)
 
     def with_new(self, tl, item, mode: str) -> dict:
         """`tl.crowd` plus the statistics of `item`, a new item at the end of the timeline: every rating of
