@@ -50,6 +50,7 @@ CHOICES = {
     "language": ("auto", "en", "zh", "ja"),
     "history_layout": ("turns", "block"),
     "chat_template": ("auto", "none"), "crowd_context": ("none", "item", "item_and_user"),
+    "select_by": ("loss", "rating_rmse"),
     "ablation": ("profile_and_history_and_context", "profile_and_history", "profile_and_context", "history_and_context",
                  "profile_only", "history_only", "context_only", "none"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -226,7 +227,7 @@ RULES = {
     "max_epochs": "at least 1", "max_steps": "at least 1", "batch_tokens": "at least 1", "step_tokens": "at least 1",
     "eval_steps": "at least 0",
     "save_steps": "at least 0", "save_total_limit": "at least 1", "early_stopping_patience": "at least 0",
-    "early_stopping_threshold": "at least 0", "logging_steps": "at least 1",
+    "early_stopping_threshold": "at least 0", "logging_steps": "at least 1", "val_rating_targets": "at least 1",
 }
 GENERATE_RULES = {"max_new_tokens": "at least 1", "temperature": "at least 0", "top_p": "greater than 0 and at most 1",
                   "num_samples": "between 1 and 1000000", "batch_size": "at least 1", "pick": "at least 0",

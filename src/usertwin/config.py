@@ -326,6 +326,13 @@ class TrainSettings:
                                                      "(unset or 0: never stop early)", minimum=0)
     early_stopping_threshold: float = setting(0.001, "smallest drop of the validation loss that counts as an "
                                                      "improvement", minimum=0)
+    select_by: str = setting("loss", "what picks best/ and drives early stopping: loss = the validation loss; "
+                                     "rating_rmse = the RMSE of the expected rating over the validation split's "
+                                     "rating targets, scored as predict --scoring window scores them (logged "
+                                     "next to the loss; one process only)", choices=("loss", "rating_rmse"))
+    val_rating_targets: int | None = setting(None, "with select_by rating_rmse: score only the first this many "
+                                                   "validation targets (in user order) at each evaluation; "
+                                                   "unset: all of them", minimum=1)
     logging_steps: int = setting(10, "log the training loss every this many steps", minimum=1)
     eval_at_start: bool = setting(True, "validate once before the first step; off: skip it")
     wandb_project: str | None = setting(None, "log to this Weights & Biases project; unset: no W&B")

@@ -84,6 +84,9 @@ RULES = (
     Rule("disable_flash_attn", lambda c, f: c.attention == "auto", "--attention auto"),
     Rule("rating_loss_weight", lambda c, f: f.ratings,
          "rating targets (items of a rating collection, e.g. movie_rating); this data has none"),
+    Rule("select_by", lambda c, f: f.ratings, "rating targets in the validation split (a rating collection, e.g. "
+         "movie_rating); this data has none", given=lambda c: c.select_by == "rating_rmse"),
+    Rule("val_rating_targets", lambda c, f: c.select_by == "rating_rmse", "--select_by rating_rmse"),
     # the default (item) shows nothing on data without ratings; asking for the user's statistics there is refused
     Rule("crowd_context", lambda c, f: f.rated, "items that carry a rating (a rating collection, or metadata "
          "rating / stars); this data has none", given=lambda c: c.crowd_context == "item_and_user"),

@@ -27,6 +27,7 @@ class TrainState:
     step_in_epoch: int = 0  # global steps done in the current epoch
     global_step: int = 0
     best_val_loss: float | None = None
+    best_val_rating_rmse: float | None = None  # --select_by rating_rmse: the best step's
     best_step: int | None = None
     last_eval_step: int | None = None  # the step of the last validation: the end of the run evaluates if not last
     bad_evals: int = 0

@@ -221,6 +221,9 @@ class Trainer:
         self.state = TrainState()
         # without validation targets there is nothing to select by: best/ gets the last weights
         self.selects = prep.stats["val"].targets > 0
+        if cfg.select_by == "rating_rmse" and acc.num_processes > 1:
+            raise UsertwinError(f"--select_by rating_rmse scores the validation split in one process; this run has "
+                                f"{acc.num_processes}: use --select_by loss, or train on one GPU")
 
     def say(self, text: str) -> None:
         if not self.main:
@@ -255,7 +258,20 @@ class Trainer:
         result = {"loss": loss, "target_tokens": int(total[1].item()), "batches": len(batches)}
         if self.data.scale is not None:  # the squared error of the expected rating, for the log (not for selection)
             result["rating_mse"] = (total[2] / total[3]).item() if total[3] > 0 else float("nan")
+        if self.cfg.select_by == "rating_rmse" and split == "val":
+            result["rating_rmse"] = self._val_rating_rmse()
         return result
+
+    def _val_rating_rmse(self) -> float:
+        """The validation split scored as predict scores it, on the weights being trained (train/valrating.py)."""
+        from usertwin.train.valrating import val_rating_rmse
+
+        self.loss_model.eval()
+        try:
+            model = self.acc.unwrap_model(self.loss_model).model
+            return val_rating_rmse(self.cfg, model, self.tokenizer, self.prep, self.cfg.val_rating_targets)
+        finally:
+            self.loss_model.train()
 
     def log(self, row: dict) -> None:
         row = {"step": self.state.global_step, "epoch": self.state.epoch + 1, **row, "time": round(time.time(), 3)}
@@ -288,7 +304,10 @@ class Trainer:
         final = self._finish_best()
         st = self.state
         result = _summary(self.cfg, self.acc, self.prep, st, time.time() - start, self.initial_val, final)
-        result["best"] = "lowest validation loss" if self.selects and st.best_val_loss is not None else "last"
+        by_rmse = self.cfg.select_by == "rating_rmse"
+        chosen = "lowest validation expected-rating RMSE" if by_rmse else "lowest validation loss"
+        found = (st.best_val_rating_rmse if by_rmse else st.best_val_loss) is not None
+        result["best"] = chosen if self.selects and found else "last"
         result.update(learning_rate=self.learning_rate, batch_tokens=self.data.budget, accumulation=self.accumulation)
         if self.main:
             write_json(self.run_dir.summary, result)
@@ -394,8 +413,11 @@ class Trainer:
         else:
             ev = self.evaluate()
             self.initial_val = ev["loss"]
-            self.say(f"validation loss before training: {ev['loss']:.4f} ({ev['target_tokens']:,} target tokens)")
-            self.log({"event": "eval_start", "val_loss": ev["loss"]})
+            rmse = f", expected-rating RMSE {ev['rating_rmse']:.4f}" if "rating_rmse" in ev else ""
+            self.say(f"validation loss before training: {ev['loss']:.4f} ({ev['target_tokens']:,} target tokens)"
+                     + rmse)
+            self.log({"event": "eval_start", "val_loss": ev["loss"],
+                      **({"val_rating_rmse": ev["rating_rmse"]} if "rating_rmse" in ev else {})})
 
     def _loop(self, first_batches, total_steps) -> None:
         self.loss_model.train()
@@ -520,11 +542,12 @@ class Trainer:
         without improvement (not after the run's `last` evaluation, which ends the run anyway)."""
         cfg, st = self.cfg, self.state
         ev = self.evaluate()
-        # a nan loss (a diverged run) is never the best
-        improved = math.isfinite(ev["loss"]) and (st.best_val_loss is None or
-                                                  ev["loss"] < st.best_val_loss - cfg.early_stopping_threshold)
+        score, best = self._score(ev)
+        # a nan (a diverged run) is never the best
+        improved = math.isfinite(score) and (best is None or score < best - cfg.early_stopping_threshold)
         if improved:
             st.best_val_loss, st.best_step, st.bad_evals = ev["loss"], st.global_step, 0
+            st.best_val_rating_rmse = ev.get("rating_rmse")
             self.checkpoints.save_best(self.loss_model, self.tokenizer)
         else:
             st.bad_evals += 1
@@ -532,16 +555,26 @@ class Trainer:
                 st.stopped_early = True
         st.last_eval_step = st.global_step
         self.log({"event": "eval", "val_loss": ev["loss"], "best_val_loss": st.best_val_loss,
-                  **({"val_rating_mse": ev["rating_mse"]} if "rating_mse" in ev else {})})
-        self.say(self._eval_line(ev["loss"], improved))
+                  **({"val_rating_mse": ev["rating_mse"]} if "rating_mse" in ev else {}),
+                  **({"val_rating_rmse": ev["rating_rmse"], "best_val_rating_rmse": st.best_val_rating_rmse}
+                     if "rating_rmse" in ev else {})})
+        self.say(self._eval_line(ev, improved))
         self.checkpoints.save(st)
 
-    def _eval_line(self, loss: float, improved: bool) -> str:
+    def _score(self, ev: dict) -> tuple[float, float | None]:
+        """(this evaluation's selection metric, the best one so far): --select_by's."""
+        if self.cfg.select_by == "rating_rmse":
+            return ev["rating_rmse"], self.state.best_val_rating_rmse
+        return ev["loss"], self.state.best_val_loss
+
+    def _eval_line(self, ev: dict, improved: bool) -> str:
         cfg, st = self.cfg, self.state
-        head = f"step {st.global_step}/{self.total_steps}: validation loss {loss:.4f}"
+        rmse = f", expected-rating RMSE {ev['rating_rmse']:.4f}" if "rating_rmse" in ev else ""
+        head = f"step {st.global_step}/{self.total_steps}: validation loss {ev['loss']:.4f}{rmse}"
         if improved:
             return f"{head} (best so far: saved to best/)"
-        best = "no best yet" if st.best_step is None else f"best {st.best_val_loss:.4f} at step {st.best_step}"
+        best_value = st.best_val_rating_rmse if cfg.select_by == "rating_rmse" else st.best_val_loss
+        best = "no best yet" if st.best_step is None else f"best {best_value:.4f} at step {st.best_step}"
         patience = f"; {st.bad_evals}/{cfg.early_stopping_patience} without improvement" \
             if cfg.early_stopping_patience else ""
         return f"{head} ({best}{patience}){': stopping early' if st.stopped_early else ''}"
@@ -562,6 +595,7 @@ def _summary(cfg: Config, acc, prep: Prepared, st: TrainState, wall: float, befo
         "tokens_per_second": round(st.tokens_seen / max(wall, 1e-9), 1),
         "val_loss_before": before, "val_loss_after": after,
         "best_val_loss": st.best_val_loss, "best_step": st.best_step,
+        **({"best_val_rating_rmse": st.best_val_rating_rmse} if cfg.select_by == "rating_rmse" else {}),
         "stopped_early": st.stopped_early, "wall_seconds": round(wall, 1), "unit": cfg.unit,
         "processes": acc.num_processes,
     }
