@@ -14,21 +14,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-watch() {  # OUT SECONDS
-    local end=$(( $(date +%s) + ${2:-540} ))
-    while [ "$(date +%s)" -lt "$end" ]; do
-        echo "== $(date +%T) running: $(pgrep -fc 'benchmarks/quality_movielens[.]py' || true)  gpu: $(nvidia-smi \
-            --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || echo '-')"
-        grep -h "ok in\|FAILED" "$1"/work/*.log 2>/dev/null | tail -8 || true
-        [ "$(pgrep -fc 'benchmarks/quality_movielens[.]py' || true)" = 0 ] && break
-        sleep 30
-    done
-    ls -la "$1"
-}
-
+# progress: the watcher of quality_gpu.sh (the same processes, the same logs under OUT/work)
 if [ "${1:-}" = "--watch" ]; then
-    watch "$2" "${3:-540}"
-    exit 0
+    exec bash "$ROOT/benchmarks/quality_gpu.sh" --watch "$2" "${3:-540}"
 fi
 GGUF=$1; [ -e "$GGUF" ] && GGUF=$(realpath "$GGUF")
 DATA=$(realpath "$2"); OUT=$(mkdir -p "$3" && realpath "$3")
@@ -49,4 +37,4 @@ for set in ml-latest-small ml-1m-400; do
         --out "$OUT/work/$set" > "$OUT/work/$set.log" 2>&1 < /dev/null &
 done
 sleep 5
-watch "$OUT" "${4:-540}"
+exec bash "$ROOT/benchmarks/quality_gpu.sh" --watch "$OUT" "${4:-540}"
