@@ -7,10 +7,12 @@
 #   bash benchmarks/quality_crowd_gpu.sh --watch OUT [SECONDS]
 #
 # DATA_DIR holds ml-latest-small/ (ratings.csv, movies.csv, tags.csv) and ml-1m-400/ (ratings.dat with 400
-# users, movies.dat, users.dat). The four trainings run at once, two a process (16,384-token micro-batches x 4:
-# four 32K probes would not fit an H100 side by side); the runs go to the background (setsid) so they outlive the
-# call, results (json/md) land in OUT as each process finishes; the baselines are fit on a CPU machine with
-# LensKit afterwards (quality_movielens.py --merge).
+# users, movies.dat, users.dat). The four trainings run at once, two a process (16,384-token micro-batches x 4);
+# on an H100 (80 GB) the fourth ran out of memory on 2026-12-07 and was re-run alone once two had finished (the
+# note in its results says so): on an H100 start the second dataset's process after the first's trainings end,
+# or pass --batch_tokens 8192 --accumulation 8. The runs go to the background (setsid) so they outlive the call;
+# results (json/md) land in OUT as each process finishes; the baselines are fit on a CPU machine with LensKit
+# afterwards (quality_movielens.py --merge). The variants: lora_history (crowd context off) and lora_crowd (on).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 

@@ -617,8 +617,10 @@ def main(argv=None) -> int:
             n_users += 1
             n_items += sum(len(c.get("data") or []) for c in json.loads(ln)["task"]["task_behavior_collections"])
 
+    # crowd context off in the named variants, so that they mean what they meant before it became the default;
+    # a variant turns it on (--variant lora_crowd=lora_history:crowd_context=item)
     common = {"model": args.model, "data": str(records), "max_length": args.max_length, "unit": "timeline",
-              "history_strategy": "all_previous", "prompt_style": "simple", "seed": 42}
+              "history_strategy": "all_previous", "prompt_style": "simple", "seed": 42, "crowd_context": "none"}
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "command": shlex.join([Path(sys.executable).name, "benchmarks/quality_movielens.py"]
                                  + (argv if argv is not None else sys.argv[1:])),

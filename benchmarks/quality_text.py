@@ -144,7 +144,7 @@ def run_dataset(name: str, args, skip: set, work: Path, notes: list) -> dict:
     if args.users and records is not full:
         out["split_all_users"] = split_facts(full, args.pick)
     common = {"model": args.model, "data": str(records), "max_length": args.max_length, "unit": "timeline",
-              "history_strategy": "all_previous", "seed": 42}
+              "history_strategy": "all_previous", "seed": 42, "crowd_context": args.crowd_context}
 
     if "baselines" not in skip:
         b = work / "baselines.json"
@@ -307,6 +307,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2", help="smollm2 (embedded GGUF), a .gguf path, hub id or folder")
     ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--max_new_tokens", type=int, default=128, help="tokens generated per target")
+    ap.add_argument("--crowd_context", default="none", choices=("none", "item", "item_and_user"),
+                    help="the twins' crowd context (douban-dmr's reviews carry stars; the dialogue has no ratings); "
+                         "default none: the variants as measured before it existed")
     ap.add_argument("--with_profile", action="store_true", help="show the user's profile too (default: history and "
                     "context only)")
     ap.add_argument("--pick", type=int, default=3, help="distractors of pick-the-real-one")
