@@ -47,7 +47,7 @@ def check(cfg: RenderSettings) -> None:
         raise UsertwinError(f"unknown language {cfg.language!r}; choose auto, {', '.join(LANGUAGES)}")
     if cfg.history_layout not in ("turns", "block"):
         raise UsertwinError(f"unknown history_layout {cfg.history_layout!r}; choose turns or block")
-    if getattr(cfg, "crowd_context", "none") not in ("none", "item", "item_and_user"):
+    if cfg.crowd_context not in ("none", "item", "item_and_user"):
         raise UsertwinError(f"crowd_context must be none, item or item_and_user, not {cfg.crowd_context!r}")
     if cfg.chat_template not in ("auto", "none"):
         raise UsertwinError(f"chat_template must be auto or none, not {cfg.chat_template!r}")
@@ -167,7 +167,6 @@ class Renderer:
         # a sample setting, read here because it shapes the rendering; RenderSettings alone: the default
         self.max_context_turns = getattr(cfg, "max_context_turns", SampleSettings.max_context_turns)
         self.use_profile, self.use_history, self.use_context = cfg.parts()
-        self.cfg_crowd = getattr(cfg, "crowd_context", "none")
         self.style = get_style(cfg.prompt_style)
         eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
         has_template = tokenizer is not None and getattr(tokenizer, "chat_template", None)
@@ -207,7 +206,7 @@ class Renderer:
 
     def crowd_lines(self, tl, pos: int, ph: dict) -> list[str]:
         """The item's crowd statistics (data/crowd.py annotates the timeline), as the style writes them."""
-        crowd = tl.crowd.get(pos) if self.cfg_crowd != "none" else None
+        crowd = tl.crowd.get(pos) if self.cfg.crowd_context != "none" else None
         if crowd is None:
             return []
         lines = [self._stat(crowd.mean, crowd.count, "crowd", ph)]
