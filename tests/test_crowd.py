@@ -220,6 +220,8 @@ def test_twin_prompts_equal_predicts_and_new_items_count_the_others(crowd_run, c
     from usertwin.eval.predict import prompt_hash
 
     run, data = crowd_run
+    assert json.loads((run / "data_summary.json").read_text())["crowd"] == {
+        "mode": "item", "items": 30, "with_others": 30, "test_items": 5, "test_with_others": 5}
     saved = json.loads((run / "crowd.json").read_text())
     assert sum(n for _, n, _ in saved["items"]) == 25  # train + val of 30 ratings: 10 + 8 + 7 (5 test)
     twin = Twin.load(run, records=data)
@@ -248,7 +250,12 @@ def test_inspect_shows_the_crowd_lines(crowd_run, tiny_model_dir, capsys):
     _, data = crowd_run
     assert main(["inspect", "--data", str(data), "--model", str(tiny_model_dir), "--crowd_context", "item",
                  "--split", "test", "-n", "1", "--no-progress"]) == 0
-    assert "Others: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Others: " in out
+    # every one of the 30 ratings shows a line, and each of the 5 movies is in every user's train items, so every
+    # item's pool holds other users' ratings of it
+    assert ("crowd context (item): 30 items show other users' ratings; 100.0% have some (100.0% of the 5 test "
+            "items), the rest say no ratings") in out
 
 
 def test_user_statistics_on_data_without_ratings_are_refused():

@@ -213,3 +213,17 @@ def annotate_split(timelines, splits: dict, mode: str) -> Pools | None:
     pools = Pools.of(timelines, splits)
     pools.annotate(timelines, splits, mode)
     return pools
+
+
+def coverage(timelines, splits: dict) -> dict:
+    """How many items carry a crowd line, and how many of those have other users' ratings (all; test items)."""
+    out = {"items": 0, "with_others": 0, "test_items": 0, "test_with_others": 0}
+    for tl in timelines:
+        labels = splits.get(tl.user_id, ())
+        for pos, stats in tl.crowd.items():
+            test = pos < len(labels) and labels[pos] == "test"
+            out["items"] += 1
+            out["with_others"] += stats.count > 0
+            out["test_items"] += test
+            out["test_with_others"] += test and stats.count > 0
+    return out

@@ -374,4 +374,6 @@ def summary(prep: Prepared) -> dict:
            "splits": {sp: dataclasses.asdict(st) for sp, st in prep.stats.items()},
            "items_per_split": dict(Counter(lab for labels in prep.splits.values() for lab in labels)),
            "context_ends_with_own_turn": sum(own_turn_last(tl) for tl in prep.timelines)}
+    if prep.config.crowd_context != "none":
+        out["crowd"] = {"mode": prep.config.crowd_context, **crowd.coverage(prep.timelines, prep.splits)}
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from usertwin.atomic import write_jsonl
+from usertwin.data import crowd
 from usertwin.data.timeline import SPLITS, own_turn_last
 
 OPEN, CLOSE = "\u27ea", "\u27eb"  # ⟪ target ⟫ when colour is off
@@ -93,6 +94,8 @@ def _notes(prep) -> list[str]:
     notes = ["history = history items shown; truncated = sequences whose oldest history was cut by "
              "max_length; cut = history items cut; too long = targets that do not fit max_length alone "
              "(left out)"]
+    if prep.config.crowd_context != "none":
+        notes.append(_crowd_note(prep))
     own_last = sum(own_turn_last(tl) for tl in prep.timelines)
     if own_last:
         notes.append(f"{own_last} dialogue item(s) have a context that ends with the user's own turn: kept "
@@ -116,3 +119,13 @@ def skipped_items_lines(skipped: list) -> list[str]:
     if len(skipped) > MAX_LISTED:
         lines.append(f"  ... and {len(skipped) - MAX_LISTED} more")
     return lines
+
+
+def _crowd_note(prep) -> str:
+    c = crowd.coverage(prep.timelines, prep.splits)
+    if not c["items"]:
+        return f"crowd context ({prep.config.crowd_context}): no item carries a rating, so no item shows it"
+    share = lambda n, d: f"{100 * n / d:.1f}%" if d else "-"  # noqa: E731
+    return (f"crowd context ({prep.config.crowd_context}): {c['items']:,} items show other users' ratings; "
+            f"{share(c['with_others'], c['items'])} have some ({share(c['test_with_others'], c['test_items'])} "
+            f"of the {c['test_items']:,} test items), the rest say no ratings")
