@@ -88,7 +88,7 @@ def config(data: Path, model: Path, out: Path, args, unit: str, **over):
 
 def epoch_totals(cfg, tokenizer) -> dict:
     """Exact train tokens and targets of one epoch of this unit."""
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
 
     st = prepare(cfg, tokenizer=tokenizer, progress=False).stats["train"]
     return {"targets": st.targets, "sequences": st.sequences, "tokens": st.tokens}

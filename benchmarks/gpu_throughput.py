@@ -103,7 +103,7 @@ def base_config(records: Path, model_dir: Path, out: Path, args, **over):
 
 def full_data_totals(records: Path, model_dir: Path, args, tokenizer) -> dict:
     """Exact tokens and targets per epoch on the whole file (default split) for each unit."""
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
 
     out = {}
     for unit in ("sample", "timeline"):
@@ -140,7 +140,7 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
         TrainingArguments,
     )
 
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import IGNORE, SequenceEncoder
 
@@ -187,7 +187,7 @@ def run_seeds(records: Path, model_dir: Path, args, gc_on: bool, tokenizer) -> d
 
 def run_usertwin(records: Path, model_dir: Path, args, unit: str, gc_on: bool, tokenizer, label: str,
                  **over) -> dict:
-    from usertwin.train.model import training_attention
+    from usertwin.train.trainable import training_attention
     from usertwin.train.trainer import train
 
     out = args.work / "runs" / label

@@ -200,10 +200,10 @@ def seeds_recipe(records: Path, directory: Path, args, tokenizer) -> dict:
 
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import IGNORE, SequenceEncoder
-    from usertwin.train.model import build_model
+    from usertwin.train.trainable import build_model
 
     cfg = config_of(records, directory, args.work / "seeds", args, unit="sample", batch_tokens=None)
     prep = prepare(cfg, tokenizer=tokenizer, progress=False)

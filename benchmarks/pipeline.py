@@ -81,7 +81,7 @@ def reset_peak() -> bool:
 def movielens(raw: Path, tmp: Path) -> list[dict]:
     from usertwin.config import Config
     from usertwin.data.convert import convert_to_file
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.tokens import load_tokenizer
 
     rows = []

@@ -47,10 +47,10 @@ def tokens_read(cfg_path: Path) -> dict:
     import yaml
 
     from usertwin.config import from_mapping
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.fit import build_prompt
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import SequenceEncoder, load_tokenizer
-    from usertwin.twin import build_prompt
 
     cfg = from_mapping(yaml.safe_load(cfg_path.read_text()), "predict_scoring")
     tok = load_tokenizer(cfg.model)

@@ -72,11 +72,13 @@ def records_path(args, work: Path) -> Path:
 
 def make_twin(model, tok, records: Path, max_length: int):
     from usertwin.config import from_mapping
-    from usertwin.twin import Twin, _timelines_of, twin_facts
+    from usertwin.data.facts import twin_facts
+    from usertwin.twin import Twin
+    from usertwin.twin.api import timelines_of
 
     cfg = from_mapping({"max_length": max_length, "data": str(records)}, "benchmark")
     engine = counting_engine(cfg, model, tok)
-    timelines = _timelines_of(records, engine)
+    timelines = timelines_of(records, engine)
     facts = twin_facts(timelines)
     engine.scale = facts["rating_scale"]
     return Twin(engine, facts, timelines, records)
@@ -84,13 +86,13 @@ def make_twin(model, tok, records: Path, max_length: int):
 
 def counting_engine(cfg, model, tok):
     """An Engine that counts the tokens its generation really produced."""
-    from usertwin.twin import Engine
+    from usertwin.twin.engine import Engine
 
     class Counting(Engine):
         generated = 0
 
-        def generate_ids(self, prompts, gen, seeds=None):
-            out = super().generate_ids(prompts, gen, seeds)
+        def generate_ids(self, prompts, gen, seeds=None, streamer=None):
+            out = super().generate_ids(prompts, gen, seeds, streamer)
             self.generated += sum(len(ids) for row in out for ids in row[:1 if gen.temperature == 0 else None])
             return out
 
@@ -172,7 +174,7 @@ def _sync():
 def measure(shape: str, args, tok, records: Path, work: Path) -> list[dict]:
     import torch
 
-    from usertwin.train.model import pick_dtype
+    from usertwin.model.load import pick_dtype
 
     model = build_model(shape, len(tok), pick_dtype(args.dtype))
     twin = make_twin(model, tok, records, args.max_length)

@@ -97,7 +97,7 @@ def cornell_layout(folder: Path, movies: int = 40, seed: int = 0) -> Path:
 
 def measure(data: Path, max_length: int, mode: str, tokenizer, tmp: Path) -> dict:
     from usertwin.config import Config, from_mapping
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
 
     values = {"data": str(data), "max_length": max_length, "cache_dir": str(tmp / "cache"), **MODES[mode]}
     cfg = from_mapping(values, "benchmark", Config())

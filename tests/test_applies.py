@@ -12,11 +12,11 @@ from conftest import shared
 from usertwin.cli import main
 from usertwin.config import Config
 from usertwin.data.applies import Facts, settle
-from usertwin.data.prepare import build_split, prepare
 from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
+from usertwin.sequences.fit import target_sample
+from usertwin.sequences.prepare import build_split, prepare
 from usertwin.text.render import Renderer
-from usertwin.twin import target_sample
 
 USERS = 5
 

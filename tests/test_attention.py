@@ -12,11 +12,11 @@ from conftest import tiny_model
 from helpers import rating_timeline
 
 from usertwin.config import RenderSettings
-from usertwin.text.batching import packed_batch, padded_batch
+from usertwin.model import attention
+from usertwin.sequences.batching import packed_batch, padded_batch
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder
-from usertwin.train import attention
-from usertwin.train.model import TargetLoss, batch_tensors
+from usertwin.train.trainable import TargetLoss, batch_tensors
 
 calls = []
 
@@ -90,7 +90,7 @@ def test_varlen_padded_batches_fall_back_to_sdpa(tokenizer, monkeypatch):
 
 def test_varlen_needs_cuda_and_packing(tiny_model_dir):
     from usertwin.errors import UsertwinError
-    from usertwin.train.model import load_model, pick_attention
+    from usertwin.model.load import load_model, pick_attention
 
     if not torch.cuda.is_available():
         with pytest.raises(UsertwinError, match="needs a CUDA GPU"):
@@ -102,7 +102,7 @@ def test_liger_kernel_without_the_package_is_a_clear_error(monkeypatch):
     import sys
 
     from usertwin.errors import UsertwinError
-    from usertwin.train.model import apply_liger
+    from usertwin.model.load import apply_liger
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)

@@ -19,7 +19,7 @@ from usertwin.train.autobatch import (
     learning_rate,
     synthetic_batch,
 )
-from usertwin.twin import CPU_BATCH, bytes_per_token
+from usertwin.twin.engine import CPU_BATCH, bytes_per_token
 
 
 def test_a_roomy_gpu_gets_whole_rows_up_to_the_step():

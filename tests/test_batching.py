@@ -6,7 +6,7 @@ from __future__ import annotations
 from helpers import rating_timeline
 
 from usertwin.config import RenderSettings
-from usertwin.text.batching import pack, packed_batch, padded_batch, padded_groups
+from usertwin.sequences.batching import pack, packed_batch, padded_batch, padded_groups
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import IGNORE, Encoded, SequenceEncoder
 

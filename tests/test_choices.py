@@ -147,10 +147,10 @@ def test_option_probabilities_from_one_forward_sum_to_one(converted, tiny_model_
         assert c["chosen"] == max(range(3), key=c["probs"].__getitem__)
     # the same probabilities as each option scored alone after the prompt (Engine.score, one prompt)
     from usertwin.config import from_mapping
-    from usertwin.data.prepare import prepare
+    from usertwin.model.load import load_model
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.tokens import load_tokenizer
-    from usertwin.train.model import load_model
-    from usertwin.twin import Engine
+    from usertwin.twin.engine import Engine
 
     cfg = from_mapping({"model": str(tiny_model_dir), "data": str(converted), "max_length": 2048,
                         "cache_dir": str(tmp_path / "c")}, "test")

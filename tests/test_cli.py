@@ -141,7 +141,7 @@ def test_items_longer_than_max_length_lose_oldest_context_turns_not_the_target(t
     assert "1 item(s) longer than max_length 400" in printed and "oldest context turn(s)" in printed
     assert sorted(r["target_index"] for r in rows) == list(range(6))  # no target left out as too long
     from usertwin.config import Config
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.tokens import load_tokenizer
 
     prep = prepare(Config(data=str(data), model=str(tokenizer_dir), max_length=400, cache_dir=str(tmp_path / "c")),

@@ -28,8 +28,8 @@ from usertwin.config import (
     resolve,
     setting,
 )
-from usertwin.data.prepare import cache_key
 from usertwin.errors import UsertwinError
+from usertwin.sequences.prepare import cache_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

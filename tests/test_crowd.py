@@ -217,7 +217,7 @@ def crowd_run(tmp_path_factory, tiny_model_dir):
 
 def test_twin_prompts_equal_predicts_and_new_items_count_the_others(crowd_run, capsys):
     from usertwin import Twin
-    from usertwin.eval.predict import prompt_hash
+    from usertwin.sequences.fit import prompt_hash
 
     run, data = crowd_run
     assert json.loads((run / "data_summary.json").read_text())["crowd"] == {
@@ -289,7 +289,7 @@ def test_a_scenario_target_counts_the_train_files_other_users(tmp_path, tiny_mod
     user's train items keep their statistics by the split rule."""
     from usertwin.config import Config, from_mapping
     from usertwin.eval.scenario import read_scenario, target_prompt, target_timeline
-    from usertwin.twin import Engine, load_tokenizer_and_model
+    from usertwin.twin.api import Twin
 
     train = [_user_raw(u, n) for u, n in {"1": 12, "2": 10, "3": 8}.items()]
     test = _user_raw("1", 1)
@@ -298,10 +298,10 @@ def test_a_scenario_target_counts_the_train_files_other_users(tmp_path, tiny_mod
     (tmp_path / "train.json").write_text(json.dumps(train))
     (tmp_path / "test_leaderboard.json").write_text(json.dumps([test]))
     cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024, "crowd_context": "item"}, "test", Config())
-    engine = Engine(cfg, *reversed(load_tokenizer_and_model(cfg)))
-    (t,) = read_scenario(tmp_path, engine).targets
-    tl = target_timeline(t, engine)
+    twin = Twin.load(cfg=cfg)
+    (t,) = read_scenario(tmp_path, twin).targets
+    tl = target_timeline(t, twin)
     assert tl.crowd[12] == crowd.Crowd(4, 2.0)  # movie 0: users 2 and 3 rated it 2.0 twice each, all of it
     assert {p: tl.crowd[p] for p in range(12)} == t.train.crowd  # the train items: the split rule's
     assert "Movie 0 (2000) (Drama):\nOthers: 2.0 avg, 2-4 ratings\nPredict" in \
-        engine.tokenizer.decode(target_prompt(t, engine, 4).ids)
+        twin.engine.tokenizer.decode(target_prompt(t, twin, 4).ids)

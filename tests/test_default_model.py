@@ -52,7 +52,7 @@ def test_gguf_model_saves_as_plain_safetensors_and_reloads_equal(tmp_path):
     keeps a GGUF 'quantizer' that refuses save_pretrained unless it is dropped) and best/ must reload the same."""
     import torch
 
-    from usertwin.train.model import load_model
+    from usertwin.model.load import load_model
 
     model = load_model("smollm2", "float32")
     model.save_pretrained(tmp_path, safe_serialization=True)

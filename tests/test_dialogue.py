@@ -147,7 +147,7 @@ def test_without_history_a_window_still_holds_one_conversation(tokenizer):
 
 def _prepare(tmp_path, tokenizer, data, **kw):
     from usertwin.config import from_mapping
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
 
     cfg = from_mapping({"data": str(data), "cache_dir": str(tmp_path / "cache"), **kw}, "test", Config())
     return prepare(cfg, tokenizer=tokenizer, use_cache=False, progress=False)
@@ -200,7 +200,7 @@ EXACT_FULL, EXACT_TIMELINE = 5198, 1182  # the fixture's exact train tokens (4.4
 
 
 def test_inspect_dump_offsets_point_at_each_line(tmp_path, tokenizer):
-    from usertwin.text.preview import dump_rows
+    from usertwin.sequences.preview import dump_rows
 
     tl = conversation_timeline((4, 6, 5), lead=2)
     data = write_records(tmp_path / "conv.jsonl", [Record(0, "c1", tl.profile, tl.task, "en", tl.items)])

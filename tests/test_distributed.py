@@ -148,7 +148,7 @@ def test_moe_lora_targets_and_full_fine_tuning_in_one_process(tmp_path, tokenize
     projection names."""
     from transformers import AutoModelForCausalLM
 
-    from usertwin.train.model import add_lora
+    from usertwin.train.trainable import add_lora
 
     moe = _moe_dir(tmp_path / "moe", tokenizer)
     trainable = {}

@@ -14,7 +14,8 @@ from usertwin.cli import build_parser, main
 from usertwin.config import SAMPLING_TEMPERATURE, Config, GenerateSettings, generate_settings
 from usertwin.data import records as R
 from usertwin.errors import UsertwinError
-from usertwin.twin import Engine, _RepetitionPenalty
+from usertwin.twin.engine import Engine
+from usertwin.twin.sampling import RepetitionPenalty
 
 F = "task.task_behavior_collections"
 
@@ -66,7 +67,7 @@ def test_top_k_1_is_greedy(engine, prompts):
 
 def test_repetition_penalty_counts_the_rows_own_tokens_not_its_padding():
     # row 0: prompt [1, 2, 3]; row 1: prompt [4] after two padding tokens 0
-    penalty = _RepetitionPenalty(2.0, [3, 1], 3)
+    penalty = RepetitionPenalty(2.0, [3, 1], 3)
     scores = torch.tensor([[4.0, 4.0, -4.0, 4.0, 4.0, 4.0], [4.0, 4.0, -4.0, 4.0, 4.0, 4.0]])
     out = penalty(torch.tensor([[1, 2, 3, 5], [0, 0, 4, 2]]), scores)  # one generated token each: 5 and 2
     assert out.tolist() == [[4.0, 2.0, -8.0, 2.0, 4.0, 2.0], [4.0, 4.0, -8.0, 4.0, 2.0, 4.0]]

@@ -176,7 +176,7 @@ def test_predict_into_a_locked_run_dir_is_refused(tmp_path, tiny_model_dir, caps
     (run / "config.yaml").write_text("x: 1\n")
     proc = _holder(run / LOCK_NAME)
     try:
-        from usertwin.eval.predict import _output_lock
+        from usertwin.appended import output_lock as _output_lock
 
         with pytest.raises(UsertwinError, match=f"run directory {re.escape(str(run))} is in use.*write elsewhere with -o"):
             _output_lock(run / "predictions-test.jsonl")

@@ -11,10 +11,10 @@ from helpers import conversation_timeline, dialogue_timeline, rating_timeline
 
 from usertwin.config import Config, RenderSettings
 from usertwin.data.timeline import build_windows
-from usertwin.text.batching import packed_batch, padded_batch
+from usertwin.sequences.batching import packed_batch, padded_batch
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, measure
-from usertwin.train.model import TargetLoss, batch_tensors
+from usertwin.train.trainable import TargetLoss, batch_tensors
 
 
 def _per_target(loss_model, batch, encs):

@@ -13,7 +13,8 @@ from helpers import write_rating_users
 
 from usertwin.cli import main
 from usertwin.errors import UsertwinError
-from usertwin.train.model import add_lora, causal_lm, load_model, use_experts
+from usertwin.model.load import causal_lm, load_model, use_experts
+from usertwin.train.trainable import add_lora
 
 LAYERS = 2
 

@@ -87,7 +87,7 @@ def test_predicted_numbers_equal_an_independent_forward(run_dir, tmp_path):
     """Each row's loss is the teacher-forced mean negative log-likelihood of the reference (with its
     end-of-turn) after the row's own prompt; its rating probabilities are the normalised likelihoods of
     the scale, and the expected rating is their mean."""
-    from usertwin.eval.predict import prompt_hash
+    from usertwin.sequences.fit import prompt_hash
 
     out = tmp_path / "p.jsonl"
     assert main(["predict", "--run", str(run_dir), "-o", str(out), "--no-progress", "--max_new_tokens", "5"]) == 0

@@ -15,11 +15,11 @@ from usertwin.config import RenderSettings
 from usertwin.data.records import Item
 from usertwin.data.timeline import Timeline
 from usertwin.errors import UsertwinError
-from usertwin.text.batching import packed_batch, padded_batch
+from usertwin.sequences.batching import packed_batch, padded_batch
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder
-from usertwin.train.model import TargetLoss, batch_tensors
 from usertwin.train.ratingloss import rated, scale_tokens
+from usertwin.train.trainable import TargetLoss, batch_tensors
 
 EOT = "<|im_end|>"
 WHOLE = ["1.0", "2.0", "3.0", "4.0", "5.0"]

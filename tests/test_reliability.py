@@ -55,7 +55,7 @@ def _code_lines(path: Path):
 
 # every write that is not temp + rename, and why it may stay so
 NOT_RENAMED = {
-    ("predict.py", 'open(output, "a"'): "predictions and simulations (append_batches): appended per batch; resume drops a torn last line",
+    ("appended.py", 'open(output, "a"'): "predictions and simulations (append_batches): appended per batch; resume drops a torn last line",
     ("trainer.py", 'open(self.run.logs, "a"'): "the training log (logs.jsonl): append-only JSON lines",
     ("lock.py", 'os.fdopen(fd, "w"'): "the lock file: created with O_EXCL; a torn one is read as stale",
     ("lock.py", "json.dump(me, f)"): "(the same lock file)",
@@ -95,7 +95,7 @@ def test_every_file_write_goes_through_temp_and_rename():
 
 
 def _prep(data, tok, cache, **kw):
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
 
     cfg = Config(**{"data": str(data), "model": "test-tokenizer", "max_length": 256, "cache_dir": str(cache), **kw})
     return prepare(cfg, tokenizer=tok, progress=False)
@@ -107,7 +107,7 @@ def _shape(prep):
 
 
 def test_cache_key_covers_content_shaping_keys_and_tokenizer(tmp_path, tokenizer, plain_tokenizer):
-    from usertwin.data.prepare import cache_key
+    from usertwin.sequences.prepare import cache_key
 
     data = _records(tmp_path / "r.jsonl")
     cache = tmp_path / "cache"
@@ -218,7 +218,7 @@ def test_prepare_sigkilled_while_writing_the_cache_leaves_no_usable_cache(tmp_pa
 
 
 def prep_key(data, tok):
-    from usertwin.data.prepare import cache_key, file_hash
+    from usertwin.sequences.prepare import cache_key, file_hash
     from usertwin.text.tokens import tokenizer_id
 
     cfg = Config(data=str(data), model="test-tokenizer", max_length=256)
@@ -271,15 +271,15 @@ def test_predict_killed_mid_run_resumes_to_the_uninterrupted_rows(tmp_path, tiny
 
 
 def test_predict_resume_drops_duplicate_and_torn_rows_atomically(tmp_path):
-    from usertwin.eval.predict import _done
+    from usertwin.appended import completed_rows
 
     out = tmp_path / "p.jsonl"
     rows = [{"user": "a", "target_index": 1}, {"user": "a", "target_index": 2}, {"user": "a", "target_index": 1}]
     out.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"user": "b", "targ')
-    assert _done(out) == {("a", 1), ("a", 2)}
+    assert set(completed_rows(out)) == {("a", 1), ("a", 2)}
     assert [json.loads(x) for x in out.read_text().splitlines()] == rows[:2]
     before = out.stat().st_mtime_ns
-    assert _done(out) == {("a", 1), ("a", 2)} and out.stat().st_mtime_ns == before  # whole: left alone
+    assert set(completed_rows(out)) == {("a", 1), ("a", 2)} and out.stat().st_mtime_ns == before  # whole: left alone
 
 
 # ---------------------------------------------------------------- security hygiene

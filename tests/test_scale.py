@@ -22,7 +22,7 @@ from helpers import write_records
 
 from usertwin.config import Config
 from usertwin.data.convert import convert_to_file
-from usertwin.data.prepare import prepare
+from usertwin.sequences.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -47,7 +47,7 @@ from helpers import write_records
 from test_scale import rating_raws
 from usertwin.config import Config
 from usertwin.data.convert import convert_to_file
-from usertwin.data.prepare import prepare
+from usertwin.sequences.prepare import prepare
 
 def peak():
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so it would report pytest's own size

@@ -85,14 +85,14 @@ def test_a_target_prompt_is_the_one_training_renders(scenario, filled, tiny_mode
     """The scenario's prompt of a target equals the prompt of the same item in a records file holding the
     user's train items and that item (read, ordered and trimmed as training reads records)."""
     from usertwin.config import Config, from_mapping
-    from usertwin.eval.predict import prompt_hash
     from usertwin.eval.scenario import read_scenario, target_prompt
-    from usertwin.twin import Engine, _timelines_of, load_tokenizer_and_model
+    from usertwin.sequences.fit import prompt_hash
+    from usertwin.twin.api import Twin
 
     cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024, "crowd_context": "none"}, "test", Config())
-    tok, model = load_tokenizer_and_model(cfg)
-    engine = Engine(cfg, model, tok)
-    scen = read_scenario(scenario, engine)
+    twin = Twin.load(cfg=cfg)
+    tok = twin.engine.tokenizer
+    scen = read_scenario(scenario, twin)
     train = {r["user_hash"]: r for r in json.loads((scenario / "train.json").read_text())}
     answers = json.loads((scenario / "answers.json").read_text())
     rows = {(r["record"], r["position"]): r for r in _rows(filled)}
@@ -101,14 +101,14 @@ def test_a_target_prompt_is_the_one_training_renders(scenario, filled, tiny_mode
             **answers[t.record.index]["task"], "task_behavior_collections": [{"type": "movie_rating", "data": []}]}}))
         answer = _items([answers[t.record.index]])[t.item.position]
         rec["task"]["task_behavior_collections"][0]["data"].append(answer)
-        (tl,) = _timelines_of(write_records(tmp_path / f"{t.key}.jsonl", [rec]), engine)
-        expected = engine.prompt(tl, len(tl.items) - 1, 4).ids
-        assert target_prompt(t, engine, 4).ids == expected
+        (tl,) = twin.timelines_of(write_records(tmp_path / f"{t.key}.jsonl", [rec]))
+        expected = twin.built_prompt(tl, len(tl.items) - 1, 4).ids
+        assert target_prompt(t, twin, 4).ids == expected
         assert rows[t.key]["prompt_hash"] == prompt_hash(expected)
         text = tok.decode(expected)
         assert answer["continuation_prefix"].strip() in text and t.record.profile["name"] in text
     held = _items([answers[0]])
-    assert held[0]["continuation_prefix"].strip() not in tok.decode(target_prompt(scen.targets[1], engine, 4).ids)
+    assert held[0]["continuation_prefix"].strip() not in tok.decode(target_prompt(scen.targets[1], twin, 4).ids)
 
 
 def test_history_holds_only_earlier_train_items(scenario, tiny_model_dir, tmp_path):
@@ -118,7 +118,7 @@ def test_history_holds_only_earlier_train_items(scenario, tiny_model_dir, tmp_pa
 
     from usertwin.config import Config, from_mapping
     from usertwin.eval.scenario import read_scenario, target_prompt
-    from usertwin.twin import Engine, load_tokenizer_and_model
+    from usertwin.twin.api import Twin
 
     scen_dir = tmp_path / "scen"
     shutil.copytree(scenario, scen_dir)
@@ -130,10 +130,10 @@ def test_history_holds_only_earlier_train_items(scenario, tiny_model_dir, tmp_pa
     del second["timestamp"]
     (scen_dir / "test_leaderboard.json").write_text(json.dumps(test))
     cfg = from_mapping({"model": str(tiny_model_dir), "max_length": 1024, "crowd_context": "none"}, "test", Config())
-    engine = Engine(cfg, *reversed(load_tokenizer_and_model(cfg)))
-    scen = read_scenario(scen_dir, engine)
+    twin = Twin.load(cfg=cfg)
+    scen = read_scenario(scen_dir, twin)
     assert stamps[0] == stamps[1] < stamps[2] == stamps[3] == stamps[4] < stamps[5] and len(stamps) == 8
-    assert [len(target_prompt(t, engine, 4).sample.history) for t in scen.targets[:2]] == [2, 8]
+    assert [len(target_prompt(t, twin, 4).sample.history) for t in scen.targets[:2]] == [2, 8]
 
 
 def test_a_killed_run_resumes_to_the_same_file(scenario, filled, tiny_model_dir, tmp_path):
@@ -167,7 +167,7 @@ class _Engine:
     def __init__(self, warm: float, mute=()):
         self.warm, self.mute, self.calls = warm, set(mute), []
 
-    def generate(self, prompts, gen, seeds):
+    def generate_after(self, prompts, gen, seeds):
         self.calls.append((round(gen.temperature, 6), gen.num_samples, list(seeds)))
         return [["" if p[0] in self.mute or gen.temperature < self.warm else f"t{gen.temperature:.1f}"]
                 * gen.num_samples for p in prompts]

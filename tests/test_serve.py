@@ -79,7 +79,7 @@ def _messages(context: list[dict]) -> list[dict]:
 
 
 def test_chat_prompt_is_the_training_prompt_of_a_dialogue_item(twin):
-    from usertwin.twin import chat_prompt
+    from usertwin.twin.chat import chat_prompt
 
     items = _items("11", USERS["11"])
     profile = {"name": "user 11", "age": 21}
@@ -117,7 +117,7 @@ def test_chat_refuses_what_it_cannot_render(twin):
 
 
 def test_system_text_describes_the_user(twin):
-    from usertwin.twin import chat_prompt
+    from usertwin.twin.chat import chat_prompt
 
     said = [{"role": "user", "content": "Hello there"}]
     described = chat_prompt(twin, [{"role": "system", "content": "A retired teacher."}] + said)
@@ -248,7 +248,7 @@ def test_stop_strings_cut_a_stream_without_showing_their_start():
 
 
 def test_openai_chat_with_a_described_user(client, made, twin):
-    from usertwin.twin import chat_prompt
+    from usertwin.twin.chat import chat_prompt
 
     items = _items("12", 3)
     messages = [{"role": "system", "content": "A quiet film critic."}, {"role": "user", "content": "Hi!"}]

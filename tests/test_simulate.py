@@ -75,7 +75,7 @@ def test_rollout_writes_users_x_steps_and_resumes_after_a_torn_line(made, tmp_pa
 
 def test_rollout_history_grows_with_the_generations(made, tmp_path):
     from usertwin.data.records import Item
-    from usertwin.eval.predict import prompt_hash
+    from usertwin.sequences.fit import prompt_hash
     from usertwin.twin import Twin
 
     rows = _sim(made, tmp_path / "w.jsonl", "--users", WRITER, "--steps", "2", "--temperature", "1.0",

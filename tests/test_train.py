@@ -116,7 +116,7 @@ def test_resample_every_epoch_and_gradient_checkpointing(tmp_path, tiny_model_di
     # each re-sampled epoch packs into its own number of steps: the announced total counts them all
     assert f"{summary['steps']} steps in all" in capsys.readouterr().out
     from usertwin.config import Config
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import load_tokenizer
     from usertwin.train.trainer import EpochData
@@ -144,7 +144,7 @@ def test_block_layout_resampled_every_epoch_still_fits_max_length(tmp_path, tiny
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 2 and [e["targets"] for e in summary["per_epoch"]] == [6, 6]
     from usertwin.config import Config
-    from usertwin.data.prepare import prepare
+    from usertwin.sequences.prepare import prepare
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import load_tokenizer
     from usertwin.train.trainer import EpochData
@@ -228,7 +228,7 @@ def test_empty_validation_split_keeps_the_last_weights(tmp_path, tiny_model_dir,
     assert summary["best_val_loss"] is None and summary["val_loss_before"] is None
     assert not [r for r in map(json.loads, (out / "logs.jsonl").read_text().splitlines()) if "val_loss" in r]
     from usertwin.rundir import RunDir
-    from usertwin.twin import load_twin_model
+    from usertwin.twin.engine import load_twin_model
 
     assert (out / "best" / "adapter_config.json").is_file()  # the last weights: the LoRA adapter
     model = load_twin_model(RunDir(out).load_config(), out, merge=False)  # what predict loads, unmerged
@@ -293,10 +293,11 @@ def test_adapter_of_a_base_without_config_json_saves_without_a_warning(tmp_path,
     """A GGUF base has no config.json: peft's save_embedding_layers="auto" warns that it cannot find one."""
     from types import SimpleNamespace
 
+    from usertwin.model.load import load_model
     from usertwin.rundir import RunDir
     from usertwin.text.tokens import load_tokenizer
     from usertwin.train.checkpoint import Checkpoints
-    from usertwin.train.model import TargetLoss, add_lora, load_model
+    from usertwin.train.trainable import TargetLoss, add_lora
 
     model = add_lora(load_model(str(tiny_model_dir), attention="sdpa"), r=2, alpha=4)
     model.peft_config["default"].base_model_name_or_path = str(tmp_path / "gguf-folder")

@@ -41,12 +41,12 @@ def made(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture
 def no_prepare(monkeypatch):
-    import usertwin.data.prepare
+    import usertwin.sequences.prepare
 
     def refuse(*a, **kw):
         raise AssertionError("a twin must not prepare its training data")
 
-    monkeypatch.setattr(usertwin.data.prepare, "prepare", refuse)
+    monkeypatch.setattr(usertwin.sequences.prepare, "prepare", refuse)
 
 
 def test_twin_facts_are_written_with_the_run(made):
@@ -72,7 +72,7 @@ def test_loads_from_the_run_alone_after_the_data_is_gone(made, no_prepare):
 
 def test_prompt_of_a_test_target_equals_the_one_predict_used(made, no_prepare):
     from usertwin import Twin
-    from usertwin.eval.predict import prompt_hash
+    from usertwin.sequences.fit import prompt_hash
 
     run, records = made
     twin = Twin.load(run, records=records)
@@ -121,8 +121,9 @@ def test_run_without_twin_facts_needs_records(made, tmp_path, no_prepare):
     old = tmp_path / "old-run"
     shutil.copytree(run, old)
     (old / "twin.json").unlink()
+    without = Twin.load(old)  # the weights load; what needs the data's facts says what to pass
     with pytest.raises(UsertwinError, match=r"twin\.json is missing.*records=PATH.*r\.jsonl"):
-        Twin.load(old)
+        without.rating_distribution(profile={}, history=[], item="Movie 1 (2000) (Drama): ")
     twin = Twin.load(old, records=records)  # the scale is read from the records instead
     assert twin.engine.scale == ["1.0", "2.0", "3.0", "4.0", "5.0"]
     assert twin.facts == json.loads((run / "twin.json").read_text())
@@ -189,7 +190,7 @@ def test_sampling_is_seeded_per_sample(made):
 
 def test_lora_is_merged_at_load_and_scores_stay_equal(made):
     from usertwin import Twin
-    from usertwin.twin import Engine, load_twin_model
+    from usertwin.twin.engine import Engine, load_twin_model
 
     run, records = made
     twin = Twin.load(run, records=records)

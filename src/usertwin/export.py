@@ -25,7 +25,6 @@ from usertwin.hub import SMOLLM2_GGUF
 from usertwin.rundir import RunDir
 from usertwin.version import __version__
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GGUF_TYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 CONVERTER = "convert_hf_to_gguf.py"
 
@@ -54,22 +53,11 @@ def export_run(run_dir, out, dtype: str = "auto", overwrite: bool = False, gguf:
 
 def _write_model(cfg, run: RunDir, tmp: Path, dtype: str) -> torch.dtype:
     """Into `tmp`, the folder renamed to the export when complete."""
-    from usertwin.text.tokens import load_tokenizer
-    from usertwin.twin import Engine, load_twin_model
+    from usertwin.twin.api import Twin
 
     # merged in float32 whatever the run trained in: the adapter's small update is not rounded away first
-    model = load_twin_model(dataclasses.replace(cfg, dtype="float32"), run.path, merge=True, device="cpu")
-    tok = load_tokenizer(run.tokenizer_source(cfg.model), cfg.trust_remote_code)
-    target = _export_dtype(model, dtype)
-    model.to(target)
-    engine = Engine(cfg, model, tok)
-    # generation stops where the twin's turn ends, as usertwin's own generation does
-    ends = [engine.eot_id] + ([tok.eos_token_id] if tok.eos_token_id not in (None, engine.eot_id) else [])
-    model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0]
-    model.generation_config.pad_token_id = engine.pad_id
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    return target
+    twin = Twin.load(run.path, cfg=dataclasses.replace(cfg, dtype="float32"), device="cpu")
+    return twin.save_pretrained(tmp, dtype)
 
 
 def _readable(folder: Path) -> None:
@@ -80,18 +68,6 @@ def _readable(folder: Path) -> None:
     for f in folder.iterdir():
         if f.is_file():
             os.chmod(f, 0o666 & ~mask)
-
-
-def _export_dtype(model, dtype: str) -> torch.dtype:
-    """auto: the dtype the base model declares (float32 when it declares none, e.g. a dequantized GGUF)."""
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise UsertwinError(f"--dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
-        return DTYPES[dtype]
-    declared = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
-    if isinstance(declared, str):
-        declared = DTYPES.get(declared)
-    return declared if declared in GGUF_TYPES else torch.float32
 
 
 def _copy_run_files(run: RunDir, dest: Path) -> None:

@@ -27,12 +27,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from usertwin.appended import append_batches, completed_rows, output_lock, progress_bar
 from usertwin.config import GenerateSettings
 from usertwin.data import records
 from usertwin.errors import UsertwinError
 from usertwin.eval.metrics import parse_rating
-from usertwin.eval.predict import append_batches, completed_rows, output_lock, progress_bar, prompt_hash
-from usertwin.text.tokens import measure_all
+from usertwin.sequences.fit import prompt_hash
 from usertwin.twin import Twin
 
 KEY = ("user", "step")
@@ -184,7 +184,7 @@ class _Run:
     def __init__(self, twin: Twin, todo: dict, rollout: bool, gen: GenerateSettings, seed: int, grown: dict):
         self.twin, self.todo, self.rollout, self.gen, self.seed = twin, todo, rollout, gen, seed
         self.grown = grown
-        self.scale = twin.engine.scale or []
+        self.scale = twin.scale or []
 
     def all(self, output: Path, done: dict, progress: bool) -> int:
         pending = [(u, s) for s in range(max(map(len, self.todo.values()), default=0))
@@ -192,25 +192,25 @@ class _Run:
         if self.gen.limit is not None:
             pending = pending[:max(0, self.gen.limit - len(done))]
         bar = progress_bar(len(pending), "simulate", "step") if progress else None
-        self.gen = self.twin.engine.sized(self.gen)
+        self.gen = self.twin.sized(self.gen)
         return append_batches(output, _batches(pending, self.gen.batch_size), self.batch, bar)
 
     def batch(self, batch: list) -> list[dict]:
         """One step of several users: ratings scored in one forward, every prompt generated together."""
-        engine, room = self.twin.engine, self.gen.max_new_tokens if self.gen.generate else 0
+        twin, room = self.twin, self.gen.max_new_tokens if self.gen.generate else 0
         rows, prompts = [], []
         situations = [(user, s, *self.situation(user, self.todo[user][s])) for user, s in batch]
-        lengths = measure_all(engine.renderer, engine.tokenizer, [tl for _, _, tl, _ in situations])
+        lengths = twin.lengths([tl for _, _, tl, _ in situations])
         for user, s, tl, kind in situations:
-            prompt = self.twin.fitted_prompt(tl, len(tl.items) - 1, room, lengths[user])
+            prompt = twin.fitted_prompt(tl, len(tl.items) - 1, room, lengths[user])
             rows.append(self.row(user, s, tl, kind, prompt))
             prompts.append(prompt.ids)
         rated = [i for i, r in enumerate(rows) if "rating" in r]
-        for i, dist in zip(rated, engine.rating_distributions([prompts[i] for i in rated]) if rated else []):
+        for i, dist in zip(rated, twin.rating_distributions_after([prompts[i] for i in rated]) if rated else []):
             rows[i]["rating"] = dist
         if self.gen.generate:
             seeds = [r["seed"] for r in rows]
-            for r, texts in zip(rows, engine.generate(prompts, self.gen, seeds)):
+            for r, texts in zip(rows, twin.generate_after(prompts, self.gen, seeds)):
                 self.add_generations(r, texts)
         return rows
 

@@ -19,9 +19,9 @@ def run(args) -> int:
     import time
 
     from usertwin.config import resolve
-    from usertwin.data.prepare import prepare
     from usertwin.data.timeline import SPLITS
-    from usertwin.text.preview import counts_table, show_examples, write_dump
+    from usertwin.sequences.prepare import prepare
+    from usertwin.sequences.preview import counts_table, show_examples, write_dump
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import load_tokenizer
 

@@ -33,11 +33,10 @@ def run(args) -> int:
     from pathlib import Path
 
     from usertwin.config import generate_settings, resolve
-    from usertwin.data.prepare import prepare
     from usertwin.errors import UsertwinError
     from usertwin.eval.predict import predict_split
     from usertwin.rundir import RunDir
-    from usertwin.twin import Engine, load_tokenizer_and_model, rating_scale
+    from usertwin.twin.api import Twin
 
     if args.scenario:
         return _scenario(args)
@@ -49,14 +48,12 @@ def run(args) -> int:
     select_devices(args.gpu, None)
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
-    tok, model = load_tokenizer_and_model(cfg, args.run, progress=args.progress)
-    # the split's targets come from the prepared data, so its rating scale is read there too
-    prep = prepare(cfg, tokenizer=tok, progress=False)
-    engine = Engine(cfg, model, tok, scale=rating_scale(prep.timelines))
+    twin = Twin.load(args.run, cfg=cfg, progress=args.progress)
+    prep = twin.prepare()  # the split's targets, rendered as the twin was trained
     gen = generate_settings(args)
     if gen.generate and gen.sampling_notice():
         print(gen.sampling_notice(), file=sys.stderr)
-    n = predict_split(engine, prep, args.split, output, gen, pick_k=gen.pick, generate=gen.generate,
+    n = predict_split(twin, prep, args.split, output, gen, pick_k=gen.pick, generate=gen.generate,
                       limit=gen.limit, progress=args.progress)
     print(f"wrote {n} new prediction(s) to {output}")
     return 0
@@ -67,7 +64,7 @@ def _scenario(args) -> int:
     from usertwin.errors import UsertwinError
     from usertwin.eval.scenario import check_folders, predict_scenario, summary_lines
     from usertwin.rundir import RunDir
-    from usertwin.twin import Engine, load_tokenizer_and_model
+    from usertwin.twin.api import Twin
 
     for flag, given in (("--split", args.split is not None), ("--pick", hasattr(args, "gen__pick")),
                         ("--no_generate", hasattr(args, "gen__generate")),
@@ -85,9 +82,9 @@ def _scenario(args) -> int:
     if gen.num_samples > 1 and gen.temperature == 0:
         print(f"note: --temperature 0 (greedy) gives {gen.num_samples} identical continuations per target; pass "
               "--temperature (the research scripts used 0.7) for different ones")
-    tok, model = load_tokenizer_and_model(cfg, args.run, progress=args.progress)
+    twin = Twin.load(args.run, cfg=cfg, progress=args.progress)
     source = {"run": str(args.run)} if args.run else {"model": cfg.model}
-    summary = predict_scenario(Engine(cfg, model, tok), args.scenario, args.output, gen,
+    summary = predict_scenario(twin, args.scenario, args.output, gen,
                                seed=cfg.seed if gen.seed is None else gen.seed,
                                source=source, progress=args.progress)
     for line in summary_lines(summary, args.output):

@@ -16,9 +16,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from usertwin.atomic import write_json
     from usertwin.config import resolve, to_yaml
-    from usertwin.data.prepare import prepare, summary
     from usertwin.rundir import RunDir
-    from usertwin.text.preview import counts_table
+    from usertwin.sequences.prepare import prepare, summary
+    from usertwin.sequences.preview import counts_table
 
     cfg = resolve(args)
     if args.print_config:

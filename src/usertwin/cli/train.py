@@ -44,7 +44,9 @@ def run(args) -> int:
         print(to_yaml(cfg), end="")
         return 0
     select_devices(args.gpu, args.local_rank)
+    from usertwin.eval.valrating import val_rating_rmse
     from usertwin.train.trainer import train
 
-    train(cfg, overwrite=args.overwrite, resume=args.resume, progress=args.progress, debug=args.debug)
+    train(cfg, overwrite=args.overwrite, resume=args.resume, progress=args.progress, debug=args.debug,
+          val_scorer=val_rating_rmse)
     return 0

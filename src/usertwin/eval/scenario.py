@@ -5,7 +5,7 @@ users' records, and `test_leaderboard.json`, records in the same format whose it
 targets. Every target gets `num_samples` generated texts, written into a copy of the test file as the item's
 `continuations`; nothing else of the file changes.
 
-A target's prompt is the one training renders for an item (Engine.prompt, i.e. twin.build_prompt): the profile
+A target's prompt is the one training renders for an item (Twin.built_prompt, i.e. sequences/fit.build_prompt): the profile
 (the test record's, else the train record's), and as history the user's train.json items -- only those strictly
 earlier than the target when it and all of them carry a timestamp, else all of them (file order is then time
 order, as build_timelines reads it) -- chosen and cut to fit by the run's history strategy, as in training. A
@@ -28,15 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from usertwin.appended import append_batches, completed_rows, output_lock, progress_bar
 from usertwin.atomic import write_json
 from usertwin.config import GenerateSettings
 from usertwin.data import records
-from usertwin.data.prepare import trim_long_contexts
 from usertwin.data.timeline import Timeline
 from usertwin.errors import UsertwinError
-from usertwin.eval.predict import append_batches, completed_rows, output_lock, progress_bar, prompt_hash
 from usertwin.rundir import ScenarioDir
-from usertwin.twin import Engine, Prompt, _timelines_of
+from usertwin.sequences.fit import Prompt, prompt_hash
 
 KEY = ("record", "position")
 RETRIES, RETRY_STEP, RETRY_CAP = 3, 0.2, 1.5  # the research scripts' empty-output retries
@@ -78,19 +77,19 @@ def check_folders(folder, out_dir) -> None:
                             "overwritten; write to another folder")
 
 
-def read_scenario(folder, engine: Engine) -> Scenario:
+def read_scenario(folder, twin) -> Scenario:
     """The test file's targets, each with its user's train.json timeline (read and trimmed as training reads
     records)."""
     files = ScenarioDir(folder)
     tests = records.load(files.test, targets=True).records
     raws, document = _raw_records(files.test)
-    train = {tl.user_id: tl for tl in _timelines_of(files.train, engine)}
+    train = {tl.user_id: tl for tl in twin.timelines_of(files.train)}
     targets = []
     for rec, raw in zip(tests, raws):
         items = [it for coll in raw["task"]["task_behavior_collections"] for it in coll["data"]]
         targets += [Target(rec, item, raw_item, train.get(rec.user_id)) for item, raw_item in zip(rec.items, items)]
     users = list(dict.fromkeys(rec.user_id for rec in tests))
-    _pin_languages(engine, tests, train)
+    _pin_languages(twin, tests, train)
     return Scenario(Path(folder), document, targets, users, [u for u in users if u not in train], len(train))
 
 
@@ -104,12 +103,12 @@ def _raw_records(path: Path) -> tuple[list, object]:
     return (document if isinstance(document, list) else [document]), document
 
 
-def _pin_languages(engine: Engine, tests: list, train: dict) -> None:
+def _pin_languages(twin, tests: list, train: dict) -> None:
     """The prompt language of a user is detected once (renderer caches it by user id), from what training
     would see: the user's train timeline, or for a cold-start user the test record -- never from whichever
     target happens to come first, so a resumed run renders as the first one did."""
     for rec in tests:
-        engine.renderer.language(train.get(rec.user_id)
+        twin.language(train.get(rec.user_id)
                                  or Timeline(rec.user_id, rec.profile, rec.task, rec.language, rec.items))
 
 
@@ -124,7 +123,7 @@ def earlier(items: list, target: records.Item) -> list:
     return [it for it in items if it.timestamp < target.timestamp]
 
 
-def target_timeline(t: Target, engine: Engine) -> Timeline:
+def target_timeline(t: Target, twin) -> Timeline:
     """The user's history for this target, then the target as its last item (a fresh copy: trimming its
     context to fit max_length, as training trims items, changes only this copy)."""
     base = t.train
@@ -136,16 +135,13 @@ def target_timeline(t: Target, engine: Engine) -> Timeline:
                   context_cut={p: n for p, n in (base.context_cut if base else {}).items() if p < len(history)},
                   crowd={p: c for p, c in (base.crowd if base else {}).items() if p < len(history)})
     # crowd context: the target counts every rating of the train file's other users (data/crowd.py)
-    crowd = engine.crowd.with_new(tl, target, engine.cfg.crowd_context) if engine.crowd else tl.crowd
-    tl = dataclasses.replace(tl, items=history + [target], crowd=crowd)
-    if t.item.context:
-        trim_long_contexts([tl], engine.renderer, engine.tokenizer, engine.cfg.max_length)
-    return tl
+    tl = twin.with_item(tl, target)
+    return twin.trimmed(tl) if t.item.context else tl
 
 
-def target_prompt(t: Target, engine: Engine, room: int) -> Prompt:
-    tl = target_timeline(t, engine)
-    return engine.prompt(tl, len(tl.items) - 1, room)
+def target_prompt(t: Target, twin, room: int) -> Prompt:
+    tl = target_timeline(t, twin)
+    return twin.built_prompt(tl, len(tl.items) - 1, room)
 
 
 def target_seed(seed: int, t: Target) -> int:
@@ -162,17 +158,17 @@ def retry_temperature(temperature: float, k: int) -> float:
     return max(temperature, min(temperature + RETRY_STEP * k, RETRY_CAP))
 
 
-def generate_nonempty(engine: Engine, prompts: list, gen: GenerateSettings, seeds: list) -> tuple[list, list]:
+def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list) -> tuple[list, list]:
     """`gen.num_samples` texts per prompt, empty ones drawn again (see the module's doc); and the retries each
     prompt took. Retry k of sample i draws with seed + k * num_samples + i: never a seed of a first draw."""
-    texts = engine.generate(prompts, gen, seeds)
+    texts = twin.generate_after(prompts, gen, seeds)
     retries = [0] * len(prompts)
     for k in range(1, RETRIES + 1):
         empty = [(j, i) for j, row in enumerate(texts) for i, text in enumerate(row) if not text.strip()]
         if not empty:
             break
         again = dataclasses.replace(gen, num_samples=1, temperature=retry_temperature(gen.temperature, k))
-        redo = engine.generate([prompts[j] for j, _ in empty], again,
+        redo = twin.generate_after([prompts[j] for j, _ in empty], again,
                                [seeds[j] + k * gen.num_samples + i for j, i in empty])
         for (j, i), row in zip(empty, redo):
             texts[j][i] = row[0]
@@ -180,10 +176,10 @@ def generate_nonempty(engine: Engine, prompts: list, gen: GenerateSettings, seed
     return texts, retries
 
 
-def _rows(engine: Engine, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str) -> list[dict]:
-    prompts = [target_prompt(t, engine, gen.max_new_tokens) for t in chunk]
+def _rows(twin, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str) -> list[dict]:
+    prompts = [target_prompt(t, twin, gen.max_new_tokens) for t in chunk]
     seeds = [target_seed(seed, t) for t in chunk]
-    texts, retries = generate_nonempty(engine, [p.ids for p in prompts], gen, seeds)
+    texts, retries = generate_nonempty(twin, [p.ids for p in prompts], gen, seeds)
     return [{"record": t.record.index, "position": t.item.position, "user": t.record.user_id,
              "collection": t.item.collection, "item": t.item.prefix, "cold_start": t.train is None,
              "history_len": len(p.sample.history), "prompt_hash": prompt_hash(p.ids), "seed": s,
@@ -195,9 +191,9 @@ def _rows(engine: Engine, chunk: list, gen: GenerateSettings, seed: int, fingerp
 # ---------------------------------------------------------------- the run
 
 
-def settings_of(engine: Engine, gen: GenerateSettings, seed: int, source: dict) -> dict:
+def settings_of(twin, gen: GenerateSettings, seed: int, source: dict) -> dict:
     """What the generations depend on (summary.json's "settings"; a resumed run must match them)."""
-    cfg = engine.cfg
+    cfg = twin.cfg
     generation = {k: v for k, v in dataclasses.asdict(gen).items() if k not in ("batch_size", "limit", "pick")}
     return {**source, "seed": seed, "generation": generation,
             "retry": {"max_retries": RETRIES, "temperature_step": RETRY_STEP, "temperature_cap": RETRY_CAP},
@@ -205,23 +201,23 @@ def settings_of(engine: Engine, gen: GenerateSettings, seed: int, source: dict) 
                                                       "language")}}
 
 
-def _fingerprint(engine: Engine, settings: dict) -> str:
-    blob = json.dumps([settings, engine.cfg.to_dict()], sort_keys=True, default=str)
+def _fingerprint(twin, settings: dict) -> str:
+    blob = json.dumps([settings, twin.cfg.to_dict()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def predict_scenario(engine: Engine, folder, out_dir, gen: GenerateSettings, *, seed: int, source: dict,
+def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int, source: dict,
                      progress: bool = True) -> dict:
     """Fill every target of the scenario in `folder` not yet in OUT/generations.jsonl; once all are there, write
     OUT/test_leaderboard.json and OUT/summary.json. Returns the summary (`complete`: whether they were written)."""
     start = time.monotonic()
     check_folders(folder, out_dir)
-    gen = engine.sized(gen.resolved())  # the temperature and batch size decided once: the fingerprint holds them
-    scen = read_scenario(folder, engine)
+    gen = twin.sized(gen.resolved())  # the temperature and batch size decided once: the fingerprint holds them
+    scen = read_scenario(folder, twin)
     out = ScenarioDir(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
-    settings = settings_of(engine, gen, seed, source)
-    fingerprint = _fingerprint(engine, settings)
+    settings = settings_of(twin, gen, seed, source)
+    fingerprint = _fingerprint(twin, settings)
     with output_lock(out.generations, "scenario output"):
         done = completed_rows(out.generations, KEY)
         _check_resumable(done, scen, fingerprint, out.generations)
@@ -230,7 +226,7 @@ def predict_scenario(engine: Engine, folder, out_dir, gen: GenerateSettings, *, 
             todo = todo[:max(0, gen.limit - len(done))]
         bar = progress_bar(len(todo), "scenario", "target") if progress else None
         chunks = (todo[i:i + gen.batch_size] for i in range(0, len(todo), gen.batch_size))
-        written = append_batches(out.generations, chunks, lambda c: _rows(engine, c, gen, seed, fingerprint), bar)
+        written = append_batches(out.generations, chunks, lambda c: _rows(twin, c, gen, seed, fingerprint), bar)
         rows = completed_rows(out.generations, KEY)
         summary = _summary(scen, rows, settings, written, len(done), time.monotonic() - start)
         if summary["complete"]:

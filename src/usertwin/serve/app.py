@@ -34,7 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from usertwin.config import GenerateSettings
 from usertwin.errors import UsertwinError
 from usertwin.serve.batching import Batcher, Job, Result
-from usertwin.twin import PromptTooLong, chat_prompt, known_users
+from usertwin.twin.api import PromptTooLong
+from usertwin.twin.chat import chat_prompt
 
 log = logging.getLogger("usertwin.serve")
 MAX_N = 16  # samples per request: more is a batch job for `usertwin predict`, not a request
@@ -116,7 +117,7 @@ class ScoreRequest(Who):
 
 def create_app(twin, *, api_key: str | None = None, model_name: str | None = None, wait_ms: float = 5.0,
                max_batch: int = 32) -> FastAPI:
-    state = Served(twin, model_name or "usertwin", Batcher(twin.engine, wait_ms, max_batch))
+    state = Served(twin, model_name or "usertwin", Batcher(twin, wait_ms, max_batch))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -254,7 +255,7 @@ class Served:
     # -- the twin's own
 
     async def predict(self, req: PredictRequest):
-        scale = self.twin.engine.scale
+        scale = self.twin.scale
         want_dist = bool(scale) if req.rating_distribution is None else req.rating_distribution
         if want_dist and not scale:
             raise ApiError(400, "this twin's data has no rating collection: no rating distribution",
@@ -265,21 +266,21 @@ class Served:
         self._check_user(req)
         job = self._item_job(req, req.item, req.context, req.target, gen)
         if want_dist:
-            engine = self.twin.engine
-            job.candidates = lambda: [engine.ids_of(t) for t in scale]
+            twin = self.twin
+            job.candidates = lambda: [twin.ids_of(t) for t in scale]
         result = await self._run(job)
         out = {"model": self.model_name, "prompt_tokens": result.prompt_tokens,
                "continuations": [t for t, _ in result.texts] if result.texts is not None else None,
                "rating_distribution": None}
         if want_dist:
-            out["rating_distribution"] = self.twin.engine.distribution([s for s, _ in result.scores])
+            out["rating_distribution"] = self.twin.rating_distribution_of([s for s, _ in result.scores])
         return out
 
     async def score(self, req: ScoreRequest):
         self._check_user(req)
-        engine = self.twin.engine
+        twin = self.twin
         job = self._item_job(req, req.item, req.context, req.target, None)
-        job.candidates = lambda: [engine.ids_of(c) for c in req.continuations]
+        job.candidates = lambda: [twin.ids_of(c) for c in req.continuations]
         result = await self._run(job)
         return {"model": self.model_name, "prompt_tokens": result.prompt_tokens,
                 "scores": [{"continuation": c, "logprob": round(s, 6), "tokens": n,
@@ -288,13 +289,13 @@ class Served:
 
     async def info(self):
         twin = self.twin
-        return {"model": self.model_name, "facts": twin.facts, "users": len(known_users(twin)),
+        return {"model": self.model_name, "facts": twin.facts, "users": len(twin.users),
                 "records": str(twin.records_path) if twin.records_path else None,
                 "max_length": twin.cfg.max_length, "max_new_tokens": self.max_new_tokens,
                 "batching": self.batcher.stats()}
 
     async def users(self, limit: int = 1000):
-        ids = known_users(self.twin)
+        ids = self.twin.users
         return {"object": "list", "total": len(ids),
                 "data": [{"id": u, "items": len(self.twin.timeline(u).items)} for u in ids[:max(0, limit)]]}
 

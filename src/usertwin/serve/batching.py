@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from usertwin.config import GenerateSettings
-from usertwin.twin import PromptTooLong
+from usertwin.twin.api import PromptTooLong
 
 log = logging.getLogger("usertwin.serve")
 
@@ -48,8 +48,8 @@ class _Pending:
 
 
 class Batcher:
-    def __init__(self, engine, wait_ms: float = 5.0, max_batch: int = 32):
-        self.engine, self.wait, self.max_batch = engine, wait_ms / 1000, max(1, max_batch)
+    def __init__(self, twin, wait_ms: float = 5.0, max_batch: int = 32):
+        self.twin, self.wait, self.max_batch = twin, wait_ms / 1000, max(1, max_batch)
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="usertwin-model", daemon=True)
         self.requests = self.batches = self.largest = 0  # what batching achieved: GET /v1/twin shows it
@@ -117,7 +117,7 @@ class Batcher:
             p.ids = p.job.prompt()
             p.cands = p.job.candidates() if p.job.candidates else None
             room = max([p.job.gen.max_new_tokens if p.job.gen else 0] + [len(c) for c in p.cands or []])
-            limit = self.engine.cfg.max_length
+            limit = self.twin.cfg.max_length
             if len(p.ids) + room > limit:
                 what = "max_tokens" if p.job.gen else "the longest continuation"
                 raise PromptTooLong(f"the prompt has {len(p.ids)} tokens and {what} {room} more; the twin's "
@@ -136,97 +136,23 @@ class Batcher:
             groups.setdefault(dataclasses.astuple(p.job.gen), []).append(p)
         for group in groups.values():
             gen = group[0].job.gen
-            rows = [_RowText(self.engine, p.job.stream, s) if p.job.stream else None
-                    for p in group for s in range(gen.num_samples)]
-            texts = self._generate_streaming(group, gen, rows) if any(rows) else \
-                self.engine.generate([p.ids for p in group], gen)
+            stream = [_delta(p.job.stream, s) if p.job.stream else None
+                      for p in group for s in range(gen.num_samples)]
+            texts = self.twin.generate_after([p.ids for p in group], gen, stream=stream)
             for p, samples in zip(group, texts):
-                p.result.texts = [(t, self._count(t)) for t in samples]
-            for row, text in zip(rows, [t for samples in texts for t in samples]):
-                if row:
-                    row.finish(text)
-
-    def _generate_streaming(self, group, gen, rows):
-        """Engine.generate takes no streamer: for this one call its model is wrapped to pass one on, so that
-        how a twin generates stays defined in Engine.generate alone (this thread is the model's only user)."""
-        engine, model = self.engine, self.engine.model
-        engine.model = _WithStreamer(model, _Tap(rows))
-        try:
-            return engine.generate([p.ids for p in group], gen)
-        finally:
-            engine.model = model
+                p.result.texts = [(t, self.twin.count_tokens(t)) for t in samples]
 
     def _score(self, pending: list[_Pending]) -> None:
         if not pending:
             return
-        scores = self.engine.score_many([p.ids for p in pending], [p.cands for p in pending])
+        scores = self.twin.score_after([p.ids for p in pending], [p.cands for p in pending])
         for p, s in zip(pending, scores):
             p.result.scores = s
 
-    def _count(self, text: str) -> int:
-        return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-class _WithStreamer:
-    def __init__(self, model, streamer):
-        self._model, self._streamer = model, streamer
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def generate(self, **kw):
-        return self._model.generate(**kw, streamer=self._streamer)
-
-
-class _Tap:
-    """A transformers streamer for a whole batch: each output row's new token goes to its _RowText."""
-
-    def __init__(self, rows: list):
-        self.rows, self.prompt_seen = rows, False
-
-    def put(self, value) -> None:
-        if not self.prompt_seen:  # the first call carries the prompts
-            self.prompt_seen = True
-            return
-        for row, tok in zip(self.rows, value.reshape(-1).tolist()):
-            if row:
-                row.add(tok)
-
-    def end(self) -> None:
-        pass
-
-
-class _RowText:
-    """One generated sample, decoded as it grows and cleaned as Engine.generate cleans the whole text, so that
-    the deltas sent add up to the final text."""
-
-    def __init__(self, engine, emit: Callable[[tuple], None], sample: int):
-        self.engine, self.emit, self.sample = engine, emit, sample
-        self.ids: list[int] = []
-        self.sent, self.done = "", False
-
-    def add(self, tok: int) -> None:
-        if self.done:
-            return
-        if tok == self.engine.eot_id:
-            self.done = True
-            return
-        self.ids.append(tok)
-        text = self.engine.tokenizer.decode(self.ids, skip_special_tokens=False)
-        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
-            return
-        eot, pad = self.engine.renderer.fmt.eot, self.engine.tokenizer.pad_token or "\0"
-        clean = (text.split(eot)[0] if eot else text).replace(pad, "").lstrip()
-        # trailing spaces are held back: the final text is stripped, and they may yet be followed by words
-        self._send(clean.rstrip())
-
-    def finish(self, final: str) -> None:
-        self._send(final)
-
-    def _send(self, text: str) -> None:
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            self.emit(("delta", self.sample, text[len(self.sent):]))
-            self.sent = text
+def _delta(emit: Callable[[tuple], None], sample: int) -> Callable[[str], None]:
+    return lambda text: emit(("delta", sample, text))
 
 
 def _deliver(p: _Pending, value) -> None:

@@ -184,6 +184,10 @@ class Renderer:
             lang = self._lang_cache[tl.user_id] = detect_language(tl)
         return lang
 
+    def forget_language(self, user_id: str) -> None:
+        """Detect the user's language afresh next time (a described user is anyone's: its id says nothing)."""
+        self._lang_cache.pop(user_id, None)
+
     # -- the parts
 
     def system_text(self, tl, history: list[int] = ()) -> str:

@@ -125,7 +125,7 @@ def probe(loss_model, device, cfg: Config, target_share: float, boundaries: bool
     """(fixed bytes, bytes per token) of a training step's peak memory above the weights, from two steps on
     synthetic rows of 1 and 2 max_length sequences. Gradients are dropped and the random state restored after,
     so the run trains exactly as it would have without the probe."""
-    from usertwin.train.model import batch_tensors
+    from usertwin.train.trainable import batch_tensors
 
     cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(device)
     loss_model.to(device)
@@ -154,7 +154,7 @@ def probe(loss_model, device, cfg: Config, target_share: float, boundaries: bool
 def synthetic_batch(cfg: Config, n_seqs: int, target_share: float, vocab: int):
     """A training micro-batch of `n_seqs` max_length sequences (packed into one row, or padded rows), with
     `target_share` of the tokens carrying loss, evenly spread (the output layer's memory scales with them)."""
-    from usertwin.text.batching import Batch
+    from usertwin.sequences.batching import Batch
     from usertwin.text.tokens import IGNORE
 
     rng = random.Random(0)
@@ -171,7 +171,7 @@ def synthetic_batch(cfg: Config, n_seqs: int, target_share: float, vocab: int):
 
 
 def _vocab(loss_model) -> int:
-    from usertwin.train.model import causal_lm
+    from usertwin.model.load import causal_lm
 
     return causal_lm(loss_model.model).get_output_embeddings().weight.shape[0]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from usertwin import quiet
 from usertwin.atomic import recover_dir, replace_dir, write_json
+from usertwin.model.load import load_model
 from usertwin.rundir import CHECKPOINT_STATE, RunDir
-from usertwin.train.model import load_model
 
 
 @dataclass

@@ -7,10 +7,11 @@ import shutil
 
 from usertwin.atomic import atomic_open, write_json, write_text
 from usertwin.config import Config
-from usertwin.data.prepare import Prepared, summary
+from usertwin.data.facts import write_twin_facts
 from usertwin.errors import UsertwinError
 from usertwin.lock import Lock, acquire
 from usertwin.rundir import RunDir
+from usertwin.sequences.prepare import Prepared, summary
 
 
 def open_run(cfg: Config, overwrite: bool, resume: bool) -> tuple[RunDir, Lock]:
@@ -49,8 +50,6 @@ def write_run_start(cfg: Config, run: RunDir, prep: Prepared, renderer) -> None:
     what a twin keeps from its data (twin.json), so the trained twin loads without the training data."""
     import yaml
 
-    from usertwin.twin import write_twin_facts
-
     write_text(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     write_json(run.data_summary, summary(prep))
     write_twin_facts(run.path, prep)
@@ -58,7 +57,7 @@ def write_run_start(cfg: Config, run: RunDir, prep: Prepared, renderer) -> None:
 
 
 def write_preview(run: RunDir, prep: Prepared, renderer, n: int = 3) -> None:
-    from usertwin.text.preview import marked_text
+    from usertwin.sequences.preview import marked_text
 
     parts = []
     for seq in prep.sequences["train"][:n]:

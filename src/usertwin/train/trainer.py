@@ -19,19 +19,20 @@ import torch
 
 from usertwin.atomic import write_json
 from usertwin.config import Config
-from usertwin.data.prepare import Prepared, build_split, prepare
 from usertwin.errors import UsertwinError
+from usertwin.model.load import causal_lm
 from usertwin.rundir import RunDir
-from usertwin.text.batching import pack, packed_batch, padded_batch, padded_groups
+from usertwin.sequences.batching import pack, packed_batch, padded_batch, padded_groups
+from usertwin.sequences.prepare import Prepared, build_split, prepare
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, load_tokenizer
 from usertwin.train.autobatch import BatchPlan, fixed_plan, learning_rate, plan_batches
 from usertwin.train.checkpoint import Checkpoints, TrainState
-from usertwin.train.model import TargetLoss, batch_tensors, build_model, causal_lm, training_attention
 from usertwin.train.progress import Progress
 from usertwin.train.ratingloss import rated, scale_tokens
 from usertwin.train.run import open_run, write_run_start
 from usertwin.train.setup import make_accelerator
+from usertwin.train.trainable import TargetLoss, batch_tensors, build_model, training_attention
 
 # ---------------------------------------------------------------- data
 
@@ -47,7 +48,7 @@ class EpochData:
         self.budget = fixed_plan(cfg).batch_tokens  # tokens per micro-batch; the trainer may plan another
         self.scale = None  # --rating_loss_weight: the scale's decision tokens (train/ratingloss.py)
         if cfg.rating_loss_weight > 0:
-            from usertwin.twin import rating_scale
+            from usertwin.data.facts import rating_scale
 
             self.scale = scale_tokens(rating_scale(prep.timelines), tokenizer, renderer.fmt.eot)
 
@@ -209,8 +210,9 @@ class Trainer:
     """Trains on prepared data in a locked run directory; `run()` returns (and writes) the run's summary."""
 
     def __init__(self, cfg: Config, acc, run: RunDir, prep: Prepared, renderer, tokenizer, resume_from=None,
-                 progress: bool = True, debug: bool = False):
+                 progress: bool = True, debug: bool = False, val_scorer=None):
         self.cfg, self.acc, self.run_dir, self.prep, self.tokenizer = cfg, acc, run, prep, tokenizer
+        self.val_scorer = val_scorer
         self.main = acc.is_main_process
         self.resume_from = resume_from
         self.renderer = renderer
@@ -224,6 +226,9 @@ class Trainer:
         if cfg.select_by == "rating_rmse" and acc.num_processes > 1:
             raise UsertwinError(f"--select_by rating_rmse scores the validation split in one process; this run has "
                                 f"{acc.num_processes}: use --select_by loss, or train on one GPU")
+        if cfg.select_by == "rating_rmse" and val_scorer is None:
+            raise UsertwinError("--select_by rating_rmse needs a validation scorer: train with `usertwin train`, or "
+                                "pass val_scorer=usertwin.eval.valrating.val_rating_rmse")
 
     def say(self, text: str) -> None:
         if not self.main:
@@ -263,13 +268,12 @@ class Trainer:
         return result
 
     def _val_rating_rmse(self) -> float:
-        """The validation split scored as predict scores it, on the weights being trained (train/valrating.py)."""
-        from usertwin.train.valrating import val_rating_rmse
-
+        """The validation split scored as predict scores it, on the weights being trained (`val_scorer`:
+        eval/valrating.py, given by the train command: training never imports the twin it trains)."""
         self.loss_model.eval()
         try:
             model = self.acc.unwrap_model(self.loss_model).model
-            return val_rating_rmse(self.cfg, model, self.tokenizer, self.prep, self.cfg.val_rating_targets)
+            return self.val_scorer(self.cfg, model, self.tokenizer, self.prep, self.cfg.val_rating_targets)
         finally:
             self.loss_model.train()
 
@@ -606,9 +610,10 @@ def _summary(cfg: Config, acc, prep: Prepared, st: TrainState, wall: float, befo
 
 
 def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
-          tokenizer=None, debug: bool = False) -> dict:
+          tokenizer=None, debug: bool = False, val_scorer=None) -> dict:
     """`usertwin train`: lock the run directory, prepare the data, train; the lock is held until the end.
-    progress: bars (or plain progress lines off a terminal); debug: let third-party warnings through (quiet.py)."""
+    progress: bars (or plain progress lines off a terminal); debug: let third-party warnings through (quiet.py);
+    val_scorer: the validation RMSE of --select_by rating_rmse (eval/valrating.val_rating_rmse)."""
     from accelerate.utils import set_seed
 
     acc = make_accelerator(cfg)
@@ -626,7 +631,8 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: 
         for notice in prep.notices if main else ():
             print(notice, flush=True)
         renderer = Renderer(cfg, tokenizer)
-        return Trainer(cfg, acc, run, prep, renderer, tokenizer, resume_from, progress=progress, debug=debug).run()
+        return Trainer(cfg, acc, run, prep, renderer, tokenizer, resume_from, progress=progress, debug=debug,
+                       val_scorer=val_scorer).run()
     finally:  # also on errors and Ctrl-C: the next run may take the directory
         if lock is not None:
             lock.release()

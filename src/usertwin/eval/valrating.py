@@ -16,19 +16,20 @@ import tempfile
 from pathlib import Path
 
 from usertwin.config import Config, GenerateSettings
+from usertwin.data.facts import twin_facts
 
 
 def val_rating_rmse(cfg: Config, model, tokenizer, prep, limit: int | None) -> float:
     """RMSE of the expected rating over the validation split's rating targets (the first `limit` of them in
     user order; None: all); nan when it has none."""
     from usertwin.eval.predict import predict_split
-    from usertwin.twin import Engine, rating_scale
+    from usertwin.twin.api import Twin
 
-    engine = Engine(cfg, model, tokenizer, scale=rating_scale(prep.timelines))
+    twin = Twin.of_model(cfg, model, tokenizer, twin_facts(prep.timelines))
     gen = GenerateSettings(generate=False, pick=0, scoring="window")
     with tempfile.TemporaryDirectory(prefix="usertwin-val-") as tmp:
         out = Path(tmp) / "val.jsonl"
-        predict_split(engine, prep, "val", out, gen, pick_k=0, generate=False, limit=limit, progress=False)
+        predict_split(twin, prep, "val", out, gen, pick_k=0, generate=False, limit=limit, progress=False)
         rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     errors = [(r["rating"]["expected"] - float(r["reference"])) ** 2 for r in rows if r.get("rating")]
     return math.sqrt(sum(errors) / len(errors)) if errors else float("nan")

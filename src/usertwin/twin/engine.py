@@ -1,0 +1,359 @@
+"""The engine of a twin: its model and tokenizer with the training renderer -- prompts exactly as training
+renders them, likelihoods of continuations (each as if alone after its prompt), and generation. Loaded from a
+run directory by `load_engine`; used through twin/api.py (Twin) and twin/targets.py, never from outside twin/."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from usertwin.atomic import recover_dir
+from usertwin.config import AUTO, Config, GenerateSettings
+from usertwin.data import choices
+from usertwin.data.facts import rating_distribution
+from usertwin.errors import UsertwinError
+from usertwin.model.load import causal_lm, load_model
+from usertwin.rundir import RunDir
+from usertwin.sequences.fit import Prompt, build_prompt
+from usertwin.text.render import Renderer
+from usertwin.text.tokens import ItemLengths, SequenceEncoder, load_tokenizer
+from usertwin.twin.sampling import RepetitionPenalty, SeededSampler, until_end
+from usertwin.twin.stream import RowText, Tap
+
+
+def load_twin_model(cfg: Config, run_dir=None, merge: bool = True, device: str | None = None,
+                    progress: bool = True):
+    """The run's best weights (adapter on its base model, or full weights), else the base model. An adapter
+    is merged into the weights (`merge`): inference then runs the base model's own layers, with no LoRA
+    matmuls beside every projection. `device`: default the GPU when there is one. `progress`: transformers'
+    loading bars."""
+    from usertwin import quiet
+
+    with quiet.loading_bars(progress):
+        return _load_twin_model(cfg, run_dir, merge, device)
+
+
+def _load_twin_model(cfg: Config, run_dir, merge: bool, device: str | None):
+    best = recover_dir(RunDir(run_dir).best) if run_dir else None
+    # sdpa: scoring passes its own block masks, which flash kernels do not take
+    load = dict(attention="sdpa", trust_remote_code=cfg.trust_remote_code)
+    if best is not None and (best / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        from usertwin import quiet
+
+        with quiet.warning_hidden(FutureWarning, quiet.GRADIENT_CHECKPOINTING_DEPRECATED):
+            model = PeftModel.from_pretrained(load_model(cfg.model, cfg.dtype, **load), str(best))
+        if merge:
+            model = model.merge_and_unload()
+    elif best is not None and (best / "config.json").is_file():
+        model = load_model(str(best), cfg.dtype, **load)
+    elif run_dir:
+        raise UsertwinError(f"{best} holds no weights: the run has not finished an evaluation yet")
+    else:
+        model = load_model(cfg.model, cfg.dtype, **load)
+    model.eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device)
+
+
+def load_engine(run_dir=None, cfg: Config | None = None, *, merge: bool = True, device: str | None = None,
+                progress: bool = True) -> Engine:
+    """The one way a twin's model is loaded (Twin.load, predict, scenario, simulate, serve, export): the
+    tokenizer the run trained with (best/ keeps it) and its best weights; without a run, the base model of
+    `cfg`. `cfg`: default the run's config.yaml (a caller passes its own to override settings)."""
+    if cfg is None:
+        cfg = RunDir(run_dir).load_config()
+    source = RunDir(run_dir).tokenizer_source(cfg.model) if run_dir else cfg.model
+    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    return Engine(cfg, load_twin_model(cfg, run_dir, merge, device, progress), tokenizer)
+
+
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_BATCH = 8  # batch_size auto on a CPU
+MAX_AUTO_BATCH = 256  # past this, bigger batches no longer speed a GPU up (and one batch is lost to a kill)
+
+
+def bytes_per_token(config, width: int) -> int:
+    """Inference memory a token of a batch row takes: its key/value cache in every layer, a layer's
+    activations at once (hidden states, attention output, the MLP's widest part), and its row of the padding
+    mask (width bytes). Weights are already on the device."""
+    text = getattr(config, "text_config", None) or config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    mlp = getattr(text, "moe_intermediate_size", None) or getattr(text, "intermediate_size", None) or 4 * hidden
+    mlp *= getattr(text, "num_experts_per_tok", None) or 1
+    element = 2 if str(getattr(text, "dtype", "bfloat16")).endswith(("16", "bfloat16")) else 4
+    cache = text.num_hidden_layers * 2 * kv * head_dim * element
+    return cache + (8 * hidden + 3 * mlp) * element + width
+
+
+class Engine:
+    """A model + the training renderer: prompts, likelihoods of continuations, generation."""
+
+    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None):
+        self.cfg, self.model, self.tokenizer, self.scale = cfg, model, tokenizer, scale
+        self.renderer = Renderer(cfg, tokenizer)
+        self.encoder = SequenceEncoder(self.renderer, tokenizer)
+        self.crowd = None  # crowd.Pools: other users' ratings, for crowd context (data/crowd.py)
+        eot = self.renderer.fmt.eot
+        ids = tokenizer(eot, add_special_tokens=False)["input_ids"] if eot else []
+        self.eot_id = ids[0] if len(ids) == 1 else tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot_id
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def sized(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
+        """`gen` with a number for batch_size: auto is 8 on a CPU; on a GPU, as many prompts (each with its
+        num_samples rows of `width` tokens, default max_length + max_new_tokens) as half its free memory holds."""
+        if gen.batch_size != AUTO:
+            return gen
+        if self.device.type != "cuda":
+            return dataclasses.replace(gen, batch_size=CPU_BATCH)
+        width = width or self.cfg.max_length + gen.max_new_tokens
+        free, _ = torch.cuda.mem_get_info(self.device)
+        rows = int(0.5 * free // (width * bytes_per_token(causal_lm(self.model).config, width)))
+        return dataclasses.replace(gen, batch_size=max(1, min(MAX_AUTO_BATCH, rows // gen.num_samples)))
+
+    def prompt(self, tl, target: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
+        return build_prompt(self.cfg, self.encoder, tl, target, room, lengths)
+
+    def ids_of(self, text: str) -> list[int]:
+        """A continuation's tokens as training sees them: the text, then the end-of-turn."""
+        return self.tokenizer(text + self.renderer.fmt.eot, add_special_tokens=False)["input_ids"]
+
+    def score(self, prompt_ids: list[int], candidates: list[list[int]]) -> list[tuple[float, int]]:
+        """(sum of log-probabilities, token count) of each candidate continuation after one prompt."""
+        return self.score_many([prompt_ids], [candidates])[0]
+
+    def score_many(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
+        """Score several prompts' candidate continuations, as if each candidate ran alone after its prompt: a
+        prompt is a window whose candidates all start at its end (score_windows)."""
+        groups = [[(len(p), cands)] for p, cands in zip(prompts, candidates)]
+        return [per[0] for per in self.score_windows(prompts, groups)]
+
+    @torch.no_grad()
+    def score_windows(self, windows: list[list[int]], groups: list[list[tuple[int, list[list[int]]]]]
+                      ) -> list[list[list[tuple]]]:
+        """Score candidates at points of each window in two forwards, as if each candidate ran alone after its
+        window's first `start` tokens: `groups[i]` holds (start, candidates) pairs of window i. First the
+        windows, right padded: plain causal attention needs no mask, so sdpa takes its fast kernels and no
+        rows x T x T tensor is built. Then every candidate's tokens at once against the windows' cache: a small
+        (rows x candidate tokens x T) mask lets each see its window up to its start (never the true continuation
+        after it) and its own earlier tokens, with positions continuing from its start."""
+        lm = causal_lm(self.model)
+        backbone, dev = getattr(lm, lm.base_model_prefix), self.device
+        lens = [len(w) for w in windows]
+        ids = torch.full((len(windows), max(lens)), self.pad_id, dtype=torch.long)
+        for i, w in enumerate(windows):
+            ids[i, :len(w)] = torch.tensor(w)
+        first = backbone(input_ids=ids.to(dev), use_cache=True)
+        spans, starts = [], []
+        for g in groups:  # one candidate block per window; each candidate keeps its own start
+            flat = [(start, c) for start, cands in g for c in cands]
+            spans.append(_candidate_spans([c for _, c in flat]))
+            starts.append([start for start, _ in flat])
+        cids, cpos, mask = _candidate_rows(spans, lens, self.pad_id, lm.get_output_embeddings().weight.dtype,
+                                           starts)
+        second = backbone(input_ids=cids.to(dev), position_ids=cpos.to(dev), attention_mask=mask.to(dev),
+                          use_cache=True, **_cache_arg(backbone, first))
+        t, width = ids.shape[1], cids.shape[1]
+        # token j of a candidate is predicted one position before it: its window's token before the start for
+        # j = 0 (first forward), else the candidate's own previous token (second forward)
+        where = [(0, i * t + start - 1, tok) if j == 0 else (1, i * width + at + j - 1, tok)
+                 for i, (row, st) in enumerate(zip(spans, starts)) for (at, c), start in zip(row, st)
+                 for j, tok in enumerate(c)]
+        picked = self._log_probs(lm, (first.last_hidden_state, second.last_hidden_state), where)
+        out = []
+        for g, scores in zip(groups, _sums_per_candidate(picked, spans)):
+            k, per = 0, []
+            for _, cands in g:
+                per.append(scores[k:k + len(cands)])
+                k += len(cands)
+            out.append(per)
+        return out
+
+    @staticmethod
+    def _log_probs(lm, states: tuple, where: list) -> list[float]:
+        """log p(token) for each (forward, flat position, token) of `where`: only those hidden states go through
+        the output head."""
+        flat = [h.reshape(-1, h.shape[-1]) for h in states]
+        dev = flat[0].device
+        order = sorted(range(len(where)), key=lambda k: where[k][0])
+        hidden = torch.cat([flat[src][torch.tensor([where[k][1] for k in order if where[k][0] == src],
+                                                   dtype=torch.long, device=dev)] for src in range(len(flat))])
+        toks = torch.tensor([where[k][2] for k in order], device=dev)
+        logits = lm.get_output_embeddings()(hidden).float()
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        got = torch.log_softmax(logits, dim=-1).gather(1, toks[:, None])[:, 0].double().cpu().tolist()
+        picked = [0.0] * len(where)
+        for k, value in zip(order, got):
+            picked[k] = value
+        return picked
+
+    def rating_distribution(self, prompt_ids: list[int]) -> dict:
+        scores = [s for s, _ in self.score(prompt_ids, [self.ids_of(t) for t in self.scale])]
+        return self.distribution(scores)
+
+    def distribution(self, scores: list[float]) -> dict:
+        """Normalised probabilities of the allowed ratings from their log-likelihoods."""
+        return rating_distribution(self.scale, scores)
+
+    def rating_distributions(self, prompts: list[list[int]]) -> list[dict]:
+        """The allowed ratings' probabilities after each prompt, all prompts in one forward."""
+        scale = [self.ids_of(t) for t in self.scale]
+        return [self.distribution([s for s, _ in row]) for row in self.score_many(prompts, [scale] * len(prompts))]
+
+    def choice_distributions(self, prompts: list[list[int]], items: list) -> list[dict]:
+        """Each prompt's choice item (`choices.Choice`): every option's continuation log-likelihood, all
+        prompts and options in one forward, normalised to probabilities summing to 1 (`choices.distribution`)."""
+        scored = self.score_many(prompts, [[self.ids_of(o) for o in c.options] for c in items])
+        return [choices.distribution(c, [s for s, _ in row]) for c, row in zip(items, scored)]
+
+    def generate(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
+                 stream: list | None = None) -> list[list[str]]:
+        """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn. `stream`: one
+        callable or None per row (prompt j's sample i at j * num_samples + i), called with each new piece of
+        that row's text as it is generated (twin/stream.py); the pieces add up to the returned text."""
+        rows = [RowText(self, emit) if emit else None for emit in stream] if stream and any(stream) else None
+        out = [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds,
+                                                                             Tap(rows) if rows else None)]
+        for row, text in zip(rows or [], [t for samples in out for t in samples]):
+            if row:
+                row.finish(text)
+        return out
+
+    def save_pretrained(self, folder, dtype: str = "auto") -> torch.dtype:
+        """The model and tokenizer as a plain transformers folder in `dtype` (auto: what the base model
+        declares), its generation stopping where the twin's turn ends, as usertwin's own generation does.
+        Returns the dtype written."""
+        target = _save_dtype(self.model, dtype)
+        self.model.to(target)
+        tok = self.tokenizer
+        ends = [self.eot_id] + ([tok.eos_token_id] if tok.eos_token_id not in (None, self.eot_id) else [])
+        self.model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0]
+        self.model.generation_config.pad_token_id = self.pad_id
+        self.model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        return target
+
+    def decode(self, ids: list[int]) -> str:
+        ends = {self.eot_id, self.pad_id}
+        cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
+        return self.tokenizer.decode(ids[:cut], skip_special_tokens=False).strip()
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
+                     streamer=None) -> list[list[list[int]]]:
+        """The generated tokens of `gen.num_samples` samples per prompt, all rows decoded together with the KV
+        cache (transformers' generate); each ends with the end-of-turn unless max_new_tokens cut it. Sample i of
+        prompt j draws its tokens from seed `seeds[j] + i` alone, so it is the same in any batch and after a
+        resume; without seeds, every prompt's from `gen.seed`, else from torch's global generator
+        (torch.manual_seed reproduces them).
+        Greedy decoding (temperature 0) generates each prompt once and repeats it; an unset temperature is
+        greedy for one sample and samples for several (GenerateSettings.resolved)."""
+        gen = gen.resolved()
+        n = gen.num_samples if gen.temperature > 0 else 1
+        rows = [p for p in prompts for _ in range(n)]
+        width = len(max(prompts, key=len))
+        processors = []
+        if gen.repetition_penalty != 1.0:
+            processors.append(RepetitionPenalty(gen.repetition_penalty, [len(p) for p in rows], width))
+        if gen.temperature > 0:
+            if seeds is None:
+                seeds = ([gen.seed] * len(prompts) if gen.seed is not None
+                         else torch.randint(0, 2**62, (len(prompts),)).tolist())
+            row_seeds = [s + i for s in seeds for i in range(n)]
+            processors.append(SeededSampler(row_seeds, gen, width))
+        out = self._generate_rows(rows, gen.max_new_tokens, processors, streamer)
+        per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
+        return [row * (gen.num_samples // n) for row in per]
+
+    def _generate_rows(self, rows: list[list[int]], max_new_tokens: int, processors, streamer=None
+                       ) -> list[list[int]]:
+        from transformers import LogitsProcessorList
+
+        width = max(len(p) for p in rows)
+        ids = torch.full((len(rows), width), self.pad_id, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(rows):  # left padding: generation continues every row at its end
+            ids[i, width - len(p):] = torch.tensor(p, device=self.device)
+            mask[i, width - len(p):] = 1
+        # greedy over the sampler's one allowed token: sampling is ours (seeded per row), the loop and the KV
+        # cache are transformers'; the model's own sampling defaults (top_k, ...) never apply
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, num_beams=1, use_cache=True, temperature=None, top_p=None,
+                                  top_k=None, logits_processor=LogitsProcessorList(processors or []),
+                                  eos_token_id=self.eot_id, pad_token_id=self.pad_id,
+                                  **({"streamer": streamer} if streamer is not None else {}))
+        return [until_end(row, self.eot_id, self.pad_id) for row in out[:, width:].tolist()]
+
+
+def _save_dtype(model, dtype: str) -> torch.dtype:
+    """auto: the dtype the base model declares (float32 when it declares none, e.g. a dequantized GGUF)."""
+    if dtype != "auto":
+        if dtype not in SAVE_DTYPES:
+            raise UsertwinError(f"--dtype must be auto, {', '.join(SAVE_DTYPES)}; got {dtype!r}")
+        return SAVE_DTYPES[dtype]
+    declared = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+    if isinstance(declared, str):
+        declared = SAVE_DTYPES.get(declared)
+    return declared if declared in SAVE_DTYPES.values() else torch.float32
+
+
+def _candidate_spans(cands: list) -> list[tuple[int, list]]:
+    """(start, tokens) of each candidate, one after another in the candidate block."""
+    at, row = 0, []
+    for c in cands:
+        row.append((at, c))
+        at += len(c)
+    return row
+
+
+def _cache_arg(backbone, out) -> dict:
+    """The first forward's key/value cache as the next forward's argument: transformers renamed
+    past_key_values to cache (5.2x); both spellings are in use on our machines."""
+    import inspect
+
+    if "cache" in inspect.signature(backbone.forward).parameters:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
+def _candidate_rows(spans: list, lens: list, pad_id: int, dtype, starts: list):
+    """The second forward's input ids, position ids and additive mask (rows x 1 x C x (window width + C)):
+    candidate k of row i sees the first starts[i][k] tokens of its row's window and its own earlier tokens;
+    padding sees the first window token only (a row of -inf would give NaN)."""
+    n, width = len(spans), max(lens)
+    c = max(1, max((row[-1][0] + len(row[-1][1]) for row in spans if row), default=1))
+    ids = torch.full((n, c), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, c), dtype=torch.long)
+    allowed = torch.zeros((n, c, width + c), dtype=torch.bool)
+    allowed[:, :, 0] = True
+    for i, row in enumerate(spans):
+        for (start, cand), seen in zip(row, starts[i]):
+            k = len(cand)
+            ids[i, start:start + k] = torch.tensor(cand)
+            pos[i, start:start + k] = torch.arange(seen, seen + k)
+            allowed[i, start:start + k, :seen] = True
+            allowed[i, start:start + k, width + start:width + start + k] = torch.ones(k, k, dtype=torch.bool).tril()
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return ids, pos, mask[:, None]
+
+
+def _sums_per_candidate(picked: list, spans: list) -> list[list[tuple[float, int]]]:
+    out, k = [], 0
+    for row in spans:
+        scores = []
+        for _, c in row:
+            scores.append((sum(picked[k:k + len(c)]), len(c)))
+            k += len(c)
+        out.append(scores)
+    return out

@@ -1,0 +1,75 @@
+"""How a twin draws its tokens: logits processors that make a row's text depend on its own seed and prompt
+only (never on the batch it ran in), with vLLM's repetition penalty, temperature, top-k and top-p."""
+
+from __future__ import annotations
+
+import torch
+
+from usertwin.config import GenerateSettings
+
+
+def until_end(ids: list[int], eot: int, pad: int) -> list[int]:
+    """A row's generated tokens up to and with its end-of-turn (the padding after it dropped)."""
+    for i, t in enumerate(ids):
+        if t == eot:
+            return ids[:i + 1]
+        if t == pad:
+            return ids[:i]
+    return ids
+
+
+class RepetitionPenalty:
+    """A logits processor with vLLM's (and the seeds' scripts') repetition penalty: the logit of every token that
+    occurs in the row's own prompt or generation is divided by `penalty` when positive, multiplied when negative.
+    The left padding of a row is not its prompt: it is never counted, so a row is penalised the same in any
+    batch (transformers' own processor counts the padding, which may be the end-of-turn token)."""
+
+    def __init__(self, penalty: float, prompt_lengths: list[int], prompt_width: int):
+        self.penalty = penalty
+        self.pad = torch.tensor([prompt_width - n for n in prompt_lengths])[:, None]
+
+    def __call__(self, input_ids, scores):
+        if self.pad.device != input_ids.device:
+            self.pad = self.pad.to(input_ids.device)
+        at = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+        # padding positions repeat the row's last token, which is counted anyway
+        ids = torch.where(at >= self.pad, input_ids, input_ids[:, -1:])
+        seen = scores.gather(1, ids)
+        seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        return scores.scatter(1, ids, seen)
+
+
+class SeededSampler:
+    """A logits processor that draws each row's next token by inverse-CDF sampling from temperature-, top-k-
+    and top-p-shaped probabilities (top-k first, then top-p on what it keeps, as vLLM and transformers do),
+    with one uniform number per row and step taken from the row's own generator, and leaves only that token
+    possible. Rows never share random numbers, so a row's text depends on its seed and its prompt only, not on
+    the batch it ran in."""
+
+    def __init__(self, seeds: list[int], gen: GenerateSettings, prompt_width: int):
+        self.temperature, self.top_p, self.top_k, self.width = gen.temperature, gen.top_p, gen.top_k, prompt_width
+        # 1 - rand: in (0, 1], so a token of probability 0 at the start of the order is never drawn
+        draws = [1 - torch.rand(gen.max_new_tokens, generator=torch.Generator().manual_seed(int(s) % 2**63),
+                                dtype=torch.float64) for s in seeds]
+        self.uniform = torch.stack(draws)
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.width
+        scores = scores.float()
+        if 0 < self.top_k < scores.shape[-1]:  # the k likeliest tokens; ties at the k-th all stay, as in vLLM
+            kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = torch.softmax(scores / self.temperature, dim=-1)
+        order = None
+        if self.top_p < 1.0:  # the smallest set of likeliest tokens whose mass reaches top_p
+            probs, order = probs.sort(dim=-1, descending=True)
+            before = probs.cumsum(-1) - probs
+            probs = probs.masked_fill(before >= self.top_p, 0.0)
+        cdf = probs.double().cumsum(-1)
+        if self.uniform.device != cdf.device:  # once: no host-to-device copy per step
+            self.uniform = self.uniform.to(cdf.device)
+        u = self.uniform[:, step, None] * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)
+        if order is not None:
+            pick = order.gather(1, pick)
+        return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
