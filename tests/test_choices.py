@@ -159,8 +159,8 @@ def test_option_probabilities_from_one_forward_sum_to_one(converted, tiny_model_
     prep = prepare(cfg, tok, progress=False)
     tl = prep.timelines[2]
     pos = prep.splits[tl.user_id].index("val")
-    prompt = engine.prompt(tl, pos, 0, prep.lengths[tl.user_id]).ids
-    alone = [engine.score(prompt, [engine.ids_of(o)])[0][0] for o in "ABC"]
+    prompt = engine.target_prompt(tl, pos, 0, prep.lengths[tl.user_id]).ids
+    alone = [engine.score(prompt, [engine.continuation_ids(o)])[0][0] for o in "ABC"]
     z = sum(math.exp(s) for s in alone)
     assert rows[2]["choice"]["probs"] == pytest.approx([math.exp(s) / z for s in alone], abs=1e-5)
     together = engine.choice_distributions([prompt], [Choice(("A", "B", "C"), 1)])[0]

@@ -39,7 +39,7 @@ def test_exported_model_equals_base_plus_adapter_without_peft(run_dir, tmp_path,
     assert not (out / "adapter_config.json").exists() and (out / "config.json").is_file()
     assert not list(tmp_path.glob(".tmp-*"))  # the temporary folder was renamed, nothing left beside it
     twin = Twin.load(run_dir, records=run_dir.parent / "r.jsonl")
-    ids = torch.tensor([twin.prompt(user="u1", item="Movie 3 (2000) (Drama): ") + twin.engine.ids_of("4.0")])
+    ids = torch.tensor([twin.prompt(user="u1", item="Movie 3 (2000) (Drama): ") + twin.engine.continuation_ids("4.0")])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     adapted = PeftModel.from_pretrained(base, str(run_dir / "best")).eval()
     monkeypatch.setitem(sys.modules, "peft", None)  # the export must load with no peft at all

@@ -42,27 +42,27 @@ def test_num_samples_alone_samples_at_the_default_temperature(engine, prompts):
         f"note: --num_samples 3 without --temperature: sampling at temperature {SAMPLING_TEMPERATURE} (pass "
         "--temperature T to choose, 0 for greedy copies)")
     assert gen(num_samples=1).sampling_notice() is None and gen(num_samples=3, temperature=0.0).sampling_notice() is None
-    out = engine.generate(prompts, gen(num_samples=3, seed=4))
+    out = engine.generate_texts(prompts, gen(num_samples=3, seed=4))
     assert [len(row) for row in out] == [3, 3]
     assert all(len(set(row)) == 3 for row in out)  # sampled, not one greedy text three times
-    assert out == engine.generate(prompts, gen(num_samples=3, seed=4, temperature=SAMPLING_TEMPERATURE))
-    greedy = engine.generate(prompts, gen(num_samples=1))
-    assert greedy == engine.generate(prompts, gen(num_samples=1, temperature=0.0))  # one sample: greedy
+    assert out == engine.generate_texts(prompts, gen(num_samples=3, seed=4, temperature=SAMPLING_TEMPERATURE))
+    greedy = engine.generate_texts(prompts, gen(num_samples=1))
+    assert greedy == engine.generate_texts(prompts, gen(num_samples=1, temperature=0.0))  # one sample: greedy
 
 
 def test_sample_i_draws_with_seed_plus_i_whatever_the_number_of_samples(engine, prompts):
-    three = engine.generate(prompts, gen(num_samples=3, seed=10, temperature=0.9, top_p=0.9))
+    three = engine.generate_texts(prompts, gen(num_samples=3, seed=10, temperature=0.9, top_p=0.9))
     for i in range(3):
-        alone = engine.generate(prompts, gen(num_samples=1, seed=10 + i, temperature=0.9, top_p=0.9))
+        alone = engine.generate_texts(prompts, gen(num_samples=1, seed=10 + i, temperature=0.9, top_p=0.9))
         assert [row[i] for row in three] == [row[0] for row in alone]
-    assert engine.generate(prompts[1:], gen(num_samples=3, seed=10, temperature=0.9, top_p=0.9)) == three[1:]
-    assert engine.generate(prompts, gen(num_samples=3, seed=11, temperature=0.9, top_p=0.9)) != three
+    assert engine.generate_texts(prompts[1:], gen(num_samples=3, seed=10, temperature=0.9, top_p=0.9)) == three[1:]
+    assert engine.generate_texts(prompts, gen(num_samples=3, seed=11, temperature=0.9, top_p=0.9)) != three
 
 
 def test_top_k_1_is_greedy(engine, prompts):
-    greedy = engine.generate(prompts, gen(temperature=0.0))
-    assert engine.generate(prompts, gen(num_samples=2, temperature=1.5, top_k=1, seed=3)) == [r * 2 for r in greedy]
-    assert engine.generate(prompts, gen(num_samples=2, temperature=1.5, seed=3)) != [r * 2 for r in greedy]
+    greedy = engine.generate_texts(prompts, gen(temperature=0.0))
+    assert engine.generate_texts(prompts, gen(num_samples=2, temperature=1.5, top_k=1, seed=3)) == [r * 2 for r in greedy]
+    assert engine.generate_texts(prompts, gen(num_samples=2, temperature=1.5, seed=3)) != [r * 2 for r in greedy]
 
 
 def test_repetition_penalty_counts_the_rows_own_tokens_not_its_padding():

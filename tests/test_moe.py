@@ -157,7 +157,7 @@ def test_a_random_base_run_predicts_and_exports_base_plus_adapter(moe_run, rando
     assert len(rows) == 3 and all(len(r["rating"]["probs"]) == 5 for r in rows)
 
     twin = Twin.load(moe_run, records=moe_run.parent / "r.jsonl")
-    ids = torch.tensor([twin.prompt(user="u1", item="Movie 3 (2000) (Drama): ") + twin.engine.ids_of("4.0")])
+    ids = torch.tensor([twin.prompt(user="u1", item="Movie 3 (2000) (Drama): ") + twin.engine.continuation_ids("4.0")])
     exported = tmp_path / "model"
     assert main(["export", str(moe_run), "-o", str(exported)]) == 0
     base = load_model(f"random:{random_dir}", "float32", attention="sdpa")

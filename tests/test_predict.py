@@ -50,7 +50,7 @@ def _brute_logp(model, prompt: list, cand: list) -> float:
 def test_score_with_shared_cache_equals_brute_force(run_dir):
     twin = _twin(run_dir)
     p = twin.engine
-    prompt = p.prompt(twin.timeline("u0"), 12).ids
+    prompt = p.target_prompt(twin.timeline("u0"), 12).ids
     cands = [p.tokenizer(t + "<|im_end|>", add_special_tokens=False)["input_ids"] for t in ("1.0", "4.0", "2.5")]
     for (total, n), cand in zip(p.score(prompt, cands), cands):
         assert n == len(cand) and abs(total - _brute_logp(p.model, prompt, cand)) < 1e-4
@@ -72,8 +72,8 @@ def test_batched_scoring_equals_one_prompt_at_a_time(run_dir):
     p = twin.engine
     prompts, cands = [], []
     for k, pos in enumerate((12, 13, 1)):  # full windows of two lengths, and the first item's short prompt
-        prompts.append(p.prompt(twin.timeline("u0"), pos).ids)
-        cands.append([p.ids_of(t) for t in ("1.0", "4.0", "a longer continuation", "2.5")[:2 + k]])
+        prompts.append(p.target_prompt(twin.timeline("u0"), pos).ids)
+        cands.append([p.continuation_ids(t) for t in ("1.0", "4.0", "a longer continuation", "2.5")[:2 + k]])
     assert len({len(x) for x in prompts}) == 3  # really different lengths: padding is exercised
     batched = p.score_many(prompts, cands)
     for prompt, cs, got in zip(prompts, cands, batched):
@@ -97,10 +97,10 @@ def test_predicted_numbers_equal_an_independent_forward(run_dir, tmp_path):
     for r in rows:
         prompt = twin.prompt(r["user"], target=r["target_index"], room=5)
         assert prompt_hash(prompt) == r["prompt_hash"]
-        ref = p.ids_of(r["reference"])
+        ref = p.continuation_ids(r["reference"])
         assert r["n_tokens"] == len(ref)
         assert r["loss"] == pytest.approx(-_brute_logp(p.model, prompt, ref) / len(ref), abs=1e-4)
-        logps = [_brute_logp(p.model, prompt, p.ids_of(t)) for t in p.scale]
+        logps = [_brute_logp(p.model, prompt, p.continuation_ids(t)) for t in p.scale]
         z = sum(math.exp(x) for x in logps)
         assert r["rating"]["probs"] == pytest.approx([math.exp(x) / z for x in logps], abs=1e-5)
         assert sum(r["rating"]["probs"]) == pytest.approx(1, abs=1e-5)
@@ -134,7 +134,7 @@ def test_window_scoring_equals_brute_force(run_dir):
     p = twin.engine
     windows = [p.encoder.encode(twin.timeline(u), list(range(n)), list(range(1, n))) for u, n in (("u0", 5), ("u1", 3))]
     assert len(windows[0].input_ids) != len(windows[1].input_ids)
-    groups = [[(first, [p.ids_of(t) for t in ("1.0", "4.0", "a longer one")[:k % 3 + 1]])
+    groups = [[(first, [p.continuation_ids(t) for t in ("1.0", "4.0", "a longer one")[:k % 3 + 1]])
                for k, (_, first, _) in enumerate(w.targets)] for w in windows]
     got = p.score_windows([w.input_ids for w in windows], groups)
     for w, g, scores in zip(windows, groups, got):

@@ -20,8 +20,7 @@ from usertwin.data import choices
 from usertwin.data.records.format import item_key
 from usertwin.errors import UsertwinError
 from usertwin.sequences.fit import prompt_hash
-from usertwin.twin.targets import Outcome, Target
-from usertwin.twin.targets import run as run_targets
+from usertwin.twin.targets import Outcome, Target, score_targets
 
 
 def distractors(prep, split: str, k: int, seed: int) -> dict:
@@ -80,7 +79,7 @@ def _predict_split(twin, prep, split, output: Path, gen, pick_k, generate, limit
         (targets[start:start + gen.batch_size] for start in range(0, len(targets), gen.batch_size))
 
     def rows_of(batch: list) -> list[dict]:
-        return [_row(o, picks) for o in run_targets(twin, batch, gen if generate else None, room, seed)]
+        return [_row(o, picks) for o in score_targets(twin, batch, gen if generate else None, room, seed)]
 
     return append_batches(output, batches, rows_of, bar)
 

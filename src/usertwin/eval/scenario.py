@@ -108,7 +108,7 @@ def _pin_languages(twin, tests: list, train: dict) -> None:
     would see: the user's train timeline, or for a cold-start user the test record -- never from whichever
     target happens to come first, so a resumed run renders as the first one did."""
     for rec in tests:
-        twin.language(train.get(rec.user_id)
+        twin.language_of(train.get(rec.user_id)
                                  or Timeline(rec.user_id, rec.profile, rec.task, rec.language, rec.items))
 
 

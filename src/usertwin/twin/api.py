@@ -113,20 +113,20 @@ class Twin:
 
     def sized(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
         """`gen` with a number for batch_size auto (Engine.sized)."""
-        return self.engine.sized(gen, width)
+        return self.engine.with_batch_size(gen, width)
 
     def lengths(self, timelines) -> dict:
         """Every timeline's measured item lengths (each distinct text tokenized once): fitted_prompt's
         `lengths` for a batch of users."""
         return measure_all(self.engine.renderer, self.engine.tokenizer, timelines)
 
-    def language(self, tl: Timeline) -> str:
+    def language_of(self, tl: Timeline) -> str:
         """The prompt language of a user (detected once per user id, then kept)."""
         return self.engine.renderer.language(tl)
 
     def ids_of(self, text: str) -> list[int]:
         """A continuation's tokens as training sees them: the text, then the end-of-turn."""
-        return self.engine.ids_of(text)
+        return self.engine.continuation_ids(text)
 
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -139,7 +139,7 @@ class Twin:
                        stream: list | None = None) -> list[list[str]]:
         """`gen.num_samples` texts after each prompt's token ids, all decoding together (Engine.generate:
         seeds and streaming)."""
-        return self.engine.generate(prompts, gen, seeds, stream)
+        return self.engine.generate_texts(prompts, gen, seeds, stream)
 
     def score_after(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
         """(log-probability, tokens) of each candidate continuation (token ids) after its prompt."""
@@ -200,7 +200,7 @@ class Twin:
     def built_prompt(self, tl: Timeline, pos: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
         """The prompt of item `pos` as training renders it, history cut oldest first to leave `room` tokens; a
         target too long even alone keeps its whole prompt (see fitted_prompt for the refusing form)."""
-        return self.engine.prompt(tl, pos, room, lengths)
+        return self.engine.target_prompt(tl, pos, room, lengths)
 
     def fitted_prompt(self, tl: Timeline, pos: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
         """`lengths`: the timeline's measured item lengths when at hand (measure_all over a batch of users
@@ -249,23 +249,23 @@ class Twin:
         prompts = self._prompts(requests, g.max_new_tokens)
         seeds = [_request_seed(r, seed, j * MAX_SAMPLES) for j, r in enumerate(requests)]
         out = []
-        g = self.engine.sized(g)
+        g = self.engine.with_batch_size(g)
         for start in range(0, len(prompts), g.batch_size):
             chunk = seeds[start:start + g.batch_size]
-            out += self.engine.generate(prompts[start:start + g.batch_size], g,
+            out += self.engine.generate_texts(prompts[start:start + g.batch_size], g,
                                         None if None in chunk else chunk)
         return out
 
     def rating_distributions(self, requests: list[dict], batch_size: int = 8) -> list[dict]:
         if not self.scale:
             raise UsertwinError("this twin's data has no rating collection: there is no rating scale to score")
-        prompts = self._prompts(requests, max(len(self.engine.ids_of(s)) for s in self.scale))
+        prompts = self._prompts(requests, max(len(self.engine.continuation_ids(s)) for s in self.scale))
         return [d for start in range(0, len(prompts), batch_size)
                 for d in self.engine.rating_distributions(prompts[start:start + batch_size])]
 
     def scores(self, requests: list[dict], batch_size: int = 8) -> list[float]:
         """score() for each request (each with its "continuation"), `batch_size` prompts per forward."""
-        conts = [[self.engine.ids_of(_text(r.get("continuation", ""), "continuation", j))]
+        conts = [[self.engine.continuation_ids(_text(r.get("continuation", ""), "continuation", j))]
                  for j, r in enumerate(requests)]
         prompts = self._prompts(requests, [len(c[0]) for c in conts])
         return [row[0][0] for start in range(0, len(prompts), batch_size)
@@ -357,7 +357,7 @@ class Twin:
 
         g = GenerateSettings(**generation)
         ids = chat_prompt(self, messages, user, profile, history, room=g.max_new_tokens)
-        return self.engine.generate([ids], g)[0][0]
+        return self.engine.generate_texts([ids], g)[0][0]
 
 
 def _settings(gen: dict) -> GenerateSettings:

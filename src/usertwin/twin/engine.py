@@ -19,7 +19,7 @@ from usertwin.sequences.fit import Prompt, build_prompt
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, SequenceEncoder, load_tokenizer
 from usertwin.twin.sampling import RepetitionPenalty, SeededSampler, until_end
-from usertwin.twin.stream import RowText, Tap
+from usertwin.twin.stream import Tap
 
 
 def load_twin_model(cfg: Config, run_dir=None, merge: bool = True, device: str | None = None,
@@ -108,7 +108,7 @@ class Engine:
     def device(self):
         return next(self.model.parameters()).device
 
-    def sized(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
+    def with_batch_size(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
         """`gen` with a number for batch_size: auto is 8 on a CPU; on a GPU, as many prompts (each with its
         num_samples rows of `width` tokens, default max_length + max_new_tokens) as half its free memory holds."""
         if gen.batch_size != AUTO:
@@ -120,10 +120,10 @@ class Engine:
         rows = int(0.5 * free // (width * bytes_per_token(causal_lm(self.model).config, width)))
         return dataclasses.replace(gen, batch_size=max(1, min(MAX_AUTO_BATCH, rows // gen.num_samples)))
 
-    def prompt(self, tl, target: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
+    def target_prompt(self, tl, target: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
         return build_prompt(self.cfg, self.encoder, tl, target, room, lengths)
 
-    def ids_of(self, text: str) -> list[int]:
+    def continuation_ids(self, text: str) -> list[int]:
         """A continuation's tokens as training sees them: the text, then the end-of-turn."""
         return self.tokenizer(text + self.renderer.fmt.eot, add_special_tokens=False)["input_ids"]
 
@@ -199,7 +199,7 @@ class Engine:
         return picked
 
     def rating_distribution(self, prompt_ids: list[int]) -> dict:
-        scores = [s for s, _ in self.score(prompt_ids, [self.ids_of(t) for t in self.scale])]
+        scores = [s for s, _ in self.score(prompt_ids, [self.continuation_ids(t) for t in self.scale])]
         return self.distribution(scores)
 
     def distribution(self, scores: list[float]) -> dict:
@@ -208,27 +208,19 @@ class Engine:
 
     def rating_distributions(self, prompts: list[list[int]]) -> list[dict]:
         """The allowed ratings' probabilities after each prompt, all prompts in one forward."""
-        scale = [self.ids_of(t) for t in self.scale]
+        scale = [self.continuation_ids(t) for t in self.scale]
         return [self.distribution([s for s, _ in row]) for row in self.score_many(prompts, [scale] * len(prompts))]
 
     def choice_distributions(self, prompts: list[list[int]], items: list) -> list[dict]:
         """Each prompt's choice item (`choices.Choice`): every option's continuation log-likelihood, all
         prompts and options in one forward, normalised to probabilities summing to 1 (`choices.distribution`)."""
-        scored = self.score_many(prompts, [[self.ids_of(o) for o in c.options] for c in items])
+        scored = self.score_many(prompts, [[self.continuation_ids(o) for o in c.options] for c in items])
         return [choices.distribution(c, [s for s, _ in row]) for c, row in zip(items, scored)]
 
-    def generate(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                 stream: list | None = None) -> list[list[str]]:
-        """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn. `stream`: one
-        callable or None per row (prompt j's sample i at j * num_samples + i), called with each new piece of
-        that row's text as it is generated (twin/stream.py); the pieces add up to the returned text."""
-        rows = [RowText(self, emit) if emit else None for emit in stream] if stream and any(stream) else None
-        out = [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds,
-                                                                             Tap(rows) if rows else None)]
-        for row, text in zip(rows or [], [t for samples in out for t in samples]):
-            if row:
-                row.finish(text)
-        return out
+    def generate_texts(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
+                       stream: list | None = None) -> list[list[str]]:
+        """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn."""
+        return [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds, stream)]
 
     def save_pretrained(self, folder, dtype: str = "auto") -> torch.dtype:
         """The model and tokenizer as a plain transformers folder in `dtype` (auto: what the base model
@@ -251,14 +243,16 @@ class Engine:
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                     streamer=None) -> list[list[list[int]]]:
+                     stream: list | None = None) -> list[list[list[int]]]:
         """The generated tokens of `gen.num_samples` samples per prompt, all rows decoded together with the KV
         cache (transformers' generate); each ends with the end-of-turn unless max_new_tokens cut it. Sample i of
         prompt j draws its tokens from seed `seeds[j] + i` alone, so it is the same in any batch and after a
         resume; without seeds, every prompt's from `gen.seed`, else from torch's global generator
         (torch.manual_seed reproduces them).
         Greedy decoding (temperature 0) generates each prompt once and repeats it; an unset temperature is
-        greedy for one sample and samples for several (GenerateSettings.resolved)."""
+        greedy for one sample and samples for several (GenerateSettings.resolved).
+        `stream`: one callable or None per sample (prompt j's sample i at j * num_samples + i), called with each
+        new piece of that sample's text as it is generated (twin/stream.py); the pieces add up to its text."""
         gen = gen.resolved()
         n = gen.num_samples if gen.temperature > 0 else 1
         rows = [p for p in prompts for _ in range(n)]
@@ -272,6 +266,7 @@ class Engine:
                          else torch.randint(0, 2**62, (len(prompts),)).tolist())
             row_seeds = [s + i for s in seeds for i in range(n)]
             processors.append(SeededSampler(row_seeds, gen, width))
+        streamer = Tap(self, stream, gen.num_samples, n) if stream and any(stream) else None
         out = self._generate_rows(rows, gen.max_new_tokens, processors, streamer)
         per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
         return [row * (gen.num_samples // n) for row in per]

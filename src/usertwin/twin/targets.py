@@ -38,68 +38,58 @@ class Outcome:
     predictions: list[str] = field(default_factory=list)
 
 
-def run(twin, targets: list[Target], gen: GenerateSettings | None = None, room: int = 0,
-        seed: int | None = None) -> list[Outcome]:
-    """Every target's likelihoods in two forwards (windows, then lone prompts), then -- with `gen` -- its
-    generations, every sample i drawn with seed + i. `room`: tokens kept free after a lone prompt."""
+def score_targets(twin, targets: list[Target], gen: GenerateSettings | None = None, room: int = 0,
+                  seed: int | None = None) -> list[Outcome]:
+    """Every target's likelihoods in one pair of forwards (Engine.score_windows: a lone prompt is a window
+    whose texts start at its end), then -- with `gen` -- its generations, every sample i drawn with seed + i.
+    `room`: tokens kept free after a lone prompt."""
     engine = twin.engine
-    windowed = [t for t in targets if t.window is not None]
-    alone = [t for t in targets if t.window is None]
-    done = {id(o.target): o for o in _in_windows(twin, windowed) + _alone(twin, alone, room)}
-    out = [done[id(t)] for t in targets]
+    asked = [(t, _texts(engine.scale, t)) for t in targets]
+    prompts, scores = _scored(engine, asked, room)
+    out = [_outcome(engine, t, texts, p, sc) for (t, texts), p, sc in zip(asked, prompts, scores)]
     if gen is not None and out:
-        texts = engine.generate([o.prompt.ids for o in out], gen, None if seed is None else [seed] * len(out))
+        texts = engine.generate_texts([o.prompt.ids for o in out], gen, None if seed is None else [seed] * len(out))
         for o, samples in zip(out, texts):
             o.predictions = samples
     return out
 
 
-def _texts(twin, t: Target) -> list[str]:
+def _texts(scale: list[str] | None, t: Target) -> list[str]:
     """The target's texts, then the scale's ratings not among them (a rating item)."""
-    scale = twin.engine.scale if t.timeline.items[t.pos].is_rating else None
-    return list(t.texts) + [s for s in scale or [] if s not in t.texts]
+    extra = scale if scale and t.timeline.items[t.pos].is_rating else []
+    return list(t.texts) + [s for s in extra if s not in t.texts]
 
 
-def _outcome(twin, t: Target, prompt: Prompt, texts: list[str], scores: list) -> Outcome:
+def _scored(engine, asked: list, room: int) -> tuple[list[Prompt], list[list[tuple]]]:
+    """Each target's prompt and its texts' (log-probability, tokens): a lone target after its own prompt (history
+    cut oldest first to leave `room`), a windowed one inside its window, each window read once for all its
+    targets (a target's history is what comes before it in its window)."""
+    ids, groups, slots, prompts, windows = [], [], [], [], {}
+    for t, texts in asked:
+        cands = [engine.continuation_ids(x) for x in texts]
+        if t.window is None:
+            prompt = engine.target_prompt(t.timeline, t.pos, room, t.lengths)
+            k = len(ids)
+            ids.append(prompt.ids)
+            groups.append([(len(prompt.ids), cands)])
+        else:
+            if id(t.window) not in windows:
+                windows[id(t.window)] = len(ids), engine.encoder.encode(t.timeline, t.window.items, t.window.targets)
+                ids.append(windows[id(t.window)][1].input_ids)
+                groups.append([])
+            k, enc = windows[id(t.window)]
+            first = next(start for pos, start, _ in enc.targets if pos == t.pos)
+            history = [p for p in t.window.items if p < t.pos]
+            prompt = Prompt(Sample(t.timeline.user_id, t.pos, history, t.split), enc.input_ids[:first])
+            groups[k].append((first, cands))
+        slots.append((k, len(groups[k]) - 1))
+        prompts.append(prompt)
+    scores = engine.score_windows(ids, groups) if ids else []
+    return prompts, [scores[k][g] for k, g in slots]
+
+
+def _outcome(engine, t: Target, texts: list[str], prompt: Prompt, scores: list) -> Outcome:
     scored = dict(zip(texts, scores))
-    scale = twin.engine.scale if t.timeline.items[t.pos].is_rating else None
-    rating = twin.rating_distribution_of([scored[s][0] for s in scale]) if scale else None
-    return Outcome(t, prompt, scored, twin.language(t.timeline), rating)
-
-
-def _alone(twin, targets: list[Target], room: int) -> list[Outcome]:
-    engine = twin.engine
-    prompts = [engine.prompt(t.timeline, t.pos, room, t.lengths) for t in targets]
-    texts = [_texts(twin, t) for t in targets]
-    scores = engine.score_many([p.ids for p in prompts], [[engine.ids_of(x) for x in xs] for xs in texts]) \
-        if targets else []
-    return [_outcome(twin, t, p, xs, sc) for t, p, xs, sc in zip(targets, prompts, texts, scores)]
-
-
-def _in_windows(twin, targets: list[Target]) -> list[Outcome]:
-    """One read of each window for all its targets (Engine.score_windows): a target's history is what comes
-    before it in its window."""
-    engine = twin.engine
-    windows: dict[int, list[Target]] = {}
-    for t in targets:
-        windows.setdefault(id(t.window), []).append(t)
-    ids, groups, meta = [], [], []
-    for group in windows.values():
-        w, tl = group[0].window, group[0].timeline
-        asked = {t.pos: t for t in group}
-        enc = engine.encoder.encode(tl, w.items, w.targets)
-        scored = []
-        for pos, first, _ in enc.targets:
-            t = asked.get(pos)
-            if t is None:
-                continue
-            texts = _texts(twin, t)
-            scored.append((first, [engine.ids_of(x) for x in texts]))
-            history = [p for p in w.items if p < pos]
-            meta.append((t, Prompt(Sample(tl.user_id, pos, history, t.split), enc.input_ids[:first]), texts))
-        ids.append(enc.input_ids)
-        groups.append(scored)
-    if not ids:
-        return []
-    scores = [sc for per_window in engine.score_windows(ids, groups) for sc in per_window]
-    return [_outcome(twin, t, prompt, texts, sc) for (t, prompt, texts), sc in zip(meta, scores)]
+    scale = engine.scale if t.timeline.items[t.pos].is_rating else None
+    rating = engine.distribution([scored[s][0] for s in scale]) if scale else None
+    return Outcome(t, prompt, scored, engine.renderer.language(t.timeline), rating)
