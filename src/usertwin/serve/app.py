@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -31,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from usertwin.config import GenerateSettings
+from usertwin.config import GenerateSettings, range_of
 from usertwin.errors import UsertwinError
 from usertwin.serve.batching import Batcher, Job, Result
 from usertwin.twin.api import PromptTooLong
@@ -68,38 +69,45 @@ class Who(Strict):
     history: list[dict] | None = Field(None, description="describe the user: earlier items, records format")
 
 
+def limits(key: str) -> dict:
+    """A generation setting's range as declared in config.py (GenerateSettings), as pydantic's bounds: a request
+    takes what `usertwin predict` takes."""
+    bounds = range_of(next(f for f in dataclasses.fields(GenerateSettings) if f.name == key))
+    names = {"minimum": "ge", "maximum": "le", "above": "gt", "below": "lt"}
+    return {names[k]: v for k, v in dataclasses.asdict(bounds).items() if v is not None} if bounds else {}
+
+
 class Sampling(Strict):
-    temperature: float | None = Field(None, ge=0, le=5)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, **limits("temperature"))
+    top_p: float | None = Field(None, **limits("top_p"))
 
 
-class ChatRequest(Who, Sampling):
+class OpenAIRequest(Who, Sampling):
+    """What the OpenAI-style endpoints share."""
+
     model: str
-    messages: list[dict] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, **limits("max_new_tokens"))
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: dict | None = None
     stop: str | list[str] | None = None
 
 
-class CompletionRequest(Who, Sampling):
-    model: str
+class ChatRequest(OpenAIRequest):
+    messages: list[dict] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, **limits("max_new_tokens"))
+
+
+class CompletionRequest(OpenAIRequest):
     prompt: str | list[str] = Field(description="the item: what the user responds to (a continuation prefix)")
     context: list[dict] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=MAX_N)
-    stream: bool = False
-    stream_options: dict | None = None
-    stop: str | list[str] | None = None
 
 
 class PredictRequest(Who, Sampling):
     item: str = ""
     context: list[dict] | None = None
     target: int | None = Field(None, ge=0, description="an existing item of the user instead of a new one")
-    max_new_tokens: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, **limits("max_new_tokens"))
     num_samples: int = Field(1, ge=1, le=MAX_N)
     generate: bool = True
     rating_distribution: bool | None = Field(None, description="default: when the twin has a rating scale")

@@ -112,6 +112,16 @@ def read_json(path: Path):
         raise UsertwinError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
+def json_files(raw: Path, what: str) -> list[Path]:
+    """A JSON file, or every *.json file of a folder (in name order); a folder without any is an error."""
+    if raw.is_dir():
+        files = sorted(raw.glob("*.json"))
+        if not files:
+            raise UsertwinError(f"{raw}: no *.json {what} files in this folder")
+        return files
+    return [raw]
+
+
 def check_columns(path: Path, found: list, required: list) -> None:
     missing = [c for c in required if c not in found]
     if missing:

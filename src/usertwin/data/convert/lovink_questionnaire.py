@@ -26,22 +26,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from usertwin.data.convert._common import Skips, read_json, user_sort_key
+from usertwin.data.convert._common import Skips, json_files, read_json, user_sort_key
 from usertwin.data.convert.seed_samples import language
-from usertwin.errors import UsertwinError
 
 TYPE = "questionnaire"
 NOTE = ("the questionnaire has no timestamps: each user's answers keep file order, which is their time order "
         "(the time split's test targets are each user's last answers)")
-
-
-def _files(raw: Path) -> list[Path]:
-    if raw.is_dir():
-        files = sorted(raw.glob("*.json"))
-        if not files:
-            raise UsertwinError(f"{raw}: no *.json questionnaire files in this folder")
-        return files
-    return [raw]
 
 
 def _user_id(rec: dict):
@@ -88,7 +78,7 @@ def _record(rec: dict, uid: str, items: list) -> dict:
 def convert(raw_path, on_error="stop", *, progress: bool = False):
     skips = Skips.of(on_error)
     by_user: dict[str, dict] = {}
-    for path in _files(Path(raw_path)):
+    for path in json_files(Path(raw_path), "questionnaire"):
         data = read_json(path)
         for index, rec in enumerate(data if isinstance(data, list) else [data]):
             where = f"{path}: record {index}"

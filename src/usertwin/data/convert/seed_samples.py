@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from usertwin.data.convert._common import Skips, read_json, record, user_sort_key
+from usertwin.data.convert._common import Skips, json_files, read_json, record, user_sort_key
 from usertwin.errors import UsertwinError
 
 OTHER = "interlocutor"
@@ -55,15 +55,6 @@ def _source(role) -> str:
     if role in ("user", ""):
         return OTHER
     return role
-
-
-def _files(raw: Path) -> list[Path]:
-    if raw.is_dir():
-        files = sorted(raw.glob("*.json"))
-        if not files:
-            raise UsertwinError(f"{raw}: no *.json sample files in this folder")
-        return files
-    return [raw]
 
 
 def _load(path: Path) -> list:
@@ -97,7 +88,7 @@ def _covered(obj, profile: dict) -> bool:
 
 def convert(raw_path, on_error="stop", *, progress: bool = False):
     raw, skips = Path(raw_path), Skips.of(on_error)
-    files = _files(raw)
+    files = json_files(raw, "sample")
     return _records(files, skips)
 
 
