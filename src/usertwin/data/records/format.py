@@ -93,7 +93,7 @@ ITEM_KEYS = frozenset({"continuation", "continuation_prefix", "context", "timest
 # A value as error messages name it ("got a number (5)"): schema, timestamps and load all word it alike.
 
 
-def _kind(value) -> str:
+def json_kind(value) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -109,7 +109,7 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
-def _shown(value, limit: int = 40) -> str:
+def shown_value(value, limit: int = 40) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
@@ -117,10 +117,10 @@ def _shown(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _got(value) -> str:
+def got_text(value) -> str:
     if value is None or isinstance(value, (dict, list)):
-        return _kind(value)
-    return f"{_kind(value)} ({_shown(value)})"
+        return json_kind(value)
+    return f"{json_kind(value)} ({shown_value(value)})"
 
 
 # Writing back: a Record as the raw dict it came from, timestamps as the file wrote them.

@@ -1,5 +1,5 @@
 """JSON text: UTF-8 decoding, walking a list of records, telling JSON Lines from JSON, and syntax errors
-explained (the offending line, a caret, the likely cause). The diagnosis (`_find_fix`) lives here because the
+explained (the offending line, a caret, the likely cause). The diagnosis (`find_fix`) lives here because the
 hints and the repair must agree on what `--repair` can fix."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import unicodedata
 from usertwin.errors import UsertwinError, where
 
 
-def _decode(path, data: bytes, line_offset: int = 0) -> str:
+def decode_utf8(path, data: bytes, line_offset: int = 0) -> str:
     """UTF-8 text of `data`; a clear error naming line and column of the first bad byte otherwise."""
     try:
         return data.decode("utf-8")
@@ -40,7 +40,7 @@ def _display_width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-def _snippet(line_text: str, column: int) -> str:
+def snippet(line_text: str, column: int) -> str:
     """The offending line (a window of it when long) and a caret under `column` (1-based)."""
     line_text = line_text.rstrip("\r\n").replace("\t", " ")
     i = max(0, min(column - 1, len(line_text)))
@@ -53,7 +53,7 @@ def _snippet(line_text: str, column: int) -> str:
     return f"    {shown}\n    {caret}"
 
 
-def _line_of(text: str, lineno: int) -> str:
+def line_of(text: str, lineno: int) -> str:
     lines = text.split("\n")
     return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
 
@@ -65,10 +65,10 @@ def _prev_nonws(s: str, pos: int) -> int:
     return j
 
 
-def _syntax_hint(s: str, err: json.JSONDecodeError, path, jsonl: bool = False) -> str:
+def syntax_hint(s: str, err: json.JSONDecodeError, path, jsonl: bool = False) -> str:
     """A 'likely cause' line for a JSON syntax error, or ''."""
     repair = f"run: usertwin validate {path} --repair OUT"
-    fix = _find_fix(s, err)
+    fix = find_fix(s, err)
     if fix is not None:
         kind, _ = fix
         if kind == "quote":
@@ -116,25 +116,25 @@ def _other(bracket: str) -> str:
     return "}" if bracket == "]" else "]"
 
 
-def _syntax_message(path, s: str, err: json.JSONDecodeError, *, line_offset: int = 0, jsonl: bool = False) -> str:
+def syntax_message(path, s: str, err: json.JSONDecodeError, *, line_offset: int = 0, jsonl: bool = False) -> str:
     line, col = err.lineno + line_offset, err.colno
     what = f"invalid JSON on line {line}, column {col}" if jsonl else f"invalid JSON at line {line}, column {col}"
-    parts = [f"{where(path, line=line, column=col)}: {what}: {err.msg}", _snippet(_line_of(s, err.lineno), col)]
-    hint = _syntax_hint(s, err, path, jsonl)
+    parts = [f"{where(path, line=line, column=col)}: {what}: {err.msg}", snippet(line_of(s, err.lineno), col)]
+    hint = syntax_hint(s, err, path, jsonl)
     if hint:
         parts.append(hint)
     return "\n".join(parts)
 
 
-_DECODER = json.JSONDecoder()
-_WS = re.compile(r"[ \t\n\r]*")
+DECODER = json.JSONDecoder()
+WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-def _walk_list(text: str, start: int):
+def walk_list(text: str, start: int):
     """Yield (element, line) of the JSON list starting at text[start] == '['; JSONDecodeError when broken."""
-    decode = _DECODER.raw_decode
+    decode = DECODER.raw_decode
     n = len(text)
-    i = _WS.match(text, start + 1).end()
+    i = WHITESPACE.match(text, start + 1).end()
     line, last = 1 + text.count("\n", 0, i), i
     if i < n and text[i] == "]":
         i += 1
@@ -144,30 +144,30 @@ def _walk_list(text: str, start: int):
             line += text.count("\n", last, i)
             last = i
             yield obj, line
-            i = _WS.match(text, j).end()
+            i = WHITESPACE.match(text, j).end()
             if i < n and text[i] == ",":
-                i = _WS.match(text, i + 1).end()
+                i = WHITESPACE.match(text, i + 1).end()
                 continue
             if i < n and text[i] == "]":
                 i += 1
                 break
             raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
-    i = _WS.match(text, i).end()
+    i = WHITESPACE.match(text, i).end()
     if i != n:
         raise json.JSONDecodeError("Extra data", text, i)
 
 
-def _looks_like_jsonl(text: str) -> bool:
+def looks_like_jsonl(text: str) -> bool:
     """Whether `text` (not valid JSON as a whole) is JSON Lines: its lines are records on their own."""
-    start = _WS.match(text).end()
+    start = WHITESPACE.match(text).end()
     if start >= len(text) or text[start] != "{":
         return False
     try:
-        obj, end = _DECODER.raw_decode(text, start)
+        obj, end = DECODER.raw_decode(text, start)
     except json.JSONDecodeError:
         pass
     else:
-        rest = _WS.match(text, end).end()
+        rest = WHITESPACE.match(text, end).end()
         if isinstance(obj, dict) and rest < len(text) and "\n" in text[end:rest]:
             return True
     lines = [ln for ln in text.split("\n", 200)[:200] if ln.strip()]
@@ -182,12 +182,12 @@ def _looks_like_jsonl(text: str) -> bool:
     return good * 2 >= len(lines) and good > 0
 
 
-def _too_deep(path, line=None) -> str:
+def too_deep(path, line=None) -> str:
     return (f"{where(path, line=line)}: JSON nested too deeply (lists or objects inside each other hundreds of "
             "levels deep); a record is only a few levels deep: is this a records file?")
 
 
-def _find_fix(s: str, err: json.JSONDecodeError):
+def find_fix(s: str, err: json.JSONDecodeError):
     """(kind, position) of a safe local fix for the JSON syntax error `err` in `s`, or None.
 
     kinds: "quote" (escape the unescaped double quote at position, which ended a string too early),
@@ -218,7 +218,7 @@ def _find_fix(s: str, err: json.JSONDecodeError):
             return None
         if ch == '"':
             # `"我觉得"很好""`: an inner quote right before the real closing quote
-            after = _WS.match(s, pos + 1).end()
+            after = WHITESPACE.match(s, pos + 1).end()
             if j == pos - 1 and (after >= n or s[after] in ",}]\n" or "\n" in s[pos + 1 : after]):
                 return ("quote", j)
             return None

@@ -7,18 +7,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usertwin.data.records.format import MAX_LISTED, SKIP_HINT, _kind
+from usertwin.data.records.format import MAX_LISTED, SKIP_HINT, json_kind
 from usertwin.data.records.jsontext import (
-    _DECODER,
-    _WS,
-    _decode,
-    _looks_like_jsonl,
-    _syntax_hint,
-    _syntax_message,
-    _too_deep,
-    _walk_list,
+    DECODER,
+    WHITESPACE,
+    decode_utf8,
+    looks_like_jsonl,
+    syntax_hint,
+    syntax_message,
+    too_deep,
+    walk_list,
 )
-from usertwin.data.records.schema import Problem, _build, _merge_problems
+from usertwin.data.records.schema import Problem, build_record, merge_problems
 from usertwin.errors import UsertwinError
 
 
@@ -35,7 +35,7 @@ class LoadResult:
         return sum(len(r.items) for r in self.records)
 
 
-def _check_path(path) -> Path:
+def check_path(path) -> Path:
     p = Path(path)
     if p.is_dir():
         raise UsertwinError(f"{path}: is a directory; give a records file (.json or .jsonl)")
@@ -54,7 +54,7 @@ def _read_text(path, p: Path, warnings: list) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
         _warn(warnings, f"{path}: starts with a UTF-8 byte order mark (BOM); ignored it")
-    text = _decode(path, data)
+    text = decode_utf8(path, data)
     if not text.strip():
         raise UsertwinError(
             f"{path}: the file is empty; expected a JSON list of records, one record object, "
@@ -68,7 +68,7 @@ def _entries(path, warnings: list):
 
     Syntax errors of a whole JSON document raise UsertwinError (nothing can be skipped there).
     """
-    p = _check_path(path)
+    p = check_path(path)
     name = p.name.lower()
     if name.endswith((".jsonl", ".ndjson")):
         fallback = yield from _stream_jsonl(path, p, warnings)
@@ -76,30 +76,30 @@ def _entries(path, warnings: list):
             return
         warnings.append(f"{path}: holds one JSON document, not JSON Lines; read it as JSON")
     text = _read_text(path, p, warnings)
-    start = _WS.match(text).end()
+    start = WHITESPACE.match(text).end()
     if text[start] == "[":
         try:
-            for index, (obj, line) in enumerate(_walk_list(text, start)):
+            for index, (obj, line) in enumerate(walk_list(text, start)):
                 yield index, obj, line, None
         except json.JSONDecodeError:
             _raise_syntax(path, text)
         except RecursionError:
-            raise UsertwinError(_too_deep(path)) from None
+            raise UsertwinError(too_deep(path)) from None
         return
     try:
-        obj, end = _DECODER.raw_decode(text, start)
-        if _WS.match(text, end).end() != len(text):
-            raise json.JSONDecodeError("Extra data", text, _WS.match(text, end).end())
+        obj, end = DECODER.raw_decode(text, start)
+        if WHITESPACE.match(text, end).end() != len(text):
+            raise json.JSONDecodeError("Extra data", text, WHITESPACE.match(text, end).end())
     except RecursionError:
-        raise UsertwinError(_too_deep(path)) from None
+        raise UsertwinError(too_deep(path)) from None
     except json.JSONDecodeError:
-        if not _looks_like_jsonl(text):
+        if not looks_like_jsonl(text):
             _raise_syntax(path, text)
         yield from _text_jsonl(path, text)
         return
     if not isinstance(obj, dict):
         raise UsertwinError(
-            f"{path}: the top level is {_kind(obj)}; expected a JSON list of records, one record object, "
+            f"{path}: the top level is {json_kind(obj)}; expected a JSON list of records, one record object, "
             "or JSON Lines (one record per line)"
         )
     yield 0, obj, 1 + text.count("\n", 0, start), None
@@ -109,7 +109,7 @@ def _raise_syntax(path, text: str):
     try:
         json.loads(text)
     except json.JSONDecodeError as err:
-        raise UsertwinError(_syntax_message(path, text, err)) from None
+        raise UsertwinError(syntax_message(path, text, err)) from None
     raise UsertwinError(f"{path}: invalid JSON")  # not reached: the walker and json.loads agree
 
 
@@ -120,10 +120,10 @@ def _line_problem(path, line_text: str, lineno: int, index: int):
         return json.loads(line_text), None
     except RecursionError:
         return None, Problem(path, "JSON nested too deeply", line=lineno, record=index,
-                             explanation=_too_deep(path, lineno))
+                             explanation=too_deep(path, lineno))
     except json.JSONDecodeError as err:
-        msg = _syntax_message(path, line_text, err, line_offset=lineno - 1, jsonl=True)
-        hint = _syntax_hint(line_text, err, path, jsonl=True)
+        msg = syntax_message(path, line_text, err, line_offset=lineno - 1, jsonl=True)
+        hint = syntax_hint(line_text, err, path, jsonl=True)
         short = f"invalid JSON: {err.msg}" + (f" ({hint})" if hint else "")
         return None, Problem(path, short, line=lineno, column=err.colno, record=index, explanation=msg)
 
@@ -146,7 +146,7 @@ def _stream_jsonl(path, p: Path, warnings: list):
             if lineno == 1 and data.startswith(b"\xef\xbb\xbf"):
                 data = data[3:]
                 _warn(warnings, f"{path}: starts with a UTF-8 byte order mark (BOM); ignored it")
-            line_text = _decode(path, data, lineno - 1)
+            line_text = decode_utf8(path, data, lineno - 1)
             if not line_text.strip():
                 continue
             raw, prob = _line_problem(path, line_text, lineno, index)
@@ -169,7 +169,7 @@ def iter_raw(path, warnings: list | None = None, on_error: str = "stop"):
     A broken JSON Lines line raises UsertwinError (on_error="stop") or is passed over ("skip"); a broken
     JSON document always raises. `warnings`, when given, collects notes such as a stripped BOM.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     sink = [] if warnings is None else warnings
     for index, raw, line, prob in _entries(path, sink):
         if prob is not None:
@@ -183,7 +183,7 @@ def _jsonl_stop_message(prob: Problem) -> str:
     return f"{prob.explanation}\neach line of a JSON Lines file must be one complete record; {SKIP_HINT}"
 
 
-def _check_on_error(on_error: str) -> None:
+def check_on_error(on_error: str) -> None:
     if on_error not in ("stop", "skip"):
         raise UsertwinError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
 
@@ -199,7 +199,7 @@ def load(path, on_error: str = "stop", targets: bool = False) -> LoadResult:
     user, item, field); a record that is bad as a whole (no user id, not an object, a bad task or collection,
     no good item) is left out, one Problem each in `skipped`; the rest are returned.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     warnings: list = []
     records: list = []
     skipped: list = []
@@ -216,7 +216,7 @@ def load(path, on_error: str = "stop", targets: bool = False) -> LoadResult:
             skipped.append(syntax)
             continue
         dropped = [] if on_error == "skip" else None
-        record, found = _build(raw, index, path, dropped, targets)
+        record, found = build_record(raw, index, path, dropped, targets)
         if record is not None:
             records.append(record)
             # a left-out item is named by the line its record starts on, as well as record, user, item and field
@@ -225,7 +225,7 @@ def load(path, on_error: str = "stop", targets: bool = False) -> LoadResult:
         bad_records += 1
         no_task += isinstance(raw, dict) and "task" not in raw
         if on_error == "skip":
-            skipped.append(_merge_problems(found))
+            skipped.append(merge_problems(found))
         else:
             problems.extend(found)
     if problems:
@@ -247,7 +247,7 @@ def load(path, on_error: str = "stop", targets: bool = False) -> LoadResult:
 def from_raw(raw, source: str, index: int = 0):
     """One record given as data (a dict in the unified format, e.g. a user described to a twin), checked
     exactly as a file's record is; messages name `source` where they would name a file."""
-    record, found = _build(raw, index, source)
+    record, found = build_record(raw, index, source)
     if record is None:
         lines = [f"{source}: {len(found)} problem{'s' * (len(found) != 1)}:"]
         lines += [f"  {p}" for p in found[:MAX_LISTED]]

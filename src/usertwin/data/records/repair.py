@@ -1,11 +1,11 @@
-"""Repair of hand-edited JSON: the safe local fixes that `jsontext._find_fix` finds, applied one at a time,
+"""Repair of hand-edited JSON: the safe local fixes that `jsontext.find_fix` finds, applied one at a time,
 each change named by its line and column in the original text."""
 
 from __future__ import annotations
 
 import json
 
-from usertwin.data.records.jsontext import _WS, _find_fix, _line_of, _looks_like_jsonl, _snippet
+from usertwin.data.records.jsontext import WHITESPACE, find_fix, line_of, looks_like_jsonl, snippet
 from usertwin.errors import UsertwinError
 
 _CONTROL_NAMES = {"\n": "line break", "\r": "carriage return", "\t": "tab"}
@@ -75,7 +75,7 @@ def _repair_doc(original: str, line_offset: int = 0, max_fixes: int = 10000):
             json.loads(s)
             break
         except json.JSONDecodeError as err:
-            fix = _find_fix(s, err)
+            fix = find_fix(s, err)
             if fix is None or len(changes) >= max_fixes:
                 raise
             kind, pos = fix
@@ -88,7 +88,7 @@ def _repair_doc(original: str, line_offset: int = 0, max_fixes: int = 10000):
                 edits.add(orig, 1)
                 changes.append((where_, open_orig))
             elif kind == "comma":
-                after = _WS.match(s, pos + 1).end()
+                after = WHITESPACE.match(s, pos + 1).end()
                 before = f"before '{s[after]}'" if after < len(s) else "after the end of the value"
                 s = s[:pos] + s[pos + 1 :]
                 edits.add(orig, -1)
@@ -126,7 +126,7 @@ def repair_text(text: str) -> tuple[str, list]:
         return body, changes
     except json.JSONDecodeError:
         pass
-    if _looks_like_jsonl(body):
+    if looks_like_jsonl(body):
         out = []
         for lineno, line in enumerate(body.split("\n"), 1):
             core = line[:-1] if line.endswith("\r") else line
@@ -148,7 +148,7 @@ def repair_text(text: str) -> tuple[str, list]:
     except json.JSONDecodeError as err:
         raise UsertwinError(
             f"cannot repair automatically: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}\n"
-            + _snippet(_line_of(err.doc, err.lineno), err.colno)
+            + snippet(line_of(err.doc, err.lineno), err.colno)
             + "\n(the line and column are those of the partly repaired text; fix this by hand)"
         ) from None
     return fixed, changes + notes

@@ -7,8 +7,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from usertwin.data.records.format import ITEM_KEYS, ROLES, Item, Record, _got, _shown, is_rating
-from usertwin.data.records.timestamps import _future, _today, parse_timestamp
+from usertwin.data.records.format import ITEM_KEYS, ROLES, Item, Record, got_text, is_rating, shown_value
+from usertwin.data.records.timestamps import in_future, parse_timestamp, today_iso
 from usertwin.errors import where
 
 _COLLECTIONS = "task.task_behavior_collections"
@@ -65,7 +65,7 @@ class Problem:
         return f"{loc}: {self.message}" if loc else self.message
 
 
-def _build(raw, index: int, path, dropped: list | None = None, targets: bool = False) -> tuple[Record | None, list]:
+def build_record(raw, index: int, path, dropped: list | None = None, targets: bool = False) -> tuple[Record | None, list]:
     """The Record of one raw record, or (None, every problem found in it). With `dropped` (on_error skip), a bad
     item is left out of the record instead of rejecting it: one Problem per left-out item goes to `dropped`
     (its `item` and `slot` say which). The record is still rejected for a problem outside its items (no user
@@ -79,7 +79,7 @@ def _build(raw, index: int, path, dropped: list | None = None, targets: bool = F
         problems.append(Problem(path, message, record=index, user=declared, field=fld))
 
     if not isinstance(raw, dict):
-        bad(None, f"a record must be a JSON object {{...}}, got {_got(raw)}")
+        bad(None, f"a record must be a JSON object {{...}}, got {got_text(raw)}")
         return None, problems
 
     profile: dict = {}
@@ -88,13 +88,13 @@ def _build(raw, index: int, path, dropped: list | None = None, targets: bool = F
         bad("user" if user is None else "user.id", f"missing; a record needs a user id ({_ID_FIELDS})")
     if user is not None:
         if not isinstance(user, dict):
-            bad("user", f"must be an object, got {_got(user)}")
+            bad("user", f"must be an object, got {got_text(user)}")
         else:
             prof = user.get("profile")
             if isinstance(prof, dict):
                 profile = prof
             elif prof is not None:
-                bad("user.profile", f"must be an object, got {_got(prof)}")
+                bad("user.profile", f"must be an object, got {got_text(prof)}")
             personality = user.get("personality")
             structured = personality.get("structured") if isinstance(personality, dict) else None
             if isinstance(structured, dict) and structured:
@@ -110,22 +110,22 @@ def _build(raw, index: int, path, dropped: list | None = None, targets: bool = F
     if task is _MISSING:
         bad("task", "missing")
     elif not isinstance(task, dict):
-        bad("task", f"must be an object, got {_got(task)}")
+        bad("task", f"must be an object, got {got_text(task)}")
     else:
         description = task.get("description")
         if description is None:
             description = ""
         elif not isinstance(description, str):
-            bad("task.description", f"must be a string, got {_got(description)}")
+            bad("task.description", f"must be a string, got {got_text(description)}")
         language = task.get("language")
         if language is not None and not isinstance(language, str):
-            bad("task.language", f"must be a string such as \"en\" or \"zh\", got {_got(language)}")
+            bad("task.language", f"must be a string such as \"en\" or \"zh\", got {got_text(language)}")
         colls = task.get("task_behavior_collections", _MISSING)
         if colls is _MISSING:
             bad(_COLLECTIONS, "missing")
             colls = None
         elif not isinstance(colls, list):
-            bad(_COLLECTIONS, f"must be a list of collections, got {_got(colls)}")
+            bad(_COLLECTIONS, f"must be a list of collections, got {got_text(colls)}")
             colls = None
         elif not colls:
             bad(_COLLECTIONS, "empty: a record needs at least one collection")
@@ -140,19 +140,19 @@ def _build(raw, index: int, path, dropped: list | None = None, targets: bool = F
     position = 0
     for ci, coll in enumerate(colls or ()):
         if not isinstance(coll, dict):
-            bad(f"{_COLLECTIONS}[{ci}]", f"a collection must be an object, got {_got(coll)}")
+            bad(f"{_COLLECTIONS}[{ci}]", f"a collection must be an object, got {got_text(coll)}")
             continue
         ctype = coll.get("type")
         if ctype is None:
             ctype = ""
         elif not isinstance(ctype, str):
-            bad(f"{_COLLECTIONS}[{ci}].type", f"must be a string, got {_got(ctype)}")
+            bad(f"{_COLLECTIONS}[{ci}].type", f"must be a string, got {got_text(ctype)}")
         data = coll.get("data", _MISSING)
         if data is _MISSING:
             bad(f"{_COLLECTIONS}[{ci}].data", "missing")
             continue
         if not isinstance(data, list):
-            bad(f"{_COLLECTIONS}[{ci}].data", f"must be a list of items, got {_got(data)}")
+            bad(f"{_COLLECTIONS}[{ci}].data", f"must be a list of items, got {got_text(data)}")
             continue
         if not data:
             bad(f"{_COLLECTIONS}[{ci}].data", "empty collection: a collection needs at least one item")
@@ -163,7 +163,7 @@ def _build(raw, index: int, path, dropped: list | None = None, targets: bool = F
             item = _build_item(it, ctype, position, ci, di, bad_item, targets)
             if item is not None and scale and is_rating(ctype) and item.continuation and _off_scale(item.continuation, scale):
                 bad_item(f"{_COLLECTIONS}[{ci}].data[{di}].continuation",
-                         f"{_shown(item.continuation)} is not on the rating scale "
+                         f"{shown_value(item.continuation)} is not on the rating scale "
                          f"(task.rating_scale: {min(scale):g} .. {max(scale):g})")
             if found:
                 item_problems.append(found)
@@ -176,7 +176,7 @@ def _build(raw, index: int, path, dropped: list | None = None, targets: bool = F
         if problems:
             return None, problems
         return Record(index, uid, profile, description, language, items, role, choice_sets), []
-    dropped.extend(_merge_problems(found) for found in item_problems)
+    dropped.extend(merge_problems(found) for found in item_problems)
     return Record(index, uid, profile, description, language, items, role, choice_sets), []
 
 
@@ -193,10 +193,10 @@ def _role(value, bad) -> str:
         return "user"
     choices = ", ".join(ROLES)
     if not isinstance(value, str):
-        bad("task.role", f"must be a string, one of {choices}; got {_got(value)}")
+        bad("task.role", f"must be a string, one of {choices}; got {got_text(value)}")
         return "user"
     if value not in ROLES:
-        bad("task.role", f"unknown role {_shown(value)}; choose one of {choices}")
+        bad("task.role", f"unknown role {shown_value(value)}; choose one of {choices}")
         return "user"
     return value
 
@@ -207,10 +207,10 @@ def _choice_list(value, fld: str, bad):
         return None
     if (not isinstance(value, list) or len(value) < 2
             or any(not isinstance(x, str) or not x.strip() for x in value)):
-        bad(fld, f"must be a list of two or more non-empty strings such as [\"不同意\", \"同意\"], got {_got(value)}")
+        bad(fld, f"must be a list of two or more non-empty strings such as [\"不同意\", \"同意\"], got {got_text(value)}")
         return None
     if len({x.strip() for x in value}) < len(value):
-        bad(fld, f"lists an answer twice: {_shown(value)}")
+        bad(fld, f"lists an answer twice: {shown_value(value)}")
         return None
     return [x.strip() for x in value]
 
@@ -221,7 +221,7 @@ def _rating_scale(value, bad):
         return None
     if (not isinstance(value, list) or not value
             or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value)):
-        bad("task.rating_scale", f"must be a list of numbers such as [1, 2, 3, 4, 5], got {_got(value)}")
+        bad("task.rating_scale", f"must be a list of numbers such as [1, 2, 3, 4, 5], got {got_text(value)}")
         return None
     return {float(x) for x in value}
 
@@ -237,7 +237,7 @@ def _build_item(it, ctype, position, ci, di, bad, targets: bool = False):
     """The Item of one raw item, or None after reporting its problems through `bad`. With `targets` a
     continuation may be missing or null (a target to predict): the Item's continuation is then ""."""
     if type(it) is not dict and not isinstance(it, dict):
-        bad(f"{_COLLECTIONS}[{ci}].data[{di}]", f"an item must be an object, got {_got(it)}")
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}]", f"an item must be an object, got {got_text(it)}")
         return None
     ok = True
     cont = it.get("continuation", _MISSING)
@@ -251,7 +251,7 @@ def _build_item(it, ctype, position, ci, di, bad, targets: bool = False):
             hint = ""
             if isinstance(cont, (int, float)) and not isinstance(cont, bool) and math.isfinite(cont):
                 hint = f" (write it in quotes: {json.dumps(str(cont))})"
-            bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", f"must be a string, got {_got(cont)}{hint}")
+            bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", f"must be a string, got {got_text(cont)}{hint}")
     elif not cont or cont.isspace():
         ok = False
         bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation", "empty continuation")
@@ -261,14 +261,14 @@ def _build_item(it, ctype, position, ci, di, bad, targets: bool = False):
         prefix = ""
     elif type(prefix) is not str:
         ok = False
-        bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation_prefix", f"must be a string, got {_got(prefix)}")
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}].continuation_prefix", f"must be a string, got {got_text(prefix)}")
 
     context = it.get("context")
     if context is None:
         context = []
     elif type(context) is not list:
         ok = False
-        bad(f"{_COLLECTIONS}[{ci}].data[{di}].context", f"must be a list of turns, got {_got(context)}")
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}].context", f"must be a list of turns, got {got_text(context)}")
     elif context and not _context_ok(context):
         ok = False
         _context_problems(context, f"{_COLLECTIONS}[{ci}].data[{di}].context", bad)
@@ -281,12 +281,12 @@ def _build_item(it, ctype, position, ci, di, bad, targets: bool = False):
             text = stamp if type(stamp) is str else str(stamp)
         except ValueError as err:
             ok = False
-            bad(f"{_COLLECTIONS}[{ci}].data[{di}].timestamp", f"cannot read {_shown(stamp)}: {err}")
+            bad(f"{_COLLECTIONS}[{ci}].data[{di}].timestamp", f"cannot read {shown_value(stamp)}: {err}")
         else:
-            if _future(seconds):
+            if in_future(seconds):
                 ok = False
                 bad(f"{_COLLECTIONS}[{ci}].data[{di}].timestamp",
-                    f"{_shown(stamp)} is in the future (after today, {_today()}); check the year, and that "
+                    f"{shown_value(stamp)} is in the future (after today, {today_iso()}); check the year, and that "
                     "unix times are seconds or milliseconds (not microseconds)")
 
     meta = it.get("metadata")
@@ -294,7 +294,7 @@ def _build_item(it, ctype, position, ci, di, bad, targets: bool = False):
         meta = {}
     elif type(meta) is not dict:
         ok = False
-        bad(f"{_COLLECTIONS}[{ci}].data[{di}].metadata", f"must be an object, got {_got(meta)}")
+        bad(f"{_COLLECTIONS}[{ci}].data[{di}].metadata", f"must be an object, got {got_text(meta)}")
     if not ITEM_KEYS.issuperset(it):
         extras = {k: v for k, v in it.items() if k not in ITEM_KEYS}
         if type(meta) is dict:
@@ -318,23 +318,23 @@ def _context_ok(context: list) -> bool:
 def _context_problems(context: list, base: str, bad) -> None:
     for ti, turn in enumerate(context):
         if not isinstance(turn, dict):
-            bad(f"{base}[{ti}]", f"a turn must be an object with \"content\" and \"role\" or \"source\", got {_got(turn)}")
+            bad(f"{base}[{ti}]", f"a turn must be an object with \"content\" and \"role\" or \"source\", got {got_text(turn)}")
             continue
         content = turn.get("content", _MISSING)
         if content is _MISSING:
             bad(f"{base}[{ti}].content", "missing")
         elif not isinstance(content, str):
-            bad(f"{base}[{ti}].content", f"must be a string, got {_got(content)}")
+            bad(f"{base}[{ti}].content", f"must be a string, got {got_text(content)}")
         role, source = turn.get("role"), turn.get("source")
         if not isinstance(role, str) and not isinstance(source, str):
             if role is None and source is None:
                 bad(f"{base}[{ti}]", "needs a \"role\" or \"source\" string (who said it)")
             else:
                 name = "role" if role is not None else "source"
-                bad(f"{base}[{ti}].{name}", f"must be a string, got {_got(turn.get(name))}")
+                bad(f"{base}[{ti}].{name}", f"must be a string, got {got_text(turn.get(name))}")
 
 
-def _merge_problems(problems: list) -> Problem:
+def merge_problems(problems: list) -> Problem:
     """One Problem standing for all problems of a skipped record."""
     first = problems[0]
     message = first.message

@@ -7,7 +7,7 @@ import math
 import re
 import time
 
-from usertwin.data.records.format import _kind
+from usertwin.data.records.format import json_kind
 
 FUTURE_SLACK = 2 * 86400  # timestamps up to this many seconds after now pass (clock and time zone skew)
 _UTC = _dt.timezone.utc
@@ -42,7 +42,7 @@ def parse_timestamp(value) -> float:
         return _dt.datetime(value.year, value.month, value.day, tzinfo=_UTC).timestamp()
     if isinstance(value, str):
         return _from_text(str(value))
-    raise ValueError(f"{_kind(value)} is not a timestamp ({_TS_HELP})")
+    raise ValueError(f"{json_kind(value)} is not a timestamp ({_TS_HELP})")
 
 
 def _from_number(x: float, original) -> float:
@@ -82,10 +82,10 @@ def _from_text(text: str) -> float:
     return (moment - _EPOCH).total_seconds()
 
 
-def _future(seconds: float) -> bool:
+def in_future(seconds: float) -> bool:
     """Whether unix `seconds` lies after now (plus a little slack for clocks and time zones)."""
     return seconds > 1.6e9 and seconds > time.time() + FUTURE_SLACK
 
 
-def _today() -> str:
+def today_iso() -> str:
     return _dt.datetime.now(_UTC).date().isoformat()

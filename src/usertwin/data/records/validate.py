@@ -8,8 +8,8 @@ from pathlib import Path
 
 from usertwin.atomic import atomic_open
 from usertwin.data.records.format import MAX_LISTED
-from usertwin.data.records.jsontext import _decode, _too_deep
-from usertwin.data.records.load import _check_on_error, _check_path, load
+from usertwin.data.records.jsontext import decode_utf8, too_deep
+from usertwin.data.records.load import check_on_error, check_path, load
 from usertwin.data.records.repair import repair_text
 from usertwin.errors import UsertwinError
 
@@ -66,11 +66,11 @@ def _same_file(a: Path, b: Path) -> bool:
 def validate_file(path, repair_out=None, on_error: str = "stop", targets: bool = False) -> ValidationReport:
     """Check a records file; with `repair_out`, first write a repaired copy there and check that copy.
     `targets`: a test file, whose items may have no continuation (see records.load)."""
-    _check_on_error(on_error)
+    check_on_error(on_error)
     repairs: list = []
     target = path
     if repair_out is not None:
-        p = _check_path(path)
+        p = check_path(path)
         out = Path(repair_out)
         if _same_file(p, out):
             raise UsertwinError(
@@ -78,13 +78,13 @@ def validate_file(path, repair_out=None, on_error: str = "stop", targets: bool =
             )
         if out.is_dir():
             raise UsertwinError(f"{repair_out}: is a directory; give a file name for the repaired copy")
-        text = _decode(path, p.read_bytes())
+        text = decode_utf8(path, p.read_bytes())
         try:
             fixed, repairs = repair_text(text)
         except UsertwinError as err:
             raise UsertwinError(f"{path}: {err}") from None
         except RecursionError:
-            raise UsertwinError(_too_deep(path)) from None
+            raise UsertwinError(too_deep(path)) from None
         with atomic_open(out) as f:
             f.write(fixed)
         target = repair_out
