@@ -5,6 +5,7 @@ shows one spelling of each flag (underscores) and still takes the dashed one."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import re
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from usertwin import config
-from usertwin.cli import Parser, build_parser, main
+from usertwin.cli import COMMANDS, Parser, build_parser, main
 from usertwin.config import (
     SECTIONS,
+    UNREAD_FLAGS,
     Config,
     GenerateSettings,
     add_config_flags,
@@ -25,6 +27,7 @@ from usertwin.config import (
     from_mapping,
     generate_settings,
     load_yaml,
+    read_keys,
     resolve,
     setting,
 )
@@ -92,8 +95,8 @@ def test_a_setting_added_in_one_place_is_a_flag_a_yaml_key_and_part_of_the_cache
     monkeypatch.setattr(config, "Config", _Extended)
     cfg = resolve(_parse("--seed_knob", "9", "--switch"))
     assert isinstance(cfg, _Extended) and (cfg.knob, cfg.switch) == (9, True)
-    assert build_parser().parse_args(["train", "--knob", "4", "--no_switch"]).cfg__knob == 4  # every command
-    help_text = build_parser()._subparsers._group_actions[0].choices["prepare"].format_help()
+    assert build_parser().parse_args(["train", "--knob", "4", "--no_switch"]).cfg__knob == 4  # train reads all
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "a test setting that shapes the data (default 7)" in " ".join(help_text.split())
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("knob: 3\nno_switch: false\n")
@@ -329,8 +332,11 @@ def test_every_flag_of_every_command_has_a_help_line_and_shows_its_choices():
 def test_help_groups_the_settings_by_section_like_docs_flags_md():
     for name in ("train", "prepare", "inspect", "predict", "baselines"):
         text = _commands()[name].format_help()
-        titles = [*SECTIONS] + (["generate"] if name == "predict" else [])
-        assert [t for t in re.findall(r"^(\w+):$", text, re.M) if t in titles] == titles, name
+        reads = read_keys(_module(name).READS)
+        titles = [s for s, cls in SECTIONS.items() if reads & {f.name for f in fields(cls)}]
+        assert titles == ([*SECTIONS] if name == "train" else titles) and "split" in titles, name
+        titles += ["generate"] if name == "predict" else []
+        assert [t for t in re.findall(r"^(\w+):$", text, re.M) if t in [*SECTIONS, "generate"]] == titles, name
 
 
 def _value(action) -> list:
@@ -371,7 +377,7 @@ def test_dashed_and_underscore_spellings_parse_alike_and_help_shows_underscores_
         text = parser.format_help()
         assert not re.findall(r"--[a-z0-9]+(?:_[a-z0-9]+)*-[a-z]", text), name
         assert "--no_progress" in text
-    args, rest = build_parser().parse_known_args(["prepare", "--max-length=7", "--no-packing", "--", "--no-such"])
+    args, rest = build_parser().parse_known_args(["train", "--max-length=7", "--no-packing", "--", "--no-such"])
     assert (args.cfg__max_length, args.cfg__packing, rest[-1]) == (7, False, "--no-such")  # after --: as given
 
 
@@ -381,3 +387,140 @@ def test_bad_inputs_from_the_command_line_stop_the_command(capsys):
                           (["train", "--lr", "0"], "key 'learning_rate' must be greater than 0, got 0.0")):
         assert main(argv) == 2
         assert capsys.readouterr().err == f"usertwin {argv[0]}: error: command line: {message}\n"
+
+
+# ---------------------------------------------------------------- each command takes the settings it reads
+
+
+def _module(name: str):
+    return next(c for c in COMMANDS if c.NAME == name)
+
+
+def _readers() -> list:
+    return [c for c in COMMANDS if hasattr(c, "READS")]
+
+
+def test_the_commands_that_take_settings_declare_what_they_read():
+    assert [c.NAME for c in _readers()] == ["prepare", "inspect", "train", "predict", "baselines"]
+    every = {f.name for f in fields(Config)}
+    assert read_keys(_module("train").READS) == every
+    assert read_keys(_module("inspect").READS) == read_keys(_module("prepare").READS)
+    assert read_keys(_module("baselines").READS) == {"data", "on_error", "split_mode", "train_ratio", "val_ratio",
+                                                     "test_ratio", "seed"}
+    model, train = ({f.name for f in fields(SECTIONS[s])} for s in ("model", "train"))
+    assert read_keys(_module("prepare").READS) & (model | train) == {"trust_remote_code"}
+    assert read_keys(_module("predict").READS) & (model | train) == {"dtype", "trust_remote_code"}
+    assert "output_dir" not in read_keys(_module("predict").READS)  # it writes to -o
+    with pytest.raises(ValueError, match="not in section 'data'"):
+        read_keys({"data": ("lora_r",)})
+
+
+def test_every_command_takes_every_setting_it_reads_as_a_flag_and_no_other():
+    """A property of the declarations: each key a command reads is a shown flag of it (every name of the key,
+    but one another group owns) that parses into the settings; each key it does not read is no shown flag, and
+    parses only into the refused list."""
+    top = build_parser()
+    leave = config.generate_flag_names()
+    for module in _readers():
+        parser, reads = _commands()[module.NAME], read_keys(module.READS)
+        base = [module.NAME, *_required(parser)]
+        shown = {a.dest[len("cfg__"):]: a for a in parser._actions if a.dest.startswith("cfg__") and _shown(a)}
+        assert set(shown) == reads, module.NAME
+        text = parser.format_help()
+        for f in fields(Config):
+            names = [f"--{n}" for n in (f.name, *f.metadata["aliases"])]
+            names = [n for n in names if module.NAME != "predict" or n not in leave]
+            for flag in names:
+                action = parser._option_string_actions[flag]
+                args = top.parse_args([*base, flag, *_value(action)])
+                if f.name in reads:
+                    assert f"cfg__{f.name}" in vars(args) and not hasattr(args, UNREAD_FLAGS), (module.NAME, flag)
+                    assert flag in action.option_strings and re.search(rf"{flag}\b", text), (module.NAME, flag)
+                else:
+                    assert getattr(args, UNREAD_FLAGS) == [(flag, f.name)], (module.NAME, flag)
+                    assert not any(k.startswith("cfg__") for k in vars(args)), (module.NAME, flag)
+                    assert action.help == argparse.SUPPRESS, (module.NAME, flag)
+                    assert not re.search(rf"\[{flag}\b", text), (module.NAME, flag)  # not in the usage line
+
+
+TRAINING = ("a training setting (section train): {command} {why} and does not read it; set it for usertwin train")
+
+
+@pytest.mark.parametrize("command,flags,message", [
+    ("predict", ["--run", "R", "--learning_rate", "0.1", "--save_total_limit", "5"],
+     "--learning_rate is " + TRAINING + " (nor does predict read --save_total_limit)"),
+    ("predict", ["--lr", "0.1"], "--lr (learning_rate) is " + TRAINING),
+    ("predict", ["--no_lora"], "--no_lora (lora) is a model setting (section model): predict {why} and does not "
+                               "read it; set it for usertwin train"),
+    ("predict", ["--output_dir", "o"], "--output_dir is an output setting (section output): predict writes to -o "
+                                       "(default RUN/predictions-SPLIT.jsonl) and does not read it; set it for "
+                                       "usertwin prepare, inspect or train"),
+    ("baselines", ["--max_epochs", "3"], "--max_epochs is " + TRAINING),
+    ("baselines", ["--max-length", "64"], "--max_length is a data setting (section data): baselines {why} and does "
+                                          "not read it; set it for usertwin prepare, inspect, train or predict"),
+    ("inspect", ["--packing", "off"], "--packing is " + TRAINING),
+    ("prepare", ["--warmup_steps", "5"], "--warmup_steps is " + TRAINING),
+])
+def test_a_setting_a_command_does_not_read_is_refused_as_a_flag_with_the_reason(command, flags, message, capsys):
+    why = _module(command).UNREAD
+    message = message.format(command=command, why=why[config.ALL] if isinstance(why, dict) else why)
+    assert main([command, *flags]) == 2
+    assert capsys.readouterr().err == f"usertwin {command}: error: {message}\n"
+    assert "--learning_rate" not in _commands()[command].format_help()
+
+
+def test_a_config_file_may_hold_any_setting_for_any_command(tmp_path, tokenizer_dir, capsys):
+    """One config file serves every command: keys a command does not read are not refused in it."""
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 0.1\nsave_total_limit: 5\nlora_r: 8\nmax_length: 256\ntest_ratio: 0.2\n")
+    for module in _readers():
+        args = build_parser().parse_args([module.NAME, "--config", str(path), *_required(_commands()[module.NAME])])
+        cfg = resolve(args)
+        assert (cfg.learning_rate, cfg.save_total_limit, cfg.lora_r, cfg.test_ratio) == (0.1, 5, 8, 0.2), module.NAME
+    data = tmp_path / "r.jsonl"
+    items = [{"continuation_prefix": f"Movie {i}: ", "continuation": "4.0", "timestamp": 1_000_000 + i}
+             for i in range(6)]
+    data.write_text(json.dumps({"user_hash": "u0", "task": {"task_behavior_collections": [
+        {"type": "movie_rating", "data": items}]}}) + "\n")
+    assert main(["prepare", "--config", str(path), "--data", str(data), "--model", str(tokenizer_dir),
+                 "--cache_dir", str(tmp_path / "cache"), "--no-progress"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- prompt styles: config never imports text/
+
+
+def test_config_does_not_import_text_and_takes_the_style_names_from_the_registry():
+    import subprocess
+    import sys
+
+    code = ("import sys, usertwin.config as c; assert not [m for m in sys.modules if m.startswith('usertwin.text')]; "
+            "assert c.choices_of(c.Config.__dataclass_fields__['prompt_style']) == (); "
+            "import usertwin.text.styles as s; "
+            "assert c.choices_of(c.Config.__dataclass_fields__['prompt_style']) == s.style_names() != ()")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    tree = ast.parse((ROOT / "src" / "usertwin" / "config.py").read_text(encoding="utf-8"))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("usertwin.text")], imported
+
+
+def test_a_bad_prompt_style_stops_train_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import usertwin.train.trainer
+
+    def never(*args, **kwargs):
+        raise AssertionError("train started")
+
+    monkeypatch.setattr(usertwin.train.trainer, "train", never)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--prompt_style", "nope", "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--prompt_style: invalid choice: 'nope'" in err
+    assert "'simple', 'detailed', 'lovink'" in err and "--prompt_style {simple,detailed,lovink}" in \
+        " ".join(_commands()["train"].format_help().split())
+    path = tmp_path / "c.yaml"
+    path.write_text("data: r.jsonl\nprompt_style: nope\n")
+    assert main(["train", "--config", str(path), "--output_dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (f"usertwin train: error: {path}:2: key 'prompt_style' must be one of simple, "
+                                       "detailed, lovink, got 'nope'\n")
+    assert not (tmp_path / "run").exists()

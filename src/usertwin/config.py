@@ -97,12 +97,22 @@ def choices_of(f) -> tuple:
     return tuple(choices()) if callable(choices) else choices
 
 
-def _prompt_styles() -> tuple:
-    # prompt styles register themselves in text/styles.py (a new style is one class there): ask it at use
-    # time, since a style registered after this module loaded is as valid as the shipped ones
-    from usertwin.text.styles import style_names
+# Where the prompt styles' names come from: usertwin.text.styles hands its registry over when it is imported (a
+# new style is one class there). This module is the lower layer and never imports text/: usertwin.cli imports
+# the styles before it builds a parser, and text/render.py's `check` refuses an unknown style however a Config
+# was made.
+_style_names: typing.Callable[[], tuple] | None = None
 
-    return style_names()
+
+def set_prompt_styles(names: typing.Callable[[], tuple]) -> None:
+    """The registry of prompt styles (text/styles.py): `names()` is asked at use time, since a style registered
+    after this module loaded is as valid as the shipped ones."""
+    global _style_names
+    _style_names = names
+
+
+def _prompt_styles() -> tuple:
+    return tuple(_style_names()) if _style_names is not None else ()
 
 
 @dataclass
@@ -570,21 +580,99 @@ def check_split_ratios(cfg: SplitSettings, where: str = "config") -> None:
                             f"{cfg.train_ratio} + {cfg.val_ratio} + {cfg.test_ratio} = {total:g}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, leave: frozenset = frozenset()) -> None:
-    """One flag per Config key (plus the research scripts' names for it), in one group per section; only flags actually
-    given are applied. `leave`: flag names another group of the command owns (predict's --seed is the sampling
-    seed; the config key stays settable as --random_seed and in the YAML file)."""
+ALL = "*"  # a command's READS: every setting; a section's entry: every key of it
+UNREAD_FLAGS = "unread_flags"  # where parsing lists the settings given as flags that the command does not read
+SECTION_NOUNS = {"train": "training"}  # "a training setting"; the other sections: their name
+
+
+def read_keys(reads) -> frozenset:
+    """The keys a command reads, from its READS: ALL, or {section name: ALL or (key, ...)}."""
+    if reads == ALL:
+        return frozenset(f.name for f in fields(Config))
+    keys = set()
+    for name, which in reads.items():
+        if name not in SECTIONS:
+            raise ValueError(f"READS names section {name!r}; the sections are {', '.join(SECTIONS)}")
+        section = [f.name for f in fields(SECTIONS[name])]
+        if which != ALL and set(which) - set(section):
+            raise ValueError(f"READS: {', '.join(sorted(set(which) - set(section)))} not in section {name!r}")
+        keys.update(section if which == ALL else which)
+    return frozenset(keys)
+
+
+def section_of(key: str) -> str:
+    return next((name for name, cls in SECTIONS.items() if key in cls.__dataclass_fields__), "other")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, leave: frozenset = frozenset(), reads=ALL) -> None:
+    """One flag per Config key the command reads (`reads`: its READS, see read_keys), plus the research scripts'
+    names for it, in one group per section; only flags actually given are applied. A setting it does not read is
+    no flag of its --help: given as one, it is parsed (any value) into UNREAD_FLAGS, and the command refuses it with
+    the reason (usertwin.cli); a --config file may still hold it, since one file serves every command.
+    `leave`: flag names another group of the command owns (predict's --seed is the sampling seed; the config
+    key stays settable as --random_seed and in the YAML file)."""
+    keys = read_keys(reads)
+    every = "" if reads == ALL else (" Only the settings this command reads are flags here; a --config file may "
+                                      "hold any key.")
     group = parser.add_argument_group("config", "Every flag below is also a key of the YAML config. Precedence: "
                                                 "defaults < --config file < flags given here. A bool flag takes "
-                                                "on|off (alone: on); --no_KEY turns it off.")
+                                                "on|off (alone: on); --no_KEY turns it off." + every)
     group.add_argument("--config", metavar="FILE.yaml", help="YAML config file; flags given here override its keys")
-    sections = {f.name: name for name, cls in SECTIONS.items() for f in fields(cls)}
     groups = {}
     for f in fields(Config):
-        name = sections.get(f.name, "other")
+        if f.name not in keys:
+            _add_unread_flag(parser, f, leave)
+            continue
+        name = section_of(f.name)
         if name not in groups:
             groups[name] = parser.add_argument_group(name, SECTIONS[name].__doc__ if name in SECTIONS else None)
         _add_flag(groups[name], f, Config, "cfg__", leave)
+
+
+class _Unread(argparse.Action):
+    """A setting the command does not read, given as a flag: noted (flag, key) in UNREAD_FLAGS, whatever its value."""
+
+    def __init__(self, option_strings, dest, key: str, **kwargs):
+        self.key = key
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), (option_string, self.key)])
+
+
+def _add_unread_flag(parser, f: dataclasses.Field, leave: frozenset) -> None:
+    """Every name of a setting the command does not read (hidden): a value, if one follows, goes with it."""
+    names = [n for n in (f"--{name}" for name in (f.name, *f.metadata["aliases"])) if n not in leave]
+    if names:
+        parser.add_argument(*names, dest=UNREAD_FLAGS, action=_Unread, key=f.name, nargs="?")
+    switches = [f"--no_{f.name}"] if _types(Config)[f.name][0] is bool else []
+    switches += [f"--{neg}" for neg in f.metadata["negations"]]
+    for switch in dict.fromkeys(s for s in switches if s not in leave):
+        parser.add_argument(switch, dest=UNREAD_FLAGS, action=_Unread, key=f.name, nargs=0)
+
+
+def unread_error(command: str, unread: list, why, readers: list[str]) -> str:
+    """The line that refuses a setting given as a flag to a command that does not read it: which setting it is,
+    why `command` does not read it (`why`: a clause, or {key or section or ALL: clause}) and which commands
+    do (`readers`)."""
+    flag, key = unread[0]
+    section = section_of(key)
+    named = flag if flag == f"--{key}" else f"{flag} ({key})"
+    if isinstance(why, dict):
+        why = why.get(key) or why.get(section) or why[ALL]
+    noun = SECTION_NOUNS.get(section, section)
+    line = (f"{named} is {'an' if noun[0] in 'aeiou' else 'a'} {noun} setting (section {section}): {command} {why} "
+            "and does not read it")
+    if readers:
+        line += f"; set it for usertwin {_either(readers)}"
+    rest = list(dict.fromkeys(f for f, _ in unread[1:] if f != flag))
+    if rest:
+        line += f" (nor does {command} read {', '.join(rest)})"
+    return line
+
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def generate_flag_names() -> frozenset:
@@ -710,6 +798,8 @@ def _given(args: argparse.Namespace, prefix: str) -> dict:
 def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
     """Defaults (or `base`, e.g. a run's saved config), then the YAML file (or a seed JSON config), then the flags
     given. What a seed config's keys became, and values given by the seeds' names, are said on stderr."""
+    if getattr(args, UNREAD_FLAGS, None):  # (the command line refuses them with the reason before the command runs)
+        raise UsertwinError(f"{getattr(args, UNREAD_FLAGS)[0][0]}: this command does not read that setting")
     cfg = base if base is not None else Config()
     given, seed, layers = _given(args, "cfg__"), None, []
     if getattr(args, "config", None):

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+# the prompt styles first: importing them hands their names to usertwin.config (the prompt_style setting's
+# choices, shown in --help and checked in flags and YAML files), which never imports text/ itself
+import usertwin.text.styles  # noqa: F401
 from usertwin.cli import (
     baselines,
     convert,
@@ -59,12 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def readers(key: str) -> list[str]:
+    """The commands that read the setting `key` (their READS), in the pipeline's order."""
+    from usertwin.config import read_keys
+
+    return [c.NAME for c in COMMANDS if hasattr(c, "READS") and key in read_keys(c.READS)]
+
+
+def refuse_unread(args: argparse.Namespace) -> None:
+    """A setting given as a flag to a command that does not read it stops the command, saying why and which
+    commands read it (a --config file may hold it: one file serves every command)."""
+    from usertwin.config import UNREAD_FLAGS, unread_error
+
+    unread = getattr(args, UNREAD_FLAGS, None)
+    if unread:
+        command = next(c for c in COMMANDS if c.NAME == args.command)
+        raise UsertwinError(unread_error(command.NAME, unread, command.UNREAD, readers(unread[0][1])))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         from usertwin.config import check_flags
 
+        refuse_unread(args)
         check_flags(args)
         return args.handler(args)
     except UsertwinError as e:

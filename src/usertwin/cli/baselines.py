@@ -6,11 +6,17 @@ NAME = "baselines"
 HELP = ("global / user / item mean, LensKit damped bias, biased MF (ALS) and item kNN, copy-last on the same "
         "split")
 
+# The settings baselines reads (usertwin.config's sections: "*" for every key of one, else the keys): the records
+# and their split (eval/baselines.py load_split), whose seed also seeds the LensKit models. Any other setting
+# given as a flag is refused, saying UNREAD; a --config file (or the run's config.yaml) may hold it.
+READS = {"data": ("data", "on_error"), "split": "*"}
+UNREAD = "fits its baselines on the records' split alone (no language model, no prompts)"
+
 
 def add_arguments(p) -> None:
     from usertwin.config import add_config_flags
 
-    add_config_flags(p)
+    add_config_flags(p, reads=READS)
     p.add_argument("--run", help="use this run directory's config (and write RUN/baselines.json)")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="the split to score")
     p.add_argument("-o", "--output", help="baselines JSON file")

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from usertwin.cli import prepare
+
 NAME = "inspect"
 HELP = "show examples exactly as training sees them; counts; --dump"
+
+# inspect builds what prepare builds (sequences/prepare.py) and renders it: the settings prepare reads
+READS = prepare.READS
+UNREAD = "shows the data as prepare builds it (loading only the model's tokenizer)"
 
 
 def add_arguments(p) -> None:
     from usertwin.config import add_config_flags
 
-    add_config_flags(p)
+    add_config_flags(p, reads=READS)
     p.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all)")
     p.add_argument("-n", type=int, default=3, help="examples to print (default 3)")
     p.add_argument("--dump", metavar="FILE.jsonl", help="write one JSON line per target")

@@ -6,11 +6,22 @@ from __future__ import annotations
 NAME = "predict"
 HELP = "generate and score every target of a split (resumable)"
 
+# The settings predict reads (usertwin.config's sections: "*" for every key of one, else the keys), as its code
+# path reads them: the data as the twin's training prepared it (Twin.prepare, sequences/prepare.py) and rendered
+# (text/), the split, and how the weights load (twin/engine.py: dtype, remote code; attention is always sdpa).
+# Any other setting given as a flag is refused, saying UNREAD (by key, else section, else "*"); a --config file
+# (or the run's config.yaml) may hold it.
+READS = {"data": "*", "split": "*", "sampling": "*", "render": "*", "model": ("dtype", "trust_remote_code"),
+         "output": ("cache_dir",)}
+UNREAD = {"*": "uses the weights as they are (a trained run's, or --model's)",
+          "attention": "scores with sdpa attention (its block masks need it)",
+          "output_dir": "writes to -o (default RUN/predictions-SPLIT.jsonl)"}
+
 
 def add_arguments(p) -> None:
     from usertwin.config import add_config_flags, add_generate_flags, generate_flag_names
 
-    add_config_flags(p, leave=generate_flag_names())
+    add_config_flags(p, leave=generate_flag_names(), reads=READS)
     p.add_argument("--run", help="a train run directory: its config and best weights")
     p.add_argument("--split", choices=("train", "val", "test"), help="the split to predict (default test)")
     p.add_argument("-o", "--output", help="predictions file (default RUN/predictions-SPLIT.jsonl); with --scenario "

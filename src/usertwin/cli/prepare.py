@@ -5,11 +5,18 @@ from __future__ import annotations
 NAME = "prepare"
 HELP = "records -> splits + samples/windows (cached), with counts"
 
+# The settings prepare reads (usertwin.config's sections: "*" for every key of one, else the keys), as the code
+# path reads them: the records, split, sampling and rendering (sequences/prepare.py, data/, text/), the
+# tokenizer's loading and where it writes and caches. Any other setting given as a flag is refused, saying
+# UNREAD; a --config file may hold it.
+READS = {"data": "*", "split": "*", "sampling": "*", "render": "*", "model": ("trust_remote_code",), "output": "*"}
+UNREAD = "builds the data (loading only the model's tokenizer)"
+
 
 def add_arguments(p) -> None:
     from usertwin.config import add_config_flags, add_print_config_flag
 
-    add_config_flags(p)
+    add_config_flags(p, reads=READS)
     add_print_config_flag(p)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 NAME = "train"
 HELP = "fine-tune a model into user twins (LoRA or full); resumable"
 
+READS = "*"  # every setting of usertwin.config
+
 
 def add_arguments(p) -> None:
     from usertwin.config import add_config_flags, add_print_config_flag
 
-    add_config_flags(p)
+    add_config_flags(p, reads=READS)
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     p.add_argument("--batch_size", dest="batch_size_rows", type=int, metavar="N",

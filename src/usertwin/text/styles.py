@@ -2,8 +2,9 @@
 
 A style is a PromptStyle subclass registered by name (`@register_style`); the Renderer decides which parts
 appear and asks the style how to write them. A new style is one class here: the `prompt_style` setting's
-choices ask this registry. This module builds on nothing but the standard library and the error type, so the
-settings can ask it without importing the renderer.
+choices ask this registry, which this module hands to usertwin.config when it is imported (config, the lower
+layer, never imports text/). This module builds on nothing but the standard library, the error type and the
+settings module.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 
+from usertwin.config import set_prompt_styles
 from usertwin.errors import UsertwinError
 
 STYLES: dict[str, PromptStyle] = {}  # name -> style, filled by @register_style below
@@ -151,6 +153,9 @@ def _fmt_value(v) -> str:
 def style_names() -> tuple[str, ...]:
     """The registered prompt styles: the choices of the `prompt_style` setting."""
     return tuple(STYLES)
+
+
+set_prompt_styles(style_names)  # the prompt_style setting's choices: asked at use time, so a later style counts
 
 
 def register_style(cls):
