@@ -196,9 +196,11 @@ def test_sample_seed_without_a_draw_says_so(ml5, tokenizer, tmp_path):
 ])
 def test_a_setting_that_would_be_ignored_stops_prepare_naming_it(ml5, tokenizer_dir, tmp_path, capsys, flags,
                                                                  message):
-    args = ["prepare", "--data", str(ml5), "--model", str(tokenizer_dir), "--cache_dir", str(tmp_path), "--no-progress"]
+    """Before any training: train prepares first (prepare itself takes no training flags)."""
+    args = ["train", "--data", str(ml5), "--model", str(tokenizer_dir), "--cache_dir", str(tmp_path),
+            "--output_dir", str(tmp_path / "run"), "--no-progress"]
     assert main(args + flags) == 2
-    assert capsys.readouterr().err.strip() == f"usertwin prepare: error: {message}"
+    assert capsys.readouterr().err.strip() == f"usertwin train: error: {message}"
 
 
 def test_settle_is_idempotent_and_knows_dialogue():

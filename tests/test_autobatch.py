@@ -71,8 +71,8 @@ def test_step_tokens_sets_the_accumulation_on_a_cpu(tmp_path, tiny_model_dir, ca
 
 def test_step_tokens_needs_batch_tokens_auto(tmp_path, capsys):
     data = write_rating_users(tmp_path / "r.jsonl", (8,), lambda u, i: f"Movie {i}: ", lambda u, i: 3)
-    assert main(["prepare", "--data", str(data), "--batch_tokens", "512", "--step_tokens", "1024",
-                 "--no-progress"]) == 2
+    assert main(["train", "--data", str(data), "--batch_tokens", "512", "--step_tokens", "1024",
+                 "--output_dir", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "--step_tokens 1024 would be ignored: it needs --batch_tokens auto" in capsys.readouterr().err
 
 
