@@ -1,5 +1,6 @@
-"""The shape of the source tree: no import cycles, run-directory names in one module, the README's module
-table naming modules that exist."""
+"""The shape of the source tree: its layers (a lower one never imports a higher one), no import cycles, nothing
+outside twin/ reaching into the Engine, no private name crossing a module, run-directory names in one module,
+the README's module table and Layout section matching the tree."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def _cycle(graph: dict) -> list | None:
 
 def test_no_import_cycles():
     graph = _graph()
-    assert "usertwin.text.render" in graph["usertwin.data.prepare"]  # the graph sees real arrows
+    assert "usertwin.text.render" in graph["usertwin.sequences.prepare"]  # the graph sees real arrows
     assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
 
 
@@ -102,7 +103,142 @@ def test_only_rundir_spells_run_directory_file_names():
 def test_readme_module_table_names_modules_that_exist():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     table = text[text.index("| stage | command | module"):text.index("### Layout")]
-    named = re.findall(r"`((?:data|text|train|eval|serve)/[\w/]*\.?\w*|\w+\.py)`", table)
+    named = re.findall(r"`((?:data|text|sequences|model|train|twin|eval|serve)/[\w/]*\.?\w*|\w+\.py)`", table)
     assert len(named) >= 10
     for rel in named:
         assert (SRC / "usertwin" / rel).exists(), f"README names src/usertwin/{rel}, which does not exist"
+
+
+# ---------------------------------------------------------------- layers
+
+# lowest first: a module may import its own layer and those below it
+LAYERS = [
+    ("ground", ["version", "errors", "atomic", "quiet", "hub", "lock", "seedconfig"]),
+    ("config", ["config"]),
+    ("run files", ["rundir", "appended"]),
+    ("data", ["data"]),
+    ("text", ["text"]),
+    ("sequences", ["sequences"]),
+    ("model", ["model"]),
+    ("train", ["train"]),
+    ("twin", ["twin"]),
+    ("uses of a twin", ["eval", "simulate", "export"]),
+    ("serve", ["serve"]),
+    ("cli", ["cli"]),
+    ("package", [""]),
+]
+
+
+def _layer(module: str) -> int:
+    """The layer of a module: that of the longest name of LAYERS it is or lies under."""
+    best = None
+    for i, (_, names) in enumerate(LAYERS):
+        for n in names:
+            full = "usertwin" + (f".{n}" if n else "")
+            if (module == full or module.startswith(full + ".")) and (best is None or len(full) > best[1]):
+                best = (i, len(full))
+    assert best is not None, f"{module} is on no layer of tests/test_layout.py: add it"
+    return best[0]
+
+
+def _arrows_up(graph: dict) -> list[str]:
+    return [f"{a} -> {b}" for a in sorted(graph) for b in sorted(graph[a]) if _layer(b) > _layer(a)]
+
+
+def test_every_module_is_on_a_layer_and_none_imports_a_higher_one():
+    assert _arrows_up(_graph()) == []
+
+
+def test_the_layer_check_sees_an_arrow_up():
+    assert _arrows_up({"usertwin.data.timeline": {"usertwin.twin.api"}}) == [
+        "usertwin.data.timeline -> usertwin.twin.api"]
+
+
+def _imports_of(package: str) -> set[str]:
+    graph = _graph()
+    return {b for a, bs in graph.items() if a == package or a.startswith(package + ".") for b in bs}
+
+
+def _outside(imports: set, allowed: tuple) -> set:
+    return {m for m in imports if not any(m == a or m.startswith(a + ".") for a in allowed)}
+
+
+def test_data_imports_no_text_tokenizer_model_or_twin():
+    assert _outside(_imports_of("usertwin.data"), (
+        "usertwin.data", "usertwin.config", "usertwin.rundir", "usertwin.errors", "usertwin.atomic",
+        "usertwin.quiet", "usertwin.hub", "usertwin.lock", "usertwin.version", "usertwin.seedconfig")) == set()
+
+
+def test_model_imports_only_config_hub_errors_quiet():
+    assert _outside(_imports_of("usertwin.model"), (
+        "usertwin.model", "usertwin.config", "usertwin.hub", "usertwin.errors", "usertwin.quiet")) == set()
+
+
+def test_training_never_imports_a_twin_or_its_evaluation():
+    assert {m for m in _imports_of("usertwin.train") if m.startswith(("usertwin.twin", "usertwin.eval"))} == set()
+
+
+def test_only_twin_reaches_into_the_engine():
+    """Outside twin/, a twin is used through Twin (twin/api.py) and twin/targets.py: nobody imports the engine
+    module or reads an `engine` attribute."""
+    found = []
+    for name, path in _modules().items():
+        if name.startswith("usertwin.twin"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # (args.engine is simulate's --engine flag, not a twin's)
+        found += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                  and n.attr == "engine" and not (isinstance(n.value, ast.Name) and n.value.id == "args")]
+        found += [f"{path.relative_to(ROOT)}: imports {m}" for m in _graph()[name] if m == "usertwin.twin.engine"]
+    assert found == []
+
+
+def _private_names(tree) -> set[str]:
+    """The private names a module defines: top-level functions, classes and variables, and `self._x` fields."""
+    names = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            names.add(n.name)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            names.add(n.id)
+        elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store):
+            names.add(n.attr)
+    return {x for x in names if x.startswith("_") and not x.startswith("__")}
+
+
+def _private_crossings(sources: dict[str, str]) -> list[str]:
+    trees = {name: ast.parse(text) for name, text in sources.items()}
+    defined = {name: _private_names(tree) for name, tree in trees.items()}
+    found = []
+    for name, tree in trees.items():
+        elsewhere = set().union(set(), *[d for other, d in defined.items() if other != name]) - defined[name]
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("usertwin"):
+                found += [f"{name}: imports {a.name}" for a in n.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+            elif isinstance(n, ast.Attribute) and n.attr in elsewhere:
+                found.append(f"{name}:{n.lineno}: {ast.unparse(n)}")
+    return found
+
+
+def test_no_private_name_crosses_a_module():
+    sources = {name: path.read_text(encoding="utf-8") for name, path in _modules().items()}
+    assert _private_crossings(sources) == []
+
+
+def test_the_private_name_check_sees_a_crossing():
+    sources = {"a": "class T:\n    def __init__(self):\n        self._by_user = {}\n",
+               "b": "from usertwin.a import _helper\n\ndef f(t):\n    return t._by_user\n"}
+    assert _private_crossings(sources) == ["b: imports _helper", "b:4: t._by_user"]
+
+
+def test_readme_layout_lists_every_package_and_top_level_module():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("### Layout"):]
+    layout = layout[:layout.index("\n## ")] if "\n## " in layout else layout
+    pkg = SRC / "usertwin"
+    present = {p.name + "/" for p in pkg.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    present |= {p.name for p in pkg.glob("*.py") if p.name != "__init__.py"}
+    missing = sorted(x for x in present if x not in layout)
+    gone = sorted(x for x in re.findall(r"^\s{2}(\w+/|\w+\.py)", layout, re.M) if x not in present)
+    assert missing == [] and gone == [], f"README Layout: missing {missing}, names what is gone {gone}"
