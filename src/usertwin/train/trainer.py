@@ -154,6 +154,13 @@ class _CtrlC:
 
         self.previous = signal.signal(signal.SIGINT, handler)
 
+    def __enter__(self) -> _CtrlC:
+        self.watch()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def release(self) -> None:
         """Ctrl-C means "stop" again once the loop is over (the final evaluation, or a caller's own code)."""
         import signal
@@ -333,7 +340,10 @@ class Trainer:
         the model; returns their validation loss (None without validation)."""
         st = self.state
         if self.selects and st.last_eval_step != st.global_step:
-            self._eval_and_maybe_stop(last=True)  # the last steps were never evaluated: they may be the best
+            # the last steps were never evaluated: they may be the best (no early stopping: the run ends anyway)
+            ev, improved = self._validate()
+            self._report_validation(ev, improved)
+            self.checkpoints.save(st)
         if st.best_step is None:
             if self.selects:  # validation exists but no loss was finite (the run diverged)
                 self.say("warning: no evaluation gave a finite validation loss: best/ holds the last weights")
@@ -423,60 +433,74 @@ class Trainer:
             self.log({"event": "eval_start", "val_loss": ev["loss"],
                       **({"val_rating_rmse": ev["rating_rmse"]} if "rating_rmse" in ev else {})})
 
-    def _loop(self, first_batches, total_steps) -> None:
+    def _loop(self, first_batches: list, total_steps: int) -> None:
+        """The training loop: every decision of the run (when to step, log, validate, save, stop) is made here."""
+        cfg, acc, st = self.cfg, self.acc, self.state
+        per_step = acc.num_processes * self.accumulation  # micro-batches of one global step, all ranks together
         self.loss_model.train()
-        self.ctrl_c = _CtrlC(self.acc, self.say)
-        self.ctrl_c.watch()
-        try:
-            self._epochs(first_batches, total_steps)
-        finally:
-            self.ctrl_c.release()
+        with _CtrlC(acc, self.say) as ctrl_c:
+            for epoch in range(st.epoch, cfg.max_epochs):
+                if st.global_step >= total_steps or st.stopped_early:  # also a resumed run that had finished
+                    break
+                batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
+                self._record_epoch(epoch, batches)
+                n_steps = self._steps_per_epoch(len(batches))
+                interval = _Interval(acc.device, st.tokens_seen)
+                # --resume: the epoch's order is seeded, so skipping the steps done finds the same batches
+                for step in range(st.step_in_epoch, n_steps):
+                    group = batches[step * per_step:(step + 1) * per_step]
+                    self._forward_backward(group, interval)
+                    # accumulate() syncs on the group's last micro-batch, and accelerate's optimizer steps only
+                    # then: the clipping and the scheduler (kept out of accelerate.prepare) follow it
+                    if acc.sync_gradients and cfg.max_grad_norm:
+                        acc.clip_grad_norm_(self.loss_model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    if acc.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad()
 
-    def _epochs(self, first_batches, total_steps) -> None:
-        st = self.state
-        epoch = st.epoch
-        while epoch < self.cfg.max_epochs and st.global_step < total_steps and not st.stopped_early:
-            batches = first_batches if epoch == 0 else self.data.batches("train", epoch, shuffle=True)
-            if not any(e["epoch"] == epoch + 1 for e in st.epochs):
-                st.epochs.append({"epoch": epoch + 1, "targets": sum(b.n_targets for b in batches),
-                                  "target_tokens": sum(b.n_target_tokens for b in batches),
-                                  "tokens": sum(b.n_tokens for b in batches), "micro_batches": len(batches)})
-            self._epoch(epoch, batches, total_steps)
-            epoch += 1
-            if st.step_in_epoch:  # left the epoch early (max_steps / early stop)
-                break
+                    st.global_step += 1
+                    if self.progress is not None:
+                        self.progress.step()
+                    st.epoch, st.step_in_epoch = epoch, step + 1
+                    st.targets_seen += sum(b.n_targets for b in group)
+                    st.tokens_seen += sum(b.n_tokens for b in group)
+                    end_of_epoch = step == n_steps - 1
+                    # the run's last step closes an interval too (a --max_steps run would lose its tail otherwise)
+                    if st.global_step % cfg.logging_steps == 0 or end_of_epoch or st.global_step >= total_steps:
+                        self._log_interval(interval)
+                    if end_of_epoch:  # before any checkpoint: a resumed run starts the next epoch
+                        st.epoch, st.step_in_epoch = epoch + 1, 0
 
-    def _epoch(self, epoch: int, batches: list, total_steps: int) -> None:
-        st = self.state
-        world = self.acc.num_processes
-        per_step = world * self.accumulation
-        n_steps = self._steps_per_epoch(len(batches))
-        interval = _Interval(self.acc.device, st.tokens_seen)
-        for step in range(st.step_in_epoch if epoch == st.epoch else 0, n_steps):
-            group = batches[step * per_step:(step + 1) * per_step]
-            global_target_tokens = self._step(group, interval.sums, interval.ratings)
-            interval.sums[1] += global_target_tokens / world
-            interval.target_tokens += global_target_tokens
-            st.global_step += 1
-            if self.progress is not None:
-                self.progress.step()
-            st.step_in_epoch = step + 1
-            st.epoch = epoch
-            st.targets_seen += sum(b.n_targets for b in group)
-            st.tokens_seen += sum(b.n_tokens for b in group)
-            end_of_epoch = step == n_steps - 1
-            # the run's last step closes an interval too (a --max_steps run would lose its tail otherwise)
-            if st.global_step % self.cfg.logging_steps == 0 or end_of_epoch or st.global_step >= total_steps:
-                self._log_interval(interval)
-            if end_of_epoch:
-                st.epoch, st.step_in_epoch = epoch + 1, 0
-            self._after_step(end_of_epoch)
-            if st.stopped_early or st.global_step >= total_steps:
-                break
+                    due = (cfg.eval_steps and st.global_step % cfg.eval_steps == 0) or \
+                        (end_of_epoch and not cfg.eval_steps)
+                    if due and self.selects:
+                        ev, improved = self._validate()
+                        if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience:
+                            st.stopped_early = True
+                        self._report_validation(ev, improved)
+                    if due or (cfg.save_steps and st.global_step % cfg.save_steps == 0):
+                        self.checkpoints.save(st)
+                    if ctrl_c.asked_anywhere():
+                        self.checkpoints.save(st)
+                        self.say(f"interrupted: checkpoint saved at step {st.global_step} in "
+                                 f"{self.run_dir.checkpoints}; continue with --resume")
+                        raise KeyboardInterrupt
+                    if st.stopped_early or st.global_step >= total_steps:
+                        break
+                if st.step_in_epoch:  # left the epoch early (max_steps, early stopping)
+                    break
 
-    def _step(self, group: list, loss_sums, rating_sums=None) -> int:
-        """One optimizer step on the group's micro-batches; adds this rank's weighted loss to loss_sums[0] (and,
-        with --rating_loss_weight, its squared rating errors and ratings to rating_sums)."""
+    def _record_epoch(self, epoch: int, batches: list) -> None:
+        """The epoch's size for summary.json, once (a resumed run re-enters its epoch)."""
+        if not any(e["epoch"] == epoch + 1 for e in self.state.epochs):
+            self.state.epochs.append({"epoch": epoch + 1, "targets": sum(b.n_targets for b in batches),
+                                      "target_tokens": sum(b.n_target_tokens for b in batches),
+                                      "tokens": sum(b.n_tokens for b in batches), "micro_batches": len(batches)})
+
+    def _forward_backward(self, group: list, interval: _Interval) -> None:
+        """Gradients of one global step's micro-batches (this rank's share, accumulated); their losses (and, with
+        --rating_loss_weight, squared rating errors) go into the interval's sums on the device."""
         cfg, acc = self.cfg, self.acc
         world, accum = acc.num_processes, self.accumulation
         global_target_tokens = sum(b.n_target_tokens for b in group)
@@ -493,17 +517,12 @@ class Trainer:
                 if errors is not None:  # the mean over the global step's ratings, normalised the same way
                     loss = loss + cfg.rating_loss_weight * errors.sum() * weight * world * accum / max(global_ratings, 1)
                 acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm:
-                    acc.clip_grad_norm_(self.loss_model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                if acc.sync_gradients:
-                    self.scheduler.step()
-                self.optimizer.zero_grad()
-            loss_sums[0] += losses.detach().double().sum() * weight
-            if errors is not None and rating_sums is not None:
-                rating_sums[0] += errors.detach().double().sum() * weight
-                rating_sums[1] += len(errors) * weight
-        return global_target_tokens
+            interval.sums[0] += losses.detach().double().sum() * weight
+            if errors is not None:
+                interval.ratings[0] += errors.detach().double().sum() * weight
+                interval.ratings[1] += len(errors) * weight
+        interval.sums[1] += global_target_tokens / world
+        interval.target_tokens += global_target_tokens
 
     def _log_interval(self, interval: _Interval) -> None:
         st = self.state
@@ -527,43 +546,30 @@ class Trainer:
         errors, n = self.acc.reduce(interval.ratings, reduction="sum").tolist()
         return {"rating_loss": errors / n if n else float("nan"), "interval_ratings": int(n)}
 
-    def _after_step(self, end_of_epoch: bool) -> None:
-        """Evaluate or save as scheduled; on Ctrl-C save a checkpoint and stop."""
-        cfg, st = self.cfg, self.state
-        due = (cfg.eval_steps and st.global_step % cfg.eval_steps == 0) or (end_of_epoch and not cfg.eval_steps)
-        if due and self.selects:
-            self._eval_and_maybe_stop()
-        elif due or (cfg.save_steps and st.global_step % cfg.save_steps == 0):
-            self.checkpoints.save(st)
-        if self.ctrl_c.asked_anywhere():
-            self.checkpoints.save(st)
-            self.say(f"interrupted: checkpoint saved at step {st.global_step} in {self.run_dir.checkpoints};"
-                     " continue with --resume")
-            raise KeyboardInterrupt
-
-    def _eval_and_maybe_stop(self, last: bool = False) -> None:
-        """Validate; keep the weights in best/ when they improved; stop early after `patience` evaluations
-        without improvement (not after the run's `last` evaluation, which ends the run anyway)."""
-        cfg, st = self.cfg, self.state
+    def _validate(self) -> tuple[dict, bool]:
+        """Validate; keep the weights in best/ when they improved by --select_by's metric, else count one more
+        evaluation without improvement. Returns the evaluation and whether it improved."""
+        st = self.state
         ev = self.evaluate()
         score, best = self._score(ev)
         # a nan (a diverged run) is never the best
-        improved = math.isfinite(score) and (best is None or score < best - cfg.early_stopping_threshold)
+        improved = math.isfinite(score) and (best is None or score < best - self.cfg.early_stopping_threshold)
         if improved:
             st.best_val_loss, st.best_step, st.bad_evals = ev["loss"], st.global_step, 0
             st.best_val_rating_rmse = ev.get("rating_rmse")
             self.checkpoints.save_best(self.loss_model, self.tokenizer)
         else:
             st.bad_evals += 1
-            if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience and not last:
-                st.stopped_early = True
         st.last_eval_step = st.global_step
+        return ev, improved
+
+    def _report_validation(self, ev: dict, improved: bool) -> None:
+        st = self.state
         self.log({"event": "eval", "val_loss": ev["loss"], "best_val_loss": st.best_val_loss,
                   **({"val_rating_mse": ev["rating_mse"]} if "rating_mse" in ev else {}),
                   **({"val_rating_rmse": ev["rating_rmse"], "best_val_rating_rmse": st.best_val_rating_rmse}
                      if "rating_rmse" in ev else {})})
         self.say(self._eval_line(ev, improved))
-        self.checkpoints.save(st)
 
     def _score(self, ev: dict) -> tuple[float, float | None]:
         """(this evaluation's selection metric, the best one so far): --select_by's."""
