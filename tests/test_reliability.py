@@ -168,7 +168,7 @@ def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, tokenizer, damage):
 
 
 def test_prepare_interrupted_while_writing_the_cache_leaves_no_cache(tmp_path, tokenizer, monkeypatch):
-    import usertwin.data.prepare as prepare_mod
+    import usertwin.sequences.prepare as prepare_mod
 
     data = _records(tmp_path / "r.jsonl")
     cache = tmp_path / "cache"
@@ -190,7 +190,7 @@ def test_prepare_interrupted_while_writing_the_cache_leaves_no_cache(tmp_path, t
 KILL_IN_CACHE_WRITE = """
 import json, os, signal, sys
 from tests.conftest import make_tokenizer
-import usertwin.data.prepare as p
+import usertwin.sequences.prepare as p
 from usertwin.config import Config
 
 def dump(obj, f, **kw):

@@ -148,9 +148,10 @@ class Twin:
     def rating_distributions_after(self, prompts: list[list[int]]) -> list[dict]:
         return self.engine.rating_distributions(prompts)
 
-    def save_pretrained(self, folder, dtype: str = "auto"):
-        """The weights and tokenizer as a plain transformers model folder (`usertwin export`)."""
-        return self.engine.save_pretrained(folder, dtype)
+    def save_pretrained(self, tmp, dtype: str = "auto"):
+        """The weights and tokenizer as a plain transformers model folder (`usertwin export`), written into `tmp`,
+        a temporary folder the caller renames when complete."""
+        return self.engine.save_pretrained(tmp, dtype)
 
     def timelines_of(self, path) -> list[Timeline]:
         """A records file's timelines as this twin reads them (see timelines_of)."""

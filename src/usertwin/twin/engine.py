@@ -222,18 +222,18 @@ class Engine:
         """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn."""
         return [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds, stream)]
 
-    def save_pretrained(self, folder, dtype: str = "auto") -> torch.dtype:
+    def save_pretrained(self, tmp, dtype: str = "auto") -> torch.dtype:
         """The model and tokenizer as a plain transformers folder in `dtype` (auto: what the base model
         declares), its generation stopping where the twin's turn ends, as usertwin's own generation does.
-        Returns the dtype written."""
+        `tmp`: a temporary folder the caller renames when complete. Returns the dtype written."""
         target = _save_dtype(self.model, dtype)
         self.model.to(target)
         tok = self.tokenizer
         ends = [self.eot_id] + ([tok.eos_token_id] if tok.eos_token_id not in (None, self.eot_id) else [])
         self.model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0]
         self.model.generation_config.pad_token_id = self.pad_id
-        self.model.save_pretrained(folder)
-        tok.save_pretrained(folder)
+        self.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
         return target
 
     def decode(self, ids: list[int]) -> str:
