@@ -41,10 +41,17 @@ def _numeric_user_order(recs):
     assert ids == sorted(ids)
 
 
-def test_registry():
-    assert list(DATASETS) == ["movielens", "dmsc", "douban-dmr", "cornell", "seed-samples", "realpersonachat",
-                             "persona-bench", "realtalk", "lovink-questionnaire", "records"]
-    assert all(callable(module.convert) for module in DATASETS.values())
+def test_every_converter_module_is_registered_once_and_shown_in_the_help():
+    import usertwin.data.convert as package
+    from usertwin.cli import build_parser
+
+    modules = {p.stem for p in Path(package.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert sorted(m.__name__.rsplit(".", 1)[1] for m in DATASETS.values()) == sorted(modules)
+    assert all(callable(m.convert) and (m.__doc__ or "").strip() for m in DATASETS.values())
+    assert all(name == name.lower() and "_" not in name for name in DATASETS)  # the CLI folds case and _ to -
+    convert = build_parser()._subparsers._group_actions[0].choices["convert"]
+    shown = next(a.help for a in convert._actions if a.dest == "dataset")
+    assert all(name in shown for name in DATASETS)
 
 
 # --------------------------------------------------------------------------------------------- movielens
