@@ -96,7 +96,7 @@ def markdown(res: dict) -> str:
                   f"(model loading included), {tk['target'] / tk['window']:.2f}x fewer tokens read.",
               f"* The same target, the two modes' expected ratings differ by {c['mean_abs_expected_diff']:.4f} on "
               f"average; {c['same_history_targets']} of {c['targets']} targets see the same history both ways "
-              "(there the numbers agree to float precision: tests/test_predict.py)."]
+              "(there the numbers agree to float precision: tests/eval/test_predict.py)."]
     return "\n".join(lines) + "\n"
 
 

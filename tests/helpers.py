@@ -12,7 +12,10 @@ from usertwin.data.records import Item, Record, record_to_raw
 from usertwin.data.timeline import Timeline
 from usertwin.errors import UsertwinError
 
-RECORD_FILES = Path(__file__).parent / "fixtures" / "records"  # small hand-written records files
+TESTS = Path(__file__).resolve().parent  # tests/ mirrors src/usertwin/: tests/data/, tests/train/, ...
+ROOT = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+RECORD_FILES = FIXTURES / "records"  # small hand-written records files
 
 
 def rating_items(n: int, start: int = 0) -> list[Item]:

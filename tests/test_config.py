@@ -11,9 +11,9 @@ import json
 import re
 import runpy
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from usertwin import config
 from usertwin.cli import COMMANDS, Parser, build_parser, main
@@ -33,8 +33,6 @@ from usertwin.config import (
 )
 from usertwin.errors import UsertwinError
 from usertwin.sequences.prepare import cache_key
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # the names the seeds use and the choices, as they were before the settings were declared in one place
 SEED_ALIASES = {"ablation_config": "ablation", "data_path": "data", "train_data": "data", "model_name_or_path": "model",

@@ -8,7 +8,8 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 SRC = ROOT / "src"
 RUN_FILES = {"config.yaml", "data_summary.json", "training_samples_preview.txt", "logs.jsonl",
              "tensorboard", "checkpoints", "best", "summary.json", "metrics.json", "baselines.json", "twin.json",
@@ -242,3 +243,11 @@ def test_readme_layout_lists_every_package_and_top_level_module():
     missing = sorted(x for x in present if x not in layout)
     gone = sorted(x for x in re.findall(r"^\s{2}(\w+/|\w+\.py)", layout, re.M) if x not in present)
     assert missing == [] and gone == [], f"README Layout: missing {missing}, names what is gone {gone}"
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<folder>/ holds the tests of src/usertwin/<folder>/; the top-level modules' tests stay in tests/."""
+    tests = ROOT / "tests"
+    folders = {p.parent.name for p in tests.glob("*/test_*.py")}
+    assert len(folders) >= 6
+    assert sorted(f for f in folders if not (SRC / "usertwin" / f / "__init__.py").is_file()) == []

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import write_rating_users
+from helpers import ROOT, write_rating_users
 
 from usertwin.cli import main
 from usertwin.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "usertwin"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import rating_timeline, write_rating_users
+from helpers import FIXTURES, ROOT, rating_timeline, write_rating_users
 
 from usertwin.cli import build_parser, main
 from usertwin.config import Config, RenderSettings, resolve
@@ -19,8 +19,7 @@ from usertwin.rundir import RunDir
 from usertwin.text.render import Renderer
 from usertwin.train.setup import fill_deepspeed_auto, read_deepspeed_config, select_devices
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests/data"
+DATA = FIXTURES / "seed_sets"
 CHAMELEONS = DATA / "seed_config_Chameleons.json"
 DI3 = DATA / "seed_config_Chameleons_30B_lora_di3.json"
 RPC = DATA / "seed_config_RealPersonaChat_Qwen30B.json"
@@ -167,12 +166,13 @@ def test_every_seed_config_of_the_seed_repository_resolves(capsys):
 
 
 def test_print_config_is_yaml_that_resolves_to_the_same_settings(tmp_path, capsys):
-    for command in ("train", "prepare"):
-        assert main([command, "--config", str(DI3), "--ablation_config", "history_only", "--lr", "1e-4",
+    # prepare takes no training flag (--lr): only the data's
+    for command, flags in (("train", ["--lr", "1e-4"]), ("prepare", [])):
+        assert main([command, "--config", str(DI3), "--ablation_config", "history_only", *flags,
                      "--print_config"]) == 0
         out = capsys.readouterr().out
         values = yaml.safe_load(out)
-        cfg = _resolve("--config", str(DI3), "--ablation_config", "history_only", "--lr", "1e-4")
+        cfg = _resolve("--config", str(DI3), "--ablation_config", "history_only", *flags)
         assert values == cfg.to_dict() and list(values) == list(Config().to_dict())
         ours = tmp_path / f"{command}.yaml"
         ours.write_text(out)

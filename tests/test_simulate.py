@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from helpers import write_records
+from helpers import ROOT, write_records
 
 from usertwin.cli import main
 
@@ -134,9 +134,8 @@ def test_bad_items_file_names_the_line(made, tmp_path, capsys):
 
 def test_speed_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path, tokenizer_dir):
     import importlib.util
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     spec = importlib.util.spec_from_file_location("simulate_speed", root / "benchmarks" / "simulate_speed.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

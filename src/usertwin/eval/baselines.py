@@ -42,7 +42,7 @@ Settings (DAMPING, FEATURES, REGULARIZATION, EPOCHS, NEIGHBOURS below) were tune
 validation split, fit on train (benchmarks/tune_baselines.py, benchmarks/results/tune_baselines.md); the
 test split was never used to choose them. Measured on ml-latest-small (610 users, 100,836 ratings), default
 time split 70/15/15, seed 42, test split (15,125 targets, 1,236 of them of a movie not in the fit data;
-fit on the 85,711 train + validation ratings; tests/test_baselines.py checks these):
+fit on the 85,711 train + validation ratings; tests/eval/test_baselines.py checks these):
 
     baseline        RMSE    MAE     within 0.5
     global_mean     1.0673  0.8363  0.400

@@ -21,7 +21,7 @@ Item:
 Profile: user_profile with `screen_name` as `name` (register_time, counts, ... kept as they are); a user
 without a screen_name gets no name (the encrypted user_id is an id the prompt should not show).
 
-Checked on the real sample (tests/test_convert.py holds these numbers):
+Checked on the real sample (tests/data/test_convert.py holds these numbers):
 * 44 entries, 44 distinct users, 1,583 user_reviews; no duplicate user and no duplicate review (same movie,
   date and text). Should either occur, the entries of one user are merged into one record and an exact
   duplicate review is kept once and counted ("duplicate review").

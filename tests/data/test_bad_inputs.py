@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, TESTS
 
 from usertwin.cli import main
 from usertwin.errors import UsertwinError
 
-D = Path(__file__).parent / "bad_inputs"
+D = TESTS / "bad_inputs"
 SKIP_HINT = "hint: use --on_error skip to skip bad records"
 CONVERT_HINT = "use --on_error skip to skip such rows and count them"
 F = "task.task_behavior_collections"
@@ -325,7 +326,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_subprocess_exit_code_and_stderr_without_and_with_debug():
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "usertwin.cli", "validate", str(D / "truncated.json")]
     plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert plain.returncode == 2 and plain.stdout == ""

@@ -6,10 +6,9 @@ every target is covered once per epoch; token counts are exact. (Loss equality: 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 from conftest import shared
-from helpers import conversation_timeline, write_records
+from helpers import ROOT, conversation_timeline, write_records
 
 from usertwin.config import Config, RenderSettings
 from usertwin.data.records import Item, Record
@@ -174,7 +173,7 @@ def test_seed_sample_every_target_once_per_epoch(tmp_path, tokenizer):
 
 
 def _benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "timeline_efficiency.py"
+    path = ROOT / "benchmarks" / "timeline_efficiency.py"
     spec = importlib.util.spec_from_file_location("timeline_efficiency", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from conftest import shared
-from helpers import write_records
+from helpers import ROOT, write_records
 
 from usertwin.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = (10, 9, 8, 3)  # items of the 4 MovieLens users taken; the last one is the cold-start user
 # crowd context off: these tests compare with prompts rendered from one user's records alone (a scenario target
-# counts the train file's other users: tests/test_crowd.py)
+# counts the train file's other users: tests/data/test_crowd.py)
 FLAGS = ["--max_length", "1024", "--max_new_tokens", "4", "--num_samples", "3", "--temperature", "0.9",
          "--batch_size", "4", "--crowd_context", "none", "--no-progress"]
 

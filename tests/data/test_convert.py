@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 from conftest import shared
+from helpers import FIXTURES, ROOT
 
 from usertwin.cli import main
 from usertwin.data.convert import DATASETS, convert_to_file
 from usertwin.data.records import load, parse_timestamp
 from usertwin.errors import UsertwinError
 
-FIX = Path(__file__).parent / "fixtures" / "convert"
+FIX = FIXTURES / "convert"
 def _convert(dataset, raw, tmp_path, **kw):
     out = tmp_path / f"{dataset}.jsonl"
     summary = convert_to_file(dataset, raw, out, progress=False, **kw)
@@ -530,7 +531,7 @@ def test_unknown_dataset_missing_input_and_cli(tmp_path, capsys):
 
 
 def test_shipped_quickstart_records_match_the_converter(tmp_path):
-    example = Path(__file__).resolve().parents[1] / "examples" / "movielens-mini"
+    example = ROOT / "examples" / "movielens-mini"
     out = tmp_path / "records.jsonl"
     summary = convert_to_file("movielens", example, out, progress=False)
     assert (summary.users, summary.items) == (12, 460)

@@ -1,14 +1,14 @@
 """The seeds' other record sets: RealPersonaChat (Japanese), PERSONA-Bench, REALTALK (and the LoCoMo layout it
-continues). Fixtures in tests/data/ follow each corpus' published layout; exact counts after convert, the
+continues). Fixtures in tests/fixtures/seed_sets/ follow each corpus' published layout; exact counts after convert, the
 rendered prompt of one target, Japanese fixed phrases only, and errors naming file, record, user and field."""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES
 
 from usertwin.cli import main
 from usertwin.config import Config
@@ -19,7 +19,7 @@ from usertwin.errors import UsertwinError
 from usertwin.text.render import Renderer
 from usertwin.text.styles import OMITTED, PHRASES, ROLE_PHRASES
 
-DATA = Path(__file__).parent / "data"
+DATA = FIXTURES / "seed_sets"
 SKIP_HINT = "; use --on_error skip to skip such rows and count them"
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES
 
 from usertwin.cli import main
 from usertwin.data import records
@@ -17,7 +17,7 @@ from usertwin.data.timeline import assign_splits, build_timelines
 from usertwin.errors import UsertwinError
 from usertwin.eval import baselines, metrics
 
-RAW = Path(__file__).parent / "fixtures" / "convert" / "lovink_questionnaire.json"
+RAW = FIXTURES / "convert" / "lovink_questionnaire.json"
 RUN = "安全的生活环境对我来说很重要。我避免任何会危及自身安全的事情"
 SEVEN = ["完全不同意", "不同意", "有点不同意", "不确定", "有点同意", "同意", "完全同意"]
 RACE = ["继续你的参赛，但是抽出时间陪伴与照顾TA", "按计划参赛，赛后再照顾TA", "让TA自行处理伤情，你专注自己的训练",

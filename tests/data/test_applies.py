@@ -32,7 +32,7 @@ def ml5(tmp_path_factory):
 
 
 def _prep(ml5, tokenizer, tmp_path, **kw):
-    # the counts below are of sampling and fitting; crowd lines (tests/test_crowd.py) would only lengthen items
+    # the counts below are of sampling and fitting; crowd lines (tests/data/test_crowd.py) would only lengthen items
     kw.setdefault("crowd_context", "none")
     cfg = Config(data=str(ml5), max_length=1024, cache_dir=str(tmp_path / "cache"), **kw)
     return prepare(cfg, tokenizer=tokenizer, progress=False)

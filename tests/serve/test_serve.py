@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from usertwin.cli import main
 
@@ -57,7 +58,7 @@ def made(tmp_path_factory, tiny_model_dir):
     assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output_dir", str(run),
                  "--max_length", "512", "--learning_rate", "0.01", "--max_steps", "2", "--eval_steps", "2",
                  # the chat tests compare with the training prompt of a looked-up user's item; crowd context
-                 # counts a described history's ratings by another rule (tests/test_crowd.py)
+                 # counts a described history's ratings by another rule (tests/data/test_crowd.py)
                  "--crowd_context", "none", "--no-progress"]) == 0
     return run, data
 
@@ -148,7 +149,7 @@ def server(serve_deps, made, tmp_path_factory):
     run, data = made
     port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(ROOT / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     env.pop("USERTWIN_API_KEY", None)
     cmd = [sys.executable, "-m", "usertwin.cli", "serve", "--run", str(run), "--data", str(data),

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from proctree import kill_tree, start_killable
 from test_train import _args, _cli, _env, _records
 
-ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from conftest import make_tokenizer
-from helpers import dialogue_timeline, rating_timeline
+from helpers import FIXTURES, ROOT, dialogue_timeline, rating_timeline
 
 from usertwin.config import ABLATIONS, RenderSettings
 from usertwin.data import records
@@ -24,8 +22,6 @@ from usertwin.text.styles import (
     register_style,
     style_names,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _render(tl, cfg, tok, items, targets):
@@ -195,7 +191,7 @@ def _converted(dataset, raw, tmp_path) -> list[Timeline]:
 
 
 def test_a_movie_character_is_a_character_and_its_ids_stay_out_of_the_prompt(tmp_path, tokenizer):
-    bianca = _converted("cornell", ROOT / "tests" / "fixtures" / "convert" / "cornell", tmp_path)[0]
+    bianca = _converted("cornell", FIXTURES / "convert" / "cornell", tmp_path)[0]
     assert bianca.role == "character"
     text = Renderer(RenderSettings(), tokenizer).render(bianca, [0, 1], [1]).text
     assert text.startswith("<|im_start|>system\n[USER_PROFILE]\n[USER_NAME=BIANCA]\n[USER_GENDER=f]\n"

@@ -15,16 +15,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import write_records
+from helpers import ROOT, write_records
 
 from usertwin.config import Config
 from usertwin.data.convert import convert_to_file
 from usertwin.sequences.prepare import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 
 
@@ -41,7 +39,7 @@ def rating_raws(users: int, per_user: int, varied: bool = True):
 
 MEASURE = """
 import json, resource, sys, time
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests", sys.argv[1] + "/tests/sequences"]
 from tests.conftest import make_tokenizer
 from helpers import write_records
 from test_scale import rating_raws
@@ -172,7 +170,7 @@ def test_a_long_timeline_does_not_take_quadratic_memory(tmp_path, unit):
     raw = write_records(tmp_path / "raw.jsonl", rating_raws(1, 20_000, varied=False))
     code = ("import json, resource, sys; sys.path.insert(0, sys.argv[1]);"
             "from tests.conftest import make_tokenizer; from usertwin.config import Config;"
-            "from usertwin.data.prepare import prepare; tok = make_tokenizer();"
+            "from usertwin.sequences.prepare import prepare; tok = make_tokenizer();"
             "base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() // 1024;"
             f"prepare(Config(data=sys.argv[2], model='tiny', max_length=512, unit={unit!r}), tokenizer=tok,"
             " progress=False, use_cache=False);"

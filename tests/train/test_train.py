@@ -6,15 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import write_rating_users
+from helpers import ROOT, write_rating_users
 
 from usertwin.cli import main
 from usertwin.train.trainer import rank_batches
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _records(path, sizes=(24, 16, 12)):
