@@ -19,6 +19,11 @@ Two measurements per shape and batch size:
   embedding rows that are not looked up) and the KV-cache bytes at the mean context -> achieved bytes/s as a
   share of --bandwidth (weights only, and weights + KV cache).
 
+Each measurement runs once per --decodes (dynamic: transformers' default cache, the path before issue 26;
+static: a static KV cache compiled into CUDA graphs, `--decode static`), side by side in one run on one card;
+the static rows also give the first (compiling) call's time and the share of rows whose greedy tokens equal the
+dynamic path's.
+
 Writes OUT/simulate_speed.json and OUT/simulate_speed.md.
 """
 
@@ -100,13 +105,18 @@ def counting_engine(cfg, model, tok):
 
 
 def run_simulate(twin, users: list, batch: int, max_new_tokens: int, work: Path, shape: str) -> dict:
+    shape = f"{shape}-{twin.engine.decoding}"
     # one output file per (shape, batch): simulate resumes, so a shared file would skip every row already there
     from usertwin.config import GenerateSettings
     from usertwin.simulate import StepItem, simulate
 
     gen = GenerateSettings(max_new_tokens=max_new_tokens, batch_size=batch)
     item = [StepItem("Heat (1995) (Action, Crime, Thriller): ", kind="movie_rating")]
+    _sync()
+    t = time.perf_counter()
     simulate(twin, users[:batch], item, None, work / f"warm-{shape}-{batch}.jsonl", gen, progress=False)  # warm-up
+    _sync()
+    first = time.perf_counter() - t  # with static decoding: compiling this batch's shapes
     twin.engine.generated = 0
     _sync()
     t = time.perf_counter()
@@ -114,6 +124,7 @@ def run_simulate(twin, users: list, batch: int, max_new_tokens: int, work: Path,
     _sync()
     dt = time.perf_counter() - t
     return {"users": len(users), "seconds": round(dt, 3), "users_per_s": round(len(users) / dt, 2),
+            "first_batch_seconds": round(first, 3),
             "generated_tokens": twin.engine.generated, "generated_tokens_per_s": round(twin.engine.generated / dt, 1)}
 
 
@@ -125,6 +136,9 @@ def decode_step(twin, users: list, batch: int, steps: int) -> dict:
     prompts = [twin.prompt(user=u, item="Heat (1995) (Action, Crime, Thriller): ", room=steps)
                for u in users[:batch]]
     width = max(map(len, prompts))
+    static = {"cache_implementation": "static"} if engine.static else {}
+    if static:  # as the engine pads it (twin/engine.py)
+        width = max(64, 1 << (width - 1).bit_length())
     ids = torch.full((batch, width), engine.pad_id, device=engine.device)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
@@ -136,14 +150,31 @@ def decode_step(twin, users: list, batch: int, steps: int) -> dict:
         t = time.perf_counter()
         with torch.no_grad():
             engine.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                  do_sample=False, use_cache=True, pad_token_id=engine.pad_id)
+                                  do_sample=False, use_cache=True, pad_token_id=engine.pad_id, **static)
         _sync()
         return time.perf_counter() - t
 
-    timed(2)  # warm-up
+    timed(1), timed(steps)  # warm-up (static: compiles both lengths' shapes)
     one, full = min(timed(1) for _ in range(2)), min(timed(steps) for _ in range(2))
     return {"step_seconds": max(full - one, 1e-9) / (steps - 1), "prompt_tokens_mean": width,
             "context_mean": width + steps / 2}
+
+
+def same_greedy(twin, users: list, max_new_tokens: int) -> float:
+    """The share of rows whose greedy tokens are the same with this decoding as with the dynamic path."""
+    from usertwin.config import GenerateSettings
+
+    engine, decoding = twin.engine, twin.engine.decoding
+    prompts = [twin.prompt(user=u, item="Heat (1995) (Action, Crime, Thriller): ", room=max_new_tokens)
+               for u in users]
+    g = GenerateSettings(max_new_tokens=max_new_tokens, temperature=0.0)
+    fast = engine.generate_ids(prompts, g)
+    engine.decoding = "dynamic"
+    try:
+        slow = engine.generate_ids(prompts, g)
+    finally:
+        engine.decoding = decoding
+    return round(sum(a == b for a, b in zip(fast, slow)) / len(prompts), 4)
 
 
 def bytes_per_step(model, batch: int, context: float) -> dict:
@@ -179,13 +210,17 @@ def measure(shape: str, args, tok, records: Path, work: Path) -> list[dict]:
     model = build_model(shape, len(tok), pick_dtype(args.dtype))
     twin = make_twin(model, tok, records, args.max_length)
     out = []
-    for b in args.batch_sizes:
+    for b, decode in ((b, d) for b in args.batch_sizes for d in args.decodes):
+        twin.engine.decoding = decode
         users = twin.users[:max(b * args.batches, args.min_users)]
         if len(users) < b:
             print(f"{shape} batch {b}: only {len(users)} users in the records; skipped", flush=True)
             continue
-        row = {"shape": shape, "batch_size": b, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        row = {"shape": shape, "batch_size": b, "decode": decode,
+               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                "max_new_tokens": args.max_new_tokens, **run_simulate(twin, users, b, args.max_new_tokens, work, shape)}
+        if decode != "dynamic":
+            row["greedy_rows_identical"] = same_greedy(twin, users[:b], args.max_new_tokens)
         step = decode_step(twin, users, b, args.decode_steps)
         moved = bytes_per_step(model, b, step["context_mean"])
         row.update(step, **moved, params=sum(p.numel() for p in model.parameters()))
@@ -206,12 +241,18 @@ def markdown(results: list[dict], env: dict) -> str:
     lines = [f"# simulate speed ({env['device']}, bandwidth {env['bandwidth']:.3g} B/s)", "",
              f"`{env['command']}` on {env['date']}; torch {env['torch']}. One rating item per user through "
              "the simulate path (rating distribution + generation); random weights of the real shapes.", "",
-             "| shape | batch | users/s | generated tokens/s | decode step ms | decode tokens/s | "
-             "bandwidth share (weights) | (weights + KV) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| shape | batch | decode | users/s | generated tokens/s | vs dynamic | first batch s | decode step ms | "
+             "decode tokens/s | bandwidth share (weights) | (weights + KV) | greedy rows = dynamic |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base = {(r["shape"], r["batch_size"]): r for r in results if r["decode"] == "dynamic"}
     for r in results:
-        lines.append(f"| {r['shape']} ({r['dtype']}) | {r['batch_size']} | {r['users_per_s']} | "
-                     f"{r['generated_tokens_per_s']} | {r['step_seconds'] * 1e3:.2f} | {r['decode_tokens_per_s']} | "
-                     f"{100 * r['bandwidth_share_weights']:.3g}% | {100 * r['bandwidth_share_weights_kv']:.3g}% |")
+        ref = base.get((r["shape"], r["batch_size"]))
+        ratio = f"{r['generated_tokens_per_s'] / ref['generated_tokens_per_s']:.2f}x" if ref else "-"
+        lines.append(f"| {r['shape']} ({r['dtype']}) | {r['batch_size']} | {r['decode']} | {r['users_per_s']} | "
+                     f"{r['generated_tokens_per_s']} | {ratio} | {r['first_batch_seconds']} | "
+                     f"{r['step_seconds'] * 1e3:.2f} | {r['decode_tokens_per_s']} | "
+                     f"{100 * r['bandwidth_share_weights']:.3g}% | {100 * r['bandwidth_share_weights_kv']:.3g}% | "
+                     f"{r.get('greedy_rows_identical', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -229,6 +270,8 @@ def parse(argv=None):
     ap.add_argument("--tokenizer", default="smollm2", help="tokenizer (anything --model takes); default SmolLM2's")
     ap.add_argument("--records", help="records file (default: ml-latest-small from --movielens, converted)")
     ap.add_argument("--movielens", default=str(DEFAULT_MOVIELENS))
+    ap.add_argument("--decodes", nargs="+", choices=("dynamic", "static"), default=["dynamic", "static"],
+                    help="decodings measured side by side (twin/engine.py)")
     ap.add_argument("--out", required=True, help="folder for simulate_speed.json and simulate_speed.md")
     return ap.parse_args(argv)
 

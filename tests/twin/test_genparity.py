@@ -65,6 +65,40 @@ def test_top_k_1_is_greedy(engine, prompts):
     assert engine.generate_texts(prompts, gen(num_samples=2, temperature=1.5, seed=3)) != [r * 2 for r in greedy]
 
 
+@pytest.mark.parametrize("n_prompts", [1, 3, 5])
+def test_static_decoding_gives_what_dynamic_decoding_gives(tokenizer, prompts, n_prompts, monkeypatch):
+    """--decode static (a static KV cache; on a GPU compiled into CUDA graphs) pads batches to a bucket with filler
+    rows and prompts to a width step: greedy, seeded sampling, repetition penalty and ids are unchanged."""
+    model = tiny_model("qwen3", vocab_size=len(tokenizer))
+    static, dynamic = (Engine(Config(max_length=128), model, tokenizer, decode=d) for d in ("static", "dynamic"))
+    batch = (prompts * 3)[:n_prompts]
+    batch[-1] = batch[-1] + [7] * 70  # past the width step: two prompt widths
+    settings = [gen(temperature=0.0), gen(num_samples=3, seed=5, temperature=0.9, top_k=20, top_p=0.9),
+                gen(num_samples=2, seed=1, temperature=0.8, repetition_penalty=1.3)]
+    kinds = []
+    real_generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: kinds.append(
+        (kw["input_ids"].shape, kw.get("cache_implementation"))) or real_generate(**kw))
+    for g in settings:
+        assert static.generate_ids(batch, g, seeds=[3] * len(batch)) == \
+            dynamic.generate_ids(batch, g, seeds=[3] * len(batch))
+    static_shapes = [shape for shape, kind in kinds if kind == "static"]
+    assert len(static_shapes) == len(settings) and all(kind in ("static", None) for _, kind in kinds)
+    rows = [s[0] for s in static_shapes]
+    assert all(r & (r - 1) == 0 for r in rows) and all(s[1] % 64 == 0 for s in static_shapes)  # buckets
+
+
+def test_decode_auto_is_static_on_a_gpu_only_and_a_wrong_decode_is_refused(engine, tokenizer):
+    assert engine.decoding == "auto" and engine.static is (engine.device.type == "cuda")
+    with pytest.raises(UsertwinError, match="decode must be one of auto, static, dynamic, not 'fast'"):
+        Engine(Config(), engine.model, tokenizer, decode="fast")
+    for command in (["predict"], ["simulate", "--run", "r", "-o", "o.jsonl", "--all"], ["serve", "--run", "r"]):
+        assert build_parser().parse_args([*command, "--decode", "static"]).decode == "static"
+        assert build_parser().parse_args(command).decode == "auto"
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--decode", "fast"])
+
+
 def test_repetition_penalty_counts_the_rows_own_tokens_not_its_padding():
     # row 0: prompt [1, 2, 3]; row 1: prompt [4] after two padding tokens 0
     penalty = RepetitionPenalty(2.0, [3, 1], 3)

@@ -37,6 +37,16 @@ def add_arguments(p) -> None:
     from usertwin.cli.train import add_device_flags
 
     add_device_flags(p, launched=False)
+    add_decode_flag(p)
+
+
+def add_decode_flag(p) -> None:
+    from usertwin.config import DECODES
+
+    p.add_argument("--decode", choices=DECODES, default="auto",
+                   help="how generation decodes: static (a static KV cache, compiled into CUDA graphs on a GPU: "
+                        "no per-step overhead once a shape is compiled), dynamic (transformers' default cache), "
+                        "auto: static on a GPU, dynamic on a CPU (default auto)")
 
 
 def run(args) -> int:
@@ -59,7 +69,7 @@ def run(args) -> int:
     select_devices(args.gpu, None)
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
-    twin = Twin.load(args.run, cfg=cfg, progress=args.progress)
+    twin = Twin.load(args.run, cfg=cfg, progress=args.progress, decode=args.decode)
     prep = twin.prepare()  # the split's targets, rendered as the twin was trained
     gen = generate_settings(args)
     if gen.generate and gen.sampling_notice():
@@ -93,7 +103,7 @@ def _scenario(args) -> int:
     if gen.num_samples > 1 and gen.temperature == 0:
         print(f"note: --temperature 0 (greedy) gives {gen.num_samples} identical continuations per target; pass "
               "--temperature (the research scripts used 0.7) for different ones")
-    twin = Twin.load(args.run, cfg=cfg, progress=args.progress)
+    twin = Twin.load(args.run, cfg=cfg, progress=args.progress, decode=args.decode)
     source = {"run": str(args.run)} if args.run else {"model": cfg.model}
     summary = predict_scenario(twin, args.scenario, args.output, gen,
                                seed=cfg.seed if gen.seed is None else gen.seed,

@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
                    help="what generates: usertwin (transformers, batched with the KV cache); vllm is not implemented "
                         "yet and is refused with what to do instead")
     add_generate_flags(p)
+    from usertwin.cli.predict import add_decode_flag
+
+    add_decode_flag(p)
 
 
 def run(args) -> int:
@@ -64,7 +67,7 @@ def run(args) -> int:
     items = read_items(args.items) if args.items else None  # before loading the model: mistakes show at once
     from usertwin.twin import Twin
 
-    twin = Twin.load(args.run, records=data)
+    twin = Twin.load(args.run, records=data, decode=args.decode)
     users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
     gen = generate_settings(args)
     if gen.generate and gen.sampling_notice():

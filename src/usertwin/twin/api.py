@@ -54,14 +54,15 @@ class Twin:
 
     @classmethod
     def load(cls, run_dir=None, records=None, *, cfg: Config | None = None, merge: bool = True,
-             device: str | None = None, progress: bool = True) -> Twin:
+             device: str | None = None, progress: bool = True, decode: str = "auto") -> Twin:
         """From the run directory alone (config, tokenizer, best weights, twin.json); `records`: a records
         file to look users up by id (and, for runs without twin.json, to read the rating scale from).
         `cfg`: settings over the run's config (the CLI's flags); without a run, the base model it names
         (zero-shot). `merge`: a LoRA adapter merged into the weights; `device`: default the GPU when there is
-        one; `progress`: transformers' loading bars."""
+        one; `progress`: transformers' loading bars; `decode`: static (a static KV cache, compiled into CUDA
+        graphs on a GPU), dynamic (transformers' default cache) or auto (static on a GPU)."""
         run = RunDir(run_dir) if run_dir else None
-        engine = load_engine(run_dir, cfg, merge=merge, device=device, progress=progress)
+        engine = load_engine(run_dir, cfg, merge=merge, device=device, progress=progress, decode=decode)
         timelines = timelines_of(records, engine) if records is not None else None
         if run and records is None and engine.cfg.crowd_context != "none":
             engine.crowd = read_crowd_pools(run.path)

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 
 from usertwin.atomic import recover_dir
-from usertwin.config import AUTO, Config, GenerateSettings
+from usertwin.config import AUTO, DECODES, Config, GenerateSettings
 from usertwin.data import choices
 from usertwin.data.facts import rating_distribution
 from usertwin.errors import UsertwinError
@@ -59,17 +59,21 @@ def _load_twin_model(cfg: Config, run_dir, merge: bool, device: str | None):
 
 
 def load_engine(run_dir=None, cfg: Config | None = None, *, merge: bool = True, device: str | None = None,
-                progress: bool = True) -> Engine:
+                progress: bool = True, decode: str = "auto") -> Engine:
     """The one way a twin's model is loaded (Twin.load, predict, scenario, simulate, serve, export): the
     tokenizer the run trained with (best/ keeps it) and its best weights; without a run, the base model of
-    `cfg`. `cfg`: default the run's config.yaml (a caller passes its own to override settings)."""
+    `cfg`. `cfg`: default the run's config.yaml (a caller passes its own to override settings). `decode`: how
+    generation decodes (Engine.static)."""
+    if decode not in DECODES:  # before the model loads
+        raise UsertwinError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
     if cfg is None:
         cfg = RunDir(run_dir).load_config()
     source = RunDir(run_dir).tokenizer_source(cfg.model) if run_dir else cfg.model
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-    return Engine(cfg, load_twin_model(cfg, run_dir, merge, device, progress), tokenizer)
+    return Engine(cfg, load_twin_model(cfg, run_dir, merge, device, progress), tokenizer, decode=decode)
 
 
+MIN_WIDTH = 64  # static decoding: prompt widths and batch sizes rounded up to a bucket (_bucket), widths to >= this
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_BATCH = 8  # batch_size auto on a CPU
 MAX_AUTO_BATCH = 256  # past this, bigger batches no longer speed a GPU up (and one batch is lost to a kill)
@@ -94,8 +98,10 @@ def bytes_per_token(config, width: int) -> int:
 class Engine:
     """A model + the training renderer: prompts, likelihoods of continuations, generation."""
 
-    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None):
-        self.cfg, self.model, self.tokenizer, self.scale = cfg, model, tokenizer, scale
+    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None, decode: str = "auto"):
+        if decode not in DECODES:
+            raise UsertwinError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
+        self.cfg, self.model, self.tokenizer, self.scale, self.decoding = cfg, model, tokenizer, scale, decode
         self.renderer = Renderer(cfg, tokenizer)
         self.encoder = SequenceEncoder(self.renderer, tokenizer)
         self.crowd = None  # crowd.Pools: other users' ratings, for crowd context (data/crowd.py)
@@ -107,6 +113,11 @@ class Engine:
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    @property
+    def static(self) -> bool:
+        """Decode with a static KV cache (compiled into CUDA graphs on a GPU): --decode static, or auto on a GPU."""
+        return self.decoding == "static" or (self.decoding == "auto" and self.device.type == "cuda")
 
     def with_batch_size(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
         """`gen` with a number for batch_size: auto is 8 on a CPU; on a GPU, as many prompts (each with its
@@ -256,7 +267,10 @@ class Engine:
         gen = gen.resolved()
         n = gen.num_samples if gen.temperature > 0 else 1
         rows = [p for p in prompts for _ in range(n)]
+        real = len(rows)
         width = len(max(prompts, key=len))
+        if self.static:  # graphs are recorded per shape: few shapes, so they are reused
+            rows, width = rows + [rows[0]] * (_bucket(real) - real), max(MIN_WIDTH, _bucket(width, step=None))
         processors = []
         if gen.repetition_penalty != 1.0:
             processors.append(RepetitionPenalty(gen.repetition_penalty, [len(p) for p in rows], width))
@@ -265,17 +279,18 @@ class Engine:
                 seeds = ([gen.seed] * len(prompts) if gen.seed is not None
                          else torch.randint(0, 2**62, (len(prompts),)).tolist())
             row_seeds = [s + i for s in seeds for i in range(n)]
+            row_seeds += row_seeds[:1] * (len(rows) - real)  # (the filler rows of a bucket)
             processors.append(SeededSampler(row_seeds, gen, width))
         streamer = Tap(self, stream, gen.num_samples, n) if stream and any(stream) else None
-        out = self._generate_rows(rows, gen.max_new_tokens, processors, streamer)
+        out = self._generate_rows(rows, width, gen.max_new_tokens, processors, streamer)[:real]
         per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
         return [row * (gen.num_samples // n) for row in per]
 
-    def _generate_rows(self, rows: list[list[int]], max_new_tokens: int, processors, streamer=None
+    def _generate_rows(self, rows: list[list[int]], width: int, max_new_tokens: int, processors, streamer=None
                        ) -> list[list[int]]:
+        """`rows` left padded to `width` tokens, then generated together."""
         from transformers import LogitsProcessorList
 
-        width = max(len(p) for p in rows)
         ids = torch.full((len(rows), width), self.pad_id, device=self.device)
         mask = torch.zeros_like(ids)
         for i, p in enumerate(rows):  # left padding: generation continues every row at its end
@@ -287,8 +302,16 @@ class Engine:
                                   do_sample=False, num_beams=1, use_cache=True, temperature=None, top_p=None,
                                   top_k=None, logits_processor=LogitsProcessorList(processors or []),
                                   eos_token_id=self.eot_id, pad_token_id=self.pad_id,
+                                  **({"cache_implementation": "static"} if self.static else {}),
                                   **({"streamer": streamer} if streamer is not None else {}))
         return [until_end(row, self.eot_id, self.pad_id) for row in out[:, width:].tolist()]
+
+
+def _bucket(n: int, step: int | None = 64) -> int:
+    """The batch size (step 64) or prompt width (step None) a static decode runs `n` at: the next power of two,
+    past `step` the next multiple of it -- few shapes, so each compiled graph serves many calls; a wider static
+    cache than needed costs reading its padding, at most as much again."""
+    return 1 << max(0, n - 1).bit_length() if step is None or n <= step else -(-n // step) * step
 
 
 def _save_dtype(model, dtype: str) -> torch.dtype:
