@@ -123,6 +123,33 @@ def test_what_cannot_be_simulated_is_refused(made, tmp_path, capsys, extra, mess
     assert re.search(message, capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--all"], r"say what to simulate: --items ITEMS.jsonl.*--steps K"),
+    (["--all", "--steps", "0"], r"--steps must be at least 1, got 0"),
+])
+def test_arguments_are_checked_before_the_model_loads(made, tmp_path, capsys, monkeypatch, extra, message):
+    import usertwin.twin.engine
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(usertwin.twin.engine, "load_twin_model", no_model)
+    run, data, _ = made
+    assert main(["simulate", "--run", str(run), "--data", str(data), "-o", str(tmp_path / "x.jsonl"),
+                 "--no-progress", *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_missing_records_file_is_refused_before_the_model_loads(made, tmp_path, monkeypatch):
+    import usertwin.twin.engine
+    from usertwin import Twin
+    from usertwin.errors import UsertwinError
+
+    monkeypatch.setattr(usertwin.twin.engine, "load_twin_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(UsertwinError, match=r"records file .*nope\.jsonl does not exist"):
+        Twin.load(made[0], records=tmp_path / "nope.jsonl")
+
+
 def test_bad_items_file_names_the_line(made, tmp_path, capsys):
     bad = tmp_path / "items.jsonl"
     bad.write_text('{"continuation_prefix": "Movie 1: "}\n{"continuation_prefx": "Movie 2: "}\n')
@@ -144,9 +171,11 @@ def test_speed_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path, tokenizer_dir):
                           "--max_new_tokens", "3", "--decode_steps", "3", "--max_length", "512",
                           "--tokenizer", str(tokenizer_dir), "--records",
                           str(root / "examples" / "movielens-mini" / "records.jsonl"), "--out", str(out)])
-    assert [r["batch_size"] for r in results] == [1, 2]
+    assert [(r["batch_size"], r["decode"]) for r in results] == [(1, "dynamic"), (1, "static"), (2, "dynamic"),
+                                                                 (2, "static")]
+    assert all(r["greedy_rows_identical"] == 1.0 for r in results if r["decode"] == "static")
     for r in results:
         assert r["users"] == 2 and r["users_per_s"] > 0 and 0 < r["generated_tokens"] <= 2 * 3
         assert r["weight_bytes"] > 0 and 0 < r["bandwidth_share_weights"] <= r["bandwidth_share_weights_kv"]
     saved = json.loads((out / "simulate_speed.json").read_text())
-    assert saved["results"] == results and "| tiny (float32) | 2 |" in (out / "simulate_speed.md").read_text()
+    assert saved["results"] == results and "| tiny (float32) | 2 | static |" in (out / "simulate_speed.md").read_text()

@@ -104,13 +104,18 @@ def choose_users(twin: Twin, users: list[str] | None) -> list[str]:
     return list(dict.fromkeys(users))
 
 
-def plan(twin: Twin, users: list[str], items: list[StepItem] | None, steps: int | None) -> dict[str, list]:
-    """Each user's step items, in order."""
-    if items is None and not steps:
-        raise UsertwinError("say what to simulate: --items ITEMS.jsonl (the next items), --steps K (a rollout), "
-                            "or both (a rollout over the items)")
+def check_what(has_items: bool, steps: int | None) -> None:
+    """Items, steps or both: refused before anything loads when neither says what to simulate."""
     if steps is not None and steps < 1:
         raise UsertwinError(f"--steps must be at least 1, got {steps}")
+    if not has_items and not steps:
+        raise UsertwinError("say what to simulate: --items ITEMS.jsonl (the next items), --steps K (a rollout), "
+                            "or both (a rollout over the items)")
+
+
+def plan(twin: Twin, users: list[str], items: list[StepItem] | None, steps: int | None) -> dict[str, list]:
+    """Each user's step items, in order."""
+    check_what(items is not None, steps)
     out = {}
     for u in users:
         if items is None:

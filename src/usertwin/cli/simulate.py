@@ -53,7 +53,7 @@ def run(args) -> int:
     from usertwin.config import generate_settings
     from usertwin.errors import UsertwinError
     from usertwin.rundir import RunDir
-    from usertwin.simulate import choose_users, read_items, simulate
+    from usertwin.simulate import check_what, choose_users, read_items, simulate
 
     _check_engine(args.engine)
     if hasattr(args, "gen__pick"):  # generation flags are set only when given
@@ -64,7 +64,8 @@ def run(args) -> int:
     if not data or not Path(data).is_file():
         raise UsertwinError(f"pass --data RECORDS.jsonl: the users' records (the run's own data {data!r} "
                             "is not there)")
-    items = read_items(args.items) if args.items else None  # before loading the model: mistakes show at once
+    check_what(args.items is not None, args.steps)  # before loading the model: mistakes show at once
+    items = read_items(args.items) if args.items else None
     from usertwin.twin import Twin
 
     twin = Twin.load(args.run, records=data, decode=args.decode)

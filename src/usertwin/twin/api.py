@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from usertwin.config import MAX_SAMPLES, Config, GenerateSettings, generate_settings_from
 from usertwin.data import crowd, records
@@ -62,6 +63,8 @@ class Twin:
         one; `progress`: transformers' loading bars; `decode`: static (a static KV cache, compiled into CUDA
         graphs on a GPU), dynamic (transformers' default cache) or auto (static on a GPU)."""
         run = RunDir(run_dir) if run_dir else None
+        if records is not None and not Path(records).is_file():  # before the model loads: seconds, not a minute
+            raise UsertwinError(f"records file {records} does not exist")
         engine = load_engine(run_dir, cfg, merge=merge, device=device, progress=progress, decode=decode)
         timelines = timelines_of(records, engine) if records is not None else None
         if run and records is None and engine.cfg.crowd_context != "none":
