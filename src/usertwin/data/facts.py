@@ -18,17 +18,23 @@ MAX_SCALE = 40  # more distinct numbers than this is free text that happens to b
 
 
 def rating_scale(timelines) -> list[str] | None:
-    """The allowed ratings as they are written in the data (e.g. "0.5" ... "5.0"), if the data has ratings."""
-    values = {}
+    """The allowed ratings as they are written in the data (e.g. "0.5" ... "5.0"), if the data has ratings: the
+    ratings seen, and every value the records declare in task.rating_scale (a rating no user in the data gave is
+    still a rating: it gets its probability), written with as many decimals as the data writes."""
+    values, declared = {}, set()
     for tl in timelines:
+        declared.update(tl.rating_scale or ())
         for it in tl.items:
             if it.is_rating:
                 try:
                     values.setdefault(float(it.continuation), it.continuation)
                 except ValueError:
                     return None
-    if not values or len(values) > MAX_SCALE:
+    if not values or len(values | dict.fromkeys(declared)) > MAX_SCALE:
         return None
+    decimals = max(len(text.partition(".")[2]) for text in values.values())
+    for v in declared - set(values):
+        values[v] = f"{v:.{decimals}f}"
     return [values[v] for v in sorted(values)]
 
 

@@ -33,6 +33,7 @@ class Timeline:
     record_index: int = 0
     role: str = "user"  # the record's task.role: how the prompt names the twin
     choice_sets: dict = field(default_factory=dict)  # the record's task.likert / task.choices (data/choices.py)
+    rating_scale: tuple | None = None  # the record's task.rating_scale, when declared (data/facts.py)
 
     @functools.cached_property
     def is_dialogue(self) -> bool:
@@ -95,7 +96,7 @@ def build_timelines(records) -> tuple[list[Timeline], list[str]]:
         tl = by_user.get(rec.user_id)
         if tl is None:
             by_user[rec.user_id] = Timeline(rec.user_id, rec.profile, rec.task, rec.language, list(rec.items),
-                                            rec.index, rec.role, rec.choice_sets)
+                                            rec.index, rec.role, rec.choice_sets, rec.rating_scale)
         else:
             warnings.append(f"user {rec.user_id!r}: records {tl.record_index} and {rec.index} share this user "
                             f"id; merged their items into one timeline (profile from record {tl.record_index})")

@@ -78,6 +78,7 @@ class Record:
     role: str = "user"  # who the twin is, which the prompt's fixed phrases name: one of ROLES
     # task.likert (levels, lowest first) and task.choices (options) when the record declares them (data/choices.py)
     choice_sets: dict = field(default_factory=dict)
+    rating_scale: tuple | None = None  # task.rating_scale when declared: the allowed ratings, ascending
 
 
 # The prompt names the twin by its role ("this user", "this character"); a record declares it in task.role.

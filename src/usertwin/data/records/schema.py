@@ -175,9 +175,9 @@ def build_record(raw, index: int, path, dropped: list | None = None, targets: bo
         problems += [dataclasses.replace(p, item=None, slot=None) for found in item_problems for p in found]
         if problems:
             return None, problems
-        return Record(index, uid, profile, description, language, items, role, choice_sets), []
+        return Record(index, uid, profile, description, language, items, role, choice_sets, _sorted(scale)), []
     dropped.extend(merge_problems(found) for found in item_problems)
-    return Record(index, uid, profile, description, language, items, role, choice_sets), []
+    return Record(index, uid, profile, description, language, items, role, choice_sets, _sorted(scale)), []
 
 
 def _item_reporter(found: list, path, index: int, user, position: int, slot: tuple):
@@ -224,6 +224,10 @@ def _rating_scale(value, bad):
         bad("task.rating_scale", f"must be a list of numbers such as [1, 2, 3, 4, 5], got {got_text(value)}")
         return None
     return {float(x) for x in value}
+
+
+def _sorted(scale: set | None) -> tuple | None:
+    return tuple(sorted(scale)) if scale else None
 
 
 def _off_scale(text: str, scale: set) -> bool:
