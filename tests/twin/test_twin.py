@@ -220,6 +220,13 @@ def test_lora_is_merged_at_load_and_scores_stay_equal(made):
     (lambda t: t.scores([{"user": "10", "item": "x", "continuation": 4.0}]), r"continuation= takes a string"),
     (lambda t: t.predict(user="10", item="Movie " * 200), r"user '10'.*needs \d+ tokens even without history.*"
                                                           r"max_length 160.*shorter item"),
+    # a lone surrogate is valid JSON but no text: refused naming the field, never the tokenizer's TypeError
+    (lambda t: t.rating_distribution(user="10", item="Movie \ud800: "), r"item: not valid text.*surrogate.*character 6"),
+    (lambda t: t.predict(profile={"name": "a\ud800"}, history=[], item="x"), r"profile\.name: not valid text"),
+    (lambda t: t.score(user="10", item="x", continuation="4\udfff"), r"continuation: not valid text"),
+    (lambda t: t.chat([{"role": "user", "content": "hi \ud800"}], user="10"), r"messages\[0\]\.content: not valid"),
+    (lambda t: t.predict(user="10", item="x", context=[{"role": "user", "content": "\ud800"}]),
+     r"context\[0\]\.content: not valid text"),
 ])
 def test_bad_requests_say_what_to_pass(made, call, message):
     from usertwin import Twin

@@ -27,6 +27,7 @@ from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
 from usertwin.sequences.fit import Prompt, trim_long_contexts
 from usertwin.text.tokens import ItemLengths, measure_all
+from usertwin.twin.chat import chat_prompt, check_text
 from usertwin.twin.engine import Engine, load_engine
 
 
@@ -130,7 +131,7 @@ class Twin:
 
     def ids_of(self, text: str) -> list[int]:
         """A continuation's tokens as training sees them: the text, then the end-of-turn."""
-        return self.engine.continuation_ids(text)
+        return self.engine.continuation_ids(check_text(text, "continuation"))
 
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -295,6 +296,8 @@ class Twin:
 
     def situation(self, user, item, context, target, profile, history) -> tuple[Timeline, int]:
         _check_situation(item, context, profile, history)
+        for name, value in (("item", item), ("context", context), ("profile", profile), ("history", history)):
+            check_text(value, name)
         explicit = profile is not None or history is not None
         tl = self._described(user, profile, history or []) if explicit else self.timeline(user)
         if target is None:
@@ -358,8 +361,6 @@ class Twin:
         `assistant`, the other speaker's `user` (a `name` is that speaker's name, as a dialogue's sources are);
         a `system` message may describe the user (JSON object: the profile; other text: a description).
         Rendered as training renders a dialogue item: the turns are its context, the reply is its target."""
-        from usertwin.twin.chat import chat_prompt
-
         g = GenerateSettings(**generation)
         ids = chat_prompt(self, messages, user, profile, history, room=g.max_new_tokens)
         return self.engine.generate_texts([ids], g)[0][0]
@@ -390,7 +391,7 @@ def _text(value, name: str, j: int | None = None) -> str:
     if not isinstance(value, str):
         at = f"request {j}: " if j is not None else ""
         raise UsertwinError(f"{at}{name}= takes a string, got {type(value).__name__}")
-    return value
+    return check_text(value, name)
 
 
 def _check_situation(item, context, profile, history) -> None:

@@ -29,6 +29,7 @@ def chat_context(messages: list) -> tuple[list[dict], dict | None]:
     """(context turns in the records format, the profile a system message gives or None)."""
     if not isinstance(messages, list) or not messages:
         raise UsertwinError("messages must be a non-empty list of {role, content} objects")
+    check_text(messages, "messages")
     turns, profile = [], None
     for i, m in enumerate(messages):
         role, content = _message_parts(m, i)
@@ -68,3 +69,22 @@ def _system_profile(text: str) -> dict:
     if isinstance(value, dict):
         return value
     return {"description": text.strip()} if text.strip() else {}
+
+
+def check_text(value, where: str):
+    """`value` (a string, or strings inside lists and dicts) as a tokenizer can take it: a lone UTF-16 surrogate
+    (valid JSON, "\\ud800") is no text; refused naming where it is, instead of the tokenizer's TypeError."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UsertwinError(f"{where}: not valid text (a lone UTF-16 surrogate {value[e.start]!r} at character "
+                                f"{e.start})") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_text(k, where)
+            check_text(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_text(v, f"{where}[{i}]")
+    return value
