@@ -374,7 +374,7 @@ class Config(*reversed(SECTIONS.values())):
         return dataclasses.asdict(self)
 
 
-DECODES = ("auto", "static", "dynamic")  # --decode of predict, simulate, serve (twin/engine.py: Engine.static)
+DECODES = ("dynamic", "static")  # --decode of predict, simulate, serve (twin/engine.py: Engine.static)
 SAMPLING_TEMPERATURE = 0.7  # --num_samples N without --temperature: the seeds' vLLM default (MovieLens, dialogue)
 MAX_SAMPLES = 1_000_000  # request j of a list draws sample i with seed + j * MAX_SAMPLES + i (Twin.generate_many)
 

@@ -88,13 +88,13 @@ def test_static_decoding_gives_what_dynamic_decoding_gives(tokenizer, prompts, n
     assert all(r & (r - 1) == 0 for r in rows) and all(s[1] % 64 == 0 for s in static_shapes)  # buckets
 
 
-def test_decode_auto_is_static_on_a_gpu_only_and_a_wrong_decode_is_refused(engine, tokenizer):
-    assert engine.decoding == "auto" and engine.static is (engine.device.type == "cuda")
-    with pytest.raises(UsertwinError, match="decode must be one of auto, static, dynamic, not 'fast'"):
+def test_decode_is_dynamic_unless_static_is_asked_and_a_wrong_decode_is_refused(engine, tokenizer):
+    assert engine.decoding == "dynamic" and not engine.static
+    with pytest.raises(UsertwinError, match="decode must be one of dynamic, static, not 'fast'"):
         Engine(Config(), engine.model, tokenizer, decode="fast")
     for command in (["predict"], ["simulate", "--run", "r", "-o", "o.jsonl", "--all"], ["serve", "--run", "r"]):
         assert build_parser().parse_args([*command, "--decode", "static"]).decode == "static"
-        assert build_parser().parse_args(command).decode == "auto"
+        assert build_parser().parse_args(command).decode == "dynamic"
         with pytest.raises(SystemExit):
             build_parser().parse_args([*command, "--decode", "fast"])
 

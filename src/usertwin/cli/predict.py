@@ -43,10 +43,11 @@ def add_arguments(p) -> None:
 def add_decode_flag(p) -> None:
     from usertwin.config import DECODES
 
-    p.add_argument("--decode", choices=DECODES, default="auto",
-                   help="how generation decodes: static (a static KV cache, compiled into CUDA graphs on a GPU: "
-                        "no per-step overhead once a shape is compiled), dynamic (transformers' default cache), "
-                        "auto: static on a GPU, dynamic on a CPU (default auto)")
+    p.add_argument("--decode", choices=DECODES, default="dynamic",
+                   help="how generation decodes: dynamic (transformers' default cache) or static (a static KV cache "
+                        "compiled into CUDA graphs on a GPU: on an H100 the decode step fell from 29 to 3.6 ms at "
+                        "batch 1, after 35-56 s of compiling per batch/width bucket; worth it for long jobs at "
+                        "small batches) (default dynamic)")
 
 
 def run(args) -> int:

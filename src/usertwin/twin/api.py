@@ -56,13 +56,14 @@ class Twin:
 
     @classmethod
     def load(cls, run_dir=None, records=None, *, cfg: Config | None = None, merge: bool = True,
-             device: str | None = None, progress: bool = True, decode: str = "auto") -> Twin:
+             device: str | None = None, progress: bool = True, decode: str = "dynamic") -> Twin:
         """From the run directory alone (config, tokenizer, best weights, twin.json); `records`: a records
         file to look users up by id (and, for runs without twin.json, to read the rating scale from).
         `cfg`: settings over the run's config (the CLI's flags); without a run, the base model it names
         (zero-shot). `merge`: a LoRA adapter merged into the weights; `device`: default the GPU when there is
-        one; `progress`: transformers' loading bars; `decode`: static (a static KV cache, compiled into CUDA
-        graphs on a GPU), dynamic (transformers' default cache) or auto (static on a GPU)."""
+        one; `progress`: transformers' loading bars; `decode`: dynamic (transformers' default cache) or
+        static (a static KV cache, compiled into CUDA graphs on a GPU: several times faster at small batches once
+        compiled)."""
         run = RunDir(run_dir) if run_dir else None
         if records is not None and not Path(records).is_file():  # before the model loads: seconds, not a minute
             raise UsertwinError(f"records file {records} does not exist")

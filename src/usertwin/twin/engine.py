@@ -59,7 +59,7 @@ def _load_twin_model(cfg: Config, run_dir, merge: bool, device: str | None):
 
 
 def load_engine(run_dir=None, cfg: Config | None = None, *, merge: bool = True, device: str | None = None,
-                progress: bool = True, decode: str = "auto") -> Engine:
+                progress: bool = True, decode: str = "dynamic") -> Engine:
     """The one way a twin's model is loaded (Twin.load, predict, scenario, simulate, serve, export): the
     tokenizer the run trained with (best/ keeps it) and its best weights; without a run, the base model of
     `cfg`. `cfg`: default the run's config.yaml (a caller passes its own to override settings). `decode`: how
@@ -98,7 +98,7 @@ def bytes_per_token(config, width: int) -> int:
 class Engine:
     """A model + the training renderer: prompts, likelihoods of continuations, generation."""
 
-    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None, decode: str = "auto"):
+    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None, decode: str = "dynamic"):
         if decode not in DECODES:
             raise UsertwinError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
         self.cfg, self.model, self.tokenizer, self.scale, self.decoding = cfg, model, tokenizer, scale, decode
@@ -116,8 +116,10 @@ class Engine:
 
     @property
     def static(self) -> bool:
-        """Decode with a static KV cache (compiled into CUDA graphs on a GPU): --decode static, or auto on a GPU."""
-        return self.decoding == "static" or (self.decoding == "auto" and self.device.type == "cuda")
+        """Decode with a static KV cache (compiled into CUDA graphs on a GPU): --decode static. Not the default
+        yet: compiling takes 35-56 s per shape, and on an H100 it lost at batch 256 of the SmolLM2 shape
+        (benchmarks/results/simulate_speed_decode_h100.md)."""
+        return self.decoding == "static"
 
     def with_batch_size(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
         """`gen` with a number for batch_size: auto is 8 on a CPU; on a GPU, as many prompts (each with its
