@@ -202,7 +202,21 @@ def http(server):
 
 
 def test_openai_model_list(client, made):
+    import openai
+
     assert [m.id for m in client.models.list()] == [made[0].name]
+    assert client.models.retrieve(made[0].name).id == made[0].name  # OpenAI's models.retrieve
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_a_seed_is_taken_and_repeats_the_samples(client, made):
+    messages = _messages(_items("11", 2)[3]["context"])
+    ask = dict(model=made[0].name, messages=messages, user="11", max_tokens=6, temperature=1.0, n=2)
+    first = [c.message.content for c in client.chat.completions.create(**ask, seed=7).choices]
+    again = [c.message.content for c in client.chat.completions.create(**ask, seed=7).choices]
+    other = [c.message.content for c in client.chat.completions.create(**ask, seed=8).choices]
+    assert first == again and first != other
 
 
 def test_openai_chat_completion_and_its_stream(client, made):
@@ -378,6 +392,10 @@ def test_the_key_is_required(server, made):
         r = httpx.post(server + "/v1/chat/completions", json=chat, headers=headers, timeout=60)
         _error(r, 401, "invalid_api_key")
     assert httpx.get(server + "/v1/models", timeout=60).status_code == 401
+    # the scheme is case-insensitive; the key is not
+    assert httpx.get(server + "/v1/models", headers={"Authorization": f"bearer {KEY}"}, timeout=60).status_code == 200
+    assert httpx.get(server + "/v1/models", headers={"Authorization": f"Bearer {KEY.upper()}"},
+                     timeout=60).status_code == 401
     page = httpx.get(server + "/", timeout=60)  # the page holds no data; what it fetches needs the key
     assert page.status_code == 200 and "<script>" in page.text
 

@@ -4,7 +4,7 @@ Whose twin answers is chosen per request: `user` (an id of the records file give
 own `user` field), or `profile` (an object) and `history` (items in the records format), sent as extra body
 fields (`extra_body=` in the openai package). A chat's `system` message may describe the user instead.
 
-    GET  /v1/models                 the served twin
+    GET  /v1/models, /v1/models/{id}   the served twin
     POST /v1/chat/completions       the twin's next line in a conversation (stream: true for SSE chunks)
     POST /v1/completions            the twin's continuation of an item: `prompt` is the item (its prefix)
     POST /v1/twin/predict           continuations and the rating distribution of an item
@@ -80,6 +80,8 @@ def limits(key: str) -> dict:
 class Sampling(Strict):
     temperature: float | None = Field(None, **limits("temperature"))
     top_p: float | None = Field(None, **limits("top_p"))
+    seed: int | None = Field(None, description="sample i draws with seed + i (the same in any batch)",
+                             **limits("seed"))
 
 
 class OpenAIRequest(Who, Sampling):
@@ -139,6 +141,7 @@ def create_app(twin, *, api_key: str | None = None, model_name: str | None = Non
     auth = [Depends(_auth(api_key))]
     app.get("/", response_class=HTMLResponse, include_in_schema=False)(lambda: HTMLResponse(page_html()))
     app.get("/v1/models", dependencies=auth)(state.models)
+    app.get("/v1/models/{model_id}", dependencies=auth)(state.model)
     app.post("/v1/chat/completions", dependencies=auth)(state.chat)
     app.post("/v1/completions", dependencies=auth)(state.completions)
     app.post("/v1/twin/predict", dependencies=auth)(state.predict)
@@ -154,13 +157,14 @@ def page_html() -> str:
 
 
 def _auth(api_key: str | None):
-    expected = f"Bearer {api_key}".encode() if api_key else None
+    expected = api_key.encode() if api_key else None
 
     def check(request: Request) -> None:
         if expected is None:
             return
-        given = request.headers.get("authorization", "").encode()
-        if not secrets.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        # the scheme is case-insensitive (RFC 9110): "bearer KEY" is "Bearer KEY"
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
             raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the "
                                 "key given to `usertwin serve --api_key`", code="invalid_api_key")
 
@@ -221,9 +225,14 @@ class Served:
     async def models(self):
         return {"object": "list", "data": [self._model_card()]}
 
+    async def model(self, model_id: str):
+        """OpenAI's models.retrieve."""
+        self._check_model(model_id)
+        return self._model_card()
+
     async def chat(self, req: ChatRequest):
         self._check_model(req.model)
-        gen = self._gen(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.n)
+        gen = self._gen(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.n, req.seed)
         self._check_user(req)
         twin = self.twin
         job = Job(lambda: chat_prompt(twin, req.messages, req.user, req.profile, req.history,
@@ -241,7 +250,7 @@ class Served:
 
     async def completions(self, req: CompletionRequest):
         self._check_model(req.model)
-        gen = self._gen(req.max_tokens, req.temperature, req.top_p, req.n)
+        gen = self._gen(req.max_tokens, req.temperature, req.top_p, req.n, req.seed)
         self._check_user(req)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
@@ -270,7 +279,8 @@ class Served:
                            param="rating_distribution")
         if not req.generate and not want_dist:
             raise ApiError(400, "nothing asked: generate is false and no rating distribution", param="generate")
-        gen = self._gen(req.max_new_tokens, req.temperature, req.top_p, req.num_samples) if req.generate else None
+        gen = self._gen(req.max_new_tokens, req.temperature, req.top_p, req.num_samples, req.seed) if req.generate \
+            else None
         self._check_user(req)
         job = self._item_job(req, req.item, req.context, req.target, gen)
         if want_dist:
@@ -325,7 +335,7 @@ class Served:
             raise ApiError(404, f"model {model!r} is not served here; this server serves {self.model_name!r}",
                            code="model_not_found", param="model")
 
-    def _gen(self, max_new, temperature, top_p, n) -> GenerateSettings:
+    def _gen(self, max_new, temperature, top_p, n, seed: int | None = None) -> GenerateSettings:
         limit = self.twin.cfg.max_length - 1
         if max_new is not None and max_new > limit:
             raise ApiError(400, f"max_tokens {max_new} is more than the twin's max_length allows ({limit})",
@@ -335,7 +345,7 @@ class Served:
             raise ApiError(400, f"{n} samples need sampling: set temperature above 0 (greedy decoding has one "
                                 "answer)", param="temperature")
         return GenerateSettings(max_new_tokens=max_new or base.max_new_tokens, temperature=temperature,
-                                top_p=base.top_p if top_p is None else top_p, num_samples=n)
+                                top_p=base.top_p if top_p is None else top_p, num_samples=n, seed=seed)
 
     def _check_user(self, req: Who) -> None:
         """A looked-up user must exist: 404 before the request waits for the model."""
