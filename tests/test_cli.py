@@ -149,3 +149,16 @@ def test_items_longer_than_max_length_lose_oldest_context_turns_not_the_target(t
     kept = prep.timelines[0].items[3].context
     assert 0 < len(kept) < 40 and kept[-1]["content"].startswith("turn 3.39")  # the newest turns stay
     assert prep.stats["train"].too_long == 0
+
+
+def test_a_mistyped_flag_is_one_line_with_the_nearest_flag_not_the_usage_block(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--lerning_rate", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("usertwin train: error: unrecognized arguments: --lerning_rate 1 (--lerning_rate: did you mean "
+                   "--learning_rate?)\n(`usertwin train --help` lists every flag)\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--max_length", "abc"])
+    err = capsys.readouterr().err
+    assert "usage:" not in err and err.startswith("usertwin train: error: argument --max_length")

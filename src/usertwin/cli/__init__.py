@@ -37,8 +37,35 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
+        self._given = args
         end = args.index("--") if "--" in args else len(args)
         return super().parse_known_args([self._underscored(a) for a in args[:end]] + args[end:], namespace)
+
+    def error(self, message: str):
+        """One line and a pointer to --help, not the whole usage block; an unknown flag gets the nearest one."""
+        command = next((a for a in getattr(self, "_given", []) if a in self._commands()), None)
+        where = f"{self.prog} {command}" if command and self.prog == "usertwin" else self.prog
+        self.exit(2, f"{where}: error: {message}{self._nearest(message, command)}\n(`{where} --help` lists every "
+                     "flag)\n")
+
+    def _commands(self) -> dict:
+        return next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    def _nearest(self, message: str, command: str | None = None) -> str:
+        import difflib
+        import re
+
+        found = re.match(r"unrecognized arguments: (.*)", message)
+        if not found:
+            return ""
+        known = set(self._option_string_actions)
+        for name, sub in self._commands().items():  # the top-level parser: the command's flags
+            if command in (None, name):
+                known |= set(sub._option_string_actions)
+        guesses = [(flag, difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.75))
+                   for flag in (a.split("=")[0] for a in found.group(1).split() if a.startswith("--"))]
+        said = [f"{flag}: did you mean {close[0]}?" for flag, close in guesses if close]
+        return f" ({'; '.join(said)})" if said else ""
 
     def _underscored(self, token: str) -> str:
         """--no-progress -> --no_progress (and --max-length=5 -> --max_length=5) when that is a flag here."""
