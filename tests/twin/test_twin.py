@@ -220,6 +220,14 @@ def test_lora_is_merged_at_load_and_scores_stay_equal(made):
     (lambda t: t.scores([{"user": "10", "item": "x", "continuation": 4.0}]), r"continuation= takes a string"),
     (lambda t: t.predict(user="10", item="Movie " * 200), r"user '10'.*needs \d+ tokens even without history.*"
                                                           r"max_length 160.*shorter item"),
+    # chat and seeds are checked as generate's settings are (issue 28: raw TypeError / ValueError before)
+    (lambda t: t.chat([{"role": "user", "content": "hi"}], user="10", foo=1), r"unknown generation setting 'foo'"),
+    (lambda t: t.chat([{"role": "user", "content": "hi"}], user="10", temperature="hot"), r"temperature' must be float"),
+    (lambda t: t.chat([{"role": "user", "content": "hi"}], user="10", max_new_tokens=0), r"must be at least 1, got 0"),
+    (lambda t: t.chat([{"role": "user", "content": "hi"}], user="10", temperature=-1), r"must be at least 0, got -1"),
+    (lambda t: t.generate(user="10", item="x", seed="abc"), r"key 'seed' must be int or null, got str"),
+    (lambda t: t.generate(user="10", item="x", seed=-1), r"key 'seed' must be between 0 and"),
+    (lambda t: t.generate_many([{"user": "10", "item": "x"}], seed=1.5), r"key 'seed' must be int or null, got float"),
     # a lone surrogate is valid JSON but no text: refused naming the field, never the tokenizer's TypeError
     (lambda t: t.rating_distribution(user="10", item="Movie \ud800: "), r"item: not valid text.*surrogate.*character 6"),
     (lambda t: t.predict(profile={"name": "a\ud800"}, history=[], item="x"), r"profile\.name: not valid text"),

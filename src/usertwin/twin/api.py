@@ -253,6 +253,7 @@ class Twin:
         of request j draws with seed + j * MAX_SAMPLES + i, or with the request's own "seed" + i: the same
         whether 1 or N samples are drawn."""
         g = _settings(gen)
+        seed = _settings({"seed": seed}).seed  # an int in range, as --seed takes it
         prompts = self._prompts(requests, g.max_new_tokens)
         seeds = [_request_seed(r, seed, j * MAX_SAMPLES) for j, r in enumerate(requests)]
         out = []
@@ -362,7 +363,7 @@ class Twin:
         `assistant`, the other speaker's `user` (a `name` is that speaker's name, as a dialogue's sources are);
         a `system` message may describe the user (JSON object: the profile; other text: a description).
         Rendered as training renders a dialogue item: the turns are its context, the reply is its target."""
-        g = GenerateSettings(**generation)
+        g = _settings(generation)  # checked as generate checks them
         ids = chat_prompt(self, messages, user, profile, history, room=g.max_new_tokens)
         return self.engine.generate_texts([ids], g)[0][0]
 
@@ -384,7 +385,7 @@ def _request(r, j: int) -> dict:
 def _request_seed(r: dict, seed: int | None, offset: int) -> int | None:
     own = r.get("seed") if isinstance(r, dict) else None
     if own is not None:
-        return own
+        return _settings({"seed": own}).seed  # an int in range, as --seed takes it
     return None if seed is None else seed + offset
 
 
