@@ -76,12 +76,23 @@ class Parser(argparse.ArgumentParser):
         return spelled + eq + value if spelled in self._option_string_actions else token
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help says its default, unless it already does (or has none to say)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        quiet = (None, False, argparse.SUPPRESS)
+        if "default" in text or action.default in quiet or not action.option_strings or action.nargs == 0:
+            return text
+        return f"{text} (default %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="usertwin", description="Fine-tune language models into user twins.")
     parser.add_argument("--version", action="version", version=f"usertwin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, help="a step of the pipeline (usertwin COMMAND --help)")
     for command in COMMANDS:
-        p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)
+        p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP, formatter_class=HelpFormatter)
         command.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors, and the third-party warnings usertwin hides")
         p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")

@@ -23,11 +23,9 @@ appended per batch; run the same command again to continue after a kill.
 
 
 def add_arguments(p) -> None:
-    import argparse
 
     from usertwin.config import add_generate_flags
 
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = DESCRIPTION
     p.add_argument("--run", required=True, help="a train run directory: its config and best weights")
     p.add_argument("--data", help="records file the users are read from (default: the records the run trained on)")
