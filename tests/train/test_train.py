@@ -40,7 +40,7 @@ def test_train_writes_the_run_directory_and_learns(tmp_path, tiny_model_dir, cap
     assert summary["val_loss_after"] < summary["val_loss_before"]
     assert summary["best_val_loss"] == pytest.approx(summary["val_loss_after"], rel=1e-6)
     logs = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in logs if r.get("event") == "eval"] == [2, 3, 4]  # after epochs 1, 2, 3
+    assert [r["epoch"] for r in logs if r.get("event") == "eval"] == [1, 2, 3]  # at the ends of epochs 1, 2, 3
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # save_total_limit
 
 

@@ -285,7 +285,10 @@ class Trainer:
             self.loss_model.train()
 
     def log(self, row: dict) -> None:
-        row = {"step": self.state.global_step, "epoch": self.state.epoch + 1, **row, "time": round(time.time(), 3)}
+        st = self.state
+        # the epoch of the last step: an evaluation at the end of epoch 1 is epoch 1's, not the next one's
+        epoch = st.epoch if st.global_step and not st.step_in_epoch else st.epoch + 1
+        row = {"step": st.global_step, "epoch": epoch, **row, "time": round(time.time(), 3)}
         self.state.log.append(row)
         self.loggers.write(row, self.state.global_step)
 
