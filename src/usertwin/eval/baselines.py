@@ -310,7 +310,9 @@ def score(preds: dict) -> dict:
     out = {}
     for name, pairs in preds.items():
         if name in RATING_BASELINES:
-            out[name] = metrics.rating_metrics([t.rating for t, _ in pairs], [p for _, p in pairs])
+            # every rating baseline predicts a mean, not a scale value: no exact accuracy, as for the twin's
+            # expected rating (evaluate shows "-" there too)
+            out[name] = metrics.rating_metrics([t.rating for t, _ in pairs], [p for _, p in pairs], on_scale=False)
             continue
         langs = sorted({t.language for t, _ in pairs})
         for lang in langs:
