@@ -179,3 +179,15 @@ def test_speed_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path, tokenizer_dir):
         assert r["weight_bytes"] > 0 and 0 < r["bandwidth_share_weights"] <= r["bandwidth_share_weights_kv"]
     saved = json.loads((out / "simulate_speed.json").read_text())
     assert saved["results"] == results and "| tiny (float32) | 2 | static |" in (out / "simulate_speed.md").read_text()
+
+
+def test_items_run_user_by_user_and_shared_prefill_changes_no_answer(made, tmp_path):
+    args = ["--all", "--items", str(made[2]), "--no-generate", "--batch_size", "3"]
+    shared = _sim(made, tmp_path / "shared.jsonl", *args)
+    each = _sim(made, tmp_path / "each.jsonl", *args, "--prefill", "each")
+    # one user's three items a batch: their rows come together, in step order
+    assert [(r["user"], r["step"]) for r in shared] == [(u, s) for u in (*RATED, WRITER) for s in (1, 2, 3)]
+    assert [(r["user"], r["step"]) for r in each] == [(r["user"], r["step"]) for r in shared]
+    for a, b in zip(shared, each):
+        assert a["prompt_hash"] == b["prompt_hash"] and "generations" not in a
+        assert a["rating"]["probs"] == pytest.approx(b["rating"]["probs"], abs=1e-5)

@@ -14,6 +14,8 @@ For an item of a rating collection a row holds the probability of every allowed 
 ratings; for text the generated continuations. In a rollout the first sample joins the history (a rating as
 the scale writes it when the text parses as one).
 
+Items mode runs user by user: the items of a user scored in one batch read the user's history once (shared
+prefill, twin/engine.py), so rating a population on many items costs little more than reading each history.
 The output is appended per batch and resumable as predict's is: rows already in it are skipped on a rerun
 and a torn last line is dropped; a rollout's later steps read the earlier steps' continuations back from it.
 Sample i of (user, step) draws with a seed made of (--seed, user, step) plus i, so it is the same in any
@@ -192,16 +194,21 @@ class _Run:
         self.scale = twin.scale or []
 
     def all(self, output: Path, done: dict, progress: bool) -> int:
-        pending = [(u, s) for s in range(max(map(len, self.todo.values()), default=0))
-                   for u in self.todo if s < len(self.todo[u]) and (u, s + 1) not in done]
+        if self.rollout:  # step by step: a user's next step needs this step's generation
+            pending = [(u, s) for s in range(max(map(len, self.todo.values()), default=0))
+                       for u in self.todo if s < len(self.todo[u]) and (u, s + 1) not in done]
+        else:  # user by user: a batch of one user's items shares the reading of their history (prefill)
+            pending = [(u, s) for u in self.todo for s in range(len(self.todo[u])) if (u, s + 1) not in done]
         if self.gen.limit is not None:
             pending = pending[:max(0, self.gen.limit - len(done))]
         bar = progress_bar(len(pending), "simulate", "step") if progress else None
         self.gen = self.twin.sized(self.gen)
-        return append_batches(output, _batches(pending, self.gen.batch_size), self.batch, bar)
+        batches = _batches(pending, self.gen.batch_size) if self.rollout else _chunks(pending, self.gen.batch_size)
+        return append_batches(output, batches, self.batch, bar)
 
     def batch(self, batch: list) -> list[dict]:
-        """One step of several users: ratings scored in one forward, every prompt generated together."""
+        """Some (user, step) pairs: ratings scored in one forward (the items of a user after one reading of
+        their history, Engine.score_many), every prompt generated together."""
         twin, room = self.twin, self.gen.max_new_tokens if self.gen.generate else 0
         rows, prompts = [], []
         situations = [(user, s, *self.situation(user, self.todo[user][s])) for user, s in batch]
@@ -259,5 +266,9 @@ def _batches(pending: list, size: int):
     for user, s in pending:
         by_step.setdefault(s, []).append((user, s))
     for group in by_step.values():
-        for start in range(0, len(group), size):
-            yield group[start:start + size]
+        yield from _chunks(group, size)
+
+
+def _chunks(pending: list, size: int):
+    for start in range(0, len(pending), size):
+        yield pending[start:start + size]

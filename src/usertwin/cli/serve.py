@@ -22,8 +22,10 @@ def add_arguments(p) -> None:
                    help="how long the model waits to collect concurrent requests into one batch")
     p.add_argument("--max_batch", type=int, default=32, help="most requests in one batch")
     from usertwin.cli.predict import add_decode_flag
+    from usertwin.cli.simulate import add_prefill_flag
 
     add_decode_flag(p)
+    add_prefill_flag(p)
 
 
 def run(args) -> int:
@@ -43,7 +45,7 @@ def run(args) -> int:
     if args.max_batch < 1 or args.batch_wait_ms < 0:
         raise UsertwinError("--max_batch must be at least 1 and --batch_wait_ms not negative")
     _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
-    twin = Twin.load(args.run, records=args.data, decode=args.decode)
+    twin = Twin.load(args.run, records=args.data, decode=args.decode, prefill=args.prefill)
     name = args.model_name or model_name_of(args.run)
     app = create_app(twin, api_key=args.api_key, model_name=name, wait_ms=args.batch_wait_ms,
                      max_batch=args.max_batch)

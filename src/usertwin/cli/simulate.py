@@ -42,6 +42,16 @@ def add_arguments(p) -> None:
     from usertwin.cli.predict import add_decode_flag
 
     add_decode_flag(p)
+    add_prefill_flag(p)
+
+
+def add_prefill_flag(p) -> None:
+    from usertwin.config import PREFILLS
+
+    p.add_argument("--prefill", choices=PREFILLS, default="shared",
+                   help="how rating items are scored: shared (the prompts of one user that begin alike -- the same "
+                        "history, different items -- read that history once; the same probabilities up to float "
+                        "rounding) or each (every prompt read whole, as before) (default shared)")
 
 
 def run(args) -> int:
@@ -66,7 +76,7 @@ def run(args) -> int:
     items = read_items(args.items) if args.items else None
     from usertwin.twin import Twin
 
-    twin = Twin.load(args.run, records=data, decode=args.decode)
+    twin = Twin.load(args.run, records=data, decode=args.decode, prefill=args.prefill)
     users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
     gen = generate_settings(args)
     if gen.generate and gen.sampling_notice():

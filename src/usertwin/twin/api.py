@@ -56,18 +56,21 @@ class Twin:
 
     @classmethod
     def load(cls, run_dir=None, records=None, *, cfg: Config | None = None, merge: bool = True,
-             device: str | None = None, progress: bool = True, decode: str = "dynamic") -> Twin:
+             device: str | None = None, progress: bool = True, decode: str = "dynamic",
+             prefill: str = "shared") -> Twin:
         """From the run directory alone (config, tokenizer, best weights, twin.json); `records`: a records
         file to look users up by id (and, for runs without twin.json, to read the rating scale from).
         `cfg`: settings over the run's config (the CLI's flags); without a run, the base model it names
         (zero-shot). `merge`: a LoRA adapter merged into the weights; `device`: default the GPU when there is
         one; `progress`: transformers' loading bars; `decode`: dynamic (transformers' default cache) or
         static (a static KV cache, compiled into CUDA graphs on a GPU: several times faster at small batches once
-        compiled)."""
+        compiled); `prefill`: shared (prompts scored together that begin alike -- one user asked about many
+        items -- read that beginning once) or each (every prompt read whole)."""
         run = RunDir(run_dir) if run_dir else None
         if records is not None and not Path(records).is_file():  # before the model loads: seconds, not a minute
             raise UsertwinError(f"records file {records} does not exist")
-        engine = load_engine(run_dir, cfg, merge=merge, device=device, progress=progress, decode=decode)
+        engine = load_engine(run_dir, cfg, merge=merge, device=device, progress=progress, decode=decode,
+                             prefill=prefill)
         timelines = timelines_of(records, engine) if records is not None else None
         if run and records is None and engine.cfg.crowd_context != "none":
             engine.crowd = read_crowd_pools(run.path)

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 
 from usertwin.atomic import recover_dir
-from usertwin.config import AUTO, DECODES, Config, GenerateSettings
+from usertwin.config import AUTO, DECODES, PREFILLS, Config, GenerateSettings
 from usertwin.data import choices
 from usertwin.data.facts import rating_distribution
 from usertwin.errors import UsertwinError
@@ -59,20 +59,68 @@ def _load_twin_model(cfg: Config, run_dir, merge: bool, device: str | None):
 
 
 def load_engine(run_dir=None, cfg: Config | None = None, *, merge: bool = True, device: str | None = None,
-                progress: bool = True, decode: str = "dynamic") -> Engine:
+                progress: bool = True, decode: str = "dynamic", prefill: str = "shared") -> Engine:
     """The one way a twin's model is loaded (Twin.load, predict, scenario, simulate, serve, export): the
     tokenizer the run trained with (best/ keeps it) and its best weights; without a run, the base model of
     `cfg`. `cfg`: default the run's config.yaml (a caller passes its own to override settings). `decode`: how
-    generation decodes (Engine.static)."""
-    if decode not in DECODES:  # before the model loads
-        raise UsertwinError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
+    generation decodes (Engine.static); `prefill`: whether scoring shares prompts' beginnings (score_many)."""
+    check_choice("decode", decode, DECODES)  # before the model loads
+    check_choice("prefill", prefill, PREFILLS)
     if cfg is None:
         cfg = RunDir(run_dir).load_config()
     source = RunDir(run_dir).tokenizer_source(cfg.model) if run_dir else cfg.model
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-    return Engine(cfg, load_twin_model(cfg, run_dir, merge, device, progress), tokenizer, decode=decode)
+    return Engine(cfg, load_twin_model(cfg, run_dir, merge, device, progress), tokenizer, decode=decode,
+                  prefill=prefill)
 
 
+def check_choice(name: str, value: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise UsertwinError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Tokens of a scoring forward's second part (Engine.score_blocks): they see their window's first `seen`
+    tokens, the whole of segment `after` of the same block (a prompt's own tail, its candidates after it) and
+    their own earlier tokens. `scored`: their log-likelihood is wanted (a candidate), not only their cache."""
+
+    tokens: list
+    seen: int
+    after: int | None = None
+    scored: bool = True
+
+
+def shared_groups(prompts: list[list[int]], candidates: list, block_tokens: int) -> list[tuple[int, list[int]]]:
+    """(shared length, member indices) groups of `prompts` whose members begin with the same tokens: in sorted
+    order a prompt joins the group before it when the tokens it no longer reads (the shared ones) outnumber the
+    tokens the shorter shared part adds to the members' tails, and the group's second forward (tails and
+    candidates) stays within `block_tokens`. A prompt alone is its own window, as without sharing."""
+    groups = []  # [shared, members, block size]
+    for k in sorted(range(len(prompts)), key=lambda k: prompts[k]):
+        p, own = prompts[k], sum(map(len, candidates[k]))
+        if groups:
+            shared, members, size = groups[-1]
+            first = prompts[members[0]]
+            common = _common_length(first[:shared], p)
+            grown = size + (shared - common) * len(members) + len(p) - common + own
+            if common > (shared - common) * len(members) and grown <= block_tokens:
+                groups[-1] = [common, members + [k], grown]
+                continue
+        groups.append([len(p), [k], own])
+    return [(shared, sorted(members)) for shared, members, _ in groups]
+
+
+def _common_length(a: list, b: list) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+BLOCK_TOKENS = 1024  # shared prefill: a group's tails and candidates in one row at most this long (or a prompt's)
 MIN_WIDTH = 64  # static decoding: prompt widths and batch sizes rounded up to a bucket (_bucket), widths to >= this
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_BATCH = 8  # batch_size auto on a CPU
@@ -98,10 +146,12 @@ def bytes_per_token(config, width: int) -> int:
 class Engine:
     """A model + the training renderer: prompts, likelihoods of continuations, generation."""
 
-    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None, decode: str = "dynamic"):
-        if decode not in DECODES:
-            raise UsertwinError(f"decode must be one of {', '.join(DECODES)}, not {decode!r}")
+    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None, decode: str = "dynamic",
+                 prefill: str = "shared"):
+        check_choice("decode", decode, DECODES)
+        check_choice("prefill", prefill, PREFILLS)
         self.cfg, self.model, self.tokenizer, self.scale, self.decoding = cfg, model, tokenizer, scale, decode
+        self.prefill = prefill  # shared: prompts that begin alike read that beginning once (score_many)
         self.renderer = Renderer(cfg, tokenizer)
         self.encoder = SequenceEncoder(self.renderer, tokenizer)
         self.crowd = None  # crowd.Pools: other users' ratings, for crowd context (data/crowd.py)
@@ -145,20 +195,52 @@ class Engine:
         return self.score_many([prompt_ids], [candidates])[0]
 
     def score_many(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
-        """Score several prompts' candidate continuations, as if each candidate ran alone after its prompt: a
-        prompt is a window whose candidates all start at its end (score_windows)."""
-        groups = [[(len(p), cands)] for p, cands in zip(prompts, candidates)]
-        return [per[0] for per in self.score_windows(prompts, groups)]
+        """Score several prompts' candidate continuations, as if each candidate ran alone after its prompt.
+        Prompts that share a beginning (one user's history asked about many items) share its forward
+        (`shared_groups`): the shared tokens are a window read once, and each prompt's own tail runs in the second
+        forward, its candidates after it. `Engine.prefill = "each"` gives every prompt its own window."""
+        groups = (shared_groups(prompts, candidates, max(BLOCK_TOKENS, max(map(len, prompts))))
+                  if self.prefill == "shared" else [(len(p), [k]) for k, p in enumerate(prompts)])
+        windows, blocks = [], []
+        for shared, members in groups:
+            windows.append(prompts[members[0]][:shared])
+            block = []
+            for k in members:
+                tail, after = prompts[k][shared:], None
+                if tail:  # not scored itself: the prompt's own tokens that its candidates see
+                    after = len(block)
+                    block.append(Segment(tail, shared, scored=False))
+                block += [Segment(c, shared, after) for c in candidates[k]]
+            blocks.append(block)
+        out = [None] * len(prompts)
+        for (_, members), scores in zip(groups, self.score_blocks(windows, blocks)):
+            at = 0
+            for k in members:
+                out[k] = scores[at:at + len(candidates[k])]
+                at += len(candidates[k])
+        return out
 
-    @torch.no_grad()
     def score_windows(self, windows: list[list[int]], groups: list[list[tuple[int, list[list[int]]]]]
                       ) -> list[list[list[tuple]]]:
-        """Score candidates at points of each window in two forwards, as if each candidate ran alone after its
-        window's first `start` tokens: `groups[i]` holds (start, candidates) pairs of window i. First the
-        windows, right padded: plain causal attention needs no mask, so sdpa takes its fast kernels and no
-        rows x T x T tensor is built. Then every candidate's tokens at once against the windows' cache: a small
-        (rows x candidate tokens x T) mask lets each see its window up to its start (never the true continuation
-        after it) and its own earlier tokens, with positions continuing from its start."""
+        """Score candidates at points of each window, as if each candidate ran alone after its window's first
+        `start` tokens: `groups[i]` holds (start, candidates) pairs of window i (score_blocks)."""
+        blocks = [[Segment(c, start) for start, cands in g for c in cands] for g in groups]
+        out = []
+        for g, scores in zip(groups, self.score_blocks(windows, blocks)):
+            k, per = 0, []
+            for _, cands in g:
+                per.append(scores[k:k + len(cands)])
+                k += len(cands)
+            out.append(per)
+        return out
+
+    @torch.no_grad()
+    def score_blocks(self, windows: list[list[int]], blocks: list[list[Segment]]) -> list[list[tuple]]:
+        """(sum of log-probabilities, token count) of every scored segment of each window's block, in two
+        forwards. First the windows, right padded: plain causal attention needs no mask, so sdpa takes its fast
+        kernels and no rows x T x T tensor is built. Then every block at once against the windows' cache: a
+        small (rows x block tokens x T) mask lets each segment see its window up to `seen` (never what follows
+        there), the segment it comes `after` and its own earlier tokens, with positions continuing from there."""
         lm = causal_lm(self.model)
         backbone, dev = getattr(lm, lm.base_model_prefix), self.device
         lens = [len(w) for w in windows]
@@ -166,29 +248,24 @@ class Engine:
         for i, w in enumerate(windows):
             ids[i, :len(w)] = torch.tensor(w)
         first = backbone(input_ids=ids.to(dev), use_cache=True)
-        spans, starts = [], []
-        for g in groups:  # one candidate block per window; each candidate keeps its own start
-            flat = [(start, c) for start, cands in g for c in cands]
-            spans.append(_candidate_spans([c for _, c in flat]))
-            starts.append([start for start, _ in flat])
-        cids, cpos, mask = _candidate_rows(spans, lens, self.pad_id, lm.get_output_embeddings().weight.dtype,
-                                           starts)
+        starts = [_offsets(block) for block in blocks]
+        cids, cpos, mask = _block_rows(blocks, starts, max(lens), self.pad_id,
+                                       lm.get_output_embeddings().weight.dtype)
         second = backbone(input_ids=cids.to(dev), position_ids=cpos.to(dev), attention_mask=mask.to(dev),
                           use_cache=True, **_cache_arg(backbone, first))
         t, width = ids.shape[1], cids.shape[1]
-        # token j of a candidate is predicted one position before it: its window's token before the start for
-        # j = 0 (first forward), else the candidate's own previous token (second forward)
-        where = [(0, i * t + start - 1, tok) if j == 0 else (1, i * width + at + j - 1, tok)
-                 for i, (row, st) in enumerate(zip(spans, starts)) for (at, c), start in zip(row, st)
-                 for j, tok in enumerate(c)]
+        where = [_predictor(i, t, width, block, at, k, j) + (tok,)
+                 for i, (block, at) in enumerate(zip(blocks, starts))
+                 for k, seg in enumerate(block) if seg.scored for j, tok in enumerate(seg.tokens)]
         picked = self._log_probs(lm, (first.last_hidden_state, second.last_hidden_state), where)
-        out = []
-        for g, scores in zip(groups, _sums_per_candidate(picked, spans)):
-            k, per = 0, []
-            for _, cands in g:
-                per.append(scores[k:k + len(cands)])
-                k += len(cands)
-            out.append(per)
+        out, k = [], 0
+        for block in blocks:
+            row = []
+            for seg in block:
+                if seg.scored:
+                    row.append((sum(picked[k:k + len(seg.tokens)]), len(seg.tokens)))
+                    k += len(seg.tokens)
+            out.append(row)
         return out
 
     @staticmethod
@@ -328,15 +405,6 @@ def _save_dtype(model, dtype: str) -> torch.dtype:
     return declared if declared in SAVE_DTYPES.values() else torch.float32
 
 
-def _candidate_spans(cands: list) -> list[tuple[int, list]]:
-    """(start, tokens) of each candidate, one after another in the candidate block."""
-    at, row = 0, []
-    for c in cands:
-        row.append((at, c))
-        at += len(c)
-    return row
-
-
 def _cache_arg(backbone, out) -> dict:
     """The first forward's key/value cache as the next forward's argument: transformers renamed
     past_key_values to cache (5.2x); both spellings are in use on our machines."""
@@ -347,33 +415,48 @@ def _cache_arg(backbone, out) -> dict:
     return {"past_key_values": out.past_key_values}
 
 
-def _candidate_rows(spans: list, lens: list, pad_id: int, dtype, starts: list):
-    """The second forward's input ids, position ids and additive mask (rows x 1 x C x (window width + C)):
-    candidate k of row i sees the first starts[i][k] tokens of its row's window and its own earlier tokens;
-    padding sees the first window token only (a row of -inf would give NaN)."""
-    n, width = len(spans), max(lens)
-    c = max(1, max((row[-1][0] + len(row[-1][1]) for row in spans if row), default=1))
+def _offsets(block: list[Segment]) -> list[int]:
+    """Where each segment starts in its block."""
+    at, out = 0, []
+    for seg in block:
+        out.append(at)
+        at += len(seg.tokens)
+    return out
+
+
+def _predictor(i: int, t: int, width: int, block: list[Segment], at: list[int], k: int, j: int) -> tuple:
+    """(forward, flat position) of the hidden state that predicts token j of segment k of block i: for j > 0
+    the segment's previous token (second forward); for j = 0 the last token of the segment it comes after, or
+    without one its window's token before `seen` (first forward)."""
+    if j:
+        return 1, i * width + at[k] + j - 1
+    seg = block[k]
+    if seg.after is not None:
+        return 1, i * width + at[seg.after] + len(block[seg.after].tokens) - 1
+    return 0, i * t + seg.seen - 1
+
+
+def _block_rows(blocks: list, starts: list, t: int, pad_id: int, dtype):
+    """The second forward's input ids, position ids and additive mask (rows x 1 x C x (t + C)), t the windows'
+    width: each segment sees its window's first `seen` tokens, the segment it comes after and its own earlier
+    tokens; padding sees the first window token only (a row of -inf would give NaN)."""
+    n = len(blocks)
+    c = max(1, max((at[-1] + len(b[-1].tokens) for b, at in zip(blocks, starts) if b), default=1))
     ids = torch.full((n, c), pad_id, dtype=torch.long)
     pos = torch.zeros((n, c), dtype=torch.long)
-    allowed = torch.zeros((n, c, width + c), dtype=torch.bool)
+    allowed = torch.zeros((n, c, t + c), dtype=torch.bool)
     allowed[:, :, 0] = True
-    for i, row in enumerate(spans):
-        for (start, cand), seen in zip(row, starts[i]):
-            k = len(cand)
-            ids[i, start:start + k] = torch.tensor(cand)
-            pos[i, start:start + k] = torch.arange(seen, seen + k)
-            allowed[i, start:start + k, :seen] = True
-            allowed[i, start:start + k, width + start:width + start + k] = torch.ones(k, k, dtype=torch.bool).tril()
+    for i, (block, at) in enumerate(zip(blocks, starts)):
+        for seg, a in zip(block, at):
+            k, rows = len(seg.tokens), slice(a, a + len(seg.tokens))
+            first = seg.seen
+            if seg.after is not None:
+                b, m = at[seg.after], len(block[seg.after].tokens)
+                allowed[i, rows, t + b:t + b + m] = True
+                first += m
+            ids[i, rows] = torch.tensor(seg.tokens)
+            pos[i, rows] = torch.arange(first, first + k)
+            allowed[i, rows, :seg.seen] = True
+            allowed[i, rows, t + a:t + a + k] = torch.ones(k, k, dtype=torch.bool).tril()
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return ids, pos, mask[:, None]
-
-
-def _sums_per_candidate(picked: list, spans: list) -> list[list[tuple[float, int]]]:
-    out, k = [], 0
-    for row in spans:
-        scores = []
-        for _, c in row:
-            scores.append((sum(picked[k:k + len(c)]), len(c)))
-            k += len(c)
-        out.append(scores)
-    return out
