@@ -191,3 +191,15 @@ def test_items_run_user_by_user_and_shared_prefill_changes_no_answer(made, tmp_p
     for a, b in zip(shared, each):
         assert a["prompt_hash"] == b["prompt_hash"] and "generations" not in a
         assert a["rating"]["probs"] == pytest.approx(b["rating"]["probs"], abs=1e-5)
+
+
+def test_every_item_of_a_user_is_answered_on_the_same_history(made, tmp_path):
+    items = tmp_path / "mixed.jsonl"
+    items.write_text("".join(json.dumps({"continuation_prefix": p, "type": "movie_rating"}) + "\n" for p in (
+        "Up (2009): ", "A Very Long Title Indeed, With a Subtitle of Its Own (2001) (Comedy, Drama, Romance): ")))
+    rows = _sim(made, tmp_path / "o.jsonl", "--all", "--items", str(items), "--no-generate")
+    by_user = {}
+    for r in rows:
+        by_user.setdefault(r["user"], set()).add(r["history_len"])
+    # the short item alone would keep more of the history than the long one (max_length 192 cuts it)
+    assert all(len(lens) == 1 and lens.pop() < r["user_items"] for lens in by_user.values())

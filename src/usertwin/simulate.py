@@ -14,8 +14,9 @@ For an item of a rating collection a row holds the probability of every allowed 
 ratings; for text the generated continuations. In a rollout the first sample joins the history (a rating as
 the scale writes it when the text parses as one).
 
-Items mode runs user by user: the items of a user scored in one batch read the user's history once (shared
-prefill, twin/engine.py), so rating a population on many items costs little more than reading each history.
+Items mode answers every item of a user on the same history (the most recent that leaves room for the user's
+longest item) and runs user by user: the items of a user in one batch read that history once (shared prefill,
+twin/engine.py), so rating a population on many items costs little more than reading each history.
 The output is appended per batch and resumable as predict's is: rows already in it are skipped on a rerun
 and a torn last line is dropped; a rollout's later steps read the earlier steps' continuations back from it.
 Sample i of (user, step) draws with a seed made of (--seed, user, step) plus i, so it is the same in any
@@ -192,6 +193,7 @@ class _Run:
         self.twin, self.todo, self.rollout, self.gen, self.seed = twin, todo, rollout, gen, seed
         self.grown = grown
         self.scale = twin.scale or []
+        self.longest = {}  # user -> tokens of their longest item (longest_item)
 
     def all(self, output: Path, done: dict, progress: bool) -> int:
         if self.rollout:  # step by step: a user's next step needs this step's generation
@@ -213,8 +215,9 @@ class _Run:
         rows, prompts = [], []
         situations = [(user, s, *self.situation(user, self.todo[user][s])) for user, s in batch]
         lengths = twin.lengths([tl for _, _, tl, _ in situations])
-        for user, s, tl, kind in situations:
-            prompt = twin.fitted_prompt(tl, len(tl.items) - 1, room, lengths[user])
+        for (user, s, tl, kind), ln in zip(situations, lengths):
+            level = 0 if self.rollout else max(0, self.longest_item(user, room) - ln.block(-1))
+            prompt = twin.fitted_prompt(tl, len(tl.items) - 1, room + level, ln)
             rows.append(self.row(user, s, tl, kind, prompt))
             prompts.append(prompt.ids)
         rated = [i for i, r in enumerate(rows) if "rating" in r]
@@ -225,6 +228,17 @@ class _Run:
             for r, texts in zip(rows, twin.generate_after(prompts, self.gen, seeds)):
                 self.add_generations(r, texts)
         return rows
+
+    def longest_item(self, user: str, room: int) -> int:
+        """Tokens of the user's longest item that fits: in items mode every item of a user is answered on the
+        same history -- the most recent that leaves room for the longest item -- so a shorter item keeps the
+        difference free. The items then differ only in themselves (and share one reading of the history)."""
+        if user not in self.longest:
+            tls = [self.situation(user, it)[0] for it in self.todo[user]]
+            lns = self.twin.lengths(tls)
+            fits = [ln.block(-1) for ln in lns if ln.header + ln.block(-1) + room <= self.twin.cfg.max_length]
+            self.longest[user] = max(fits, default=0)
+        return self.longest[user]
 
     def situation(self, user: str, it: StepItem):
         """The user's real items, then (in a rollout) the items generated so far, then this step's item."""

@@ -135,17 +135,23 @@ class ItemLengths:
 def measure_all(renderer, tokenizer, timelines, progress: bool = False) -> dict:
     """user id -> ItemLengths. Each distinct text is tokenized once: the same movie, review or line
     rendered for many users costs one encoding."""
+    timelines = list(timelines)
+    return dict(zip((tl.user_id for tl in timelines), measure_each(renderer, tokenizer, timelines, progress)))
+
+
+def measure_each(renderer, tokenizer, timelines: list, progress: bool = False) -> list:
+    """The ItemLengths of each timeline, in order (one user may come several times: the same history with
+    different new items)."""
     join = renderer.fmt.join
     if progress:
         from tqdm import tqdm
 
         timelines = tqdm(timelines, desc="render", unit="user", leave=False, mininterval=1.0)
-    plan = [(tl.user_id, *_item_texts(renderer, tl)) for tl in timelines]
-    distinct = dict.fromkeys(t for _, header, prompts, targets, follows in plan
+    plan = [_item_texts(renderer, tl) for tl in timelines]
+    distinct = dict.fromkeys(t for header, prompts, targets, follows in plan
                              for t in (header, join, *_flat(prompts), *targets, *_flat(f for f in follows if f)))
     n = _token_counts(tokenizer, list(distinct))
-    return {uid: _lengths(n, join, header, prompts, targets, follows)
-            for uid, header, prompts, targets, follows in plan}
+    return [_lengths(n, join, *texts) for texts in plan]
 
 
 def _flat(lists):

@@ -26,7 +26,7 @@ from usertwin.data.timeline import Timeline, assign_splits, build_timelines
 from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
 from usertwin.sequences.fit import Prompt, trim_long_contexts
-from usertwin.text.tokens import ItemLengths, measure_all
+from usertwin.text.tokens import ItemLengths, measure_each
 from usertwin.twin.chat import chat_prompt, check_text
 from usertwin.twin.engine import Engine, load_engine
 
@@ -124,10 +124,10 @@ class Twin:
         """`gen` with a number for batch_size auto (Engine.sized)."""
         return self.engine.with_batch_size(gen, width)
 
-    def lengths(self, timelines) -> dict:
-        """Every timeline's measured item lengths (each distinct text tokenized once): fitted_prompt's
-        `lengths` for a batch of users."""
-        return measure_all(self.engine.renderer, self.engine.tokenizer, timelines)
+    def lengths(self, timelines: list) -> list[ItemLengths]:
+        """Each timeline's measured item lengths, in order (each distinct text tokenized once): fitted_prompt's
+        `lengths` for a batch of situations."""
+        return measure_each(self.engine.renderer, self.engine.tokenizer, timelines)
 
     def language_of(self, tl: Timeline) -> str:
         """The prompt language of a user (detected once per user id, then kept)."""
@@ -213,7 +213,7 @@ class Twin:
         return self.engine.target_prompt(tl, pos, room, lengths)
 
     def fitted_prompt(self, tl: Timeline, pos: int, room: int = 0, lengths: ItemLengths | None = None) -> Prompt:
-        """`lengths`: the timeline's measured item lengths when at hand (measure_all over a batch of users
+        """`lengths`: the timeline's measured item lengths when at hand (measure_each over a batch of users
         tokenizes each distinct text once)."""
         prompt = self.built_prompt(tl, pos, room, lengths)
         if len(prompt.ids) + room > self.cfg.max_length:
