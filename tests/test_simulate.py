@@ -203,3 +203,21 @@ def test_every_item_of_a_user_is_answered_on_the_same_history(made, tmp_path):
         by_user.setdefault(r["user"], set()).add(r["history_len"])
     # the short item alone would keep more of the history than the long one (max_length 192 cuts it)
     assert all(len(lens) == 1 and lens.pop() < r["user_items"] for lens in by_user.values())
+
+
+def test_shared_prefill_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path, tokenizer_dir):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("shared_prefill", ROOT / "benchmarks" / "shared_prefill.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.main(["--shape", "tiny", "--items", "4", "--users", "3", "--each_users", "2", "--batch_size", "4",
+                    "--max_length", "512", "--tokenizer", str(tokenizer_dir), "--records",
+                    str(ROOT / "examples" / "movielens-mini" / "records.jsonl"), "--out", str(tmp_path)])
+    assert (r["shared"]["pairs"], r["each"]["pairs"]) == (12, 8) and r["users"] == 3
+    assert r["same_prompts"] and r["max_prob_difference"] < 1e-4
+    # a user's 4 prompts: one window of their history, against 4 whole prompts
+    assert r["shared"]["tokens_read_per_pair"] < r["each"]["tokens_read_per_pair"]
+    assert (tmp_path / "shared_prefill.md").read_text().count("| shared (one history read") == 1
