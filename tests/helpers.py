@@ -105,3 +105,28 @@ def write_rating_users(path, sizes, prefix, rating):
                      "task": {"description": "Predict ratings.", "language": "en",
                               "task_behavior_collections": [{"type": "movie_rating", "data": items}]}})
     return write_records(path, recs)
+
+
+def fake_vllm(tokenizer, reply: str):
+    """A stand-in `vllm` module (vLLM needs a CUDA GPU): LLM keeps its arguments and requests and answers
+    `reply`, the end of turn, then junk. Returns (module, the LLMs made)."""
+    import types
+
+    made = []
+
+    class Params:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class LLM:
+        def __init__(self, **kw):
+            self.kw, self.calls = kw, []
+            made.append(self)
+
+        def generate(self, requests, params, use_tqdm=True):
+            self.calls.append((requests, params))
+            ids = tokenizer(reply + "<|im_end|>junk", add_special_tokens=False)["input_ids"]
+            out = types.SimpleNamespace(token_ids=tuple(ids))
+            return [types.SimpleNamespace(outputs=[out]) for _ in requests]
+
+    return types.SimpleNamespace(LLM=LLM, SamplingParams=Params), made

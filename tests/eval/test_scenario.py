@@ -228,3 +228,21 @@ def test_a_trained_run_fills_the_scenario(scenario, tiny_model_dir, tmp_path):
     assert (summary["targets"], summary["cold_start_users"]) == (8, 1)
     assert all(len(it["continuations"]) == 3
                for it in _items(json.loads((out / "test_leaderboard.json").read_text())))
+
+
+def test_engine_vllm_fills_the_scenario_with_the_prompts_usertwin_renders(scenario, filled, tiny_model_dir,
+                                                                          tmp_path, tokenizer, monkeypatch):
+    import sys
+
+    from helpers import fake_vllm
+
+    module, made = fake_vllm(tokenizer, "3.5")
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    out = tmp_path / "out"
+    assert _predict(scenario, out, tiny_model_dir, "--engine", "vllm", "--gpu_memory_utilization", "0.6") == 0
+    rows, usual = _rows(out), _rows(filled)
+    assert [r["continuations"] for r in rows] == [["3.5"] * 3] * 8
+    assert [r["prompt_hash"] for r in rows] == [r["prompt_hash"] for r in usual]  # the same prompts
+    requests = [r["prompt_token_ids"] for llm in made for reqs, _ in llm.calls for r in reqs]
+    assert len(requests) == 8 * 3 and made[0].kw["gpu_memory_utilization"] == 0.6
+    assert made[0].kw["max_model_len"] == 1024 + 4  # --max_length + --max_new_tokens

@@ -37,23 +37,17 @@ def add_arguments(p) -> None:
     from usertwin.cli.train import add_device_flags
 
     add_device_flags(p, launched=False)
+    from usertwin.cli.twinflags import add_decode_flag, add_engine_flags
+
     add_decode_flag(p)
-
-
-def add_decode_flag(p) -> None:
-    from usertwin.config import DECODES
-
-    p.add_argument("--decode", choices=DECODES, default="dynamic",
-                   help="how generation decodes: dynamic (transformers' default cache) or static (a static KV cache "
-                        "compiled into CUDA graphs on a GPU: on an H100 the decode step fell from 29 to 3.6 ms at "
-                        "batch 1, after 35-56 s of compiling per batch/width bucket; worth it for long jobs at "
-                        "small batches) (default dynamic)")
+    add_engine_flags(p)
 
 
 def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from usertwin.cli.twinflags import engine_args
     from usertwin.config import generate_settings, resolve
     from usertwin.errors import UsertwinError
     from usertwin.eval.predict import predict_split
@@ -70,9 +64,10 @@ def run(args) -> int:
     select_devices(args.gpu, None)
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
-    twin = Twin.load(args.run, cfg=cfg, progress=args.progress, decode=args.decode)
-    prep = twin.prepare()  # the split's targets, rendered as the twin was trained
     gen = generate_settings(args)
+    twin = Twin.load(args.run, cfg=cfg, progress=args.progress, decode=args.decode, engine=args.engine,
+                     engine_args=engine_args(args, cfg.max_length, gen.max_new_tokens))
+    prep = twin.prepare()  # the split's targets, rendered as the twin was trained
     if gen.generate and gen.sampling_notice():
         print(gen.sampling_notice(), file=sys.stderr)
     n = predict_split(twin, prep, args.split, output, gen, pick_k=gen.pick, generate=gen.generate,
@@ -82,6 +77,7 @@ def run(args) -> int:
 
 
 def _scenario(args) -> int:
+    from usertwin.cli.twinflags import engine_args
     from usertwin.config import generate_settings, resolve
     from usertwin.errors import UsertwinError
     from usertwin.eval.scenario import check_folders, predict_scenario, summary_lines
@@ -104,7 +100,8 @@ def _scenario(args) -> int:
     if gen.num_samples > 1 and gen.temperature == 0:
         print(f"note: --temperature 0 (greedy) gives {gen.num_samples} identical continuations per target; pass "
               "--temperature (the research scripts used 0.7) for different ones")
-    twin = Twin.load(args.run, cfg=cfg, progress=args.progress, decode=args.decode)
+    twin = Twin.load(args.run, cfg=cfg, progress=args.progress, decode=args.decode, engine=args.engine,
+                     engine_args=engine_args(args, cfg.max_length, gen.max_new_tokens))
     source = {"run": str(args.run)} if args.run else {"model": cfg.model}
     summary = predict_scenario(twin, args.scenario, args.output, gen,
                                seed=cfg.seed if gen.seed is None else gen.seed,

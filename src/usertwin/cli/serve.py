@@ -21,8 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch_wait_ms", type=float, default=5.0,
                    help="how long the model waits to collect concurrent requests into one batch")
     p.add_argument("--max_batch", type=int, default=32, help="most requests in one batch")
-    from usertwin.cli.predict import add_decode_flag
-    from usertwin.cli.simulate import add_prefill_flag
+    from usertwin.cli.twinflags import add_decode_flag, add_prefill_flag
 
     add_decode_flag(p)
     add_prefill_flag(p)

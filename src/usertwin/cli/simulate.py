@@ -35,40 +35,32 @@ def add_arguments(p) -> None:
     p.add_argument("--items", help="ITEMS.jsonl: the items to answer (with --steps: the rollout's items, in order)")
     p.add_argument("--steps", type=int, help="rollout steps per user")
     p.add_argument("-o", "--output", required=True, help="output JSON Lines file (appended; resumable)")
-    p.add_argument("--engine", choices=("usertwin", "vllm"), default="usertwin",
-                   help="what generates: usertwin (transformers, batched with the KV cache); vllm is not implemented "
-                        "yet and is refused with what to do instead")
+    from usertwin.cli.twinflags import add_engine_flags
+
+    add_engine_flags(p)
     add_generate_flags(p)
-    from usertwin.cli.predict import add_decode_flag
+    from usertwin.cli.twinflags import add_decode_flag, add_prefill_flag
 
     add_decode_flag(p)
     add_prefill_flag(p)
-
-
-def add_prefill_flag(p) -> None:
-    from usertwin.config import PREFILLS
-
-    p.add_argument("--prefill", choices=PREFILLS, default="shared",
-                   help="how rating items are scored: shared (the prompts of one user that begin alike -- the same "
-                        "history, different items -- read that history once; the same probabilities up to float "
-                        "rounding) or each (every prompt read whole, as before) (default shared)")
 
 
 def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from usertwin.cli.twinflags import engine_args
     from usertwin.config import generate_settings
     from usertwin.errors import UsertwinError
     from usertwin.rundir import RunDir
     from usertwin.simulate import check_what, choose_users, read_items, simulate
 
-    _check_engine(args.engine)
     if hasattr(args, "gen__pick"):  # generation flags are set only when given
         raise UsertwinError("--pick is predict's pick-the-real-one test; simulate has no reference to pick")
     if hasattr(args, "gen__scoring"):
         raise UsertwinError("--scoring is how predict reads a split's targets; simulate has no split")
-    data = args.data or RunDir(args.run).load_config().data
+    cfg = RunDir(args.run).load_config()
+    data = args.data or cfg.data
     if not data or not Path(data).is_file():
         raise UsertwinError(f"pass --data RECORDS.jsonl: the users' records (the run's own data {data!r} "
                             "is not there)")
@@ -76,25 +68,13 @@ def run(args) -> int:
     items = read_items(args.items) if args.items else None
     from usertwin.twin import Twin
 
-    twin = Twin.load(args.run, records=data, decode=args.decode, prefill=args.prefill)
-    users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
     gen = generate_settings(args)
+    twin = Twin.load(args.run, records=data, decode=args.decode, prefill=args.prefill, engine=args.engine,
+                     engine_args=engine_args(args, cfg.max_length, gen.max_new_tokens))
+    users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
     if gen.generate and gen.sampling_notice():
         print(gen.sampling_notice(), file=sys.stderr)
     seed = gen.seed if gen.seed is not None else 0
     n = simulate(twin, users, items, args.steps, args.output, gen, seed, args.progress)
     print(f"wrote {n} new row(s) for {len(users)} user(s) to {args.output}")
     return 0
-
-
-def _check_engine(engine: str) -> None:
-    import importlib.util
-
-    from usertwin.errors import UsertwinError
-
-    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise UsertwinError("vllm is not installed; the default engine is usertwin's (drop --engine vllm)")
-    if engine == "vllm":
-        raise UsertwinError("--engine vllm is not implemented yet: export the run (usertwin export RUN -o DIR), "
-                            "load DIR in vLLM and give it the prompts Twin.prompt renders; or use the default "
-                            "engine")

@@ -29,6 +29,7 @@ from usertwin.sequences.fit import Prompt, trim_long_contexts
 from usertwin.text.tokens import ItemLengths, measure_each
 from usertwin.twin.chat import chat_prompt, check_text
 from usertwin.twin.engine import Engine, load_engine
+from usertwin.twin.vllm import ENGINES, VllmGeneration, vllm_module
 
 
 class PromptTooLong(UsertwinError):
@@ -57,7 +58,7 @@ class Twin:
     @classmethod
     def load(cls, run_dir=None, records=None, *, cfg: Config | None = None, merge: bool = True,
              device: str | None = None, progress: bool = True, decode: str = "dynamic",
-             prefill: str = "shared") -> Twin:
+             prefill: str = "shared", engine: str = "usertwin", engine_args: dict | None = None) -> Twin:
         """From the run directory alone (config, tokenizer, best weights, twin.json); `records`: a records
         file to look users up by id (and, for runs without twin.json, to read the rating scale from).
         `cfg`: settings over the run's config (the CLI's flags); without a run, the base model it names
@@ -65,21 +66,29 @@ class Twin:
         one; `progress`: transformers' loading bars; `decode`: dynamic (transformers' default cache) or
         static (a static KV cache, compiled into CUDA graphs on a GPU: several times faster at small batches once
         compiled); `prefill`: shared (prompts scored together that begin alike -- one user asked about many
-        items -- read that beginning once) or each (every prompt read whole)."""
+        items -- read that beginning once) or each (every prompt read whole); `engine`: what generates, usertwin
+        (transformers) or vllm (twin/vllm.py; `engine_args` go to vLLM's LLM)."""
+        if engine not in ENGINES:
+            raise UsertwinError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        on_vllm = engine == "vllm"
+        if on_vllm:
+            vllm_module()  # before the model loads: a missing vLLM says so at once
         run = RunDir(run_dir) if run_dir else None
         if records is not None and not Path(records).is_file():  # before the model loads: seconds, not a minute
             raise UsertwinError(f"records file {records} does not exist")
-        engine = load_engine(run_dir, cfg, merge=merge, device=device, progress=progress, decode=decode,
+        core = load_engine(run_dir, cfg, merge=merge, device=device, progress=progress, decode=decode,
                              prefill=prefill)
-        timelines = timelines_of(records, engine) if records is not None else None
-        if run and records is None and engine.cfg.crowd_context != "none":
-            engine.crowd = read_crowd_pools(run.path)
+        if on_vllm:
+            core.vllm = VllmGeneration.load(core, run_dir, **(engine_args or {}))
+        timelines = timelines_of(records, core) if records is not None else None
+        if run and records is None and core.cfg.crowd_context != "none":
+            core.crowd = read_crowd_pools(run.path)
         facts = (read_twin_facts(run.path) if run else None) or (twin_facts(timelines) if timelines else None)
         missing = "" if facts else (
             f"{run.twin_facts} is missing (the run was trained before twins kept it): pass "
             f"Twin.load({str(run.path)!r}, records=PATH) with the records file it trained on (its config names "
-            f"{engine.cfg.data!r})" if run else "a base model knows no data: pass Twin.load(RUN) or records=PATH")
-        return cls(engine, facts, timelines, records, missing)
+            f"{core.cfg.data!r})" if run else "a base model knows no data: pass Twin.load(RUN) or records=PATH")
+        return cls(core, facts, timelines, records, missing)
 
     @classmethod
     def of_model(cls, cfg: Config, model, tokenizer, facts: dict | None = None) -> Twin:

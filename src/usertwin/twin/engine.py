@@ -152,6 +152,7 @@ class Engine:
         check_choice("prefill", prefill, PREFILLS)
         self.cfg, self.model, self.tokenizer, self.scale, self.decoding = cfg, model, tokenizer, scale, decode
         self.prefill = prefill  # shared: prompts that begin alike read that beginning once (score_many)
+        self.vllm = None  # twin/vllm.py's VllmGeneration when generation runs on vLLM (--engine vllm)
         self.renderer = Renderer(cfg, tokenizer)
         self.encoder = SequenceEncoder(self.renderer, tokenizer)
         self.crowd = None  # crowd.Pools: other users' ratings, for crowd context (data/crowd.py)
@@ -310,6 +311,8 @@ class Engine:
     def generate_texts(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
                        stream: list | None = None) -> list[list[str]]:
         """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn."""
+        if self.vllm is not None:
+            return self.vllm.generate_texts(prompts, gen, seeds, stream)
         return [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds, stream)]
 
     def save_pretrained(self, tmp, dtype: str = "auto") -> torch.dtype:

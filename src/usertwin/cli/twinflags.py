@@ -1,0 +1,57 @@
+"""The flags of the commands that use a twin (predict, simulate, serve): how it decodes, how it scores, what
+generates."""
+
+from __future__ import annotations
+
+
+def add_decode_flag(p) -> None:
+    from usertwin.config import DECODES
+
+    p.add_argument("--decode", choices=DECODES, default="dynamic",
+                   help="how generation decodes: dynamic (transformers' default cache) or static (a static KV cache "
+                        "compiled into CUDA graphs on a GPU: on an H100 the decode step fell from 29 to 3.6 ms at "
+                        "batch 1, after 35-56 s of compiling per batch/width bucket; worth it for long jobs at "
+                        "small batches) (default dynamic)")
+
+
+def add_engine_flags(p) -> None:
+    from usertwin.twin.vllm import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="usertwin",
+                   help="what generates: usertwin (transformers, batched with the KV cache) or vllm (vLLM's offline "
+                        "API given the prompts usertwin renders; needs vLLM and a CUDA GPU; the twin is written once to "
+                        "RUN/vllm-model for it; scoring stays with transformers) (default usertwin)")
+    p.add_argument("--gpu_memory_utilization", type=float,
+                   help="--engine vllm: the share of GPU memory vLLM may take (the scoring model needs some too) "
+                        "(default: vLLM's)")
+    p.add_argument("--tensor_parallel_size", type=int, help="--engine vllm: GPUs the model is split over "
+                                                              "(default: vLLM's, 1)")
+    p.add_argument("--max_model_len", type=int,
+                   help="--engine vllm: the longest prompt + generation vLLM plans for (default: the run's "
+                        "max_length + --max_new_tokens)")
+
+
+VLLM_FLAGS = ("gpu_memory_utilization", "tensor_parallel_size", "max_model_len")
+
+
+def engine_args(args, max_length: int, max_new_tokens: int) -> dict:
+    """Twin.load's engine_args from the flags; vLLM's flags given without --engine vllm are said to do nothing."""
+    import sys
+
+    given = {k: getattr(args, k) for k in VLLM_FLAGS if getattr(args, k, None) is not None}
+    if args.engine != "vllm":
+        if given:
+            print(f"note: without --engine vllm these do nothing: {', '.join('--' + k for k in given)} (usertwin's "
+                  "engine sizes itself: --batch_size)", file=sys.stderr)
+        return {}
+    given.setdefault("max_model_len", max_length + max_new_tokens)
+    return given
+
+
+def add_prefill_flag(p) -> None:
+    from usertwin.config import PREFILLS
+
+    p.add_argument("--prefill", choices=PREFILLS, default="shared",
+                   help="how rating items are scored: shared (the prompts of one user that begin alike -- the same "
+                        "history, different items -- read that history once; the same probabilities up to float "
+                        "rounding) or each (every prompt read whole, as before) (default shared)")
