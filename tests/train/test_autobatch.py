@@ -32,9 +32,24 @@ def test_a_small_gpu_accumulates_to_keep_the_step():
     plan = choose(Config(max_length=2048), fits=10_000, per_token=2**20)  # 4 rows fit
     assert (plan.batch_tokens, plan.accumulation) == (8192, 8)
     plan = choose(Config(max_length=2048, step_tokens=20_000), fits=10_000, per_token=2**20)
-    assert (plan.batch_tokens, plan.accumulation) == (8192, 3)  # ceil(20,000 / 8,192)
+    # 9 whole rows make the step; 4 fit at once, so 3 micro-batches of 3 rows (18,432 tokens, not 24,576)
+    assert (plan.batch_tokens, plan.accumulation) == (6144, 3)
     plan = choose(Config(max_length=2048), fits=100, per_token=2**20)
     assert plan.batch_tokens == 2048 and "not even one max_length row seems to fit" in plan.note
+
+
+def test_the_step_is_split_evenly_and_never_exceeds_step_tokens():
+    # an H100 probe: 27 rows of 2,048 fit; the 65,536-token step is 2 micro-batches of 16 rows, not 2 x 27 rows
+    plan = choose(Config(max_length=2048), fits=55_296 + 100, per_token=2**20)
+    assert (plan.batch_tokens, plan.accumulation) == (32_768, 2) and "of about 65,536 tokens" in plan.note
+    for fits in range(2048, 80_000, 1000):
+        for step_tokens in (None, 10_000, 30_000, 65_536):
+            for gas in (1, 3):
+                cfg = Config(max_length=2048, step_tokens=step_tokens, gradient_accumulation_steps=gas)
+                plan = choose(cfg, fits=fits, per_token=2**20)
+                step = max(step_tokens or GPU_STEP_TOKENS, 2048)
+                assert plan.batch_tokens * plan.accumulation <= max(step, 2048 * plan.accumulation)
+                assert plan.batch_tokens <= max(fits // 2048, 1) * 2048 and plan.accumulation >= gas
 
 
 def test_without_a_probe_auto_is_max_length_and_step_tokens_still_counts():

@@ -79,13 +79,9 @@ def choose(cfg: Config, fits: int, per_token: float, epoch_tokens: int | None = 
     cap = step_cap(cfg, epoch_tokens, processes)
     capped = cap is not None and cap < step
     step = cap if capped else step
-    rows = max(1, min(fits, step) // cfg.max_length)
-    if capped:  # an explicit gradient_accumulation_steps multiplies the step: the micro-batch shrinks instead
-        rows = max(1, rows // cfg.gradient_accumulation_steps)
+    rows, accumulation = split_step(max(1, step // cfg.max_length), max(1, fits // cfg.max_length),
+                                    cfg.gradient_accumulation_steps)
     tokens = rows * cfg.max_length
-    # a capped step rounds down to whole micro-batches: rounding up would undo the cap
-    whole = step // tokens if capped else math.ceil(step / tokens)
-    accumulation = max(cfg.gradient_accumulation_steps, whole)
     gib = per_token * tokens / 2**30
     note = (f"batch_tokens auto: {tokens:,} tokens per micro-batch ({rows} x max_length {cfg.max_length}; about "
             f"{gib:.1f} GiB of activations at {per_token / 2**20:.2f} MiB a token; {max(fits, 0):,} would fit), "
@@ -96,6 +92,20 @@ def choose(cfg: Config, fits: int, per_token: float, epoch_tokens: int | None = 
         note += "; warning: not even one max_length row seems to fit: lower --max_length or use " \
                 "--gradient_checkpointing"
     return BatchPlan(tokens, accumulation, note)
+
+
+def split_step(step_rows: int, fit_rows: int, accumulation: int = 1) -> tuple[int, int]:
+    """(rows per micro-batch, micro-batches) for a step of at most `step_rows` rows when `fit_rows` fit at once:
+    the most rows a step can have, then the fewest micro-batches. Either the fewest micro-batches that hold the
+    step, its rows split evenly (rounded down: never past the step), or full micro-batches as many as the step
+    holds. An explicit `accumulation` (gradient_accumulation_steps) splits the step further, never multiplies it."""
+    options = []
+    for n in (math.ceil(step_rows / fit_rows), step_rows // fit_rows):
+        n = max(n, accumulation, 1)
+        rows = max(1, min(fit_rows, step_rows // n))
+        options.append((rows * n, -n, rows))
+    total, minus_n, rows = max(options)
+    return rows, -minus_n
 
 
 def step_cap(cfg: Config, epoch_tokens: int | None, processes: int) -> int | None:
