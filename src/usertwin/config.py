@@ -279,8 +279,10 @@ class ModelSettings:
                                    "loop over the experts, grouped_mm = one grouped matrix product (torch's kernel on "
                                    "a GPU, a fallback on a CPU), batched_mm; auto = transformers' default, grouped_mm",
                            choices=("auto", "eager", "grouped_mm", "batched_mm"))
-    liger_kernel: bool = setting(False, "liger-kernel's fused RMSNorm, SwiGLU and RoPE (GPU; pip install "
-                                        "liger-kernel)")
+    liger_kernel: bool | None = setting(None, "liger-kernel's fused RMSNorm, SwiGLU and RoPE for training "
+                                               "(--no_liger_kernel: off); unset: on when training on a GPU with "
+                                               "liger-kernel installed (pip install 'usertwin[gpu]')",
+                                        negations=("no_liger_kernel",))
 
 
 @dataclass

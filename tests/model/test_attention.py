@@ -108,3 +108,33 @@ def test_liger_kernel_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
     with pytest.raises(UsertwinError, match="--liger_kernel needs the liger-kernel package"):
         apply_liger(tiny_model("qwen3", 64))
+
+
+def test_liger_kernel_is_on_by_default_on_a_gpu_where_installed(monkeypatch):
+    import importlib.util
+    import types
+
+    from usertwin.config import Config
+    from usertwin.model import load
+
+    assert Config().liger_kernel is None  # unset: decided by the machine
+    monkeypatch.setattr(load.torch.cuda, "is_available", lambda: False)
+    assert load.liger_choice(None) == (False, "")  # a CPU: off, nothing said
+    monkeypatch.setattr(load.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    on, why = load.liger_choice(None)
+    assert not on and "pip install 'usertwin[gpu]'" in why and "--no_liger_kernel" in why
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: types.SimpleNamespace(name=name))
+    on, why = load.liger_choice(None)
+    assert on and why.startswith("liger-kernel: fused RMSNorm, SwiGLU and RoPE on")
+    assert load.liger_choice(False) == (False, "") and load.liger_choice(True) == (True, "")
+
+
+def test_no_liger_kernel_flag_turns_it_off():
+    from usertwin.cli import build_parser
+    from usertwin.config import resolve
+
+    parser = build_parser()
+    assert resolve(parser.parse_args(["train", "--data", "x.jsonl", "--no_liger_kernel"])).liger_kernel is False
+    assert resolve(parser.parse_args(["train", "--data", "x.jsonl", "--liger_kernel"])).liger_kernel is True
+    assert resolve(parser.parse_args(["train", "--data", "x.jsonl"])).liger_kernel is None

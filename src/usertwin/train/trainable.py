@@ -16,6 +16,7 @@ from usertwin.model.load import (
     apply_liger,
     causal_lm,
     expert_parameters,
+    liger_choice,
     load_model,
     pick_attention,
     use_experts,
@@ -96,7 +97,10 @@ def build_model(cfg, attention: str, progress: bool = True, debug: bool = False)
         model = load_model(cfg.model, cfg.dtype, attention=attention, trust_remote_code=cfg.trust_remote_code,
                            disable_flash_attn=cfg.disable_flash_attn)
     use_experts(model, cfg.experts)
-    if cfg.liger_kernel:
+    liger, why = liger_choice(cfg.liger_kernel)
+    if why:
+        print(why)
+    if liger:
         apply_liger(model)
     if cfg.gradient_checkpointing:
         _checkpoint_activations(model)
