@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import write_records
+from helpers import ROOT, write_records
 
 from usertwin.cli import main
 
@@ -162,3 +162,23 @@ def test_a_mistyped_flag_is_one_line_with_the_nearest_flag_not_the_usage_block(c
         main(["train", "--max_length", "abc"])
     err = capsys.readouterr().err
     assert "usage:" not in err and err.startswith("usertwin train: error: argument --max_length")
+
+
+@pytest.mark.parametrize("argv", [["train", "--max_hist", "3", "--print_config"],
+                                  ["predict", "--scen", "DIR", "-o", "out"]])
+def test_a_prefix_of_a_flag_is_not_that_flag(argv, capsys):
+    """argparse's prefix matching is off: --max_hist 3 once became --max_history_items 3 without a word."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usertwin {argv[0]}: error: unrecognized arguments: {argv[1]} {argv[2]}" in err
+
+
+def test_scripts_parse_no_prefixes():
+    """Every argparse parser of the repository (scripts, benchmarks) turns prefix matching off."""
+    import re
+
+    for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "src").rglob("*.py")]:
+        for call in re.findall(r"ArgumentParser\([^)]*\)?", path.read_text()):
+            assert "allow_abbrev=False" in call, f"{path}: {call}"
