@@ -796,6 +796,11 @@ def _given(args: argparse.Namespace, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
 
 
+def given_settings(args: argparse.Namespace) -> dict:
+    """The Config settings given as flags (key -> value), by whichever name they were given."""
+    return _given(args, "cfg__")
+
+
 def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:
     """Defaults (or `base`, e.g. a run's saved config), then the YAML file (or a seed JSON config), then the flags
     given. What a seed config's keys became, and values given by the seeds' names, are said on stderr."""

@@ -159,6 +159,19 @@ def test_resuming_with_other_settings_is_refused(scenario, filled, tiny_model_di
             "folder with -o, or delete that file to start over") in capsys.readouterr().err
 
 
+def test_a_config_holding_training_settings_resumes(scenario, filled, tiny_model_dir, tmp_path):
+    """Settings the scenario does not read (a training config's target choice) are not in the resume
+    fingerprint: the same command with a --config file that holds them resumes instead of refusing."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(filled, out)
+    (tmp_path / "cfg.yaml").write_text("max_samples_per_user: 2\none_sample_per_user: false\nunit: sample\n")
+    assert _predict(scenario, out, tiny_model_dir, "--config", str(tmp_path / "cfg.yaml")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["generated_now"], summary["resumed"]) == (0, 8)
+
+
 class _Engine:
     """Generates "" until the temperature reaches `warm` (never, for prompts listed in `mute`)."""
 
@@ -202,6 +215,12 @@ def test_validate_accepts_missing_continuations_only_with_targets(scenario, caps
     (["--split", "val"], "--split does not apply to --scenario"),
     (["--pick", "2"], "--pick does not apply to --scenario"),
     (["-o", "SCEN"], "is the scenario folder itself: its test_leaderboard.json would be overwritten"),
+    (["--max_samples_per_user", "2"], "--max_samples_per_user does not apply to --scenario: predict --scenario "
+                                      "generates for every test item (this setting chooses training targets); "
+                                      "drop the flag (a --config file may hold it)"),
+    (["--one_sample_per_user"], "--one_sample_per_user does not apply to --scenario"),
+    (["--data_file", "x.json"], "--data does not apply to --scenario: predict --scenario reads the users' records "
+                                "from the scenario's train.json"),
 ])
 def test_what_does_not_apply_is_refused(scenario, tiny_model_dir, tmp_path, capsys, extra, message):
     extra = [str(scenario) if x == "SCEN" else x for x in extra]

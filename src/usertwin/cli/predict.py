@@ -81,6 +81,19 @@ def run(args) -> int:
     return 0
 
 
+def _refuse_unread(args) -> None:
+    """A setting given as a flag that --scenario does not read stops it, naming the flag: accepted, it would
+    change nothing but the resume fingerprint, so a re-run without it would refuse to resume."""
+    from usertwin.config import given_settings
+    from usertwin.errors import UsertwinError
+    from usertwin.eval.scenario import UNREAD
+
+    for key in given_settings(args):
+        if key in UNREAD:
+            raise UsertwinError(f"--{key} does not apply to --scenario: predict --scenario {UNREAD[key]}; drop "
+                                "the flag (a --config file may hold it)")
+
+
 def _scenario(args) -> int:
     from usertwin.config import generate_settings, resolve
     from usertwin.errors import UsertwinError
@@ -94,6 +107,7 @@ def _scenario(args) -> int:
         if given:
             raise UsertwinError(f"{flag} does not apply to --scenario: its targets are the test file's items, "
                                 "and they are generated")
+    _refuse_unread(args)
     if not args.output:
         raise UsertwinError("pass -o OUT_DIR: the folder the filled test_leaderboard.json and summary.json go to")
     check_folders(args.scenario, args.output)  # before the model loads: mistakes show at once

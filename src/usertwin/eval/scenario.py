@@ -38,6 +38,13 @@ from usertwin.rundir import ScenarioDir
 from usertwin.sequences.fit import Prompt, prompt_hash
 
 KEY = ("record", "position")
+# settings that a split's predict reads but a scenario does not: refused as flags (cli/predict.py), and left out
+# of the resume fingerprint, so a run's config file holding them never blocks a resume
+UNREAD = {"data": "reads the users' records from the scenario's train.json",
+          "unit": "builds one prompt per test item (the unit shapes training sequences only)",
+          **dict.fromkeys(("max_samples_per_user", "one_sample_per_user", "temporal_augmentation",
+                           "min_history_length"),
+                          "generates for every test item (this setting chooses training targets)")}
 RETRIES, RETRY_STEP, RETRY_CAP = 3, 0.2, 1.5  # the research scripts' empty-output retries
 
 
@@ -202,7 +209,8 @@ def settings_of(twin, gen: GenerateSettings, seed: int, source: dict) -> dict:
 
 
 def _fingerprint(twin, settings: dict) -> str:
-    blob = json.dumps([settings, twin.cfg.to_dict()], sort_keys=True, default=str)
+    read = {k: v for k, v in twin.cfg.to_dict().items() if k not in UNREAD}
+    blob = json.dumps([settings, read], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
