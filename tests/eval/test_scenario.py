@@ -247,3 +247,82 @@ def test_a_trained_run_fills_the_scenario(scenario, tiny_model_dir, tmp_path):
     assert (summary["targets"], summary["cold_start_users"]) == (8, 1)
     assert all(len(it["continuations"]) == 3
                for it in _items(json.loads((out / "test_leaderboard.json").read_text())))
+
+
+# ---------------------------------------------------------------- the research scripts' inference commands
+
+
+def _seed_command(scen, model, out, *extra) -> list[str]:
+    """inference_vllm_MovieLens.py's command line (MOVIELENS_TRAINING_GUIDE.md), usertwin's command in front."""
+    return ["predict", "--checkpoint_dir", str(model), "--scenario_path", str(scen), "--ablation_config",
+            "profile_and_history", "--output_dir", str(out), "--tensor_parallel_size", "1",
+            "--gpu_memory_utilization", "0.9", "--max_model_len", "16384", "--crowd_context", "none", "--no-progress",
+            *extra]
+
+
+def test_a_seed_inference_command_runs_with_the_seed_scripts_defaults(scenario, tiny_model_dir, tmp_path, capsys):
+    """The seeds' flags are taken, the engine-only ones with a note, and the script the scenario path names
+    (MovieLens) sets what no flag gives: 5 samples, its sampling, its 32-token cap (also on a given --max_tokens)
+    and its 50-item history cap."""
+    import shutil
+
+    scen = tmp_path / "RealSelf" / "MovieLens"
+    shutil.copytree(scenario, scen)
+    out = tmp_path / "out"
+    assert main(_seed_command(scen, tiny_model_dir, out, "--max_tokens", "64")) == 0
+    err = capsys.readouterr().err
+    assert ("note: --tensor_parallel_size 1 has no effect: vLLM's tensor parallelism; predict runs the model on "
+            "one device") in err
+    assert "note: --gpu_memory_utilization 0.9 has no effect: vLLM's share of GPU memory" in err
+    assert "note: --max_model_len 16384 has no effect: vLLM's context cap" in err
+    assert ("note: the research scripts' flags: doing what inference_vllm_MovieLens.py did (named by the scenario "
+            "path) where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.1 "
+            "--temperature 0.7 --top_p 0.9 --max_history_items 50; as it did, max_new_tokens 64 -> 32 (it used at "
+            "most 32)") in err
+    summary = json.loads((out / "summary.json").read_text())
+    gen = summary["settings"]["generation"]
+    assert {k: gen[k] for k in ("num_samples", "temperature", "top_p", "top_k", "repetition_penalty",
+                                "max_new_tokens", "seed")} == {
+        "num_samples": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1,
+        "max_new_tokens": 32, "seed": 42}
+    assert summary["settings"]["prompt"]["ablation"] == "profile_and_history"
+    assert all(len(it["continuations"]) == 5 for it in _items(json.loads((out / "test_leaderboard.json").read_text())))
+
+
+def test_seed_flags_given_by_the_user_win_and_are_mapped(scenario, tiny_model_dir, tmp_path, capsys):
+    """--max_history_ratings is --max_history_items, --max_retries / --retry_temperature_increment set the
+    retries, and a flag given (--num_samples 2 --temperature 0.5) wins over the script's default."""
+    out = tmp_path / "out"
+    assert main(_seed_command(scenario, tiny_model_dir, out, "--seed_script", "inference_vllm_DMSC.py",
+                              "--num_samples", "2", "--temperature", "0.5", "--max_history_ratings", "3",
+                              "--max_retries", "1", "--retry_temperature_increment", "0.3")) == 0
+    err = capsys.readouterr().err
+    assert ("doing what inference_vllm_DMSC.py did (--seed_script) where no flag says otherwise: --seed 42 "
+            "--top_k 50 --repetition_penalty 1.1 --top_p 0.9 --max_tokens 256\\n") in err.replace("\n", "\\n")
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert (settings["generation"]["num_samples"], settings["generation"]["temperature"]) == (2, 0.5)
+    assert settings["retry"] == {"max_retries": 1, "temperature_step": 0.3, "temperature_cap": 1.5}
+    assert max(r["history_len"] for r in _rows(out)) == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_model_len", "8192"], "--max_model_len is a flag of the research scripts' inference, which fills a "
+                                  "scenario: pass --scenario_path DIR"),
+    (["--scenario", "A", "--scenario_path", "B", "-o", "o"], "--scenario A and --scenario_path B name different "
+                                                             "folders: give one"),
+    (["--max_retries", "2", "--run", "R"], "--max_retries applies to --scenario only"),
+    (["--scenario_path", "S", "--seed_script", "Netflix", "-o", "o"], "--seed_script Netflix: not a seed system; "
+                                                                      "one of MovieLens, DMSC, Chameleons"),
+])
+def test_seed_flags_that_cannot_apply_are_refused(argv, message, capsys):
+    assert main(["predict", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_context_turns_are_cut_as_the_dialogue_scripts_cut_them():
+    """--max_chars_per_turn N: a longer turn keeps N - 3 characters and "..." (inference_vllm_RealPersonaChat.py)."""
+    from usertwin.eval.scenario import cut_turns
+
+    turns = [{"source": "A", "content": "abcdefghij"}, {"role": "user", "content": "12345678"}]
+    assert cut_turns(turns, 8) == [{"source": "A", "content": "abcde..."}, {"role": "user", "content": "12345678"}]
+    assert cut_turns(turns, None) is turns

@@ -48,6 +48,17 @@ UNREAD = {"data": "reads the users' records from the scenario's train.json",
 RETRIES, RETRY_STEP, RETRY_CAP = 3, 0.2, 1.5  # the research scripts' empty-output retries
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a scenario is filled beyond the generation settings: the research scripts' --max_retries,
+    --retry_temperature_increment and --max_chars_per_turn (each target's context turns cut to that many
+    characters, the last 3 being "...", as the dialogue scripts cut them; None: not cut)."""
+
+    max_retries: int = RETRIES
+    retry_step: float = RETRY_STEP
+    max_chars_per_turn: int | None = None
+
+
 @dataclass
 class Target:
     """One item of the test file to fill."""
@@ -100,6 +111,14 @@ def read_scenario(folder, twin) -> Scenario:
     return Scenario(Path(folder), document, targets, users, [u for u in users if u not in train], len(train))
 
 
+def collection_types(folder) -> set[str]:
+    """The collection types of a scenario's test file (which seed system it comes from, when nothing names one);
+    none when it is missing (check_folders says so)."""
+    if not ScenarioDir(folder).test.is_file():
+        return set()
+    return {it.collection for rec in records.load(ScenarioDir(folder).test, targets=True).records for it in rec.items}
+
+
 def _raw_records(path: Path) -> tuple[list, object]:
     """The test file's records as parsed JSON, and the document holding them (records.load checked them)."""
     text = path.read_text(encoding="utf-8-sig")
@@ -130,13 +149,23 @@ def earlier(items: list, target: records.Item) -> list:
     return [it for it in items if it.timestamp < target.timestamp]
 
 
-def target_timeline(t: Target, twin) -> Timeline:
+def cut_turns(context: list, max_chars: int | None) -> list:
+    """Each turn's content cut to `max_chars` characters, its last 3 then "..." (the seeds' --max_chars_per_turn)."""
+    if max_chars is None:
+        return context
+    return [{**turn, "content": turn["content"][:max(0, max_chars - 3)] + "..."}
+            if isinstance(turn.get("content"), str) and len(turn["content"]) > max_chars else turn
+            for turn in context]
+
+
+def target_timeline(t: Target, twin, options: Options = Options()) -> Timeline:
     """The user's history for this target, then the target as its last item (a fresh copy: trimming its
     context to fit max_length, as training trims items, changes only this copy)."""
     base = t.train
     history = earlier(base.items, t.item) if base else []  # a prefix of the time-ordered train timeline
     rec = t.record
-    target = dataclasses.replace(t.item, position=len(history))
+    target = dataclasses.replace(t.item, position=len(history),
+                                 context=cut_turns(t.item.context, options.max_chars_per_turn))
     tl = Timeline(rec.user_id, rec.profile or (base.profile if base else {}), rec.task or (base.task if base else ""),
                   rec.language or (base.language if base else None), history, rec.index, rec.role,
                   context_cut={p: n for p, n in (base.context_cut if base else {}).items() if p < len(history)},
@@ -146,8 +175,8 @@ def target_timeline(t: Target, twin) -> Timeline:
     return twin.trimmed(tl) if t.item.context else tl
 
 
-def target_prompt(t: Target, twin, room: int) -> Prompt:
-    tl = target_timeline(t, twin)
+def target_prompt(t: Target, twin, room: int, options: Options = Options()) -> Prompt:
+    tl = target_timeline(t, twin, options)
     return twin.built_prompt(tl, len(tl.items) - 1, room)
 
 
@@ -160,21 +189,23 @@ def target_seed(seed: int, t: Target) -> int:
 # ---------------------------------------------------------------- generation
 
 
-def retry_temperature(temperature: float, k: int) -> float:
-    """The temperature of retry k: higher by RETRY_STEP each time, up to RETRY_CAP (or the asked one above it)."""
-    return max(temperature, min(temperature + RETRY_STEP * k, RETRY_CAP))
+def retry_temperature(temperature: float, k: int, step: float = RETRY_STEP) -> float:
+    """The temperature of retry k: higher by `step` each time, up to RETRY_CAP (or the asked one above it)."""
+    return max(temperature, min(temperature + step * k, RETRY_CAP))
 
 
-def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list) -> tuple[list, list]:
+def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list,
+                      options: Options = Options()) -> tuple[list, list]:
     """`gen.num_samples` texts per prompt, empty ones drawn again (see the module's doc); and the retries each
     prompt took. Retry k of sample i draws with seed + k * num_samples + i: never a seed of a first draw."""
     texts = twin.generate_after(prompts, gen, seeds)
     retries = [0] * len(prompts)
-    for k in range(1, RETRIES + 1):
+    for k in range(1, options.max_retries + 1):
         empty = [(j, i) for j, row in enumerate(texts) for i, text in enumerate(row) if not text.strip()]
         if not empty:
             break
-        again = dataclasses.replace(gen, num_samples=1, temperature=retry_temperature(gen.temperature, k))
+        again = dataclasses.replace(gen, num_samples=1,
+                                    temperature=retry_temperature(gen.temperature, k, options.retry_step))
         redo = twin.generate_after([prompts[j] for j, _ in empty], again,
                                [seeds[j] + k * gen.num_samples + i for j, i in empty])
         for (j, i), row in zip(empty, redo):
@@ -183,10 +214,10 @@ def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list) -
     return texts, retries
 
 
-def _rows(twin, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str) -> list[dict]:
-    prompts = [target_prompt(t, twin, gen.max_new_tokens) for t in chunk]
+def _rows(twin, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str, options: Options) -> list[dict]:
+    prompts = [target_prompt(t, twin, gen.max_new_tokens, options) for t in chunk]
     seeds = [target_seed(seed, t) for t in chunk]
-    texts, retries = generate_nonempty(twin, [p.ids for p in prompts], gen, seeds)
+    texts, retries = generate_nonempty(twin, [p.ids for p in prompts], gen, seeds, options)
     return [{"record": t.record.index, "position": t.item.position, "user": t.record.user_id,
              "collection": t.item.collection, "item": t.item.prefix, "cold_start": t.train is None,
              "history_len": len(p.sample.history), "prompt_hash": prompt_hash(p.ids), "seed": s,
@@ -198,12 +229,14 @@ def _rows(twin, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str)
 # ---------------------------------------------------------------- the run
 
 
-def settings_of(twin, gen: GenerateSettings, seed: int, source: dict) -> dict:
+def settings_of(twin, gen: GenerateSettings, seed: int, source: dict, options: Options = Options()) -> dict:
     """What the generations depend on (summary.json's "settings"; a resumed run must match them)."""
     cfg = twin.cfg
     generation = {k: v for k, v in dataclasses.asdict(gen).items() if k not in ("batch_size", "limit", "pick")}
     return {**source, "seed": seed, "generation": generation,
-            "retry": {"max_retries": RETRIES, "temperature_step": RETRY_STEP, "temperature_cap": RETRY_CAP},
+            "retry": {"max_retries": options.max_retries, "temperature_step": options.retry_step,
+                      "temperature_cap": RETRY_CAP},
+            "max_chars_per_turn": options.max_chars_per_turn,
             "prompt": {k: getattr(cfg, k) for k in ("ablation", "prompt_style", "history_strategy", "max_length",
                                                       "language")}}
 
@@ -215,7 +248,7 @@ def _fingerprint(twin, settings: dict) -> str:
 
 
 def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int, source: dict,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, options: Options = Options()) -> dict:
     """Fill every target of the scenario in `folder` not yet in OUT/generations.jsonl; once all are there, write
     OUT/test_leaderboard.json and OUT/summary.json. Returns the summary (`complete`: whether they were written)."""
     start = time.monotonic()
@@ -224,7 +257,7 @@ def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int,
     scen = read_scenario(folder, twin)
     out = ScenarioDir(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
-    settings = settings_of(twin, gen, seed, source)
+    settings = settings_of(twin, gen, seed, source, options)
     fingerprint = _fingerprint(twin, settings)
     with output_lock(out.generations, "scenario output"):
         done = completed_rows(out.generations, KEY)
@@ -234,7 +267,7 @@ def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int,
             todo = todo[:max(0, gen.limit - len(done))]
         bar = progress_bar(len(todo), "scenario", "target") if progress else None
         chunks = (todo[i:i + gen.batch_size] for i in range(0, len(todo), gen.batch_size))
-        written = append_batches(out.generations, chunks, lambda c: _rows(twin, c, gen, seed, fingerprint), bar)
+        written = append_batches(out.generations, chunks, lambda c: _rows(twin, c, gen, seed, fingerprint, options), bar)
         rows = completed_rows(out.generations, KEY)
         summary = _summary(scen, rows, settings, written, len(done), time.monotonic() - start)
         if summary["complete"]:
