@@ -190,7 +190,7 @@ def test_empty_generations_are_retried_hotter_and_counted():
 
     engine = _Engine(warm=0.5, mute=[2])
     gen = GenerateSettings(temperature=0.1, num_samples=2)
-    texts, retries = generate_nonempty(engine, [[1], [2]], gen, [100, 200])
+    texts, retries, _ = generate_nonempty(engine, [[1], [2]], gen, [100, 200])
     assert texts == [["t0.5", "t0.5"], ["", ""]]
     assert retries == [4, 6]  # prompt 1: 2 samples x 2 retries; prompt 2: 2 x 3, still empty
     assert engine.calls == [(0.1, 2, [100, 200]), (0.3, 1, [102, 103, 202, 203]), (0.5, 1, [104, 105, 204, 205]),
@@ -326,3 +326,36 @@ def test_context_turns_are_cut_as_the_dialogue_scripts_cut_them():
     turns = [{"source": "A", "content": "abcdefghij"}, {"role": "user", "content": "12345678"}]
     assert cut_turns(turns, 8) == [{"source": "A", "content": "abcde..."}, {"role": "user", "content": "12345678"}]
     assert cut_turns(turns, None) is turns
+
+
+class _Texts:
+    """Generates the text given for the sampling temperature."""
+
+    def __init__(self, by_temperature: dict):
+        self.by = by_temperature
+
+    def generate_after(self, prompts, gen, seeds):
+        return [[self.by[round(gen.temperature, 1)]] * gen.num_samples for _ in prompts]
+
+
+def test_answers_are_cleaned_retried_on_the_cleaned_text_and_kept_raw():
+    """A rating off the scale is empty once cleaned, so it is drawn again; the answer is the rating, the raw
+    generation (without the half character the token limit cut) is kept beside it."""
+    from usertwin.config import GenerateSettings
+    from usertwin.eval.answers import clean
+    from usertwin.eval.scenario import generate_nonempty
+
+    engine = _Texts({0.7: "6.0", 0.9: "The rating of 4 out of 5 stars for this movie.\ufffd"})
+    texts, retries, raw = generate_nonempty(engine, [[1]], GenerateSettings(temperature=0.7), [1],
+                                            cleaners=[lambda t: clean(t, "movie_rating", ["1", "2", "3", "4", "5"])])
+    assert (texts, retries, raw) == ([["4"]], [1], [["The rating of 4 out of 5 stars for this movie."]])
+
+
+def test_filled_rating_answers_are_on_the_scale_with_the_raw_text_beside(filled):
+    scale = {f"{x / 2:.1f}" for x in range(1, 11)}
+    rows = _rows(filled)
+    assert all(len(r["raw"]) == 3 and all(x in scale or x == "" for x in r["continuations"]) for r in rows)
+    # (a random model writes invalid byte sequences anywhere; a cut character can only be the last one)
+    assert not any(x.endswith("\ufffd") for r in rows for x in r["raw"] + r["continuations"])
+    summary = json.loads((filled / "summary.json").read_text())
+    assert summary["cleaned"] == sum(a != b.strip() for r in rows for a, b in zip(r["continuations"], r["raw"]))
