@@ -44,3 +44,17 @@ def test_never_half_a_character():
     cut = "好".encode()[:2].decode("utf-8", errors="replace")
     assert cut == "\ufffd" and whole_characters("很好" + cut) == "很好"
     assert whole_characters("a\ufffdb") == "a\ufffdb"
+
+
+def test_a_prediction_row_never_ends_in_half_a_character():
+    """predict's rows (predictions-SPLIT.jsonl) hold whole characters too."""
+    from usertwin.data.records import Item
+    from usertwin.data.timeline import Sample, Timeline
+    from usertwin.eval.predict import _row
+    from usertwin.sequences.fit import Prompt
+    from usertwin.twin.targets import Outcome, Target
+
+    tl = Timeline("u", {}, "", "zh", [Item("好看", prefix="X: ", collection="movie_review")])
+    o = Outcome(Target(tl, 0, ["好看"]), Prompt(Sample("u", 0, []), [1, 2]), {"好看": (-2.0, 2)}, "zh",
+                predictions=["很好\ufffd", "不错"])
+    assert _row(o, {})["predictions"] == ["很好", "不错"]
