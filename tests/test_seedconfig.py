@@ -313,3 +313,22 @@ def test_the_seeds_deepspeed_config_with_auto_batch_entries_trains_on_two_proces
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(RunDir(out).summary.read_text())
     assert summary["steps"] == 3
+
+
+def test_the_seed_training_scripts_data_file_flags_are_taken_and_said(capsys):
+    """--template_filename (14 of the 16 training scripts), --load_from_saved, --skip_save_processed_data: each
+    accepted with one line saying why it changes nothing; a template file with the detailed style is refused."""
+    from usertwin.cli import main
+
+    assert main(["train", "--template_filename", "prompt_template.md", "--load_from_saved",
+                 "--skip_save_processed_data", "--print_config"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "note: --template_filename prompt_template.md has no effect: the seeds read it only with --prompt_style "
+        "detailed (here simple)",
+        "note: --load_from_saved has no effect: the prepare cache (cache_dir) is reused whenever the data and the "
+        "settings that shape it are unchanged",
+        "note: --skip_save_processed_data has no effect: usertwin writes no sample files, only its prepare cache"]
+    assert main(["train", "--template_filename", "t.md", "--prompt_style", "detailed", "--print_config"]) == 2
+    assert ("--template_filename t.md: usertwin does not read the seeds' template files; --prompt_style detailed "
+            "writes its own detailed template") in capsys.readouterr().err

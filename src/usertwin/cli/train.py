@@ -20,6 +20,43 @@ def add_arguments(p) -> None:
                         "tokens, packed; an explicit --batch_tokens wins")
     add_print_config_flag(p)
     add_device_flags(p)
+    add_seed_data_flags(p)
+
+
+def add_seed_data_flags(p) -> None:
+    """The research training scripts' flags about their own files (train_distributed_*.py), so their commands
+    run unchanged: each is said, in one line, to be what usertwin does anyway or what it cannot read."""
+    g = p.add_argument_group("the research scripts' data-file flags")
+    g.add_argument("--template_filename", metavar="FILE",
+                   help="the seeds' detailed-prompt template file: no effect unless --prompt_style detailed (as in "
+                        "the seeds); with it, refused: usertwin's detailed style is its own template")
+    g.add_argument("--load_from_saved", action="store_true",
+                   help="the seeds' reload of all_samples.json: usertwin reuses its prepare cache (cache_dir) "
+                        "whenever the data and the settings that shape it are unchanged (no effect)")
+    g.add_argument("--skip_save_processed_data", action="store_true",
+                   help="the seeds' skip of writing train_samples.json / all_samples.json: usertwin writes no "
+                        "sample files, only its prepare cache (no effect)")
+
+
+def seed_data_notes(args, prompt_style: str) -> list[str]:
+    """What each research-script data-file flag given amounts to here (see add_seed_data_flags)."""
+    from usertwin.errors import UsertwinError
+
+    notes = []
+    if args.template_filename is not None:
+        if prompt_style == "detailed":
+            raise UsertwinError(f"--template_filename {args.template_filename}: usertwin does not read the seeds' "
+                                "template files; --prompt_style detailed writes its own detailed template "
+                                "(text/styles.py: a style of your own is one registered class)")
+        notes.append(f"note: --template_filename {args.template_filename} has no effect: the seeds read it only "
+                     f"with --prompt_style detailed (here {prompt_style})")
+    if args.load_from_saved:
+        notes.append("note: --load_from_saved has no effect: the prepare cache (cache_dir) is reused whenever the "
+                     "data and the settings that shape it are unchanged")
+    if args.skip_save_processed_data:
+        notes.append("note: --skip_save_processed_data has no effect: usertwin writes no sample files, only its "
+                     "prepare cache")
+    return notes
 
 
 def add_device_flags(p, launched: bool = True) -> None:
@@ -34,6 +71,8 @@ def add_device_flags(p, launched: bool = True) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     if args.batch_size_rows is not None and args.batch_size_rows < 1:
         from usertwin.errors import UsertwinError
 
@@ -42,6 +81,8 @@ def run(args) -> int:
     from usertwin.train.setup import select_devices
 
     cfg = resolve(args)
+    for note in seed_data_notes(args, cfg.prompt_style):
+        print(note, file=sys.stderr)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
