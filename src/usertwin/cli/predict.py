@@ -17,12 +17,15 @@ UNREAD = {"*": "uses the weights as they are (a trained run's, or --model's)",
           "attention": "scores with sdpa attention (its block masks need it)",
           "output_dir": "writes to -o (default RUN/predictions-SPLIT.jsonl)"}
 
+# setting names that are the research scripts' inference flags here: --output_dir is -o (add_seed_flags), not the
+# run directory setting
+SEED_NAMES = frozenset({"--output_dir"})
+
 
 def add_arguments(p) -> None:
     from usertwin.config import add_config_flags, add_generate_flags, generate_flag_names
 
-    # --output_dir: the seeds' name of -o here (add_seed_flags), not the run directory setting
-    add_config_flags(p, leave=generate_flag_names() | {"--output_dir"}, reads=READS)
+    add_config_flags(p, leave=generate_flag_names() | SEED_NAMES, reads=READS)
     p.add_argument("--run", help="a train run directory: its config and best weights")
     p.add_argument("--split", choices=("train", "val", "test"), help="the split to predict (default test)")
     p.add_argument("-o", "--output", help="predictions file (default RUN/predictions-SPLIT.jsonl); with --scenario "
@@ -159,6 +162,10 @@ def from_seed_flags(args) -> None:
     for name, why in ENGINE_ONLY.items():
         if getattr(args, f"engine__{name}") is not None:
             print(f"note: --{name} {getattr(args, f'engine__{name}')} has no effect: {why}", file=sys.stderr)
+    if not args.scenario and given == ["--output_dir"]:
+        raise UsertwinError("--output_dir is the research scripts' name of -o for a scenario (--scenario_path DIR); "
+                            "predicting a split writes to -o (default RUN/predictions-SPLIT.jsonl), and a run "
+                            "directory is set for usertwin train")
     if not args.scenario:
         raise UsertwinError(f"{given[0]} is a flag of the research scripts' inference, which fills a scenario: "
                             "pass --scenario_path DIR (train.json and test_leaderboard.json)")
