@@ -359,3 +359,15 @@ def test_filled_rating_answers_are_on_the_scale_with_the_raw_text_beside(filled)
     assert not any(x.endswith("\ufffd") for r in rows for x in r["raw"] + r["continuations"])
     summary = json.loads((filled / "summary.json").read_text())
     assert summary["cleaned"] == sum(a != b.strip() for r in rows for a, b in zip(r["continuations"], r["raw"]))
+
+
+def test_a_seed_config_brings_its_scripts_defaults(scenario, tiny_model_dir, tmp_path, capsys):
+    """predict --scenario with a research scripts' config (config_Chameleons.json): the script its name names."""
+    cfg = ROOT / "tests" / "fixtures" / "seed_sets" / "seed_config_Chameleons.json"
+    assert main(["predict", "--scenario", str(scenario), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"),
+                 "--config", str(cfg), "--crowd_context", "none", "--limit", "1", "--max_tokens", "4",
+                 "--max_retries", "0", "--no-progress"]) == 0
+    assert ("note: the research scripts' flags: doing what inference_vllm_Chameleons.py did (named by the --config "
+            "file) where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.1 "
+            "--temperature 0.7 --top_p 0.85 --max_chars_per_turn 300\n") in capsys.readouterr().err
+    assert len(_rows(tmp_path / "o")[0]["continuations"]) == 5

@@ -148,6 +148,8 @@ def from_seed_flags(args) -> None:
     from usertwin.rundir import RunDir
 
     given = [flag for dest, flag in SEED_FLAGS.items() if getattr(args, dest, None) is not None]
+    if not given and args.scenario and _seed_config(args):
+        given = ["--config (a research scripts' config)"]
     if not given:
         return
     args.scenario = _one_of(args.scenario, "--scenario", args.scenario_path, "--scenario_path")
@@ -170,6 +172,14 @@ def from_seed_flags(args) -> None:
         raise UsertwinError(f"{given[0]} is a flag of the research scripts' inference, which fills a scenario: "
                             "pass --scenario_path DIR (train.json and test_leaderboard.json)")
     _seed_script_defaults(args)
+
+
+def _seed_config(args) -> bool:
+    """Whether --config is one of the research scripts' nested JSON configs."""
+    from usertwin import seedconfig
+    from usertwin.config import load_yaml
+
+    return bool(getattr(args, "config", None)) and seedconfig.is_seed_config(load_yaml(args.config))
 
 
 def _one_of(ours, our_flag: str, theirs, their_flag: str):
