@@ -182,3 +182,17 @@ def test_scripts_parse_no_prefixes():
     for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "src").rglob("*.py")]:
         for call in re.findall(r"ArgumentParser\([^)]*\)?", path.read_text()):
             assert "allow_abbrev=False" in call, f"{path}: {call}"
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_print_config_shows_the_unit_the_run_will_use(command, capsys):
+    """--max_history_items needs one sequence per target: the run switches to the sample unit, and the printed
+    config (a valid --config of that run) says so."""
+    import yaml
+
+    assert main([command, "--max_history_items", "3", "--print_config"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out)["unit"] == "sample"
+    assert err.splitlines() == ["--max_history_items 3: needs --unit sample (a timeline window shows each target "
+                                "every earlier item in it); switched to --unit sample (one sequence per target: "
+                                "more tokens than timeline windows)"]

@@ -70,6 +70,21 @@ def add_device_flags(p, launched: bool = True) -> None:
                         "becomes LOCAL_RANK (which accelerate reads) when the launcher did not set it")
 
 
+def print_config(cfg) -> int:
+    """--print_config: the resolved settings as YAML, with the unit the run will really use (a setting only the
+    sample unit honours switches it, said on stderr as training says it)."""
+    import sys
+
+    from usertwin.config import to_yaml
+    from usertwin.data.applies import switched_unit
+
+    cfg, notices = switched_unit(cfg)
+    for notice in notices:
+        print(notice, file=sys.stderr)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
 def run(args) -> int:
     import sys
 
@@ -77,15 +92,14 @@ def run(args) -> int:
         from usertwin.errors import UsertwinError
 
         raise UsertwinError(f"command line: --batch_size must be at least 1, got {args.batch_size_rows}")
-    from usertwin.config import resolve, to_yaml
+    from usertwin.config import resolve
     from usertwin.train.setup import select_devices
 
     cfg = resolve(args)
     for note in seed_data_notes(args, cfg.prompt_style):
         print(note, file=sys.stderr)
     if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
+        return print_config(cfg)
     select_devices(args.gpu, args.local_rank)
     from usertwin.eval.valrating import val_rating_rmse
     from usertwin.train.trainer import train
