@@ -196,3 +196,22 @@ def test_print_config_shows_the_unit_the_run_will_use(command, capsys):
     assert err.splitlines() == ["--max_history_items 3: needs --unit sample (a timeline window shows each target "
                                 "every earlier item in it); switched to --unit sample (one sequence per target: "
                                 "more tokens than timeline windows)"]
+
+
+# every flag of the research scripts' inference_vllm_*.py (their argparse, all eight scripts)
+SEED_INFERENCE_FLAGS = (
+    "--checkpoint_dir", "--scenario_path", "--ablation_config", "--num_samples", "--output_dir",
+    "--tensor_parallel_size", "--gpu_memory_utilization", "--max_model_len", "--temperature", "--top_p", "--top_k",
+    "--repetition_penalty", "--max_tokens", "--seed", "--max_context_turns", "--max_chars_per_turn", "--max_retries",
+    "--retry_temperature_increment", "--max_history_ratings", "--max_history_reviews")
+
+
+def test_every_seed_inference_flag_is_a_predict_flag_and_in_the_readme():
+    from usertwin.cli import build_parser
+
+    predict = next(a for a in build_parser()._actions if a.choices and "predict" in a.choices).choices["predict"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Coming from the seed scripts"):readme.index("**Leaderboard scenarios.**")]
+    for flag in SEED_INFERENCE_FLAGS:
+        assert flag in predict._option_string_actions, flag
+        assert f"`{flag}" in section or f"{flag}`" in section or f" {flag} " in section, flag
