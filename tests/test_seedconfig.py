@@ -332,3 +332,43 @@ def test_the_seed_training_scripts_data_file_flags_are_taken_and_said(capsys):
     assert main(["train", "--template_filename", "t.md", "--prompt_style", "detailed", "--print_config"]) == 2
     assert ("--template_filename t.md: usertwin does not read the seeds' template files; --prompt_style detailed "
             "writes its own detailed template") in capsys.readouterr().err
+
+
+def _douban_scenario(folder, users: int = 10, reviews: int = 24):
+    """A scenario folder of Douban-style reviewers (train.json, a test file), and the DMSC guide's seed config."""
+    from helpers import raw_record, write_records
+
+    folder.mkdir()
+    recs = [raw_record(f"u{u}", [{"continuation_prefix": f"电影{i}: ", "continuation": f"第{i}条影评，还不错",
+                                  "timestamp": 1_600_000_000 + i * 86400} for i in range(reviews)])
+            for u in range(users)]
+    for rec in recs:
+        rec["task"]["task_behavior_collections"][0]["type"] = "movie_review"
+    write_records(folder / "train.json", recs, jsonl=False)
+    (folder / "test_leaderboard.json").write_text("[]")
+    config = folder.parent / "config_DMSC_30B.json"
+    config.write_text(json.dumps({"model": {"path": "unused"}, "data": {"train_path": str(folder / "train.json")},
+                                  "training": {"max_length": 512}}))
+    return folder / "train.json", config
+
+
+def test_the_dmsc_guide_trains_each_users_last_reviews(tmp_path, tokenizer_dir, capsys):
+    """The DMSC guide's flags (--one_sample_per_user --val_ratio 0.1) on a scenario's train.json: no test split
+    (the scenario's test file holds the targets), each training user's targets are their last 2 reviews (the
+    seeds' --one_sample_per_user was --max_samples_per_user 2, the last N), validation holds out whole users."""
+    from usertwin.cli import main
+
+    data, config = _douban_scenario(tmp_path / "DMSC")
+    dump = tmp_path / "targets.jsonl"
+    assert main(["inspect", "--config", str(config), "--data", str(data), "--model", str(tokenizer_dir),
+                 "--ablation_config", "profile_and_history", "--one_sample_per_user", "--val_ratio", "0.1",
+                 "--split", "train", "-n", "0", "--dump", str(dump), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {data} is a scenario's train.json (its targets are {data.parent / 'test_leaderboard.json'}): no "
+            "test split of it, as the research scripts made none (test_ratio 0; --test_ratio R holds one out)") in err
+    assert ("note: config_DMSC_30B.json is the seeds' DMSC config; as its script (train_distributed_MovieReview.py) "
+            "did, --one_sample_per_user: each user's last 2 reviews (--max_samples_per_user 2 --target_draw latest); "
+            "validation holds out whole users (--split_mode user)") in err
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert rows and {r["target_index"] for r in rows} == {22, 23}
+    assert len({r["user"] for r in rows}) == 9  # 1 of 10 users is validation

@@ -196,6 +196,10 @@ class SampleSettings:
                                                      "only ones that carry loss in the windows, the other items "
                                                      "staying as history (timeline unit); unset: all",
                                                shapes_data=True, minimum=1)
+    target_draw: str = setting("random", "which max_samples_per_user training targets carry loss: random (drawn "
+                                         "with sample_seed) or latest (each user's last N, as the seeds' DMSC / "
+                                         "MovieReview script took them); refused without max_samples_per_user",
+                               choices=("random", "latest"), shapes_data=True)
     one_sample_per_user: bool = setting(False, "only each user's latest training target carries loss, with the "
                                                "earlier items that fit as history (the same sequence in both "
                                                "units); max_samples_per_user is refused with it", shapes_data=True)

@@ -31,7 +31,9 @@ def run(args) -> int:
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import load_tokenizer
 
-    cfg = resolve(args)
+    from usertwin.cli.train import seed_training
+
+    cfg = seed_training(resolve(args), args)
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
     prep = prepare(cfg, tokenizer=tok, progress=args.progress)
     renderer = Renderer(cfg, tok)

@@ -27,7 +27,9 @@ def run(args) -> int:
     from usertwin.sequences.prepare import prepare, summary
     from usertwin.sequences.preview import counts_table
 
-    cfg = resolve(args)
+    from usertwin.cli.train import seed_training
+
+    cfg = seed_training(resolve(args), args)
     if args.print_config:
         from usertwin.cli.train import print_config
 

@@ -70,6 +70,73 @@ def add_device_flags(p, launched: bool = True) -> None:
                         "becomes LOCAL_RANK (which accelerate reads) when the launcher did not set it")
 
 
+def seed_training(cfg, args):
+    """What the research scripts did with the same flags and data, where the data or a seed config says which
+    system it is (each said once on stderr): a scenario's train.json holds no test split (its targets are the
+    scenario's test file), and the DMSC / MovieReview script took each user's last N reviews as targets."""
+    import sys
+
+    notes = []
+    cfg = _scenario_train_split(cfg, args, notes)
+    cfg = _latest_targets(cfg, args, notes)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return cfg
+
+
+def _given_anywhere(args, key: str) -> bool:
+    """`key` given as a flag or written in the --config file."""
+    from pathlib import Path
+
+    from usertwin.config import given_settings
+
+    return key in given_settings(args) or bool(getattr(args, "config", None)) and key in Path(args.config).read_text(
+        encoding="utf-8-sig")
+
+
+def _scenario_train_split(cfg, args, notes: list):
+    import dataclasses
+    from pathlib import Path
+
+    from usertwin.rundir import ScenarioDir
+
+    data = Path(cfg.data) if cfg.data else None
+    scenario = ScenarioDir(data.parent) if data else None
+    if scenario is None or data.name != scenario.train.name or not scenario.test.is_file() \
+            or cfg.train_ratio is not None or _given_anywhere(args, "test_ratio"):
+        return cfg
+    notes.append(f"note: {data} is a scenario's train.json (its targets are {scenario.test}): no test split of it, "
+                 "as the research scripts made none (test_ratio 0; --test_ratio R holds one out)")
+    return dataclasses.replace(cfg, test_ratio=0.0)
+
+
+def _latest_targets(cfg, args, notes: list):
+    import dataclasses
+    from pathlib import Path
+
+    from usertwin import seedconfig
+    from usertwin.config import load_yaml
+
+    path = getattr(args, "config", None)
+    if not path or seedconfig.system_named(Path(path).name) != "DMSC" \
+            or not seedconfig.is_seed_config(load_yaml(path)) or _given_anywhere(args, "target_draw"):
+        return cfg
+    if cfg.one_sample_per_user:
+        cfg = dataclasses.replace(cfg, one_sample_per_user=False, max_samples_per_user=2)
+        what = "--one_sample_per_user: each user's last 2 reviews (--max_samples_per_user 2 --target_draw latest)"
+    elif cfg.max_samples_per_user is not None:
+        what = (f"--max_samples_per_user {cfg.max_samples_per_user}: each user's last {cfg.max_samples_per_user} "
+                "reviews (--target_draw latest)")
+    else:
+        return cfg
+    split = {}
+    if not _given_anywhere(args, "split_mode"):  # its script split the list of samples, whole users at its end
+        split, what = {"split_mode": "user"}, what + "; validation holds out whole users (--split_mode user)"
+    notes.append(f"note: {Path(path).name} is the seeds' DMSC config; as its script (train_distributed_MovieReview.py) "
+                 f"did, {what}")
+    return dataclasses.replace(cfg, target_draw="latest", **split)
+
+
 def print_config(cfg) -> int:
     """--print_config: the resolved settings as YAML, with the unit the run will really use (a setting only the
     sample unit honours switches it, said on stderr as training says it)."""
@@ -95,7 +162,7 @@ def run(args) -> int:
     from usertwin.config import resolve
     from usertwin.train.setup import select_devices
 
-    cfg = resolve(args)
+    cfg = seed_training(resolve(args), args)
     for note in seed_data_notes(args, cfg.prompt_style):
         print(note, file=sys.stderr)
     if args.print_config:

@@ -44,7 +44,8 @@ class Rule:
 
 def _draws(cfg: Config) -> bool:
     """Whether anything is drawn at random from sample_seed."""
-    return cfg.max_samples_per_user is not None or (cfg.unit == "sample" and cfg.history_strategy == "random")
+    drawn = cfg.max_samples_per_user is not None and cfg.target_draw == "random"
+    return drawn or (cfg.unit == "sample" and cfg.history_strategy == "random")
 
 
 RULES = (
@@ -68,6 +69,8 @@ RULES = (
     Rule("min_history_length", lambda c, f: c.temporal_augmentation, "--temporal_augmentation"),
     Rule("max_samples_per_user", lambda c, f: not c.one_sample_per_user,
          "--one_sample_per_user off (that keeps one target per user already)"),
+    Rule("target_draw", lambda c, f: c.max_samples_per_user is not None and not c.one_sample_per_user,
+         "--max_samples_per_user N (the targets it draws)"),
     Rule("sample_seed", lambda c, f: _draws(c),
          "a random draw (--max_samples_per_user, or --history_strategy random)", NOTE),
     Rule("resample_every_epoch", lambda c, f: _draws(c),

@@ -11,10 +11,10 @@ dialogue scripts. `usertwin predict --scenario` applies them when the seeds' own
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from usertwin import seedconfig
 from usertwin.errors import UsertwinError
 
 # every script's shared defaults: 5 samples per target, seed 42, top_k 50, repetition penalty 1.1
@@ -62,8 +62,6 @@ SCRIPTS = {s.name: s for s in (
 DIALOGUE = _script("the dialogue scripts", 0.7, 0.85, 512, max_chars_per_turn=_DIALOGUE)
 # the seed system of a scenario whose name says none, by its collections' type (dialogue: five scripts, no guess)
 BY_COLLECTION = {"movie_rating": "MovieLens", "movie_review": "DMSC", "questionnaire": "LovinkQuestionnaire"}
-# other names the seeds' folders and configs give a system
-_OTHER_NAMES = {"douban": "DMSC", "persona-bench": "PERSONA_Bench", "personabench": "PERSONA_Bench"}
 
 
 def named(text: str) -> SeedScript:
@@ -77,15 +75,9 @@ def named(text: str) -> SeedScript:
 
 
 def in_name(text: str) -> SeedScript | None:
-    """The seed system a file or folder name names (config_MovieLens.json, .../RealSelf/DMSC, ...), longest
-    name first (RealPersonaChat before a shorter one it contains)."""
-    low = text.lower().replace("_", "").replace("-", "")
-    names = {**{n.lower().replace("_", ""): n for n in SCRIPTS},
-             **{k.replace("-", ""): v for k, v in _OTHER_NAMES.items()}}
-    for key in sorted(names, key=len, reverse=True):
-        if re.search(re.escape(key), low):
-            return SCRIPTS[names[key]]
-    return None
+    """The script of the seed system a file or folder name names (config_MovieLens.json, .../RealSelf/DMSC)."""
+    system = seedconfig.system_named(text)
+    return SCRIPTS[system] if system else None
 
 
 def in_path(path) -> SeedScript | None:
