@@ -198,9 +198,9 @@ def test_print_config_shows_the_unit_the_run_will_use(command, capsys):
                                 "more tokens than timeline windows)"]
 
 
-# every flag of the research scripts' inference_vllm_*.py (their argparse, all eight scripts)
+# every flag of the research scripts' inference_vllm_*.py and inference_vllm.py (their argparse)
 SEED_INFERENCE_FLAGS = (
-    "--checkpoint_dir", "--scenario_path", "--ablation_config", "--num_samples", "--output_dir",
+    "--checkpoint_dir", "--dataset", "--scenario_path", "--ablation_config", "--num_samples", "--output_dir",
     "--tensor_parallel_size", "--gpu_memory_utilization", "--max_model_len", "--temperature", "--top_p", "--top_k",
     "--repetition_penalty", "--max_tokens", "--seed", "--max_context_turns", "--max_chars_per_turn", "--max_retries",
     "--retry_temperature_increment", "--max_history_ratings", "--max_history_reviews")

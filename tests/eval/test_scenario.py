@@ -371,3 +371,18 @@ def test_a_seed_config_brings_its_scripts_defaults(scenario, tiny_model_dir, tmp
             "file) where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.1 "
             "--temperature 0.7 --top_p 0.85 --max_chars_per_turn 300\n") in capsys.readouterr().err
     assert len(_rows(tmp_path / "o")[0]["continuations"]) == 5
+
+
+def test_the_shared_inference_script_with_dataset(scenario, tiny_model_dir, tmp_path, capsys):
+    """inference_vllm.py --dataset NAME (VLLM_INFERENCE_GUIDE.md's commands): that script's own defaults; it found
+    the scenario by the name, so without --scenario_path the command says to pass one."""
+    argv = ["predict", "--checkpoint_dir", str(tiny_model_dir), "--dataset", "MovieLens", "--ablation_config",
+            "context_only", "--output_dir", str(tmp_path / "o"), "--tensor_parallel_size", "4"]
+    assert main(argv) == 2
+    assert ("--dataset MovieLens: the research scripts found its scenario under /mnt/parallel/GIDigitalTwinBench/; "
+            "pass --scenario_path DIR") in capsys.readouterr().err
+    assert main([*argv, "--scenario_path", str(scenario), "--crowd_context", "none", "--max_tokens", "4",
+                 "--max_retries", "0", "--limit", "1", "--no-progress"]) == 0
+    assert ("note: the research scripts' flags: doing what inference_vllm.py --dataset MovieLens did (--dataset) "
+            "where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.0 "
+            "--temperature 1.2 --top_p 0.9 --max_chars_per_turn 300\n") in capsys.readouterr().err

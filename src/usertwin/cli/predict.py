@@ -84,6 +84,10 @@ def add_seed_flags(p) -> None:
                         "LovinkQuestionnaire, PERSONA_Bench, REALTALK, RealPersonaChat (or inference_vllm_NAME.py); "
                         "unset: the one the scenario's path or the --config file's name names, else the one of the "
                         "scenario's collection type")
+    g.add_argument("--dataset", metavar="NAME",
+                   help="the shared inference_vllm.py's seed system: its defaults (temperature at least 1.2, no "
+                        "repetition penalty, 512 tokens); it found the scenario under /mnt/parallel/...: pass "
+                        "--scenario_path DIR")
     g.add_argument("--max_history_reviews", "--max_history_ratings", dest="seed_max_history", type=int, metavar="N",
                    help="same as --max_history_items N: the latest N items as history (DMSC's default 100, "
                         "MovieLens's 50)")
@@ -135,7 +139,7 @@ def run(args) -> int:
 
 
 SEED_FLAGS = {"checkpoint_dir": "--checkpoint_dir", "scenario_path": "--scenario_path",
-              "seed_output_dir": "--output_dir", "seed_script": "--seed_script",
+              "seed_output_dir": "--output_dir", "seed_script": "--seed_script", "dataset": "--dataset",
               "seed_max_history": "--max_history_reviews/--max_history_ratings",
               **{f"engine__{k}": f"--{k}" for k in ENGINE_ONLY}}
 
@@ -164,6 +168,10 @@ def from_seed_flags(args) -> None:
     for name, why in ENGINE_ONLY.items():
         if getattr(args, f"engine__{name}") is not None:
             print(f"note: --{name} {getattr(args, f'engine__{name}')} has no effect: {why}", file=sys.stderr)
+    if not args.scenario and args.dataset:
+        raise UsertwinError(f"--dataset {args.dataset}: the research scripts found its scenario under "
+                            "/mnt/parallel/GIDigitalTwinBench/; pass --scenario_path DIR (the folder holding "
+                            "train.json and test_leaderboard.json)")
     if not args.scenario and given == ["--output_dir"]:
         raise UsertwinError("--output_dir is the research scripts' name of -o for a scenario (--scenario_path DIR); "
                             "predicting a split writes to -o (default RUN/predictions-SPLIT.jsonl), and a run "
@@ -233,6 +241,9 @@ def _which_script(args):
 
     if args.seed_script:
         return seedscripts.named(args.seed_script), "--seed_script"
+    if args.dataset:
+        system = seedscripts.named(args.dataset, "--dataset").name  # refuses a name that is no seed system
+        return seedscripts.generic(system), "--dataset"
     found = seedscripts.in_path(args.scenario)
     if found:
         return found, "named by the scenario path"

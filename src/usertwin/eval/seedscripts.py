@@ -29,15 +29,25 @@ class SeedScript:
     at_least: dict = field(default_factory=dict)  # max(value, bound)
     max_history_items: int | None = None  # the prompt's history cap (the latest N items), when the script had one
     max_chars_per_turn: int | None = None  # each context turn of the target cut to N characters ("..." at the end)
+    script: str = ""  # how a message names it; empty: inference_vllm_<name>.py
 
-    @property
-    def script(self) -> str:
-        return self.name if self is DIALOGUE else f"inference_vllm_{self.name}.py"
+    def __post_init__(self):
+        if not self.script:
+            object.__setattr__(self, "script", f"inference_vllm_{self.name}.py")
 
 
 def _script(name, temperature, top_p, max_new_tokens, **rest) -> SeedScript:
     defaults = {**_COMMON, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
     return SeedScript(name, defaults, **rest)
+
+
+def generic(system: str) -> SeedScript:
+    """The older, shared inference_vllm.py run with --dataset SYSTEM: temperature at least 1.2, no repetition
+    penalty, 512 tokens (RealPersonaChat at most 150), context turns cut to 300 characters."""
+    at_most = {"max_new_tokens": 150} if system == "RealPersonaChat" else {}
+    return SeedScript(system, {**_COMMON, "repetition_penalty": 1.0, "temperature": 1.2, "top_p": 0.9,
+                               "max_new_tokens": 512}, at_most=at_most, at_least={"temperature": 1.2},
+                      max_chars_per_turn=_DIALOGUE, script=f"inference_vllm.py --dataset {system}")
 
 
 _DIALOGUE = 300  # --max_chars_per_turn of every dialogue / questionnaire script
@@ -59,17 +69,17 @@ SCRIPTS = {s.name: s for s in (
             max_chars_per_turn=_DIALOGUE),
 )}
 # a dialogue scenario that names no system: the argparse defaults the dialogue scripts share, none of their caps
-DIALOGUE = _script("the dialogue scripts", 0.7, 0.85, 512, max_chars_per_turn=_DIALOGUE)
+DIALOGUE = _script("dialogue", 0.7, 0.85, 512, max_chars_per_turn=_DIALOGUE, script="the dialogue scripts")
 # the seed system of a scenario whose name says none, by its collections' type (dialogue: five scripts, no guess)
 BY_COLLECTION = {"movie_rating": "MovieLens", "movie_review": "DMSC", "questionnaire": "LovinkQuestionnaire"}
 
 
-def named(text: str) -> SeedScript:
+def named(text: str, flag: str = "--seed_script") -> SeedScript:
     """The system of --seed_script: a system name or a script's file name, any case (MovieLens,
     inference_vllm_MovieLens.py, path/to/it)."""
     found = in_name(Path(str(text)).name)
     if found is None:
-        raise UsertwinError(f"--seed_script {text}: not a seed system; one of {', '.join(SCRIPTS)} (or "
+        raise UsertwinError(f"{flag} {text}: not a seed system; one of {', '.join(SCRIPTS)} (or "
                             "inference_vllm_<system>.py)")
     return found
 
