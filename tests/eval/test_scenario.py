@@ -386,3 +386,14 @@ def test_the_shared_inference_script_with_dataset(scenario, tiny_model_dir, tmp_
     assert ("note: the research scripts' flags: doing what inference_vllm.py --dataset MovieLens did (--dataset) "
             "where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.0 "
             "--temperature 1.2 --top_p 0.9 --max_chars_per_turn 300\n") in capsys.readouterr().err
+
+
+def test_checkpoint_dir_is_a_run_or_its_best_folder_or_a_model(tmp_path):
+    from usertwin.cli.predict import _run_or_model
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "config.yaml").write_text("max_length: 512\n")
+    assert _run_or_model(str(run)) == (str(run), None)
+    assert _run_or_model(str(run / "best")) == (str(run), None)  # the seeds pointed at the saved model
+    assert _run_or_model(str(tmp_path / "hf-model")) == (None, str(tmp_path / "hf-model"))

@@ -24,14 +24,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import time
 
+    from usertwin.cli.train import seed_training
     from usertwin.config import resolve
     from usertwin.data.timeline import SPLITS
     from usertwin.sequences.prepare import prepare
     from usertwin.sequences.preview import counts_table, show_examples, write_dump
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import load_tokenizer
-
-    from usertwin.cli.train import seed_training
 
     cfg = seed_training(resolve(args), args)
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)

@@ -75,8 +75,8 @@ def add_seed_flags(p) -> None:
         "inference_vllm_<SYSTEM>.py's own flags, so its commands run unchanged; any of them (or --seed_script) makes "
         "--scenario do what that script did wherever no flag says otherwise: 5 samples, its temperature, top_p, "
         "top_k 50, repetition penalty, token cap and history cap, and the caps it put on given values (said once)")
-    g.add_argument("--checkpoint_dir", metavar="DIR", help="the model: a usertwin run directory is --run, any other "
-                                                           "folder --model")
+    g.add_argument("--checkpoint_dir", metavar="DIR", help="the model: a usertwin run directory (or its best/) is "
+                                                           "--run, any other folder --model")
     g.add_argument("--scenario_path", metavar="DIR", help="same as --scenario")
     g.add_argument("--output_dir", dest="seed_output_dir", metavar="DIR", help="same as -o")
     g.add_argument("--seed_script", metavar="NAME",
@@ -149,7 +149,6 @@ def from_seed_flags(args) -> None:
     import sys
 
     from usertwin.errors import UsertwinError
-    from usertwin.rundir import RunDir
 
     given = [flag for dest, flag in SEED_FLAGS.items() if getattr(args, dest, None) is not None]
     if not given and args.scenario and _seed_config(args):
@@ -161,10 +160,9 @@ def from_seed_flags(args) -> None:
     if args.checkpoint_dir is not None:
         if args.run or hasattr(args, "cfg__model"):
             raise UsertwinError("--checkpoint_dir names the model: drop --run / --model")
-        if RunDir(args.checkpoint_dir).is_run():
-            args.run = args.checkpoint_dir
-        else:
-            args.cfg__model = args.checkpoint_dir
+        args.run, model = _run_or_model(args.checkpoint_dir)
+        if model is not None:
+            args.cfg__model = model
     for name, why in ENGINE_ONLY.items():
         if getattr(args, f"engine__{name}") is not None:
             print(f"note: --{name} {getattr(args, f'engine__{name}')} has no effect: {why}", file=sys.stderr)
@@ -188,6 +186,21 @@ def _seed_config(args) -> bool:
     from usertwin.config import load_yaml
 
     return bool(getattr(args, "config", None)) and seedconfig.is_seed_config(load_yaml(args.config))
+
+
+def _run_or_model(checkpoint_dir: str) -> tuple:
+    """(run, None) when the seeds' --checkpoint_dir is a usertwin run directory or its best/ (the seeds pointed
+    at the saved model: the run's config then renders the prompts as training did), else (None, the folder)."""
+    from pathlib import Path
+
+    from usertwin.rundir import RunDir
+
+    path = Path(checkpoint_dir)
+    if RunDir(path).is_run():
+        return str(path), None
+    if RunDir(path.parent).is_run() and RunDir(path.parent).best.resolve() == path.resolve():
+        return str(path.parent), None
+    return None, checkpoint_dir
 
 
 def _one_of(ours, our_flag: str, theirs, their_flag: str):

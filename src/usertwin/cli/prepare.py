@@ -22,12 +22,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from usertwin.atomic import write_json
+    from usertwin.cli.train import seed_training
     from usertwin.config import resolve
     from usertwin.rundir import RunDir
     from usertwin.sequences.prepare import prepare, summary
     from usertwin.sequences.preview import counts_table
-
-    from usertwin.cli.train import seed_training
 
     cfg = seed_training(resolve(args), args)
     if args.print_config:
