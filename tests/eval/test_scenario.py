@@ -397,3 +397,13 @@ def test_checkpoint_dir_is_a_run_or_its_best_folder_or_a_model(tmp_path):
     assert _run_or_model(str(run)) == (str(run), None)
     assert _run_or_model(str(run / "best")) == (str(run), None)  # the seeds pointed at the saved model
     assert _run_or_model(str(tmp_path / "hf-model")) == (None, str(tmp_path / "hf-model"))
+
+
+def test_the_printed_summary_counts_cleaned_answers(tmp_path):
+    from usertwin.eval.scenario import summary_lines
+
+    s = {"targets": 8, "users": 4, "cold_start_users": 1, "generated_now": 8, "resumed": 0, "cleaned": 5,
+         "retries": 2, "empty_after_retries": 1, "complete": True, "targets_done": 8}
+    assert summary_lines(s, tmp_path)[0] == (
+        f"8 targets of 4 users (1 cold-start); 8 generated now, 0 from an earlier run; 5 answer(s) cleaned (raw texts "
+        f"in {tmp_path / 'generations.jsonl'}); 2 empty answer(s) drawn again, 1 still empty")

@@ -350,8 +350,9 @@ def summary_lines(summary: dict, out_dir) -> list[str]:
     """What the command prints."""
     s, out = summary, ScenarioDir(out_dir)
     counts = (f"{s['targets']} targets of {s['users']} users ({s['cold_start_users']} cold-start); "
-              f"{s['generated_now']} generated now, {s['resumed']} from an earlier run; {s['retries']} empty "
-              f"generation(s) retried, {s['empty_after_retries']} still empty")
+              f"{s['generated_now']} generated now, {s['resumed']} from an earlier run; {s['cleaned']} answer(s) "
+              f"cleaned (raw texts in {out.generations}); {s['retries']} empty answer(s) drawn again, "
+              f"{s['empty_after_retries']} still empty")
     if not s["complete"]:
         return [counts, f"{s['targets_done']} of {s['targets']} targets done (rows in {out.generations}); run "
                         "the command again (without --limit) to finish and write the filled test file"]
