@@ -60,7 +60,7 @@ def train(label: str, records: Path, args, extra: list[str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--records", required=True, help="ml-latest-small converted to the unified format (JSONL)")
     ap.add_argument("--model", default="smollm2", help="the base model (a GGUF path on the GPU machine)")
     ap.add_argument("--out", type=Path, required=True, help="results and runs go here")

@@ -125,7 +125,7 @@ def run_unit(unit: str, data: Path, model: Path, args, tokenizer) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="dialogue records (JSONL or JSON)")
     ap.add_argument("--tokenizer", default="smollm2")
     ap.add_argument("--out", type=Path, required=True)

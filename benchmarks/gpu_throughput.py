@@ -272,7 +272,7 @@ def summarize(paths: list[Path], markdown: Path, combined: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--summarize", type=Path, nargs="*", help="merge these result JSONs (no GPU work)")
     ap.add_argument("--markdown", type=Path, default=Path("benchmarks/results/gpu_throughput_h100.md"))
     ap.add_argument("--combined", type=Path, default=Path("benchmarks/results/gpu_throughput_h100.json"))

@@ -297,7 +297,7 @@ def markdown(env: dict, counts: dict, totals: dict, results: list) -> str:
 
 def main() -> None:
     global LOG
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=Path, required=True, help="ml-latest-small records (JSONL)")
     ap.add_argument("--dialogue", type=Path, help="the seeds' all_samples.json (raw: converted here) or its records")
     ap.add_argument("--tokenizer", type=Path, required=True, help="a tokenizer folder (ids < 151,936)")

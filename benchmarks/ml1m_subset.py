@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("src", type=Path, help="folder with ml-1m's ratings.dat, movies.dat, users.dat")
     ap.add_argument("out", type=Path, help="folder to write the subset to (ml-1m layout)")
     ap.add_argument("--users", type=int, default=400, help="how many users to draw (default %(default)s)")

@@ -212,7 +212,7 @@ def longest(a, model, work: Path) -> list:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--accum", type=int, default=1, help="gradient accumulation of the multi-process runs")

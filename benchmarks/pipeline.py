@@ -233,7 +233,7 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("movielens", nargs="?", default=str(DEFAULT_ML), help="ml-latest-small folder")
     ap.add_argument("--rows", type=int, default=2_000_000, help="rows of the synthetic DMSC CSV")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where pipeline.json/.md go")

@@ -101,7 +101,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", required=True, help="a records file (e.g. usertwin convert movielens ...)")
     ap.add_argument("--users", type=int, default=5, help="a seeded random subset of N users")
     ap.add_argument("--user_seed", type=int, default=42, help="seed of the user subset")

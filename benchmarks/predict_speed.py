@@ -36,7 +36,7 @@ def random_smollm2(tokenizer_dir: Path, out: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--data", required=True, help="records (e.g. converted ml-latest-small)")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--max_length", type=int, default=1024)

@@ -544,7 +544,7 @@ def write_results(res: dict, notes: list, steps: Steps, out_dir: Path, suffix: s
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("raw", nargs="?", default=str(DEFAULT_ML), help="ml-latest-small folder (default: %(default)s)")
     ap.add_argument("--records", help="use this records file instead of converting RAW")

@@ -293,7 +293,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated, of: %(default)s")
     ap.add_argument("--data_dir", type=Path, default=DATA, help="the folder holding douban_dmr/ and "

@@ -166,7 +166,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for serve_latency.json and serve_latency.md")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m")
     ap.add_argument("--tokenizer", default="smollm2", help="`smollm2` (embedded default) or a tokenizer folder")

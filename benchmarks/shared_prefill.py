@@ -133,7 +133,7 @@ def markdown(r: dict, env: dict) -> str:
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="smollm2")
     ap.add_argument("--items", type=int, default=100, help="items every user answers (the most-rated ones)")
     ap.add_argument("--users", type=int, help="the first N users of the records (default: every user)")

@@ -257,7 +257,7 @@ def markdown(results: list[dict], env: dict) -> str:
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["smollm2", "qwen3-1.7b"])
     ap.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32, 256])
     ap.add_argument("--batches", type=int, default=2, help="batches timed per batch size")

@@ -109,7 +109,7 @@ def measure(data: Path, max_length: int, mode: str, tokenizer, tmp: Path) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 16384])
     ap.add_argument("--datasets", nargs="+", default=["ml-latest-small", "douban-dmr", "seed-dialogue", "cornell"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -64,7 +64,7 @@ def make_scenario(records_path, out_dir, users: int, targets: int, cold: int) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("records", help="a records file (JSON list or JSON Lines)")
     p.add_argument("-o", "--output", required=True, help="the scenario folder to write")
     p.add_argument("--users", type=int, default=5, help="users with history in train.json (default 5)")

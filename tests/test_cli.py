@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import write_records
+from helpers import ROOT, write_records
 
 from usertwin.cli import main
 
@@ -162,3 +162,56 @@ def test_a_mistyped_flag_is_one_line_with_the_nearest_flag_not_the_usage_block(c
         main(["train", "--max_length", "abc"])
     err = capsys.readouterr().err
     assert "usage:" not in err and err.startswith("usertwin train: error: argument --max_length")
+
+
+@pytest.mark.parametrize("argv", [["train", "--max_hist", "3", "--print_config"],
+                                  ["predict", "--scen", "DIR", "-o", "out"]])
+def test_a_prefix_of_a_flag_is_not_that_flag(argv, capsys):
+    """argparse's prefix matching is off: --max_hist 3 once became --max_history_items 3 without a word."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usertwin {argv[0]}: error: unrecognized arguments: {argv[1]} {argv[2]}" in err
+
+
+def test_scripts_parse_no_prefixes():
+    """Every argparse parser of the repository (scripts, benchmarks) turns prefix matching off."""
+    import re
+
+    for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "src").rglob("*.py")]:
+        for call in re.findall(r"ArgumentParser\([^)]*\)?", path.read_text()):
+            assert "allow_abbrev=False" in call, f"{path}: {call}"
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_print_config_shows_the_unit_the_run_will_use(command, capsys):
+    """--max_history_items needs one sequence per target: the run switches to the sample unit, and the printed
+    config (a valid --config of that run) says so."""
+    import yaml
+
+    assert main([command, "--max_history_items", "3", "--print_config"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out)["unit"] == "sample"
+    assert err.splitlines() == ["--max_history_items 3: needs --unit sample (a timeline window shows each target "
+                                "every earlier item in it); switched to --unit sample (one sequence per target: "
+                                "more tokens than timeline windows)"]
+
+
+# every flag of the research scripts' inference_vllm_*.py and inference_vllm.py (their argparse)
+SEED_INFERENCE_FLAGS = (
+    "--checkpoint_dir", "--dataset", "--scenario_path", "--ablation_config", "--num_samples", "--output_dir",
+    "--tensor_parallel_size", "--gpu_memory_utilization", "--max_model_len", "--temperature", "--top_p", "--top_k",
+    "--repetition_penalty", "--max_tokens", "--seed", "--max_context_turns", "--max_chars_per_turn", "--max_retries",
+    "--retry_temperature_increment", "--max_history_ratings", "--max_history_reviews")
+
+
+def test_every_seed_inference_flag_is_a_predict_flag_and_in_the_readme():
+    from usertwin.cli import build_parser
+
+    predict = next(a for a in build_parser()._actions if a.choices and "predict" in a.choices).choices["predict"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Coming from the seed scripts"):readme.index("**Leaderboard scenarios.**")]
+    for flag in SEED_INFERENCE_FLAGS:
+        assert flag in predict._option_string_actions, flag
+        assert f"`{flag}" in section or f"{flag}`" in section or f" {flag} " in section, flag

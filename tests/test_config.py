@@ -423,7 +423,7 @@ def test_every_command_takes_every_setting_it_reads_as_a_flag_and_no_other():
         text = parser.format_help()
         for f in fields(Config):
             names = [f"--{n}" for n in (f.name, *f.metadata["aliases"])]
-            names = [n for n in names if module.NAME != "predict" or n not in leave]
+            names = [n for n in names if module.NAME != "predict" or n not in leave | module.SEED_NAMES]
             for flag in names:
                 action = parser._option_string_actions[flag]
                 args = top.parse_args([*base, flag, *_value(action)])
@@ -446,9 +446,9 @@ TRAINING = ("a training setting (section train): {command} {why} and does not re
     ("predict", ["--lr", "0.1"], "--lr (learning_rate) is " + TRAINING),
     ("predict", ["--no_lora"], "--no_lora (lora) is a model setting (section model): predict {why} and does not "
                                "read it; set it for usertwin train"),
-    ("predict", ["--output_dir", "o"], "--output_dir is an output setting (section output): predict writes to -o "
-                                       "(default RUN/predictions-SPLIT.jsonl) and does not read it; set it for "
-                                       "usertwin prepare, inspect or train"),
+    ("predict", ["--output_dir", "o"], "--output_dir is the research scripts' name of -o for a scenario "
+                                       "(--scenario_path DIR); predicting a split writes to -o (default "
+                                       "RUN/predictions-SPLIT.jsonl), and a run directory is set for usertwin train"),
     ("baselines", ["--max_epochs", "3"], "--max_epochs is " + TRAINING),
     ("baselines", ["--max-length", "64"], "--max_length is a data setting (section data): baselines {why} and does "
                                           "not read it; set it for usertwin prepare, inspect, train or predict"),

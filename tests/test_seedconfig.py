@@ -313,3 +313,80 @@ def test_the_seeds_deepspeed_config_with_auto_batch_entries_trains_on_two_proces
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(RunDir(out).summary.read_text())
     assert summary["steps"] == 3
+
+
+def test_the_seed_training_scripts_data_file_flags_are_taken_and_said(capsys):
+    """--template_filename (14 of the 16 training scripts), --load_from_saved, --skip_save_processed_data: each
+    accepted with one line saying why it changes nothing; a template file with the detailed style is refused."""
+    from usertwin.cli import main
+
+    assert main(["train", "--template_filename", "prompt_template.md", "--load_from_saved",
+                 "--skip_save_processed_data", "--print_config"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "note: --template_filename prompt_template.md has no effect: the seeds read it only with --prompt_style "
+        "detailed (here simple)",
+        "note: --load_from_saved has no effect: the prepare cache (cache_dir) is reused whenever the data and the "
+        "settings that shape it are unchanged",
+        "note: --skip_save_processed_data has no effect: usertwin writes no sample files, only its prepare cache"]
+    assert main(["train", "--template_filename", "t.md", "--prompt_style", "detailed", "--print_config"]) == 2
+    assert ("--template_filename t.md: usertwin does not read the seeds' template files; --prompt_style detailed "
+            "writes its own detailed template") in capsys.readouterr().err
+
+
+def _douban_scenario(folder, users: int = 10, reviews: int = 24):
+    """A scenario folder of Douban-style reviewers (train.json, a test file), and the DMSC guide's seed config."""
+    from helpers import raw_record, write_records
+
+    folder.mkdir()
+    recs = [raw_record(f"u{u}", [{"continuation_prefix": f"电影{i}: ", "continuation": f"第{i}条影评，还不错",
+                                  "timestamp": 1_600_000_000 + i * 86400} for i in range(reviews)])
+            for u in range(users)]
+    for rec in recs:
+        rec["task"]["task_behavior_collections"][0]["type"] = "movie_review"
+    write_records(folder / "train.json", recs, jsonl=False)
+    (folder / "test_leaderboard.json").write_text("[]")
+    config = folder.parent / "config_DMSC_30B.json"
+    config.write_text(json.dumps({"model": {"path": "unused"}, "data": {"train_path": str(folder / "train.json")},
+                                  "training": {"max_length": 512}}))
+    return folder / "train.json", config
+
+
+def test_the_dmsc_guide_trains_each_users_last_reviews(tmp_path, tokenizer_dir, capsys):
+    """The DMSC guide's flags (--one_sample_per_user --val_ratio 0.1) on a scenario's train.json: no test split
+    (the scenario's test file holds the targets), each training user's targets are their last 2 reviews (the
+    seeds' --one_sample_per_user was --max_samples_per_user 2, the last N), validation holds out whole users."""
+    from usertwin.cli import main
+
+    data, config = _douban_scenario(tmp_path / "DMSC")
+    dump = tmp_path / "targets.jsonl"
+    assert main(["inspect", "--config", str(config), "--data", str(data), "--model", str(tokenizer_dir),
+                 "--ablation_config", "profile_and_history", "--one_sample_per_user", "--val_ratio", "0.1",
+                 "--split", "train", "-n", "0", "--dump", str(dump), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {data} is a scenario's train.json (its targets are {data.parent / 'test_leaderboard.json'}): no "
+            "test split of it, as the research scripts made none (test_ratio 0; --test_ratio R holds one out)") in err
+    assert ("note: config_DMSC_30B.json is the seeds' DMSC config; as its script (train_distributed_MovieReview.py) "
+            "did, --one_sample_per_user: each user's last 2 reviews (--max_samples_per_user 2 --target_draw latest); "
+            "validation holds out whole users (--split_mode user)") in err
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert rows and {r["target_index"] for r in rows} == {22, 23}
+    assert len({r["user"] for r in rows}) == 9  # 1 of 10 users is validation
+
+
+def test_several_rows_per_micro_batch_on_a_cpu_are_said(monkeypatch, capsys):
+    """The seeds' batch_size 8 on a CPU: 8 x max_length tokens a micro-batch; said, with the same step in less
+    memory."""
+    import torch
+
+    from usertwin.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "--batch_size", "8", "--max_length", "512", "--print_config"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "note: on a CPU, batch_tokens 4096 (8 x max_length 512) packs that many tokens into one micro-batch: its peak "
+        "memory grows with them and its speed does not (one step on 5 users: 12.5 GB at the seeds' batch_size 8, "
+        "2.95 GB at 1, the same tokens/s); pass --batch_size 1 --gradient_accumulation_steps 8 for the same step in "
+        "less memory")
+    assert main(["train", "--batch_size", "1", "--max_length", "512", "--print_config"]) == 0
+    assert "on a CPU" not in capsys.readouterr().err

@@ -196,6 +196,10 @@ class SampleSettings:
                                                      "only ones that carry loss in the windows, the other items "
                                                      "staying as history (timeline unit); unset: all",
                                                shapes_data=True, minimum=1)
+    target_draw: str = setting("random", "which max_samples_per_user training targets carry loss: random (drawn "
+                                         "with sample_seed) or latest (each user's last N, as the seeds' DMSC / "
+                                         "MovieReview script took them); refused without max_samples_per_user",
+                               choices=("random", "latest"), shapes_data=True)
     one_sample_per_user: bool = setting(False, "only each user's latest training target carries loss, with the "
                                                "earlier items that fit as history (the same sequence in both "
                                                "units); max_samples_per_user is refused with it", shapes_data=True)
@@ -797,6 +801,11 @@ def _auto_type(tp):
 
 def _given(args: argparse.Namespace, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The Config settings given as flags (key -> value), by whichever name they were given."""
+    return _given(args, "cfg__")
 
 
 def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:

@@ -56,6 +56,21 @@ SEED_DEFAULTS = {"model.use_lora": False, "training.learning_rate": 1e-5, "train
                  "training.warmup_steps": 100, "training.gradient_accumulation_steps": 8, "training.batch_size": 2}
 
 
+# the research systems (one inference_vllm_<SYSTEM>.py each), and other names their files give one
+# (train_distributed_MovieReview.py trains DMSC's Douban reviews)
+SYSTEMS = ("MovieLens", "DMSC", "Chameleons", "LovinkDialogue", "LovinkQuestionnaire", "PERSONA_Bench", "REALTALK",
+           "RealPersonaChat")
+_OTHER_NAMES = {"douban": "DMSC", "moviereview": "DMSC", "personabench": "PERSONA_Bench"}
+
+
+def system_named(text: str) -> str | None:
+    """The research system a file or folder name names (config_DMSC_30B.json, .../RealSelf/MovieLens), any case,
+    the longest name first (RealPersonaChat before a shorter one it may contain); None when it names none."""
+    low = str(text).lower().replace("_", "").replace("-", "")
+    names = {**{n.lower().replace("_", ""): n for n in SYSTEMS}, **_OTHER_NAMES}
+    return next((names[k] for k in sorted(names, key=len, reverse=True) if k in low), None)
+
+
 @dataclass
 class SeedConfig:
     """A seed config translated: our keys and values, the lines to print, and the seeds' per-device batch size

@@ -212,3 +212,19 @@ def test_settle_is_idempotent_and_knows_dialogue():
     assert settle(sample, Facts(has_context=True, dialogue=True)) == (sample, [])
     with pytest.raises(UsertwinError, match="--window_history_fraction 0.2 would be ignored"):
         settle(sample, Facts())
+
+
+def test_target_draw_latest_takes_each_users_last_n_and_needs_max_samples_per_user():
+    from helpers import rating_timeline
+
+    from usertwin.config import Config
+    from usertwin.data.applies import settle
+    from usertwin.data.timeline import choose_targets
+    from usertwin.errors import UsertwinError
+
+    cfg = Config(max_samples_per_user=3, target_draw="latest")
+    assert choose_targets(rating_timeline(10), list(range(8)), cfg, seed=0) == [5, 6, 7]
+    assert settle(cfg)[1] == []  # nothing drawn: no sample_seed notice
+    with pytest.raises(UsertwinError, match=r"--target_draw latest would be ignored: it needs --max_samples_per_user "
+                                            r"N \(the targets it draws\)"):
+        settle(Config(target_draw="latest"))

@@ -536,3 +536,21 @@ def test_shipped_quickstart_records_match_the_converter(tmp_path):
     summary = convert_to_file("movielens", example, out, progress=False)
     assert (summary.users, summary.items) == (12, 460)
     assert out.read_bytes() == (example / "records.jsonl").read_bytes()
+
+
+def test_a_converter_on_invalid_json_points_to_validate_repair(tmp_path, capsys):
+    """The seeds' LovinkQuestionnaire example holds an unescaped inner quote: convert names the place, shows the
+    line and says which repair fixes it (validate --repair), then to convert the repaired copy."""
+    from usertwin.cli import main
+
+    raw = tmp_path / "q.json"
+    raw.write_text('[{"user": {"profile": {"name": "u1"}}, "task": {"description": "d", "task_behavior_collections": '
+                   '[{"type": "dialogue", "data": [{"context": [{"source": "questionnaire", "content": '
+                   '"拍成电影，加一个"剧情大反转"，何时？"}], "continuation": "最后"}]}]}}]\n', encoding="utf-8")
+    assert main(["convert", "lovink-questionnaire", str(raw), "-o", str(tmp_path / "q.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usertwin convert: error: {raw}:1:") and "invalid JSON at line 1" in err
+    assert err.rstrip().endswith(f'likely cause: an unescaped double quote (") inside a string; run: usertwin '
+                                 f"validate {raw} --repair OUT, then convert OUT")
+    assert main(["validate", str(raw), "--repair", str(tmp_path / "fixed.json")]) == 0
+    assert main(["convert", "lovink-questionnaire", str(tmp_path / "fixed.json"), "-o", str(tmp_path / "q.jsonl")]) == 0

@@ -159,6 +159,19 @@ def test_resuming_with_other_settings_is_refused(scenario, filled, tiny_model_di
             "folder with -o, or delete that file to start over") in capsys.readouterr().err
 
 
+def test_a_config_holding_training_settings_resumes(scenario, filled, tiny_model_dir, tmp_path):
+    """Settings the scenario does not read (a training config's target choice) are not in the resume
+    fingerprint: the same command with a --config file that holds them resumes instead of refusing."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(filled, out)
+    (tmp_path / "cfg.yaml").write_text("max_samples_per_user: 2\none_sample_per_user: false\nunit: sample\n")
+    assert _predict(scenario, out, tiny_model_dir, "--config", str(tmp_path / "cfg.yaml")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["generated_now"], summary["resumed"]) == (0, 8)
+
+
 class _Engine:
     """Generates "" until the temperature reaches `warm` (never, for prompts listed in `mute`)."""
 
@@ -177,7 +190,7 @@ def test_empty_generations_are_retried_hotter_and_counted():
 
     engine = _Engine(warm=0.5, mute=[2])
     gen = GenerateSettings(temperature=0.1, num_samples=2)
-    texts, retries = generate_nonempty(engine, [[1], [2]], gen, [100, 200])
+    texts, retries, _ = generate_nonempty(engine, [[1], [2]], gen, [100, 200])
     assert texts == [["t0.5", "t0.5"], ["", ""]]
     assert retries == [4, 6]  # prompt 1: 2 samples x 2 retries; prompt 2: 2 x 3, still empty
     assert engine.calls == [(0.1, 2, [100, 200]), (0.3, 1, [102, 103, 202, 203]), (0.5, 1, [104, 105, 204, 205]),
@@ -202,6 +215,12 @@ def test_validate_accepts_missing_continuations_only_with_targets(scenario, caps
     (["--split", "val"], "--split does not apply to --scenario"),
     (["--pick", "2"], "--pick does not apply to --scenario"),
     (["-o", "SCEN"], "is the scenario folder itself: its test_leaderboard.json would be overwritten"),
+    (["--max_samples_per_user", "2"], "--max_samples_per_user does not apply to --scenario: predict --scenario "
+                                      "generates for every test item (this setting chooses training targets); "
+                                      "drop the flag (a --config file may hold it)"),
+    (["--one_sample_per_user"], "--one_sample_per_user does not apply to --scenario"),
+    (["--data_file", "x.json"], "--data does not apply to --scenario: predict --scenario reads the users' records "
+                                "from the scenario's train.json"),
 ])
 def test_what_does_not_apply_is_refused(scenario, tiny_model_dir, tmp_path, capsys, extra, message):
     extra = [str(scenario) if x == "SCEN" else x for x in extra]
@@ -246,3 +265,160 @@ def test_engine_vllm_fills_the_scenario_with_the_prompts_usertwin_renders(scenar
     requests = [r["prompt_token_ids"] for llm in made for reqs, _ in llm.calls for r in reqs]
     assert len(requests) == 8 * 3 and made[0].kw["gpu_memory_utilization"] == 0.6
     assert made[0].kw["max_model_len"] == 1024 + 4  # --max_length + --max_new_tokens
+# ---------------------------------------------------------------- the research scripts' inference commands
+
+
+def _seed_command(scen, model, out, *extra) -> list[str]:
+    """inference_vllm_MovieLens.py's command line (MOVIELENS_TRAINING_GUIDE.md), usertwin's command in front."""
+    return ["predict", "--checkpoint_dir", str(model), "--scenario_path", str(scen), "--ablation_config",
+            "profile_and_history", "--output_dir", str(out), "--tensor_parallel_size", "1",
+            "--gpu_memory_utilization", "0.9", "--max_model_len", "16384", "--crowd_context", "none", "--no-progress",
+            *extra]
+
+
+def test_a_seed_inference_command_runs_with_the_seed_scripts_defaults(scenario, tiny_model_dir, tmp_path, capsys):
+    """The seeds' flags are taken, the engine-only ones with a note, and the script the scenario path names
+    (MovieLens) sets what no flag gives: 5 samples, its sampling, its 32-token cap (also on a given --max_tokens)
+    and its 50-item history cap."""
+    import shutil
+
+    scen = tmp_path / "RealSelf" / "MovieLens"
+    shutil.copytree(scenario, scen)
+    out = tmp_path / "out"
+    assert main(_seed_command(scen, tiny_model_dir, out, "--max_tokens", "64")) == 0
+    err = capsys.readouterr().err
+    # the seeds ran vLLM; here the default engine runs, and vLLM's flags say they wait for --engine vllm
+    assert ("note: without --engine vllm these do nothing: --gpu_memory_utilization, --tensor_parallel_size, "
+            "--max_model_len (usertwin's engine sizes itself: --batch_size)") in err
+    assert ("note: the research scripts' flags: doing what inference_vllm_MovieLens.py did (named by the scenario "
+            "path) where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.1 "
+            "--temperature 0.7 --top_p 0.9 --max_history_items 50; as it did, max_new_tokens 64 -> 32 (it used at "
+            "most 32)") in err
+    summary = json.loads((out / "summary.json").read_text())
+    gen = summary["settings"]["generation"]
+    assert {k: gen[k] for k in ("num_samples", "temperature", "top_p", "top_k", "repetition_penalty",
+                                "max_new_tokens", "seed")} == {
+        "num_samples": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1,
+        "max_new_tokens": 32, "seed": 42}
+    assert summary["settings"]["prompt"]["ablation"] == "profile_and_history"
+    assert all(len(it["continuations"]) == 5 for it in _items(json.loads((out / "test_leaderboard.json").read_text())))
+
+
+def test_seed_flags_given_by_the_user_win_and_are_mapped(scenario, tiny_model_dir, tmp_path, capsys):
+    """--max_history_ratings is --max_history_items, --max_retries / --retry_temperature_increment set the
+    retries, and a flag given (--num_samples 2 --temperature 0.5) wins over the script's default."""
+    out = tmp_path / "out"
+    assert main(_seed_command(scenario, tiny_model_dir, out, "--seed_script", "inference_vllm_DMSC.py",
+                              "--num_samples", "2", "--temperature", "0.5", "--max_history_ratings", "3",
+                              "--max_retries", "1", "--retry_temperature_increment", "0.3")) == 0
+    err = capsys.readouterr().err
+    assert ("doing what inference_vllm_DMSC.py did (--seed_script) where no flag says otherwise: --seed 42 "
+            "--top_k 50 --repetition_penalty 1.1 --top_p 0.9 --max_tokens 256\\n") in err.replace("\n", "\\n")
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert (settings["generation"]["num_samples"], settings["generation"]["temperature"]) == (2, 0.5)
+    assert settings["retry"] == {"max_retries": 1, "temperature_step": 0.3, "temperature_cap": 1.5}
+    assert max(r["history_len"] for r in _rows(out)) == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_model_len", "8192"], "--max_model_len is a flag of the research scripts' inference, which fills a "
+                                  "scenario: pass --scenario_path DIR"),
+    (["--scenario", "A", "--scenario_path", "B", "-o", "o"], "--scenario A and --scenario_path B name different "
+                                                             "folders: give one"),
+    (["--max_retries", "2", "--run", "R"], "--max_retries applies to --scenario only"),
+    (["--scenario_path", "S", "--seed_script", "Netflix", "-o", "o"], "--seed_script Netflix: not a seed system; "
+                                                                      "one of MovieLens, DMSC, Chameleons"),
+])
+def test_seed_flags_that_cannot_apply_are_refused(argv, message, capsys):
+    assert main(["predict", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_context_turns_are_cut_as_the_dialogue_scripts_cut_them():
+    """--max_chars_per_turn N: a longer turn keeps N - 3 characters and "..." (inference_vllm_RealPersonaChat.py)."""
+    from usertwin.eval.scenario import cut_turns
+
+    turns = [{"source": "A", "content": "abcdefghij"}, {"role": "user", "content": "12345678"}]
+    assert cut_turns(turns, 8) == [{"source": "A", "content": "abcde..."}, {"role": "user", "content": "12345678"}]
+    assert cut_turns(turns, None) is turns
+
+
+class _Texts:
+    """Generates the text given for the sampling temperature."""
+
+    def __init__(self, by_temperature: dict):
+        self.by = by_temperature
+
+    def generate_after(self, prompts, gen, seeds):
+        return [[self.by[round(gen.temperature, 1)]] * gen.num_samples for _ in prompts]
+
+
+def test_answers_are_cleaned_retried_on_the_cleaned_text_and_kept_raw():
+    """A rating off the scale is empty once cleaned, so it is drawn again; the answer is the rating, the raw
+    generation (without the half character the token limit cut) is kept beside it."""
+    from usertwin.config import GenerateSettings
+    from usertwin.eval.answers import clean
+    from usertwin.eval.scenario import generate_nonempty
+
+    engine = _Texts({0.7: "6.0", 0.9: "The rating of 4 out of 5 stars for this movie.\ufffd"})
+    texts, retries, raw = generate_nonempty(engine, [[1]], GenerateSettings(temperature=0.7), [1],
+                                            cleaners=[lambda t: clean(t, "movie_rating", ["1", "2", "3", "4", "5"])])
+    assert (texts, retries, raw) == ([["4"]], [1], [["The rating of 4 out of 5 stars for this movie."]])
+
+
+def test_filled_rating_answers_are_on_the_scale_with_the_raw_text_beside(filled):
+    scale = {f"{x / 2:.1f}" for x in range(1, 11)}
+    rows = _rows(filled)
+    assert all(len(r["raw"]) == 3 and all(x in scale or x == "" for x in r["continuations"]) for r in rows)
+    # (a random model writes invalid byte sequences anywhere; a cut character can only be the last one)
+    assert not any(x.endswith("\ufffd") for r in rows for x in r["raw"] + r["continuations"])
+    summary = json.loads((filled / "summary.json").read_text())
+    assert summary["cleaned"] == sum(a != b.strip() for r in rows for a, b in zip(r["continuations"], r["raw"]))
+
+
+def test_a_seed_config_brings_its_scripts_defaults(scenario, tiny_model_dir, tmp_path, capsys):
+    """predict --scenario with a research scripts' config (config_Chameleons.json): the script its name names."""
+    cfg = ROOT / "tests" / "fixtures" / "seed_sets" / "seed_config_Chameleons.json"
+    assert main(["predict", "--scenario", str(scenario), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"),
+                 "--config", str(cfg), "--crowd_context", "none", "--limit", "1", "--max_tokens", "4",
+                 "--max_retries", "0", "--no-progress"]) == 0
+    assert ("note: the research scripts' flags: doing what inference_vllm_Chameleons.py did (named by the --config "
+            "file) where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.1 "
+            "--temperature 0.7 --top_p 0.85 --max_chars_per_turn 300\n") in capsys.readouterr().err
+    assert len(_rows(tmp_path / "o")[0]["continuations"]) == 5
+
+
+def test_the_shared_inference_script_with_dataset(scenario, tiny_model_dir, tmp_path, capsys):
+    """inference_vllm.py --dataset NAME (VLLM_INFERENCE_GUIDE.md's commands): that script's own defaults; it found
+    the scenario by the name, so without --scenario_path the command says to pass one."""
+    argv = ["predict", "--checkpoint_dir", str(tiny_model_dir), "--dataset", "MovieLens", "--ablation_config",
+            "context_only", "--output_dir", str(tmp_path / "o"), "--tensor_parallel_size", "4"]
+    assert main(argv) == 2
+    assert ("--dataset MovieLens: the research scripts found its scenario under /mnt/parallel/GIDigitalTwinBench/; "
+            "pass --scenario_path DIR") in capsys.readouterr().err
+    assert main([*argv, "--scenario_path", str(scenario), "--crowd_context", "none", "--max_tokens", "4",
+                 "--max_retries", "0", "--limit", "1", "--no-progress"]) == 0
+    assert ("note: the research scripts' flags: doing what inference_vllm.py --dataset MovieLens did (--dataset) "
+            "where no flag says otherwise: --num_samples 5 --seed 42 --top_k 50 --repetition_penalty 1.0 "
+            "--temperature 1.2 --top_p 0.9 --max_chars_per_turn 300\n") in capsys.readouterr().err
+
+
+def test_checkpoint_dir_is_a_run_or_its_best_folder_or_a_model(tmp_path):
+    from usertwin.cli.predict import _run_or_model
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "config.yaml").write_text("max_length: 512\n")
+    assert _run_or_model(str(run)) == (str(run), None)
+    assert _run_or_model(str(run / "best")) == (str(run), None)  # the seeds pointed at the saved model
+    assert _run_or_model(str(tmp_path / "hf-model")) == (None, str(tmp_path / "hf-model"))
+
+
+def test_the_printed_summary_counts_cleaned_answers(tmp_path):
+    from usertwin.eval.scenario import summary_lines
+
+    s = {"targets": 8, "users": 4, "cold_start_users": 1, "generated_now": 8, "resumed": 0, "cleaned": 5,
+         "retries": 2, "empty_after_retries": 1, "complete": True, "targets_done": 8}
+    assert summary_lines(s, tmp_path)[0] == (
+        f"8 targets of 4 users (1 cold-start); 8 generated now, 0 from an earlier run; 5 answer(s) cleaned (raw texts "
+        f"in {tmp_path / 'generations.jsonl'}); 2 empty answer(s) drawn again, 1 still empty")

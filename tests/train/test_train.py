@@ -326,3 +326,20 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_elsewhere(capsys):
     assert "1/4" in captured.err and "loss 1.2346, 1,234 target tok/s" in captured.err
     assert Progress(total=4, enabled=False, terminal=True).bar is None
     assert ", 0.43 target tokens/s," in Progress(total=4, terminal=False).line(1.0, 0.4321)  # a slow CPU run
+
+
+def test_wandb_missing_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    """--wandb_project without the wandb package stops at once (it stopped after 57 s of preparation), before
+    the run directory, the model or the data are touched."""
+    import importlib.util
+
+    from usertwin.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "absent.jsonl"), "--model", str(tmp_path / "no-model"),
+                 "--output_dir", str(run), "--wandb_project", "p"]) == 2
+    assert capsys.readouterr().err == ("usertwin train: error: --wandb_project needs the wandb package: pip install "
+                                       "wandb\n")
+    assert not run.exists()

@@ -88,11 +88,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="usertwin", description="Fine-tune language models into user twins.")
+    # allow_abbrev=False: argparse would otherwise take a prefix of a flag for the flag (--max_hist 3 became
+    # --max_history_items 3), so a mistyped or seed-only flag would silently set another setting
+    parser = Parser(prog="usertwin", description="Fine-tune language models into user twins.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"usertwin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, help="a step of the pipeline (usertwin COMMAND --help)")
     for command in COMMANDS:
-        p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP, formatter_class=HelpFormatter)
+        p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP, formatter_class=HelpFormatter,
+                           allow_abbrev=False)
         command.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors, and the third-party warnings usertwin hides")
         p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")

@@ -24,6 +24,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import time
 
+    from usertwin.cli.train import seed_training
     from usertwin.config import resolve
     from usertwin.data.timeline import SPLITS
     from usertwin.sequences.prepare import prepare
@@ -31,7 +32,7 @@ def run(args) -> int:
     from usertwin.text.render import Renderer
     from usertwin.text.tokens import load_tokenizer
 
-    cfg = resolve(args)
+    cfg = seed_training(resolve(args), args)
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
     prep = prepare(cfg, tokenizer=tok, progress=args.progress)
     renderer = Renderer(cfg, tok)

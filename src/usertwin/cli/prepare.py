@@ -22,15 +22,17 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from usertwin.atomic import write_json
-    from usertwin.config import resolve, to_yaml
+    from usertwin.cli.train import seed_training
+    from usertwin.config import resolve
     from usertwin.rundir import RunDir
     from usertwin.sequences.prepare import prepare, summary
     from usertwin.sequences.preview import counts_table
 
-    cfg = resolve(args)
+    cfg = seed_training(resolve(args), args)
     if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
+        from usertwin.cli.train import print_config
+
+        return print_config(cfg)
     prep = prepare(cfg, progress=args.progress)
     print(counts_table(prep))
     print(f"prepared in {prep.seconds:.1f} s")

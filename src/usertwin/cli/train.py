@@ -20,6 +20,43 @@ def add_arguments(p) -> None:
                         "tokens, packed; an explicit --batch_tokens wins")
     add_print_config_flag(p)
     add_device_flags(p)
+    add_seed_data_flags(p)
+
+
+def add_seed_data_flags(p) -> None:
+    """The research training scripts' flags about their own files (train_distributed_*.py), so their commands
+    run unchanged: each is said, in one line, to be what usertwin does anyway or what it cannot read."""
+    g = p.add_argument_group("the research scripts' data-file flags")
+    g.add_argument("--template_filename", metavar="FILE",
+                   help="the seeds' detailed-prompt template file: no effect unless --prompt_style detailed (as in "
+                        "the seeds); with it, refused: usertwin's detailed style is its own template")
+    g.add_argument("--load_from_saved", action="store_true",
+                   help="the seeds' reload of all_samples.json: usertwin reuses its prepare cache (cache_dir) "
+                        "whenever the data and the settings that shape it are unchanged (no effect)")
+    g.add_argument("--skip_save_processed_data", action="store_true",
+                   help="the seeds' skip of writing train_samples.json / all_samples.json: usertwin writes no "
+                        "sample files, only its prepare cache (no effect)")
+
+
+def seed_data_notes(args, prompt_style: str) -> list[str]:
+    """What each research-script data-file flag given amounts to here (see add_seed_data_flags)."""
+    from usertwin.errors import UsertwinError
+
+    notes = []
+    if args.template_filename is not None:
+        if prompt_style == "detailed":
+            raise UsertwinError(f"--template_filename {args.template_filename}: usertwin does not read the seeds' "
+                                "template files; --prompt_style detailed writes its own detailed template "
+                                "(text/styles.py: a style of your own is one registered class)")
+        notes.append(f"note: --template_filename {args.template_filename} has no effect: the seeds read it only "
+                     f"with --prompt_style detailed (here {prompt_style})")
+    if args.load_from_saved:
+        notes.append("note: --load_from_saved has no effect: the prepare cache (cache_dir) is reused whenever the "
+                     "data and the settings that shape it are unchanged")
+    if args.skip_save_processed_data:
+        notes.append("note: --skip_save_processed_data has no effect: usertwin writes no sample files, only its "
+                     "prepare cache")
+    return notes
 
 
 def add_device_flags(p, launched: bool = True) -> None:
@@ -33,18 +70,118 @@ def add_device_flags(p, launched: bool = True) -> None:
                         "becomes LOCAL_RANK (which accelerate reads) when the launcher did not set it")
 
 
+def seed_training(cfg, args):
+    """What the research scripts did with the same flags and data, where the data or a seed config says which
+    system it is (each said once on stderr): a scenario's train.json holds no test split (its targets are the
+    scenario's test file), and the DMSC / MovieReview script took each user's last N reviews as targets."""
+    import sys
+
+    notes = []
+    cfg = _scenario_train_split(cfg, args, notes)
+    cfg = _latest_targets(cfg, args, notes)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return cfg
+
+
+def _given_anywhere(args, key: str) -> bool:
+    """`key` given as a flag or written in the --config file."""
+    from pathlib import Path
+
+    from usertwin.config import given_settings
+
+    return key in given_settings(args) or bool(getattr(args, "config", None)) and key in Path(args.config).read_text(
+        encoding="utf-8-sig")
+
+
+def _scenario_train_split(cfg, args, notes: list):
+    import dataclasses
+    from pathlib import Path
+
+    from usertwin.rundir import ScenarioDir
+
+    data = Path(cfg.data) if cfg.data else None
+    scenario = ScenarioDir(data.parent) if data else None
+    if scenario is None or data.name != scenario.train.name or not scenario.test.is_file() \
+            or cfg.train_ratio is not None or _given_anywhere(args, "test_ratio"):
+        return cfg
+    notes.append(f"note: {data} is a scenario's train.json (its targets are {scenario.test}): no test split of it, "
+                 "as the research scripts made none (test_ratio 0; --test_ratio R holds one out)")
+    return dataclasses.replace(cfg, test_ratio=0.0)
+
+
+def _latest_targets(cfg, args, notes: list):
+    import dataclasses
+    from pathlib import Path
+
+    from usertwin import seedconfig
+    from usertwin.config import load_yaml
+
+    path = getattr(args, "config", None)
+    if not path or seedconfig.system_named(Path(path).name) != "DMSC" \
+            or not seedconfig.is_seed_config(load_yaml(path)) or _given_anywhere(args, "target_draw"):
+        return cfg
+    if cfg.one_sample_per_user:
+        cfg = dataclasses.replace(cfg, one_sample_per_user=False, max_samples_per_user=2)
+        what = "--one_sample_per_user: each user's last 2 reviews (--max_samples_per_user 2 --target_draw latest)"
+    elif cfg.max_samples_per_user is not None:
+        what = (f"--max_samples_per_user {cfg.max_samples_per_user}: each user's last {cfg.max_samples_per_user} "
+                "reviews (--target_draw latest)")
+    else:
+        return cfg
+    split = {}
+    if not _given_anywhere(args, "split_mode"):  # its script split the list of samples, whole users at its end
+        split, what = {"split_mode": "user"}, what + "; validation holds out whole users (--split_mode user)"
+    notes.append(f"note: {Path(path).name} is the seeds' DMSC config; as its script (train_distributed_MovieReview.py) "
+                 f"did, {what}")
+    return dataclasses.replace(cfg, target_draw="latest", **split)
+
+
+def cpu_rows_note(cfg) -> list[str]:
+    """On a CPU, a micro-batch of several max_length rows (the seeds' batch_size N becomes N x max_length tokens)
+    costs memory and gains no speed: said, with what to pass instead."""
+    import torch
+
+    tokens = cfg.batch_tokens
+    if torch.cuda.is_available() or not isinstance(tokens, int) or tokens <= cfg.max_length:
+        return []
+    return [f"note: on a CPU, batch_tokens {tokens} ({tokens / cfg.max_length:g} x max_length {cfg.max_length}) "
+            "packs that many tokens into one micro-batch: its peak memory grows with them and its speed does not "
+            "(one step on 5 users: 12.5 GB at the seeds' batch_size 8, 2.95 GB at 1, the same tokens/s); pass "
+            f"--batch_size 1 --gradient_accumulation_steps {cfg.gradient_accumulation_steps * tokens // cfg.max_length} "
+            "for the same step in less memory"]
+
+
+def print_config(cfg) -> int:
+    """--print_config: the resolved settings as YAML, with the unit the run will really use (a setting only the
+    sample unit honours switches it, said on stderr as training says it)."""
+    import sys
+
+    from usertwin.config import to_yaml
+    from usertwin.data.applies import switched_unit
+
+    cfg, notices = switched_unit(cfg)
+    for notice in notices:
+        print(notice, file=sys.stderr)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
 def run(args) -> int:
+    import sys
+
     if args.batch_size_rows is not None and args.batch_size_rows < 1:
         from usertwin.errors import UsertwinError
 
         raise UsertwinError(f"command line: --batch_size must be at least 1, got {args.batch_size_rows}")
-    from usertwin.config import resolve, to_yaml
+    from usertwin.config import resolve
     from usertwin.train.setup import select_devices
 
-    cfg = resolve(args)
+    cfg = seed_training(resolve(args), args)
+    for note in seed_data_notes(args, cfg.prompt_style) + cpu_rows_note(cfg):
+        print(note, file=sys.stderr)
     if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
+        return print_config(cfg)
     select_devices(args.gpu, args.local_rank)
     from usertwin.eval.valrating import val_rating_rmse
     from usertwin.train.trainer import train

@@ -44,7 +44,8 @@ class Rule:
 
 def _draws(cfg: Config) -> bool:
     """Whether anything is drawn at random from sample_seed."""
-    return cfg.max_samples_per_user is not None or (cfg.unit == "sample" and cfg.history_strategy == "random")
+    drawn = cfg.max_samples_per_user is not None and cfg.target_draw == "random"
+    return drawn or (cfg.unit == "sample" and cfg.history_strategy == "random")
 
 
 RULES = (
@@ -68,6 +69,8 @@ RULES = (
     Rule("min_history_length", lambda c, f: c.temporal_augmentation, "--temporal_augmentation"),
     Rule("max_samples_per_user", lambda c, f: not c.one_sample_per_user,
          "--one_sample_per_user off (that keeps one target per user already)"),
+    Rule("target_draw", lambda c, f: c.max_samples_per_user is not None and not c.one_sample_per_user,
+         "--max_samples_per_user N (the targets it draws)"),
     Rule("sample_seed", lambda c, f: _draws(c),
          "a random draw (--max_samples_per_user, or --history_strategy random)", NOTE),
     Rule("resample_every_epoch", lambda c, f: _draws(c),
@@ -113,16 +116,23 @@ def facts_of(timelines) -> Facts:
                  rated=any(rating_value(it) is not None for tl in timelines for it in tl.items))
 
 
+def switched_unit(cfg: Config, facts: Facts = Facts()) -> tuple[Config, list[str]]:
+    """The config with the unit the run will really use (a setting only the sample unit honours switches to it),
+    and the notice saying so. The switching rules read the settings only, not the data: --print_config shows the
+    unit the run will train with before any data is read."""
+    switching = [r for r in RULES if r.action == SWITCH and _given(r, cfg) and not r.applies(cfg, facts)]
+    if not switching:
+        return cfg, []
+    flags = " and ".join(dict.fromkeys(_flag(cfg, r.key) for r in switching))
+    return dataclasses.replace(cfg, unit="sample"), [
+        f"{flags}: needs {switching[0].needs}; switched to --unit sample (one sequence per target: more tokens "
+        "than timeline windows)"]
+
+
 def settle(cfg: Config, facts: Facts = Facts()) -> tuple[Config, list[str]]:
     """The config that takes effect and one-line notices; stops (UsertwinError) on a setting that would be
     ignored. Idempotent: a settled config settles to itself, with no notices."""
-    notices = []
-    switching = [r for r in RULES if r.action == SWITCH and _given(r, cfg) and not r.applies(cfg, facts)]
-    if switching:
-        flags = " and ".join(dict.fromkeys(_flag(cfg, r.key) for r in switching))
-        cfg = dataclasses.replace(cfg, unit="sample")
-        notices.append(f"{flags}: needs {switching[0].needs}; switched to --unit sample (one sequence per target: "
-                       "more tokens than timeline windows)")
+    cfg, notices = switched_unit(cfg, facts)
     for rule in RULES:
         if rule.action == SWITCH or not _given(rule, cfg) or rule.applies(cfg, facts):
             continue

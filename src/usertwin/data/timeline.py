@@ -312,6 +312,8 @@ def choose_targets(tl: Timeline, candidates: list[int], cfg: Config, seed: int) 
         candidates = [t for t in candidates if t >= cfg.min_history_length]
     if cfg.one_sample_per_user:
         return candidates[-1:]
+    if cfg.max_samples_per_user is not None and cfg.target_draw == "latest":
+        return candidates[-cfg.max_samples_per_user:]
     if cfg.max_samples_per_user is not None and len(candidates) > cfg.max_samples_per_user:
         picked = _rng(seed, tl.user_id, "targets").sample(candidates, cfg.max_samples_per_user)
         return sorted(picked)

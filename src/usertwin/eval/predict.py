@@ -19,6 +19,7 @@ from usertwin.config import GenerateSettings
 from usertwin.data import choices
 from usertwin.data.records.format import item_key
 from usertwin.errors import UsertwinError
+from usertwin.eval.answers import whole_characters
 from usertwin.sequences.fit import prompt_hash
 from usertwin.twin.targets import Outcome, Target, score_targets
 
@@ -139,7 +140,8 @@ def _row(o: Outcome, picks: dict) -> dict:
     ref_total, n = o.scores[item.continuation]
     row = {"user": tl.user_id, "target_index": pos, "split": t.split, "collection": item.collection,
            "item": item.prefix, "language": o.language, "prompt_hash": prompt_hash(o.prompt.ids),
-           "reference": item.continuation, "predictions": o.predictions, "loss": round(-ref_total / n, 6),
+           "reference": item.continuation, "predictions": [whole_characters(x) for x in o.predictions],
+           "loss": round(-ref_total / n, 6),
            "n_tokens": n, "history_len": len(o.prompt.sample.history), "user_items": len(tl.items)}
     if o.rating is not None:
         row["rating"] = o.rating

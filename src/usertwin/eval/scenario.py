@@ -11,8 +11,11 @@ earlier than the target when it and all of them carry a timestamp, else all of t
 order, as build_timelines reads it) -- chosen and cut to fit by the run's history strategy, as in training. A
 user absent from train.json is a cold-start user: profile only.
 
-An empty generation is drawn again with another seed at a higher temperature (+0.2 a retry, at most 3 retries,
-at most 1.5), as the research scripts did; the retries and the texts still empty after them are counted. Sample
+Each generation is made into an answer as the research scripts cleaned theirs (eval/answers.py: a rating target
+gets the rating on the scale, a line of text loses tags, speaker labels and instruction echoes, no text keeps a
+half character); the raw generation stays beside it in generations.jsonl ("raw"). An answer empty after cleaning
+is drawn again with another seed at a higher temperature (+0.2 a retry, at most 3 retries, at most 1.5), as the
+research scripts did; the retries and the answers still empty after them are counted. Sample
 i of a target draws with a seed made of (seed, user, target) plus i: the same in any batch and after a resume.
 Rows are appended to OUT/generations.jsonl per batch (a killed run resumes after the last whole row); the
 filled test file and summary.json are written, atomically, once every target has its row (summary.json's
@@ -32,13 +35,33 @@ from usertwin.appended import append_batches, completed_rows, output_lock, progr
 from usertwin.atomic import write_json
 from usertwin.config import GenerateSettings
 from usertwin.data import records
+from usertwin.data.facts import rating_scale
 from usertwin.data.timeline import Timeline
 from usertwin.errors import UsertwinError
+from usertwin.eval import answers
 from usertwin.rundir import ScenarioDir
 from usertwin.sequences.fit import Prompt, prompt_hash
 
 KEY = ("record", "position")
+# settings that a split's predict reads but a scenario does not: refused as flags (cli/predict.py), and left out
+# of the resume fingerprint, so a run's config file holding them never blocks a resume
+UNREAD = {"data": "reads the users' records from the scenario's train.json",
+          "unit": "builds one prompt per test item (the unit shapes training sequences only)",
+          **dict.fromkeys(("max_samples_per_user", "one_sample_per_user", "temporal_augmentation",
+                           "min_history_length", "target_draw"),
+                          "generates for every test item (this setting chooses training targets)")}
 RETRIES, RETRY_STEP, RETRY_CAP = 3, 0.2, 1.5  # the research scripts' empty-output retries
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a scenario is filled beyond the generation settings: the research scripts' --max_retries,
+    --retry_temperature_increment and --max_chars_per_turn (each target's context turns cut to that many
+    characters, the last 3 being "...", as the dialogue scripts cut them; None: not cut)."""
+
+    max_retries: int = RETRIES
+    retry_step: float = RETRY_STEP
+    max_chars_per_turn: int | None = None
 
 
 @dataclass
@@ -63,6 +86,7 @@ class Scenario:
     users: list  # test users, file order
     cold_users: list  # test users absent from train.json
     train_users: int
+    scale: list | None = None  # the allowed ratings as written (answers.rating_answer): None without ratings
 
 
 def check_folders(folder, out_dir) -> None:
@@ -90,7 +114,32 @@ def read_scenario(folder, twin) -> Scenario:
         targets += [Target(rec, item, raw_item, train.get(rec.user_id)) for item, raw_item in zip(rec.items, items)]
     users = list(dict.fromkeys(rec.user_id for rec in tests))
     _pin_languages(twin, tests, train)
-    return Scenario(Path(folder), document, targets, users, [u for u in users if u not in train], len(train))
+    return Scenario(Path(folder), document, targets, users, [u for u in users if u not in train], len(train),
+                    _scale(twin, tests, train))
+
+
+def _scale(twin, tests: list, train: dict) -> list | None:
+    """The ratings a rating answer may be, as they are written: the test file's declared task.rating_scale
+    (with the decimals the data writes), else the twin's scale, else the one train.json's ratings show."""
+    try:
+        written = twin.scale
+    except UsertwinError:  # a base model (--model): no data of its own
+        written = None
+    written = written or rating_scale(list(train.values()))
+    declared = sorted({float(v) for rec in tests for v in (rec.rating_scale or ())})
+    if not declared:
+        return written
+    decimals = max((len(x.partition(".")[2]) for x in written or ()),
+                   default=0 if all(v.is_integer() for v in declared) else 1)
+    return [f"{v:.{decimals}f}" for v in declared]
+
+
+def collection_types(folder) -> set[str]:
+    """The collection types of a scenario's test file (which seed system it comes from, when nothing names one);
+    none when it is missing (check_folders says so)."""
+    if not ScenarioDir(folder).test.is_file():
+        return set()
+    return {it.collection for rec in records.load(ScenarioDir(folder).test, targets=True).records for it in rec.items}
 
 
 def _raw_records(path: Path) -> tuple[list, object]:
@@ -123,13 +172,23 @@ def earlier(items: list, target: records.Item) -> list:
     return [it for it in items if it.timestamp < target.timestamp]
 
 
-def target_timeline(t: Target, twin) -> Timeline:
+def cut_turns(context: list, max_chars: int | None) -> list:
+    """Each turn's content cut to `max_chars` characters, its last 3 then "..." (the seeds' --max_chars_per_turn)."""
+    if max_chars is None:
+        return context
+    return [{**turn, "content": turn["content"][:max(0, max_chars - 3)] + "..."}
+            if isinstance(turn.get("content"), str) and len(turn["content"]) > max_chars else turn
+            for turn in context]
+
+
+def target_timeline(t: Target, twin, options: Options = Options()) -> Timeline:
     """The user's history for this target, then the target as its last item (a fresh copy: trimming its
     context to fit max_length, as training trims items, changes only this copy)."""
     base = t.train
     history = earlier(base.items, t.item) if base else []  # a prefix of the time-ordered train timeline
     rec = t.record
-    target = dataclasses.replace(t.item, position=len(history))
+    target = dataclasses.replace(t.item, position=len(history),
+                                 context=cut_turns(t.item.context, options.max_chars_per_turn))
     tl = Timeline(rec.user_id, rec.profile or (base.profile if base else {}), rec.task or (base.task if base else ""),
                   rec.language or (base.language if base else None), history, rec.index, rec.role,
                   context_cut={p: n for p, n in (base.context_cut if base else {}).items() if p < len(history)},
@@ -139,8 +198,8 @@ def target_timeline(t: Target, twin) -> Timeline:
     return twin.trimmed(tl) if t.item.context else tl
 
 
-def target_prompt(t: Target, twin, room: int) -> Prompt:
-    tl = target_timeline(t, twin)
+def target_prompt(t: Target, twin, room: int, options: Options = Options()) -> Prompt:
+    tl = target_timeline(t, twin, options)
     return twin.built_prompt(tl, len(tl.items) - 1, room)
 
 
@@ -153,61 +212,85 @@ def target_seed(seed: int, t: Target) -> int:
 # ---------------------------------------------------------------- generation
 
 
-def retry_temperature(temperature: float, k: int) -> float:
-    """The temperature of retry k: higher by RETRY_STEP each time, up to RETRY_CAP (or the asked one above it)."""
-    return max(temperature, min(temperature + RETRY_STEP * k, RETRY_CAP))
+def retry_temperature(temperature: float, k: int, step: float = RETRY_STEP) -> float:
+    """The temperature of retry k: higher by `step` each time, up to RETRY_CAP (or the asked one above it)."""
+    return max(temperature, min(temperature + step * k, RETRY_CAP))
 
 
-def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list) -> tuple[list, list]:
-    """`gen.num_samples` texts per prompt, empty ones drawn again (see the module's doc); and the retries each
-    prompt took. Retry k of sample i draws with seed + k * num_samples + i: never a seed of a first draw."""
-    texts = twin.generate_after(prompts, gen, seeds)
+def _plain(text: str) -> str:
+    return answers.whole_characters(text).strip()
+
+
+def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list, options: Options = Options(),
+                      cleaners: list | None = None) -> tuple[list, list, list]:
+    """`gen.num_samples` answers per prompt (`cleaners[j]`: prompt j's text -> its answer; default: the text
+    without a cut last character, stripped), those empty after cleaning drawn again (see the module's doc); the
+    retries each prompt took; and the raw texts the answers came from. Retry k of sample i draws with
+    seed + k * num_samples + i: never a seed of a first draw."""
+    cleaners = cleaners or [_plain] * len(prompts)
+    raw = [[answers.whole_characters(x) for x in row] for row in twin.generate_after(prompts, gen, seeds)]
+    texts = [[cleaners[j](x) for x in row] for j, row in enumerate(raw)]
     retries = [0] * len(prompts)
-    for k in range(1, RETRIES + 1):
+    for k in range(1, options.max_retries + 1):
         empty = [(j, i) for j, row in enumerate(texts) for i, text in enumerate(row) if not text.strip()]
         if not empty:
             break
-        again = dataclasses.replace(gen, num_samples=1, temperature=retry_temperature(gen.temperature, k))
+        again = dataclasses.replace(gen, num_samples=1,
+                                    temperature=retry_temperature(gen.temperature, k, options.retry_step))
         redo = twin.generate_after([prompts[j] for j, _ in empty], again,
                                [seeds[j] + k * gen.num_samples + i for j, i in empty])
         for (j, i), row in zip(empty, redo):
-            texts[j][i] = row[0]
+            raw[j][i] = answers.whole_characters(row[0])
+            texts[j][i] = cleaners[j](raw[j][i])
             retries[j] += 1
-    return texts, retries
+    return texts, retries, raw
 
 
-def _rows(twin, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str) -> list[dict]:
-    prompts = [target_prompt(t, twin, gen.max_new_tokens) for t in chunk]
+def cleaner(t: Target, scale):
+    """The function that makes a generated text the target's answer (eval/answers.py)."""
+    speakers = [turn.get("source") or turn.get("role") or "" for turn in t.item.context]
+    speakers.append(str((t.record.profile or {}).get("name") or ""))
+    return lambda text: answers.clean(text, t.item.collection, scale, speakers)
+
+
+def _rows(twin, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str, options: Options,
+          scale) -> list[dict]:
+    prompts = [target_prompt(t, twin, gen.max_new_tokens, options) for t in chunk]
     seeds = [target_seed(seed, t) for t in chunk]
-    texts, retries = generate_nonempty(twin, [p.ids for p in prompts], gen, seeds)
+    texts, retries, raw = generate_nonempty(twin, [p.ids for p in prompts], gen, seeds, options,
+                                            [cleaner(t, scale) for t in chunk])
+    # "raw": the generations as decoded, beside the answers made of them ("continuations")
     return [{"record": t.record.index, "position": t.item.position, "user": t.record.user_id,
              "collection": t.item.collection, "item": t.item.prefix, "cold_start": t.train is None,
              "history_len": len(p.sample.history), "prompt_hash": prompt_hash(p.ids), "seed": s,
-             "settings": fingerprint, "continuations": out, "retries": r,
-             "empty": sum(not x.strip() for x in out)}
-            for t, p, s, out, r in zip(chunk, prompts, seeds, texts, retries)]
+             "settings": fingerprint, "continuations": out, "raw": r_out, "retries": r,
+             "empty": sum(not x.strip() for x in out), "cleaned": sum(x != y.strip() for x, y in zip(out, r_out))}
+            for t, p, s, out, r_out, r in zip(chunk, prompts, seeds, texts, raw, retries)]
 
 
 # ---------------------------------------------------------------- the run
 
 
-def settings_of(twin, gen: GenerateSettings, seed: int, source: dict) -> dict:
+def settings_of(twin, gen: GenerateSettings, seed: int, source: dict, options: Options = Options()) -> dict:
     """What the generations depend on (summary.json's "settings"; a resumed run must match them)."""
     cfg = twin.cfg
     generation = {k: v for k, v in dataclasses.asdict(gen).items() if k not in ("batch_size", "limit", "pick")}
     return {**source, "seed": seed, "generation": generation,
-            "retry": {"max_retries": RETRIES, "temperature_step": RETRY_STEP, "temperature_cap": RETRY_CAP},
+            "retry": {"max_retries": options.max_retries, "temperature_step": options.retry_step,
+                      "temperature_cap": RETRY_CAP},
+            "max_chars_per_turn": options.max_chars_per_turn,
             "prompt": {k: getattr(cfg, k) for k in ("ablation", "prompt_style", "history_strategy", "max_length",
                                                       "language")}}
 
 
 def _fingerprint(twin, settings: dict) -> str:
-    blob = json.dumps([settings, twin.cfg.to_dict()], sort_keys=True, default=str)
+    read = {k: v for k, v in twin.cfg.to_dict().items() if k not in UNREAD}
+    blob = json.dumps([settings, read], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int, source: dict,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, options: Options = Options()) -> dict:
     """Fill every target of the scenario in `folder` not yet in OUT/generations.jsonl; once all are there, write
     OUT/test_leaderboard.json and OUT/summary.json. Returns the summary (`complete`: whether they were written)."""
     start = time.monotonic()
@@ -216,7 +299,7 @@ def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int,
     scen = read_scenario(folder, twin)
     out = ScenarioDir(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
-    settings = settings_of(twin, gen, seed, source)
+    settings = settings_of(twin, gen, seed, source, options)
     fingerprint = _fingerprint(twin, settings)
     with output_lock(out.generations, "scenario output"):
         done = completed_rows(out.generations, KEY)
@@ -226,7 +309,8 @@ def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int,
             todo = todo[:max(0, gen.limit - len(done))]
         bar = progress_bar(len(todo), "scenario", "target") if progress else None
         chunks = (todo[i:i + gen.batch_size] for i in range(0, len(todo), gen.batch_size))
-        written = append_batches(out.generations, chunks, lambda c: _rows(twin, c, gen, seed, fingerprint), bar)
+        written = append_batches(out.generations, chunks, lambda c: _rows(twin, c, gen, seed, fingerprint, options,
+                                                                           scen.scale), bar)
         rows = completed_rows(out.generations, KEY)
         summary = _summary(scen, rows, settings, written, len(done), time.monotonic() - start)
         if summary["complete"]:
@@ -258,6 +342,7 @@ def _summary(scen: Scenario, rows: dict, settings: dict, written: int, resumed: 
             "cold_start_users": len(scen.cold_users), "train_users": scen.train_users,
             "generated_now": written, "resumed": resumed,
             "retries": sum(r["retries"] for r in mine), "empty_after_retries": sum(r["empty"] for r in mine),
+            "cleaned": sum(r.get("cleaned", 0) for r in mine),
             "settings": settings, "wall_time_s": round(seconds, 3)}
 
 
@@ -265,8 +350,9 @@ def summary_lines(summary: dict, out_dir) -> list[str]:
     """What the command prints."""
     s, out = summary, ScenarioDir(out_dir)
     counts = (f"{s['targets']} targets of {s['users']} users ({s['cold_start_users']} cold-start); "
-              f"{s['generated_now']} generated now, {s['resumed']} from an earlier run; {s['retries']} empty "
-              f"generation(s) retried, {s['empty_after_retries']} still empty")
+              f"{s['generated_now']} generated now, {s['resumed']} from an earlier run; {s['cleaned']} answer(s) "
+              f"cleaned (raw texts in {out.generations}); {s['retries']} empty answer(s) drawn again, "
+              f"{s['empty_after_retries']} still empty")
     if not s["complete"]:
         return [counts, f"{s['targets_done']} of {s['targets']} targets done (rows in {out.generations}); run "
                         "the command again (without --limit) to finish and write the filled test file"]

@@ -111,7 +111,7 @@ class Loggers:
             try:
                 import wandb
             except ImportError:
-                raise UsertwinError("--wandb_project needs the wandb package: pip install wandb") from None
+                raise UsertwinError(WANDB_MISSING) from None
             self.wandb = wandb
             wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg.to_dict())
 
@@ -618,6 +618,17 @@ def _summary(cfg: Config, acc, prep: Prepared, st: TrainState, wall: float, befo
     return result
 
 
+WANDB_MISSING = "--wandb_project needs the wandb package: pip install wandb"
+
+
+def check_packages(cfg: Config) -> None:
+    """The optional packages the settings ask for are installed (found, not imported: importing wandb is slow)."""
+    import importlib.util
+
+    if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise UsertwinError(WANDB_MISSING)
+
+
 def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: bool = True,
           tokenizer=None, debug: bool = False, val_scorer=None) -> dict:
     """`usertwin train`: lock the run directory, prepare the data, train; the lock is held until the end.
@@ -625,6 +636,7 @@ def train(cfg: Config, overwrite: bool = False, resume: bool = False, progress: 
     val_scorer: the validation RMSE of --select_by rating_rmse (eval/valrating.val_rating_rmse)."""
     from accelerate.utils import set_seed
 
+    check_packages(cfg)  # before the run directory, the model and the data: a missing package shows at once
     acc = make_accelerator(cfg)
     main = acc.is_main_process
     run, lock = open_run(cfg, overwrite, resume) if main else (RunDir(cfg.output_dir or "."), None)

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from usertwin.data.records.jsontext import syntax_hint, syntax_message
 from usertwin.errors import UsertwinError
 
 ON_ERROR = ("stop", "skip")
@@ -105,9 +106,13 @@ def require_file(path: Path, what: str) -> Path:
 def read_json(path: Path):
     """A whole JSON file (a UTF-8 BOM allowed), or UsertwinError naming the file, line and column."""
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UsertwinError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+        # the place, the line with a caret, and the likely cause with the repair that fixes it (as validate says)
+        hint = syntax_hint(text, e, path)
+        raise UsertwinError(syntax_message(path, text, e) + (", then convert OUT" if hint and "--repair" in hint
+                                                             else "")) from None
     except UnicodeDecodeError as e:
         raise UsertwinError(f"{path}: not UTF-8 text ({e.reason})") from None
 
