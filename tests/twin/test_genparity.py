@@ -241,3 +241,12 @@ def test_validate_and_prepare_print_the_skipped_items(tmp_path, tokenizer_dir, c
     assert "3 record(s) skipped (--on_error skip)" in out
     assert "3 item(s) of 1 kept user(s) skipped (--on_error skip):" in out
     assert f"  {path}:2, record 1 (user 'u1'), item 4, field {F}[1].data[1].context: must be a list" in out
+
+
+def test_a_character_cut_by_the_token_limit_is_dropped_not_written_as_a_replacement(engine, tokenizer):
+    ids = tokenizer("好的电影", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 6  # byte-level: the last token holds the end of 电 and all of 影
+    cut = ids[:-1]  # max_new_tokens ended inside 电
+    assert tokenizer.decode(cut) == "好的\ufffd"
+    assert engine.decode(cut) == "好的" and engine.decode(ids[:2]) == "好"
+    assert engine.decode(ids) == "好的电影" and engine.decode(cut + [engine.eot_id]) == tokenizer.decode(cut).strip()

@@ -330,9 +330,16 @@ class Engine:
         return target
 
     def decode(self, ids: list[int]) -> str:
+        """The text of generated ids up to the end of turn. A text that max_new_tokens cut may end inside a
+        character (byte-level tokens): those last bytes are dropped, never written as U+FFFD."""
         ends = {self.eot_id, self.pad_id}
         cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
-        return self.tokenizer.decode(ids[:cut], skip_special_tokens=False).strip()
+        text = self.tokenizer.decode(ids[:cut], skip_special_tokens=False)
+        for k in range(1, min(cut, 4) + 1):  # a character is at most 4 bytes, so at most 4 tokens
+            if cut < len(ids) or not text.endswith("\ufffd"):
+                break
+            text = self.tokenizer.decode(ids[:cut - k], skip_special_tokens=False)
+        return text.strip()
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
