@@ -194,6 +194,7 @@ class _Run:
         self.grown = grown
         self.scale = twin.scale or []
         self.longest = {}  # user -> tokens of their longest item (longest_item)
+        self.measured = {}  # items mode: the current user's history lengths (history_lengths)
 
     def all(self, output: Path, done: dict, progress: bool) -> int:
         if self.rollout:  # step by step: a user's next step needs this step's generation
@@ -214,8 +215,7 @@ class _Run:
         twin, room = self.twin, self.gen.max_new_tokens if self.gen.generate else 0
         rows, prompts = [], []
         situations = [(user, s, *self.situation(user, self.todo[user][s])) for user, s in batch]
-        lengths = twin.lengths([tl for _, _, tl, _ in situations])
-        for (user, s, tl, kind), ln in zip(situations, lengths):
+        for (user, s, tl, kind), ln in zip(situations, self.lengths(situations)):
             level = 0 if self.rollout else max(0, self.longest_item(user, room) - ln.block(-1))
             prompt = twin.fitted_prompt(tl, len(tl.items) - 1, room + level, ln)
             rows.append(self.row(user, s, tl, kind, prompt))
@@ -229,13 +229,26 @@ class _Run:
                 self.add_generations(r, texts)
         return rows
 
+    def lengths(self, situations: list) -> list:
+        """Each situation's item lengths: in a rollout measured whole (the history grows); in items mode the
+        user's real history is measured once and only each new item after it (Twin.lengths_next)."""
+        if self.rollout:
+            return self.twin.lengths([tl for _, _, tl, _ in situations])
+        return [self.twin.lengths_next(self.history_lengths(user), tl) for user, _, tl, _ in situations]
+
+    def history_lengths(self, user: str):
+        if user not in self.measured:  # users come one after another: keep the last two (a batch spans two)
+            self.measured = {**dict(list(self.measured.items())[-1:]),
+                             user: self.twin.lengths([self.twin.timeline(user)])[0]}
+        return self.measured[user]
+
     def longest_item(self, user: str, room: int) -> int:
         """Tokens of the user's longest item that fits: in items mode every item of a user is answered on the
         same history -- the most recent that leaves room for the longest item -- so a shorter item keeps the
         difference free. The items then differ only in themselves (and share one reading of the history)."""
         if user not in self.longest:
-            tls = [self.situation(user, it)[0] for it in self.todo[user]]
-            lns = self.twin.lengths(tls)
+            lns = [self.twin.lengths_next(self.history_lengths(user), self.situation(user, it)[0])
+                   for it in self.todo[user]]
             fits = [ln.block(-1) for ln in lns if ln.header + ln.block(-1) + room <= self.twin.cfg.max_length]
             self.longest[user] = max(fits, default=0)
         return self.longest[user]

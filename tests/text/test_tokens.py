@@ -19,6 +19,7 @@ from usertwin.text.tokens import (
     load_tokenizer,
     measure,
     measure_all,
+    measure_next,
     tokenizer_id,
 )
 
@@ -125,3 +126,20 @@ def test_encoder_ids_are_the_concatenated_segment_ids(tokenizer):
     assert enc.input_ids == [t for ids in encode_many(tokenizer, [s.text for s in segments]) for t in ids]
     assert [p for p, _, _ in enc.targets] == [1, 3]
     assert encoder.encode(tl, [0, 1, 2, 3], [1, 3]) == enc  # from the segment cache: the same ids
+
+
+@pytest.mark.parametrize("style", ["simple", "detailed", "lovink"])
+def test_measuring_one_more_item_equals_measuring_the_whole_timeline(tokenizer, style):
+    import dataclasses
+
+    renderer = Renderer(RenderSettings(prompt_style=style), tokenizer)
+    base = rating_timeline(12)
+    for new in ("Up (2009) (Animation): ", "A Much Longer Title (1984) (Comedy, Drama, Romance, War): "):
+        tl = dataclasses.replace(base, items=[*base.items, dataclasses.replace(base.items[0], prefix=new,
+                                                                               continuation="", position=12)])
+        assert measure_next(renderer, tokenizer, measure(renderer, tokenizer, base), tl) == \
+            measure(renderer, tokenizer, tl)
+    talk = dialogue_timeline(6)  # a line with context is measured whole: its rendering follows its conversation
+    shorter = dataclasses.replace(talk, items=talk.items[:-1])
+    assert measure_next(renderer, tokenizer, measure(renderer, tokenizer, shorter), talk) == \
+        measure(renderer, tokenizer, talk)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from usertwin.errors import UsertwinError
@@ -152,6 +152,23 @@ def measure_each(renderer, tokenizer, timelines: list, progress: bool = False) -
                              for t in (header, join, *_flat(prompts), *targets, *_flat(f for f in follows if f)))
     n = _token_counts(tokenizer, list(distinct))
     return [_lengths(n, join, *texts) for texts in plan]
+
+
+def measure_next(renderer, tokenizer, base: ItemLengths, tl) -> ItemLengths:
+    """The lengths of `tl` when it is base's timeline with one item more at the end (a simulated next item):
+    only that item is rendered and tokenized, so asking one user about many items costs each item once, not
+    the whole history each time. An item with context (a dialogue line renders after the earlier lines of its
+    conversation) or a header that differs is measured whole."""
+    pos = len(tl.items) - 1
+    header = renderer.header(tl)
+    if tl.items[pos].context or len(header) != base.header_chars or base.follow is not None:
+        return measure_each(renderer, tokenizer, [tl])[0]
+    *prompt, target = renderer.item_segments(tl, pos, first=True, target=True)
+    texts = [seg.text for seg in prompt]
+    n = _token_counts(tokenizer, list(dict.fromkeys([*texts, target.text])))
+    return replace(
+        base, prompt=[*base.prompt, sum(n[t] for t in texts)], target=[*base.target, n[target.text]],
+        prompt_chars=[*base.prompt_chars, sum(map(len, texts))], target_chars=[*base.target_chars, len(target.text)])
 
 
 def _flat(lists):

@@ -26,7 +26,7 @@ from usertwin.data.timeline import Timeline, assign_splits, build_timelines
 from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
 from usertwin.sequences.fit import Prompt, trim_long_contexts
-from usertwin.text.tokens import ItemLengths, measure_each
+from usertwin.text.tokens import ItemLengths, measure_each, measure_next
 from usertwin.twin.chat import chat_prompt, check_text
 from usertwin.twin.engine import Engine, load_engine
 from usertwin.twin.vllm import ENGINES, VllmGeneration, vllm_module
@@ -137,6 +137,10 @@ class Twin:
         """Each timeline's measured item lengths, in order (each distinct text tokenized once): fitted_prompt's
         `lengths` for a batch of situations."""
         return measure_each(self.engine.renderer, self.engine.tokenizer, timelines)
+
+    def lengths_next(self, base: ItemLengths, tl: Timeline) -> ItemLengths:
+        """The lengths of `tl`, the timeline `base` measures with one item more (text/tokens.py: measure_next)."""
+        return measure_next(self.engine.renderer, self.engine.tokenizer, base, tl)
 
     def language_of(self, tl: Timeline) -> str:
         """The prompt language of a user (detected once per user id, then kept)."""
