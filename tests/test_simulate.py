@@ -106,7 +106,7 @@ def test_seeded_samples_do_not_depend_on_the_batch(made, tmp_path):
     (["--users", "r1", "--steps", "2"], r"user 'r1'.*rating \(movie_rating\).*--items ITEMS.jsonl"),
     (["--users", "nobody", "--steps", "2"], r"user 'nobody' is not in"),
     (["--all"], r"--items ITEMS.jsonl.*--steps K"),
-    (["--all", "--steps", "2", "--engine", "vllm"], r"vllm is not installed; the default engine is usertwin's"),
+    (["--all", "--steps", "2", "--engine", "vllm"], r"--engine vllm needs vLLM \(pip install vllm"),
     (["--all", "--steps", "5", "--items", "ITEMS"], r"a rollout of 5 steps needs 5 items.*has 3"),
     (["--all", "--items", "ITEMS", "--pick", "2"], r"--pick is predict's"),
 ])
