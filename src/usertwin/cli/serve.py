@@ -21,6 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch_wait_ms", type=float, default=5.0,
                    help="how long the model waits to collect concurrent requests into one batch")
     p.add_argument("--max_batch", type=int, default=32, help="most requests in one batch")
+    p.add_argument("--max_request_bytes", type=int, default=1_000_000,
+                   help="largest request body taken; a larger one is refused with 413 before it is read whole")
     from usertwin.cli.predict import add_decode_flag
 
     add_decode_flag(p)
@@ -40,13 +42,14 @@ def run(args) -> int:
             from None
     from usertwin.twin import Twin
 
-    if args.max_batch < 1 or args.batch_wait_ms < 0:
-        raise UsertwinError("--max_batch must be at least 1 and --batch_wait_ms not negative")
+    if args.max_batch < 1 or args.batch_wait_ms < 0 or args.max_request_bytes < 1:
+        raise UsertwinError("--max_batch and --max_request_bytes must be at least 1 and --batch_wait_ms not "
+                            "negative")
     _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
     twin = Twin.load(args.run, records=args.data, decode=args.decode)
     name = args.model_name or model_name_of(args.run)
     app = create_app(twin, api_key=args.api_key, model_name=name, wait_ms=args.batch_wait_ms,
-                     max_batch=args.max_batch)
+                     max_batch=args.max_batch, max_request_bytes=args.max_request_bytes)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"usertwin serve: warning: listening on {args.host} without --api_key: anyone who can reach it "
               "can use the twin", file=sys.stderr)
