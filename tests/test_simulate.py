@@ -54,7 +54,17 @@ def test_items_give_every_user_a_rating_distribution(made, tmp_path):
         assert sum(r["rating"]["probs"]) == pytest.approx(1, abs=1e-5)
         assert r["rating"]["scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
         assert len(r["generations"]) == 2 and len(r["ratings"]) == 2 and "continuation" not in r
-        assert r["history_len"] > 0 and r["user_items"] == 10
+        assert r["history_len"] > 0 and r["user_items"] == 10 and r["already_rated"] is False
+
+
+def test_items_the_user_already_rated_are_flagged(made, tmp_path):
+    items = tmp_path / "seen.jsonl"
+    items.write_text(json.dumps({"continuation_prefix": "Movie 3 (2000) (Drama): ", "type": "movie_rating"}) + "\n"
+                     + json.dumps({"continuation_prefix": "Movie 3 (2000) (Drama): ", "type": "movie_review"}) + "\n"
+                     + json.dumps({"continuation_prefix": "Movie 9 (2000) (Drama): ", "type": "movie_rating"}) + "\n")
+    rows = _sim(made, tmp_path / "o.jsonl", "--users", "r1", "--items", str(items), "--max_new_tokens", "2")
+    # r1 rated Movie 3 and reviewed Movies 0 and 1 only
+    assert [r["already_rated"] for r in rows] == [True, False, False]
 
 
 def test_rollout_writes_users_x_steps_and_resumes_after_a_torn_line(made, tmp_path):

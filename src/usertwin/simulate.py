@@ -190,6 +190,7 @@ class _Run:
         self.twin, self.todo, self.rollout, self.gen, self.seed = twin, todo, rollout, gen, seed
         self.grown = grown
         self.scale = twin.scale or []
+        self.seen: dict[str, set] = {}  # per user: (collection, prefix) of their real items
 
     def all(self, output: Path, done: dict, progress: bool) -> int:
         pending = [(u, s) for s in range(max(map(len, self.todo.values()), default=0))
@@ -233,13 +234,23 @@ class _Run:
         row = {"user": user, "step": s + 1, "mode": "rollout" if self.rollout else "items", "collection": kind,
                "item": new.prefix, "context": new.context, "seed": request_seed(self.seed, user, s + 1),
                "history_len": len(prompt.sample.history), "user_items": len(self.twin.timeline(user).items),
-               "prompt_hash": prompt_hash(prompt.ids)}
+               "already_rated": self.already(user, new), "prompt_hash": prompt_hash(prompt.ids)}
         ref = self.todo[user][s].reference
         if ref is not None:
             row["reference"] = ref
         if self.scale and records.is_rating(kind):
             row["rating"] = None  # filled by the batch's one scoring forward
         return row
+
+    def already(self, user: str, new) -> bool:
+        """Whether the user's real history already holds this item (same prefix and collection): a rating
+        asked again is answered with that rating in view, so it says little about a new item."""
+        if not new.prefix.strip():
+            return False
+        seen = self.seen.get(user)
+        if seen is None:
+            seen = self.seen[user] = {(it.collection, it.prefix.strip()) for it in self.twin.timeline(user).items}
+        return (new.collection, new.prefix.strip()) in seen
 
     def add_generations(self, row: dict, texts: list[str]) -> None:
         row["generations"] = texts
