@@ -136,6 +136,7 @@ def test_what_cannot_be_simulated_is_refused(made, tmp_path, capsys, extra, mess
 @pytest.mark.parametrize("extra, message", [
     (["--all"], r"say what to simulate: --items ITEMS.jsonl.*--steps K"),
     (["--all", "--steps", "0"], r"--steps must be at least 1, got 0"),
+    (["--users", "r1,99", "--items", "ITEMS"], r"user '99' is not in .*r\.jsonl \(3 users, e\.g\. 'r1', 'r2', 'w1'\)"),
 ])
 def test_arguments_are_checked_before_the_model_loads(made, tmp_path, capsys, monkeypatch, extra, message):
     import usertwin.twin.engine
@@ -144,6 +145,7 @@ def test_arguments_are_checked_before_the_model_loads(made, tmp_path, capsys, mo
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(usertwin.twin.engine, "load_twin_model", no_model)
+    extra = [str(made[2]) if x == "ITEMS" else x for x in extra]
     run, data, _ = made
     assert main(["simulate", "--run", str(run), "--data", str(data), "-o", str(tmp_path / "x.jsonl"),
                  "--no-progress", *extra]) == 2

@@ -104,6 +104,17 @@ def choose_users(twin: Twin, users: list[str] | None) -> list[str]:
     return list(dict.fromkeys(users))
 
 
+def check_users_in(path, users: list[str], on_error: str = "stop") -> None:
+    """Every asked-for user is in the records file: read before the model loads, so a mistyped id costs a
+    second, not a model load (the message is Twin.timeline's)."""
+    ids = list(dict.fromkeys(r.user_id for r in records.load(path, on_error=on_error).records))
+    known = set(ids)
+    for u in users:
+        if u not in known:
+            some = ", ".join(repr(x) for x in ids[:3])
+            raise UsertwinError(f"user {u!r} is not in {path} ({len(ids)} users, e.g. {some})")
+
+
 def check_what(has_items: bool, steps: int | None) -> None:
     """Items, steps or both: refused before anything loads when neither says what to simulate."""
     if steps is not None and steps < 1:

@@ -51,7 +51,7 @@ def run(args) -> int:
     from usertwin.config import generate_settings
     from usertwin.errors import UsertwinError
     from usertwin.rundir import RunDir
-    from usertwin.simulate import check_what, choose_users, read_items, simulate
+    from usertwin.simulate import check_users_in, check_what, choose_users, read_items, simulate
 
     _check_engine(args.engine)
     if hasattr(args, "gen__pick"):  # generation flags are set only when given
@@ -64,10 +64,13 @@ def run(args) -> int:
                             "is not there)")
     check_what(args.items is not None, args.steps)  # before loading the model: mistakes show at once
     items = read_items(args.items) if args.items else None
+    asked = None if args.all else [u.strip() for u in args.users.split(",") if u.strip()]
+    if asked is not None:
+        check_users_in(data, asked, RunDir(args.run).load_config().on_error)
     from usertwin.twin import Twin
 
     twin = Twin.load(args.run, records=data, decode=args.decode)
-    users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
+    users = choose_users(twin, asked)
     gen = generate_settings(args)
     if gen.generate and gen.sampling_notice():
         print(gen.sampling_notice(), file=sys.stderr)
