@@ -42,6 +42,12 @@ def test_train_writes_the_run_directory_and_learns(tmp_path, tiny_model_dir, cap
     logs = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in logs if r.get("event") == "eval"] == [1, 2, 3]  # at the ends of epochs 1, 2, 3
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # save_total_limit
+    card = (out / "best" / "README.md").read_text()  # ours, not peft's blank template
+    assert "More Information Needed" not in card and ".venv" not in card
+    assert card.startswith(f"# usertwin twin: best weights\n\nA LoRA adapter (r=16, alpha=32) for the base model "
+                           f"`{tiny_model_dir}`, trained by usertwin ")
+    assert f"Chosen by lowest validation loss: step {summary['best_step']} of {summary['steps']}, validation loss " \
+           f"{summary['best_val_loss']:.4f}." in card and 'Twin.load("RUN")' in card
 
 
 def test_full_fine_tuning_and_padding_mode(tmp_path, tiny_model_dir):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from usertwin.atomic import write_json
+from usertwin.atomic import write_json, write_text
 from usertwin.config import Config
 from usertwin.errors import UsertwinError
 from usertwin.model.load import causal_lm
@@ -27,7 +27,7 @@ from usertwin.sequences.prepare import Prepared, build_split, prepare
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, load_tokenizer
 from usertwin.train.autobatch import BatchPlan, fixed_plan, learning_rate, plan_batches
-from usertwin.train.checkpoint import Checkpoints, TrainState
+from usertwin.train.checkpoint import Checkpoints, TrainState, best_card
 from usertwin.train.progress import Progress
 from usertwin.train.ratingloss import rated, scale_tokens
 from usertwin.train.run import open_run, write_run_start
@@ -325,6 +325,7 @@ class Trainer:
         result.update(learning_rate=self.learning_rate, batch_tokens=self.data.budget, accumulation=self.accumulation)
         if self.main:
             write_json(self.run_dir.summary, result)
+            write_text(self.run_dir.best / "README.md", best_card(self.cfg, result))
             self.loggers.close()
         self._say_result(final)
         return result
