@@ -201,7 +201,7 @@ def best_card(cfg, summary: dict | None = None) -> str:
     Information Needed]"). `summary`: the run's summary.json, once training ended."""
     what = (f"A LoRA adapter (r={cfg.lora_r}, alpha={cfg.lora_alpha}) for" if cfg.lora
             else "The fully fine-tuned weights of")
-    lines = [f"# usertwin twin: best weights\n",
+    lines = ["# usertwin twin: best weights\n",
              f"{what} the base model `{cfg.model}`, trained by usertwin {__version__} on the records `{cfg.data}` "
              f"(max_length {cfg.max_length}, prompt style `{cfg.prompt_style}`, ablation `{cfg.ablation}`).\n"]
     if summary:
