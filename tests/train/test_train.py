@@ -199,13 +199,19 @@ def test_max_steps_within_an_epoch_evaluates_the_last_step_and_shows_progress(tm
     assert all("target tokens/s" in x and "elapsed" in x and "ETA" in x for x in lines)
 
 
-def test_no_progress_prints_no_progress_lines_and_no_loading_bars(tmp_path, tiny_model_dir, capsys):
-    data = _records(tmp_path / "r.jsonl", sizes=(12,))
+def test_no_progress_prints_no_progress_lines_and_no_loading_bars(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import yaml
+
+    _records(tmp_path / "r.jsonl", sizes=(12,))
+    monkeypatch.chdir(tmp_path)  # the data named relative to where train runs
     out = tmp_path / "quiet"
-    assert main(_args(data, tiny_model_dir, out, "--max_steps", "1", "--logging_steps", "1")) == 0
+    assert main(_args("r.jsonl", tiny_model_dir, out, "--max_steps", "1", "--logging_steps", "1")) == 0
     captured = capsys.readouterr()
     assert not [x for x in captured.out.splitlines() if ": loss " in x]
-    assert "Loading weights" not in captured.err
+    for bar in ("Loading weights", "Writing model shards", "%|"):  # transformers' and tqdm's bars
+        assert bar not in captured.err, captured.err
+    # config.yaml names the data wherever a later command runs from
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"] == str(tmp_path / "r.jsonl")
 
 
 def test_printed_step_count_is_what_runs(tmp_path, tiny_model_dir, capsys):

@@ -46,7 +46,7 @@ def run(args) -> int:
         raise UsertwinError("--max_batch and --max_request_bytes must be at least 1 and --batch_wait_ms not "
                             "negative")
     _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
-    twin = Twin.load(args.run, records=args.data, decode=args.decode)
+    twin = Twin.load(args.run, records=args.data, decode=args.decode, progress=args.progress)
     name = args.model_name or model_name_of(args.run)
     app = create_app(twin, api_key=args.api_key, model_name=name, wait_ms=args.batch_wait_ms,
                      max_batch=args.max_batch, max_request_bytes=args.max_request_bytes)

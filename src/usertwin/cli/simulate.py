@@ -69,7 +69,7 @@ def run(args) -> int:
         check_users_in(data, asked, RunDir(args.run).load_config().on_error)
     from usertwin.twin import Twin
 
-    twin = Twin.load(args.run, records=data, decode=args.decode)
+    twin = Twin.load(args.run, records=data, decode=args.decode, progress=args.progress)
     users = choose_users(twin, asked)
     gen = generate_settings(args)
     if gen.generate and gen.sampling_notice():
