@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -197,6 +198,10 @@ def test_max_steps_within_an_epoch_evaluates_the_last_step_and_shows_progress(tm
     lines = [x for x in printed.splitlines() if x.startswith("step ") and ": loss " in x]
     assert [x.split(":")[0] for x in lines] == ["step 1/3", "step 2/3", "step 3/3"]
     assert all("target tokens/s" in x and "elapsed" in x and "ETA" in x for x in lines)
+    # off a terminal every evaluation says when it starts and how long it took
+    assert "step 0/3: evaluating the validation split (" in printed
+    assert "step 3/3: evaluating the validation split (" in printed
+    assert re.search(r"step 3/3: evaluated the validation split in \d+\.\d s", printed)
 
 
 def test_no_progress_prints_no_progress_lines_and_no_loading_bars(tmp_path, tiny_model_dir, capsys, monkeypatch):
@@ -338,3 +343,21 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_elsewhere(capsys):
     assert "1/4" in captured.err and "loss 1.2346, 1,234 target tok/s" in captured.err
     assert Progress(total=4, enabled=False, terminal=True).bar is None
     assert ", 0.43 target tokens/s," in Progress(total=4, terminal=False).line(1.0, 0.4321)  # a slow CPU run
+
+
+def test_a_long_silence_off_a_terminal_gets_a_line(capsys):
+    import time
+
+    from usertwin.train.progress import Progress
+
+    plain = Progress(total=4, done=2, terminal=False, quiet_seconds=0.2)
+    plain.phase("evaluating the validation split")
+    time.sleep(0.7)
+    plain.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(x.startswith("step 2/4: still evaluating the validation split (elapsed 00:0") for x in lines)
+    assert len(lines) <= 4  # one per quiet stretch, not a flood
+    quiet = Progress(total=4, enabled=False, terminal=False, quiet_seconds=0.1)
+    time.sleep(0.3)
+    quiet.close()
+    assert capsys.readouterr().out == ""  # --no_progress: silent
