@@ -339,6 +339,7 @@ def test_concurrent_requests_are_batched_with_the_same_answers(http, server):
     after = http.get("/v1/twin").json()["batching"]
     assert after["requests"] - before["requests"] == 12
     assert after["largest"] > 1, after
+    assert after["max_batch"] == 8 and after["largest"] <= 8  # no --max_batch: a CPU's default
 
 
 # ---------------------------------------------------------------- errors: 4xx in OpenAI's shape

@@ -206,7 +206,8 @@ def best_card(cfg, summary: dict | None = None) -> str:
              f"(max_length {cfg.max_length}, prompt style `{cfg.prompt_style}`, ablation `{cfg.ablation}`).\n"]
     if summary:
         loss = summary.get("best_val_loss")
-        lines.append(f"Chosen by {summary.get('best', 'lowest validation loss')}: step {summary.get('best_step')} of "
+        chosen = {"best": "lowest validation loss", **summary}["best"]  # (summary.json says how it chose)
+        lines.append(f"Chosen by {chosen}: step {summary.get('best_step')} of "
                      f"{summary.get('steps')}" + (f", validation loss {loss:.4f}" if isinstance(loss, float) else "")
                      + ". The run's summary.json has the rest; `usertwin evaluate` writes metrics.json.\n")
     lines.append("""## How to use
