@@ -372,8 +372,8 @@ class Twin:
         a `system` message may describe the user (JSON object: the profile; other text: a description).
         Rendered as training renders a dialogue item: the turns are its context, the reply is its target."""
         g = _settings(generation)  # checked as generate checks them
+        ids = chat_prompt(self, messages, user, profile, history, room=g.max_new_tokens)  # (messages checked)
         check_chat(self, "ask for its next act with Twin.predict(user=..., item=...) or Twin.rating_distribution")
-        ids = chat_prompt(self, messages, user, profile, history, room=g.max_new_tokens)
         return self.engine.generate_texts([ids], g)[0][0]
 
 
