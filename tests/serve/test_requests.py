@@ -181,6 +181,7 @@ class SlowTwin:
     def generate_after(self, prompts, gen, seeds=None, stream=None, gone=None):
         self.started.set()
         self.release.wait(30)
+        self.gone_seen = [g() for g in gone or []]  # what the engine would see at its next step
         return [["ok"] * gen.num_samples for _ in prompts]
 
     def count_tokens(self, text):
@@ -281,3 +282,41 @@ def test_a_client_that_disconnects_cancels_its_job():
     assert json.loads(second[1]["body"])["error"]["code"] == "client_closed"
     assert twin.prompted == [ITEM]  # the first only
     assert app.state.served.batcher.stats()["cancelled"] == 1
+
+
+def test_a_dropped_stream_stops_its_rows():
+    """A streamed completion whose client disconnects mid-generation: its job is cancelled, so the rows the
+    model thread is decoding are given up at the next step (the `gone` flags the engine polls)."""
+    twin = SlowTwin()
+    app = create_app(twin, model_name="m")
+    body = json.dumps({"model": "m", "prompt": ITEM, "max_tokens": 2, "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+
+    async def scenario():
+        messages, sent = asyncio.Queue(), []
+        await messages.put({"type": "http.request", "body": body, "more_body": False})
+
+        async def send(message):
+            sent.append(message)
+
+        done = asyncio.ensure_future(app(scope, messages.get, send))
+        while not twin.started.is_set():  # the stream has begun: its rows are decoding
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        await messages.put({"type": "http.disconnect"})
+        await asyncio.wait_for(done, 10)
+        return sent
+
+    async def lifespan():
+        async with app.router.lifespan_context(app):
+            sent = await scenario()
+            twin.release.set()
+            await asyncio.sleep(0.2)
+            return sent
+
+    sent = asyncio.run(lifespan())
+    assert sent[0]["status"] == 200 and sent[0]["headers"]  # the stream had started
+    assert twin.gone_seen == [True]
