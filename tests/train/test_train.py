@@ -307,6 +307,7 @@ def test_adapter_of_a_base_without_config_json_saves_without_a_warning(tmp_path,
     """A GGUF base has no config.json: peft's save_embedding_layers="auto" warns that it cannot find one."""
     from types import SimpleNamespace
 
+    from usertwin.config import Config
     from usertwin.model.load import load_model
     from usertwin.rundir import RunDir
     from usertwin.text.tokens import load_tokenizer
@@ -318,7 +319,7 @@ def test_adapter_of_a_base_without_config_json_saves_without_a_warning(tmp_path,
     loss_model = TargetLoss(model)
     acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, unwrap_model=lambda m: m,
                           get_state_dict=lambda m: m.state_dict())
-    ck = Checkpoints(acc, RunDir(tmp_path / "run"), SimpleNamespace(lora=True), print)
+    ck = Checkpoints(acc, RunDir(tmp_path / "run"), Config(lora=True, model=str(tiny_model_dir)), print)
     ck.save_best(loss_model, load_tokenizer(str(tiny_model_dir)))
     assert (tmp_path / "run" / "best" / "adapter_model.safetensors").is_file()
     assert not [w for w in recwarn if "Could not find a config file" in str(w.message)]
