@@ -96,8 +96,8 @@ def counting_engine(cfg, model, tok):
     class Counting(Engine):
         generated = 0
 
-        def generate_ids(self, prompts, gen, seeds=None, streamer=None):
-            out = super().generate_ids(prompts, gen, seeds, streamer)
+        def generate_ids(self, prompts, gen, seeds=None, streamer=None, gone=None):
+            out = super().generate_ids(prompts, gen, seeds, streamer, gone)
             self.generated += sum(len(ids) for row in out for ids in row[:1 if gen.temperature == 0 else None])
             return out
 

@@ -58,9 +58,11 @@ def test_exported_model_equals_base_plus_adapter_without_peft(run_dir, tmp_path,
     assert gen["eos_token_id"] == eot or eot in gen["eos_token_id"]
 
 
-def test_model_card_names_the_base_model_data_and_settings(run_dir, tmp_path, tiny_model_dir):
+def test_model_card_names_the_base_model_data_and_settings(run_dir, tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "model"
     assert main(["export", str(run_dir), "-o", str(out), "--dtype", "bfloat16"]) == 0
+    err = capsys.readouterr().err  # not a terminal: no loading or writing bars in a log
+    assert "Writing model shards" not in err and "Loading weights" not in err and "%|" not in err, err
     card = (out / "README.md").read_text()
     assert str(tiny_model_dir) in card and "LoRA (r=16" in card and "merged" in card
     assert "r.jsonl" in card and "| train | 3 |" in card  # the data file and its counts

@@ -298,7 +298,8 @@ def test_the_seeds_deepspeed_config_with_auto_batch_entries_trains_on_two_proces
     import sys
 
     if importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("deepspeed is not installed (pip install --no-deps .whl-ds/*.whl, see benchmarks/multi_gpu.md)")
+        pytest.skip("deepspeed is not installed: pip install deepspeed (offline: build its wheels as "
+                    "benchmarks/multi_gpu.md's Runbook shows)")
     data = write_rating_users(tmp_path / "r.jsonl", (20, 16), lambda u, i: f"Movie {i} (2000) (Drama): ",
                               lambda u, i: (u + i) % 5 + 1)
     out = tmp_path / "run"

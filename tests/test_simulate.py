@@ -54,7 +54,17 @@ def test_items_give_every_user_a_rating_distribution(made, tmp_path):
         assert sum(r["rating"]["probs"]) == pytest.approx(1, abs=1e-5)
         assert r["rating"]["scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
         assert len(r["generations"]) == 2 and len(r["ratings"]) == 2 and "continuation" not in r
-        assert r["history_len"] > 0 and r["user_items"] == 10
+        assert r["history_len"] > 0 and r["user_items"] == 10 and r["already_rated"] is False
+
+
+def test_items_the_user_already_rated_are_flagged(made, tmp_path):
+    items = tmp_path / "seen.jsonl"
+    items.write_text(json.dumps({"continuation_prefix": "Movie 3 (2000) (Drama): ", "type": "movie_rating"}) + "\n"
+                     + json.dumps({"continuation_prefix": "Movie 3 (2000) (Drama): ", "type": "movie_review"}) + "\n"
+                     + json.dumps({"continuation_prefix": "Movie 9 (2000) (Drama): ", "type": "movie_rating"}) + "\n")
+    rows = _sim(made, tmp_path / "o.jsonl", "--users", "r1", "--items", str(items), "--max_new_tokens", "2")
+    # r1 rated Movie 3 and reviewed Movies 0 and 1 only
+    assert [r["already_rated"] for r in rows] == [True, False, False]
 
 
 def test_rollout_writes_users_x_steps_and_resumes_after_a_torn_line(made, tmp_path):
@@ -126,6 +136,7 @@ def test_what_cannot_be_simulated_is_refused(made, tmp_path, capsys, extra, mess
 @pytest.mark.parametrize("extra, message", [
     (["--all"], r"say what to simulate: --items ITEMS.jsonl.*--steps K"),
     (["--all", "--steps", "0"], r"--steps must be at least 1, got 0"),
+    (["--users", "r1,99", "--items", "ITEMS"], r"user '99' is not in .*r\.jsonl \(3 users, e\.g\. 'r1', 'r2', 'w1'\)"),
 ])
 def test_arguments_are_checked_before_the_model_loads(made, tmp_path, capsys, monkeypatch, extra, message):
     import usertwin.twin.engine
@@ -134,6 +145,7 @@ def test_arguments_are_checked_before_the_model_loads(made, tmp_path, capsys, mo
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(usertwin.twin.engine, "load_twin_model", no_model)
+    extra = [str(made[2]) if x == "ITEMS" else x for x in extra]
     run, data, _ = made
     assert main(["simulate", "--run", str(run), "--data", str(data), "-o", str(tmp_path / "x.jsonl"),
                  "--no-progress", *extra]) == 2

@@ -55,7 +55,7 @@ def output_lock(output: Path, what: str = "predictions file"):
 def progress_bar(total: int, desc: str, unit: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=None)  # None: no bar written into a log file
 
 
 def append_batches(output: Path, batches, rows_of, bar=None) -> int:

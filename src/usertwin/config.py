@@ -151,7 +151,8 @@ class SplitSettings:
                                 ratio=True)
     # accelerate's set_seed seeds numpy, which takes 0 .. 2**32 - 1 only
     seed: int = setting(42, "random seed of the user split (split_mode user), of training (initialisation, "
-                            "batch order), of predict's distractors and of the LensKit baselines",
+                            "batch order), of predict's distractors and of the LensKit baselines; --random_seed "
+                            "everywhere, --seed too where --seed is not the sampling seed (train, prepare)",
                         aliases=("random_seed",),
                         shapes_data=True, minimum=0, maximum=2**32 - 1)
 
@@ -404,7 +405,8 @@ class GenerateSettings:
                                maximum=MAX_SAMPLES)
     seed: int | None = setting(None, "sampling seed: sample i draws with seed + i, so it is the same in any batch "
                                      "and whether 1 or N samples are drawn; unset: predict uses the run's seed, "
-                                     "simulate 0", minimum=0, maximum=2**62)
+                                     "simulate 0. Not the split's seed: that is --random_seed here (train's --seed, "
+                                     "which train also takes as --random_seed)", minimum=0, maximum=2**62)
     batch_size: int | str = setting(AUTO, "targets (or users) scored and generated together; auto: on a GPU, as "
                                     "many as its free memory holds (from the model's size per token), else 8",
                                     aliases=("eval_batch_size",), minimum=1, auto=True)

@@ -29,8 +29,10 @@ GGUF_TYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"
 CONVERTER = "convert_hf_to_gguf.py"
 
 
-def export_run(run_dir, out, dtype: str = "auto", overwrite: bool = False, gguf: bool = False) -> Path:
-    """Write the run's model to `out`; returns its path."""
+def export_run(run_dir, out, dtype: str = "auto", overwrite: bool = False, gguf: bool = False,
+               progress: bool = True) -> Path:
+    """Write the run's model to `out`; returns its path. `progress`: transformers' loading and writing bars
+    (on a terminal only)."""
     run, out = RunDir(run_dir), Path(out)
     cfg = run.load_config()
     converter = gguf_converter() if gguf else None  # refused before any work is done
@@ -39,7 +41,7 @@ def export_run(run_dir, out, dtype: str = "auto", overwrite: bool = False, gguf:
     tmp = RunDir.temporary(out)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model_dtype = _write_model(cfg, run, tmp, dtype)
+        model_dtype = _write_model(cfg, run, tmp, dtype, progress)
         _copy_run_files(run, tmp)
         write_text(tmp / "README.md", model_card(cfg, run, out.name, model_dtype))
         if converter is not None:
@@ -51,13 +53,15 @@ def export_run(run_dir, out, dtype: str = "auto", overwrite: bool = False, gguf:
     return out
 
 
-def _write_model(cfg, run: RunDir, tmp: Path, dtype: str) -> torch.dtype:
+def _write_model(cfg, run: RunDir, tmp: Path, dtype: str, progress: bool) -> torch.dtype:
     """Into `tmp`, the folder renamed to the export when complete."""
+    from usertwin import quiet
     from usertwin.twin.api import Twin
 
     # merged in float32 whatever the run trained in: the adapter's small update is not rounded away first
-    twin = Twin.load(run.path, cfg=dataclasses.replace(cfg, dtype="float32"), device="cpu")
-    return twin.save_pretrained(tmp, dtype)
+    twin = Twin.load(run.path, cfg=dataclasses.replace(cfg, dtype="float32"), device="cpu", progress=progress)
+    with quiet.loading_bars(progress):  # transformers' "Writing model shards"
+        return twin.save_pretrained(tmp, dtype)
 
 
 def _readable(folder: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 
 # peft's PeftModel.__init__ reads model.is_gradient_checkpointing, which transformers 5 deprecates in favour of
@@ -55,8 +56,9 @@ def log_hidden(logger_name: str, text: str, show: bool = False):
 
 @contextlib.contextmanager
 def loading_bars(show: bool):
-    """transformers' "Loading weights" and GGUF "de-quantizing" bars, off inside the block unless `show`."""
-    if show:
+    """transformers' "Loading weights" and GGUF "de-quantizing" bars, off inside the block unless `show` and
+    stderr is a terminal (in a log file a bar is a wall of carriage returns)."""
+    if show and sys.stderr.isatty():
         yield
         return
     from transformers.utils import logging as hf_logging

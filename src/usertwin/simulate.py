@@ -107,6 +107,17 @@ def choose_users(twin: Twin, users: list[str] | None) -> list[str]:
     return list(dict.fromkeys(users))
 
 
+def check_users_in(path, users: list[str], on_error: str = "stop") -> None:
+    """Every asked-for user is in the records file: read before the model loads, so a mistyped id costs a
+    second, not a model load (the message is Twin.timeline's)."""
+    ids = list(dict.fromkeys(r.user_id for r in records.load(path, on_error=on_error).records))
+    known = set(ids)
+    for u in users:
+        if u not in known:
+            some = ", ".join(repr(x) for x in ids[:3])
+            raise UsertwinError(f"user {u!r} is not in {path} ({len(ids)} users, e.g. {some})")
+
+
 def check_what(has_items: bool, steps: int | None) -> None:
     """Items, steps or both: refused before anything loads when neither says what to simulate."""
     if steps is not None and steps < 1:
@@ -195,6 +206,7 @@ class _Run:
         self.scale = twin.scale or []
         self.longest = {}  # user -> tokens of their longest item (longest_item)
         self.measured = {}  # items mode: the current user's history lengths (history_lengths)
+        self.seen: dict[str, set] = {}  # per user: (collection, prefix) of their real items
 
     def all(self, output: Path, done: dict, progress: bool) -> int:
         if self.rollout:  # step by step: a user's next step needs this step's generation
@@ -267,13 +279,23 @@ class _Run:
         row = {"user": user, "step": s + 1, "mode": "rollout" if self.rollout else "items", "collection": kind,
                "item": new.prefix, "context": new.context, "seed": request_seed(self.seed, user, s + 1),
                "history_len": len(prompt.sample.history), "user_items": len(self.twin.timeline(user).items),
-               "prompt_hash": prompt_hash(prompt.ids)}
+               "already_rated": self.already(user, new), "prompt_hash": prompt_hash(prompt.ids)}
         ref = self.todo[user][s].reference
         if ref is not None:
             row["reference"] = ref
         if self.scale and records.is_rating(kind):
             row["rating"] = None  # filled by the batch's one scoring forward
         return row
+
+    def already(self, user: str, new) -> bool:
+        """Whether the user's real history already holds this item (same prefix and collection): a rating
+        asked again is answered with that rating in view, so it says little about a new item."""
+        if not new.prefix.strip():
+            return False
+        seen = self.seen.get(user)
+        if seen is None:
+            seen = self.seen[user] = {(it.collection, it.prefix.strip()) for it in self.twin.timeline(user).items}
+        return (new.collection, new.prefix.strip()) in seen
 
     def add_generations(self, row: dict, texts: list[str]) -> None:
         row["generations"] = texts

@@ -52,7 +52,7 @@ def _loss_targets(prep) -> dict:
 
 # the default: every training item carries loss (train items: 162 + 21 + 27 + 152 + 30); (targets, windows or
 # samples, tokens, history items, truncated sequences, history items cut)
-DEFAULT = (392, 60, 58093, 400, 55, 3775)
+DEFAULT = (392, 55, 53870, 359, 50, 3459)
 
 
 def test_default_counts(ml5, tokenizer, tmp_path):
@@ -65,7 +65,7 @@ def test_one_sample_per_user_is_the_seeds_one_sample_in_both_units(ml5, tokenize
     """The user's latest training target with all the history that fits: the same sequence, the same cost."""
     timeline = _prep(ml5, tokenizer, tmp_path, one_sample_per_user=True)
     sample = _prep(ml5, tokenizer, tmp_path, one_sample_per_user=True, unit="sample")
-    assert _train(timeline) == _train(sample) == (5, 5, 4863, 60, 5, 327)
+    assert _train(timeline) == _train(sample) == (5, 5, 4990, 63, 5, 324)
     assert _loss_targets(timeline) == {"1": [161], "2": [20], "3": [26], "4": [151], "5": [29]}
     for w, s in zip(timeline.sequences["train"], sample.sequences["train"]):
         assert w.items_and_targets() == s.items_and_targets()
@@ -75,7 +75,7 @@ def test_one_sample_per_user_is_the_seeds_one_sample_in_both_units(ml5, tokenize
 
 def test_max_samples_per_user_chooses_the_loss_targets_inside_windows(ml5, tokenizer, tmp_path):
     prep = _prep(ml5, tokenizer, tmp_path, max_samples_per_user=2)
-    assert _train(prep) == (10, 6, 4044, 43, 5, 113)
+    assert _train(prep) == (10, 6, 3924, 43, 5, 113)
     assert {u: len(t) for u, t in _loss_targets(prep).items()} == {u: 2 for u in "12345"}
     other_seed = _prep(ml5, tokenizer, tmp_path, max_samples_per_user=2, sample_seed=7)
     assert _loss_targets(other_seed) != _loss_targets(prep) and other_seed.notices == []
@@ -87,7 +87,7 @@ def test_max_samples_per_user_chooses_the_loss_targets_inside_windows(ml5, token
 def test_temporal_augmentation_drops_targets_with_short_history(ml5, tokenizer, tmp_path):
     prep = _prep(ml5, tokenizer, tmp_path, temporal_augmentation=True, min_history_length=50)
     # users 2, 3 and 5 have at most 30 training items; users 1 and 4 keep their targets from position 50 on
-    assert _train(prep) == (214, 36, 35103, 252, 36, 3451)
+    assert _train(prep) == (214, 33, 32653, 230, 33, 3107)
     assert sorted(_loss_targets(prep)) == ["1", "4"]
     assert min(min(t) for t in _loss_targets(prep).values()) == 50
 
@@ -95,7 +95,7 @@ def test_temporal_augmentation_drops_targets_with_short_history(ml5, tokenizer, 
 def test_history_strategy_none_gives_windows_without_history(ml5, tokenizer, tmp_path):
     prep = _prep(ml5, tokenizer, tmp_path, history_strategy="none")
     assert prep.config.unit == "timeline" and prep.notices == []
-    assert _train(prep) == (392, 392, 62917, 0, 0, 0)
+    assert _train(prep) == (392, 392, 55077, 0, 0, 0)
 
 
 SWITCH = ("{flags}: needs --unit sample (a timeline window shows each target every earlier item in it); switched to "
@@ -103,13 +103,13 @@ SWITCH = ("{flags}: needs --unit sample (a timeline window shows each target eve
 
 
 @pytest.mark.parametrize("kw,flags,counts", [
-    ({"history_strategy": "random"}, "--history_strategy random", (392, 392, 331552, 4056, 260, 8608)),
-    ({"history_strategy": "fixed_ratio"}, "--history_strategy fixed_ratio", (392, 392, 358238, 4531, 324, 18924)),
+    ({"history_strategy": "random"}, "--history_strategy random", (392, 392, 329200, 4139, 260, 8525)),
+    ({"history_strategy": "fixed_ratio"}, "--history_strategy fixed_ratio", (392, 392, 360456, 4674, 321, 18781)),
     ({"history_strategy": "fixed_count", "fixed_history_count": 3}, "--history_strategy fixed_count",
-     (392, 392, 138988, 1146, 0, 0)),
-    ({"max_history_items": 5}, "--max_history_items 5", (392, 392, 188028, 1885, 0, 0)),
+     (392, 392, 131148, 1146, 0, 0)),
+    ({"max_history_items": 5}, "--max_history_items 5", (392, 392, 180188, 1885, 0, 0)),
     ({"history_strategy": "random", "max_history_items": 5}, "--history_strategy random and --max_history_items 5",
-     (392, 392, 183766, 1815, 0, 0)),
+     (392, 392, 175926, 1815, 0, 0)),
 ])
 def test_history_shaping_switches_to_the_sample_unit_with_a_notice(ml5, tokenizer, tmp_path, kw, flags, counts):
     prep = _prep(ml5, tokenizer, tmp_path, **kw)

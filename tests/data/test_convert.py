@@ -71,7 +71,7 @@ def test_movielens_latest_small_real(tmp_path):
     _numeric_user_order(recs)
     _assert_time_order(recs)
     first = recs[0]
-    assert first["user_hash"] == first["user"]["id"] == "1" and first["user"]["profile"] == {"name": "user_1"}
+    assert first["user_hash"] == first["user"]["id"] == "1" and first["user"]["profile"] == {}  # no name made up
     assert first["task"]["language"] == "en"
     assert first["task"]["rating_scale"] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
     assert first["task"]["task_behavior_collections"][0]["type"] == "movie_rating"
@@ -92,7 +92,7 @@ def test_movielens_100k_fixture(tmp_path):
     summary, recs = _convert("movielens", FIX / "ml-100k", tmp_path)
     assert (summary.users, summary.items, summary.skipped) == (3, 7, 0)
     assert summary.line().startswith("movielens: 3 users, 7 items, 1997-09-22 .. 1998-02-27 -> ")
-    assert recs[0]["user"]["profile"] == {"name": "user_1", "age": 24, "gender": "M", "occupation": "technician",
+    assert recs[0]["user"]["profile"] == {"age": 24, "gender": "M", "occupation": "technician",
                                           "zip_code": "85711"}
     assert recs[0]["task"]["rating_scale"] == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert "(1-5 stars)" in recs[0]["task"]["description"]
@@ -172,9 +172,9 @@ def test_movielens_1m_layout(tmp_path):
     assert (summary.users, summary.items, summary.skipped) == (3, 6, 0)
     assert summary.line().startswith("movielens: 3 users, 6 items, 2000-12-31 .. 2000-12-31 -> ")
     assert [r["user"]["profile"] for r in recs] == [
-        {"name": "user_1", "age_group": "Under 18", "gender": "F", "occupation": "K-12 student", "zip_code": "48067"},
-        {"name": "user_2", "age_group": "56+", "gender": "M", "occupation": "self-employed", "zip_code": "70072"},
-        {"name": "user_3"}]  # no row in users.dat
+        {"age_group": "Under 18", "gender": "F", "occupation": "K-12 student", "zip_code": "48067"},
+        {"age_group": "56+", "gender": "M", "occupation": "self-employed", "zip_code": "70072"},
+        {}]  # no row in users.dat; no name is made up from the id
     task = recs[0]["task"]
     assert task["rating_scale"] == [1.0, 2.0, 3.0, 4.0, 5.0] and "(1-5 stars)" in task["description"]
     assert [(it["continuation_prefix"], it["continuation"], it["timestamp"]) for it in _items(recs[0])] == [
@@ -229,7 +229,7 @@ def test_movielens_1m_real_first_users(tmp_path):
     assert (summary.users, summary.items, summary.skipped) == (50, 7_260, 0)
     assert [r["user_hash"] for r in recs] == [str(n) for n in range(1, 51)]
     assert [len(_items(r)) for r in recs[:3]] == [53, 129, 51]
-    assert recs[0]["user"]["profile"] == {"name": "user_1", "age_group": "Under 18", "gender": "F",
+    assert recs[0]["user"]["profile"] == {"age_group": "Under 18", "gender": "F",
                                           "occupation": "K-12 student", "zip_code": "48067"}
     assert recs[1]["user"]["profile"]["occupation"] == "self-employed"
     cuckoo = [it for it in _items(recs[0]) if it["metadata"]["movie_id"] == 1193]

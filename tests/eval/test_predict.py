@@ -126,6 +126,27 @@ def test_predict_cli_writes_every_test_target_once_and_resumes(run_dir, tmp_path
         assert 0 < r["history_len"] <= r["target_index"]  # the most recent earlier items that fit
 
 
+def test_a_finished_predict_says_nothing_to_do_without_loading_the_model(run_dir, tmp_path, capsys, monkeypatch):
+    import usertwin.twin.engine
+
+    out = tmp_path / "p.jsonl"
+    args = ["predict", "--run", str(run_dir), "--split", "test", "-o", str(out), "--no-progress",
+            "--max_new_tokens", "2"]
+    assert main([*args, "--limit", "1"]) == 0
+    monkeypatch.setattr(usertwin.twin.engine, "load_twin_model", lambda *a, **k: pytest.fail("the model loaded"))
+    capsys.readouterr()
+    assert main([*args, "--limit", "1"]) == 0
+    assert capsys.readouterr().out == f"nothing to do: {out} already holds every target of the test split (5, or " \
+                                      "the --limit 1)\n"
+    monkeypatch.undo()
+    assert main(args) == 0  # 4 left: the model loads and writes them
+    assert len(out.read_text().splitlines()) == 5
+    monkeypatch.setattr(usertwin.twin.engine, "load_twin_model", lambda *a, **k: pytest.fail("the model loaded"))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out == f"nothing to do: {out} already holds every target of the test split (5)\n"
+
+
 def test_window_scoring_equals_brute_force(run_dir):
     """score_windows reads windows of different lengths once (right padded) and scores candidates at several
     points inside each: every score equals a plain forward of the window's first `start` tokens + the candidate,

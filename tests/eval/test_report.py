@@ -657,6 +657,43 @@ def test_verdict_intervals_from_per_target_rows(tmp_path):
     assert "| 95% interval of the difference | better or worse |" in result["markdown"].read_text(encoding="utf-8")
 
 
+def _rows_with_errors(errors: list, **extra) -> list:
+    """Two rating targets per user, user u's expected rating off by errors[u]."""
+    return [{"user": f"u{u}", "split": "test", "target_index": i, "item": f"Movie {i}: ", "reference": "3.0",
+             "collection": "movie_rating", "rating": {"expected": 3.0 + e}, **extra}
+            for u, e in enumerate(errors) for i in range(2)]
+
+
+def test_a_difference_within_noise_reads_as_a_tie(tmp_path):
+    run = _metrics_run(tmp_path, "run", rmse=0.95, mae=0.7, n=20)
+    # half the users are predicted better by the twin, half by the baseline: resampling users, either can win
+    _jsonl(RunDir(run).predictions("test"), _rows_with_errors([0.2, 0.6] * 5))
+    RunDir(run).baseline_rows("test").mkdir()
+    _jsonl(RunDir(run).baseline_rows("test") / "user_mean.jsonl",
+           _rows_with_errors([0.6, 0.25] * 5, baseline="user_mean"))
+    base = {"user_mean": {"n": 20, "rmse": 1.0, "mae": 0.9}}
+    result = R.build_report([run], tmp_path / "r.html", baselines=base)
+    c = _by(result["verdict"], "run", "expected-rating RMSE")
+    assert c.interval[0] < 0 < c.interval[1] and (c.noise, c.word) == ("within noise", "tie")
+    assert result["verdict"].sentence.startswith(
+        "run is tied with the best baseline (user_mean) on expected-rating RMSE: 0.9500 vs 1.000, 5.0% lower, "
+        "within noise (95% interval of the difference ")
+    assert "is better than the best baseline" not in result["verdict"].sentence
+    row = verdict_rows(result["html"].read_text(encoding="utf-8"), 'id="verdict"')[0]
+    assert row[-1] == "tie" and row[-2].endswith(": within noise")
+    assert '<td class="tie">tie</td>' in result["html"].read_text(encoding="utf-8")  # not green
+
+
+@pytest.mark.parametrize("ci, word", [([0.4, 0.6], "better"), ([0.2, 0.31], "tie")])
+def test_pick_the_real_one_takes_evaluates_interval(tmp_path, ci, word):
+    run = _metrics_run(tmp_path, "run", rmse=0.9, mae=0.7, pick=0.5)
+    metrics = json.loads(RunDir(run).metrics.read_text(encoding="utf-8"))
+    metrics["intervals"] = {"pick_accuracy": {"value": 0.5, "ci95": ci}}
+    RunDir(run).metrics.write_text(json.dumps(metrics), encoding="utf-8")
+    c = _by(R.build_report([run], tmp_path / "r.html")["verdict"], "run", "pick-the-real-one accuracy")
+    assert c.versus == "chance" and c.interval == pytest.approx([ci[0] - 0.25, ci[1] - 0.25]) and c.word == word
+
+
 def test_ablation_intervals_from_the_two_runs_rows(tmp_path):
     with_h = _metrics_run(tmp_path, "hist", rmse=0.9, mae=0.7)
     without = _metrics_run(tmp_path, "nohist", rmse=1.0, mae=0.65, ablation="profile_and_context")

@@ -23,6 +23,7 @@ KEY = "test-key-123"
 CHROMIUM = "/usr/bin/chromium"
 USERS = {"10": 8, "11": 6, "12": 5}
 ITEM = "Movie 2 (2000) (Drama): "
+DESCRIBE = "\u0000describe"  # the page's option for a described user
 
 
 def _items(uid: str, n: int) -> list[dict]:
@@ -338,6 +339,7 @@ def test_concurrent_requests_are_batched_with_the_same_answers(http, server):
     after = http.get("/v1/twin").json()["batching"]
     assert after["requests"] - before["requests"] == 12
     assert after["largest"] > 1, after
+    assert after["max_batch"] == 8 and after["largest"] <= 8  # no --max_batch: a CPU's default
 
 
 # ---------------------------------------------------------------- errors: 4xx in OpenAI's shape
@@ -533,9 +535,22 @@ def use_page(browser: Chromium, base: str, user: str, item: str, say: str, key: 
     browser.js(f"document.getElementById('chat-input').value = {json.dumps(say)}; "
                "document.getElementById('chat-form').requestSubmit()")
     browser.wait_for("document.querySelectorAll('#chat-log .msg.assistant').length > 0")
-    return {"answer": answer, "bars": browser.js("document.querySelectorAll('#dist .bar').length"),
-            "profile": browser.js("document.getElementById('profile-view').textContent"),
-            "chat": browser.js("[...document.querySelectorAll('#chat-log .msg')].map(m => m.className)"),
+    bars = browser.js("document.querySelectorAll('#dist .bar').length")
+    profile = browser.js("document.getElementById('profile-view').textContent")
+    chat = browser.js("[...document.querySelectorAll('#chat-log .msg')].map(m => m.className)")
+    # an empty item box asks for an item; it never sends the placeholder (the user's last item)
+    browser.js("document.getElementById('item').value = ''; document.getElementById('predict-form').requestSubmit()")
+    empty = browser.wait_for("(t => t.startsWith('type the item') && t)(document.getElementById('answer').textContent)")
+    # describing a user: the picked user's history count goes with their history
+    browser.js(f"var s = document.getElementById('user'); s.value = {json.dumps(DESCRIBE)}; "
+               "s.dispatchEvent(new Event('change'))")
+    return {"empty": empty, "count": browser.js("document.getElementById('history-count').textContent"),
+            "keybox": browser.js("getComputedStyle(document.getElementById('keybox')).display"),
+            "favicon": browser.js("fetch('/favicon.ico').then(r => r.status)"),
+            "chat_form": browser.js("document.getElementById('chat-form').hidden"),
+            "answer": answer, "bars": bars,
+            "profile": profile,
+            "chat": chat,
             "errors": browser.js("[...document.querySelectorAll('.error')].map(e => e.textContent)")}
 
 
@@ -550,5 +565,8 @@ def test_page_in_headless_chromium(server, tmp_path):
         browser.close()
     assert shown["answer"].startswith("The twin answers") and "expected rating" in shown["answer"]
     assert shown["bars"] == 5 and '"age": 21' in shown["profile"]
-    assert shown["chat"] == ["msg user", "msg assistant"] and shown["errors"] == []
+    assert shown["chat"] == ["msg user", "msg assistant"] and shown["errors"] == [shown["empty"]]
+    assert shown["empty"] == "type the item first, e.g. Heat (1995) (Action, Crime, Thriller): "
+    assert shown["count"] == ""
+    assert shown["keybox"] == "none" and shown["favicon"] == 204 and shown["chat_form"] is False
     assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and shot.stat().st_size > 10_000

@@ -225,11 +225,11 @@ def test_a_user_renders_as_before_the_roles(tmp_path):
     task = ("Predict the rating (0.5-5.0 stars, in half stars) this MovieLens user gives to each movie, from "
             "their rating history.")
     assert Renderer(RenderSettings(), None).render(user_1, [0, 1], [1]).text == (
-        f"[USER_PROFILE]\n[USER_NAME=user_1]\n\n[TASK]\n{task}\n\n"
+        f"[TASK]\n{task}\n\n"  # ml-latest-small has no profile (and no name is made up from the id)
         "She's the One (1996) (Comedy, Romance):\nPredict the rating this user gives to this movie:\n4.0\n\n"
         "Star Wars: Episode VI - Return of the Jedi (1983) (Action, Adventure, Sci-Fi):\n"
         "Predict the rating this user gives to this movie:\n5.0")
     assert Renderer(RenderSettings(prompt_style="detailed"), None).render(user_1, [0], [0]).text == (
-        f"=== User profile ===\nname: user_1\n\n=== Task ===\n{task}\n\n=== Now ===\n"
+        f"=== Task ===\n{task}\n\n=== Now ===\n"
         "Time: 2000-07-30T18:08:19Z\nShe's the One (1996) (Comedy, Romance):\n"
         "Predict the rating this user gives to this movie:\n4.0")

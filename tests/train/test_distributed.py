@@ -206,12 +206,13 @@ def test_moe_fsdp2_two_processes_match_one_process(tmp_path, tokenizer):
 
 
 def test_deepspeed_zero3_two_processes_match_one_process_resume_and_best(tmp_path, tiny_model_dir):
-    """ZeRO-3 with the shipped config on gloo (DeepSpeed's CPU accelerator). DeepSpeed is not a dependency: the
-    wheels in .whl-ds/ (see benchmarks/multi_gpu.md) install it with its pure-Python needs."""
+    """ZeRO-3 with the shipped config on gloo (DeepSpeed's CPU accelerator). DeepSpeed is not a dependency: `pip
+    install deepspeed`, or offline the wheels benchmarks/multi_gpu.md's Runbook builds."""
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("deepspeed is not installed (pip install --no-deps .whl-ds/*.whl, see benchmarks/multi_gpu.md)")
+        pytest.skip("deepspeed is not installed: pip install deepspeed (offline: build its wheels as "
+                    "benchmarks/multi_gpu.md's Runbook shows)")
     data = _records(tmp_path / "r.jsonl", sizes=(60, 40, 30, 20))
     common = ["--max_epochs", "2", "--logging_steps", "1", "--no_lora", "--learning_rate", "0.001",
               "--max_length", "128", "--batch_tokens", "128", "--early_stopping_threshold", "1000",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,12 @@ def test_train_writes_the_run_directory_and_learns(tmp_path, tiny_model_dir, cap
     logs = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in logs if r.get("event") == "eval"] == [1, 2, 3]  # at the ends of epochs 1, 2, 3
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # save_total_limit
+    card = (out / "best" / "README.md").read_text()  # ours, not peft's blank template
+    assert "More Information Needed" not in card and ".venv" not in card
+    assert card.startswith(f"# usertwin twin: best weights\n\nA LoRA adapter (r=16, alpha=32) for the base model "
+                           f"`{tiny_model_dir}`, trained by usertwin ")
+    assert f"Chosen by lowest validation loss: step {summary['best_step']} of {summary['steps']}, validation loss " \
+           f"{summary['best_val_loss']:.4f}." in card and 'Twin.load("RUN")' in card
 
 
 def test_full_fine_tuning_and_padding_mode(tmp_path, tiny_model_dir):
@@ -191,15 +198,25 @@ def test_max_steps_within_an_epoch_evaluates_the_last_step_and_shows_progress(tm
     lines = [x for x in printed.splitlines() if x.startswith("step ") and ": loss " in x]
     assert [x.split(":")[0] for x in lines] == ["step 1/3", "step 2/3", "step 3/3"]
     assert all("target tokens/s" in x and "elapsed" in x and "ETA" in x for x in lines)
+    # off a terminal every evaluation says when it starts and how long it took
+    assert "step 0/3: evaluating the validation split (" in printed
+    assert "step 3/3: evaluating the validation split (" in printed
+    assert re.search(r"step 3/3: evaluated the validation split in \d+\.\d s", printed)
 
 
-def test_no_progress_prints_no_progress_lines_and_no_loading_bars(tmp_path, tiny_model_dir, capsys):
-    data = _records(tmp_path / "r.jsonl", sizes=(12,))
+def test_no_progress_prints_no_progress_lines_and_no_loading_bars(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import yaml
+
+    _records(tmp_path / "r.jsonl", sizes=(12,))
+    monkeypatch.chdir(tmp_path)  # the data named relative to where train runs
     out = tmp_path / "quiet"
-    assert main(_args(data, tiny_model_dir, out, "--max_steps", "1", "--logging_steps", "1")) == 0
+    assert main(_args("r.jsonl", tiny_model_dir, out, "--max_steps", "1", "--logging_steps", "1")) == 0
     captured = capsys.readouterr()
     assert not [x for x in captured.out.splitlines() if ": loss " in x]
-    assert "Loading weights" not in captured.err
+    for bar in ("Loading weights", "Writing model shards", "%|"):  # transformers' and tqdm's bars
+        assert bar not in captured.err, captured.err
+    # config.yaml names the data wherever a later command runs from
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"] == str(tmp_path / "r.jsonl")
 
 
 def test_printed_step_count_is_what_runs(tmp_path, tiny_model_dir, capsys):
@@ -290,6 +307,7 @@ def test_adapter_of_a_base_without_config_json_saves_without_a_warning(tmp_path,
     """A GGUF base has no config.json: peft's save_embedding_layers="auto" warns that it cannot find one."""
     from types import SimpleNamespace
 
+    from usertwin.config import Config
     from usertwin.model.load import load_model
     from usertwin.rundir import RunDir
     from usertwin.text.tokens import load_tokenizer
@@ -301,7 +319,7 @@ def test_adapter_of_a_base_without_config_json_saves_without_a_warning(tmp_path,
     loss_model = TargetLoss(model)
     acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, unwrap_model=lambda m: m,
                           get_state_dict=lambda m: m.state_dict())
-    ck = Checkpoints(acc, RunDir(tmp_path / "run"), SimpleNamespace(lora=True), print)
+    ck = Checkpoints(acc, RunDir(tmp_path / "run"), Config(lora=True, model=str(tiny_model_dir)), print)
     ck.save_best(loss_model, load_tokenizer(str(tiny_model_dir)))
     assert (tmp_path / "run" / "best" / "adapter_model.safetensors").is_file()
     assert not [w for w in recwarn if "Could not find a config file" in str(w.message)]
@@ -343,3 +361,21 @@ def test_wandb_missing_stops_before_any_work(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == ("usertwin train: error: --wandb_project needs the wandb package: pip install "
                                        "wandb\n")
     assert not run.exists()
+
+
+def test_a_long_silence_off_a_terminal_gets_a_line(capsys):
+    import time
+
+    from usertwin.train.progress import Progress
+
+    plain = Progress(total=4, done=2, terminal=False, quiet_seconds=0.2)
+    plain.phase("evaluating the validation split")
+    time.sleep(0.7)
+    plain.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(x.startswith("step 2/4: still evaluating the validation split (elapsed 00:0") for x in lines)
+    assert len(lines) <= 4  # one per quiet stretch, not a flood
+    quiet = Progress(total=4, enabled=False, terminal=False, quiet_seconds=0.1)
+    time.sleep(0.3)
+    quiet.close()
+    assert capsys.readouterr().out == ""  # --no_progress: silent

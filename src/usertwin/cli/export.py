@@ -21,6 +21,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from usertwin.export import export_run
 
-    out = export_run(args.run, args.output, args.dtype, args.overwrite, args.gguf)
+    out = export_run(args.run, args.output, args.dtype, args.overwrite, args.gguf, args.progress)
     print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0

@@ -93,7 +93,6 @@ def add_seed_flags(p) -> None:
                         "MovieLens's 50)")
 
 
-
 def run(args) -> int:
     import sys
     from pathlib import Path
@@ -101,7 +100,7 @@ def run(args) -> int:
     from usertwin.cli.twinflags import engine_args
     from usertwin.config import generate_settings, resolve
     from usertwin.errors import UsertwinError
-    from usertwin.eval.predict import predict_split
+    from usertwin.eval.predict import predict_split, targets_left
     from usertwin.rundir import RunDir
     from usertwin.twin.api import Twin
 
@@ -118,6 +117,12 @@ def run(args) -> int:
     cfg = resolve(args, RunDir(args.run).load_config()) if args.run else resolve(args)
     output = Path(args.output) if args.output else RunDir(args.run).predictions(args.split)
     gen = generate_settings(args)
+    if output.is_file() and cfg.data:  # a re-run of a finished predict: say so before a minute of model loading
+        total, left = targets_left(cfg, args.split, output, gen.limit)
+        if not left:
+            print(f"nothing to do: {output} already holds every target of the {args.split} split ({total}"
+                  f"{'' if gen.limit is None else f', or the --limit {gen.limit}'})")
+            return 0
     twin = Twin.load(args.run, cfg=cfg, progress=args.progress, decode=args.decode, engine=args.engine,
                      engine_args=engine_args(args, cfg.max_length, gen.max_new_tokens))
     prep = twin.prepare()  # the split's targets, rendered as the twin was trained

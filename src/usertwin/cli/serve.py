@@ -7,6 +7,7 @@ import os
 NAME = "serve"
 HELP = "serve a twin over an OpenAI-compatible HTTP API (chat, completions, twin endpoints) with a page at /"
 KEY_ENV = "USERTWIN_API_KEY"  # a key on the command line is visible to every user of the machine (ps)
+GPU_BATCH, CPU_BATCH = 32, 8  # --max_batch's default on each (README: Serve, measured on the quick start's twin)
 
 
 def add_arguments(p) -> None:
@@ -20,7 +21,12 @@ def add_arguments(p) -> None:
                    help="the model id clients send (default: the run directory's name)")
     p.add_argument("--batch_wait_ms", type=float, default=5.0,
                    help="how long the model waits to collect concurrent requests into one batch")
-    p.add_argument("--max_batch", type=int, default=32, help="most requests in one batch")
+    p.add_argument("--max_batch", type=int,
+                   help=f"most requests in one batch (default: {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, where a "
+                        "forward costs about in proportion to its rows: smaller batches answer the first requests "
+                        "sooner; README, Serve, has the measurements)")
+    p.add_argument("--max_request_bytes", type=int, default=1_000_000,
+                   help="largest request body taken; a larger one is refused with 413 before it is read whole")
     from usertwin.cli.twinflags import add_decode_flag, add_prefill_flag
 
     add_decode_flag(p)
@@ -41,13 +47,15 @@ def run(args) -> int:
             from None
     from usertwin.twin import Twin
 
-    if args.max_batch < 1 or args.batch_wait_ms < 0:
-        raise UsertwinError("--max_batch must be at least 1 and --batch_wait_ms not negative")
+    if (args.max_batch is not None and args.max_batch < 1) or args.batch_wait_ms < 0 or args.max_request_bytes < 1:
+        raise UsertwinError("--max_batch and --max_request_bytes must be at least 1 and --batch_wait_ms not "
+                            "negative")
     _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
-    twin = Twin.load(args.run, records=args.data, decode=args.decode, prefill=args.prefill)
+    twin = Twin.load(args.run, records=args.data, decode=args.decode, progress=args.progress,
+                     prefill=args.prefill)
     name = args.model_name or model_name_of(args.run)
     app = create_app(twin, api_key=args.api_key, model_name=name, wait_ms=args.batch_wait_ms,
-                     max_batch=args.max_batch)
+                     max_batch=args.max_batch or _default_batch(), max_request_bytes=args.max_request_bytes)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"usertwin serve: warning: listening on {args.host} without --api_key: anyone who can reach it "
               "can use the twin", file=sys.stderr)
@@ -55,6 +63,12 @@ def run(args) -> int:
           f"http://{args.host}:{args.port}/v1)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _default_batch() -> int:
+    import torch
+
+    return GPU_BATCH if torch.cuda.is_available() else CPU_BATCH  # the twin loads onto the GPU when there is one
 
 
 def _check_port(host: str, port: int) -> None:

@@ -53,7 +53,7 @@ def run(args) -> int:
     from usertwin.config import generate_settings
     from usertwin.errors import UsertwinError
     from usertwin.rundir import RunDir
-    from usertwin.simulate import check_what, choose_users, read_items, simulate
+    from usertwin.simulate import check_users_in, check_what, choose_users, read_items, simulate
 
     if hasattr(args, "gen__pick"):  # generation flags are set only when given
         raise UsertwinError("--pick is predict's pick-the-real-one test; simulate has no reference to pick")
@@ -66,12 +66,15 @@ def run(args) -> int:
                             "is not there)")
     check_what(args.items is not None, args.steps)  # before loading the model: mistakes show at once
     items = read_items(args.items) if args.items else None
+    asked = None if args.all else [u.strip() for u in args.users.split(",") if u.strip()]
+    if asked is not None:
+        check_users_in(data, asked, cfg.on_error)
     from usertwin.twin import Twin
 
     gen = generate_settings(args)
-    twin = Twin.load(args.run, records=data, decode=args.decode, prefill=args.prefill, engine=args.engine,
-                     engine_args=engine_args(args, cfg.max_length, gen.max_new_tokens))
-    users = choose_users(twin, None if args.all else [u.strip() for u in args.users.split(",") if u.strip()])
+    twin = Twin.load(args.run, records=data, decode=args.decode, progress=args.progress, prefill=args.prefill,
+                     engine=args.engine, engine_args=engine_args(args, cfg.max_length, gen.max_new_tokens))
+    users = choose_users(twin, asked)
     if gen.generate and gen.sampling_notice():
         print(gen.sampling_notice(), file=sys.stderr)
     seed = gen.seed if gen.seed is not None else 0

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from usertwin.appended import append_batches, completed_rows, output_lock, progress_bar
 from usertwin.config import GenerateSettings
-from usertwin.data import choices
+from usertwin.data import choices, records
 from usertwin.data.records.format import item_key
+from usertwin.data.timeline import assign_splits, build_timelines
 from usertwin.errors import UsertwinError
 from usertwin.eval.answers import whole_characters
 from usertwin.sequences.fit import prompt_hash
@@ -57,6 +58,18 @@ def predict_split(twin, prep, split: str, output, gen: GenerateSettings, pick_k:
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):
         return _predict_split(twin, prep, split, output, gen, pick_k, generate, limit, progress)
+
+
+def targets_left(cfg, split: str, output, limit: int | None) -> tuple[int, int]:
+    """(targets of `split`, how many of them are not in `output` yet, within `limit`), from the records and the
+    split settings alone: a finished predict says so without loading the model (or a tokenizer)."""
+    loaded = records.load(cfg.data, on_error=cfg.on_error)
+    timelines, _ = build_timelines(loaded.records)
+    splits = assign_splits(timelines, cfg)
+    targets = {(tl.user_id, pos) for tl in timelines for pos, lab in enumerate(splits[tl.user_id]) if lab == split}
+    done = set(completed_rows(Path(output)))
+    left = len(targets - done)
+    return len(targets), left if limit is None else min(left, max(0, limit - len(done)))
 
 
 def _todo(prep, split: str, done: set, limit: int | None) -> list:

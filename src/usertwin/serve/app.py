@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,10 +36,11 @@ from usertwin.config import GenerateSettings, range_of
 from usertwin.errors import UsertwinError
 from usertwin.serve.batching import Batcher, Job, Result
 from usertwin.twin.api import PromptTooLong
-from usertwin.twin.chat import chat_prompt
+from usertwin.twin.chat import chat_prompt, check_chat, trained_on
 
 log = logging.getLogger("usertwin.serve")
 MAX_N = 16  # samples per request: more is a batch job for `usertwin predict`, not a request
+MAX_REQUEST_BYTES = 1_000_000  # a body larger than this is refused before it is read whole
 
 
 class ApiError(Exception):
@@ -59,8 +60,9 @@ def error_body(message: str, kind: str, code=None, param=None) -> dict:
 
 
 class Strict(BaseModel):
-    # an unknown field is refused, not ignored: a client must not believe a setting it sent took effect
-    model_config = ConfigDict(extra="forbid")
+    # an unknown field is refused, not ignored: a client must not believe a setting it sent took effect;
+    # strict: `true` is no user id or token count and "yes" no boolean (coercing them hides a client's bug)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Who(Strict):
@@ -106,7 +108,7 @@ class CompletionRequest(OpenAIRequest):
 
 
 class PredictRequest(Who, Sampling):
-    item: str = ""
+    item: str | None = None
     context: list[dict] | None = None
     target: int | None = Field(None, ge=0, description="an existing item of the user instead of a new one")
     max_new_tokens: int | None = Field(None, **limits("max_new_tokens"))
@@ -116,7 +118,7 @@ class PredictRequest(Who, Sampling):
 
 
 class ScoreRequest(Who):
-    item: str = ""
+    item: str | None = None
     context: list[dict] | None = None
     target: int | None = Field(None, ge=0)
     continuations: list[str] = Field(min_length=1, max_length=256)
@@ -126,7 +128,7 @@ class ScoreRequest(Who):
 
 
 def create_app(twin, *, api_key: str | None = None, model_name: str | None = None, wait_ms: float = 5.0,
-               max_batch: int = 32) -> FastAPI:
+               max_batch: int = 32, max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     state = Served(twin, model_name or "usertwin", Batcher(twin, wait_ms, max_batch))
 
     @contextlib.asynccontextmanager
@@ -138,8 +140,11 @@ def create_app(twin, *, api_key: str | None = None, model_name: str | None = Non
     app = FastAPI(title="usertwin", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.served = state
     _handlers(app)
+    app.add_middleware(BodyLimit, limit=max_request_bytes)
     auth = [Depends(_auth(api_key))]
     app.get("/", response_class=HTMLResponse, include_in_schema=False)(lambda: HTMLResponse(page_html()))
+    # browsers ask for it on every page load: no content, rather than a 404 in the server's log
+    app.get("/favicon.ico", include_in_schema=False)(lambda: Response(status_code=204))
     app.get("/v1/models", dependencies=auth)(state.models)
     app.get("/v1/models/{model_id}", dependencies=auth)(state.model)
     app.post("/v1/chat/completions", dependencies=auth)(state.chat)
@@ -169,6 +174,55 @@ def _auth(api_key: str | None):
                                 "key given to `usertwin serve --api_key`", code="invalid_api_key")
 
     return check
+
+
+class BodyLimit:
+    """Refuses a body over `limit` bytes with 413 before the app reads it: at once when Content-Length declares
+    it; a chunked upload (no length declared) is read up to the limit first, then handed on whole."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:  # the server holds a body to its declared length
+            if declared.isdigit() and int(declared) > self.limit:
+                return await self._refuse(scope, receive, send, int(declared))
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._refuse(scope, receive, send, None)
+        return await self.app(scope, _replay(body, receive), send)
+
+    async def _refuse(self, scope, receive, send, size: int | None):
+        response = JSONResponse(too_large(self.limit, size), status_code=413, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
+
+
+def too_large(limit: int, size: int | None = None) -> dict:
+    sent = f" ({size:,} bytes)" if size is not None else ""
+    return error_body(f"the request body{sent} is larger than this server takes ({limit:,} bytes, "
+                      "`usertwin serve --max_request_bytes`)", "invalid_request_error", "request_too_large")
 
 
 def _handlers(app: FastAPI) -> None:
@@ -203,7 +257,29 @@ def _validation_message(errors) -> tuple[str, str | None]:
         return "the body must be a JSON object (sent with Content-Type: application/json)", None
     if first.get("type") == "extra_forbidden":
         return f"unsupported parameter: {param}", param
+    wrong = _wrong_kind(errors)
+    if wrong:
+        return wrong
     return (f"{param}: {first.get('msg')}" if param else f"the body: {first.get('msg')}"), param
+
+
+def _wrong_kind(errors) -> tuple[str, str] | None:
+    """"max_tokens must be an integer, not true": a top-level field of the wrong JSON kind. A union (`user`: a
+    string or an integer) fails once per member, each member's name appended to the location: one message."""
+    loc = tuple(errors[0].get("loc", ()))
+    if len(loc) < 2 or loc[0] != "body":
+        return None
+    mine = [e for e in errors if tuple(e.get("loc", ()))[:2] == loc[:2]]
+    kinds = [KINDS.get(e.get("type")) for e in mine]
+    if not all(kinds) or any(len(e["loc"]) > 3 for e in mine):  # deeper: a list element, say; pydantic's words
+        return None
+    got = json.dumps(errors[0].get("input"), ensure_ascii=False)[:80]
+    return f"{loc[1]} must be {' or '.join(dict.fromkeys(kinds))}, not {got}", str(loc[1])
+
+
+# the JSON a field takes, by pydantic's error type: named when a request sends another kind (strict: no coercion)
+KINDS = {"string_type": "a string", "int_type": "an integer", "float_type": "a number",
+         "bool_type": "a boolean (true or false)", "list_type": "a list", "dict_type": "an object"}
 
 
 # ---------------------------------------------------------------- endpoints
@@ -230,17 +306,24 @@ class Served:
         self._check_model(model_id)
         return self._model_card()
 
-    async def chat(self, req: ChatRequest):
+    async def chat(self, req: ChatRequest, request: Request):
         self._check_model(req.model)
+        try:
+            check_chat(self.twin, "ask for its next act with POST /v1/twin/predict (the rating and its "
+                                  "distribution) or POST /v1/completions with the item as the prompt")
+        except UsertwinError as e:
+            raise ApiError(400, str(e), code="chat_not_trained", param="messages") from None
         gen = self._gen(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.n, req.seed)
         self._check_user(req)
+        last = req.messages[-1].get("content") if isinstance(req.messages[-1], dict) else None
+        self._check_size(last, "messages[-1].content")
         twin = self.twin
         job = Job(lambda: chat_prompt(twin, req.messages, req.user, req.profile, req.history,
                                       room=gen.max_new_tokens), gen=gen)
         if req.stream:
             chunks = _ChatChunks(_ids("chatcmpl"), self.model_name, _include_usage(req.stream_options))
-            return await self._stream(job, chunks, req.stop, gen)
-        result = await self._run(job)
+            return await self._stream(job, chunks, req.stop, gen, request)
+        result = await self._run(job, request)
         choices = _finish(result.texts, req.stop, gen.max_new_tokens)
         return {"id": _ids("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name, "system_fingerprint": None,
@@ -248,20 +331,22 @@ class Served:
                              "logprobs": None, "finish_reason": why} for i, (text, why) in enumerate(choices)],
                 "usage": _usage(result, choices)}
 
-    async def completions(self, req: CompletionRequest):
+    async def completions(self, req: CompletionRequest, request: Request):
         self._check_model(req.model)
         gen = self._gen(req.max_tokens, req.temperature, req.top_p, req.n, req.seed)
         self._check_user(req)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt: give an item (text) or a list of items", param="prompt")
+        for p in prompts:
+            self._check_size(p, "prompt")
         if req.stream:
             if len(prompts) > 1:
                 raise ApiError(400, "stream: one prompt at a time (send a list without stream)", param="stream")
             chunks = _CompletionChunks(_ids("cmpl"), self.model_name, _include_usage(req.stream_options))
             return await self._stream(self._item_job(req, prompts[0], req.context, None, gen), chunks, req.stop,
-                                      gen)
-        results = await self._gather([self._item_job(req, p, req.context, None, gen) for p in prompts])
+                                      gen, request)
+        results = await self._gather([self._item_job(req, p, req.context, None, gen) for p in prompts], request)
         choices = [c for r in results for c in _finish(r.texts, req.stop, gen.max_new_tokens)]
         usage = _usage_many(results, choices)
         return {"id": _ids("cmpl"), "object": "text_completion", "created": int(time.time()),
@@ -271,7 +356,8 @@ class Served:
 
     # -- the twin's own
 
-    async def predict(self, req: PredictRequest):
+    async def predict(self, req: PredictRequest, request: Request):
+        self._check_item(req)
         scale = self.twin.scale
         want_dist = bool(scale) if req.rating_distribution is None else req.rating_distribution
         if want_dist and not scale:
@@ -286,7 +372,7 @@ class Served:
         if want_dist:
             twin = self.twin
             job.candidates = lambda: [twin.ids_of(t) for t in scale]
-        result = await self._run(job)
+        result = await self._run(job, request)
         out = {"model": self.model_name, "prompt_tokens": result.prompt_tokens,
                "continuations": [t for t, _ in result.texts] if result.texts is not None else None,
                "rating_distribution": None}
@@ -294,12 +380,13 @@ class Served:
             out["rating_distribution"] = self.twin.rating_distribution_of([s for s, _ in result.scores])
         return out
 
-    async def score(self, req: ScoreRequest):
+    async def score(self, req: ScoreRequest, request: Request):
+        self._check_item(req)
         self._check_user(req)
         twin = self.twin
         job = self._item_job(req, req.item, req.context, req.target, None)
         job.candidates = lambda: [twin.ids_of(c) for c in req.continuations]
-        result = await self._run(job)
+        result = await self._run(job, request)
         return {"model": self.model_name, "prompt_tokens": result.prompt_tokens,
                 "scores": [{"continuation": c, "logprob": round(s, 6), "tokens": n,
                             "logprob_per_token": round(s / max(1, n), 6)}
@@ -328,7 +415,38 @@ class Served:
     # -- helpers
 
     def _model_card(self) -> dict:
-        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "usertwin"}
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "usertwin",
+                "usertwin": self._trained_on()}
+
+    def _trained_on(self) -> dict:
+        """What the twin learned from, so a client can tell a rating twin from one that talks."""
+        kinds = trained_on(self.twin)
+        facts = {} if kinds is None else self.twin.facts
+        return {"collections": kinds, "rating_scale": facts.get("rating_scale"), "task": facts.get("task"),
+                "chat": kinds is None or "dialogue" in kinds,
+                "endpoints": ["/v1/twin/predict", "/v1/twin/score", "/v1/completions"]
+                + (["/v1/chat/completions"] if kinds is None or "dialogue" in kinds else [])}
+
+    def _check_item(self, req) -> None:
+        """`target` names an item the user already has; `item` describes a new one: one of them."""
+        if req.target is not None and req.item is not None:
+            raise ApiError(400, "item and target: send one (target: an existing item of the user, by position; "
+                                "item: a new one)", param="target")
+        self._check_size(req.item, "item")
+        if req.context:
+            self._check_size(req.context[-1].get("content"), "context[-1].content")
+
+    def _check_size(self, text, param: str) -> None:
+        """A text the prompt must hold whole, refused before the model thread tokenizes it when its bytes alone
+        prove it cannot fit: each token stands for at most `longest_token_bytes` bytes. Twice that bound:
+        a tokenizer's normalizer may shorten text."""
+        if not isinstance(text, str):
+            return
+        size, limit = len(text.encode("utf-8", "surrogatepass")), self.twin.cfg.max_length
+        if size > 2 * limit * self.twin.longest_token_bytes:
+            raise ApiError(400, f"{param}: {size:,} bytes of text cannot fit the twin's max_length {limit} "
+                                f"(a token of its tokenizer covers at most {self.twin.longest_token_bytes} "
+                                "bytes): shorten it", code="context_length_exceeded", param=param)
 
     def _check_model(self, model: str) -> None:
         if model != self.model_name:
@@ -368,13 +486,19 @@ class Served:
             # history is fitted to leave room for what follows the prompt: the generation, and the longest
             # continuation scored after it
             room = max([gen.max_new_tokens if gen else 0] + [len(c) for c in (job.candidates or list)()])
-            return twin.prompt(req.user, item if target is None else None, context, target=target,
+            return twin.prompt(req.user, item, context, target=target,
                                profile=req.profile, history=req.history, room=room)
 
         job = Job(prompt, gen=gen)
         return job
 
-    async def _run(self, job: Job) -> Result:
+    async def _run(self, job: Job, request: Request | None = None) -> Result:
+        work = asyncio.ensure_future(self._answer(job))
+        if request is not None:
+            await _unless_gone(request, work, [job])
+        return await work
+
+    async def _answer(self, job: Job) -> Result:
         try:
             return await self.batcher.run(job)
         except PromptTooLong as e:
@@ -382,23 +506,55 @@ class Served:
         except UsertwinError as e:
             raise ApiError(400, str(e)) from None
 
-    async def _stream(self, job: Job, chunks, stop, gen: GenerateSettings) -> StreamingResponse:
+    async def _stream(self, job: Job, chunks, stop, gen: GenerateSettings, request: Request) -> StreamingResponse:
         """Server-sent events as the tokens come. A request that fails before its generation starts (unknown
         user, prompt too long) gets a plain 4xx response instead of a stream."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job.stream = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
-        task = asyncio.ensure_future(self._run(job))
+        task = asyncio.ensure_future(self._answer(job))
         started = asyncio.ensure_future(events.get())
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await _unless_gone(request, asyncio.ensure_future(asyncio.wait({task, started},
+                                                                           return_when=asyncio.FIRST_COMPLETED)),
+                               [job])
+        except ApiError:
+            started.cancel()
+            task.cancel()
+            raise
         if not started.done():
             started.cancel()
             task.result()  # raises the request's ApiError
-        body = _stream_events(task, events, chunks, _stops(stop), gen)
+        body = _stream_events(task, events, chunks, _stops(stop), gen, job)
         return StreamingResponse(_sse(body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def _gather(self, jobs: list[Job]) -> list[Result]:
-        return list(await asyncio.gather(*(self._run(j) for j in jobs)))
+    async def _gather(self, jobs: list[Job], request: Request) -> list[Result]:
+        work = asyncio.ensure_future(asyncio.gather(*(self._answer(j) for j in jobs)))
+        await _unless_gone(request, work, jobs)
+        return list(await work)
+
+
+async def _unless_gone(request: Request, work: asyncio.Future, jobs: list[Job]) -> None:
+    """Waits for `work`; if the client disconnects first, its jobs are cancelled (dropped before they start,
+    their rows stopped if decoding) so the model thread does not spend itself on an answer nobody reads."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if work.done():
+        return
+    for job in jobs:
+        job.cancel()
+    work.cancel()
+    log.info("%s %s: the client went away; its work is cancelled", request.method, request.url.path)
+    raise ApiError(499, "the client closed the request", code="client_closed")
+
+
+async def _disconnected(request: Request) -> None:
+    # the body has been read: the next message the server has for this request is its disconnect
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # ---------------------------------------------------------------- responses
@@ -446,8 +602,18 @@ async def _sse(events):
 
 
 async def _stream_events(task: asyncio.Future, events: asyncio.Queue, chunks, stops: list[str],
-                         gen: GenerateSettings):
-    """The chunks of one streamed request: deltas while the batch generates, then each sample's finish."""
+                         gen: GenerateSettings, job: Job):
+    """The chunks of one streamed request: deltas while the batch generates, then each sample's finish. Closed
+    early (the client dropped the stream), its job is cancelled: its rows stop decoding."""
+    try:
+        async for chunk in _chunks(task, events, chunks, stops, gen):
+            yield chunk
+    finally:
+        if not task.done():
+            job.cancel()
+
+
+async def _chunks(task: asyncio.Future, events: asyncio.Queue, chunks, stops: list[str], gen: GenerateSettings):
     cuts = [_StopCut(stops) for _ in range(gen.num_samples)]
     for i in range(gen.num_samples):
         opening = chunks.open(i)

@@ -2,7 +2,9 @@
 thread (none of them is safe to share between threads); requests wait on asyncio futures. The worker takes the
 first waiting job, collects more for `wait_ms` (or until `max_batch`), builds every prompt, then runs one
 `generate` per distinct generation setting and one scoring forward for all scoring jobs. A streaming job hears
-("start",) once its prompt is accepted and ("delta", sample, text) as its tokens come out of the batch."""
+("start",) once its prompt is accepted and ("delta", sample, text) as its tokens come out of the batch.
+A cancelled job (its client went away) is dropped if it has not started, and its rows stop decoding if it has:
+a batch whose every request is cancelled ends at the next step."""
 
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ class Job:
     gen: GenerateSettings | None = None  # generate with these settings
     candidates: Callable[[], list[list[int]]] | None = None  # score these continuations after the prompt
     stream: Callable[[tuple], None] | None = None  # called from the worker thread; must not block
+    gone: threading.Event = dataclasses.field(default_factory=threading.Event)  # set: nobody waits for it
+
+    def cancel(self) -> None:
+        self.gone.set()
 
 
 @dataclasses.dataclass
@@ -53,6 +59,7 @@ class Batcher:
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="usertwin-model", daemon=True)
         self.requests = self.batches = self.largest = 0  # what batching achieved: GET /v1/twin shows it
+        self.cancelled = 0  # requests dropped before they ran: their clients had gone
 
     def start(self) -> None:
         self.thread.start()
@@ -63,13 +70,17 @@ class Batcher:
 
     def stats(self) -> dict:
         return {"requests": self.requests, "batches": self.batches, "largest": self.largest,
-                "wait_ms": self.wait * 1000, "max_batch": self.max_batch}
+                "cancelled": self.cancelled, "wait_ms": self.wait * 1000, "max_batch": self.max_batch}
 
     async def run(self, job: Job) -> Result:
         loop = asyncio.get_running_loop()
         pending = _Pending(job, loop, loop.create_future())
         self.queue.put(pending)
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:  # the request's task was cancelled: nobody will read the result
+            job.cancel()
+            raise
 
     # -- the worker thread
 
@@ -78,6 +89,14 @@ class Batcher:
             batch = self._collect()
             if batch is None:
                 return
+            live = [p for p in batch if not p.job.gone.is_set()]
+            for p in batch:
+                if p.job.gone.is_set():
+                    p.loop.call_soon_threadsafe(p.future.cancel)  # its waiter, if any, ends too
+            self.cancelled += len(batch) - len(live)
+            batch = live
+            if not batch:
+                continue
             self.requests, self.batches = self.requests + len(batch), self.batches + 1
             self.largest = max(self.largest, len(batch))
             try:
@@ -138,7 +157,8 @@ class Batcher:
             gen = group[0].job.gen
             stream = [_delta(p.job.stream, s) if p.job.stream else None
                       for p in group for s in range(gen.num_samples)]
-            texts = self.twin.generate_after([p.ids for p in group], gen, stream=stream)
+            gone = [p.job.gone.is_set for p in group]
+            texts = self.twin.generate_after([p.ids for p in group], gen, stream=stream, gone=gone)
             for p, samples in zip(group, texts):
                 p.result.texts = [(t, self.twin.count_tokens(t)) for t in samples]
 

@@ -146,7 +146,8 @@ def measure_each(renderer, tokenizer, timelines: list, progress: bool = False) -
     if progress:
         from tqdm import tqdm
 
-        timelines = tqdm(timelines, desc="render", unit="user", leave=False, mininterval=1.0)
+        # disable=None: off a terminal (a log file) a bar is a stuck "render: 0%" line, not progress
+        timelines = tqdm(timelines, desc="render", unit="user", leave=False, mininterval=1.0, disable=None)
     plan = [_item_texts(renderer, tl) for tl in timelines]
     distinct = dict.fromkeys(t for header, prompts, targets, follows in plan
                              for t in (header, join, *_flat(prompts), *targets, *_flat(f for f in follows if f)))

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usertwin import quiet
-from usertwin.atomic import recover_dir, replace_dir, write_json
+from usertwin.atomic import recover_dir, replace_dir, write_json, write_text
 from usertwin.model.load import load_model
 from usertwin.rundir import CHECKPOINT_STATE, RunDir
+from usertwin.version import __version__
 
 
 @dataclass
@@ -133,6 +134,7 @@ class Checkpoints:
             extra = {"save_embedding_layers": False} if self.cfg.lora else {}
             unwrapped.save_pretrained(tmp, state_dict=inner, safe_serialization=True, **extra)
             tokenizer.save_pretrained(tmp)
+            write_text(tmp / "README.md", best_card(self.cfg))  # over peft's blank template
             replace_dir(tmp, best)  # the previous best/ stays until the new one is complete
         self.acc.wait_for_everyone()
 
@@ -192,3 +194,34 @@ class Checkpoints:
         full = {own[k]: v for k, v in weights.items()} if self.main else {}
         set_model_state_dict(loss_model, full, options=StateDictOptions(full_state_dict=True,
                                                                         broadcast_from_rank0=True, strict=False))
+
+
+def best_card(cfg, summary: dict | None = None) -> str:
+    """best/README.md: what the weights are and how to use them (peft would leave its template of 39 "[More
+    Information Needed]"). `summary`: the run's summary.json, once training ended."""
+    what = (f"A LoRA adapter (r={cfg.lora_r}, alpha={cfg.lora_alpha}) for" if cfg.lora
+            else "The fully fine-tuned weights of")
+    lines = ["# usertwin twin: best weights\n",
+             f"{what} the base model `{cfg.model}`, trained by usertwin {__version__} on the records `{cfg.data}` "
+             f"(max_length {cfg.max_length}, prompt style `{cfg.prompt_style}`, ablation `{cfg.ablation}`).\n"]
+    if summary:
+        loss = summary.get("best_val_loss")
+        chosen = {"best": "lowest validation loss", **summary}["best"]  # (summary.json says how it chose)
+        lines.append(f"Chosen by {chosen}: step {summary.get('best_step')} of "
+                     f"{summary.get('steps')}" + (f", validation loss {loss:.4f}" if isinstance(loss, float) else "")
+                     + ". The run's summary.json has the rest; `usertwin evaluate` writes metrics.json.\n")
+    lines.append("""## How to use
+
+The twin needs its prompts rendered as training rendered them, so load the run directory (this folder's parent:
+config.yaml, twin.json, these weights) with usertwin:
+
+```python
+from usertwin import Twin
+twin = Twin.load("RUN")          # add records="RECORDS.jsonl" to name users by id
+twin.rating_distribution(user="12", item="Heat (1995) (Action, Crime, Thriller): ")
+```
+
+`usertwin export RUN -o DIR` writes a plain transformers model (LoRA merged) with a full model card, for vLLM,
+TGI or llama.cpp.
+""")
+    return "\n".join(lines)

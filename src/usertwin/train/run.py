@@ -3,7 +3,9 @@ before the first step (the resolved config, the data summary, a preview of the t
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from pathlib import Path
 
 from usertwin.atomic import atomic_open, write_json, write_text
 from usertwin.config import Config
@@ -50,10 +52,18 @@ def write_run_start(cfg: Config, run: RunDir, prep: Prepared, renderer) -> None:
     what a twin keeps from its data (twin.json), so the trained twin loads without the training data."""
     import yaml
 
-    write_text(run.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    write_text(run.config, yaml.safe_dump(_located(cfg).to_dict(), sort_keys=False, allow_unicode=True))
     write_json(run.data_summary, summary(prep))
     write_twin_facts(run.path, prep)
     write_preview(run, prep, renderer)
+
+
+def _located(cfg: Config) -> Config:
+    """The config with its data (and a local model folder) as absolute paths: predict, serve or simulate read
+    config.yaml from wherever they run, not from where train ran."""
+    model = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
+    data = str(Path(cfg.data).resolve()) if cfg.data else cfg.data
+    return dataclasses.replace(cfg, data=data, model=model)
 
 
 def write_preview(run: RunDir, prep: Prepared, renderer, n: int = 3) -> None:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from usertwin.atomic import write_json
+from usertwin.atomic import write_json, write_text
 from usertwin.config import Config
 from usertwin.errors import UsertwinError
 from usertwin.model.load import causal_lm
@@ -27,7 +27,7 @@ from usertwin.sequences.prepare import Prepared, build_split, prepare
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import SequenceEncoder, load_tokenizer
 from usertwin.train.autobatch import BatchPlan, fixed_plan, learning_rate, plan_batches
-from usertwin.train.checkpoint import Checkpoints, TrainState
+from usertwin.train.checkpoint import Checkpoints, TrainState, best_card
 from usertwin.train.progress import Progress
 from usertwin.train.ratingloss import rated, scale_tokens
 from usertwin.train.run import open_run, write_run_start
@@ -248,8 +248,29 @@ class Trainer:
     def _steps_per_epoch(self, n_batches: int) -> int:
         return math.ceil(n_batches / (self.acc.num_processes * self.accumulation))
 
-    @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict:
+        """The split's loss (and rating error); off a terminal, a line says when it starts and how long it took
+        (an evaluation of a real model on a CPU is minutes of silence otherwise)."""
+        name = {"val": "validation", "test": "test", "train": "training"}.get(split, split)
+        steps = f"step {self.state.global_step}/{self.total_steps}: " if getattr(self, "total_steps", None) else ""
+        plain = self.progress is not None and self.progress.bar is None and self.progress.enabled
+        if plain:
+            self.progress.write(f"{steps}evaluating the {name} split ({len(self.data.batches(split, 0, shuffle=False))}"
+                                " batches)")
+            self.progress.phase(f"evaluating the {name} split")
+        start = time.time()
+        try:
+            result = self._evaluate(split)
+        finally:
+            if self.progress is not None:
+                self.progress.phase("training")
+        result["seconds"] = round(time.time() - start, 1)
+        if plain:
+            self.progress.write(f"{steps}evaluated the {name} split in {_took(result['seconds'])}")
+        return result
+
+    @torch.no_grad()
+    def _evaluate(self, split: str) -> dict:
         batches = self.data.batches(split, 0, shuffle=False)
         self.loss_model.eval()
         total = torch.zeros(4, dtype=torch.float64, device=self.acc.device)  # losses, tokens, squared errors, ratings
@@ -306,16 +327,18 @@ class Trainer:
         if self.main:
             write_run_start(self.cfg, self.run_dir, self.prep, self.renderer)
         first, total_steps = self._set_up_training()
-        self._begin()
-        self.progress = Progress(total_steps, self.state.global_step, enabled=self.show_progress) if self.main \
-            else None
+        self.progress = Progress(total_steps, 0, enabled=self.show_progress) if self.main else None
         try:
+            self._begin()
+            if self.progress is not None:  # a resumed run counts from its checkpoint's step; speed from now
+                self.progress.done = self.progress.first = self.state.global_step
+                self.progress.restart_clock()
             self._loop(first, total_steps)
+            final = self._finish_best()  # (its evaluation, if any, is announced like the others)
         finally:
             if self.progress is not None:
                 self.progress.close()
             self.progress = None
-        final = self._finish_best()
         st = self.state
         result = _summary(self.cfg, self.acc, self.prep, st, time.time() - start, self.initial_val, final)
         by_rmse = self.cfg.select_by == "rating_rmse"
@@ -325,6 +348,7 @@ class Trainer:
         result.update(learning_rate=self.learning_rate, batch_tokens=self.data.budget, accumulation=self.accumulation)
         if self.main:
             write_json(self.run_dir.summary, result)
+            write_text(self.run_dir.best / "README.md", best_card(self.cfg, result))
             self.loggers.close()
         self._say_result(final)
         return result
@@ -591,6 +615,10 @@ class Trainer:
         patience = f"; {st.bad_evals}/{cfg.early_stopping_patience} without improvement" \
             if cfg.early_stopping_patience else ""
         return f"{head} ({best}{patience}){': stopping early' if st.stopped_early else ''}"
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
 def _split(out) -> tuple:

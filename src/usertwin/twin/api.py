@@ -16,6 +16,7 @@ as the data writes it, the task text, the language) is saved at training time in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
 from usertwin.sequences.fit import Prompt, trim_long_contexts
 from usertwin.text.tokens import ItemLengths, measure_each, measure_next
-from usertwin.twin.chat import chat_prompt, check_text
+from usertwin.twin.chat import chat_prompt, check_chat, check_text
 from usertwin.twin.engine import Engine, load_engine
 from usertwin.twin.vllm import ENGINES, VllmGeneration, vllm_module
 
@@ -150,6 +151,13 @@ class Twin:
         """A continuation's tokens as training sees them: the text, then the end-of-turn."""
         return self.engine.continuation_ids(check_text(text, "continuation"))
 
+    @functools.cached_property
+    def longest_token_bytes(self) -> int:
+        """The most UTF-8 bytes one token of the vocabulary stands for (an upper bound: byte-level and
+        sentencepiece vocabularies spell a byte with one or more characters), so that a text of N bytes has at
+        least N / this many tokens: a text far too long for max_length is refused without tokenizing it."""
+        return max(len(t.encode("utf-8")) for t in self.engine.tokenizer.get_vocab())
+
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -158,10 +166,10 @@ class Twin:
         return rating_distribution(self.scale, scores)
 
     def generate_after(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                       stream: list | None = None) -> list[list[str]]:
+                       stream: list | None = None, gone: list | None = None) -> list[list[str]]:
         """`gen.num_samples` texts after each prompt's token ids, all decoding together (Engine.generate:
-        seeds and streaming)."""
-        return self.engine.generate_texts(prompts, gen, seeds, stream)
+        seeds, streaming and giving up on rows nobody waits for)."""
+        return self.engine.generate_texts(prompts, gen, seeds, stream, gone)
 
     def score_after(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
         """(log-probability, tokens) of each candidate continuation (token ids) after its prompt."""
@@ -380,7 +388,8 @@ class Twin:
         a `system` message may describe the user (JSON object: the profile; other text: a description).
         Rendered as training renders a dialogue item: the turns are its context, the reply is its target."""
         g = _settings(generation)  # checked as generate checks them
-        ids = chat_prompt(self, messages, user, profile, history, room=g.max_new_tokens)
+        ids = chat_prompt(self, messages, user, profile, history, room=g.max_new_tokens)  # (messages checked)
+        check_chat(self, "ask for its next act with Twin.predict(user=..., item=...) or Twin.rating_distribution")
         return self.engine.generate_texts([ids], g)[0][0]
 
 

@@ -25,6 +25,26 @@ def chat_prompt(twin, messages: list, user=None, profile: dict | None = None, hi
     return twin.prompt_at(tl, pos, room)
 
 
+def check_chat(twin, instead: str) -> None:
+    """A twin trained without a conversation answers one with its chat template's words, not the user's:
+    refused, naming what it was trained on and what to ask (`instead`). A twin whose facts do not list its
+    collections (trained before twins kept them) is let through."""
+    kinds = trained_on(twin)
+    if kinds is None or CHAT_KIND in kinds:
+        return
+    what = f"ratings ({', '.join(kinds)})" if twin.scale else ", ".join(kinds)
+    raise UsertwinError(f"this twin was trained on {what}, never on a {CHAT_KIND}: it cannot chat as the user; "
+                        f"{instead}")
+
+
+def trained_on(twin) -> list[str] | None:
+    """The collections the twin's training data held (twin.json), or None when it does not say."""
+    try:
+        return twin.facts.get("collections")
+    except UsertwinError:  # a base model without records knows no data: nothing to refuse by
+        return None
+
+
 def chat_context(messages: list) -> tuple[list[dict], dict | None]:
     """(context turns in the records format, the profile a system message gives or None)."""
     if not isinstance(messages, list) or not messages:

@@ -18,7 +18,7 @@ from usertwin.rundir import RunDir
 from usertwin.sequences.fit import Prompt, build_prompt
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, SequenceEncoder, load_tokenizer
-from usertwin.twin.sampling import RepetitionPenalty, SeededSampler, until_end
+from usertwin.twin.sampling import GiveUp, RepetitionPenalty, SeededSampler, until_end
 from usertwin.twin.stream import Tap
 
 
@@ -309,11 +309,11 @@ class Engine:
         return [choices.distribution(c, [s for s, _ in row]) for c, row in zip(items, scored)]
 
     def generate_texts(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                       stream: list | None = None) -> list[list[str]]:
+                       stream: list | None = None, gone: list | None = None) -> list[list[str]]:
         """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn."""
         if self.vllm is not None:
             return self.vllm.generate_texts(prompts, gen, seeds, stream)
-        return [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds, stream)]
+        return [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds, stream, gone)]
 
     def save_pretrained(self, tmp, dtype: str = "auto") -> torch.dtype:
         """The model and tokenizer as a plain transformers folder in `dtype` (auto: what the base model
@@ -343,7 +343,7 @@ class Engine:
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                     stream: list | None = None) -> list[list[list[int]]]:
+                     stream: list | None = None, gone: list | None = None) -> list[list[list[int]]]:
         """The generated tokens of `gen.num_samples` samples per prompt, all rows decoded together with the KV
         cache (transformers' generate); each ends with the end-of-turn unless max_new_tokens cut it. Sample i of
         prompt j draws its tokens from seed `seeds[j] + i` alone, so it is the same in any batch and after a
@@ -352,7 +352,9 @@ class Engine:
         Greedy decoding (temperature 0) generates each prompt once and repeats it; an unset temperature is
         greedy for one sample and samples for several (GenerateSettings.resolved).
         `stream`: one callable or None per sample (prompt j's sample i at j * num_samples + i), called with each
-        new piece of that sample's text as it is generated (twin/stream.py); the pieces add up to its text."""
+        new piece of that sample's text as it is generated (twin/stream.py); the pieces add up to its text.
+        `gone`: one callable per prompt, true once nobody waits for its texts: its rows stop at the next step
+        (what they generated so far is returned) and generation ends when every prompt's is."""
         gen = gen.resolved()
         n = gen.num_samples if gen.temperature > 0 else 1
         rows = [p for p in prompts for _ in range(n)]
@@ -371,14 +373,15 @@ class Engine:
             row_seeds += row_seeds[:1] * (len(rows) - real)  # (the filler rows of a bucket)
             processors.append(SeededSampler(row_seeds, gen, width))
         streamer = Tap(self, stream, gen.num_samples, n) if stream and any(stream) else None
-        out = self._generate_rows(rows, width, gen.max_new_tokens, processors, streamer)[:real]
+        stop = GiveUp([gone[r // n] for r in range(real)], len(rows)) if gone else None
+        out = self._generate_rows(rows, width, gen.max_new_tokens, processors, streamer, stop)[:real]
         per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
         return [row * (gen.num_samples // n) for row in per]
 
-    def _generate_rows(self, rows: list[list[int]], width: int, max_new_tokens: int, processors, streamer=None
-                       ) -> list[list[int]]:
+    def _generate_rows(self, rows: list[list[int]], width: int, max_new_tokens: int, processors, streamer=None,
+                       stop=None) -> list[list[int]]:
         """`rows` left padded to `width` tokens, then generated together."""
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         ids = torch.full((len(rows), width), self.pad_id, device=self.device)
         mask = torch.zeros_like(ids)
@@ -392,7 +395,8 @@ class Engine:
                                   top_k=None, logits_processor=LogitsProcessorList(processors or []),
                                   eos_token_id=self.eot_id, pad_token_id=self.pad_id,
                                   **({"cache_implementation": "static"} if self.static else {}),
-                                  **({"streamer": streamer} if streamer is not None else {}))
+                                  **({"streamer": streamer} if streamer is not None else {}),
+                                  **({"stopping_criteria": StoppingCriteriaList([stop])} if stop else {}))
         return [until_end(row, self.eot_id, self.pad_id) for row in out[:, width:].tolist()]
 
 

@@ -1,5 +1,6 @@
 """How a twin draws its tokens: logits processors that make a row's text depend on its own seed and prompt
-only (never on the batch it ran in), with vLLM's repetition penalty, temperature, top-k and top-p."""
+only (never on the batch it ran in), with vLLM's repetition penalty, temperature, top-k and top-p; and a
+stopping criterion for rows nobody waits for."""
 
 from __future__ import annotations
 
@@ -73,3 +74,16 @@ class SeededSampler:
         if order is not None:
             pick = order.gather(1, pick)
         return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
+
+
+class GiveUp:
+    """A stopping criterion (transformers calls it after every step): a row whose request nobody waits for any
+    more is finished, so it stops costing steps, and generate ends when every row is. Filler rows (a static
+    cache's bucket) give up with the last real row."""
+
+    def __init__(self, gone: list, rows: int):
+        self.gone, self.fill = gone, rows - len(gone)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = [g() for g in self.gone]
+        return torch.tensor(done + [all(done)] * self.fill, device=input_ids.device)

@@ -151,7 +151,7 @@ def _records(ratings: _Ratings, tags: dict, profiles: dict, description: str, sc
                     used_tags += len(tag_list)
             items.append({"continuation_prefix": pre, "continuation": f"{rating:.1f}", "timestamp": iso,
                           "metadata": meta})
-        profile = {"name": f"user_{user}", **profiles.get(user, {})}
+        profile = dict(profiles.get(user, {}))  # no name: the data gives none, and an id is no name
         yield record(user, profile, description, "en", "movie_rating", items, rating_scale=list(scale))
     unused = sum(len(v) for v in tags.values()) - used_tags
     if unused:

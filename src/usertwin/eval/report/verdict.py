@@ -51,10 +51,14 @@ class Comparison:
 
     @property
     def word(self) -> str:
+        """better / worse by the metric's direction; "tie" when the difference's interval holds 0 (a reader
+        must not take noise for a win), "same" when the two are equal."""
         d = self.difference
         if d is None or not self.direction:
             return ""
-        return "same" if d == 0 else "better" if d * self.direction > 0 else "worse"
+        if d == 0:
+            return "same"
+        return "tie" if self.noise == "within noise" else "better" if d * self.direction > 0 else "worse"
 
     @property
     def noise(self) -> str:
@@ -154,7 +158,7 @@ def _clause(c: Comparison) -> str:
     what = "chance" if c.versus == "chance" else f"the best baseline ({c.versus})"
     rel = f", {_pct(c.relative)} {c.side}" if c.relative is not None and c.side else ""
     note = f" ({c.note})" if c.note else ""
-    verb = "is level with" if c.word == "same" else f"is {c.word} than"
+    verb = {"same": "is level with", "tie": "is tied with"}.get(c.word, f"is {c.word} than")
     sure = f", {c.noise} (95% interval of the difference {_interval_range(c)})" if c.interval else ""
     return (f"{c.run} {verb} {what} on {c.metric}: {value_text(c.value)} vs "
             f"{value_text(c.versus_value)}{rel}{sure}{note}")
@@ -236,11 +240,22 @@ def _add_intervals(runs: list[Run], rows: list, ablations: list) -> None:
         c.interval = (done[c.run, other].get(key) or {}).get("ci95")
 
     for c in rows:
-        if c.versus and c.versus != "chance":
+        if c.versus == "chance":
+            c.interval = _against_chance(by_name[c.run], c)
+        elif c.versus:
             attach(c, f"baseline {c.versus}", lambda c=c: read_baseline_rows(by_name[c.run], c.versus))
     for _, b, comps in ablations:
         for c in comps:
             attach(c, b, lambda b=b: by_name[b].predictions)
+
+
+def _against_chance(run: Run, c: Comparison) -> list | None:
+    """Chance is a number, not a sample: the difference's interval is evaluate's interval of the value
+    (metrics.json's `intervals`, resampled over users) shifted by it."""
+    ci = ((run.metrics.get("intervals") or {}).get("_".join(c.path)) or {}).get("ci95")
+    if not ci or c.versus_value is None:
+        return None
+    return [ci[0] - c.versus_value, ci[1] - c.versus_value]
 
 
 def _interval_range(c: Comparison) -> str:
@@ -256,6 +271,8 @@ def ablation_sentence(with_name: str, without_name: str, comparisons: list) -> s
     """"with history vs no history: A vs B — history is better on 3 of 4 headline metrics"."""
     better = sum(c.word == "better" for c in comparisons)
     scored = sum(bool(c.word) for c in comparisons)
+    ties = sum(c.word == "tie" for c in comparisons)
+    tied = f", tied (within noise) on {ties}" if ties else ""
     return (f"with history vs no history: {with_name} vs {without_name} — history is better on {better} of "
-            f"{scored} headline metric(s)")
+            f"{scored} headline metric(s){tied}")
 
