@@ -13,6 +13,7 @@ import yaml
 from helpers import FIXTURES, ROOT, rating_timeline, write_rating_users
 
 from usertwin.cli import build_parser, main
+from usertwin.cli.train import seed_training
 from usertwin.config import Config, RenderSettings, resolve
 from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
@@ -172,8 +173,10 @@ def test_print_config_is_yaml_that_resolves_to_the_same_settings(tmp_path, capsy
                      "--print_config"]) == 0
         out = capsys.readouterr().out
         values = yaml.safe_load(out)
-        cfg = _resolve("--config", str(DI3), "--ablation_config", "history_only", *flags)
-        assert values == cfg.to_dict() and list(values) == list(Config().to_dict())
+        # the settings the run uses: resolved, then the seed script's own split and targets (val_ratio 0.1)
+        args = build_parser().parse_args([command, "--config", str(DI3), "--ablation_config", "history_only", *flags])
+        cfg = seed_training(resolve(args), args)
+        assert cfg.val_ratio == 0.1 and values == cfg.to_dict() and list(values) == list(Config().to_dict())
         ours = tmp_path / f"{command}.yaml"
         ours.write_text(out)
         assert _resolve("--config", str(ours), command=command) == cfg  # ours too, read back
@@ -390,3 +393,63 @@ def test_several_rows_per_micro_batch_on_a_cpu_are_said(monkeypatch, capsys):
         "less memory")
     assert main(["train", "--batch_size", "1", "--max_length", "512", "--print_config"]) == 0
     assert "on a CPU" not in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def movielens_seed_config(tmp_path_factory):
+    """The first 5 users of MovieLens ml-latest-small (232, 29, 39, 216, 44 ratings) and the seeds' MovieLens
+    config pointing at them."""
+    from conftest import shared
+
+    d = tmp_path_factory.mktemp("ml5seed")
+    assert main(["convert", "movielens", str(shared("movielens", "ml-latest-small")), "-o", str(d / "all.jsonl"),
+                 "--no-progress"]) == 0
+    lines = (d / "all.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:5]
+    (d / "ml5.jsonl").write_text("".join(lines), encoding="utf-8")
+    config = d / "config_MovieLens.json"
+    config.write_text(json.dumps({"model": {"path": "unused"}, "data": {"train_path": str(d / "ml5.jsonl")},
+                                  "training": {"max_length": 1024}}))
+    return config
+
+
+def _targets_per_user(config, tokenizer_dir, tmp_path, split, *flags) -> dict:
+    dump = tmp_path / f"{split}.jsonl"
+    assert main(["inspect", "--config", str(config), "--model", str(tokenizer_dir), "--crowd_context", "none",
+                 "--cache_dir", str(tmp_path / "cache"), "--split", split, "-n", "0", "--dump", str(dump),
+                 "--no-progress", *flags]) == 0
+    out = {}
+    for row in map(json.loads, dump.read_text().splitlines()):
+        out[row["user"]] = out.get(row["user"], 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("flags, train", [
+    # every item but the validation tenth: n - round(n / 10) (the script's int(n * 0.9) random ones: 208 and 39
+    # for users 1 and 5, see README)
+    ((), {"1": 209, "2": 26, "3": 35, "4": 194, "5": 40}),
+    # the script drew 2 per user and split them 1 / 1 (int(2 * 0.9) = 1); 20 drawn: 18 trained on
+    (("--max_samples_per_user", "2"), dict.fromkeys("12345", 1)),
+    (("--max_samples_per_user", "20"), {"1": 18, "2": 18, "3": 18, "4": 18, "5": 18}),
+    # a flag the user gives wins
+    (("--max_samples_per_user", "2", "--target_draw", "random", "--val_ratio", "0.15"), dict.fromkeys("12345", 2)),
+])
+def test_a_seed_movielens_config_trains_the_targets_its_script_did(movielens_seed_config, tokenizer_dir, tmp_path,
+                                                                   capsys, flags, train):
+    """train_distributed_MovieLens.py (and every seed script but DMSC's): no test split, --val_ratio 0.1,
+    --max_samples_per_user N drawn at random (sample_seed 42) before its validation split took a tenth of them."""
+    assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "train", *flags) == train
+    err = capsys.readouterr().err
+    if "--val_ratio" not in flags:
+        assert ("note: config_MovieLens.json is the seeds' MovieLens config; as its script "
+                "(train_distributed_MovieLens.py) did, validation 0.1 (--val_ratio 0.1); no test split "
+                "(--test_ratio 0)") in err
+    if flags[:2] == ("--max_samples_per_user", "2") and len(flags) == 2:
+        assert ("--max_samples_per_user 2: 1 training target per user drawn at random with sample_seed (it drew 2 "
+                "and held 0.1 of them out for validation; --max_samples_per_user 1)") in err
+    assert err.count("is the seeds' MovieLens config") == 1  # said once
+
+
+def test_a_seed_config_validates_on_each_users_latest_tenth(movielens_seed_config, tokenizer_dir, tmp_path):
+    assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "val") == {
+        "1": 23, "2": 3, "3": 4, "4": 22, "5": 4}
+    assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "test") == {}

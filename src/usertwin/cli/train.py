@@ -78,7 +78,7 @@ def seed_training(cfg, args):
 
     notes = []
     cfg = _scenario_train_split(cfg, args, notes)
-    cfg = _latest_targets(cfg, args, notes)
+    cfg = _seed_targets(cfg, args, notes)
     for note in notes:
         print(note, file=sys.stderr)
     return cfg
@@ -110,17 +110,67 @@ def _scenario_train_split(cfg, args, notes: list):
     return dataclasses.replace(cfg, test_ratio=0.0)
 
 
-def _latest_targets(cfg, args, notes: list):
-    import dataclasses
+def _seed_system(args) -> str | None:
+    """The research system whose seed config is --config (config_DMSC_30B.json: DMSC); None for any other."""
     from pathlib import Path
 
     from usertwin import seedconfig
     from usertwin.config import load_yaml
 
     path = getattr(args, "config", None)
-    if not path or seedconfig.system_named(Path(path).name) != "DMSC" \
-            or not seedconfig.is_seed_config(load_yaml(path)) or _given_anywhere(args, "target_draw"):
+    system = seedconfig.system_named(Path(path).name) if path else None
+    return system if system and seedconfig.is_seed_config(load_yaml(path)) else None
+
+
+def _seed_targets(cfg, args, notes: list):
+    """The training targets and split of the seed system's own training script, where --config is its config."""
+    from usertwin import seedconfig
+
+    system = _seed_system(args)
+    if system is None:
         return cfg
+    if system in seedconfig.LATEST_DRAW:
+        return _latest_targets(cfg, args, notes)
+    return _drawn_then_split(cfg, args, system, notes)
+
+
+def _drawn_then_split(cfg, args, system: str, notes: list):
+    """Every script but DMSC's kept all of a user's samples (or drew --max_samples_per_user N at random with
+    --sample_seed), made no test split and held --val_ratio (0.1) of the kept samples out for validation, so N
+    drawn meant int(N * 0.9) (at least 1) trained on. usertwin's validation stays each user's latest items."""
+    import dataclasses
+    from pathlib import Path
+
+    from usertwin import seedconfig
+
+    change, said = {}, []
+    if cfg.train_ratio is None and not _given_anywhere(args, "val_ratio"):
+        change["val_ratio"] = seedconfig.SEED_VAL_RATIO
+        said.append(f"validation {seedconfig.SEED_VAL_RATIO:g} (--val_ratio "
+                    f"{seedconfig.SEED_VAL_RATIO:g})")
+    if cfg.train_ratio is None and cfg.test_ratio and not _given_anywhere(args, "test_ratio"):
+        change["test_ratio"] = 0.0
+        said.append("no test split (--test_ratio 0)")
+    n = cfg.max_samples_per_user
+    if n is not None and not cfg.one_sample_per_user and not _given_anywhere(args, "target_draw"):
+        kept = seedconfig.seed_training_targets(n, change.get("val_ratio", cfg.val_ratio))
+        change["max_samples_per_user"] = kept
+        said.append(f"--max_samples_per_user {n}: {kept} training target{'s' * (kept != 1)} per user drawn at "
+                    f"random with sample_seed (it drew {n} and held {change.get('val_ratio', cfg.val_ratio):g} of "
+                    f"them out for validation; --max_samples_per_user {kept})")
+    if said:
+        notes.append(f"note: {Path(args.config).name} is the seeds' {system} config; as its script "
+                     f"({seedconfig.TRAINING_SCRIPTS[system]}) did, " + "; ".join(said))
+    return dataclasses.replace(cfg, **change)
+
+
+def _latest_targets(cfg, args, notes: list):
+    import dataclasses
+    from pathlib import Path
+
+    if _given_anywhere(args, "target_draw"):
+        return cfg
+    path = args.config
     if cfg.one_sample_per_user:
         cfg = dataclasses.replace(cfg, one_sample_per_user=False, max_samples_per_user=2)
         what = "--one_sample_per_user: each user's last 2 reviews (--max_samples_per_user 2 --target_draw latest)"
