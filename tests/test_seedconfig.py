@@ -424,9 +424,9 @@ def _targets_per_user(config, tokenizer_dir, tmp_path, split, *flags) -> dict:
 
 
 @pytest.mark.parametrize("flags, train", [
-    # every item but the validation tenth: n - round(n / 10) (the script's int(n * 0.9) random ones: 208 and 39
-    # for users 1 and 5, see README)
-    ((), {"1": 209, "2": 26, "3": 35, "4": 194, "5": 40}),
+    # every item but the validation tenth, counted as the script did: int(n * 0.9) (round(n * 0.1) would leave
+    # 209 and 40 for users 1 and 5)
+    ((), {"1": 208, "2": 26, "3": 35, "4": 194, "5": 39}),
     # the script drew 2 per user and split them 1 / 1 (int(2 * 0.9) = 1); 20 drawn: 18 trained on
     (("--max_samples_per_user", "2"), dict.fromkeys("12345", 1)),
     (("--max_samples_per_user", "20"), {"1": 18, "2": 18, "3": 18, "4": 18, "5": 18}),
@@ -441,8 +441,8 @@ def test_a_seed_movielens_config_trains_the_targets_its_script_did(movielens_see
     err = capsys.readouterr().err
     if "--val_ratio" not in flags:
         assert ("note: config_MovieLens.json is the seeds' MovieLens config; as its script "
-                "(train_distributed_MovieLens.py) did, validation 0.1 (--val_ratio 0.1); no test split "
-                "(--test_ratio 0)") in err
+                "(train_distributed_MovieLens.py) did, validation n - int(n x 0.9) of a user's n items (--val_ratio "
+                "0.1 --val_rounding seeds); no test split (--test_ratio 0)") in err
     if flags[:2] == ("--max_samples_per_user", "2") and len(flags) == 2:
         assert ("--max_samples_per_user 2: 1 training target per user drawn at random with sample_seed (it drew 2 "
                 "and held 0.1 of them out for validation; --max_samples_per_user 1)") in err
@@ -450,6 +450,34 @@ def test_a_seed_movielens_config_trains_the_targets_its_script_did(movielens_see
 
 
 def test_a_seed_config_validates_on_each_users_latest_tenth(movielens_seed_config, tokenizer_dir, tmp_path):
+    """The script's count of validation items (n - int(n * 0.9)), but each user's latest, not random ones."""
     assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "val") == {
-        "1": 23, "2": 3, "3": 4, "4": 22, "5": 4}
+        "1": 24, "2": 3, "3": 4, "4": 22, "5": 5}
     assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "test") == {}
+
+
+@pytest.mark.parametrize("flags, train", [((), [27, 28, 28, 28, 28]), (("--max_samples_per_user", "2"), [1] * 5),
+                                          (("--max_samples_per_user", "10"), [9] * 5)])
+def test_a_seed_dialogue_config_trains_the_targets_its_script_did(tokenizer_dir, tmp_path, capsys, flags, train):
+    """The seeds' own extracted RealPersonaChat samples (5 users, 31 or 32 lines each) under their config: one
+    target per sample, as data_loader.extract_training_samples made them; int(n * 0.9) trained on; N drawn -> int(N
+    * 0.9)."""
+    from conftest import shared
+
+    data = tmp_path / "rpc.jsonl"
+    assert main(["convert", "seed-samples", str(shared("seed_examples", "all_samples.json")), "-o", str(data),
+                 "--no-progress"]) == 0
+    counts = _targets_per_user(RPC, tokenizer_dir, tmp_path, "train", "--data", str(data), *flags)
+    assert sorted(counts.values()) == train
+    assert capsys.readouterr().err.count("is the seeds' RealPersonaChat config; as its script "
+                                         "(train_distributed_RealPersonaChat.py) did") == 1
+
+
+@pytest.mark.parametrize("n, nearest, seeds", [(0, 0, 0), (1, 0, 0), (2, 0, 1), (10, 1, 1), (24, 2, 3), (25, 3, 3)])
+def test_val_rounding_seeds_counts_validation_as_split_train_val(n, nearest, seeds):
+    from usertwin.config import SplitSettings
+    from usertwin.data.timeline import split_labels
+
+    for rounding, expected in (("nearest", nearest), ("seeds", seeds)):
+        labels = split_labels(n, SplitSettings(val_ratio=0.1, test_ratio=0.0, val_rounding=rounding))
+        assert labels.count("val") == expected and labels.count("train") == n - expected

@@ -149,6 +149,11 @@ class SplitSettings:
                                shapes_data=True, ratio=True)
     test_ratio: float = setting(0.15, "share of each user's items (or of the users) for test", shapes_data=True,
                                 ratio=True)
+    val_rounding: str = setting("nearest", "how many of a user's n items (or of n users) are validation: nearest "
+                                           "(round(n x val_ratio), halves up) or seeds (n - int(n x (1 - "
+                                           "val_ratio)), at least 1 left for training: the research scripts' "
+                                           "split_train_val, set under their configs)",
+                                choices=("nearest", "seeds"), shapes_data=True)
     # accelerate's set_seed seeds numpy, which takes 0 .. 2**32 - 1 only
     seed: int = setting(42, "random seed of the user split (split_mode user), of training (initialisation, "
                             "batch order), of predict's distractors and of the LensKit baselines",

@@ -135,33 +135,54 @@ def _seed_targets(cfg, args, notes: list):
 
 
 def _drawn_then_split(cfg, args, system: str, notes: list):
-    """Every script but DMSC's kept all of a user's samples (or drew --max_samples_per_user N at random with
-    --sample_seed), made no test split and held --val_ratio (0.1) of the kept samples out for validation, so N
-    drawn meant int(N * 0.9) (at least 1) trained on. usertwin's validation stays each user's latest items."""
+    """Every script but DMSC's kept all of a user's samples (or drew --max_samples_per_user N of them at random
+    with --sample_seed), made no test split and kept int(n * (1 - --val_ratio 0.1)) of a user's n kept samples
+    for training, the rest for validation. usertwin's validation stays each user's latest items (README)."""
     import dataclasses
     from pathlib import Path
 
     from usertwin import seedconfig
 
-    change, said = {}, []
-    if cfg.train_ratio is None and not _given_anywhere(args, "val_ratio"):
-        change["val_ratio"] = seedconfig.SEED_VAL_RATIO
-        said.append(f"validation {seedconfig.SEED_VAL_RATIO:g} (--val_ratio "
-                    f"{seedconfig.SEED_VAL_RATIO:g})")
-    if cfg.train_ratio is None and cfg.test_ratio and not _given_anywhere(args, "test_ratio"):
-        change["test_ratio"] = 0.0
-        said.append("no test split (--test_ratio 0)")
-    n = cfg.max_samples_per_user
-    if n is not None and not cfg.one_sample_per_user and not _given_anywhere(args, "target_draw"):
-        kept = seedconfig.seed_training_targets(n, change.get("val_ratio", cfg.val_ratio))
-        change["max_samples_per_user"] = kept
-        said.append(f"--max_samples_per_user {n}: {kept} training target{'s' * (kept != 1)} per user drawn at "
-                    f"random with sample_seed (it drew {n} and held {change.get('val_ratio', cfg.val_ratio):g} of "
-                    f"them out for validation; --max_samples_per_user {kept})")
+    said = []
+    change = _seed_split(cfg, args, said)
+    change.update(_seed_draw(cfg, args, change.get("val_ratio", cfg.val_ratio), said))
     if said:
         notes.append(f"note: {Path(args.config).name} is the seeds' {system} config; as its script "
                      f"({seedconfig.TRAINING_SCRIPTS[system]}) did, " + "; ".join(said))
     return dataclasses.replace(cfg, **change)
+
+
+def _seed_split(cfg, args, said: list) -> dict:
+    """The seed scripts' split: --val_ratio 0.1 counted as their split_train_val counted it, no test split."""
+    from usertwin.seedconfig import SEED_VAL_RATIO
+
+    change = {}
+    if cfg.train_ratio is None and not _given_anywhere(args, "val_ratio"):
+        change["val_ratio"] = SEED_VAL_RATIO
+    if not _given_anywhere(args, "val_rounding"):
+        change["val_rounding"] = "seeds"
+    if change:
+        v = change.get("val_ratio", cfg.val_ratio)
+        said.append(f"validation n - int(n x {1 - v:g}) of a user's n items (--val_ratio {v:g} --val_rounding "
+                    f"{change.get('val_rounding', cfg.val_rounding)})")
+    if cfg.train_ratio is None and cfg.test_ratio and not _given_anywhere(args, "test_ratio"):
+        change["test_ratio"] = 0.0
+        said.append("no test split (--test_ratio 0)")
+    return change
+
+
+def _seed_draw(cfg, args, val_ratio: float, said: list) -> dict:
+    """--max_samples_per_user N: the script drew N and split those, so int(N * (1 - v)) (at least 1) trained."""
+    from usertwin.seedconfig import seed_training_targets
+
+    n = cfg.max_samples_per_user
+    if n is None or cfg.one_sample_per_user or _given_anywhere(args, "target_draw"):
+        return {}
+    kept = seed_training_targets(n, val_ratio)
+    said.append(f"--max_samples_per_user {n}: {kept} training target{'s' * (kept != 1)} per user drawn at random "
+                f"with sample_seed (it drew {n} and held {val_ratio:g} of them out for validation; "
+                f"--max_samples_per_user {kept})")
+    return {"max_samples_per_user": kept}
 
 
 def _latest_targets(cfg, args, notes: list):

@@ -231,6 +231,8 @@ def split_labels(n: int, cfg: SplitSettings) -> list[str]:
     """Per-user time split of n items: the oldest are train, then val, the latest are test."""
     n_test = _round_half_up(n * cfg.test_ratio)
     n_val = _round_half_up(n * cfg.val_ratio)
+    if cfg.val_rounding == "seeds" and n:  # their split_train_val: int(n * (1 - v)) train, at least 1
+        n_val = n - max(1, int(n * (1 - cfg.val_ratio)))
     if n_test + n_val > n:
         n_val = max(0, n - n_test)
     n_train = n - n_val - n_test
