@@ -481,3 +481,22 @@ def test_val_rounding_seeds_counts_validation_as_split_train_val(n, nearest, see
     for rounding, expected in (("nearest", nearest), ("seeds", seeds)):
         labels = split_labels(n, SplitSettings(val_ratio=0.1, test_ratio=0.0, val_rounding=rounding))
         assert labels.count("val") == expected and labels.count("train") == n - expected
+
+
+def test_a_seed_dialogue_config_makes_no_target_of_a_line_after_the_users_own_turn(tokenizer_dir, tmp_path, capsys):
+    """data_loader.extract_training_samples (every dialogue script's) made no sample of an item whose context
+    ends with the user's own turn: Bo's second line of Chat_1 (after his own) is no target under config_REALTALK;
+    usertwin keeps it otherwise (the twin continues its own turn)."""
+    data = tmp_path / "rt.jsonl"
+    assert main(["convert", "realtalk", str(DATA / "realtalk"), "-o", str(data), "--no-progress"]) == 0
+    config = tmp_path / "config_REALTALK.json"
+    config.write_text(json.dumps({"model": {"path": "unused"}, "data": {"train_path": str(data)},
+                                  "training": {"max_length": 1024}}))
+    seeds = [_targets_per_user(config, tokenizer_dir, tmp_path, split) for split in ("train", "val")]
+    assert ("no training or validation target whose context ends with the user's own turn "
+            "(--skip_own_turn_targets)") in capsys.readouterr().err
+    kept = [_targets_per_user(config, tokenizer_dir, tmp_path, split, "--skip_own_turn_targets", "false")
+            for split in ("train", "val")]
+    # 3, 4 and 2 lines: one of each user validates (n - int(n * 0.9)), the rest train
+    assert kept == [{"Ann": 2, "Bo": 3, "Cy": 1}, {"Ann": 1, "Bo": 1, "Cy": 1}]
+    assert seeds == [{"Ann": 2, "Bo": 2, "Cy": 1}, {"Ann": 1, "Bo": 1, "Cy": 1}]  # Bo: 3 training lines less that one

@@ -208,6 +208,10 @@ class SampleSettings:
     one_sample_per_user: bool = setting(False, "only each user's latest training target carries loss, with the "
                                                "earlier items that fit as history (the same sequence in both "
                                                "units); max_samples_per_user is refused with it", shapes_data=True)
+    skip_own_turn_targets: bool = setting(False, "dialogue: a line whose context ends with the twin's own turn is "
+                                                 "no training or validation target (it stays in its "
+                                                 "conversation), as the research scripts' extraction made no sample "
+                                                 "of it; set under their dialogue configs", shapes_data=True)
     temporal_augmentation: bool = setting(False, "only training targets with at least min_history_length earlier "
                                                  "items carry loss (both units)", shapes_data=True)
     min_history_length: int = setting(1, "earlier items a training target needs under temporal_augmentation "

@@ -77,6 +77,9 @@ def system_named(text: str) -> str | None:
 # (int(n * (1 - v)), at least 1) and the rest for validation, with no test split
 TRAINING_SCRIPTS = {s: f"train_distributed_{'MovieReview' if s == 'DMSC' else s}.py" for s in SYSTEMS}
 LATEST_DRAW = ("DMSC",)
+# the dialogue systems' extraction (data_loader.extract_training_samples, LovinkDialogue's copy of it) made no
+# sample of a line whose context ends with the user's own turn
+DIALOGUE_SYSTEMS = ("Chameleons", "LovinkDialogue", "PERSONA_Bench", "REALTALK", "RealPersonaChat")
 SEED_VAL_RATIO = 0.1  # every training script's --val_ratio default (argparse)
 
 

@@ -146,6 +146,10 @@ def _drawn_then_split(cfg, args, system: str, notes: list):
     said = []
     change = _seed_split(cfg, args, said)
     change.update(_seed_draw(cfg, args, change.get("val_ratio", cfg.val_ratio), said))
+    if system in seedconfig.DIALOGUE_SYSTEMS and not _given_anywhere(args, "skip_own_turn_targets"):
+        change["skip_own_turn_targets"] = True
+        said.append("no training or validation target whose context ends with the user's own turn "
+                    "(--skip_own_turn_targets)")
     if said:
         notes.append(f"note: {Path(args.config).name} is the seeds' {system} config; as its script "
                      f"({seedconfig.TRAINING_SCRIPTS[system]}) did, " + "; ".join(said))
