@@ -500,3 +500,24 @@ def test_a_seed_dialogue_config_makes_no_target_of_a_line_after_the_users_own_tu
     # 3, 4 and 2 lines: one of each user validates (n - int(n * 0.9)), the rest train
     assert kept == [{"Ann": 2, "Bo": 3, "Cy": 1}, {"Ann": 1, "Bo": 1, "Cy": 1}]
     assert seeds == [{"Ann": 2, "Bo": 2, "Cy": 1}, {"Ann": 1, "Bo": 1, "Cy": 1}]  # Bo: 3 training lines less that one
+
+
+@pytest.mark.parametrize("name, script, dialogue", [
+    ("config_MovieLens_30B.json", "train_distributed_MovieLens.py", False),
+    ("config_Chameleons.json", "train_distributed_Chameleons.py", True),
+    ("config_LovinkDialogue.json", "train_distributed_LovinkDialogue.py", True),
+    ("config_LovinkQuestionnaire.json", "train_distributed_LovinkQuestionnaire.py", False),
+    ("config_PERSONA_Bench.json", "train_distributed_PERSONA_Bench.py", True),
+    ("config_REALTALK_8B.json", "train_distributed_REALTALK.py", True),
+    ("config_RealPersonaChat.json", "train_distributed_RealPersonaChat.py", True),
+])
+def test_each_seed_systems_config_brings_its_training_scripts_targets(tmp_path, capsys, name, script, dialogue):
+    config = tmp_path / name
+    config.write_text(json.dumps({"model": {"path": "m"}, "data": {"train_path": "records.jsonl"}}))
+    assert main(["train", "--config", str(config), "--max_samples_per_user", "5", "--print_config"]) == 0
+    out, err = capsys.readouterr()
+    values = yaml.safe_load(out)
+    assert (values["val_ratio"], values["val_rounding"], values["test_ratio"], values["max_samples_per_user"],
+            values["target_draw"], values["skip_own_turn_targets"]) == (0.1, "seeds", 0.0, 4, "random", dialogue)
+    assert err.count(f"as its script ({script}) did") == 1
+    assert "--max_samples_per_user 5: 4 training targets per user drawn at random" in err
