@@ -73,7 +73,8 @@ def add_device_flags(p, launched: bool = True) -> None:
 def seed_training(cfg, args):
     """What the research scripts did with the same flags and data, where the data or a seed config says which
     system it is (each said once on stderr): a scenario's train.json holds no test split (its targets are the
-    scenario's test file), and the DMSC / MovieReview script took each user's last N reviews as targets."""
+    scenario's test file); the DMSC / MovieReview script took each user's last N reviews as targets, every other
+    drew N at random, validated on a tenth of them and (dialogue) skipped lines after the user's own turn."""
     import sys
 
     notes = []
