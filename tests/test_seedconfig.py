@@ -445,7 +445,8 @@ def test_a_seed_movielens_config_trains_the_targets_its_script_did(movielens_see
                 "0.1 --val_rounding seeds); no test split (--test_ratio 0)") in err
     if flags[:2] == ("--max_samples_per_user", "2") and len(flags) == 2:
         assert ("--max_samples_per_user 2: 1 training target per user drawn at random with sample_seed (it drew 2 "
-                "and held 0.1 of them out for validation; --max_samples_per_user 1)") in err
+                "and held 0.1 of them out for validation; --max_samples_per_user 1; give --target_draw random to "
+                "train on 2)") in err
     assert err.count("is the seeds' MovieLens config") == 1  # said once
 
 

@@ -186,7 +186,7 @@ def _seed_draw(cfg, args, val_ratio: float, said: list) -> dict:
     kept = seed_training_targets(n, val_ratio)
     said.append(f"--max_samples_per_user {n}: {kept} training target{'s' * (kept != 1)} per user drawn at random "
                 f"with sample_seed (it drew {n} and held {val_ratio:g} of them out for validation; "
-                f"--max_samples_per_user {kept})")
+                f"--max_samples_per_user {kept}; give --target_draw random to train on {n})")
     return {"max_samples_per_user": kept}
 
 
