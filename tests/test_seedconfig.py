@@ -520,5 +520,6 @@ def test_each_seed_systems_config_brings_its_training_scripts_targets(tmp_path, 
     values = yaml.safe_load(out)
     assert (values["val_ratio"], values["val_rounding"], values["test_ratio"], values["max_samples_per_user"],
             values["target_draw"], values["skip_own_turn_targets"]) == (0.1, "seeds", 0.0, 4, "random", dialogue)
+    assert values["sample_seed"] == 42  # the scripts' --sample_seed default, usertwin's already
     assert err.count(f"as its script ({script}) did") == 1
     assert "--max_samples_per_user 5: 4 training targets per user drawn at random" in err
