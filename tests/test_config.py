@@ -400,7 +400,7 @@ def test_the_commands_that_take_settings_declare_what_they_read():
     assert read_keys(_module("train").READS) == every
     assert read_keys(_module("inspect").READS) == read_keys(_module("prepare").READS)
     assert read_keys(_module("baselines").READS) == {"data", "on_error", "split_mode", "train_ratio", "val_ratio",
-                                                     "test_ratio", "seed"}
+                                                     "val_rounding", "test_ratio", "seed"}
     model, train = ({f.name for f in fields(SECTIONS[s])} for s in ("model", "train"))
     assert read_keys(_module("prepare").READS) & (model | train) == {"trust_remote_code"}
     assert read_keys(_module("predict").READS) & (model | train) == {"dtype", "trust_remote_code"}

@@ -13,6 +13,7 @@ import yaml
 from helpers import FIXTURES, ROOT, rating_timeline, write_rating_users
 
 from usertwin.cli import build_parser, main
+from usertwin.cli.train import seed_training
 from usertwin.config import Config, RenderSettings, resolve
 from usertwin.errors import UsertwinError
 from usertwin.rundir import RunDir
@@ -172,8 +173,10 @@ def test_print_config_is_yaml_that_resolves_to_the_same_settings(tmp_path, capsy
                      "--print_config"]) == 0
         out = capsys.readouterr().out
         values = yaml.safe_load(out)
-        cfg = _resolve("--config", str(DI3), "--ablation_config", "history_only", *flags)
-        assert values == cfg.to_dict() and list(values) == list(Config().to_dict())
+        # the settings the run uses: resolved, then the seed script's own split and targets (val_ratio 0.1)
+        args = build_parser().parse_args([command, "--config", str(DI3), "--ablation_config", "history_only", *flags])
+        cfg = seed_training(resolve(args), args)
+        assert cfg.val_ratio == 0.1 and values == cfg.to_dict() and list(values) == list(Config().to_dict())
         ours = tmp_path / f"{command}.yaml"
         ours.write_text(out)
         assert _resolve("--config", str(ours), command=command) == cfg  # ours too, read back
@@ -391,3 +394,133 @@ def test_several_rows_per_micro_batch_on_a_cpu_are_said(monkeypatch, capsys):
         "less memory")
     assert main(["train", "--batch_size", "1", "--max_length", "512", "--print_config"]) == 0
     assert "on a CPU" not in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def movielens_seed_config(tmp_path_factory):
+    """The first 5 users of MovieLens ml-latest-small (232, 29, 39, 216, 44 ratings) and the seeds' MovieLens
+    config pointing at them."""
+    from conftest import shared
+
+    d = tmp_path_factory.mktemp("ml5seed")
+    assert main(["convert", "movielens", str(shared("movielens", "ml-latest-small")), "-o", str(d / "all.jsonl"),
+                 "--no-progress"]) == 0
+    lines = (d / "all.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:5]
+    (d / "ml5.jsonl").write_text("".join(lines), encoding="utf-8")
+    config = d / "config_MovieLens.json"
+    config.write_text(json.dumps({"model": {"path": "unused"}, "data": {"train_path": str(d / "ml5.jsonl")},
+                                  "training": {"max_length": 1024}}))
+    return config
+
+
+def _targets_per_user(config, tokenizer_dir, tmp_path, split, *flags) -> dict:
+    dump = tmp_path / f"{split}.jsonl"
+    assert main(["inspect", "--config", str(config), "--model", str(tokenizer_dir), "--crowd_context", "none",
+                 "--cache_dir", str(tmp_path / "cache"), "--split", split, "-n", "0", "--dump", str(dump),
+                 "--no-progress", *flags]) == 0
+    out = {}
+    for row in map(json.loads, dump.read_text().splitlines()):
+        out[row["user"]] = out.get(row["user"], 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("flags, train", [
+    # every item but the validation tenth, counted as the script did: int(n * 0.9) (round(n * 0.1) would leave
+    # 209 and 40 for users 1 and 5)
+    ((), {"1": 208, "2": 26, "3": 35, "4": 194, "5": 39}),
+    # the script drew 2 per user and split them 1 / 1 (int(2 * 0.9) = 1); 20 drawn: 18 trained on
+    (("--max_samples_per_user", "2"), dict.fromkeys("12345", 1)),
+    (("--max_samples_per_user", "20"), {"1": 18, "2": 18, "3": 18, "4": 18, "5": 18}),
+    # a flag the user gives wins
+    (("--max_samples_per_user", "2", "--target_draw", "random", "--val_ratio", "0.15"), dict.fromkeys("12345", 2)),
+])
+def test_a_seed_movielens_config_trains_the_targets_its_script_did(movielens_seed_config, tokenizer_dir, tmp_path,
+                                                                   capsys, flags, train):
+    """train_distributed_MovieLens.py (and every seed script but DMSC's): no test split, --val_ratio 0.1,
+    --max_samples_per_user N drawn at random (sample_seed 42) before its validation split took a tenth of them."""
+    assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "train", *flags) == train
+    err = capsys.readouterr().err
+    if "--val_ratio" not in flags:
+        assert ("note: config_MovieLens.json is the seeds' MovieLens config; as its script "
+                "(train_distributed_MovieLens.py) did, validation n - int(n x 0.9) of a user's n items (--val_ratio "
+                "0.1 --val_rounding seeds); no test split (--test_ratio 0)") in err
+    if flags[:2] == ("--max_samples_per_user", "2") and len(flags) == 2:
+        assert ("--max_samples_per_user 2: 1 training target per user drawn at random with sample_seed (it drew 2 "
+                "and held 0.1 of them out for validation; --max_samples_per_user 1; give --target_draw random to "
+                "train on 2)") in err
+    assert err.count("is the seeds' MovieLens config") == 1  # said once
+
+
+def test_a_seed_config_validates_on_each_users_latest_tenth(movielens_seed_config, tokenizer_dir, tmp_path):
+    """The script's count of validation items (n - int(n * 0.9)), but each user's latest, not random ones."""
+    assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "val") == {
+        "1": 24, "2": 3, "3": 4, "4": 22, "5": 5}
+    assert _targets_per_user(movielens_seed_config, tokenizer_dir, tmp_path, "test") == {}
+
+
+@pytest.mark.parametrize("flags, train", [((), [27, 28, 28, 28, 28]), (("--max_samples_per_user", "2"), [1] * 5),
+                                          (("--max_samples_per_user", "10"), [9] * 5)])
+def test_a_seed_dialogue_config_trains_the_targets_its_script_did(tokenizer_dir, tmp_path, capsys, flags, train):
+    """The seeds' own extracted RealPersonaChat samples (5 users, 31 or 32 lines each) under their config: one
+    target per sample, as data_loader.extract_training_samples made them; int(n * 0.9) trained on; N drawn -> int(N
+    * 0.9)."""
+    from conftest import shared
+
+    data = tmp_path / "rpc.jsonl"
+    assert main(["convert", "seed-samples", str(shared("seed_examples", "all_samples.json")), "-o", str(data),
+                 "--no-progress"]) == 0
+    counts = _targets_per_user(RPC, tokenizer_dir, tmp_path, "train", "--data", str(data), *flags)
+    assert sorted(counts.values()) == train
+    assert capsys.readouterr().err.count("is the seeds' RealPersonaChat config; as its script "
+                                         "(train_distributed_RealPersonaChat.py) did") == 1
+
+
+@pytest.mark.parametrize("n, nearest, seeds", [(0, 0, 0), (1, 0, 0), (2, 0, 1), (10, 1, 1), (24, 2, 3), (25, 3, 3)])
+def test_val_rounding_seeds_counts_validation_as_split_train_val(n, nearest, seeds):
+    from usertwin.config import SplitSettings
+    from usertwin.data.timeline import split_labels
+
+    for rounding, expected in (("nearest", nearest), ("seeds", seeds)):
+        labels = split_labels(n, SplitSettings(val_ratio=0.1, test_ratio=0.0, val_rounding=rounding))
+        assert labels.count("val") == expected and labels.count("train") == n - expected
+
+
+def test_a_seed_dialogue_config_makes_no_target_of_a_line_after_the_users_own_turn(tokenizer_dir, tmp_path, capsys):
+    """data_loader.extract_training_samples (every dialogue script's) made no sample of an item whose context
+    ends with the user's own turn: Bo's second line of Chat_1 (after his own) is no target under config_REALTALK;
+    usertwin keeps it otherwise (the twin continues its own turn)."""
+    data = tmp_path / "rt.jsonl"
+    assert main(["convert", "realtalk", str(DATA / "realtalk"), "-o", str(data), "--no-progress"]) == 0
+    config = tmp_path / "config_REALTALK.json"
+    config.write_text(json.dumps({"model": {"path": "unused"}, "data": {"train_path": str(data)},
+                                  "training": {"max_length": 1024}}))
+    seeds = [_targets_per_user(config, tokenizer_dir, tmp_path, split) for split in ("train", "val")]
+    assert ("no training or validation target whose context ends with the user's own turn "
+            "(--skip_own_turn_targets)") in capsys.readouterr().err
+    kept = [_targets_per_user(config, tokenizer_dir, tmp_path, split, "--skip_own_turn_targets", "false")
+            for split in ("train", "val")]
+    # 3, 4 and 2 lines: one of each user validates (n - int(n * 0.9)), the rest train
+    assert kept == [{"Ann": 2, "Bo": 3, "Cy": 1}, {"Ann": 1, "Bo": 1, "Cy": 1}]
+    assert seeds == [{"Ann": 2, "Bo": 2, "Cy": 1}, {"Ann": 1, "Bo": 1, "Cy": 1}]  # Bo: 3 training lines less that one
+
+
+@pytest.mark.parametrize("name, script, dialogue", [
+    ("config_MovieLens_30B.json", "train_distributed_MovieLens.py", False),
+    ("config_Chameleons.json", "train_distributed_Chameleons.py", True),
+    ("config_LovinkDialogue.json", "train_distributed_LovinkDialogue.py", True),
+    ("config_LovinkQuestionnaire.json", "train_distributed_LovinkQuestionnaire.py", False),
+    ("config_PERSONA_Bench.json", "train_distributed_PERSONA_Bench.py", True),
+    ("config_REALTALK_8B.json", "train_distributed_REALTALK.py", True),
+    ("config_RealPersonaChat.json", "train_distributed_RealPersonaChat.py", True),
+])
+def test_each_seed_systems_config_brings_its_training_scripts_targets(tmp_path, capsys, name, script, dialogue):
+    config = tmp_path / name
+    config.write_text(json.dumps({"model": {"path": "m"}, "data": {"train_path": "records.jsonl"}}))
+    assert main(["train", "--config", str(config), "--max_samples_per_user", "5", "--print_config"]) == 0
+    out, err = capsys.readouterr()
+    values = yaml.safe_load(out)
+    assert (values["val_ratio"], values["val_rounding"], values["test_ratio"], values["max_samples_per_user"],
+            values["target_draw"], values["skip_own_turn_targets"]) == (0.1, "seeds", 0.0, 4, "random", dialogue)
+    assert values["sample_seed"] == 42  # the scripts' --sample_seed default, usertwin's already
+    assert err.count(f"as its script ({script}) did") == 1
+    assert "--max_samples_per_user 5: 4 training targets per user drawn at random" in err

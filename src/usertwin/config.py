@@ -149,6 +149,11 @@ class SplitSettings:
                                shapes_data=True, ratio=True)
     test_ratio: float = setting(0.15, "share of each user's items (or of the users) for test", shapes_data=True,
                                 ratio=True)
+    val_rounding: str = setting("nearest", "how many of a user's n items (or of n users) are validation: nearest "
+                                           "(round(n x val_ratio), halves up) or seeds (n - int(n x (1 - "
+                                           "val_ratio)), at least 1 left for training: the research scripts' "
+                                           "split_train_val, set under their configs)",
+                                choices=("nearest", "seeds"), shapes_data=True)
     # accelerate's set_seed seeds numpy, which takes 0 .. 2**32 - 1 only
     seed: int = setting(42, "random seed of the user split (split_mode user), of training (initialisation, "
                             "batch order), of predict's distractors and of the LensKit baselines; --random_seed "
@@ -204,6 +209,10 @@ class SampleSettings:
     one_sample_per_user: bool = setting(False, "only each user's latest training target carries loss, with the "
                                                "earlier items that fit as history (the same sequence in both "
                                                "units); max_samples_per_user is refused with it", shapes_data=True)
+    skip_own_turn_targets: bool = setting(False, "dialogue: a line whose context ends with the twin's own turn is "
+                                                 "no training or validation target (it stays in its "
+                                                 "conversation), as the research scripts' extraction made no sample "
+                                                 "of it; set under their dialogue configs", shapes_data=True)
     temporal_augmentation: bool = setting(False, "only training targets with at least min_history_length earlier "
                                                  "items carry loss (both units)", shapes_data=True)
     min_history_length: int = setting(1, "earlier items a training target needs under temporal_augmentation "

@@ -71,6 +71,24 @@ def system_named(text: str) -> str | None:
     return next((names[k] for k in sorted(names, key=len, reverse=True) if k in low), None)
 
 
+# how each system's training script chose a user's targets (read from train_distributed_<SCRIPT>.py and its data
+# loader): DMSC's (MovieReview) took the last --max_samples_per_user N reviews; every other drew N of the user's
+# samples with Python's random seeded by --sample_seed, then split the drawn samples 1 - --val_ratio for training
+# (int(n * (1 - v)), at least 1) and the rest for validation, with no test split
+TRAINING_SCRIPTS = {s: f"train_distributed_{'MovieReview' if s == 'DMSC' else s}.py" for s in SYSTEMS}
+LATEST_DRAW = ("DMSC",)
+# the dialogue systems' extraction (data_loader.extract_training_samples, LovinkDialogue's copy of it) made no
+# sample of a line whose context ends with the user's own turn
+DIALOGUE_SYSTEMS = ("Chameleons", "LovinkDialogue", "PERSONA_Bench", "REALTALK", "RealPersonaChat")
+SEED_VAL_RATIO = 0.1  # every training script's --val_ratio default (argparse)
+
+
+def seed_training_targets(n: int, val_ratio: float) -> int:
+    """Training targets the seeds kept of n drawn samples of a user: split_train_val's int(n * (1 - v)), at
+    least 1 (the same float expression, so the same count)."""
+    return max(1, int(n * (1 - val_ratio)))
+
+
 @dataclass
 class SeedConfig:
     """A seed config translated: our keys and values, the lines to print, and the seeds' per-device batch size

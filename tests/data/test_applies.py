@@ -228,3 +228,11 @@ def test_target_draw_latest_takes_each_users_last_n_and_needs_max_samples_per_us
     with pytest.raises(UsertwinError, match=r"--target_draw latest would be ignored: it needs --max_samples_per_user "
                                             r"N \(the targets it draws\)"):
         settle(Config(target_draw="latest"))
+
+
+def test_skip_own_turn_targets_without_context_turns_says_it_changes_nothing():
+    """Set under a seed dialogue config (cli/train.py): data without context turns gets a notice, not a stop."""
+    cfg = Config(skip_own_turn_targets=True)
+    assert settle(cfg)[1] == ["--skip_own_turn_targets changes nothing here: it needs items with context turns "
+                              "(dialogue)"]
+    assert settle(cfg, Facts(has_context=True))[1] == []

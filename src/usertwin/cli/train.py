@@ -73,12 +73,13 @@ def add_device_flags(p, launched: bool = True) -> None:
 def seed_training(cfg, args):
     """What the research scripts did with the same flags and data, where the data or a seed config says which
     system it is (each said once on stderr): a scenario's train.json holds no test split (its targets are the
-    scenario's test file), and the DMSC / MovieReview script took each user's last N reviews as targets."""
+    scenario's test file); the DMSC / MovieReview script took each user's last N reviews as targets, every other
+    drew N at random, validated on a tenth of them and (dialogue) skipped lines after the user's own turn."""
     import sys
 
     notes = []
     cfg = _scenario_train_split(cfg, args, notes)
-    cfg = _latest_targets(cfg, args, notes)
+    cfg = _seed_targets(cfg, args, notes)
     for note in notes:
         print(note, file=sys.stderr)
     return cfg
@@ -110,17 +111,92 @@ def _scenario_train_split(cfg, args, notes: list):
     return dataclasses.replace(cfg, test_ratio=0.0)
 
 
-def _latest_targets(cfg, args, notes: list):
-    import dataclasses
+def _seed_system(args) -> str | None:
+    """The research system whose seed config is --config (config_DMSC_30B.json: DMSC); None for any other."""
     from pathlib import Path
 
     from usertwin import seedconfig
     from usertwin.config import load_yaml
 
     path = getattr(args, "config", None)
-    if not path or seedconfig.system_named(Path(path).name) != "DMSC" \
-            or not seedconfig.is_seed_config(load_yaml(path)) or _given_anywhere(args, "target_draw"):
+    system = seedconfig.system_named(Path(path).name) if path else None
+    return system if system and seedconfig.is_seed_config(load_yaml(path)) else None
+
+
+def _seed_targets(cfg, args, notes: list):
+    """The training targets and split of the seed system's own training script, where --config is its config."""
+    from usertwin import seedconfig
+
+    system = _seed_system(args)
+    if system is None:
         return cfg
+    if system in seedconfig.LATEST_DRAW:
+        return _latest_targets(cfg, args, notes)
+    return _drawn_then_split(cfg, args, system, notes)
+
+
+def _drawn_then_split(cfg, args, system: str, notes: list):
+    """Every script but DMSC's kept all of a user's samples (or drew --max_samples_per_user N of them at random
+    with --sample_seed), made no test split and kept int(n * (1 - --val_ratio 0.1)) of a user's n kept samples
+    for training, the rest for validation. usertwin's validation stays each user's latest items (README)."""
+    import dataclasses
+    from pathlib import Path
+
+    from usertwin import seedconfig
+
+    said = []
+    change = _seed_split(cfg, args, said)
+    change.update(_seed_draw(cfg, args, change.get("val_ratio", cfg.val_ratio), said))
+    if system in seedconfig.DIALOGUE_SYSTEMS and not _given_anywhere(args, "skip_own_turn_targets"):
+        change["skip_own_turn_targets"] = True
+        said.append("no training or validation target whose context ends with the user's own turn "
+                    "(--skip_own_turn_targets)")
+    if said:
+        notes.append(f"note: {Path(args.config).name} is the seeds' {system} config; as its script "
+                     f"({seedconfig.TRAINING_SCRIPTS[system]}) did, " + "; ".join(said))
+    return dataclasses.replace(cfg, **change)
+
+
+def _seed_split(cfg, args, said: list) -> dict:
+    """The seed scripts' split: --val_ratio 0.1 counted as their split_train_val counted it, no test split."""
+    from usertwin.seedconfig import SEED_VAL_RATIO
+
+    change = {}
+    if cfg.train_ratio is None and not _given_anywhere(args, "val_ratio"):
+        change["val_ratio"] = SEED_VAL_RATIO
+    if not _given_anywhere(args, "val_rounding"):
+        change["val_rounding"] = "seeds"
+    if change:
+        v = change.get("val_ratio", cfg.val_ratio)
+        said.append(f"validation n - int(n x {1 - v:g}) of a user's n items (--val_ratio {v:g} --val_rounding "
+                    f"{change.get('val_rounding', cfg.val_rounding)})")
+    if cfg.train_ratio is None and cfg.test_ratio and not _given_anywhere(args, "test_ratio"):
+        change["test_ratio"] = 0.0
+        said.append("no test split (--test_ratio 0)")
+    return change
+
+
+def _seed_draw(cfg, args, val_ratio: float, said: list) -> dict:
+    """--max_samples_per_user N: the script drew N and split those, so int(N * (1 - v)) (at least 1) trained."""
+    from usertwin.seedconfig import seed_training_targets
+
+    n = cfg.max_samples_per_user
+    if n is None or cfg.one_sample_per_user or _given_anywhere(args, "target_draw"):
+        return {}
+    kept = seed_training_targets(n, val_ratio)
+    said.append(f"--max_samples_per_user {n}: {kept} training target{'s' * (kept != 1)} per user drawn at random "
+                f"with sample_seed (it drew {n} and held {val_ratio:g} of them out for validation; "
+                f"--max_samples_per_user {kept}; give --target_draw random to train on {n})")
+    return {"max_samples_per_user": kept}
+
+
+def _latest_targets(cfg, args, notes: list):
+    import dataclasses
+    from pathlib import Path
+
+    if _given_anywhere(args, "target_draw"):
+        return cfg
+    path = args.config
     if cfg.one_sample_per_user:
         cfg = dataclasses.replace(cfg, one_sample_per_user=False, max_samples_per_user=2)
         what = "--one_sample_per_user: each user's last 2 reviews (--max_samples_per_user 2 --target_draw latest)"

@@ -71,6 +71,7 @@ RULES = (
          "--one_sample_per_user off (that keeps one target per user already)"),
     Rule("target_draw", lambda c, f: c.max_samples_per_user is not None and not c.one_sample_per_user,
          "--max_samples_per_user N (the targets it draws)"),
+    Rule("skip_own_turn_targets", lambda c, f: f.has_context, "items with context turns (dialogue)", NOTE),
     Rule("sample_seed", lambda c, f: _draws(c),
          "a random draw (--max_samples_per_user, or --history_strategy random)", NOTE),
     Rule("resample_every_epoch", lambda c, f: _draws(c),

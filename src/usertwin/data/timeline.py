@@ -138,8 +138,19 @@ def is_own_turn(turn: dict, name: str | None) -> bool:
 def own_turn_last(tl: Timeline) -> int:
     """Items whose context ends with the twin's own turn. The research scripts usertwin replaces dropped them silently; we keep them
     (the model then continues its own turn) and report how many there are."""
-    name = str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+    name = _profile_name(tl)
     return sum(1 for it in tl.items if it.context and is_own_turn(it.context[-1], name))
+
+
+def _profile_name(tl: Timeline) -> str:
+    return str(tl.profile.get("name", "")).strip() if isinstance(tl.profile, dict) else ""
+
+
+def after_own_turn(tl: Timeline, position: int) -> bool:
+    """The item's last non-empty context turn is the twin's own: the research scripts' extraction
+    (data_loader.extract_training_samples) skipped empty turns, then made no sample of such an item."""
+    said = [t for t in tl.items[position].context or () if str(t.get("content", "")).strip()]
+    return bool(said) and is_own_turn(said[-1], _profile_name(tl))
 
 
 # ---------------------------------------------------------------- conversations
@@ -231,6 +242,8 @@ def split_labels(n: int, cfg: SplitSettings) -> list[str]:
     """Per-user time split of n items: the oldest are train, then val, the latest are test."""
     n_test = _round_half_up(n * cfg.test_ratio)
     n_val = _round_half_up(n * cfg.val_ratio)
+    if cfg.val_rounding == "seeds" and n:  # their split_train_val: int(n * (1 - v)) train, at least 1
+        n_val = n - max(1, int(n * (1 - cfg.val_ratio)))
     if n_test + n_val > n:
         n_val = max(0, n - n_test)
     n_train = n - n_val - n_test
@@ -324,6 +337,8 @@ def loss_targets(tl: Timeline, labels: list[str], split: str, cfg: Config, epoch
     """The positions of `split` that carry loss: training targets as the sampling modes choose them (drawn
     with sample_seed + epoch), every validation and test target."""
     cands = target_positions(labels, split)
+    if cfg.skip_own_turn_targets and split != "test":  # the seeds had no sample of these, to train or validate on
+        cands = [t for t in cands if not after_own_turn(tl, t)]
     if split != "train" or not cands:
         return cands
     return choose_targets(tl, cands, cfg, cfg.sample_seed + epoch)

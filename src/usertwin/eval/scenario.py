@@ -48,7 +48,7 @@ KEY = ("record", "position")
 UNREAD = {"data": "reads the users' records from the scenario's train.json",
           "unit": "builds one prompt per test item (the unit shapes training sequences only)",
           **dict.fromkeys(("max_samples_per_user", "one_sample_per_user", "temporal_augmentation",
-                           "min_history_length", "target_draw"),
+                           "min_history_length", "target_draw", "skip_own_turn_targets"),
                           "generates for every test item (this setting chooses training targets)")}
 RETRIES, RETRY_STEP, RETRY_CAP = 3, 0.2, 1.5  # the research scripts' empty-output retries
 
