@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +30,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulate_speed import DEFAULT_MOVIELENS, SHAPES, _sync, build_model, make_twin, records_path  # noqa: E402
+from simulate_speed import (  # noqa: E402
+    DEFAULT_MOVIELENS,
+    SHAPES,
+    _sync,
+    build_model,
+    environment,
+    make_twin,
+    records_path,
+)
 
 
 def top_items(records: Path, n: int) -> list[str]:
@@ -150,8 +157,6 @@ def parse(argv=None):
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    import torch
-
     from usertwin.text.tokens import load_tokenizer
 
     out = Path(args.out)
@@ -159,10 +164,7 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="shared-prefill-"))
     tok = load_tokenizer(args.tokenizer)
     result = measure(args, tok, records_path(args, work), work)
-    env = {"machine": platform.platform(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-           else f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d"),
-           "command": " ".join(["python", "benchmarks/shared_prefill.py", *(argv or sys.argv[1:])])}
+    env = environment("shared_prefill.py", argv)
     (out / "shared_prefill.json").write_text(json.dumps({"env": env, "result": result}, indent=1) + "\n")
     (out / "shared_prefill.md").write_text(markdown(result, env))
     print(markdown(result, env))

@@ -237,6 +237,17 @@ def measure(shape: str, args, tok, records: Path, work: Path) -> list[dict]:
     return out
 
 
+def environment(script: str, argv) -> dict:
+    """The machine, card, torch and command a benchmark's results were measured with."""
+    import torch
+
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else f"cpu ({torch.get_num_threads()} threads)")
+    return {"machine": platform.platform(), "device": device, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", f"benchmarks/{script}", *(argv or sys.argv[1:])])}
+
+
 def markdown(results: list[dict], env: dict) -> str:
     lines = [f"# simulate speed ({env['device']}, bandwidth {env['bandwidth']:.3g} B/s)", "",
              f"`{env['command']}` on {env['date']}; torch {env['torch']}. One rating item per user through "
@@ -278,7 +289,6 @@ def parse(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse(argv)
-    import torch
 
     from usertwin.text.tokens import load_tokenizer
 
@@ -288,9 +298,7 @@ def main(argv=None) -> list[dict]:
     tok = load_tokenizer(args.tokenizer)
     records = records_path(args, work)
     results = [r for shape in args.shapes for r in measure(shape, args, tok, records, work)]
-    env = {"machine": platform.platform(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-           else "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "bandwidth": args.bandwidth,
-           "command": " ".join(["python", "benchmarks/simulate_speed.py", *(argv or sys.argv[1:])])}
+    env = {**environment("simulate_speed.py", argv), "bandwidth": args.bandwidth}
     (out / "simulate_speed.json").write_text(json.dumps({"env": env, "results": results}, indent=1) + "\n")
     (out / "simulate_speed.md").write_text(markdown(results, env))
     print(markdown(results, env))

@@ -29,7 +29,7 @@ from usertwin.rundir import RunDir
 from usertwin.sequences.fit import Prompt, trim_long_contexts
 from usertwin.text.tokens import ItemLengths, measure_each, measure_next
 from usertwin.twin.chat import chat_prompt, check_chat, check_text
-from usertwin.twin.engine import Engine, load_engine
+from usertwin.twin.engine import Engine, check_choice, load_engine
 from usertwin.twin.vllm import ENGINES, VllmGeneration, vllm_module
 
 
@@ -69,8 +69,7 @@ class Twin:
         compiled); `prefill`: shared (prompts scored together that begin alike -- one user asked about many
         items -- read that beginning once) or each (every prompt read whole); `engine`: what generates, usertwin
         (transformers) or vllm (twin/vllm.py; `engine_args` go to vLLM's LLM)."""
-        if engine not in ENGINES:
-            raise UsertwinError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        check_choice("engine", engine, ENGINES)
         on_vllm = engine == "vllm"
         if on_vllm:
             vllm_module()  # before the model loads: a missing vLLM says so at once
