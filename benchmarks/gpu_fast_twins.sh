@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for issue 26 (fast twins): the shared prefill on a whole population (every ml-latest-small user
-# on 100 items, ratings only; one prompt per pair on the first 60 users, side by side in the same run) for the
+# on 100 items, ratings only; one prompt per pair on the first 40 users, side by side in the same run) for the
 # SmolLM2 and Qwen3-1.7B shapes, then static decoding at batch 256 of the Qwen3 shape. Inputs carried in .gpu/
 # (git-ignored): ml-small.jsonl (ml-latest-small converted: usertwin convert movielens DIR -o .gpu/ml-small.jsonl)
 # and tok-smollm2/ (the SmolLM2 tokenizer folder). Run from the repository root on the GPU machine:
@@ -10,15 +10,17 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
 mkdir -p "$OUT"
 LOG="$OUT/run.log"  # one log: the device returns few files
+BW=3.35e12  # memory bandwidth, B/s: H100 SXM; H200 below
+nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && BW=4.8e12
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)"
   for shape in smollm2 qwen3-1.7b; do
     echo "== shared_prefill $shape"
-    timeout 200 python benchmarks/shared_prefill.py --shape "$shape" --items 100 --each_users 60 --batch_size 100 \
+    timeout 190 python benchmarks/shared_prefill.py --shape "$shape" --items 100 --each_users 40 --batch_size 100 \
         --tokenizer .gpu/tok-smollm2 --records .gpu/ml-small.jsonl --out "$OUT/prefill-$shape"
   done
   echo "== simulate_speed qwen3 static b256"
-  timeout 150 python benchmarks/simulate_speed.py --shapes qwen3-1.7b --batch_sizes 256 --batches 1 \
-      --bandwidth 3.35e12 --tokenizer .gpu/tok-smollm2 --records .gpu/ml-small.jsonl --out "$OUT/simulate"
+  timeout 180 python benchmarks/simulate_speed.py --shapes qwen3-1.7b --batch_sizes 256 --batches 1 \
+      --bandwidth $BW --tokenizer .gpu/tok-smollm2 --records .gpu/ml-small.jsonl --out "$OUT/simulate"
 } > "$LOG" 2>&1
 tail -n 60 "$LOG"

@@ -276,6 +276,11 @@ class ModelSettings:
     lora_r: int = setting(16, "LoRA rank", aliases=("lora_rank",), minimum=1)
     lora_alpha: int = setting(32, "LoRA scaling alpha", minimum=1)
     lora_dropout: float = setting(0.05, "dropout on the LoRA layers' input", minimum=0, below=1)
+    lora_precision: str = setting("auto", "how LoRA's adapters compute: float32 = peft's default (each layer's "
+                                          "input cast to float32, a copy per adapted layer); mixed = in the "
+                                          "model's dtype under torch.autocast, weights and optimizer kept in "
+                                          "float32; auto: mixed when the model is bfloat16 or float16",
+                                  choices=("auto", "float32", "mixed"))
     lora_target_modules: str = setting("all-linear", "modules that get adapters: all-linear (every linear layer "
                                                      "but the output head; on a MoE also the experts' fused "
                                                      "weights, without dropout, never the router), or a "

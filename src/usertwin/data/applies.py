@@ -81,7 +81,7 @@ RULES = (
     Rule("pad_packed_rows", lambda c, f: c.packing, "--packing"),
     Rule("step_tokens", lambda c, f: c.batch_tokens == "auto", "--batch_tokens auto"),
     *(Rule(key, lambda c, f: c.lora, "--lora") for key in ("lora_r", "lora_alpha", "lora_dropout",
-                                                          "lora_target_modules")),
+                                                          "lora_precision", "lora_target_modules")),
     Rule("warmup_ratio", lambda c, f: c.lr_scheduler != "constant", "a --lr_scheduler with warm-up"),
     Rule("early_stopping_threshold", lambda c, f: bool(c.early_stopping_patience), "--early_stopping_patience"),
     Rule("wandb_run_name", lambda c, f: bool(c.wandb_project), "--wandb_project"),

@@ -7,6 +7,8 @@ gathered at the (shifted) target positions first, and only those go through the 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,7 +112,7 @@ def build_model(cfg, attention: str, progress: bool = True, debug: bool = False)
         model.enable_input_require_grads()
     try:
         with quiet.warning_hidden(FutureWarning, quiet.GRADIENT_CHECKPOINTING_DEPRECATED, show=debug):
-            return add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     except ValueError as e:
         if "ParamWrapper" not in str(e):
             raise
@@ -118,6 +120,27 @@ def build_model(cfg, attention: str, progress: bool = True, debug: bool = False)
         raise UsertwinError(f"LoRA on this model's fused expert weights needs --lora_dropout 0 (peft: {e}); "
                             "or keep LoRA off the experts: --lora_target_modules q_proj,k_proj,v_proj,o_proj"
                             ) from None
+    return mixed_precision(model, cfg.lora_precision)
+
+
+def mixed_precision(model, precision: str = "auto"):
+    """LoRA's adapters computed in the model's dtype (--lora_precision mixed): peft keeps the adapters' weights in
+    float32 and casts each layer's bf16 input to float32 first -- a full-width copy per adapted layer, then
+    float32 matmuls and a float32 sum, which made LoRA slower than full fine-tuning. Here the input stays as it
+    is and torch.autocast (TargetLoss) runs the adapters' matmuls in the model's dtype; the weights, their
+    gradients and the optimizer stay float32. Sets model.autocast_dtype (None: no autocast)."""
+    from peft.tuners.lora import LoraLayer, ParamWrapper
+
+    dtype = causal_lm(model).dtype
+    low = dtype in (torch.bfloat16, torch.float16)
+    model.autocast_dtype = dtype if low and precision in ("auto", "mixed") else None
+    if model.autocast_dtype is None:
+        return model
+    for module in model.modules():
+        # a MoE's adapted expert parameters (ParamWrapper) build W + BA themselves: left as peft has them
+        if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
+            module.cast_input_dtype_enabled = False
+    return model
 
 
 def _checkpoint_activations(model) -> None:
@@ -151,8 +174,10 @@ class TargetLoss(nn.Module):
         if cu_seq_lens is not None:  # packed row boundaries for varlen attention (attention.py)
             extra = {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": max_length,
                      "max_length_k": max_length}
-        out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                       use_cache=False, **extra)
+        dtype = getattr(self.model, "autocast_dtype", None)  # LoRA in mixed precision (mixed_precision)
+        with torch.autocast(input_ids.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            out = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                           use_cache=False, **extra)
         hidden = out.last_hidden_state[:, :-1]
         if target_index is None:  # boolean indexing: one device sync
             shifted = labels[:, 1:]
