@@ -17,5 +17,6 @@ LOG="$OUT/run.log"
       --records .gpu/ml-small.jsonl --tokenizer .gpu/tok-smollm2 --out "$OUT/smollm2"
   timeout 280 python benchmarks/lora_speed.py --shapes qwen3-1.7b --batch_tokens 32768 --max_length 4096 \
       --records .gpu/ml-small.jsonl --tokenizer .gpu/tok-smollm2 --out "$OUT/qwen3"
+  rm -f "$OUT"/*/run_logs.jsonl  # the device returns at most 8 files
 } > "$LOG" 2>&1
 tail -n 40 "$LOG"

@@ -16,7 +16,7 @@ Each reports tokens/s over the steps after --warmup, MFU (6 N tokens/s over the 
 convention, and the FLOPs LoRA really does: 4 N, no weight gradients of the base), peak memory and the first
 steps' losses (the same data, so the variants' losses can be compared). With --profile, torch's profiler records
 two steps of each variant of the first shape and writes the 25 kernels that take the most GPU time
-(OUT/profile-<shape>-<variant>.txt). Results: OUT/lora_speed.{json,md}.
+(OUT/profiles.txt). Results: OUT/lora_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def model_dir(shape: str, tokenizer_dir: Path, work: Path) -> tuple[Path, int]:
 
 
 @contextlib.contextmanager
-def profiled(path: Path | None, first: int, steps: int = 2):
+def profiled(path: Path | None, label: str, first: int, steps: int = 2):
     """Records micro-batches first .. first+steps-1 of the training loop with torch's profiler (the trainer's
-    _forward_backward wrapped for the run) and writes the top kernels by GPU time to `path`."""
+    _forward_backward wrapped for the run) and appends the top kernels by GPU time to `path`."""
     if path is None:
         yield
         return
@@ -92,7 +92,8 @@ def profiled(path: Path | None, first: int, steps: int = 2):
                 table = averages.table(sort_by="self_device_time_total", row_limit=25)
             except (AttributeError, KeyError):
                 table = averages.table(sort_by="self_cuda_time_total", row_limit=25)
-            path.write_text(table)
+            with path.open("a", encoding="utf-8") as f:  # one file: the device returns few
+                f.write(f"== {label}\n{table}\n")
 
     Trainer._forward_backward = wrapped
     try:
@@ -109,8 +110,8 @@ def first_losses(out: Path, n: int = 3) -> list[float]:
 def run_variant(shape: str, variant: str, folder: Path, n: int, records: Path, tokenizer, args) -> dict:
     label = f"{shape}-{variant}"
     over = dict(VARIANTS[variant], learning_rate=2e-4, max_length=args.max_length)
-    prof = args.out / f"profile-{label}.txt" if args.profile and shape == args.shapes[0] else None
-    with profiled(prof, args.warmup):
+    prof = args.out / "profiles.txt" if args.profile and shape == args.shapes[0] else None
+    with profiled(prof, label, args.warmup):
         r = gt.run_usertwin(records, folder, args, "timeline", False, tokenizer, label, **over)
     r["first_losses"] = first_losses(args.work / "runs" / label)
     flops = 6 if variant == "full" else 4
