@@ -395,7 +395,7 @@ class Config(*reversed(SECTIONS.values())):
         return dataclasses.asdict(self)
 
 
-DECODES = ("dynamic", "static")  # --decode of predict, simulate, serve (twin/engine.py: Engine.static)
+DECODES = ("auto", "dynamic", "static")  # --decode of predict, simulate, serve (twin/engine.py: Engine.plan_decode)
 PREFILLS = ("shared", "each")  # --prefill of predict, simulate, serve (twin/engine.py: Engine.score_many)
 SAMPLING_TEMPERATURE = 0.7  # --num_samples N without --temperature: the seeds' vLLM default (MovieLens, dialogue)
 MAX_SAMPLES = 1_000_000  # request j of a list draws sample i with seed + j * MAX_SAMPLES + i (Twin.generate_many)

@@ -217,7 +217,7 @@ class _Run:
         if self.gen.limit is not None:
             pending = pending[:max(0, self.gen.limit - len(done))]
         bar = progress_bar(len(pending), "simulate", "step") if progress else None
-        self.gen = self.twin.sized(self.gen)
+        self.gen = self.twin.sized(self.gen, prompts=len(pending) if self.gen.generate else None)
         batches = _batches(pending, self.gen.batch_size) if self.rollout else _chunks(pending, self.gen.batch_size)
         return append_batches(output, batches, self.batch, bar)
 

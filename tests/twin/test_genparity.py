@@ -88,13 +88,31 @@ def test_static_decoding_gives_what_dynamic_decoding_gives(tokenizer, prompts, n
     assert all(r & (r - 1) == 0 for r in rows) and all(s[1] % 64 == 0 for s in static_shapes)  # buckets
 
 
-def test_decode_is_dynamic_unless_static_is_asked_and_a_wrong_decode_is_refused(engine, tokenizer):
-    assert engine.decoding == "dynamic" and not engine.static
-    with pytest.raises(UsertwinError, match="decode must be one of dynamic, static, not 'fast'"):
+def test_decode_auto_is_static_only_on_a_gpu_for_long_jobs_at_small_batches(tokenizer, monkeypatch):
+    model = tiny_model("qwen3", vocab_size=len(tokenizer))
+    auto = Engine(Config(max_length=128), model, tokenizer)
+    assert auto.decoding == "auto" and not auto.static
+
+    def job(**kw):
+        return GenerateSettings(**({"max_new_tokens": 64, "batch_size": 32} | kw))
+    assert auto.plan_decode(1000, job()) == "dynamic" and not auto.static  # a CPU: no CUDA graphs
+    monkeypatch.setattr(Engine, "device", property(lambda self: torch.device("cuda")))
+    assert auto.plan_decode(1000, job()) == "static" and auto.static  # 32 batches x 64 steps = 2,048 steps
+    assert auto.plan_decode(900, job()) == "dynamic" and not auto.static  # 29 x 64 = 1,856: compiling would not pay
+    assert auto.plan_decode(10_000, job(batch_size=128)) == "dynamic"  # wide batches: static lost at 256
+    assert auto.plan_decode(10_000, job(num_samples=4, temperature=0.7)) == "dynamic"  # 32 x 4 = 128 rows
+    assert auto.plan_decode(10_000, job(num_samples=4, temperature=0.0)) == "static"  # greedy: one row a prompt
+    for fixed in ("dynamic", "static"):  # asked for: kept, whatever the job
+        engine = Engine(Config(max_length=128), model, tokenizer, decode=fixed)
+        assert engine.plan_decode(1, job()) == fixed and engine.static == (fixed == "static")
+
+
+def test_decode_flag_and_a_wrong_decode_is_refused(engine, tokenizer):
+    with pytest.raises(UsertwinError, match="decode must be one of auto, dynamic, static, not 'fast'"):
         Engine(Config(), engine.model, tokenizer, decode="fast")
     for command in (["predict"], ["simulate", "--run", "r", "-o", "o.jsonl", "--all"], ["serve", "--run", "r"]):
         assert build_parser().parse_args([*command, "--decode", "static"]).decode == "static"
-        assert build_parser().parse_args(command).decode == "dynamic"
+        assert build_parser().parse_args(command).decode == "auto"
         with pytest.raises(SystemExit):
             build_parser().parse_args([*command, "--decode", "fast"])
 

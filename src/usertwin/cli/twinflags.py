@@ -7,11 +7,12 @@ from __future__ import annotations
 def add_decode_flag(p) -> None:
     from usertwin.config import DECODES
 
-    p.add_argument("--decode", choices=DECODES, default="dynamic",
-                   help="how generation decodes: dynamic (transformers' default cache) or static (a static KV cache "
+    p.add_argument("--decode", choices=DECODES, default="auto",
+                   help="how generation decodes: dynamic (transformers' default cache), static (a static KV cache "
                         "compiled into CUDA graphs on a GPU: on an H100 the decode step fell from 29 to 3.6 ms at "
-                        "batch 1, after 35-56 s of compiling per batch/width bucket; worth it for long jobs at "
-                        "small batches) (default dynamic)")
+                        "batch 1, after 35-56 s of compiling per batch/width bucket), or auto: static on a GPU for "
+                        "jobs of at least 2,000 decode steps at batches of at most 64 rows, where it paid, else "
+                        "dynamic (default auto)")
 
 
 def add_engine_flags(p) -> None:

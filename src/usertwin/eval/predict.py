@@ -79,8 +79,8 @@ def _todo(prep, split: str, done: set, limit: int | None) -> list:
 
 
 def _predict_split(twin, prep, split, output: Path, gen, pick_k, generate, limit, progress) -> int:
-    gen = twin.sized(gen)
     todo = _todo(prep, split, completed_rows(output), limit)
+    gen = twin.sized(gen, prompts=len(todo) if generate else None)
     picks = distractors(prep, split, pick_k, prep.config.seed) if pick_k else {}
     likert = choices.likert_scales(prep.timelines)
     targets = [_target(prep, tl, pos, split, picks, likert) for tl, pos in todo]

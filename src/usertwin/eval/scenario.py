@@ -295,8 +295,9 @@ def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int,
     OUT/test_leaderboard.json and OUT/summary.json. Returns the summary (`complete`: whether they were written)."""
     start = time.monotonic()
     check_folders(folder, out_dir)
-    gen = twin.sized(gen.resolved())  # the temperature and batch size decided once: the fingerprint holds them
     scen = read_scenario(folder, twin)
+    # the temperature and batch size decided once: the fingerprint holds them
+    gen = twin.sized(gen.resolved(), prompts=len(scen.targets))
     out = ScenarioDir(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
     settings = settings_of(twin, gen, seed, source, options)

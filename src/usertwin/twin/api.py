@@ -15,6 +15,8 @@ as the data writes it, the task text, the language) is saved at training time in
 
 from __future__ import annotations
 
+import sys
+
 import dataclasses
 import functools
 import json
@@ -58,7 +60,7 @@ class Twin:
 
     @classmethod
     def load(cls, run_dir=None, records=None, *, cfg: Config | None = None, merge: bool = True,
-             device: str | None = None, progress: bool = True, decode: str = "dynamic",
+             device: str | None = None, progress: bool = True, decode: str = "auto",
              prefill: str = "shared", engine: str = "usertwin", engine_args: dict | None = None) -> Twin:
         """From the run directory alone (config, tokenizer, best weights, twin.json); `records`: a records
         file to look users up by id (and, for runs without twin.json, to read the rating scale from).
@@ -129,9 +131,14 @@ class Twin:
 
     # -- the engine's parts a caller needs, by name (nothing outside twin/ reaches into the Engine)
 
-    def sized(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
-        """`gen` with a number for batch_size auto (Engine.sized)."""
-        return self.engine.with_batch_size(gen, width)
+    def sized(self, gen: GenerateSettings, width: int | None = None, prompts: int | None = None) -> GenerateSettings:
+        """`gen` with a number for batch_size auto (Engine.with_batch_size); given the job's number of `prompts`
+        to generate for, --decode auto picks the decoding (Engine.plan_decode) and says so when it is static."""
+        gen = self.engine.with_batch_size(gen, width)
+        if prompts and self.engine.decoding == "auto" and self.engine.plan_decode(prompts, gen) == "static":
+            print(f"decode auto: static ({prompts} prompts at batch {gen.batch_size}: the first batch compiles "
+                  "CUDA graphs, about a minute; --decode dynamic skips that)", file=sys.stderr, flush=True)
+        return gen
 
     def lengths(self, timelines: list) -> list[ItemLengths]:
         """Each timeline's measured item lengths, in order (each distinct text tokenized once): fitted_prompt's

@@ -59,7 +59,7 @@ def _load_twin_model(cfg: Config, run_dir, merge: bool, device: str | None):
 
 
 def load_engine(run_dir=None, cfg: Config | None = None, *, merge: bool = True, device: str | None = None,
-                progress: bool = True, decode: str = "dynamic", prefill: str = "shared") -> Engine:
+                progress: bool = True, decode: str = "auto", prefill: str = "shared") -> Engine:
     """The one way a twin's model is loaded (Twin.load, predict, scenario, simulate, serve, export): the
     tokenizer the run trained with (best/ keeps it) and its best weights; without a run, the base model of
     `cfg`. `cfg`: default the run's config.yaml (a caller passes its own to override settings). `decode`: how
@@ -143,15 +143,20 @@ def bytes_per_token(config, width: int) -> int:
     return cache + (8 * hidden + 3 * mlp) * element + width
 
 
+STATIC_ROWS = 64  # --decode auto: static decoding at most at this many rows a batch (plan_decode)
+STATIC_STEPS = 2000  # ... and for jobs of at least this many decode steps
+
+
 class Engine:
     """A model + the training renderer: prompts, likelihoods of continuations, generation."""
 
-    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None, decode: str = "dynamic",
+    def __init__(self, cfg: Config, model, tokenizer, scale: list[str] | None = None, decode: str = "auto",
                  prefill: str = "shared"):
         check_choice("decode", decode, DECODES)
         check_choice("prefill", prefill, PREFILLS)
         self.cfg, self.model, self.tokenizer, self.scale, self.decoding = cfg, model, tokenizer, scale, decode
         self.prefill = prefill  # shared: prompts that begin alike read that beginning once (score_many)
+        self.auto_static = False  # --decode auto: whether plan_decode chose static for the job at hand
         self.vllm = None  # twin/vllm.py's VllmGeneration when generation runs on vLLM (--engine vllm)
         self.renderer = Renderer(cfg, tokenizer)
         self.encoder = SequenceEncoder(self.renderer, tokenizer)
@@ -167,10 +172,22 @@ class Engine:
 
     @property
     def static(self) -> bool:
-        """Decode with a static KV cache (compiled into CUDA graphs on a GPU): --decode static. Not the default
-        yet: compiling takes 35-56 s per shape, and on an H100 it lost at batch 256 of the SmolLM2 shape
-        (benchmarks/results/simulate_speed_decode_h100.md)."""
-        return self.decoding == "static"
+        """Decode with a static KV cache (compiled into CUDA graphs on a GPU): --decode static, or auto where
+        plan_decode found that it pays."""
+        return self.decoding == "static" or (self.decoding == "auto" and self.auto_static)
+
+    def plan_decode(self, prompts: int, gen: GenerateSettings) -> str:
+        """--decode auto for a job of `prompts` prompts generated `gen.batch_size` at a time: static where it pays
+        -- on a GPU, at most STATIC_ROWS rows a batch (on an H100 static decoding was 7-10x faster at batch 1,
+        1.7-3x at 32, 0.91x at 256: benchmarks/results/simulate_speed_decode*_h100.md) and at least STATIC_STEPS
+        decode steps in all (compiling takes 35-56 s; a step saves about 25 ms). Returns the decoding used."""
+        if self.decoding != "auto":
+            return self.decoding
+        gen = gen.resolved()
+        rows = min(prompts, gen.batch_size) * (gen.num_samples if gen.temperature > 0 else 1)
+        steps = -(-prompts // gen.batch_size) * gen.max_new_tokens
+        self.auto_static = self.device.type == "cuda" and rows <= STATIC_ROWS and steps >= STATIC_STEPS
+        return "static" if self.auto_static else "dynamic"
 
     def with_batch_size(self, gen: GenerateSettings, width: int | None = None) -> GenerateSettings:
         """`gen` with a number for batch_size: auto is 8 on a CPU; on a GPU, as many prompts (each with its
