@@ -15,11 +15,10 @@ as the data writes it, the task text, the language) is saved at training time in
 
 from __future__ import annotations
 
-import sys
-
 import dataclasses
 import functools
 import json
+import sys
 from pathlib import Path
 
 from usertwin.config import MAX_SAMPLES, Config, GenerateSettings, generate_settings_from
