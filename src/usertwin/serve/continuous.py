@@ -28,7 +28,7 @@ class ContinuousBatcher(Batcher):
 
     def stats(self) -> dict:
         d = self.decoder
-        return {**super().stats(), "steps": d.steps, "most_rows": d.most_rows, "joined_running": self.joined,
+        return {**super().stats(), "steps": d.steps, "most_rows": d.most_rows, "row_steps": d.row_steps, "joined_running": self.joined,
                 "given_up": self.given_up, "running": len(self.running)}
 
     # -- the worker thread

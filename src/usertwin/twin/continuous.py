@@ -66,7 +66,7 @@ class Decoder:
         self.rows: list[_Row] = []
         self.cache = self.mask = None  # mask: rows x cached columns (1: a real token of the row)
         self.last: list[int] = []  # each row's newest token, not yet in the cache
-        self.steps = self.most_rows = 0  # what it achieved (usertwin serve's GET /v1/twin)
+        self.steps = self.most_rows = self.row_steps = 0  # what it achieved (usertwin serve's GET /v1/twin)
         self.on_step: Callable[[], None] | None = None  # tests: called before each decode step
 
     def __len__(self) -> int:
@@ -114,6 +114,7 @@ class Decoder:
         if self.on_step:
             self.on_step()
         self.steps, self.most_rows = self.steps + 1, max(self.most_rows, len(self.rows))
+        self.row_steps += len(self.rows)
         dev = self.mask.device
         self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=dev)], 1)
         positions = self.mask.sum(-1, keepdim=True) - 1  # the row's own count of tokens: padding is no position
