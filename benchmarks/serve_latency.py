@@ -1,7 +1,9 @@
 """Latency of a live `usertwin serve` under 1, 16 and 64 concurrent clients: p50 / p95 / mean per request and
-requests per second, for a chat completion (generation) and a rating distribution (one scoring forward).
+requests per second, for a chat completion (generation) and a rating distribution (one scoring forward), for each
+--batching mode side by side (static: a batch decodes until all its rows are done; continuous: requests join and
+leave the running batch between decode steps).
 
-    python benchmarks/serve_latency.py --out benchmarks/results/serve_latency_h200                 # GPU
+    python benchmarks/serve_latency.py --batching static continuous --out benchmarks/results/serve_latency_h100
     python benchmarks/serve_latency.py --shape tiny --clients 1 4 --requests 3 --out /tmp/sl     # CPU check
 
 The twin is a randomly initialised model of the SmolLM2-135M shape (llama, hidden 576, 30 layers, 9 heads,
@@ -78,13 +80,13 @@ def write_records(path: Path, users: int, items: int) -> None:
                     + "\n")
 
 
-def start_server(run: Path, records: Path, max_batch: int, wait_ms: float, log: Path):
+def start_server(run: Path, records: Path, max_batch: int, wait_ms: float, log: Path, batching: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "usertwin.cli", "serve", "--run", str(run), "--data", str(records), "--port",
-           str(port), "--api_key", KEY, "--max_batch", str(max_batch), "--batch_wait_ms", str(wait_ms)]
+           str(port), "--api_key", KEY, "--max_batch", str(max_batch), "--batch_wait_ms", str(wait_ms), "--batching", batching]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
@@ -139,10 +141,13 @@ async def load(base: str, kind: str, model: str, clients: int, requests: int, us
         wall = time.perf_counter() - t
         after = (await c.get("/v1/twin")).json()["batching"]
     batches = after["batches"] - before["batches"]
-    return {"endpoint": kind, "clients": clients, "requests": len(latencies),
+    steps = after.get("steps", 0) - before.get("steps", 0)
+    rows = round((after.get("row_steps", 0) - before.get("row_steps", 0)) / steps, 2) if steps else None
+    return {"batching": after["mode"], "endpoint": kind, "clients": clients, "requests": len(latencies),
             "p50_ms": round(1000 * percentile(latencies, 50), 1), "p95_ms": round(1000 * percentile(latencies, 95), 1),
             "mean_ms": round(1000 * statistics.fmean(latencies), 1), "requests_per_s": round(len(latencies) / wall, 2),
-            "mean_batch": round((after["requests"] - before["requests"]) / max(1, batches), 2)}
+            "mean_batch": round((after["requests"] - before["requests"]) / max(1, batches), 2),
+            "rows_per_step": rows}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -152,16 +157,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    head = ["endpoint", "clients", "requests", "p50 ms", "p95 ms", "mean ms", "req/s", "mean batch"]
+    head = ["batching", "endpoint", "clients", "requests", "p50 ms", "p95 ms", "mean ms", "req/s", "mean batch",
+            "rows/step"]
     lines = [f"# usertwin serve latency ({meta['device']})", "",
              f"Model: random {meta['shape']} llama ({meta['parameters']:,} parameters), {meta['dtype']}, "
              f"tokenizer {meta['tokenizer']}; max_tokens {meta['max_tokens']} (chat, greedy); batch wait "
              f"{meta['batch_wait_ms']} ms, max batch {meta['max_batch']}; {meta['users']} users x "
-             f"{meta['items']} items each.", "",
+             f"{meta['items']} items each. mean batch: requests per batch (static) or per join of the running "
+             "batch (continuous); rows/step: rows in a decode step, continuous only.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['endpoint']} | {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p95_ms']} | "
-                     f"{r['mean_ms']} | {r['requests_per_s']} | {r['mean_batch']} |")
+        lines.append(f"| {r['batching']} | {r['endpoint']} | {r['clients']} | {r['requests']} | {r['p50_ms']} | "
+                     f"{r['p95_ms']} | {r['mean_ms']} | {r['requests_per_s']} | {r['mean_batch']} | "
+                     f"{'-' if r['rows_per_step'] is None else r['rows_per_step']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +187,8 @@ def main() -> None:
     ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--max_batch", type=int, default=64)
     ap.add_argument("--batch_wait_ms", type=float, default=5.0)
+    ap.add_argument("--batching", nargs="+", choices=("static", "continuous"), default=["static", "continuous"],
+                    help="serve's --batching modes to measure, one server each, side by side in one table")
     args = ap.parse_args()
 
     import torch
@@ -188,22 +198,24 @@ def main() -> None:
     run.mkdir()
     built = build_run(run, args.shape, args.tokenizer, args.max_length)
     write_records(records, args.users, args.items)
-    proc, base = start_server(run, records, args.max_batch, args.batch_wait_ms, work / "server.log")
     rows = []
-    try:
-        asyncio.run(wait_up(base, proc, work / "server.log"))
-        for kind in args.endpoints:
-            asyncio.run(load(base, kind, "run", 2, 1, args.users, args.max_tokens))  # warm-up, not measured
-            for c in args.clients:
-                rows.append(asyncio.run(load(base, kind, "run", c, args.requests, args.users, args.max_tokens)))
-                print(json.dumps(rows[-1]), flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    for mode in args.batching:
+        log = work / f"server-{mode}.log"
+        proc, base = start_server(run, records, args.max_batch, args.batch_wait_ms, log, mode)
+        try:
+            asyncio.run(wait_up(base, proc, log))
+            for kind in args.endpoints:
+                asyncio.run(load(base, kind, "run", 2, 1, args.users, args.max_tokens))  # warm-up, not measured
+                for c in args.clients:
+                    rows.append(asyncio.run(load(base, kind, "run", c, args.requests, args.users, args.max_tokens)))
+                    print(json.dumps(rows[-1]), flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
     cpu = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     meta = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu, "shape": args.shape,
             **built, "tokenizer": args.tokenizer, "max_tokens": args.max_tokens,
-            "batch_wait_ms": args.batch_wait_ms, "max_batch": args.max_batch, "users": args.users,
+            "batch_wait_ms": args.batch_wait_ms, "max_batch": args.max_batch, "batching": args.batching, "users": args.users,
             "items": args.items, "requests_per_client": args.requests, "torch": torch.__version__}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -241,7 +241,7 @@ def test_a_client_that_disconnects_cancels_its_job():
     """Driven as the server drives the app (ASGI): the client disconnects while its request waits for the busy
     model thread; the request is cancelled and never prompted."""
     twin = SlowTwin()
-    app = create_app(twin, model_name="m")
+    app = create_app(twin, model_name="m", batching="static")  # SlowTwin stands in for generate_after
     body = json.dumps({"item": ITEM, "max_new_tokens": 2}).encode()
 
     async def request(messages: asyncio.Queue, sent: list):
@@ -288,7 +288,7 @@ def test_a_dropped_stream_stops_its_rows():
     """A streamed completion whose client disconnects mid-generation: its job is cancelled, so the rows the
     model thread is decoding are given up at the next step (the `gone` flags the engine polls)."""
     twin = SlowTwin()
-    app = create_app(twin, model_name="m")
+    app = create_app(twin, model_name="m", batching="static")  # SlowTwin stands in for generate_after
     body = json.dumps({"model": "m", "prompt": ITEM, "max_tokens": 2, "stream": True}).encode()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",

@@ -340,6 +340,7 @@ def test_concurrent_requests_are_batched_with_the_same_answers(http, server):
     assert after["requests"] - before["requests"] == 12
     assert after["largest"] > 1, after
     assert after["max_batch"] == 8 and after["largest"] <= 8  # no --max_batch: a CPU's default
+    assert after["mode"] == "continuous" and after["steps"] > before["steps"]  # the default batching
 
 
 # ---------------------------------------------------------------- errors: 4xx in OpenAI's shape

@@ -22,9 +22,13 @@ def add_arguments(p) -> None:
     p.add_argument("--batch_wait_ms", type=float, default=5.0,
                    help="how long the model waits to collect concurrent requests into one batch")
     p.add_argument("--max_batch", type=int,
-                   help=f"most requests in one batch (default: {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, where a "
+                   help=f"most requests in one batch (continuous batching: decoding at once) (default: {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU, where a "
                         "forward costs about in proportion to its rows: smaller batches answer the first requests "
                         "sooner; README, Serve, has the measurements)")
+    p.add_argument("--batching", choices=("continuous", "static"),
+                   help="continuous: requests join and leave the running batch between decode steps, so none waits "
+                        "for another's whole generation; static: a batch decodes until all its rows are done "
+                        "(default continuous; static with --decode static, which continuous batching cannot use)")
     p.add_argument("--max_request_bytes", type=int, default=1_000_000,
                    help="largest request body taken; a larger one is refused with 413 before it is read whole")
     from usertwin.cli.twinflags import add_decode_flag, add_prefill_flag
@@ -50,12 +54,17 @@ def run(args) -> int:
     if (args.max_batch is not None and args.max_batch < 1) or args.batch_wait_ms < 0 or args.max_request_bytes < 1:
         raise UsertwinError("--max_batch and --max_request_bytes must be at least 1 and --batch_wait_ms not "
                             "negative")
+    batching = args.batching or ("static" if args.decode == "static" else "continuous")
+    if batching == "continuous" and args.decode == "static":
+        raise UsertwinError("--batching continuous decodes with transformers' dynamic cache: with --decode static "
+                            "use --batching static")
     _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
     twin = Twin.load(args.run, records=args.data, decode=args.decode, progress=args.progress,
                      prefill=args.prefill)
     name = args.model_name or model_name_of(args.run)
     app = create_app(twin, api_key=args.api_key, model_name=name, wait_ms=args.batch_wait_ms,
-                     max_batch=args.max_batch or _default_batch(), max_request_bytes=args.max_request_bytes)
+                     max_batch=args.max_batch or _default_batch(), max_request_bytes=args.max_request_bytes,
+                     batching=batching)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"usertwin serve: warning: listening on {args.host} without --api_key: anyone who can reach it "
               "can use the twin", file=sys.stderr)

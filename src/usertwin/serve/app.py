@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from usertwin.config import GenerateSettings, range_of
 from usertwin.errors import UsertwinError
 from usertwin.serve.batching import Batcher, Job, Result
+from usertwin.serve.continuous import ContinuousBatcher
 from usertwin.twin.api import PromptTooLong
 from usertwin.twin.chat import chat_prompt, check_chat, trained_on
 
@@ -127,9 +128,18 @@ class ScoreRequest(Who):
 # ---------------------------------------------------------------- the app
 
 
+BATCHING = ("continuous", "static")
+
+
 def create_app(twin, *, api_key: str | None = None, model_name: str | None = None, wait_ms: float = 5.0,
-               max_batch: int = 32, max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
-    state = Served(twin, model_name or "usertwin", Batcher(twin, wait_ms, max_batch))
+               max_batch: int = 32, max_request_bytes: int = MAX_REQUEST_BYTES,
+               batching: str = "continuous") -> FastAPI:
+    """`batching`: continuous (requests join and leave the running batch between decode steps) or static (a
+    batch decodes until all its rows are done; what --decode static and a vLLM engine need)."""
+    if batching not in BATCHING:
+        raise UsertwinError(f"batching must be one of {', '.join(BATCHING)}, not {batching!r}")
+    kind = ContinuousBatcher if batching == "continuous" else Batcher
+    state = Served(twin, model_name or "usertwin", kind(twin, wait_ms, max_batch))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

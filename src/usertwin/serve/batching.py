@@ -44,7 +44,7 @@ class Result:
 
 
 @dataclasses.dataclass
-class _Pending:
+class Pending:
     job: Job
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -54,6 +54,10 @@ class _Pending:
 
 
 class Batcher:
+    """Static batching (--batching static): a batch runs until every row of it has finished."""
+
+    mode = "static"
+
     def __init__(self, twin, wait_ms: float = 5.0, max_batch: int = 32):
         self.twin, self.wait, self.max_batch = twin, wait_ms / 1000, max(1, max_batch)
         self.queue: queue.Queue = queue.Queue()
@@ -69,12 +73,12 @@ class Batcher:
         self.thread.join(timeout=30)
 
     def stats(self) -> dict:
-        return {"requests": self.requests, "batches": self.batches, "largest": self.largest,
+        return {"mode": self.mode, "requests": self.requests, "batches": self.batches, "largest": self.largest,
                 "cancelled": self.cancelled, "wait_ms": self.wait * 1000, "max_batch": self.max_batch}
 
     async def run(self, job: Job) -> Result:
         loop = asyncio.get_running_loop()
-        pending = _Pending(job, loop, loop.create_future())
+        pending = Pending(job, loop, loop.create_future())
         self.queue.put(pending)
         try:
             return await pending.future
@@ -86,15 +90,10 @@ class Batcher:
 
     def _loop(self) -> None:
         while True:
-            batch = self._collect()
+            batch = self.collect()
             if batch is None:
                 return
-            live = [p for p in batch if not p.job.gone.is_set()]
-            for p in batch:
-                if p.job.gone.is_set():
-                    p.loop.call_soon_threadsafe(p.future.cancel)  # its waiter, if any, ends too
-            self.cancelled += len(batch) - len(live)
-            batch = live
+            batch = self.live(batch)
             if not batch:
                 continue
             self.requests, self.batches = self.requests + len(batch), self.batches + 1
@@ -104,9 +103,18 @@ class Batcher:
             except Exception as e:  # a bug or out of memory: every waiting request hears of it, the worker lives
                 log.exception("batch of %d failed", len(batch))
                 for p in batch:
-                    _fail(p, e)
+                    fail(p, e)
 
-    def _collect(self) -> list[_Pending] | None:
+    def live(self, batch: list[Pending]) -> list[Pending]:
+        """The jobs whose clients still wait; the others are dropped before they run."""
+        live = [p for p in batch if not p.job.gone.is_set()]
+        for p in batch:
+            if p.job.gone.is_set():
+                p.loop.call_soon_threadsafe(p.future.cancel)  # its waiter, if any, ends too
+        self.cancelled += len(batch) - len(live)
+        return live
+
+    def collect(self) -> list[Pending] | None:
         first = self.queue.get()
         if first is None:
             return None
@@ -122,15 +130,15 @@ class Batcher:
             batch.append(item)
         return batch
 
-    def _run(self, batch: list[_Pending]) -> None:
-        ready = [p for p in batch if self._prepare(p)]
+    def _run(self, batch: list[Pending]) -> None:
+        ready = [p for p in batch if self.prepare(p)]
         self._generate([p for p in ready if p.job.gen is not None])
-        self._score([p for p in ready if p.cands is not None])
+        self.score([p for p in ready if p.cands is not None])
         for p in ready:
             if not p.future.done():
-                _deliver(p, p.result)
+                deliver(p, p.result)
 
-    def _prepare(self, p: _Pending) -> bool:
+    def prepare(self, p: Pending) -> bool:
         """Builds the prompt (and candidates); a request error goes back to its own request only."""
         try:
             p.ids = p.job.prompt()
@@ -142,27 +150,27 @@ class Batcher:
                 raise PromptTooLong(f"the prompt has {len(p.ids)} tokens and {what} {room} more; the twin's "
                                     f"max_length is {limit}: shorten the conversation, history or item")
         except Exception as e:
-            _fail(p, e)
+            fail(p, e)
             return False
         p.result = Result(len(p.ids))
         if p.job.stream:
             p.job.stream(("start",))
         return True
 
-    def _generate(self, pending: list[_Pending]) -> None:
-        groups: dict[tuple, list[_Pending]] = {}
+    def _generate(self, pending: list[Pending]) -> None:
+        groups: dict[tuple, list[Pending]] = {}
         for p in pending:  # one generate call per setting: a call decodes every row the same way
             groups.setdefault(dataclasses.astuple(p.job.gen), []).append(p)
         for group in groups.values():
             gen = group[0].job.gen
-            stream = [_delta(p.job.stream, s) if p.job.stream else None
+            stream = [delta_to(p.job.stream, s) if p.job.stream else None
                       for p in group for s in range(gen.num_samples)]
             gone = [p.job.gone.is_set for p in group]
             texts = self.twin.generate_after([p.ids for p in group], gen, stream=stream, gone=gone)
             for p, samples in zip(group, texts):
                 p.result.texts = [(t, self.twin.count_tokens(t)) for t in samples]
 
-    def _score(self, pending: list[_Pending]) -> None:
+    def score(self, pending: list[Pending]) -> None:
         if not pending:
             return
         scores = self.twin.score_after([p.ids for p in pending], [p.cands for p in pending])
@@ -170,16 +178,15 @@ class Batcher:
             p.result.scores = s
 
 
-
-def _delta(emit: Callable[[tuple], None], sample: int) -> Callable[[str], None]:
+def delta_to(emit: Callable[[tuple], None], sample: int) -> Callable[[str], None]:
     return lambda text: emit(("delta", sample, text))
 
 
-def _deliver(p: _Pending, value) -> None:
+def deliver(p: Pending, value) -> None:
     p.loop.call_soon_threadsafe(_set, p.future, value, None)
 
 
-def _fail(p: _Pending, error: BaseException) -> None:
+def fail(p: Pending, error: BaseException) -> None:
     p.loop.call_soon_threadsafe(_set, p.future, None, error)
 
 

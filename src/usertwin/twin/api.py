@@ -176,6 +176,17 @@ class Twin:
         seeds, streaming and giving up on rows nobody waits for)."""
         return self.engine.generate_texts(prompts, gen, seeds, stream, gone)
 
+    def decoder(self):
+        """A continuous-batching decoder over this twin's model (twin/continuous.py): requests join and leave its
+        running batch between decode steps, each getting the texts generate_after gives it alone."""
+        from usertwin.twin.continuous import Decoder
+
+        return Decoder(self.engine)
+
+    def text_of(self, ids: list[int]) -> str:
+        """Generated token ids as generate_after returns their text (up to the end of turn, stripped)."""
+        return self.engine.decode(ids)
+
     def score_after(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[tuple]]:
         """(log-probability, tokens) of each candidate continuation (token ids) after its prompt."""
         return self.engine.score_many(prompts, candidates)

@@ -34,10 +34,15 @@ class RepetitionPenalty:
             self.pad = self.pad.to(input_ids.device)
         at = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
         # padding positions repeat the row's last token, which is counted anyway
-        ids = torch.where(at >= self.pad, input_ids, input_ids[:, -1:])
-        seen = scores.gather(1, ids)
-        seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
-        return scores.scatter(1, ids, seen)
+        return penalise(scores, torch.where(at >= self.pad, input_ids, input_ids[:, -1:]), self.penalty)
+
+
+def penalise(scores, ids, penalty: float):
+    """`scores` with the logit of every token of `ids` (rows x tokens, repeats allowed) divided by `penalty` when
+    positive, multiplied when negative: one rule for generate's processor and the continuous decoder."""
+    seen = scores.gather(1, ids)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return scores.scatter(1, ids, seen)
 
 
 class SeededSampler:
@@ -49,31 +54,38 @@ class SeededSampler:
 
     def __init__(self, seeds: list[int], gen: GenerateSettings, prompt_width: int):
         self.temperature, self.top_p, self.top_k, self.width = gen.temperature, gen.top_p, gen.top_k, prompt_width
-        # 1 - rand: in (0, 1], so a token of probability 0 at the start of the order is never drawn
-        draws = [1 - torch.rand(gen.max_new_tokens, generator=torch.Generator().manual_seed(int(s) % 2**63),
-                                dtype=torch.float64) for s in seeds]
-        self.uniform = torch.stack(draws)
+        self.uniform = torch.stack([uniforms(s, gen.max_new_tokens) for s in seeds])
 
     def __call__(self, input_ids, scores):
         step = input_ids.shape[1] - self.width
-        scores = scores.float()
-        if 0 < self.top_k < scores.shape[-1]:  # the k likeliest tokens; ties at the k-th all stay, as in vLLM
-            kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        probs = torch.softmax(scores / self.temperature, dim=-1)
-        order = None
-        if self.top_p < 1.0:  # the smallest set of likeliest tokens whose mass reaches top_p
-            probs, order = probs.sort(dim=-1, descending=True)
-            before = probs.cumsum(-1) - probs
-            probs = probs.masked_fill(before >= self.top_p, 0.0)
-        cdf = probs.double().cumsum(-1)
-        if self.uniform.device != cdf.device:  # once: no host-to-device copy per step
-            self.uniform = self.uniform.to(cdf.device)
-        u = self.uniform[:, step, None] * cdf[:, -1:]
-        pick = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)
-        if order is not None:
-            pick = order.gather(1, pick)
-        return torch.full_like(scores, float("-inf")).scatter_(1, pick, 0.0)
+        if self.uniform.device != scores.device:  # once: no host-to-device copy per step
+            self.uniform = self.uniform.to(scores.device)
+        pick = draw(scores, self.uniform[:, step, None], self.temperature, self.top_p, self.top_k)
+        return torch.full_like(scores, float("-inf"), dtype=torch.float32).scatter_(1, pick, 0.0)
+
+
+def uniforms(seed: int, steps: int):
+    """A row's uniform numbers, one per step, from its own generator."""
+    # 1 - rand: in (0, 1], so a token of probability 0 at the start of the order is never drawn
+    return 1 - torch.rand(steps, generator=torch.Generator().manual_seed(int(seed) % 2**63), dtype=torch.float64)
+
+
+def draw(scores, u, temperature: float, top_p: float, top_k: int):
+    """Each row's token (rows x 1) drawn by inverse CDF with its uniform number `u` (rows x 1): one rule for
+    generate's processor (SeededSampler) and the continuous decoder, so both draw the same tokens."""
+    scores = scores.float()
+    if 0 < top_k < scores.shape[-1]:  # the k likeliest tokens; ties at the k-th all stay, as in vLLM
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores / temperature, dim=-1)
+    order = None
+    if top_p < 1.0:  # the smallest set of likeliest tokens whose mass reaches top_p
+        probs, order = probs.sort(dim=-1, descending=True)
+        before = probs.cumsum(-1) - probs
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    cdf = probs.double().cumsum(-1)
+    pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=cdf.shape[-1] - 1)
+    return order.gather(1, pick) if order is not None else pick
 
 
 class GiveUp:
