@@ -9,13 +9,14 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
 mkdir -p "$OUT"
 LOG="$OUT/run.log"
-{ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl \
+{ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
     && export PYTHONPATH=src:/tmp/site
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c "import torch, transformers, peft, liger_kernel; print(torch.__version__, transformers.__version__, peft.__version__)"
-  timeout 240 python benchmarks/lora_speed.py --shapes smollm2 --batch_tokens 65536 --profile \
+  timeout 200 python benchmarks/lora_speed.py --shapes smollm2 --batch_tokens 65536 --profile \
       --records .gpu/ml-small.jsonl --tokenizer .gpu/tok-smollm2 --out "$OUT/smollm2"
-  timeout 280 python benchmarks/lora_speed.py --shapes qwen3-1.7b --batch_tokens 32768 --max_length 4096 \
+  timeout 200 python benchmarks/lora_speed.py --shapes qwen3-1.7b --batch_tokens 32768 --max_length 4096 \
+      --variants full lora-float32 lora-mixed \
       --records .gpu/ml-small.jsonl --tokenizer .gpu/tok-smollm2 --out "$OUT/qwen3"
   rm -f "$OUT"/*/run_logs.jsonl  # the device returns at most 8 files
 } > "$LOG" 2>&1
