@@ -24,6 +24,7 @@ from usertwin.model.load import (
     use_experts,
 )
 from usertwin.text.tokens import IGNORE
+from usertwin.train.moelora import group_lora_experts
 
 
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = "all-linear"):
@@ -79,6 +80,9 @@ def _moe_lora(model, r: int, alpha: int, dropout: float, experts: list[str]):
             if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
                 for name in module.lora_dropout:
                     module.lora_dropout[name] = nn.Dropout(p=dropout)
+    # the experts' adapters as grouped products (moelora.py), unless --experts asked for eager or batched_mm
+    if getattr(causal_lm(peft_model).config, "_experts_implementation", None) in (None, "grouped_mm"):
+        group_lora_experts(peft_model)
     return peft_model
 
 
