@@ -45,7 +45,9 @@ def _fused_layout(experts, wrappers: dict) -> bool:
 
 
 def _forward(experts, wrappers: dict, peft_forward, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
-    if any(w.merged or w.disable_adapters for w in wrappers.values()):
+    # merged or switched-off adapters, and DeepSpeed ZeRO-3's partitioned weights (gathered by hooks on the
+    # modules peft's path calls, which this one does not): peft's path
+    if any(w.merged or w.disable_adapters for w in wrappers.values()) or hasattr(experts.down_proj, "ds_id"):
         return peft_forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs)
     k = top_k_index.shape[-1]
     chosen = top_k_index.reshape(-1)
