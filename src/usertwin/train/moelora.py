@@ -80,17 +80,20 @@ def _adapted(x, weight, wrapper, counts):
         b = wrapper.lora_B[name].weight  # out x (r * experts)
         r = a.shape[0] // experts
         a = a.reshape(experts, r, width).transpose(1, 2).to(x.dtype)  # experts x in x r
-        b = b.reshape(out, r, experts).permute(2, 1, 0).to(x.dtype)  # experts x r x out
+        # experts x r x out; grouped_mm wants each expert's matrix contiguous (a permuted view is refused)
+        b = b.reshape(out, r, experts).permute(2, 1, 0).contiguous().to(x.dtype)
         y = y + _grouped(_grouped(x, a, counts), b, counts) * wrapper.scaling[name]
     return y
 
 
 def _grouped(x, w, counts):
     """Rows of x (sorted by group; counts[e] of them for group e) times w[e]: torch's grouped_mm where it
-    runs (a GPU, bf16, 16-byte aligned widths), else one product per group."""
-    mm = getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+    runs (on a GPU: bf16 and 16-byte aligned widths; on a CPU: torch's own, where this torch has it), else one
+    product per group."""
+    mm = getattr(torch.nn.functional, "grouped_mm", None)
     aligned = all(n * x.element_size() % 16 == 0 for n in w.shape[1:])
-    if mm is not None and x.is_cuda and x.dtype == w.dtype == torch.bfloat16 and aligned:
+    gpu = x.is_cuda and x.dtype == w.dtype == torch.bfloat16 and aligned
+    if mm is not None and (gpu or (x.device.type == "cpu" and x.dtype == w.dtype)):
         return mm(x, w, offs=counts.cumsum(0).to(torch.int32))
     parts = torch.split(x, counts.tolist())
     return torch.cat([p @ w[e].to(p.dtype) for e, p in enumerate(parts)])
