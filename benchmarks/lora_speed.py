@@ -15,8 +15,8 @@ timeline unit, packed --batch_tokens rows, the same users and steps) runs these 
 Each reports tokens/s over the steps after --warmup, MFU (6 N tokens/s over the card's peak, the usual
 convention, and the FLOPs LoRA really does: 4 N, no weight gradients of the base), peak memory and the first
 steps' losses (the same data, so the variants' losses can be compared). With --profile, torch's profiler records
-two steps of each variant of the first shape and writes the 25 kernels that take the most GPU time
-(OUT/profiles.txt). Results: OUT/lora_speed.{json,md}.
+two more steps of each variant of the first shape, after the timed ones, and writes the 25 kernels that take
+the most GPU time (OUT/profiles.txt). Results: OUT/lora_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -102,6 +102,12 @@ def profiled(path: Path | None, label: str, first: int, steps: int = 2):
         Trainer._forward_backward = original
 
 
+def logged_steps(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "logs.jsonl").read_text().splitlines()]
+    return [{"tokens": r["interval_tokens"], "target_tokens": r["interval_target_tokens"], "t": r["time"]}
+            for r in rows if "interval_tokens" in r]
+
+
 def first_losses(out: Path, n: int = 3) -> list[float]:
     rows = [json.loads(line) for line in (out / "logs.jsonl").read_text().splitlines()]
     return [round(r["loss"], 5) for r in rows if "loss" in r and "interval_tokens" in r][:n]
@@ -111,8 +117,13 @@ def run_variant(shape: str, variant: str, folder: Path, n: int, records: Path, t
     label = f"{shape}-{variant}"
     over = dict(VARIANTS[variant], learning_rate=2e-4, max_length=args.max_length)
     prof = args.out / "profiles.txt" if args.profile and shape == args.shapes[0] else None
-    with profiled(prof, label, args.warmup):
+    timed = args.warmup + args.steps
+    if prof:  # two more steps, profiled after the timed ones: the profiler's own cost stays out of tokens/s
+        over["max_steps"] = timed + 2
+    with profiled(prof, label, timed):
         r = gt.run_usertwin(records, folder, args, "timeline", False, tokenizer, label, **over)
+    if prof:
+        r.update(gt.steady(logged_steps(args.work / "runs" / label)[:timed], args.warmup))
     r["first_losses"] = first_losses(args.work / "runs" / label)
     flops = 6 if variant == "full" else 4
     r.update(shape=shape, variant=variant, params=n,
