@@ -4,6 +4,8 @@ longer copy each adapted layer's input to float32."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -69,3 +71,31 @@ def test_auto_is_mixed_for_bf16_and_nothing_for_float32(tokenizer):
     assert plain.autocast_dtype is None  # a float32 model needs no autocast: the adapters are its dtype
     _, _, inputs = loss_and_grads(plain, batch(tokenizer))
     assert inputs == {torch.float32}
+
+
+def test_fused_adapter_sum_equals_peft_with_dropout_and_steps_aside_when_it_must(tokenizer):
+    """_fused_lora (one addmm for the scaling and the sum) gives peft's output and gradients, dropout included
+    (the same random draws, in the same order); merged or switched-off adapters take peft's forward."""
+    from peft.tuners.lora import Linear
+
+    from usertwin.train.trainable import _fused_lora
+
+    model = tiny_model("qwen3", len(tokenizer))
+    torch.manual_seed(1)
+    model = add_lora(model, r=8, alpha=16, dropout=0.3).train()
+    layer = next(m for m in model.modules() if isinstance(m, Linear))
+    torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
+    x = torch.randn(3, 5, layer.in_features, requires_grad=True)
+    outs, grads = [], []
+    for fused in (False, True):
+        torch.manual_seed(7)
+        out = _fused_lora(layer, layer.forward, x) if fused else layer(x)
+        (g,) = torch.autograd.grad((out ** 2).sum(), [layer.lora_B["default"].weight])
+        outs.append(out)
+        grads.append(g)
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(grads[0], grads[1], atol=1e-5)
+    with model.disable_adapter():
+        assert torch.equal(_fused_lora(layer, layer.forward, x), layer.base_layer(x))
+    mixed = lora_model(tokenizer, "mixed")
+    fused = [m for m in mixed.modules() if isinstance(m, Linear)]
+    assert fused and all(isinstance(m.__dict__.get("forward"), functools.partial) for m in fused)

@@ -8,6 +8,7 @@ gathered at the (shifted) target positions first, and only those go through the 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,7 @@ def mixed_precision(model, precision: str = "auto"):
     float32 matmuls and a float32 sum, which made LoRA slower than full fine-tuning. Here the input stays as it
     is and torch.autocast (TargetLoss) runs the adapters' matmuls in the model's dtype; the weights, their
     gradients and the optimizer stay float32. Sets model.autocast_dtype (None: no autocast)."""
-    from peft.tuners.lora import LoraLayer, ParamWrapper
+    from peft.tuners.lora import Linear, LoraLayer, ParamWrapper
 
     dtype = causal_lm(model).dtype
     low = dtype in (torch.bfloat16, torch.float16)
@@ -144,7 +145,28 @@ def mixed_precision(model, precision: str = "auto"):
         # a MoE's adapted expert parameters (ParamWrapper) build W + BA themselves: left as peft has them
         if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
             module.cast_input_dtype_enabled = False
+            if isinstance(module, Linear):
+                module.forward = functools.partial(_fused_lora, module, module.forward)
     return model
+
+
+def _fused_lora(layer, peft_forward, x, *args, **kwargs):
+    """A plain LoRA linear layer's base(x) + s B A dropout(x), the scaling and the sum done by one addmm on the
+    rank-r product (peft multiplies and adds over the layer's full output width, forward and backward: the
+    largest share of LoRA's GPU time after mixed precision, benchmarks/results/lora_speed_h100.md). Anything
+    else (several or no active adapters, merged, switched off, DoRA and other variants, a bias, extra
+    arguments) takes peft's forward."""
+    active = layer.active_adapters
+    name = active[0] if len(active) == 1 else None
+    if (name not in layer.lora_A or args or kwargs or layer.disable_adapters or layer.merged
+            or name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None):
+        return peft_forward(x, *args, **kwargs)
+    result = layer.base_layer(x)
+    h = layer.lora_A[name](layer.lora_dropout[name](x))
+    b = layer.lora_B[name].weight
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.t().to(h.dtype),
+                       alpha=layer.scaling[name])
+    return flat.view(result.shape)
 
 
 def _checkpoint_activations(model) -> None:
