@@ -155,11 +155,12 @@ def _fused_lora(layer, peft_forward, x, *args, **kwargs):
     rank-r product (peft multiplies and adds over the layer's full output width, forward and backward: the
     largest share of LoRA's GPU time after mixed precision, benchmarks/results/lora_speed_h100.md). Anything
     else (several or no active adapters, merged, switched off, DoRA and other variants, a bias, extra
-    arguments) takes peft's forward."""
+    arguments, DeepSpeed ZeRO-3's partitioned weights) takes peft's forward."""
     active = layer.active_adapters
     name = active[0] if len(active) == 1 else None
     if (name not in layer.lora_A or args or kwargs or layer.disable_adapters or layer.merged
-            or name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None):
+            or name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None
+            or hasattr(layer.lora_B[name].weight, "ds_id")):  # ZeRO-3 gathers B only when lora_B is called
         return peft_forward(x, *args, **kwargs)
     result = layer.base_layer(x)
     h = layer.lora_A[name](layer.lora_dropout[name](x))
