@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One device call for issue 27: LoRA against full fine-tuning (benchmarks/lora_speed.py), the SmolLM2-135M shape at
-# 65,536-token micro-batches (with torch's profiler on two steps of each variant) and the Qwen3-1.7B shape at
-# 16,384 (32,768 ran out of an H100's 80 GB); LoRA on MoE experts, peft's path against grouped products (benchmarks/moe_lora.py, 4 layers of the
-# Qwen3-30B-A3B shape). liger-kernel comes as a carried wheel (.gpu/whl, git-ignored: pip download --no-deps
-# liger-kernel), so every variant runs with it, as training on a GPU does by default. Inputs in .gpu/ as for
-# gpu_fast_twins.sh. PARTS picks and orders the parts (default: smollm2 moe qwen3). Appends to OUT/run.log.
+# 65,536-token micro-batches (with torch's profiler on two more steps of each variant) and the Qwen3-1.7B shape at
+# 16,384 (32,768 ran out of an H100's 80 GB); LoRA on MoE experts, peft's path against grouped products
+# (benchmarks/moe_lora.py, 4 layers of the Qwen3-30B-A3B shape). liger-kernel comes as a carried wheel (.gpu/whl,
+# git-ignored: pip download --no-deps liger-kernel), so every variant runs with it, as training on a GPU does by
+# default. Inputs in .gpu/ as for gpu_fast_twins.sh. PARTS picks and orders the parts (default: smollm2 moe qwen3).
+# Appends to OUT/run.log.
 #   OUT=/some/dir bash benchmarks/gpu_lora_speed.sh     (about 8 minutes on an H200)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
