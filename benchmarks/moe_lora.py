@@ -46,14 +46,9 @@ def build(shape: str, layers: int, grouped: bool, device: str):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    saved = trainable.group_lora_experts
-    if not grouped:
-        trainable.group_lora_experts = lambda m: 0  # peft's own path
-    try:
-        torch.manual_seed(1)
-        model = trainable.mixed_precision(trainable.add_lora(model, r=16, alpha=32, dropout=0.0), "auto")
-    finally:
-        trainable.group_lora_experts = saved
+    torch.manual_seed(1)
+    model = trainable.add_lora(model, r=16, alpha=32, dropout=0.0, grouped_experts=grouped)
+    model = trainable.mixed_precision(model, "auto")
     return model
 
 

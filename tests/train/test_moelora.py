@@ -26,15 +26,7 @@ def adapted(tokenizer, grouped: bool, experts: str = "grouped_mm", dtype=torch.f
     use_experts(model, experts)
     torch.manual_seed(1)  # the same lora_A for both paths
     original = ParamWrapper.forward
-    if not grouped:  # peft's own path: keep add_lora from switching
-        import usertwin.train.trainable as trainable
-
-        saved, trainable.group_lora_experts = trainable.group_lora_experts, lambda m: 0
-    try:
-        model = add_lora(model, r=4, alpha=8, dropout=0.0)
-    finally:
-        if not grouped:
-            trainable.group_lora_experts = saved
+    model = add_lora(model, r=4, alpha=8, dropout=0.0, grouped_experts=grouped)
     assert ParamWrapper.forward is original
     for i, (n, p) in enumerate(model.named_parameters()):  # non-zero adapters, so that they take part
         if "lora_B" in n:

@@ -28,7 +28,10 @@ from usertwin.text.tokens import IGNORE
 from usertwin.train.moelora import group_lora_experts
 
 
-def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = "all-linear"):
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = "all-linear",
+             grouped_experts: bool = True):
+    """LoRA as the config asks. grouped_experts: a MoE's expert adapters as grouped products (moelora.py) where
+    the experts compute so; False keeps peft's W + BA path (benchmarks and tests compare the two)."""
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules
@@ -36,7 +39,7 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     experts = expert_parameters(model) if targets == "all-linear" else []
     if experts:
-        return _moe_lora(model, r, alpha, dropout, experts)
+        return _moe_lora(model, r, alpha, dropout, experts, grouped_experts)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type="CAUSAL_LM")
     import warnings
@@ -65,7 +68,7 @@ def linear_layers(model) -> tuple[list[str], list[str]]:
     return sorted(keep), skip
 
 
-def _moe_lora(model, r: int, alpha: int, dropout: float, experts: list[str]):
+def _moe_lora(model, r: int, alpha: int, dropout: float, experts: list[str], grouped: bool = True):
     """"all-linear" on a MoE: the linear layers (attention, any dense MLP) and the experts' fused weights, not
     the router. peft adapts a parameter (ParamWrapper) without dropout (x cannot be factored out of x @ (W + BA)),
     and one LoraConfig has one dropout: build with none, then give the linear layers theirs."""
@@ -82,7 +85,7 @@ def _moe_lora(model, r: int, alpha: int, dropout: float, experts: list[str]):
                 for name in module.lora_dropout:
                     module.lora_dropout[name] = nn.Dropout(p=dropout)
     # the experts' adapters as grouped products (moelora.py), unless --experts asked for eager or batched_mm
-    if getattr(causal_lm(peft_model).config, "_experts_implementation", None) in (None, "grouped_mm"):
+    if grouped and getattr(causal_lm(peft_model).config, "_experts_implementation", None) in (None, "grouped_mm"):
         group_lora_experts(peft_model)
     return peft_model
 
