@@ -19,7 +19,7 @@ LOG="$OUT/run.log"
   for part in ${PARTS:-smollm2 moe qwen3}; do
     echo "== $part"
     case $part in
-      smollm2) timeout 180 python benchmarks/lora_speed.py --shapes smollm2 --batch_tokens 65536 --profile \
+      smollm2) timeout 180 python benchmarks/lora_speed.py --shapes smollm2 --batch_tokens 65536 --profile --breakdown \
                  --records .gpu/ml-small.jsonl --tokenizer .gpu/tok-smollm2 --out "$OUT/smollm2" ;;
       moe) timeout 100 python benchmarks/moe_lora.py --layers 4 --tokens 16384 --out "$OUT/moe" ;;
       qwen3) timeout 170 python benchmarks/lora_speed.py --shapes qwen3-1.7b --batch_tokens 16384 --max_length 4096 \

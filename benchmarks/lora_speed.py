@@ -102,6 +102,75 @@ def profiled(path: Path | None, label: str, first: int, steps: int = 2):
         Trainer._forward_backward = original
 
 
+PHASES = (("usertwin.train.trainer", "batch_tensors", "batch"),
+          ("usertwin.train.trainable", "TargetLoss.forward", "forward"),
+          ("accelerate", "Accelerator.backward", "backward"),
+          ("accelerate", "Accelerator.clip_grad_norm_", "clip"),
+          ("accelerate.optimizer", "AcceleratedOptimizer.step", "optimizer"),
+          ("accelerate.optimizer", "AcceleratedOptimizer.zero_grad", "zero_grad"),
+          ("usertwin.train.trainer", "Trainer._log_interval", "log"))
+
+
+@contextlib.contextmanager
+def breakdown(into: dict | None, first: int, steps: int = 3):
+    """Where a step's wall time goes (issue 27: 1.25 s a step against 227 ms of kernels on an H100): for steps
+    first .. first+steps-1, each phase of the loop is timed between device syncs (so a phase's host time and the
+    kernels it waits for count to it); `into` gets each phase's mean ms a step, the step's wall ms, and the caching
+    allocator's cudaMalloc calls and retries a step over every step of the run."""
+    if into is None:
+        yield
+        return
+    import importlib
+
+    from usertwin.train.trainer import Trainer
+
+    count, sums, marks, patched = [-1], dict.fromkeys([p for *_, p in PHASES], 0.0), [], []
+
+    def allocator() -> tuple[int, int]:
+        s = torch.cuda.memory_stats() if torch.cuda.is_available() else {}
+        return s.get("num_device_alloc", 0), s.get("num_alloc_retries", 0)
+
+    def timed(fn, phase):
+        def wrapper(*a, **k):
+            if not first <= count[0] < first + steps:
+                return fn(*a, **k)
+            gt.sync()
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            gt.sync()
+            sums[phase] += time.perf_counter() - t
+            return out
+        return wrapper
+
+    for module, name, phase in PHASES:
+        owner = importlib.import_module(module)
+        *outer, attr = name.split(".")
+        for part in outer:
+            owner = getattr(owner, part)
+        patched.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, timed(getattr(owner, attr), phase))
+    original_fb = Trainer._forward_backward
+
+    def counted(self, group, interval):  # the step's start: wall time and allocator counters
+        gt.sync()
+        count[0] += 1  # the step the loop is in until the next one starts (clip, optimizer and log follow)
+        marks.append((count[0], time.perf_counter(), *allocator()))
+        original_fb(self, group, interval)
+
+    Trainer._forward_backward = counted
+    try:
+        yield
+    finally:
+        Trainer._forward_backward = original_fb
+        for owner, attr, fn in reversed(patched):
+            setattr(owner, attr, fn)
+        walls = [(b[1] - a[1]) for a, b in zip(marks, marks[1:]) if first <= a[0] < first + steps]
+        into.update({p: round(1000 * v / steps, 1) for p, v in sums.items()})
+        into["step_wall"] = round(1000 * sum(walls) / max(len(walls), 1), 1)
+        into["cudamalloc_per_step"] = [b[2] - a[2] for a, b in zip(marks, marks[1:])]
+        into["alloc_retries_per_step"] = [b[3] - a[3] for a, b in zip(marks, marks[1:])]
+
+
 def logged_steps(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "logs.jsonl").read_text().splitlines()]
     return [{"tokens": r["interval_tokens"], "target_tokens": r["interval_target_tokens"], "t": r["time"]}
@@ -118,12 +187,18 @@ def run_variant(shape: str, variant: str, folder: Path, n: int, records: Path, t
     over = dict(VARIANTS[variant], learning_rate=2e-4, max_length=args.max_length)
     prof = args.out / "profiles.txt" if args.profile and shape == args.shapes[0] else None
     timed = args.warmup + args.steps
-    if prof:  # two more steps, profiled after the timed ones: the profiler's own cost stays out of tokens/s
-        over["max_steps"] = timed + 2
-    with profiled(prof, label, timed):
+    split = {} if args.breakdown else None
+    # extra steps after the timed ones: two profiled, three broken down; their own cost stays out of tokens/s
+    extra = (2 if prof else 0) + (4 if args.breakdown else 0)
+    over["max_steps"] = timed + extra
+    with profiled(prof, label, timed), breakdown(split, timed + (2 if prof else 0)):
         r = gt.run_usertwin(records, folder, args, "timeline", False, tokenizer, label, **over)
-    if prof:
-        r.update(gt.steady(logged_steps(args.work / "runs" / label)[:timed], args.warmup))
+    steps = logged_steps(args.work / "runs" / label)
+    if extra:
+        r.update(gt.steady(steps[:timed], args.warmup))
+    r["step_ms"] = [round(1000 * (b["t"] - a["t"])) for a, b in zip(steps, steps[1:])]
+    if split is not None:
+        r["breakdown_ms"] = split
     r["first_losses"] = first_losses(args.work / "runs" / label)
     flops = 6 if variant == "full" else 4
     r.update(shape=shape, variant=variant, params=n,
@@ -150,6 +225,16 @@ def markdown(results: list[dict], env: dict) -> str:
         ratio = f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x" if base else "-"
         lines.append(f"| {r['shape']} | {r['variant']} | ok | {r['tokens_per_second']:,.0f} | {ratio} | "
                      f"{r['mfu_6n']} | {r['mfu_done']} | {r['peak_memory_gib']} | {r['first_losses']} |")
+    split = [r for r in results if r.get("breakdown_ms")]
+    if split:
+        phases = [p for *_, p in PHASES]
+        lines += ["", "Where a step's wall time goes (ms a step, each phase between device syncs; --breakdown):", "",
+                  "| shape | variant | " + " | ".join(phases) + " | step wall | cudaMalloc a step |",
+                  "| --- | --- | " + " | ".join("---" for _ in phases) + " | --- | --- |"]
+        for r in split:
+            b = r["breakdown_ms"]
+            lines.append(f"| {r['shape']} | {r['variant']} | " + " | ".join(str(b.get(p, "")) for p in phases)
+                         + f" | {b['step_wall']} | {b['cudamalloc_per_step']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -167,6 +252,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=3, help="steps before the timed ones")
     ap.add_argument("--steps", type=int, default=8, help="timed steps")
     ap.add_argument("--profile", action="store_true", help="profile two steps of each variant of the first shape")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="time each phase of three more steps between device syncs (where a step's wall time goes)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
