@@ -119,7 +119,7 @@ def test_decode_flag_and_a_wrong_decode_is_refused(engine, tokenizer):
 
 def test_repetition_penalty_counts_the_rows_own_tokens_not_its_padding():
     # row 0: prompt [1, 2, 3]; row 1: prompt [4] after two padding tokens 0
-    penalty = RepetitionPenalty(2.0, [3, 1], 3)
+    penalty = RepetitionPenalty(2.0, [[1, 1, 1], [0, 0, 1]])
     scores = torch.tensor([[4.0, 4.0, -4.0, 4.0, 4.0, 4.0], [4.0, 4.0, -4.0, 4.0, 4.0, 4.0]])
     out = penalty(torch.tensor([[1, 2, 3, 5], [0, 0, 4, 2]]), scores)  # one generated token each: 5 and 2
     assert out.tolist() == [[4.0, 2.0, -8.0, 2.0, 4.0, 2.0], [4.0, 4.0, -8.0, 4.0, 2.0, 4.0]]

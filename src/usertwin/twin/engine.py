@@ -18,6 +18,8 @@ from usertwin.rundir import RunDir
 from usertwin.sequences.fit import Prompt, build_prompt
 from usertwin.text.render import Renderer
 from usertwin.text.tokens import ItemLengths, SequenceEncoder, load_tokenizer
+from usertwin.twin import prefix
+from usertwin.twin.prefix import shared_groups
 from usertwin.twin.sampling import GiveUp, RepetitionPenalty, SeededSampler, until_end
 from usertwin.twin.stream import Tap
 
@@ -89,35 +91,6 @@ class Segment:
     seen: int
     after: int | None = None
     scored: bool = True
-
-
-def shared_groups(prompts: list[list[int]], candidates: list, block_tokens: int) -> list[tuple[int, list[int]]]:
-    """(shared length, member indices) groups of `prompts` whose members begin with the same tokens: in sorted
-    order a prompt joins the group before it when the tokens it no longer reads (the shared ones) outnumber the
-    tokens the shorter shared part adds to the members' tails, and the group's second forward (tails and
-    candidates) stays within `block_tokens`. A prompt alone is its own window, as without sharing."""
-    groups = []  # [shared, members, block size]
-    for k in sorted(range(len(prompts)), key=lambda k: prompts[k]):
-        p, own = prompts[k], sum(map(len, candidates[k]))
-        if groups:
-            shared, members, size = groups[-1]
-            first = prompts[members[0]]
-            common = _common_length(first[:shared], p)
-            grown = size + (shared - common) * len(members) + len(p) - common + own
-            if common > (shared - common) * len(members) and grown <= block_tokens:
-                groups[-1] = [common, members + [k], grown]
-                continue
-        groups.append([len(p), [k], own])
-    return [(shared, sorted(members)) for shared, members, _ in groups]
-
-
-def _common_length(a: list, b: list) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 BLOCK_TOKENS = 1024  # shared prefill: a group's tails and candidates in one row at most this long (or a prompt's)
@@ -379,9 +352,11 @@ class Engine:
         width = len(max(prompts, key=len))
         if self.static:  # graphs are recorded per shape: few shapes, so they are reused
             rows, width = rows + [rows[0]] * (_bucket(real) - real), max(MIN_WIDTH, _bucket(width, step=None))
+        ids, mask, cache = self._laid_out(rows, width)
+        width = ids.shape[1]
         processors = []
         if gen.repetition_penalty != 1.0:
-            processors.append(RepetitionPenalty(gen.repetition_penalty, [len(p) for p in rows], width))
+            processors.append(RepetitionPenalty(gen.repetition_penalty, mask.bool()))
         if gen.temperature > 0:
             if seeds is None:
                 seeds = ([gen.seed] * len(prompts) if gen.seed is not None
@@ -391,30 +366,40 @@ class Engine:
             processors.append(SeededSampler(row_seeds, gen, width))
         streamer = Tap(self, stream, gen.num_samples, n) if stream and any(stream) else None
         stop = GiveUp([gone[r // n] for r in range(real)], len(rows)) if gone else None
-        out = self._generate_rows(rows, width, gen.max_new_tokens, processors, streamer, stop)[:real]
+        out = self._generate_rows(ids, mask, cache, gen.max_new_tokens, processors, streamer, stop)[:real]
         per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
         return [row * (gen.num_samples // n) for row in per]
 
-    def _generate_rows(self, rows: list[list[int]], width: int, max_new_tokens: int, processors, streamer=None,
+    def _laid_out(self, rows: list[list[int]], width: int) -> tuple:
+        """(ids, attention mask, cache argument) of `rows` for generate: left padded to `width` -- or, with
+        --prefill shared where rows begin alike, laid out around their groups' beginnings, read once into a
+        cache (twin/prefix.py). The static cache is generate's own: it never starts from ours."""
+        layout = prefix.plan(rows) if self.prefill == "shared" and not self.static and len(rows) > 1 else None
+        if layout is None:
+            laid = [([self.pad_id] * (width - len(p)) + p, [0] * (width - len(p)) + [1] * len(p)) for p in rows]
+            cache = {}
+        else:
+            laid = [layout.row(k, p, self.pad_id) for k, p in enumerate(rows)]
+            keyword, past = prefix.cached_beginnings(self.model, layout, self.pad_id, self.device)
+            cache = {keyword: past}
+        ids = torch.tensor([i for i, _ in laid], device=self.device)
+        return ids, torch.tensor([m for _, m in laid], device=self.device), cache
+
+    def _generate_rows(self, ids, mask, cache: dict, max_new_tokens: int, processors, streamer=None,
                        stop=None) -> list[list[int]]:
-        """`rows` left padded to `width` tokens, then generated together."""
+        """Laid-out rows (_laid_out) generated together; each row's new tokens up to its end of turn."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        ids = torch.full((len(rows), width), self.pad_id, device=self.device)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(rows):  # left padding: generation continues every row at its end
-            ids[i, width - len(p):] = torch.tensor(p, device=self.device)
-            mask[i, width - len(p):] = 1
         # greedy over the sampler's one allowed token: sampling is ours (seeded per row), the loop and the KV
         # cache are transformers'; the model's own sampling defaults (top_k, ...) never apply
         out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                   do_sample=False, num_beams=1, use_cache=True, temperature=None, top_p=None,
                                   top_k=None, logits_processor=LogitsProcessorList(processors or []),
-                                  eos_token_id=self.eot_id, pad_token_id=self.pad_id,
+                                  eos_token_id=self.eot_id, pad_token_id=self.pad_id, **cache,
                                   **({"cache_implementation": "static"} if self.static else {}),
                                   **({"streamer": streamer} if streamer is not None else {}),
                                   **({"stopping_criteria": StoppingCriteriaList([stop])} if stop else {}))
-        return [until_end(row, self.eot_id, self.pad_id) for row in out[:, width:].tolist()]
+        return [until_end(row, self.eot_id, self.pad_id) for row in out[:, ids.shape[1]:].tolist()]
 
 
 def _bucket(n: int, step: int | None = 64) -> int:

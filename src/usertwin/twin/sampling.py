@@ -22,19 +22,20 @@ def until_end(ids: list[int], eot: int, pad: int) -> list[int]:
 class RepetitionPenalty:
     """A logits processor with vLLM's (and the seeds' scripts') repetition penalty: the logit of every token that
     occurs in the row's own prompt or generation is divided by `penalty` when positive, multiplied when negative.
-    The left padding of a row is not its prompt: it is never counted, so a row is penalised the same in any
-    batch (transformers' own processor counts the padding, which may be the end-of-turn token)."""
+    A row's padding (left, or between a shared beginning and its tail: twin/prefix.py) is not its prompt: it is
+    never counted, so a row is penalised the same in any batch (transformers' own processor counts the padding,
+    which may be the end-of-turn token). `real`: rows x prompt width, true at the row's own tokens."""
 
-    def __init__(self, penalty: float, prompt_lengths: list[int], prompt_width: int):
-        self.penalty = penalty
-        self.pad = torch.tensor([prompt_width - n for n in prompt_lengths])[:, None]
+    def __init__(self, penalty: float, real):
+        self.penalty, self.real = penalty, torch.as_tensor(real, dtype=torch.bool)
 
     def __call__(self, input_ids, scores):
-        if self.pad.device != input_ids.device:
-            self.pad = self.pad.to(input_ids.device)
-        at = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+        if self.real.device != input_ids.device:
+            self.real = self.real.to(input_ids.device)
+        new = input_ids.shape[1] - self.real.shape[1]
+        own = torch.cat([self.real, self.real.new_ones(self.real.shape[0], new)], dim=1)
         # padding positions repeat the row's last token, which is counted anyway
-        return penalise(scores, torch.where(at >= self.pad, input_ids, input_ids[:, -1:]), self.penalty)
+        return penalise(scores, torch.where(own, input_ids, input_ids[:, -1:]), self.penalty)
 
 
 def penalise(scores, ids, penalty: float):
