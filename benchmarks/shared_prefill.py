@@ -13,6 +13,8 @@ pairs/s is compared per pair. The two alternate user by user, so a machine that 
 
 Also reported: the tokens the scoring forwards read per pair (prompt and candidates), and the largest
 difference of a rating probability between the two (float rounding only: the same prompts and candidates).
+With --generate_tokens T every pair also generates (greedy, at most T tokens): the prompts' shared beginning is then
+read once for generation too (twin/prefix.py), and the share of generations identical between the two is reported.
 Random weights of the real shape: the speed of a shape does not depend on its weights.
 Writes OUT/shared_prefill.json and OUT/shared_prefill.md.
 """
@@ -65,11 +67,11 @@ def count_reads(engine) -> dict:
     return seen
 
 
-def run_user(twin, user: str, items_file: Path, out: Path, batch: int) -> float:
+def run_user(twin, user: str, items_file: Path, out: Path, batch: int, tokens: int = 0) -> float:
     from usertwin.config import GenerateSettings
     from usertwin.simulate import read_items, simulate
 
-    gen = GenerateSettings(generate=False, batch_size=batch)
+    gen = GenerateSettings(generate=tokens > 0, max_new_tokens=max(tokens, 1), batch_size=batch)
     _sync()
     t = time.perf_counter()
     simulate(twin, [user], read_items(items_file), None, out, gen, progress=False)
@@ -89,12 +91,12 @@ def measure(args, tok, records: Path, work: Path) -> dict:
     each_users = set(users if args.each_users is None else users[:args.each_users])
     reads = count_reads(twin.engine)
     stats = {p: {"seconds": 0.0, "pairs": 0, "tokens_read": 0, "forwards": 0} for p in ("shared", "each")}
-    run_user(twin, users[0], items, work / "warm.jsonl", args.batch_size)  # warm-up: kernels, allocator
+    run_user(twin, users[0], items, work / "warm.jsonl", args.batch_size, args.generate_tokens)  # warm-up: kernels, allocator
     for k, user in enumerate(users):
         for prefill in ("shared", "each") if user in each_users else ("shared",):
             twin.engine.prefill = prefill
             before = dict(reads)
-            dt = run_user(twin, user, items, work / f"{prefill}.jsonl", args.batch_size)
+            dt = run_user(twin, user, items, work / f"{prefill}.jsonl", args.batch_size, args.generate_tokens)
             s = stats[prefill]
             s["seconds"] += dt
             s["pairs"] += args.items
@@ -114,7 +116,10 @@ def summary(args, model, stats: dict, rows: dict) -> dict:
     out = {"shape": args.shape, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
            "items_per_user": args.items, "batch_size": args.batch_size, "max_length": args.max_length,
            "users": len({r["user"] for r in rows["shared"]}), "max_prob_difference": diff,
-           "same_prompts": same_prompts}
+           "same_prompts": same_prompts, "generate_tokens": args.generate_tokens}
+    if args.generate_tokens:
+        same = [r["generations"] == shared[(r["user"], r["step"])]["generations"] for r in rows["each"]]
+        out["identical_generations"] = f"{sum(same)}/{len(same)}"
     for p, s in stats.items():
         out[p] = {**s, "seconds": round(s["seconds"], 3), "pairs_per_s": round(s["pairs"] / s["seconds"], 2),
                   "tokens_read_per_pair": round(s["tokens_read"] / s["pairs"], 1)}
@@ -125,10 +130,12 @@ def summary(args, model, stats: dict, rows: dict) -> dict:
 def markdown(r: dict, env: dict) -> str:
     s, e = r["shared"], r["each"]
     return "\n".join([
-        f"# shared prefill, ratings-only simulate ({env['device']})", "",
+        f"# shared prefill, simulate ({env['device']})", "",
         f"`{env['command']}` on {env['date']}; torch {env['torch']}; {env['machine']}.",
         f"{r['shape']} shape ({r['dtype']}, random weights), max_length {r['max_length']}, {r['items_per_user']} "
-        f"items a user, batch {r['batch_size']}; the two prefills alternate user by user.", "",
+        f"items a user, batch {r['batch_size']}; "
+        + (f"every pair also generates up to {r['generate_tokens']} tokens (greedy); " if r["generate_tokens"] else
+           "ratings only; ") + "the two prefills alternate user by user.", "",
         "| prefill | users | pairs | seconds | pairs/s | tokens read a pair | scoring forwards |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         f"| each (one prompt per pair) | {e['pairs'] // r['items_per_user']} | {e['pairs']} | {e['seconds']} | "
@@ -136,7 +143,8 @@ def markdown(r: dict, env: dict) -> str:
         f"| shared (one history read for many items) | {r['users']} | {s['pairs']} | {s['seconds']} | "
         f"{s['pairs_per_s']} | {s['tokens_read_per_pair']} | {s['forwards']} |", "",
         f"Speed-up (pairs/s, shared / each): **{r['speedup']}x**. Same prompts in both: {r['same_prompts']}; "
-        f"largest difference of a rating probability: {r['max_prob_difference']:.2e}.", ""])
+        f"largest difference of a rating probability: {r['max_prob_difference']:.2e}."
+        + (f" Identical generations: {r['identical_generations']}." if r["generate_tokens"] else ""), ""])
 
 
 def parse(argv=None):
@@ -147,6 +155,8 @@ def parse(argv=None):
     ap.add_argument("--each_users", type=int, help="run one-prompt-per-pair on the first N users only")
     ap.add_argument("--batch_size", type=int, default=100, help="prompts per scoring batch")
     ap.add_argument("--max_length", type=int, default=2048)
+    ap.add_argument("--generate_tokens", type=int, default=0,
+                    help="also generate up to this many tokens a pair, greedy (default 0: ratings only)")
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU that has it, else float32")
     ap.add_argument("--tokenizer", default="smollm2", help="tokenizer (anything --model takes); default SmolLM2's")
     ap.add_argument("--records", help="records file (default: ml-latest-small from --movielens, converted)")

@@ -15,6 +15,7 @@ import torch
 
 from usertwin.model.load import causal_lm
 
+
 def shared_groups(prompts: list[list[int]], candidates: list, block_tokens: int) -> list[tuple[int, list[int]]]:
     """(shared length, member indices) groups of `prompts` whose members begin with the same tokens: in sorted
     order a prompt joins the group before it when the tokens it no longer reads (the shared ones) outnumber the
