@@ -53,6 +53,7 @@ def add_prefill_flag(p) -> None:
     from usertwin.config import PREFILLS
 
     p.add_argument("--prefill", choices=PREFILLS, default="shared",
-                   help="how rating items are scored: shared (the prompts of one user that begin alike -- the same "
-                        "history, different items -- read that history once; the same probabilities up to float "
-                        "rounding) or each (every prompt read whole, as before) (default shared)")
+                   help="how prompts that begin alike are read: shared (one user's prompts -- the same history, "
+                        "different items -- read that history once, for scoring ratings and for generation alike; "
+                        "the same results up to float rounding) or each (every prompt read whole, as before) "
+                        "(default shared)")
