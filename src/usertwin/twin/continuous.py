@@ -53,8 +53,8 @@ class _Row:
 class Decoder:
     """The running batch of one model. Not thread-safe: one thread joins and steps it."""
 
-    def __init__(self, engine):
-        if engine.vllm is not None or engine.static:
+    def __init__(self, engine, static_ok: bool = False):
+        if engine.vllm is not None or (engine.static and not static_ok):
             raise UsertwinError("continuous batching decodes with transformers' dynamic cache: not with --engine "
                                 "vllm or --decode static (use --batching static with those)")
         self.engine, self.model = engine, engine.model
@@ -124,8 +124,12 @@ class Decoder:
     def abandon(self) -> list[Request]:
         """Empties the batch (after a failed forward): the requests that were running."""
         running = list({id(r.request): r.request for r in self.rows}.values())
-        self.rows, self.cache, self.mask, self.last, self.ended = [], None, None, [], {}
+        self._empty()
+        self.ended = {}
         return running
+
+    def _empty(self) -> None:
+        self.rows, self.cache, self.mask, self.last = [], None, None, []
 
     # -- parts
 
@@ -191,22 +195,28 @@ class Decoder:
         keep = [k for k, r in enumerate(self.rows) if not r.finished]
         ended = [r for r in self.rows if r.finished]
         if keep:
-            at = torch.tensor(keep, device=self.mask.device)
-            self.cache.batch_select_indices(at)
-            self.mask = self.mask[at]
-            lead = int(self.mask.shape[1] - self.mask.sum(-1).max())  # columns every row has as padding
-            if lead:
-                for layer in self.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
-                self.mask = self.mask[:, lead:]
-            self.rows, self.last = [self.rows[k] for k in keep], [self.last[k] for k in keep]
+            order = self._keep(keep)
+            self.rows, self.last = [self.rows[k] for k in order], [self.last[k] for k in order]
         else:
-            self.rows, self.cache, self.mask, self.last = [], None, None, []
+            self._empty()
         for row in ended:
             if row.text:
                 row.text.end()
         for request in {id(r.request): r.request for r in ended}.values():
             self._maybe_done(request, ended)
+
+    def _keep(self, keep: list[int]) -> list[int]:
+        """The cache and mask of rows `keep` only, less the columns every one of them has as padding; returns the
+        kept rows' new order (here: as they were)."""
+        at = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(at)
+        self.mask = self.mask[at]
+        lead = int(self.mask.shape[1] - self.mask.sum(-1).max())
+        if lead:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+            self.mask = self.mask[:, lead:]
+        return keep
 
     def _maybe_done(self, request: Request, ended: list[_Row]) -> None:
         mine = self.ended.setdefault(id(request), [])

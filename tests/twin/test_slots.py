@@ -1,0 +1,72 @@
+"""The slot decoder (twin/slots.py): continuous batching over fixed key/value buffers, the decode step of a bucket
+of rows a CUDA graph on a GPU. Here its steps run without graphs: the slots, the moving column, the moves when
+rows leave, the shifts and the growth must give every request the tokens it gets alone."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import tiny_model
+
+from usertwin.config import Config, GenerateSettings
+from usertwin.twin.continuous import Request
+from usertwin.twin.engine import Engine
+from usertwin.twin.slots import SlotDecoder, _Slots
+
+SETTINGS = [dict(max_new_tokens=20), dict(max_new_tokens=7),
+            dict(max_new_tokens=30, temperature=0.9, top_p=0.9, num_samples=3, seed=5),
+            dict(max_new_tokens=12, repetition_penalty=1.3),
+            dict(max_new_tokens=25, temperature=1.2, top_k=20, seed=9, num_samples=2),
+            dict(max_new_tokens=15, temperature=0.8, repetition_penalty=1.2, seed=3)]
+
+
+def _prompts(n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(5, 300) for _ in range(rng.randrange(3, 40))] for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_rows_in_slots_get_what_each_prompt_gets_alone(tokenizer, kind, monkeypatch):
+    engine = Engine(Config(max_length=256), tiny_model(kind, vocab_size=len(tokenizer)), tokenizer)
+    prompts, gens = _prompts(len(SETTINGS) + 2, seed=1), [GenerateSettings(**s) for s in SETTINGS * 2]
+    prompts[-1] = prompts[-1] * 6  # a long prompt joining late: the columns must move right to take it
+    alone = [engine.generate_ids([p], g)[0] for p, g in zip(prompts, gens)]
+    shifts, moves = [], []
+    for name, log in (("shift", shifts), ("move", moves)):
+        original = getattr(_Slots, name)
+        monkeypatch.setattr(_Slots, name, lambda self, *a, o=original, log=log: log.append(a) or o(self, *a))
+    got, dec = {}, SlotDecoder(engine)
+    assert not dec.graphs  # a CPU: the same steps without graphs
+    requests = [Request(p, g, done=lambda ids, k=k: got.__setitem__(k, ids)) for k, (p, g) in
+                enumerate(zip(prompts, gens))]
+    dec.join(requests[:2])
+    for _ in range(2):
+        dec.step()
+    dec.join(requests[2:4])  # while the first two decode, each at its own length
+    for _ in range(5):
+        dec.step()
+    dec.join(requests[4:6])
+    for _ in range(9):
+        dec.step()
+    dec.join(requests[6:])
+    while len(dec):
+        dec.step()
+    assert [got[k] for k in range(len(prompts))] == alone
+    assert dec.most_rows >= 6 and dec.slots.rows >= 8 and dec.slots.n == 0
+    assert any(by > 0 for by, in shifts)  # the long prompt moved the columns right
+    assert any(movers for movers, _, _ in moves)  # rows that left were filled by later rows
+    assert sum(map(len, (s for a in alone for s in a))) > 100  # (real generations, not empty ones)
+
+
+def test_the_buffers_hold_twice_the_longest_row_and_grow_in_powers_of_two(tokenizer):
+    engine = Engine(Config(max_length=256), tiny_model("qwen3", vocab_size=len(tokenizer)), tokenizer)
+    dec, got = SlotDecoder(engine), {}
+    gen = GenerateSettings(max_new_tokens=6)
+    dec.join([Request([7] * 10, gen, done=lambda ids: got.__setitem__(0, ids))])
+    assert (dec.slots.rows, dec.slots.width, dec.slots.column) == (1, 2 * (10 + 6), 10)
+    dec.join([Request([8] * 4, gen, done=lambda ids, k=k: got.__setitem__(k, ids)) for k in (1, 2)])
+    assert dec.slots.rows == 4 and dec.starts == [0, 6, 6]
+    while len(dec):
+        dec.step()
+    assert got[0] == engine.generate_ids([[7] * 10], gen)[0] and got[1] == got[2]
