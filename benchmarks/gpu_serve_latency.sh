@@ -10,10 +10,10 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
 mkdir -p "$OUT"
-{ echo "== serve_latency static vs continuous"
+{ echo "== serve_latency ${MODES:-static continuous graphs}"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
   export PYTHONPATH=src:/tmp/site
-  timeout 140 python benchmarks/serve_latency.py --batching static continuous --clients 1 64 --requests 8 \
+  timeout 170 python benchmarks/serve_latency.py --batching ${MODES:-static continuous graphs} --clients 1 64 --requests 8 \
       --endpoints chat --max_tokens 16 --max_batch 64 --tokenizer .gpu/tok-smollm2 --out "$OUT/serve"
 } >> "$OUT/run.log" 2>&1
 tail -n 20 "$OUT/run.log"

@@ -80,13 +80,18 @@ def write_records(path: Path, users: int, items: int) -> None:
                     + "\n")
 
 
+MODES = {"static": ["--batching", "static"], "continuous": ["--batching", "continuous", "--decode", "dynamic"],
+         "graphs": ["--batching", "continuous", "--decode", "static"]}  # graphs: twin/slots.py
+
+
 def start_server(run: Path, records: Path, max_batch: int, wait_ms: float, log: Path, batching: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "usertwin.cli", "serve", "--run", str(run), "--data", str(records), "--port",
-           str(port), "--api_key", KEY, "--max_batch", str(max_batch), "--batch_wait_ms", str(wait_ms), "--batching", batching]
+           str(port), "--api_key", KEY, "--max_batch", str(max_batch), "--batch_wait_ms", str(wait_ms),
+           *MODES[batching]]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
@@ -187,8 +192,9 @@ def main() -> None:
     ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--max_batch", type=int, default=64)
     ap.add_argument("--batch_wait_ms", type=float, default=5.0)
-    ap.add_argument("--batching", nargs="+", choices=("static", "continuous"), default=["static", "continuous"],
-                    help="serve's --batching modes to measure, one server each, side by side in one table")
+    ap.add_argument("--batching", nargs="+", choices=sorted(MODES), default=["static", "continuous"],
+                    help="serve's --batching modes to measure, one server each, side by side in one table (graphs: "
+                         "continuous with --decode static, each decode step a CUDA graph)")
     args = ap.parse_args()
 
     import torch
@@ -205,9 +211,11 @@ def main() -> None:
         try:
             asyncio.run(wait_up(base, proc, log))
             for kind in args.endpoints:
-                asyncio.run(load(base, kind, "run", 2, 1, args.users, args.max_tokens))  # warm-up, not measured
+                # warm-up, not measured: kernels, and the graphs of every batch size the clients will make
+                asyncio.run(load(base, kind, "run", max(args.clients), 1, args.users, args.max_tokens))
                 for c in args.clients:
                     rows.append(asyncio.run(load(base, kind, "run", c, args.requests, args.users, args.max_tokens)))
+                    rows[-1]["batching"] = mode
                     print(json.dumps(rows[-1]), flush=True)
         finally:
             proc.terminate()

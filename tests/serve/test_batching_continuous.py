@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install 'usertwin[serve]')")
 
-from usertwin.cli import build_parser, main  # noqa: E402
+from usertwin.cli import build_parser  # noqa: E402
 from usertwin.config import Config, GenerateSettings  # noqa: E402
 from usertwin.serve.batching import Job  # noqa: E402
 from usertwin.serve.continuous import ContinuousBatcher  # noqa: E402
@@ -175,10 +175,13 @@ def test_streamed_deltas_add_up_to_the_final_texts(twin):
     assert sum(e[0] == "delta" for ev in events for e in ev) > 6  # in pieces, not once at the end
 
 
-def test_the_batching_flag(tmp_path, capsys):
-    assert build_parser().parse_args(["serve", "--run", "r"]).batching is None  # continuous; static with --decode
+def test_the_batching_flag(twin, monkeypatch):
+    assert build_parser().parse_args(["serve", "--run", "r"]).batching is None  # continuous
     assert build_parser().parse_args(["serve", "--run", "r", "--batching", "static"]).batching == "static"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--run", "r", "--batching", "dynamic"])
-    assert main(["serve", "--run", str(tmp_path), "--batching", "continuous", "--decode", "static"]) != 0
-    assert "with --decode static use --batching static" in capsys.readouterr().err
+    from usertwin.twin.slots import SlotDecoder
+
+    assert type(twin.decoder()).__name__ == "Decoder"
+    monkeypatch.setattr(twin.engine, "decoding", "static")  # the rows in slots, a CUDA graph a step on a GPU
+    assert isinstance(twin.decoder(), SlotDecoder)

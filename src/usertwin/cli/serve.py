@@ -27,8 +27,9 @@ def add_arguments(p) -> None:
                         "sooner; README, Serve, has the measurements)")
     p.add_argument("--batching", choices=("continuous", "static"),
                    help="continuous: requests join and leave the running batch between decode steps, so none waits "
-                        "for another's whole generation; static: a batch decodes until all its rows are done "
-                        "(default continuous; static with --decode static, which continuous batching cannot use)")
+                        "for another's whole generation (with --decode static the rows live in fixed key/value slots "
+                        "and each decode step is a CUDA graph on a GPU); static: a batch decodes until all its rows "
+                        "are done (default continuous)")
     p.add_argument("--max_request_bytes", type=int, default=1_000_000,
                    help="largest request body taken; a larger one is refused with 413 before it is read whole")
     from usertwin.cli.twinflags import add_decode_flag, add_prefill_flag
@@ -54,10 +55,7 @@ def run(args) -> int:
     if (args.max_batch is not None and args.max_batch < 1) or args.batch_wait_ms < 0 or args.max_request_bytes < 1:
         raise UsertwinError("--max_batch and --max_request_bytes must be at least 1 and --batch_wait_ms not "
                             "negative")
-    batching = args.batching or ("static" if args.decode == "static" else "continuous")
-    if batching == "continuous" and args.decode == "static":
-        raise UsertwinError("--batching continuous decodes with transformers' dynamic cache: with --decode static "
-                            "use --batching static")
+    batching = args.batching or "continuous"
     _check_port(args.host, args.port)  # before the model loads: a taken port should fail in a second, not a minute
     twin = Twin.load(args.run, records=args.data, decode=args.decode, progress=args.progress,
                      prefill=args.prefill)

@@ -178,10 +178,12 @@ class Twin:
 
     def decoder(self):
         """A continuous-batching decoder over this twin's model (twin/continuous.py): requests join and leave its
-        running batch between decode steps, each getting the texts generate_after gives it alone."""
+        running batch between decode steps, each getting the texts generate_after gives it alone. With --decode
+        static its rows live in fixed slots and each decode step is a CUDA graph on a GPU (twin/slots.py)."""
         from usertwin.twin.continuous import Decoder
+        from usertwin.twin.slots import SlotDecoder
 
-        return Decoder(self.engine)
+        return SlotDecoder(self.engine) if self.engine.decoding == "static" else Decoder(self.engine)
 
     def text_of(self, ids: list[int]) -> str:
         """Generated token ids as generate_after returns their text (up to the end of turn, stripped)."""
