@@ -115,11 +115,7 @@ class Decoder:
             self.on_step()
         self.steps, self.most_rows = self.steps + 1, max(self.most_rows, len(self.rows))
         self.row_steps += len(self.rows)
-        dev = self.mask.device
-        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=dev)], 1)
-        positions = self.mask.sum(-1, keepdim=True) - 1  # the row's own count of tokens: padding is no position
-        out = self._forward(torch.tensor(self.last, device=dev)[:, None], self.mask, positions, self.cache)
-        self._advance(self.rows, self._choose(self.rows, out.logits[:, -1, :]))
+        self._advance(self.rows, self._choose(self.rows, self._step_logits()))
 
     def abandon(self) -> list[Request]:
         """Empties the batch (after a failed forward): the requests that were running."""
@@ -132,6 +128,14 @@ class Decoder:
         self.rows, self.cache, self.mask, self.last = [], None, None, []
 
     # -- parts
+
+    def _step_logits(self):
+        """Every running row's logits after its newest token (which joins the cache)."""
+        dev = self.mask.device
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=dev)], 1)
+        positions = self.mask.sum(-1, keepdim=True) - 1  # the row's own count of tokens: padding is no position
+        out = self._forward(torch.tensor(self.last, device=dev)[:, None], self.mask, positions, self.cache)
+        return out.logits[:, -1, :]
 
     def _forward(self, ids, mask, positions, cache):
         """Only the last position's logits: as generate asks for them."""

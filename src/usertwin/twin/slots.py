@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from usertwin.twin.continuous import Decoder, _Row
+from usertwin.twin.continuous import Decoder
 
 
 class SlotDecoder(Decoder):
@@ -28,18 +28,10 @@ class SlotDecoder(Decoder):
         self.slots: _Slots | None = None
         self.starts: list[int] = []  # each row's first column
 
-    @torch.no_grad()
-    def step(self) -> None:
-        if not self.rows:
-            return
-        if self.on_step:
-            self.on_step()
-        n = len(self.rows)
-        self.steps, self.most_rows, self.row_steps = self.steps + 1, max(self.most_rows, n), self.row_steps + n
-        logits = self.slots.step(self.model, self.cache_kw, self.last, self.graphs)
-        self._advance(self.rows, self._choose(self.rows, logits[:n]))
+    def _step_logits(self):
+        return self.slots.step(self.model, self.cache_kw, self.last, self.graphs)[:len(self.rows)]
 
-    def _merge(self, rows: list[_Row], cache, mask) -> None:
+    def _merge(self, rows: list, cache, mask) -> None:
         """The joining rows' prompts copied into free slots, in the columns just before the next one."""
         width = mask.shape[1]
         rest = [r.gen.max_new_tokens - len(r.ids) for r in self.rows] + [r.gen.max_new_tokens for r in rows]
