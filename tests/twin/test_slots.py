@@ -70,3 +70,19 @@ def test_the_buffers_hold_twice_the_longest_row_and_grow_in_powers_of_two(tokeni
     while len(dec):
         dec.step()
     assert got[0] == engine.generate_ids([[7] * 10], gen)[0] and got[1] == got[2]
+
+
+def test_a_step_that_cannot_be_recorded_decodes_without_graphs(tokenizer, monkeypatch, capsys):
+    engine = Engine(Config(max_length=256), tiny_model("qwen3", vocab_size=len(tokenizer)), tokenizer)
+    gen, prompt, got = GenerateSettings(max_new_tokens=9), _prompts(1, seed=3)[0], {}
+
+    def refuse(self, *a):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(_Slots, "_replay", refuse)
+    dec = SlotDecoder(engine, graphs=True)
+    dec.join([Request(prompt, gen, done=lambda ids: got.__setitem__(0, ids))])
+    while len(dec):
+        dec.step()
+    assert got[0] == engine.generate_ids([prompt], gen)[0] and not dec.graphs
+    assert "could not be recorded as a CUDA graph (operation not permitted" in capsys.readouterr().err

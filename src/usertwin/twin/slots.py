@@ -13,6 +13,8 @@ request's text equals the plain decoder's)."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from usertwin.twin.continuous import Decoder
@@ -29,7 +31,16 @@ class SlotDecoder(Decoder):
         self.starts: list[int] = []  # each row's first column
 
     def _step_logits(self):
-        return self.slots.step(self.model, self.cache_kw, self.last, self.graphs)[:len(self.rows)]
+        try:
+            logits = self.slots.step(self.model, self.cache_kw, self.last, self.graphs)
+        except RuntimeError as e:  # a model whose step cannot be recorded still decodes, without graphs
+            if not self.graphs:
+                raise
+            self.graphs = False
+            print(f"usertwin: warning: the decode step could not be recorded as a CUDA graph ({str(e)[:200]}); "
+                  "decoding without graphs", file=sys.stderr)
+            logits = self.slots.step(self.model, self.cache_kw, self.last, False)
+        return logits[:len(self.rows)]
 
     def _merge(self, rows: list, cache, mask) -> None:
         """The joining rows' prompts copied into free slots, in the columns just before the next one."""
