@@ -50,10 +50,13 @@ GENS = [GenerateSettings(max_new_tokens=24), GenerateSettings(max_new_tokens=6),
         GenerateSettings(max_new_tokens=16, temperature=1.1, num_samples=3, seed=1), GenerateSettings(max_new_tokens=40)]
 
 
-def test_concurrent_requests_get_what_each_gets_alone_through_the_static_path(twin):
+@pytest.mark.parametrize("decoding", ["auto", "static"])  # static: the rows in slots (twin/slots.py)
+def test_concurrent_requests_get_what_each_gets_alone_through_the_static_path(twin, decoding, monkeypatch):
     prompts = _prompts(len(GENS))
     alone = [twin.generate_after([p], g)[0] for p, g in zip(prompts, GENS)]
+    monkeypatch.setattr(twin.engine, "decoding", decoding)
     batcher = ContinuousBatcher(twin, wait_ms=0, max_batch=8)
+    assert type(batcher.decoder).__name__ == ("SlotDecoder" if decoding == "static" else "Decoder")
     late = []
     # the last two arrive while the first three decode (the hook runs in the model thread before a step)
     batcher.decoder.on_step = lambda: batcher.decoder.steps == 3 and late.append(1)
