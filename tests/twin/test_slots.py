@@ -4,26 +4,14 @@ rows leave, the shifts and the growth must give every request the tokens it gets
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from conftest import tiny_model
+from test_continuous import SETTINGS, _prompts  # the same requests as the plain decoder's tests
 
 from usertwin.config import Config, GenerateSettings
 from usertwin.twin.continuous import Request
 from usertwin.twin.engine import Engine
 from usertwin.twin.slots import SlotDecoder, _Slots
-
-SETTINGS = [dict(max_new_tokens=20), dict(max_new_tokens=7),
-            dict(max_new_tokens=30, temperature=0.9, top_p=0.9, num_samples=3, seed=5),
-            dict(max_new_tokens=12, repetition_penalty=1.3),
-            dict(max_new_tokens=25, temperature=1.2, top_k=20, seed=9, num_samples=2),
-            dict(max_new_tokens=15, temperature=0.8, repetition_penalty=1.2, seed=3)]
-
-
-def _prompts(n: int, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(5, 300) for _ in range(rng.randrange(3, 40))] for _ in range(n)]
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])

@@ -4,7 +4,7 @@ their group, copied to every member, and transformers' generate goes on from it 
 
 A row is laid out as [padding | its group's beginning | padding | its own tail]: the cache covers the first part
 for every row, the attention mask hides both paddings, and generate counts positions over the mask, so a row's
-tokens sit at the positions they have alone (the same text up to float rounding: tests/twin/test_prefix.py)."""
+tokens sit at the positions they have alone (the same text up to float rounding: tests/twin/test_prefill.py)."""
 
 from __future__ import annotations
 
