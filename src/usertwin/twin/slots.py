@@ -50,7 +50,9 @@ class SlotDecoder(Decoder):
         front = max(spans + [width])  # the next column, once everything has moved as far left as it can
         if self.slots is None or not self.slots.fits(len(self.rows) + len(rows), front + max(rest)):
             self.slots = _Slots.grown(self.slots, cache, len(self.rows) + len(rows), 2 * (front + max(rest)))
-        if self.slots.column < width or self.slots.column + max(rest) > self.slots.width:
+        if not self.rows:  # nothing to move: the next column is simply set
+            self.slots.column = front
+        elif self.slots.column < width or self.slots.column + max(rest) > self.slots.width:
             shift = front - self.slots.column
             self.slots.shift(shift)
             self.starts = [s + shift for s in self.starts]
