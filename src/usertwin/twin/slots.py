@@ -102,7 +102,7 @@ class _Slots:
     @classmethod
     def grown(cls, old: _Slots | None, like, rows: int, width: int) -> _Slots:
         """Buffers for at least `rows` slots (a power of two) and `width` columns, holding `old`'s contents."""
-        rows = 1 << max(0, rows - 1).bit_length()
+        rows = _pow2(rows)
         if old is not None:
             rows, width = max(rows, old.rows), max(width, old.width)
         new = cls(like, rows, width)
@@ -152,7 +152,7 @@ class _Slots:
     def step(self, model, cache_kw: str, last: list[int], graphs: bool):
         """Logits of every slot of the running rows' bucket after their newest tokens."""
         n = self.n
-        b = min(1 << max(0, n - 1).bit_length(), self.rows)
+        b = min(_pow2(n), self.rows)
         c = self.column
         self.mask[:n, c] = True  # the new token sees itself, as generate's step does
         self.mask[n:b] = False
@@ -209,3 +209,8 @@ class _SlotCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.keys[layer_idx].shape[2]
+
+
+def _pow2(n: int) -> int:
+    """The bucket of n rows: the next power of two (few buckets, so few graphs)."""
+    return 1 << max(0, n - 1).bit_length()
