@@ -30,24 +30,30 @@ def _prompts(n: int, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(5, 300) for _ in range(rng.randrange(3, 40))] for _ in range(n)]
 
 
+def drive(dec, prompts: list, gens: list, plan: list[tuple[int, int]]) -> list:
+    """Each prompt's tokens: per (n, steps) of `plan`, the next n requests join and the batch decodes `steps`
+    steps (while the earlier ones decode, each at its own length); then the rest join and all finish."""
+    got, at = {}, 0
+    requests = [Request(p, g, done=lambda ids, k=k: got.__setitem__(k, ids)) for k, (p, g) in
+                enumerate(zip(prompts, gens))]
+    for n, steps in plan:
+        dec.join(requests[at:at + n])
+        at += n
+        for _ in range(steps):
+            dec.step()
+    dec.join(requests[at:])
+    while len(dec):
+        dec.step()
+    return [got[k] for k in range(len(prompts))]
+
+
 @pytest.mark.parametrize("kind", ["qwen3", "llama"])
 def test_rows_joining_and_leaving_get_what_each_prompt_gets_alone(tokenizer, kind):
     engine = _engine(tokenizer, kind)
     prompts, gens = _prompts(len(SETTINGS)), [GenerateSettings(**s) for s in SETTINGS]
     alone = [engine.generate_ids([p], g)[0] for p, g in zip(prompts, gens)]
-    got, dec = {}, Decoder(engine)
-    requests = [Request(p, g, done=lambda ids, k=k: got.__setitem__(k, ids)) for k, (p, g) in
-                enumerate(zip(prompts, gens))]
-    dec.join(requests[:2])
-    for _ in range(2):
-        dec.step()
-    dec.join(requests[2:4])  # while the first two decode, each at its own length
-    for _ in range(5):
-        dec.step()
-    dec.join(requests[4:])
-    while len(dec):
-        dec.step()
-    assert [got[k] for k in range(len(prompts))] == alone
+    dec = Decoder(engine)
+    assert drive(dec, prompts, gens, [(2, 2), (2, 5), (2, 0)]) == alone
     assert dec.most_rows >= 6 and dec.cache is None  # rows of different settings shared steps; all left
     assert sum(map(len, (s for a in alone for s in a))) > 100  # (real generations, not empty ones)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import tiny_model
-from test_continuous import SETTINGS, _prompts  # the same requests as the plain decoder's tests
+from test_continuous import SETTINGS, _prompts, drive  # the plain decoder's requests and choreography
 
 from usertwin.config import Config, GenerateSettings
 from usertwin.twin.continuous import Request
@@ -24,23 +24,9 @@ def test_rows_in_slots_get_what_each_prompt_gets_alone(tokenizer, kind, monkeypa
     for name, log in (("shift", shifts), ("move", moves)):
         original = getattr(_Slots, name)
         monkeypatch.setattr(_Slots, name, lambda self, *a, o=original, log=log: log.append(a) or o(self, *a))
-    got, dec = {}, SlotDecoder(engine)
+    dec = SlotDecoder(engine)
     assert not dec.graphs  # a CPU: the same steps without graphs
-    requests = [Request(p, g, done=lambda ids, k=k: got.__setitem__(k, ids)) for k, (p, g) in
-                enumerate(zip(prompts, gens))]
-    dec.join(requests[:2])
-    for _ in range(2):
-        dec.step()
-    dec.join(requests[2:4])  # while the first two decode, each at its own length
-    for _ in range(5):
-        dec.step()
-    dec.join(requests[4:6])
-    for _ in range(9):
-        dec.step()
-    dec.join(requests[6:])
-    while len(dec):
-        dec.step()
-    assert [got[k] for k in range(len(prompts))] == alone
+    assert drive(dec, prompts, gens, [(2, 2), (2, 5), (2, 9)]) == alone  # the long prompt joins last
     assert dec.most_rows >= 6 and dec.slots.rows >= 8 and dec.slots.n == 0
     assert any(by > 0 for by, in shifts)  # the long prompt moved the columns right
     assert any(movers for movers, _, _ in moves)  # rows that left were filled by later rows
