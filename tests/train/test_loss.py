@@ -100,3 +100,40 @@ def _per_target_list(loss_model, batch, encs):
             out.append(losses[k:k + end - start].mean().item())
             k += end - start
     return out
+
+
+def _reference_tensors(batch) -> tuple[list, list, list]:
+    """The target positions, labels and rating rows batch_tensors must give, by plain loops over the lists."""
+    index, targets = [], []
+    for r, row in enumerate(batch.labels):
+        width = len(row) - 1
+        for j in range(width):
+            if row[j + 1] != -100:
+                index.append(r * width + j)
+                targets.append(row[j + 1])
+    width = len(batch.labels[0]) - 1
+    rating_rows = [index.index(r * width + col - 1) for r, col, _ in batch.ratings or []]
+    return index, targets, rating_rows
+
+
+def test_batch_tensors_match_plain_loops():
+    """Padded rows with ratings and a packed row: positions, labels and rating rows as the loops give them;
+    padded rows of unequal real length keep their mask."""
+    from usertwin.sequences.batching import Batch
+
+    labels = [[-100, 5, 6, -100, 7], [-100, -100, 8, 9, -100]]
+    padded = Batch([[1, 2, 3, 4, 5], [0, 0, 6, 7, 8]], labels, [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]],
+                   [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], 5, 8, 2, ratings=[(0, 4, 4.0), (1, 3, 2.5)])
+    t = batch_tensors(padded, "cpu")
+    index, targets, rating_rows = _reference_tensors(padded)
+    assert t["target_index"].tolist() == index == [0, 1, 3, 5, 6]
+    assert t["target_labels"].tolist() == targets == [5, 6, 7, 8, 9]
+    assert t["rating_rows"].tolist() == rating_rows == [2, 4]
+    assert t["rating_values"].tolist() == [4.0, 2.5]
+    assert t["attention_mask"].tolist() == padded.attention_mask and t["input_ids"].dtype == torch.long
+    packed = Batch([[1, 2, 3, 4, 5, 6]], [[-100, 2, 3, -100, 5, 6]], [[0, 1, 2, 0, 1, 2]], None, 4, 6, 2,
+                   seq_lens=[3, 3])
+    t = batch_tensors(packed, "cpu", boundaries=True)
+    assert t["target_index"].tolist() == _reference_tensors(packed)[0] == [0, 1, 3, 4]
+    assert t["cu_seq_lens"].tolist() == [0, 3, 6] and t["max_length"] == 3
+    assert t["position_ids"].tolist() == packed.position_ids

@@ -232,32 +232,44 @@ def batch_tensors(batch, device, boundaries: bool = False) -> dict:
     boundaries) worked out on the host so that the step never waits on the device."""
     from usertwin.model.attention import boundaries_of
 
-    index, targets = [], []
-    for r, row in enumerate(batch.labels):
-        width = len(row) - 1
-        for j in range(width):
-            if row[j + 1] != IGNORE:
-                index.append(r * width + j)
-                targets.append(row[j + 1])
-    t = {"input_ids": torch.tensor(batch.input_ids), "labels": torch.tensor(batch.labels),
-         "position_ids": torch.tensor(batch.position_ids), "target_index": torch.tensor(index, dtype=torch.long),
-         "target_labels": torch.tensor(targets, dtype=torch.long)}
+    labels = _long(batch.labels)
+    # the shifted labels' non-ignored positions, flattened over rows of width-1 (TargetLoss's index_select)
+    shifted = labels[:, 1:]
+    index = torch.nonzero(shifted.reshape(-1) != IGNORE).flatten()
+    t = {"input_ids": _long(batch.input_ids), "labels": labels,
+         "position_ids": _long(batch.position_ids), "target_index": index,
+         "target_labels": shifted.reshape(-1).index_select(0, index)}
     if batch.attention_mask is not None:
-        t["attention_mask"] = torch.tensor(batch.attention_mask)
+        t["attention_mask"] = _long(batch.attention_mask)
     if batch.ratings is not None:
         t.update(_rating_tensors(batch, index))
     if boundaries and batch.seq_lens is not None:
         cu, longest = boundaries_of(batch.seq_lens)
         t["cu_seq_lens"] = torch.tensor(cu, dtype=torch.int32)
         t["max_length"] = longest
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+    # a copy from pageable memory waits for the device's queue to drain; from pinned memory it does not, so the
+    # host can prepare the next step while the device still works on this one
+    pinned = torch.device(device).type == "cuda"
+    return {k: (v.pin_memory() if pinned else v).to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in t.items()}
 
 
-def _rating_tensors(batch, index: list) -> dict:
-    """The target rows (positions in `index`, the flattened shifted positions) where the batch's ratings'
+def _long(rows: list[list[int]]) -> torch.Tensor:
+    """Equal-width rows of ints as an int64 tensor: numpy reads a flat iterator about 8x faster than
+    torch.tensor reads nested lists (19 against 2.4 ms for a 65,536-token row)."""
+    import itertools
+
+    import numpy as np
+
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=len(rows) * len(rows[0]))
+    return torch.from_numpy(flat).view(len(rows), -1)
+
+
+def _rating_tensors(batch, index: torch.Tensor) -> dict:
+    """The target rows (positions in `index`, the sorted flattened shifted positions) where the batch's ratings'
     decision tokens are predicted, and the true ratings."""
     width = len(batch.labels[0]) - 1
-    row_of = {flat: n for n, flat in enumerate(index)}
-    rows = [row_of[r * width + col - 1] for r, col, _ in batch.ratings]
-    return {"rating_rows": torch.tensor(rows, dtype=torch.long),
+    flat = torch.tensor([r * width + col - 1 for r, col, _ in batch.ratings], dtype=torch.long)
+    rows = torch.searchsorted(index, flat)
+    return {"rating_rows": rows,
             "rating_values": torch.tensor([v for _, _, v in batch.ratings], dtype=torch.float32)}
