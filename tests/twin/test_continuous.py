@@ -109,3 +109,67 @@ def test_what_it_cannot_batch_is_refused(tokenizer):
     engine = Engine(Config(max_length=256), AutoModelForCausalLM.from_config(config), tokenizer)
     with pytest.raises(UsertwinError, match="sliding-window or linear-attention layers: use --batching static"):
         Decoder(engine)
+
+
+# ---------------------------------------------------------------- a whole job decoded continuously (decode_all)
+
+
+def _ending_often(engine, prompts, gen) -> int:
+    """A token the model generates often at different steps: as the end of turn, rows end at varied lengths."""
+    from collections import Counter
+
+    engine.eot_id = -1
+    seen = Counter(t for rows in engine.generate_ids(prompts, gen) for t in rows[0][1:])
+    return seen.most_common(1)[0][0]
+
+
+@pytest.mark.parametrize("settings", [dict(max_new_tokens=24),
+                                      dict(max_new_tokens=24, temperature=0.9, num_samples=2, seed=7),
+                                      dict(max_new_tokens=24, repetition_penalty=1.3)],
+                         ids=["greedy", "sampled", "penalty"])
+def test_a_job_decoded_continuously_gets_what_generate_gives(tokenizer, settings):
+    """More prompts than running rows: each joins as rows finish, and every prompt's tokens are those
+    generate_ids gives the prompts together (rows of varied lengths, so joins happen beside running rows)."""
+    engine = _engine(tokenizer, prefill="each")
+    gen, prompts = GenerateSettings(**settings), _prompts(11, seed=5)
+    engine.eot_id = _ending_often(engine, prompts, gen)
+    seeds = [3 * j for j in range(len(prompts))]
+    together = engine.generate_ids(prompts, gen, seeds)
+    steps = []
+    original = Decoder.step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Decoder, "step", lambda self: steps.append(len(self)) or original(self))
+        got = engine.generate_ids(prompts, gen, seeds, running=3)
+    assert got == together
+    lengths = [len(s) for rows in together for s in rows]
+    assert len(set(lengths)) >= 3 and min(lengths) < 24  # ends at varied steps
+    n = 2 if gen.temperature else 1
+    assert max(steps) <= 3 * n  # never more rows than asked for
+    assert sum(steps) < len(prompts) * n * 24  # finished rows did not decode on
+
+
+def test_continuous_prefill_reads_a_users_history_once(tokenizer, monkeypatch):
+    """Prompts of one user (the same history, different items) joining together share the history's forward
+    (--prefill shared) and decode what each prompt read whole decodes."""
+    from usertwin.twin import prefix
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = tiny_model("qwen3", vocab_size=len(tokenizer))
+    shared, each = (Engine(Config(max_length=256), model, tokenizer, prefill=p) for p in ("shared", "each"))
+    history = list(range(10, 70))
+    prompts = [history + [80 + i, 90 + i][: 1 + i % 2] for i in range(8)]
+    gen = GenerateSettings(max_new_tokens=10, temperature=0.8, seed=1)
+    calls = []
+    original = prefix.cached_beginnings
+    monkeypatch.setattr(prefix, "cached_beginnings", lambda *a: calls.append(a[1]) or original(*a))
+    got = shared.generate_ids(prompts, gen, running=4)
+    assert got == each.generate_ids(prompts, gen)
+    assert len(calls) == 2 and all(len(c.groups) == 1 for c in calls)  # two joins of 4, each one history forward
+
+
+def test_a_running_count_below_the_samples_still_decodes_everything(tokenizer):
+    engine = _engine(tokenizer)
+    gen = GenerateSettings(max_new_tokens=6, temperature=0.9, num_samples=3, seed=2)
+    prompts = _prompts(3, seed=8)
+    assert engine.generate_ids(prompts, gen, running=1) == engine.generate_ids(prompts, gen)

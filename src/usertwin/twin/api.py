@@ -171,19 +171,18 @@ class Twin:
         return rating_distribution(self.scale, scores)
 
     def generate_after(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                       stream: list | None = None, gone: list | None = None) -> list[list[str]]:
-        """`gen.num_samples` texts after each prompt's token ids, all decoding together (Engine.generate:
-        seeds, streaming and giving up on rows nobody waits for)."""
-        return self.engine.generate_texts(prompts, gen, seeds, stream, gone)
+                       stream: list | None = None, gone: list | None = None,
+                       running: int | None = None) -> list[list[str]]:
+        """`gen.num_samples` texts after each prompt's token ids, all decoding together (Engine.generate_ids:
+        seeds, streaming and giving up on rows nobody waits for) -- or, with `running`, continuously: at most
+        that many prompts at once, the next joining as rows finish (the same texts)."""
+        return self.engine.generate_texts(prompts, gen, seeds, stream, gone, running)
 
     def decoder(self):
         """A continuous-batching decoder over this twin's model (twin/continuous.py): requests join and leave its
         running batch between decode steps, each getting the texts generate_after gives it alone. With --decode
         static its rows live in fixed slots and each decode step is a CUDA graph on a GPU (twin/slots.py)."""
-        from usertwin.twin.continuous import Decoder
-        from usertwin.twin.slots import SlotDecoder
-
-        return SlotDecoder(self.engine) if self.engine.decoding == "static" else Decoder(self.engine)
+        return self.engine.decoder()
 
     def text_of(self, ids: list[int]) -> str:
         """Generated token ids as generate_after returns their text (up to the end of turn, stripped)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -91,16 +92,16 @@ class Decoder:
         if not rows:
             return
         dev, width = self.engine.device, max(map(len, prompts))
-        ids = torch.full((len(rows), width), self.engine.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for k, p in enumerate(prompts):  # left padding, as generate pads
-            ids[k, width - len(p):] = torch.tensor(p)
-            mask[k, width - len(p):] = 1
+        # left padded -- or, with --prefill shared where prompts begin alike, each group's beginning read once
+        # (twin/prefix.py): the mask then has a gap between a row's beginning and its own tail
+        ids, mask, cached = self.engine.laid_out(prompts, width, by_generate=False)
+        for k, p in enumerate(prompts):
             if rows[k].gen.repetition_penalty != 1.0:
                 rows[k].tokens = torch.tensor(p, device=dev)
-        ids, mask = ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)  # each row's own count of tokens, as generate counts
-        out = self._forward(ids, mask, positions, None)
+        past = next(iter(cached.values()), None)
+        start = past.get_seq_length() if past is not None else 0
+        out = self._forward(ids[:, start:], mask, positions[:, start:], past)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         _check_layers(cache)
         self._merge(rows, cache, mask)
@@ -215,7 +216,7 @@ class Decoder:
         at = torch.tensor(keep, device=self.mask.device)
         self.cache.batch_select_indices(at)
         self.mask = self.mask[at]
-        lead = int(self.mask.shape[1] - self.mask.sum(-1).max())
+        lead = int(first_real(self.mask).min())
         if lead:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
@@ -231,6 +232,45 @@ class Decoder:
         gen = mine[0].gen
         ids = [until_end(r.ids, self.engine.eot_id, self.engine.pad_id) for r in sorted(mine, key=lambda r: r.sample)]
         request.done(ids * (gen.num_samples // len(ids)))
+
+
+# a waiting prompt joins once this share of the running rows is free: each join is a prefill forward and a copy
+# of the running cache, so newcomers come in groups rather than one by one
+JOIN_WHEN_FREE = 0.25
+
+
+def decode_all(decoder: Decoder, prompts: list[list[int]], gen: GenerateSettings, running: int,
+               seeds: list[int] | None = None, stream: list | None = None, gone: list | None = None) -> list:
+    """Engine.generate_ids's result for `prompts` (the same arguments and texts), decoded continuously: at most
+    `running` rows at once, a prompt joining as soon as enough rows have finished, in the given order -- so no
+    row decodes padding after its end while a longer one goes on, as in a batch generated together."""
+    gen = gen.resolved()
+    n = gen.num_samples if gen.temperature > 0 else 1
+    running = max(running, n)
+    if gen.temperature > 0 and seeds is None and gen.seed is None:  # as generate_ids draws them
+        seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
+    out: list = [None] * len(prompts)
+    waiting = deque(range(len(prompts)))
+
+    def request(j: int) -> Request:
+        def done(ids, j=j):
+            out[j] = ids
+        return Request(prompts[j], gen, done, seed=seeds[j] if seeds else None,
+                       stream=stream[j * gen.num_samples:(j + 1) * gen.num_samples] if stream else None,
+                       gone=gone[j] if gone else None)
+
+    while waiting or len(decoder):
+        free = running - len(decoder)
+        if waiting and free >= n and (not len(decoder) or free >= running * JOIN_WHEN_FREE):
+            decoder.join([request(waiting.popleft()) for _ in range(min(len(waiting), free // n))])
+        else:
+            decoder.step()
+    return out
+
+
+def first_real(mask) -> torch.Tensor:
+    """Each row's first column holding one of its tokens (a shared prefill's rows have gaps after it)."""
+    return mask.to(torch.int8).argmax(-1)
 
 
 def _pad_left(t, width: int, dim: int = 2):

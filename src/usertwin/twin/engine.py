@@ -299,11 +299,14 @@ class Engine:
         return [choices.distribution(c, [s for s, _ in row]) for c, row in zip(items, scored)]
 
     def generate_texts(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                       stream: list | None = None, gone: list | None = None) -> list[list[str]]:
-        """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn."""
+                       stream: list | None = None, gone: list | None = None,
+                       running: int | None = None) -> list[list[str]]:
+        """`gen.num_samples` texts per prompt (see generate_ids), decoded without the end-of-turn. vLLM batches
+        continuously by itself (`running` is for usertwin's engine)."""
         if self.vllm is not None:
             return self.vllm.generate_texts(prompts, gen, seeds, stream)
-        return [[self.decode(ids) for ids in row] for row in self.generate_ids(prompts, gen, seeds, stream, gone)]
+        return [[self.decode(ids) for ids in row]
+                for row in self.generate_ids(prompts, gen, seeds, stream, gone, running)]
 
     def save_pretrained(self, tmp, dtype: str = "auto") -> torch.dtype:
         """The model and tokenizer as a plain transformers folder in `dtype` (auto: what the base model
@@ -331,9 +334,18 @@ class Engine:
             text = self.tokenizer.decode(ids[:cut - k], skip_special_tokens=False)
         return text.strip()
 
+    def decoder(self):
+        """A continuous-batching decoder over the model (twin/continuous.py); with a static cache its rows live
+        in fixed slots and each decode step is a CUDA graph on a GPU (twin/slots.py)."""
+        from usertwin.twin.continuous import Decoder
+        from usertwin.twin.slots import SlotDecoder
+
+        return SlotDecoder(self) if self.static else Decoder(self)
+
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], gen: GenerateSettings, seeds: list[int] | None = None,
-                     stream: list | None = None, gone: list | None = None) -> list[list[list[int]]]:
+                     stream: list | None = None, gone: list | None = None,
+                     running: int | None = None) -> list[list[list[int]]]:
         """The generated tokens of `gen.num_samples` samples per prompt, all rows decoded together with the KV
         cache (transformers' generate); each ends with the end-of-turn unless max_new_tokens cut it. Sample i of
         prompt j draws its tokens from seed `seeds[j] + i` alone, so it is the same in any batch and after a
@@ -344,7 +356,14 @@ class Engine:
         `stream`: one callable or None per sample (prompt j's sample i at j * num_samples + i), called with each
         new piece of that sample's text as it is generated (twin/stream.py); the pieces add up to its text.
         `gone`: one callable per prompt, true once nobody waits for its texts: its rows stop at the next step
-        (what they generated so far is returned) and generation ends when every prompt's is."""
+        (what they generated so far is returned) and generation ends when every prompt's is.
+        `running`: decode continuously, at most this many prompts' rows at once, each prompt joining when rows
+        have finished (twin/continuous.py: decode_all); the same texts."""
+        if running is not None:
+            from usertwin.twin.continuous import decode_all
+
+            n = gen.resolved().num_samples if gen.resolved().temperature > 0 else 1
+            return decode_all(self.decoder(), prompts, gen, running * n, seeds, stream, gone)
         gen = gen.resolved()
         n = gen.num_samples if gen.temperature > 0 else 1
         rows = [p for p in prompts for _ in range(n)]
@@ -352,7 +371,7 @@ class Engine:
         width = len(max(prompts, key=len))
         if self.static:  # graphs are recorded per shape: few shapes, so they are reused
             rows, width = rows + [rows[0]] * (_bucket(real) - real), max(MIN_WIDTH, _bucket(width, step=None))
-        ids, mask, cache = self._laid_out(rows, width)
+        ids, mask, cache = self.laid_out(rows, width)
         width = ids.shape[1]
         processors = []
         if gen.repetition_penalty != 1.0:
@@ -370,11 +389,13 @@ class Engine:
         per = [out[j * n:(j + 1) * n] for j in range(len(prompts))]
         return [row * (gen.num_samples // n) for row in per]
 
-    def _laid_out(self, rows: list[list[int]], width: int) -> tuple:
+    def laid_out(self, rows: list[list[int]], width: int, by_generate: bool = True) -> tuple:
         """(ids, attention mask, cache argument) of `rows` for generate: left padded to `width` -- or, with
         --prefill shared where rows begin alike, laid out around their groups' beginnings, read once into a
-        cache (twin/prefix.py). The static cache is generate's own: it never starts from ours."""
-        layout = prefix.plan(rows) if self.prefill == "shared" and not self.static and len(rows) > 1 else None
+        cache (twin/prefix.py). generate's static cache is its own: it never starts from ours (`by_generate`:
+        the rows go to generate, not to a continuous decoder's prefill)."""
+        ours = not (self.static and by_generate)
+        layout = prefix.plan(rows) if self.prefill == "shared" and ours and len(rows) > 1 else None
         if layout is None:
             laid = [([self.pad_id] * (width - len(p)) + p, [0] * (width - len(p)) + [1] * len(p)) for p in rows]
             cache = {}
@@ -387,7 +408,7 @@ class Engine:
 
     def _generate_rows(self, ids, mask, cache: dict, max_new_tokens: int, processors, streamer=None,
                        stop=None) -> list[list[int]]:
-        """Laid-out rows (_laid_out) generated together; each row's new tokens up to its end of turn."""
+        """Laid-out rows (laid_out) generated together; each row's new tokens up to its end of turn."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         # greedy over the sampler's one allowed token: sampling is ours (seeded per row), the loop and the KV

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from usertwin.twin.continuous import Decoder
+from usertwin.twin.continuous import Decoder, first_real
 
 
 class SlotDecoder(Decoder):
@@ -56,7 +56,7 @@ class SlotDecoder(Decoder):
             shift = front - self.slots.column
             self.slots.shift(shift)
             self.starts = [s + shift for s in self.starts]
-        lengths = mask.sum(-1).tolist()
+        lengths = (width - first_real(mask)).tolist()  # from a row's first token (gaps included) to the end
         self.slots.admit(len(self.rows), cache, mask)
         self.starts += [self.slots.column - n for n in lengths]
         self.rows += rows
