@@ -114,12 +114,12 @@ def test_what_it_cannot_batch_is_refused(tokenizer):
 # ---------------------------------------------------------------- a whole job decoded continuously (decode_all)
 
 
-def _ending_often(engine, prompts, gen) -> int:
+def _ending_often(engine, prompts, gen, seeds=None) -> int:
     """A token the model generates often at different steps: as the end of turn, rows end at varied lengths."""
     from collections import Counter
 
     engine.eot_id = -1
-    seen = Counter(t for rows in engine.generate_ids(prompts, gen) for t in rows[0][1:])
+    seen = Counter(t for rows in engine.generate_ids(prompts, gen, seeds) for t in rows[0][1:])
     return seen.most_common(1)[0][0]
 
 
@@ -160,12 +160,37 @@ def test_continuous_prefill_reads_a_users_history_once(tokenizer, monkeypatch):
     history = list(range(10, 70))
     prompts = [history + [80 + i, 90 + i][: 1 + i % 2] for i in range(8)]
     gen = GenerateSettings(max_new_tokens=10, temperature=0.8, seed=1)
+    seeds = [5 * j for j in range(len(prompts))]
+    shared.eot_id = each.eot_id = _ending_often(each, prompts, gen, seeds)  # rows leave one by one, gaps and all
     calls = []
     original = prefix.cached_beginnings
     monkeypatch.setattr(prefix, "cached_beginnings", lambda *a: calls.append(a[1]) or original(*a))
-    got = shared.generate_ids(prompts, gen, running=4)
-    assert got == each.generate_ids(prompts, gen)
-    assert len(calls) == 2 and all(len(c.groups) == 1 for c in calls)  # two joins of 4, each one history forward
+    got = shared.generate_ids(prompts, gen, seeds, running=4)
+    assert got == each.generate_ids(prompts, gen, seeds)
+    assert len(calls) >= 2 and all(len(c.groups) == 1 for c in calls)  # each join: one forward of the history
+
+
+@pytest.mark.parametrize("slots", [False, True], ids=["dynamic", "slots"])
+def test_a_row_with_a_gap_keeps_its_first_tokens_when_the_others_leave(tokenizer, slots):
+    """A shared prefill leaves a gap between a short tail and the history; when the rows without a gap leave,
+    the columns cut off the left are those no row uses -- not as many as the gap."""
+    engine = _engine(tokenizer)
+    history = list(range(10, 50))
+    short, long = history + [80], history + [81, 82, 83]  # the short one's row: history, 2 padding, its token
+    gen = GenerateSettings(max_new_tokens=12, temperature=0.9, seed=4)
+    alone = engine.generate_ids([short], gen)[0]
+    got, steps = {}, []
+    from usertwin.twin.slots import SlotDecoder
+
+    dec = SlotDecoder(engine, graphs=False) if slots else Decoder(engine)
+    dec.on_step = lambda: steps.append(1)
+    dec.join([Request(short, gen, done=lambda ids: got.__setitem__("short", ids)),
+              Request(long, gen, done=lambda ids: got.__setitem__("long", ids), gone=lambda: len(steps) >= 2)])
+    if not slots:
+        assert dec.mask[0].tolist().count(0) == 2  # the gap
+    while len(dec):
+        dec.step()
+    assert got["short"] == alone and len(got["long"][0]) == 3  # its first token, then two steps
 
 
 def test_a_running_count_below_the_samples_still_decodes_everything(tokenizer):
