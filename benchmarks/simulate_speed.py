@@ -96,15 +96,16 @@ def counting_engine(cfg, model, tok):
     class Counting(Engine):
         generated = 0
 
-        def generate_ids(self, prompts, gen, seeds=None, streamer=None, gone=None):
-            out = super().generate_ids(prompts, gen, seeds, streamer, gone)
+        def generate_ids(self, prompts, gen, seeds=None, streamer=None, gone=None, running=None):
+            out = super().generate_ids(prompts, gen, seeds, streamer, gone, running)
             self.generated += sum(len(ids) for row in out for ids in row[:1 if gen.temperature == 0 else None])
             return out
 
     return Counting(cfg, model, tok)
 
 
-def run_simulate(twin, users: list, batch: int, max_new_tokens: int, work: Path, shape: str) -> dict:
+def run_simulate(twin, users: list, batch: int, max_new_tokens: int, work: Path, shape: str,
+                 batching: str = "auto") -> dict:
     shape = f"{shape}-{twin.engine.decoding}"
     # one output file per (shape, batch): simulate resumes, so a shared file would skip every row already there
     from usertwin.config import GenerateSettings
@@ -114,13 +115,14 @@ def run_simulate(twin, users: list, batch: int, max_new_tokens: int, work: Path,
     item = [StepItem("Heat (1995) (Action, Crime, Thriller): ", kind="movie_rating")]
     _sync()
     t = time.perf_counter()
-    simulate(twin, users[:batch], item, None, work / f"warm-{shape}-{batch}.jsonl", gen, progress=False)  # warm-up
+    simulate(twin, users[:batch], item, None, work / f"warm-{shape}-{batch}.jsonl", gen, progress=False,
+             batching=batching)  # warm-up
     _sync()
     first = time.perf_counter() - t  # with static decoding: compiling this batch's shapes
     twin.engine.generated = 0
     _sync()
     t = time.perf_counter()
-    simulate(twin, users, item, None, work / f"sim-{shape}-{batch}.jsonl", gen, progress=False)
+    simulate(twin, users, item, None, work / f"sim-{shape}-{batch}.jsonl", gen, progress=False, batching=batching)
     _sync()
     dt = time.perf_counter() - t
     return {"users": len(users), "seconds": round(dt, 3), "users_per_s": round(len(users) / dt, 2),
@@ -218,7 +220,7 @@ def measure(shape: str, args, tok, records: Path, work: Path) -> list[dict]:
             continue
         row = {"shape": shape, "batch_size": b, "decode": decode,
                "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-               "max_new_tokens": args.max_new_tokens, **run_simulate(twin, users, b, args.max_new_tokens, work, shape)}
+               "max_new_tokens": args.max_new_tokens, **run_simulate(twin, users, b, args.max_new_tokens, work, shape, args.batching)}
         if decode != "dynamic":
             row["greedy_rows_identical"] = same_greedy(twin, users[:b], args.max_new_tokens)
         step = decode_step(twin, users, b, args.decode_steps)
@@ -274,6 +276,8 @@ def parse(argv=None):
     ap.add_argument("--batches", type=int, default=2, help="batches timed per batch size")
     ap.add_argument("--min_users", type=int, default=8, help="at least this many users per batch size")
     ap.add_argument("--max_new_tokens", type=int, default=32)
+    ap.add_argument("--batching", choices=("auto", "continuous", "static"), default="auto",
+                    help="simulate's --batching (random weights rarely end a row early: both decode every token)")
     ap.add_argument("--decode_steps", type=int, default=32, help="tokens of the decode-step measurement")
     ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU that has it, else float32")

@@ -103,6 +103,26 @@ def test_rollout_history_grows_with_the_generations(made, tmp_path):
         assert first["continuation"] in twin.engine.tokenizer.decode(ids)
 
 
+@pytest.mark.parametrize("rollout", [False, True], ids=["items", "rollout"])
+def test_continuous_batching_writes_the_rows_static_batching_writes(made, tmp_path, monkeypatch, rollout):
+    """--batching continuous (rows join as others finish, chunks of QUEUED batches) and static give the same
+    rows, the generations included; continuous ran its prompts through the continuous decoder."""
+    from usertwin.twin import continuous
+
+    runs = []
+    original = continuous.decode_all
+    monkeypatch.setattr(continuous, "decode_all", lambda *a, **k: runs.append(a[3]) or original(*a, **k))
+    what = ["--items", str(made[2]), *(["--steps", "2"] if rollout else [])]
+    common = ["--all", *what, "--temperature", "1.0", "--num_samples", "2", "--seed", "3", "--batch_size", "2",
+              "--max_new_tokens", "8"]
+    fast = _sim(made, tmp_path / "c.jsonl", *common, "--batching", "continuous")
+    assert runs and set(runs) == {4}  # 2 prompts x 2 samples running at most
+    assert len(fast) == (6 if rollout else 9)
+    slow = _sim(made, tmp_path / "s.jsonl", *common, "--batching", "static")
+    assert len(runs) == (2 if rollout else 1)  # static never went through it: one chunk (or one per step) above
+    assert fast == slow
+
+
 def test_seeded_samples_do_not_depend_on_the_batch(made, tmp_path):
     common = ["--all", "--items", str(made[2]), "--temperature", "1.0", "--num_samples", "3", "--seed", "5"]
     one = _sim(made, tmp_path / "a.jsonl", *common, "--batch_size", "1")
@@ -137,6 +157,8 @@ def test_what_cannot_be_simulated_is_refused(made, tmp_path, capsys, extra, mess
     (["--all"], r"say what to simulate: --items ITEMS.jsonl.*--steps K"),
     (["--all", "--steps", "0"], r"--steps must be at least 1, got 0"),
     (["--users", "r1,99", "--items", "ITEMS"], r"user '99' is not in .*r\.jsonl \(3 users, e\.g\. 'r1', 'r2', 'w1'\)"),
+    (["--all", "--items", "ITEMS", "--batching", "continuous", "--engine", "vllm"],
+     r"--batching continuous is usertwin's engine; vLLM batches continuously by itself"),
 ])
 def test_arguments_are_checked_before_the_model_loads(made, tmp_path, capsys, monkeypatch, extra, message):
     import usertwin.twin.engine

@@ -395,6 +395,7 @@ class Config(*reversed(SECTIONS.values())):
         return dataclasses.asdict(self)
 
 
+BATCHINGS = ("auto", "continuous", "static")  # --batching of simulate (twin/api.py: Twin.batching)
 DECODES = ("auto", "dynamic", "static")  # --decode of predict, simulate, serve (twin/engine.py: Engine.plan_decode)
 PREFILLS = ("shared", "each")  # --prefill of predict, simulate, serve (twin/engine.py: Engine.score_many)
 SAMPLING_TEMPERATURE = 0.7  # --num_samples N without --temperature: the seeds' vLLM default (MovieLens, dialogue)

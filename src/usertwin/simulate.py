@@ -160,8 +160,9 @@ def request_seed(seed: int, user: str, step: int) -> int:
 
 
 def simulate(twin: Twin, users: list[str], items: list[StepItem] | None, steps: int | None, output,
-             gen: GenerateSettings, seed: int = 0, progress: bool = True) -> int:
-    """Append the rows of every (user, step) not yet in `output`; returns how many were written."""
+             gen: GenerateSettings, seed: int = 0, progress: bool = True, batching: str = "auto") -> int:
+    """Append the rows of every (user, step) not yet in `output`; returns how many were written. `batching`:
+    how generation batches (Twin.batching: continuous or static, auto picks)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     todo = plan(twin, users, items, steps)
@@ -171,7 +172,7 @@ def simulate(twin: Twin, users: list[str], items: list[StepItem] | None, steps: 
                             "--items without --steps")
     with output_lock(output, "simulation file"):
         done = completed_rows(output, KEY)
-        run = _Run(twin, todo, rollout, gen, seed, _grown(done, rollout))
+        run = _Run(twin, todo, rollout, gen, seed, _grown(done, rollout), batching)
         return run.all(output, done, progress)
 
 
@@ -200,9 +201,11 @@ def _as_item(row: dict) -> records.Item:
 class _Run:
     """One simulate call: step by step, each step's pending users in batches."""
 
-    def __init__(self, twin: Twin, todo: dict, rollout: bool, gen: GenerateSettings, seed: int, grown: dict):
+    def __init__(self, twin: Twin, todo: dict, rollout: bool, gen: GenerateSettings, seed: int, grown: dict,
+                 batching: str = "auto"):
         self.twin, self.todo, self.rollout, self.gen, self.seed = twin, todo, rollout, gen, seed
-        self.grown = grown
+        self.grown, self.batching = grown, batching
+        self.running = None  # continuous batching: the prompts decoding at once (a chunk holds QUEUED times more)
         self.scale = twin.scale or []
         self.longest = {}  # user -> tokens of their longest item (longest_item)
         self.measured = {}  # items mode: the current user's history lengths (history_lengths)
@@ -218,7 +221,12 @@ class _Run:
             pending = pending[:max(0, self.gen.limit - len(done))]
         bar = progress_bar(len(pending), "simulate", "step") if progress else None
         self.gen = self.twin.sized(self.gen, prompts=len(pending) if self.gen.generate else None)
-        batches = _batches(pending, self.gen.batch_size) if self.rollout else _chunks(pending, self.gen.batch_size)
+        size = self.gen.batch_size
+        if self.gen.generate and self.twin.batching(self.batching) == "continuous":
+            # a chunk (what is written at once) holds several batches' prompts: they join the running rows as
+            # earlier ones finish; ratings are still scored batch_size prompts at a time
+            self.running, size = size, size * QUEUED
+        batches = _batches(pending, size) if self.rollout else _chunks(pending, size)
         return append_batches(output, batches, self.batch, bar)
 
     def batch(self, batch: list) -> list[dict]:
@@ -233,11 +241,12 @@ class _Run:
             rows.append(self.row(user, s, tl, kind, prompt))
             prompts.append(prompt.ids)
         rated = [i for i, r in enumerate(rows) if "rating" in r]
-        for i, dist in zip(rated, twin.rating_distributions_after([prompts[i] for i in rated]) if rated else []):
-            rows[i]["rating"] = dist
+        for part in _chunks(rated, self.gen.batch_size):
+            for i, dist in zip(part, twin.rating_distributions_after([prompts[i] for i in part])):
+                rows[i]["rating"] = dist
         if self.gen.generate:
             seeds = [r["seed"] for r in rows]
-            for r, texts in zip(rows, twin.generate_after(prompts, self.gen, seeds)):
+            for r, texts in zip(rows, twin.generate_after(prompts, self.gen, seeds, running=self.running)):
                 self.add_generations(r, texts)
         return rows
 
@@ -307,6 +316,11 @@ class _Run:
         if self.rollout:
             row["continuation"] = joined
             self.grown.setdefault(row["user"], []).append(_as_item(row))
+
+
+# continuous batching: prompts queued per running one (a chunk written at once holds this many batches; more
+# keeps the rows full for longer, fewer loses less work to a kill)
+QUEUED = 8
 
 
 def _batches(pending: list, size: int):

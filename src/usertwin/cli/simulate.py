@@ -39,10 +39,11 @@ def add_arguments(p) -> None:
 
     add_engine_flags(p)
     add_generate_flags(p)
-    from usertwin.cli.twinflags import add_decode_flag, add_prefill_flag
+    from usertwin.cli.twinflags import add_batching_flag, add_decode_flag, add_prefill_flag
 
     add_decode_flag(p)
     add_prefill_flag(p)
+    add_batching_flag(p)
 
 
 def run(args) -> int:
@@ -65,6 +66,9 @@ def run(args) -> int:
         raise UsertwinError(f"pass --data RECORDS.jsonl: the users' records (the run's own data {data!r} "
                             "is not there)")
     check_what(args.items is not None, args.steps)  # before loading the model: mistakes show at once
+    from usertwin.twin.api import check_batching
+
+    check_batching(args.batching, args.engine)
     items = read_items(args.items) if args.items else None
     asked = None if args.all else [u.strip() for u in args.users.split(",") if u.strip()]
     if asked is not None:
@@ -78,6 +82,6 @@ def run(args) -> int:
     if gen.generate and gen.sampling_notice():
         print(gen.sampling_notice(), file=sys.stderr)
     seed = gen.seed if gen.seed is not None else 0
-    n = simulate(twin, users, items, args.steps, args.output, gen, seed, args.progress)
+    n = simulate(twin, users, items, args.steps, args.output, gen, seed, args.progress, args.batching)
     print(f"wrote {n} new row(s) for {len(users)} user(s) to {args.output}")
     return 0

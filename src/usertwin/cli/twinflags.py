@@ -57,3 +57,16 @@ def add_prefill_flag(p) -> None:
                         "different items -- read that history once, for scoring ratings and for generation alike; "
                         "the same results up to float rounding) or each (every prompt read whole, as before) "
                         "(default shared)")
+
+
+def add_batching_flag(p) -> None:
+    from usertwin.config import BATCHINGS
+
+    p.add_argument("--batching", choices=BATCHINGS, default="auto",
+                   help="how generation batches: continuous (at most --batch_size prompts decode at once; each "
+                        "prompt joins as soon as others finish, so no row decodes on past its end waiting for the "
+                        "longest; prompts of one user joining together still share their history's prefill), "
+                        "static (a batch decodes until its longest row ends, as before), or auto: continuous, "
+                        "except with --engine vllm or the compiled static cache (--decode static, or auto's choice "
+                        "on a GPU); --batching continuous --decode static runs the rows in fixed slots, each "
+                        "decode step a CUDA graph on a GPU (default auto). The same texts either way")

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from usertwin.config import MAX_SAMPLES, Config, GenerateSettings, generate_settings_from
+from usertwin.config import BATCHINGS, MAX_SAMPLES, Config, GenerateSettings, generate_settings_from
 from usertwin.data import crowd, records
 from usertwin.data.facts import rating_distribution, read_crowd_pools, read_twin_facts, twin_facts
 from usertwin.data.timeline import Timeline, assign_splits, build_timelines
@@ -39,6 +39,14 @@ class PromptTooLong(UsertwinError):
 
 
 REQUEST_KEYS = ("user", "item", "context", "profile", "history", "target", "continuation", "seed")
+
+
+def check_batching(choice: str, engine: str) -> None:
+    """--batching against --engine: before the model loads (the CLI) and again in Twin.batching."""
+    check_choice("batching", choice, BATCHINGS)
+    if choice == "continuous" and engine == "vllm":
+        raise UsertwinError("--batching continuous is usertwin's engine; vLLM batches continuously by itself: "
+                            "drop --batching or --engine vllm")
 
 
 class Twin:
@@ -138,6 +146,18 @@ class Twin:
             print(f"decode auto: static ({prompts} prompts at batch {gen.batch_size}: the first batch compiles "
                   "CUDA graphs, about a minute; --decode dynamic skips that)", file=sys.stderr, flush=True)
         return gen
+
+    def batching(self, choice: str) -> str:
+        """--batching for a job: continuous (rows join and leave between decode steps) or static (a batch
+        decodes until its longest row ends). auto: continuous, except where generation is vLLM's (it batches
+        continuously by itself) or decodes with the compiled static cache (--decode static, or auto's choice:
+        measured on an H100; continuous slots with CUDA graphs are not yet, --batching continuous --decode
+        static picks them)."""
+        vllm = self.engine.vllm is not None
+        check_batching(choice, "vllm" if vllm else "usertwin")
+        if choice == "auto":
+            return "static" if vllm or self.engine.static else "continuous"
+        return choice
 
     def lengths(self, timelines: list) -> list[ItemLengths]:
         """Each timeline's measured item lengths, in order (each distinct text tokenized once): fitted_prompt's
