@@ -14,6 +14,7 @@ OUT/continuous_simulate.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,8 +31,10 @@ TITLES = ["Heat (1995)", "Fargo (1996)", "Alien (1979)", "Clueless (1995)", "Cas
           "Se7en (1995)", "Twister (1996)"]
 
 
-def counted_steps(twin) -> dict:
-    """Decode steps and row-steps of the continuous decoder and of generate (a batch's rows x its steps)."""
+@contextlib.contextmanager
+def counted_steps(twin):
+    """Row-steps (rows x decode steps) of the continuous decoder and of generate (a batch's rows x its longest
+    row's steps), counted while the block runs."""
     from usertwin.twin.continuous import Decoder
 
     counts = {"row_steps": 0}
@@ -49,7 +52,11 @@ def counted_steps(twin) -> dict:
         return out
 
     Decoder.step, twin.engine.generate_ids = decoder_step, generate_ids
-    return counts
+    try:
+        yield counts
+    finally:
+        Decoder.step = step
+        del twin.engine.generate_ids  # the instance attribute: the class's method again
 
 
 def main(argv=None) -> dict:
@@ -71,13 +78,12 @@ def main(argv=None) -> dict:
 
     env = ss.environment("continuous_simulate.py", argv)
     twin = Twin.load(args.run, records=str(args.data), progress=False)
-    counts = counted_steps(twin)
     users = twin.users[:args.users]
     items = [StepItem(f"{t}: ", kind="movie_review") for t in (TITLES * args.items)[:args.items]]
     gen = GenerateSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=1,
                            batch_size=args.batch_size)
     seconds, rows, row_steps = {"static": [], "continuous": []}, {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, counted_steps(twin) as counts:
         for r in range(args.repeats):
             for mode in seconds:
                 out = Path(tmp) / f"{mode}-{r}.jsonl"

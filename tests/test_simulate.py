@@ -255,3 +255,18 @@ def test_shared_prefill_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path, tokeni
     # a user's 4 prompts: one window of their history, against 4 whole prompts
     assert r["shared"]["tokens_read_per_pair"] < r["each"]["tokens_read_per_pair"]
     assert (tmp_path / "shared_prefill.md").read_text().count("| shared (one history read") == 1
+
+
+def test_continuous_batching_benchmark_runs_on_cpu(made, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("continuous_simulate", ROOT / "benchmarks" / "continuous_simulate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run, data, _ = made
+    r = bench.main(["--run", str(run), "--data", str(data), "--out", str(tmp_path), "--users", "3", "--items", "2",
+                    "--batch_size", "2", "--max_new_tokens", "6", "--repeats", "1"])
+    assert r["pairs"] == 6 and r["identical_rows"] == 6 and set(r["pairs_per_s"]) == {"static", "continuous"}
+    # static: 3 batches of up to 2 prompts, each decoding until its longest row ends; continuous: no more than that
+    assert 0 < r["row_steps"]["continuous"] <= r["row_steps"]["static"] <= 6 * 6
+    assert "Speed-up of continuous" in (tmp_path / "continuous_simulate.md").read_text()
