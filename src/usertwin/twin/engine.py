@@ -129,6 +129,7 @@ class Engine:
         check_choice("prefill", prefill, PREFILLS)
         self.cfg, self.model, self.tokenizer, self.scale, self.decoding = cfg, model, tokenizer, scale, decode
         self.prefill = prefill  # shared: prompts that begin alike read that beginning once (score_many)
+        self.last_beginning = prefix.LastBeginning()  # generation: the last user's history, read once
         self.auto_static = False  # --decode auto: whether plan_decode chose static for the job at hand
         self.vllm = None  # twin/vllm.py's VllmGeneration when generation runs on vLLM (--engine vllm)
         self.renderer = Renderer(cfg, tokenizer)
@@ -394,14 +395,15 @@ class Engine:
         --prefill shared where rows begin alike, laid out around their groups' beginnings, read once into a
         cache (twin/prefix.py). generate's static cache is its own: it never starts from ours (`by_generate`:
         the rows go to generate, not to a continuous decoder's prefill)."""
-        ours = not (self.static and by_generate)
-        layout = prefix.plan(rows) if self.prefill == "shared" and ours and len(rows) > 1 else None
+        layout = None
+        if self.prefill == "shared" and not (self.static and by_generate):
+            layout = self.last_beginning.layout(rows) or (prefix.plan(rows) if len(rows) > 1 else None)
         if layout is None:
             laid = [([self.pad_id] * (width - len(p)) + p, [0] * (width - len(p)) + [1] * len(p)) for p in rows]
             cache = {}
         else:
             laid = [layout.row(k, p, self.pad_id) for k, p in enumerate(rows)]
-            keyword, past = prefix.cached_beginnings(self.model, layout, self.pad_id, self.device)
+            keyword, past = self.last_beginning.cached(self.model, layout, self.pad_id, self.device)
             cache = {keyword: past}
         ids = torch.tensor([i for i, _ in laid], device=self.device)
         return ids, torch.tensor([m for _, m in laid], device=self.device), cache

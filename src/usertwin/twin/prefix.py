@@ -8,6 +8,7 @@ tokens sit at the positions they have alone (the same text up to float rounding:
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -90,6 +91,13 @@ def plan(rows: list[list[int]]) -> Layout | None:
 def cached_beginnings(model, layout: Layout, pad: int, device) -> tuple[str, object]:
     """(generate's keyword for a cache, the cache of every row's shared part): one forward of the groups' left-
     padded beginnings, each row then given a copy of its group's."""
+    keyword, cache = read_beginnings(model, layout, pad, device)
+    cache.batch_select_indices(torch.tensor(layout.member_of, device=device))
+    return keyword, cache
+
+
+def read_beginnings(model, layout: Layout, pad: int, device) -> tuple[str, object]:
+    """(keyword, the cache of the groups' beginnings, one row a group): one forward of them, left padded."""
     ids = torch.full((len(layout.groups), layout.shared), pad, device=device)
     mask = torch.zeros_like(ids)
     for g, head in enumerate(layout.groups):
@@ -100,6 +108,35 @@ def cached_beginnings(model, layout: Layout, pad: int, device) -> tuple[str, obj
     # transformers renamed past_key_values to cache (5.2x); both are in use on our machines
     keyword = "cache" if "cache" in inspect.signature(causal_lm(model).forward).parameters else "past_key_values"
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, keyword)
-    cache.batch_select_indices(torch.tensor(layout.member_of, device=device))
-    return keyword, cache
+    return keyword, getattr(out, keyword)
+
+
+class LastBeginning:
+    """The cache of the last lone beginning read (one user's history), kept for the next rows that begin with
+    it: a user's items reach the model in several batches, or joins of a continuous batch, one after another,
+    and each would read the history again. One entry (one history's keys and values), so memory stays bounded."""
+
+    def __init__(self):
+        self.key = self.keyword = self.cache = self.dtype = None
+
+    def layout(self, rows: list[list[int]]) -> Layout | None:
+        """The layout over the last beginning read, where every row goes on from it (the next of a user's items,
+        even alone); else None."""
+        key = self.key
+        if not key or not all(len(r) > len(key) and tuple(r[:len(key)]) == key for r in rows):
+            return None
+        return Layout([list(key)], [0] * len(rows), len(key), len(key) + max(len(r) - len(key) for r in rows))
+
+    def cached(self, model, layout: Layout, pad: int, device) -> tuple[str, object]:
+        """cached_beginnings' result; a layout of one group whose beginning is the last one read costs a copy of
+        its cache instead of a forward."""
+        if len(layout.groups) != 1:
+            return cached_beginnings(model, layout, pad, device)
+        key, dtype = tuple(layout.groups[0]), next(model.parameters()).dtype  # (export may cast the model)
+        if key != self.key or dtype != self.dtype:
+            self.key = None  # until the new one is read (a failed forward leaves nothing stale)
+            self.keyword, self.cache = read_beginnings(model, layout, pad, device)
+            self.key, self.dtype = key, dtype
+        cache = copy.deepcopy(self.cache)  # generate appends to the cache it is given
+        cache.batch_select_indices(torch.tensor(layout.member_of, device=device))
+        return self.keyword, cache
