@@ -395,7 +395,10 @@ class Config(*reversed(SECTIONS.values())):
         return dataclasses.asdict(self)
 
 
-BATCHINGS = ("auto", "continuous", "static")  # --batching of simulate (twin/api.py: Twin.batching)
+BATCHINGS = ("auto", "continuous", "static")  # --batching of simulate and predict (twin/api.py: Twin.batching)
+# continuous batching of a whole job (simulate, predict): prompts queued per running one. A chunk written at once
+# holds this many batches; more keeps the rows full for longer, fewer loses less work to a kill
+QUEUED = 8
 DECODES = ("auto", "dynamic", "static")  # --decode of predict, simulate, serve (twin/engine.py: Engine.plan_decode)
 PREFILLS = ("shared", "each")  # --prefill of predict, simulate, serve (twin/engine.py: Engine.score_many)
 SAMPLING_TEMPERATURE = 0.7  # --num_samples N without --temperature: the seeds' vLLM default (MovieLens, dialogue)

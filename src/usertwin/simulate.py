@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usertwin.appended import append_batches, completed_rows, output_lock, progress_bar
-from usertwin.config import GenerateSettings
+from usertwin.config import QUEUED, GenerateSettings
 from usertwin.data import records
 from usertwin.errors import UsertwinError
 from usertwin.eval.metrics import parse_rating
@@ -222,7 +222,7 @@ class _Run:
         bar = progress_bar(len(pending), "simulate", "step") if progress else None
         self.gen = self.twin.sized(self.gen, prompts=len(pending) if self.gen.generate else None)
         size = self.gen.batch_size
-        if self.gen.generate and self.twin.batching(self.batching) == "continuous":
+        if self.twin.running(self.batching, self.gen):
             # a chunk (what is written at once) holds several batches' prompts: they join the running rows as
             # earlier ones finish; ratings are still scored batch_size prompts at a time
             self.running, size = size, size * QUEUED
@@ -316,11 +316,6 @@ class _Run:
         if self.rollout:
             row["continuation"] = joined
             self.grown.setdefault(row["user"], []).append(_as_item(row))
-
-
-# continuous batching: prompts queued per running one (a chunk written at once holds this many batches; more
-# keeps the rows full for longer, fewer loses less work to a kill)
-QUEUED = 8
 
 
 def _batches(pending: list, size: int):

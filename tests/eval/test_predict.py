@@ -280,3 +280,22 @@ def test_window_batches_count_targets():
         [[("a", 0)], [("a", 3)], [("b", 0), ("b", 2)]]
     assert [len(g) for g in _by_targets(ws, todo, 1)] == [1, 1, 1, 1]
     assert [len(g) for g in _by_targets(ws, todo, 100)] == [4]
+
+
+@pytest.mark.parametrize("scoring", ["target", "window"])
+def test_continuous_batching_writes_the_predictions_static_batching_writes(run_dir, tmp_path, monkeypatch, scoring):
+    """predict --batching continuous: a write holds QUEUED batches, scored a batch at a time and generated
+    continuously (at most --batch_size prompts at once); the rows equal --batching static's."""
+    from usertwin.twin import continuous
+
+    runs = []
+    original = continuous.decode_all
+    monkeypatch.setattr(continuous, "decode_all", lambda *a, **k: runs.append((len(a[1]), a[3])) or original(*a, **k))
+    base = ["predict", "--run", str(run_dir), "--no-progress", "--max_new_tokens", "6", "--batch_size", "2",
+            "--temperature", "1.0", "--num_samples", "2", "--seed", "4", "--scoring", scoring]
+    assert main([*base, "-o", str(tmp_path / "c.jsonl"), "--batching", "continuous"]) == 0
+    assert runs == [(5, 4)]  # the split's 5 targets in one write, 2 prompts x 2 samples decoding at once
+    assert main([*base, "-o", str(tmp_path / "s.jsonl"), "--batching", "static"]) == 0
+    assert len(runs) == 1
+    fast, slow = ([json.loads(x) for x in (tmp_path / n).read_text().splitlines()] for n in ("c.jsonl", "s.jsonl"))
+    assert len(fast) == 5 and fast == slow

@@ -179,7 +179,7 @@ class _Engine:
     def __init__(self, warm: float, mute=()):
         self.warm, self.mute, self.calls = warm, set(mute), []
 
-    def generate_after(self, prompts, gen, seeds):
+    def generate_after(self, prompts, gen, seeds, running=None):
         self.calls.append((round(gen.temperature, 6), gen.num_samples, list(seeds)))
         return [["" if p[0] in self.mute or gen.temperature < self.warm else f"t{gen.temperature:.1f}"]
                 * gen.num_samples for p in prompts]
@@ -350,7 +350,7 @@ class _Texts:
     def __init__(self, by_temperature: dict):
         self.by = by_temperature
 
-    def generate_after(self, prompts, gen, seeds):
+    def generate_after(self, prompts, gen, seeds, running=None):
         return [[self.by[round(gen.temperature, 1)]] * gen.num_samples for _ in prompts]
 
 
@@ -423,3 +423,21 @@ def test_the_printed_summary_counts_cleaned_answers(tmp_path):
     assert summary_lines(s, tmp_path)[0] == (
         f"8 targets of 4 users (1 cold-start); 8 generated now, 0 from an earlier run; 5 answer(s) cleaned (raw texts "
         f"in {tmp_path / 'generations.jsonl'}); 2 empty answer(s) drawn again, 1 still empty")
+
+
+def test_continuous_batching_fills_what_static_batching_fills(scenario, filled, tiny_model_dir, tmp_path,
+                                                               monkeypatch):
+    """--batching static (the filled fixture is auto's choice on a CPU: continuous) and continuous write the
+    same test file; continuous decoded every target in one write, at most --batch_size at once."""
+    from usertwin.twin import continuous
+
+    runs = []
+    original = continuous.decode_all
+    monkeypatch.setattr(continuous, "decode_all", lambda *a, **k: runs.append((len(a[1]), a[3])) or original(*a, **k))
+    assert _predict(scenario, tmp_path / "c", tiny_model_dir, "--batching", "continuous", "--batch_size", "3") == 0
+    assert runs[0] == (8, 3 * 3)  # 8 targets, 3 prompts x 3 samples running (retries follow, if any)
+    n = len(runs)
+    assert _predict(scenario, tmp_path / "s", tiny_model_dir, "--batching", "static") == 0
+    assert len(runs) == n
+    for out in (tmp_path / "c", tmp_path / "s"):
+        assert (out / "test_leaderboard.json").read_text() == (filled / "test_leaderboard.json").read_text()

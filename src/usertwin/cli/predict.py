@@ -43,9 +43,10 @@ def add_arguments(p) -> None:
     from usertwin.cli.train import add_device_flags
 
     add_device_flags(p, launched=False)
-    from usertwin.cli.twinflags import add_decode_flag, add_engine_flags
+    from usertwin.cli.twinflags import add_batching_flag, add_decode_flag, add_engine_flags
 
     add_decode_flag(p)
+    add_batching_flag(p)
     add_engine_flags(p)
     add_scenario_flags(p)
     add_seed_flags(p)
@@ -105,6 +106,9 @@ def run(args) -> int:
     from usertwin.twin.api import Twin
 
     from_seed_flags(args)
+    from usertwin.twin.api import check_batching
+
+    check_batching(args.batching, args.engine)  # before the model loads
     if args.scenario:
         return _scenario(args)
     _refuse_scenario_flags(args)
@@ -129,7 +133,7 @@ def run(args) -> int:
     if gen.generate and gen.sampling_notice():
         print(gen.sampling_notice(), file=sys.stderr)
     n = predict_split(twin, prep, args.split, output, gen, pick_k=gen.pick, generate=gen.generate,
-                      limit=gen.limit, progress=args.progress)
+                      limit=gen.limit, progress=args.progress, batching=args.batching)
     print(f"wrote {n} new prediction(s) to {output}")
     return 0
 
@@ -326,7 +330,8 @@ def _scenario(args) -> int:
     source = {"run": str(args.run)} if args.run else {"model": cfg.model}
     summary = predict_scenario(twin, args.scenario, args.output, gen,
                                seed=cfg.seed if gen.seed is None else gen.seed,
-                               source=source, progress=args.progress, options=_scenario_options(args))
+                               source=source, progress=args.progress, options=_scenario_options(args),
+                               batching=args.batching)
     for line in summary_lines(summary, args.output):
         print(line)
     return 0

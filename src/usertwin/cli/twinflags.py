@@ -63,7 +63,8 @@ def add_batching_flag(p) -> None:
     from usertwin.config import BATCHINGS
 
     p.add_argument("--batching", choices=BATCHINGS, default="auto",
-                   help="how generation batches: continuous (at most --batch_size prompts decode at once; each "
+                   help="how generation batches (simulate, predict, --scenario): continuous (at most --batch_size "
+                        "prompts decode at once; each "
                         "prompt joins as soon as others finish, so no row decodes on past its end waiting for the "
                         "longest; prompts of one user joining together still share their history's prefill), "
                         "static (a batch decodes until its longest row ends, as before), or auto: continuous, "

@@ -15,14 +15,14 @@ import random
 from pathlib import Path
 
 from usertwin.appended import append_batches, completed_rows, output_lock, progress_bar
-from usertwin.config import GenerateSettings
+from usertwin.config import QUEUED, GenerateSettings
 from usertwin.data import choices, records
 from usertwin.data.records.format import item_key
 from usertwin.data.timeline import assign_splits, build_timelines
 from usertwin.errors import UsertwinError
 from usertwin.eval.answers import whole_characters
 from usertwin.sequences.fit import prompt_hash
-from usertwin.twin.targets import Outcome, Target, score_targets
+from usertwin.twin.targets import Outcome, Target, add_predictions, score_targets
 
 
 def distractors(prep, split: str, k: int, seed: int) -> dict:
@@ -52,12 +52,14 @@ def distractors(prep, split: str, k: int, seed: int) -> dict:
 
 
 def predict_split(twin, prep, split: str, output, gen: GenerateSettings, pick_k: int = 3,
-                  generate: bool = True, limit: int | None = None, progress: bool = True) -> int:
-    """Append a row for every target of `split` (of the prepared data) not yet in `output`; returns how many."""
+                  generate: bool = True, limit: int | None = None, progress: bool = True,
+                  batching: str = "auto") -> int:
+    """Append a row for every target of `split` (of the prepared data) not yet in `output`; returns how many.
+    `batching`: how generation batches (Twin.batching)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):
-        return _predict_split(twin, prep, split, output, gen, pick_k, generate, limit, progress)
+        return _predict_split(twin, prep, split, output, gen, pick_k, generate, limit, progress, batching)
 
 
 def targets_left(cfg, split: str, output, limit: int | None) -> tuple[int, int]:
@@ -78,7 +80,7 @@ def _todo(prep, split: str, done: set, limit: int | None) -> list:
     return targets if limit is None else targets[:max(0, limit - len(done))]
 
 
-def _predict_split(twin, prep, split, output: Path, gen, pick_k, generate, limit, progress) -> int:
+def _predict_split(twin, prep, split, output: Path, gen, pick_k, generate, limit, progress, batching) -> int:
     todo = _todo(prep, split, completed_rows(output), limit)
     gen = twin.sized(gen, prompts=len(todo) if generate else None)
     picks = distractors(prep, split, pick_k, prep.config.seed) if pick_k else {}
@@ -92,10 +94,28 @@ def _predict_split(twin, prep, split, output: Path, gen, pick_k, generate, limit
     batches = _in_windows(prep, split, targets, gen.batch_size) if gen.scoring == "window" else \
         (targets[start:start + gen.batch_size] for start in range(0, len(targets), gen.batch_size))
 
-    def rows_of(batch: list) -> list[dict]:
-        return [_row(o, picks) for o in score_targets(twin, batch, gen if generate else None, room, seed)]
+    running = twin.running(batching, gen) if generate else None
 
-    return append_batches(output, batches, rows_of, bar)
+    def rows_of(group: list[list]) -> list[dict]:
+        # scoring a batch at a time; generation of the whole group: continuously, or (one batch) together
+        out = [o for batch in group for o in score_targets(twin, batch, None, room, seed)]
+        if generate:
+            add_predictions(twin, out, gen, seed, running)
+        return [_row(o, picks) for o in out]
+
+    return append_batches(output, _grouped(batches, QUEUED if running else 1), rows_of, bar)
+
+
+def _grouped(batches, n: int):
+    """Lists of n batches (the last may hold fewer): what one write holds."""
+    group = []
+    for b in batches:
+        group.append(b)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _target(prep, tl, pos: int, split: str, picks: dict, likert: dict) -> Target:

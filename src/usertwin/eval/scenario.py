@@ -33,7 +33,7 @@ from pathlib import Path
 
 from usertwin.appended import append_batches, completed_rows, output_lock, progress_bar
 from usertwin.atomic import write_json
-from usertwin.config import GenerateSettings
+from usertwin.config import QUEUED, GenerateSettings
 from usertwin.data import records
 from usertwin.data.facts import rating_scale
 from usertwin.data.timeline import Timeline
@@ -222,13 +222,15 @@ def _plain(text: str) -> str:
 
 
 def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list, options: Options = Options(),
-                      cleaners: list | None = None) -> tuple[list, list, list]:
+                      cleaners: list | None = None, running: int | None = None) -> tuple[list, list, list]:
     """`gen.num_samples` answers per prompt (`cleaners[j]`: prompt j's text -> its answer; default: the text
     without a cut last character, stripped), those empty after cleaning drawn again (see the module's doc); the
     retries each prompt took; and the raw texts the answers came from. Retry k of sample i draws with
-    seed + k * num_samples + i: never a seed of a first draw."""
+    seed + k * num_samples + i: never a seed of a first draw. `running`: decoded continuously, at most that many
+    prompts at once (Twin.generate_after)."""
     cleaners = cleaners or [_plain] * len(prompts)
-    raw = [[answers.whole_characters(x) for x in row] for row in twin.generate_after(prompts, gen, seeds)]
+    raw = [[answers.whole_characters(x) for x in row] for row in twin.generate_after(prompts, gen, seeds,
+                                                                                        running=running)]
     texts = [[cleaners[j](x) for x in row] for j, row in enumerate(raw)]
     retries = [0] * len(prompts)
     for k in range(1, options.max_retries + 1):
@@ -238,7 +240,7 @@ def generate_nonempty(twin, prompts: list, gen: GenerateSettings, seeds: list, o
         again = dataclasses.replace(gen, num_samples=1,
                                     temperature=retry_temperature(gen.temperature, k, options.retry_step))
         redo = twin.generate_after([prompts[j] for j, _ in empty], again,
-                               [seeds[j] + k * gen.num_samples + i for j, i in empty])
+                                   [seeds[j] + k * gen.num_samples + i for j, i in empty], running=running)
         for (j, i), row in zip(empty, redo):
             raw[j][i] = answers.whole_characters(row[0])
             texts[j][i] = cleaners[j](raw[j][i])
@@ -254,11 +256,11 @@ def cleaner(t: Target, scale):
 
 
 def _rows(twin, chunk: list, gen: GenerateSettings, seed: int, fingerprint: str, options: Options,
-          scale) -> list[dict]:
+          scale, running: int | None = None) -> list[dict]:
     prompts = [target_prompt(t, twin, gen.max_new_tokens, options) for t in chunk]
     seeds = [target_seed(seed, t) for t in chunk]
     texts, retries, raw = generate_nonempty(twin, [p.ids for p in prompts], gen, seeds, options,
-                                            [cleaner(t, scale) for t in chunk])
+                                            [cleaner(t, scale) for t in chunk], running)
     # "raw": the generations as decoded, beside the answers made of them ("continuations")
     return [{"record": t.record.index, "position": t.item.position, "user": t.record.user_id,
              "collection": t.item.collection, "item": t.item.prefix, "cold_start": t.train is None,
@@ -290,9 +292,10 @@ def _fingerprint(twin, settings: dict) -> str:
 
 
 def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int, source: dict,
-                     progress: bool = True, options: Options = Options()) -> dict:
+                     progress: bool = True, options: Options = Options(), batching: str = "auto") -> dict:
     """Fill every target of the scenario in `folder` not yet in OUT/generations.jsonl; once all are there, write
-    OUT/test_leaderboard.json and OUT/summary.json. Returns the summary (`complete`: whether they were written)."""
+    OUT/test_leaderboard.json and OUT/summary.json. Returns the summary (`complete`: whether they were written).
+    `batching`: how generation batches (Twin.batching; the texts are the same)."""
     start = time.monotonic()
     check_folders(folder, out_dir)
     scen = read_scenario(folder, twin)
@@ -309,9 +312,11 @@ def predict_scenario(twin, folder, out_dir, gen: GenerateSettings, *, seed: int,
         if gen.limit is not None:
             todo = todo[:max(0, gen.limit - len(done))]
         bar = progress_bar(len(todo), "scenario", "target") if progress else None
-        chunks = (todo[i:i + gen.batch_size] for i in range(0, len(todo), gen.batch_size))
+        running = twin.running(batching, gen)
+        size = gen.batch_size * QUEUED if running else gen.batch_size  # continuous: prompts join as rows finish
+        chunks = (todo[i:i + size] for i in range(0, len(todo), size))
         written = append_batches(out.generations, chunks, lambda c: _rows(twin, c, gen, seed, fingerprint, options,
-                                                                           scen.scale), bar)
+                                                                           scen.scale, running), bar)
         rows = completed_rows(out.generations, KEY)
         summary = _summary(scen, rows, settings, written, len(done), time.monotonic() - start)
         if summary["complete"]:

@@ -159,6 +159,11 @@ class Twin:
             return "static" if vllm or self.engine.static else "continuous"
         return choice
 
+    def running(self, choice: str, gen: GenerateSettings) -> int | None:
+        """The prompts that decode at once under continuous batching (`gen.batch_size`; generate_after's
+        `running`), or None for static batching (Twin.batching)."""
+        return gen.batch_size if gen.generate and self.batching(choice) == "continuous" else None
+
     def lengths(self, timelines: list) -> list[ItemLengths]:
         """Each timeline's measured item lengths, in order (each distinct text tokenized once): fitted_prompt's
         `lengths` for a batch of situations."""

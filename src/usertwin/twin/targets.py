@@ -47,11 +47,21 @@ def score_targets(twin, targets: list[Target], gen: GenerateSettings | None = No
     asked = [(t, _texts(engine.scale, t)) for t in targets]
     prompts, scores = _scored(engine, asked, room)
     out = [_outcome(engine, t, texts, p, sc) for (t, texts), p, sc in zip(asked, prompts, scores)]
-    if gen is not None and out:
-        texts = engine.generate_texts([o.prompt.ids for o in out], gen, None if seed is None else [seed] * len(out))
-        for o, samples in zip(out, texts):
-            o.predictions = samples
+    if gen is not None:
+        add_predictions(twin, out, gen, seed)
     return out
+
+
+def add_predictions(twin, out: list[Outcome], gen: GenerateSettings, seed: int | None = None,
+                    running: int | None = None) -> None:
+    """Each outcome's generations, sample i drawn with seed + i; `running`: decoded continuously, at most that
+    many prompts at once (Engine.generate_ids)."""
+    if not out:
+        return
+    texts = twin.engine.generate_texts([o.prompt.ids for o in out], gen, None if seed is None else [seed] * len(out),
+                                       running=running)
+    for o, samples in zip(out, texts):
+        o.predictions = samples
 
 
 def _texts(scale: list[str] | None, t: Target) -> list[str]:
