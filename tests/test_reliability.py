@@ -243,19 +243,25 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_predict_killed_mid_run_resumes_to_the_uninterrupted_rows(tmp_path, tiny_model_dir, capsys):
+# static: writes of one batch of 2, killed in the third; continuous: writes of QUEUED (8) batches of 1, killed in
+# the second
+@pytest.mark.parametrize("batching, batch, kill_after, written", [("static", 2, 5, 4), ("continuous", 1, 9, 8)])
+def test_predict_killed_mid_run_resumes_to_the_uninterrupted_rows(tmp_path, tiny_model_dir, capsys, batching, batch,
+                                                                  kill_after, written):
     data = _records(tmp_path / "r.jsonl", sizes=(14, 14, 14, 14, 14))  # 2 test targets per user
     common = ["predict", "--model", str(tiny_model_dir), "--data", str(data), "--max_length", "256",
-              "--no-progress", "--cache_dir", str(tmp_path / "c"), "--max_new_tokens", "4", "--batch_size", "2"]
+              "--no-progress", "--cache_dir", str(tmp_path / "c"), "--max_new_tokens", "4", "--batch_size", str(batch),
+              "--batching", batching]
     full = tmp_path / "full.jsonl"
     assert main([*common, "-o", str(full)]) == 0
     want = [json.loads(x) for x in full.read_text().splitlines()]
     assert len(want) == 10
     out = tmp_path / "killed.jsonl"
     run = subprocess.run([sys.executable, "-c", KILL_DURING_PREDICT, *common, "-o", str(out)],
-                         env=dict(_env(), KILL_AFTER_ROWS="5"), capture_output=True, text=True, timeout=300)
+                         env=dict(_env(), KILL_AFTER_ROWS=str(kill_after)), capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
-    assert len(out.read_text().splitlines()) == 4  # two whole batches of 2; the third died
+    assert len(out.read_text().splitlines()) == written  # the whole writes before the one that died
     assert (tmp_path / f".{out.name}.lock").exists()  # the dead owner's lock
     with open(out, "a", encoding="utf-8") as f:
         f.write('{"user": "u2", "target_index": 1')  # and a line torn by the kill
