@@ -363,8 +363,9 @@ class Engine:
         if running is not None:
             from usertwin.twin.continuous import decode_all
 
-            n = gen.resolved().num_samples if gen.resolved().temperature > 0 else 1
-            return decode_all(self.decoder(), prompts, gen, running * n, seeds, stream, gone)
+            g = gen.resolved()
+            return decode_all(self.decoder(), prompts, gen, running * (g.num_samples if g.temperature > 0 else 1),
+                              seeds, stream, gone)
         gen = gen.resolved()
         n = gen.num_samples if gen.temperature > 0 else 1
         rows = [p for p in prompts for _ in range(n)]
